@@ -1,0 +1,1 @@
+//! bench (skeleton; see ARCHITECTURE.md)

@@ -1,0 +1,1 @@
+//! consensus (skeleton; see ARCHITECTURE.md)

@@ -1,0 +1,1 @@
+//! etcd-api (skeleton; see ARCHITECTURE.md)

@@ -1,0 +1,1 @@
+//! linearizability (skeleton; see ARCHITECTURE.md)

@@ -1,0 +1,1 @@
+//! mvcc (skeleton; see ARCHITECTURE.md)
