@@ -1,0 +1,1 @@
+//! Snapshot streaming (see crate docs for the format).
