@@ -1,1 +1,309 @@
-//! Snapshot streaming (see crate docs for the format).
+//! Snapshot streaming.
+//!
+//! Format (all integers little-endian):
+//! ```text
+//! "PHXMVCC\0"  u32 version
+//! repeated: u8 tag, u32 key_len, key, u32 val_len, val      (tag 1..=6, see below)
+//! u8 0xFF (end marker)  u64 record_count
+//! u32 crc32 over every byte above
+//! ```
+//! Tags: 1 meta (name → payload), 2 rev ((main,sub) BE → record payload), 3 key_index
+//! (key → entry), 4 key_rev (key ++ (main,sub) BE → flag), 5 lease (id BE → ttl),
+//! 6 lease_key (id BE ++ key → empty). Payloads are the table payloads without their
+//! checksums; the receiver re-seals them. Every payload is checksum-verified while being
+//! read on the sending side, so a corrupted store cannot produce a "valid" snapshot.
+
+use crate::codec::{
+    rev_key_bytes, seal, unseal, FORMAT_MAGIC, FORMAT_VERSION, KEY_INDEX, KEY_REV, LEASE,
+    LEASE_KEY, META, META_APPLIED, META_COMPACT, META_FORMAT, META_REV, REV,
+};
+use crate::error::{db, MvccError};
+use crate::layout::*;
+use crate::store::{get_meta, Store};
+use redb::{Durability, ReadableDatabase, ReadableTable};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::sync::atomic::Ordering;
+
+const MAGIC: &[u8; 8] = b"PHXMVCC\0";
+const SNAP_VERSION: u32 = 1;
+const T_META: u8 = 1;
+const T_REV: u8 = 2;
+const T_INDEX: u8 = 3;
+const T_KEY_REV: u8 = 4;
+const T_LEASE: u8 = 5;
+const T_LEASE_KEY: u8 = 6;
+const T_END: u8 = 0xFF;
+
+/// Writer that checksums everything passing through.
+struct CrcWriter<'a> {
+    inner: BufWriter<&'a mut dyn Write>,
+    crc: crc32fast::Hasher,
+    records: u64,
+}
+
+impl CrcWriter<'_> {
+    fn bytes(&mut self, b: &[u8]) -> Result<(), MvccError> {
+        self.crc.update(b);
+        self.inner
+            .write_all(b)
+            .map_err(|source| MvccError::Io { op: "write snapshot".into(), source })
+    }
+    fn record(&mut self, tag: u8, key_parts: &[&[u8]], val: &[u8]) -> Result<(), MvccError> {
+        let klen: usize = key_parts.iter().map(|p| p.len()).sum();
+        self.bytes(&[tag])?;
+        self.bytes(&(klen as u32).to_le_bytes())?;
+        for p in key_parts {
+            self.bytes(p)?;
+        }
+        self.bytes(&(val.len() as u32).to_le_bytes())?;
+        self.bytes(val)?;
+        self.records += 1;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Stream the full state (history since compaction, key index, leases, counters,
+    /// applied_meta) from one consistent read transaction.
+    pub fn write_snapshot(&self, w: &mut dyn Write) -> Result<(), MvccError> {
+        let rtx = self.db.begin_read().map_err(db("begin read"))?;
+        let mut out = CrcWriter { inner: BufWriter::with_capacity(1 << 16, w), crc: crc32fast::Hasher::new(), records: 0 };
+        out.bytes(MAGIC)?;
+        out.bytes(&SNAP_VERSION.to_le_bytes())?;
+
+        let meta = rtx.open_table(META).map_err(db("open meta"))?;
+        for name in [META_REV, META_COMPACT, META_APPLIED] {
+            if let Some(v) = get_meta(&meta, name)? {
+                out.record(T_META, &[name.as_bytes()], &v)?;
+            }
+        }
+        let t = rtx.open_table(REV).map_err(db("open rev"))?;
+        for item in t.iter().map_err(db("scan rev"))? {
+            let (k, v) = item.map_err(db("scan rev"))?;
+            let (m, s) = k.value();
+            let kb = rev_key_bytes(m, s);
+            out.record(T_REV, &[&kb], unseal(REV_TABLE, &[&kb], v.value())?)?;
+        }
+        let t = rtx.open_table(KEY_INDEX).map_err(db("open key_index"))?;
+        for item in t.iter().map_err(db("scan key_index"))? {
+            let (k, v) = item.map_err(db("scan key_index"))?;
+            let k = k.value();
+            out.record(T_INDEX, &[k], unseal(KEY_INDEX_TABLE, &[k], v.value())?)?;
+        }
+        let t = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
+        for item in t.iter().map_err(db("scan key_rev"))? {
+            let (k, v) = item.map_err(db("scan key_rev"))?;
+            let (key, m, s) = k.value();
+            let kb = rev_key_bytes(m, s);
+            out.record(T_KEY_REV, &[key, &kb], unseal(KEY_REV_TABLE, &[key, &kb], v.value())?)?;
+        }
+        let t = rtx.open_table(LEASE).map_err(db("open lease"))?;
+        for item in t.iter().map_err(db("scan lease"))? {
+            let (k, v) = item.map_err(db("scan lease"))?;
+            let id = k.value().to_be_bytes();
+            out.record(T_LEASE, &[&id], unseal(LEASE_TABLE, &[&id], v.value())?)?;
+        }
+        let t = rtx.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
+        for item in t.iter().map_err(db("scan lease_key"))? {
+            let (k, v) = item.map_err(db("scan lease_key"))?;
+            let (id, key) = k.value();
+            let idb = id.to_be_bytes();
+            out.record(T_LEASE_KEY, &[&idb, key], unseal(LEASE_KEY_TABLE, &[&idb, key], v.value())?)?;
+        }
+        out.bytes(&[T_END])?;
+        let n = out.records;
+        out.bytes(&n.to_le_bytes())?;
+        let crc = out.crc.clone().finalize();
+        out.inner
+            .write_all(&crc.to_le_bytes())
+            .and_then(|_| out.inner.flush())
+            .map_err(|source| MvccError::Io { op: "write snapshot".into(), source })?;
+        Ok(())
+    }
+
+    /// Replace all state with a snapshot. The stream is spooled to a temporary file next to
+    /// the database and its checksum verified BEFORE anything is touched; then everything is
+    /// replaced in one durable write transaction. On any error the state is unchanged.
+    pub fn install_snapshot(&self, r: &mut dyn Read) -> Result<(), MvccError> {
+        let io = |op: &str| {
+            let op = op.to_string();
+            move |source| MvccError::Io { op, source }
+        };
+        let tmp_path = self.path.with_extension("snapshot-incoming");
+        let _cleanup = RemoveOnDrop(tmp_path.clone());
+        // 1. Spool + checksum (all bytes except the trailing 4 are hashed).
+        let mut crc = crc32fast::Hasher::new();
+        let mut tail: Vec<u8> = Vec::with_capacity(8);
+        let mut total: u64 = 0;
+        {
+            let mut f = BufWriter::new(File::create(&tmp_path).map_err(io("create snapshot spool file"))?);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io("read snapshot stream")(e)),
+                };
+                f.write_all(&buf[..n]).map_err(io("spool snapshot"))?;
+                total += n as u64;
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 4 {
+                    let cut = tail.len() - 4;
+                    crc.update(&tail[..cut]);
+                    tail.drain(..cut);
+                }
+            }
+            f.flush().map_err(io("spool snapshot"))?;
+        }
+        if total < (MAGIC.len() + 4 + 1 + 8 + 4) as u64 || tail.len() != 4 {
+            return Err(MvccError::Snapshot(format!("stream too short ({total} bytes)")));
+        }
+        let want = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes"));
+        if crc.finalize() != want {
+            return Err(MvccError::Snapshot("checksum mismatch".into()));
+        }
+        let body_len = total - 4;
+
+        // 2. Parse and replace everything in one write transaction.
+        let mut rd = BufReader::with_capacity(1 << 16, File::open(&tmp_path).map_err(io("open snapshot spool file"))?)
+            .take(body_len);
+        let bad = |m: &str| MvccError::Snapshot(m.to_string());
+        let mut hdr = [0u8; 12];
+        rd.read_exact(&mut hdr).map_err(|_| bad("truncated header"))?;
+        if &hdr[..8] != MAGIC {
+            return Err(bad("bad magic (not a Phalanx mvcc snapshot)"));
+        }
+        let ver = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes"));
+        if ver != SNAP_VERSION {
+            return Err(MvccError::Snapshot(format!("unsupported snapshot version {ver}")));
+        }
+
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut txn = self.db.begin_write().map_err(db("begin write"))?;
+        txn.set_durability(Durability::Immediate).map_err(db("set durability"))?;
+        txn.delete_table(META).map_err(db("clear meta"))?;
+        txn.delete_table(REV).map_err(db("clear rev"))?;
+        txn.delete_table(KEY_INDEX).map_err(db("clear key_index"))?;
+        txn.delete_table(KEY_REV).map_err(db("clear key_rev"))?;
+        txn.delete_table(LEASE).map_err(db("clear lease"))?;
+        txn.delete_table(LEASE_KEY).map_err(db("clear lease_key"))?;
+        let (mut rev, mut compact, mut max_main) = (None, None, i64::MIN);
+        {
+            let mut meta = txn.open_table(META).map_err(db("open meta"))?;
+            let mut revt = txn.open_table(REV).map_err(db("open rev"))?;
+            let mut index = txn.open_table(KEY_INDEX).map_err(db("open key_index"))?;
+            let mut key_rev = txn.open_table(KEY_REV).map_err(db("open key_rev"))?;
+            let mut lease = txn.open_table(LEASE).map_err(db("open lease"))?;
+            let mut lease_key = txn.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
+            let mut fmt = FORMAT_MAGIC.to_vec();
+            fmt.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            meta.insert(META_FORMAT, seal(&[META_FORMAT.as_bytes()], &fmt).as_slice()).map_err(db("write meta"))?;
+            let mut count: u64 = 0;
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            let split_rev = |b: &[u8]| -> Result<(i64, i64), MvccError> {
+                if b.len() != 16 {
+                    return Err(bad("bad revision key"));
+                }
+                Ok((
+                    i64::from_be_bytes(b[..8].try_into().expect("8")),
+                    i64::from_be_bytes(b[8..].try_into().expect("8")),
+                ))
+            };
+            loop {
+                let mut tag = [0u8; 1];
+                rd.read_exact(&mut tag).map_err(|_| bad("truncated record"))?;
+                if tag[0] == T_END {
+                    let mut n = [0u8; 8];
+                    rd.read_exact(&mut n).map_err(|_| bad("truncated trailer"))?;
+                    if u64::from_le_bytes(n) != count {
+                        return Err(bad("record count mismatch"));
+                    }
+                    let mut rest = [0u8; 1];
+                    if rd.read(&mut rest).map_err(io("read spool"))? != 0 {
+                        return Err(bad("trailing bytes after end marker"));
+                    }
+                    break;
+                }
+                read_chunk(&mut rd, &mut k).map_err(|_| bad("truncated record key"))?;
+                read_chunk(&mut rd, &mut v).map_err(|_| bad("truncated record value"))?;
+                count += 1;
+                match tag[0] {
+                    T_META => {
+                        let name = match k.as_slice() {
+                            b"rev" => META_REV,
+                            b"compact_rev" => META_COMPACT,
+                            b"applied_meta" => META_APPLIED,
+                            _ => return Err(bad("unknown meta entry")),
+                        };
+                        if name != META_APPLIED {
+                            let x = i64::from_le_bytes(v.as_slice().try_into().map_err(|_| bad("bad counter"))?);
+                            if name == META_REV { rev = Some(x) } else { compact = Some(x) }
+                        }
+                        meta.insert(name, seal(&[name.as_bytes()], &v).as_slice()).map_err(db("write meta"))?;
+                    }
+                    T_REV => {
+                        let (m, s) = split_rev(&k)?;
+                        crate::codec::RevRecord::decode_payload(&v)?;
+                        max_main = max_main.max(m);
+                        revt.insert((m, s), seal(&[&k], &v).as_slice()).map_err(db("write rev"))?;
+                    }
+                    T_INDEX => {
+                        crate::codec::IndexEntry::decode(&v)?;
+                        index.insert(k.as_slice(), seal(&[&k], &v).as_slice()).map_err(db("write key_index"))?;
+                    }
+                    T_KEY_REV => {
+                        if k.len() < 16 {
+                            return Err(bad("bad key_rev key"));
+                        }
+                        let (key, rb) = k.split_at(k.len() - 16);
+                        let (m, s) = split_rev(rb)?;
+                        key_rev.insert((key, m, s), seal(&[key, rb], &v).as_slice()).map_err(db("write key_rev"))?;
+                    }
+                    T_LEASE => {
+                        let id = i64::from_be_bytes(k.as_slice().try_into().map_err(|_| bad("bad lease id"))?);
+                        lease.insert(id, seal(&[&k], &v).as_slice()).map_err(db("write lease"))?;
+                    }
+                    T_LEASE_KEY => {
+                        if k.len() < 8 {
+                            return Err(bad("bad lease_key key"));
+                        }
+                        let (idb, key) = k.split_at(8);
+                        let id = i64::from_be_bytes(idb.try_into().expect("8"));
+                        lease_key.insert((id, key), seal(&[idb, key], &v).as_slice()).map_err(db("write lease_key"))?;
+                    }
+                    t => return Err(MvccError::Snapshot(format!("unknown record tag {t}"))),
+                }
+            }
+        }
+        let (Some(rev), Some(compact)) = (rev, compact) else {
+            return Err(bad("missing revision counters"));
+        };
+        if rev < 1 || compact > rev || max_main > rev {
+            return Err(MvccError::Snapshot(format!(
+                "inconsistent counters: rev {rev}, compact {compact}, newest record {max_main}"
+            )));
+        }
+        txn.commit().map_err(db("commit snapshot"))?;
+        self.rev.store(rev, Ordering::Release);
+        self.compact.store(compact, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf)
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
