@@ -1,1 +1,173 @@
-//! etcd-api (skeleton; see ARCHITECTURE.md)
+//! The etcd v3 gRPC API over a [`consensus::Node`], plus the HTTP admin
+//! listener (`/metrics`, `/health`, `/ready`).
+//!
+//! Main types:
+//! - [`EtcdApi`]: implements etcd's KV, Watch, Lease, Cluster and Maintenance
+//!   services. Writes become `mvcc::Command`s proposed through Raft; reads are
+//!   served from the local store, after a ReadIndex barrier unless the client
+//!   asked for a serializable read.
+//! - [`ApiLimits`]: every request-facing limit, with units in its name.
+//! - [`serve`]: runs the gRPC server on a listener until shutdown.
+//! - [`admin::serve_admin`]: the admin HTTP listener.
+//!
+//! Boundaries: this crate does no consensus and no storage of its own; it
+//! validates, routes and translates. Errors reaching clients carry etcd's
+//! exact gRPC codes and messages, since clients match on them.
+
+pub mod admin;
+mod cluster;
+mod kv;
+mod lease;
+mod maintenance;
+pub mod metrics;
+mod watch;
+
+use std::sync::{Arc, Mutex};
+
+use consensus::{Node, NodeError};
+use etcd_client::proto::{PbAlarmMember, PbResponseHeader};
+use tonic::Status;
+
+/// Request-facing limits. Defaults are etcd's.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest client request (`--max-request-bytes`), 1.5 MiB by default.
+    pub max_request_bytes: usize,
+    /// Most operations in one transaction (`--max-txn-ops`).
+    pub max_txn_ops: usize,
+    /// Backend size at which the NOSPACE alarm goes off (`--quota-backend-bytes`).
+    pub quota_backend_bytes: u64,
+    /// Most watches one Watch stream may hold.
+    pub max_watches_per_stream: usize,
+    /// Responses buffered per Watch stream before the stream applies back-pressure.
+    pub watch_stream_buffer_responses: usize,
+    /// Events read from history per catch-up step of a watch.
+    pub watch_catchup_batch_events: usize,
+    /// Period of progress notifications for watches that asked for them.
+    pub watch_progress_notify_interval_ms: u64,
+    /// Bytes per message of the Snapshot stream.
+    pub snapshot_chunk_bytes: usize,
+    /// Concurrent requests served per client connection.
+    pub max_concurrent_requests_per_connection: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
+            max_watches_per_stream: 10_000,
+            watch_stream_buffer_responses: 1024,
+            watch_catchup_batch_events: 1000,
+            watch_progress_notify_interval_ms: 600_000,
+            snapshot_chunk_bytes: 64 * 1024,
+            max_concurrent_requests_per_connection: 1024,
+        }
+    }
+}
+
+/// gRPC overhead allowed on top of `max_request_bytes` at the transport, as
+/// etcd does; the precise limit is then checked per request.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The etcd API, shared by every service.
+#[derive(Clone)]
+pub struct EtcdApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: Arc<Node>,
+    limits: ApiLimits,
+    alarms: Mutex<Vec<PbAlarmMember>>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+pub(crate) const ALARM_NOSPACE: i32 = 1;
+pub(crate) const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+
+impl EtcdApi {
+    pub fn new(node: Arc<Node>, limits: ApiLimits, metrics: Arc<metrics::Metrics>) -> Self {
+        EtcdApi { inner: Arc::new(Inner { node, limits, alarms: Mutex::new(Vec::new()), metrics }) }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.inner.node
+    }
+    pub(crate) fn limits(&self) -> &ApiLimits {
+        &self.inner.limits
+    }
+    pub(crate) fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// The header every response carries.
+    pub(crate) fn header(&self, revision: i64) -> PbResponseHeader {
+        let node = self.node();
+        PbResponseHeader { cluster_id: node.cluster_id(), member_id: node.id(), revision, raft_term: node.term() }
+    }
+
+    pub(crate) fn current_header(&self) -> PbResponseHeader {
+        self.header(self.node().store().current_revision())
+    }
+
+    pub(crate) fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        if encoded_len > self.limits().max_request_bytes {
+            return Err(Status::invalid_argument(ERR_REQUEST_TOO_LARGE));
+        }
+        Ok(())
+    }
+
+    /// Refuse writes that add data while the NOSPACE alarm is on, raising it
+    /// when the backend has outgrown the quota.
+    pub(crate) fn check_quota(&self) -> Result<(), Status> {
+        let over = self.node().store().db_size_bytes() > self.limits().quota_backend_bytes;
+        let mut alarms = self.inner.alarms.lock().expect("alarms poisoned");
+        if over && !alarms.iter().any(|a| a.alarm == ALARM_NOSPACE) {
+            tracing::warn!("backend exceeds quota_backend_bytes={}: NOSPACE alarm raised", self.limits().quota_backend_bytes);
+            alarms.push(PbAlarmMember { member_id: self.node().id(), alarm: ALARM_NOSPACE });
+        }
+        if alarms.iter().any(|a| a.alarm == ALARM_NOSPACE) {
+            return Err(mvcc::EtcdError::NoSpace.to_status());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn alarms(&self) -> &Mutex<Vec<PbAlarmMember>> {
+        &self.inner.alarms
+    }
+
+    /// Serve a gRPC request that needs a linearizable view.
+    pub(crate) async fn barrier(&self, serializable: bool) -> Result<(), Status> {
+        if !serializable {
+            self.node().read_barrier().await.map_err(node_status)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn node_status(e: NodeError) -> Status {
+    Status::new(e.code(), e.to_string())
+}
+
+/// Serve the etcd API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    api: EtcdApi,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer};
+    let max = api.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let per_conn = api.limits().max_concurrent_requests_per_connection;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(per_conn)
+        .add_service(PbKvServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(usize::MAX))
+        .add_service(PbWatchServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))
+        .add_service(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(consensus::node::tokio_stream_listener(listener), shutdown)
+        .await
+}

@@ -1,0 +1,274 @@
+//! Member-to-member transport: openraft RPCs and leader-bound requests
+//! (forwarded writes, ReadIndex, lease keep-alives, membership changes) over
+//! one gRPC method carrying postcard-encoded [`PeerRequest`]s.
+//!
+//! The Raft core only sees [`PeerNetwork`] through openraft's
+//! `RaftNetworkFactory` trait, so a simulator can substitute its own network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mvcc::Command;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{ApplyOutcome, LogId, Member, NodeId, TypeConfig};
+
+pub mod pb {
+    tonic::include_proto!("phalanx.peer");
+}
+
+/// Every request one member sends another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Must be served by the current leader; a non-leader answers
+    /// [`LeaderError::NotLeader`] so the sender can retry at the right member.
+    Leader(LeaderRequest),
+    /// "Which member am I?": asked by a member started with
+    /// `--initial-cluster-state existing`, with its own peer URLs.
+    Join { peer_urls: Vec<String> },
+}
+
+/// Requests only the leader can serve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderRequest {
+    Write(Command),
+    /// ReadIndex: the leader confirms its leadership with a quorum and
+    /// returns the log index a linearizable read must wait for.
+    ReadIndex,
+    LeaseKeepAlive { id: i64 },
+    LeaseTimeToLive { id: i64 },
+    AddMember { id: NodeId, member: Member, learner: bool },
+    RemoveMember { id: NodeId },
+    PromoteMember { id: NodeId },
+    UpdateMember { id: NodeId, peer_urls: Vec<String> },
+    PublishClientUrls { id: NodeId, client_urls: Vec<String> },
+    MoveLeader { target: NodeId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderResponse {
+    Written(ApplyOutcome),
+    ReadIndex(Option<LogId>),
+    /// TTL granted by a keep-alive; `None`: lease not found.
+    LeaseTtl(Option<i64>),
+    /// (granted TTL, remaining seconds); `None`: lease not found.
+    LeaseRemaining(Option<(i64, i64)>),
+    Done,
+}
+
+/// Why a leader-bound request failed on the member that received it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum LeaderError {
+    #[error("not the leader (leader is {leader:?})")]
+    NotLeader { leader: Option<(NodeId, Member)> },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("member {0} not found")]
+    MemberNotFound(NodeId),
+    #[error("member {0} is not a learner")]
+    MemberNotLearner(NodeId),
+    #[error("peer URLs already in use by member {0}")]
+    PeerUrlExists(NodeId),
+    #[error("the learner is not yet in sync with the leader; retry later")]
+    LearnerNotReady,
+    #[error("{0}")]
+    Stopped(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub cluster_id: u64,
+    pub member_id: NodeId,
+    pub members: Vec<(NodeId, Member)>,
+}
+
+/// Serves peer requests; implemented by `Node`.
+#[tonic::async_trait]
+pub trait PeerHandler: Send + Sync + 'static {
+    /// Returns the postcard-encoded response matching the request variant.
+    async fn handle(&self, req: PeerRequest) -> Vec<u8>;
+}
+
+/// The tonic service wrapping a [`PeerHandler`].
+pub struct PeerService<H> {
+    handler: Arc<H>,
+}
+
+impl<H: PeerHandler> PeerService<H> {
+    pub fn new(handler: Arc<H>) -> pb::peer_server::PeerServer<Self> {
+        pb::peer_server::PeerServer::new(PeerService { handler })
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+    }
+}
+
+/// Largest peer message (a batch of entries or a snapshot chunk).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[tonic::async_trait]
+impl<H: PeerHandler> pb::peer_server::Peer for PeerService<H> {
+    async fn call(&self, request: tonic::Request<pb::Envelope>) -> Result<tonic::Response<pb::Envelope>, tonic::Status> {
+        let env = request.into_inner();
+        let req: PeerRequest = postcard::from_bytes(&env.payload)
+            .map_err(|e| tonic::Status::invalid_argument(format!("undecodable peer request: {e}")))?;
+        let payload = self.handler.handle(req).await;
+        Ok(tonic::Response::new(pb::Envelope { kind: env.kind, payload }))
+    }
+}
+
+/// Encode a handler's answer.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("encoding an in-memory value cannot fail")
+}
+
+/// Timeouts of the peer transport.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTimeouts {
+    pub connect_timeout_ms: u64,
+    /// Per-request bound for requests other than Raft RPCs (openraft passes
+    /// its own deadline for those).
+    pub request_timeout_ms: u64,
+}
+
+/// A client for one peer, reconnecting lazily.
+#[derive(Clone)]
+pub struct PeerClient {
+    target: NodeId,
+    channel: Channel,
+    timeouts: PeerTimeouts,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCallError {
+    #[error("member {target} unreachable: {detail}")]
+    Unreachable { target: NodeId, detail: String },
+    #[error("member {target} sent an undecodable answer: {detail}")]
+    Decode { target: NodeId, detail: String },
+}
+
+impl PeerClient {
+    pub fn new(target: NodeId, url: &str, timeouts: PeerTimeouts) -> Result<Self, PeerCallError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| PeerCallError::Unreachable { target, detail: format!("bad peer URL {url}: {e}") })?
+            .connect_timeout(Duration::from_millis(timeouts.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        Ok(PeerClient { target, channel: endpoint.connect_lazy(), timeouts })
+    }
+
+    pub async fn call<T: DeserializeOwned>(&self, req: &PeerRequest, timeout: Option<Duration>) -> Result<T, PeerCallError> {
+        let payload = encode(req);
+        let mut client = pb::peer_client::PeerClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let mut request = tonic::Request::new(pb::Envelope { kind: 0, payload });
+        request.set_timeout(timeout.unwrap_or(Duration::from_millis(self.timeouts.request_timeout_ms)));
+        let target = self.target;
+        let resp = client
+            .call(request)
+            .await
+            .map_err(|s| PeerCallError::Unreachable { target, detail: format!("{}: {}", s.code(), s.message()) })?;
+        postcard::from_bytes(&resp.into_inner().payload).map_err(|e| PeerCallError::Decode { target, detail: e.to_string() })
+    }
+}
+
+/// Clients to every peer, by member id, reused across openraft's requests.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    clients: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
+    timeouts: PeerTimeouts,
+}
+
+impl PeerNetwork {
+    pub fn new(timeouts: PeerTimeouts) -> Self {
+        PeerNetwork { clients: Arc::new(Mutex::new(HashMap::new())), timeouts }
+    }
+
+    pub fn client(&self, target: NodeId, member: &Member) -> Result<PeerClient, PeerCallError> {
+        let url = member
+            .peer_urls
+            .first()
+            .cloned()
+            .ok_or_else(|| PeerCallError::Unreachable { target, detail: "member has no peer URL".into() })?;
+        let mut clients = self.clients.lock().expect("peer clients poisoned");
+        if let Some(c) = clients.get(&(target, url.clone())) {
+            return Ok(c.clone());
+        }
+        let c = PeerClient::new(target, &url, self.timeouts)?;
+        clients.insert((target, url), c.clone());
+        Ok(c)
+    }
+}
+
+/// openraft's view of one peer.
+pub struct RaftPeer {
+    target: NodeId,
+    client: Result<PeerClient, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = RaftPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> RaftPeer {
+        RaftPeer { target, client: self.client(target, node).map_err(|e| e.to_string()) }
+    }
+}
+
+impl RaftPeer {
+    async fn rpc<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        req: PeerRequest,
+        option: &RPCOption,
+    ) -> Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
+        let client = match &self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))),
+        };
+        let answer: Result<T, RaftError<NodeId, E>> = client
+            .call(&req, Some(option.hard_ttl()))
+            .await
+            .map_err(|e| match e {
+                PeerCallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                PeerCallError::Decode { .. } => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RaftPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.rpc(PeerRequest::AppendEntries(rpc), &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>> {
+        self.rpc(PeerRequest::InstallSnapshot(rpc), &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.rpc(PeerRequest::Vote(rpc), &option).await
+    }
+}

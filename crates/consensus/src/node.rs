@@ -1,0 +1,764 @@
+//! A running member: Raft core + log store + state machine + peer transport +
+//! lease clocks, and the operations the client API needs (propose, ReadIndex,
+//! leases, membership), each routed to the leader when this member is not it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mvcc::{Command, Store};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::identity::{self, Identity};
+use crate::lessor::Lessor;
+use crate::log_store::LogStore;
+use crate::network::{
+    encode, JoinAnswer, LeaderError, LeaderRequest, LeaderResponse, PeerCallError, PeerClient, PeerHandler,
+    PeerNetwork, PeerRequest, PeerService, PeerTimeouts,
+};
+use crate::state_machine::Applier;
+use crate::types::{cluster_id, initial_member_id, ApplyOutcome, Member, NodeId, Raft};
+
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Everything a member needs to start. Mirrors etcd's flags.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// (name, peer URLs) of every initial member, from `--initial-cluster`.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub advertise_peer_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    /// Leader heartbeat period (`--heartbeat-interval`, ms).
+    pub heartbeat_interval_ms: u64,
+    /// Minimum election timeout (`--election-timeout`, ms); the maximum is twice this.
+    pub election_timeout_ms: u64,
+    /// Applied entries between two snapshots (`--snapshot-count`); the log
+    /// before a snapshot is compacted, and members that lag further behind
+    /// catch up by snapshot.
+    pub snapshot_count: u64,
+    /// How long a client request may wait for a leader, a commit, or a read index.
+    pub request_timeout_ms: u64,
+    /// How often the leader looks for expired leases.
+    pub lease_check_interval_ms: u64,
+    /// Most leases revoked per expiry pass (bounds the burst of proposals).
+    pub max_lease_revokes_per_pass: usize,
+    /// Peer connect timeout.
+    pub peer_connect_timeout_ms: u64,
+    /// A learner may be promoted only when it lags the leader by at most this many entries.
+    pub max_learner_lag_entries: u64,
+}
+
+impl NodeConfig {
+    pub fn with_defaults(name: &str, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            name: name.to_string(),
+            data_dir,
+            initial_cluster: Vec::new(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".into(),
+            advertise_peer_urls: Vec::new(),
+            advertise_client_urls: Vec::new(),
+            heartbeat_interval_ms: 50,
+            election_timeout_ms: 250,
+            snapshot_count: 10_000,
+            request_timeout_ms: 5_000,
+            lease_check_interval_ms: 100,
+            max_lease_revokes_per_pass: 64,
+            peer_connect_timeout_ms: 1_000,
+            max_learner_lag_entries: 1_000,
+        }
+    }
+}
+
+/// Errors a client request can end with. The messages are etcd's, because
+/// clients match on them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            NodeError::NoLeader | NodeError::Timeout | NodeError::LeaderChanged | NodeError::Stopped => Code::Unavailable,
+            NodeError::MemberNotFound => Code::NotFound,
+            NodeError::MemberNotLearner | NodeError::LearnerNotReady | NodeError::PeerUrlExists => Code::FailedPrecondition,
+            NodeError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// Why a member refused to start. Each says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("data dir {data_dir} belongs to cluster {found_cluster:x} (token {found_token:?}), but this member was started with --initial-cluster-token {wanted_token:?}: use the data dir of this cluster, or an empty one")]
+    OtherCluster { data_dir: PathBuf, found_cluster: u64, found_token: String, wanted_token: String },
+    #[error("data dir {data_dir} belongs to member {found_name:?} (id {found_id:x}), but this member was started as {wanted_name:?} (id {wanted_id:x}): a data dir serves exactly one member; use its own --name and peer URLs, or an empty data dir")]
+    OtherMember { data_dir: PathBuf, found_name: String, found_id: NodeId, wanted_name: String, wanted_id: NodeId },
+    #[error("--initial-cluster does not list this member's name {name:?}; add `{name}=<peer-url>` to it")]
+    NotInInitialCluster { name: String },
+    #[error("--initial-cluster lists {name:?} with peer URLs {listed:?}, but --initial-advertise-peer-urls is {advertised:?}; they must match")]
+    PeerUrlMismatch { name: String, listed: Vec<String>, advertised: Vec<String> },
+    #[error("could not join the existing cluster through any of {peers:?}: {detail}. Add this member first with `etcdctl member add {name} --peer-urls=...`, and check the peers are reachable")]
+    Join { name: String, peers: Vec<String>, detail: String },
+    #[error("raft log: {0}")]
+    Log(#[from] crate::log_store::LogStoreError),
+    #[error("key-value store {path}: {detail}")]
+    Store { path: PathBuf, detail: String },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Status figures for `Maintenance.Status`.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub is_learner: bool,
+}
+
+/// A running member.
+pub struct Node {
+    id: NodeId,
+    cluster_id: u64,
+    config: NodeConfig,
+    raft: Raft,
+    applier: Applier,
+    lessor: Arc<Lessor>,
+    network: PeerNetwork,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+fn is_not_leader<E>(e: &RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Option<Option<(NodeId, Member)>> {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id.zip(f.leader_node.clone())),
+        _ => None,
+    }
+}
+
+impl Node {
+    /// Open (or create) the member's data, start Raft and serve peers on
+    /// `peer_listener`. For a new cluster, the initial membership is set up;
+    /// for an existing one, the member learns its id from a peer.
+    pub async fn start(config: NodeConfig, peer_listener: tokio::net::TcpListener) -> Result<Arc<Node>, StartError> {
+        let member_dir = config.data_dir.join("member");
+        std::fs::create_dir_all(&member_dir).map_err(|source| StartError::DataDir { path: member_dir.clone(), source })?;
+
+        let existing_identity = identity::load(&member_dir)?;
+        let timeouts = PeerTimeouts { connect_timeout_ms: config.peer_connect_timeout_ms, request_timeout_ms: config.request_timeout_ms };
+        let network = PeerNetwork::new(timeouts);
+
+        // Decide who we are.
+        let mut initial_members: Option<BTreeMap<NodeId, Member>> = None;
+        let identity = match (&existing_identity, config.initial_cluster_state) {
+            (Some(found), _) => {
+                if found.cluster_token != config.initial_cluster_token {
+                    return Err(StartError::OtherCluster {
+                        data_dir: config.data_dir.clone(),
+                        found_cluster: found.cluster_id,
+                        found_token: found.cluster_token.clone(),
+                        wanted_token: config.initial_cluster_token.clone(),
+                    });
+                }
+                let wanted_id = if config.initial_cluster_state == ClusterState::New && !config.advertise_peer_urls.is_empty() {
+                    initial_member_id(&config.advertise_peer_urls, &config.initial_cluster_token)
+                } else {
+                    found.member_id
+                };
+                if found.name != config.name || wanted_id != found.member_id {
+                    return Err(StartError::OtherMember {
+                        data_dir: config.data_dir.clone(),
+                        found_name: found.name.clone(),
+                        found_id: found.member_id,
+                        wanted_name: config.name.clone(),
+                        wanted_id,
+                    });
+                }
+                found.clone()
+            }
+            (None, ClusterState::New) => {
+                let me = config
+                    .initial_cluster
+                    .iter()
+                    .find(|(n, _)| *n == config.name)
+                    .ok_or_else(|| StartError::NotInInitialCluster { name: config.name.clone() })?;
+                let mut listed = me.1.clone();
+                let mut advertised = config.advertise_peer_urls.clone();
+                listed.sort();
+                advertised.sort();
+                if listed != advertised {
+                    return Err(StartError::PeerUrlMismatch { name: config.name.clone(), listed, advertised });
+                }
+                let mut members = BTreeMap::new();
+                for (name, urls) in &config.initial_cluster {
+                    let id = initial_member_id(urls, &config.initial_cluster_token);
+                    let client_urls = if *name == config.name { config.advertise_client_urls.clone() } else { Vec::new() };
+                    members.insert(id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls });
+                }
+                let ids: Vec<NodeId> = members.keys().copied().collect();
+                let identity = Identity {
+                    cluster_id: cluster_id(&ids, &config.initial_cluster_token),
+                    member_id: initial_member_id(&config.advertise_peer_urls, &config.initial_cluster_token),
+                    name: config.name.clone(),
+                    cluster_token: config.initial_cluster_token.clone(),
+                };
+                initial_members = Some(members);
+                identity
+            }
+            (None, ClusterState::Existing) => Self::join(&config, &network).await?,
+        };
+
+        let log = LogStore::open(&member_dir.join("raft.redb"))?;
+        let kv_path = member_dir.join("kv.redb");
+        let store = Arc::new(Store::open(&kv_path).map_err(|e| StartError::Store { path: kv_path.clone(), detail: e.to_string() })?);
+        let lessor = Arc::new(Lessor::new());
+        lessor.reload(&store);
+        let applier = Applier::new(store, lessor.clone());
+
+        let raft_config = openraft::Config {
+            cluster_name: format!("{:x}", identity.cluster_id),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(format!("invalid raft settings: {e}")))?;
+
+        let raft = Raft::new(identity.member_id, Arc::new(raft_config), network.clone(), log, applier.clone())
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let (shutdown_tx, _) = watch::channel(false);
+        let node = Arc::new(Node {
+            id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            config: config.clone(),
+            raft,
+            applier,
+            lessor,
+            network,
+            shutdown_tx,
+        });
+
+        // Serve peers before initializing, so others can reach us at once.
+        let service = PeerService::new(node.clone());
+        let mut shutdown_rx = node.shutdown_tx.subscribe();
+        let incoming = tokio_stream_listener(peer_listener);
+        tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!("peer server stopped: {e}");
+            }
+        });
+
+        if let Some(members) = initial_members {
+            if !node.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+                // Every initial member initializes with the same membership;
+                // openraft accepts this (the entries are identical).
+                if let Err(e) = node.raft.initialize(members).await {
+                    tracing::info!("initialize: {e} (another member initialized first)");
+                }
+            }
+        }
+        identity::store(&member_dir, &identity)?;
+
+        node.clone().spawn_background();
+        Ok(node)
+    }
+
+    async fn join(config: &NodeConfig, network: &PeerNetwork) -> Result<Identity, StartError> {
+        let peers: Vec<String> = config
+            .initial_cluster
+            .iter()
+            .filter(|(n, _)| *n != config.name)
+            .flat_map(|(_, urls)| urls.clone())
+            .collect();
+        let _ = network;
+        let deadline = Instant::now() + Duration::from_millis(config.request_timeout_ms.max(5_000));
+        let mut last_err = String::from("no peers listed in --initial-cluster");
+        while Instant::now() < deadline {
+            for url in &peers {
+                let timeouts = PeerTimeouts { connect_timeout_ms: config.peer_connect_timeout_ms, request_timeout_ms: 2_000 };
+                let client = match PeerClient::new(0, url, timeouts) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_err = e.to_string();
+                        continue;
+                    }
+                };
+                let req = PeerRequest::Join { peer_urls: config.advertise_peer_urls.clone() };
+                match client.call::<Result<JoinAnswer, String>>(&req, None).await {
+                    Ok(Ok(answer)) => {
+                        return Ok(Identity {
+                            cluster_id: answer.cluster_id,
+                            member_id: answer.member_id,
+                            name: config.name.clone(),
+                            cluster_token: config.initial_cluster_token.clone(),
+                        })
+                    }
+                    Ok(Err(e)) => last_err = e,
+                    Err(e) => last_err = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(StartError::Join { name: config.name.clone(), peers, detail: last_err })
+    }
+
+    fn spawn_background(self: Arc<Self>) {
+        // Leadership watcher: restart lease clocks on promotion; publish our
+        // client URLs into the membership once a leader exists.
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut metrics = node.raft.metrics();
+            let mut leading_term: Option<u64> = None;
+            let mut published = false;
+            let mut shutdown = node.shutdown_tx.subscribe();
+            loop {
+                let (state, term, leader, my_urls) = {
+                    let m = metrics.borrow_and_update();
+                    let me = m.membership_config.membership().get_node(&node.id).cloned();
+                    (m.state, m.current_term, m.current_leader, me.map(|m| m.client_urls))
+                };
+                if state == ServerState::Leader && leading_term != Some(term) {
+                    node.lessor.promote();
+                    leading_term = Some(term);
+                } else if state != ServerState::Leader {
+                    leading_term = None;
+                }
+                if !published && leader.is_some() {
+                    if my_urls.as_ref() == Some(&node.config.advertise_client_urls) {
+                        published = true;
+                    } else if my_urls.is_some() {
+                        let req = LeaderRequest::PublishClientUrls { id: node.id, client_urls: node.config.advertise_client_urls.clone() };
+                        published = node.leader_call(req).await.is_ok();
+                    }
+                }
+                tokio::select! {
+                    r = metrics.changed() => if r.is_err() { return },
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)), if !published => {}
+                }
+            }
+        });
+
+        // Lease expiry: only the leader revokes, through consensus.
+        let node = self;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(node.config.lease_check_interval_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut shutdown = node.shutdown_tx.subscribe();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                if node.raft.metrics().borrow().state != ServerState::Leader {
+                    continue;
+                }
+                for id in node.lessor.expired(node.config.max_lease_revokes_per_pass) {
+                    if let Err(e) = node.raft.client_write(Command::LeaseRevoke { id }).await {
+                        tracing::debug!("revoking expired lease {id:x}: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+    pub fn store(&self) -> &Arc<Store> {
+        self.applier.store()
+    }
+    pub fn applier(&self) -> &Applier {
+        &self.applier
+    }
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    /// The lease clocks of this member (authoritative only on the leader).
+    pub fn lessor(&self) -> &Lessor {
+        &self.lessor
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let is_learner = !m.membership_config.membership().voter_ids().any(|v| v == self.id);
+        NodeStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            is_learner,
+        }
+    }
+
+    /// Current raft term (for response headers).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Members: (id, member, is_learner).
+    pub fn members(&self) -> Vec<(NodeId, Member, bool)> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        m.membership().nodes().map(|(id, n)| (*id, n.clone(), !voters.contains(id))).collect()
+    }
+
+    /// Replicate `cmd` and wait until it is applied here; returns the outcome.
+    pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, NodeError> {
+        match self.leader_call(LeaderRequest::Write(cmd)).await? {
+            LeaderResponse::Written(outcome) => {
+                // The write is applied on the leader; make it visible here too
+                // before answering, so a client reading from this member next
+                // sees its own write.
+                self.wait_applied_revision(outcome.revision).await?;
+                Ok(outcome)
+            }
+            other => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    async fn wait_applied_revision(&self, revision: i64) -> Result<(), NodeError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+        let mut metrics = self.raft.metrics();
+        while self.store().current_revision() < revision {
+            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                return Err(NodeError::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Linearizable read barrier (ReadIndex): when this returns, every write
+    /// acknowledged before the call is applied on this member.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let index = match self.leader_call(LeaderRequest::ReadIndex).await? {
+            LeaderResponse::ReadIndex(log_id) => log_id.map(|l| l.index),
+            other => return Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+        };
+        let Some(index) = index else { return Ok(()) };
+        self.raft
+            .wait(Some(Duration::from_millis(self.config.request_timeout_ms)))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => NodeError::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => NodeError::Stopped,
+            })
+    }
+
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>, NodeError> {
+        match self.leader_call(LeaderRequest::LeaseKeepAlive { id }).await? {
+            LeaderResponse::LeaseTtl(t) => Ok(t),
+            other => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, NodeError> {
+        match self.leader_call(LeaderRequest::LeaseTimeToLive { id }).await? {
+            LeaderResponse::LeaseRemaining(t) => Ok(t),
+            other => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<NodeId, NodeError> {
+        let id = crate::types::random_member_id();
+        let member = Member { name: String::new(), peer_urls, client_urls: Vec::new() };
+        self.leader_call(LeaderRequest::AddMember { id, member, learner }).await?;
+        Ok(id)
+    }
+    pub async fn member_remove(&self, id: NodeId) -> Result<(), NodeError> {
+        self.leader_call(LeaderRequest::RemoveMember { id }).await.map(|_| ())
+    }
+    pub async fn member_promote(&self, id: NodeId) -> Result<(), NodeError> {
+        self.leader_call(LeaderRequest::PromoteMember { id }).await.map(|_| ())
+    }
+    pub async fn member_update(&self, id: NodeId, peer_urls: Vec<String>) -> Result<(), NodeError> {
+        self.leader_call(LeaderRequest::UpdateMember { id, peer_urls }).await.map(|_| ())
+    }
+
+    /// Run `req` on the leader: here if we lead, else over the peer
+    /// transport. Retries only where the request certainly did not take
+    /// effect (the receiver was not the leader, or the connection was never
+    /// made), until `request_timeout_ms`.
+    async fn leader_call(&self, req: LeaderRequest) -> Result<LeaderResponse, NodeError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+        let mut metrics = self.raft.metrics();
+        let mut hint: Option<(NodeId, Member)> = None;
+        loop {
+            let leader = {
+                let m = metrics.borrow_and_update();
+                match m.current_leader {
+                    Some(l) if l == self.id => Some((l, None)),
+                    Some(l) => m.membership_config.membership().get_node(&l).cloned().map(|n| (l, Some(n))),
+                    None => hint.take().map(|(l, n)| (l, Some(n))),
+                }
+            };
+            let result = match &leader {
+                None => None,
+                Some((_, None)) => Some(self.serve_leader(req.clone()).await),
+                Some((l, Some(member))) => match self.network.client(*l, member) {
+                    Err(_) => None,
+                    Ok(client) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        match client.call::<Result<LeaderResponse, LeaderError>>(&PeerRequest::Leader(req.clone()), Some(remaining)).await {
+                            Ok(r) => Some(r),
+                            Err(PeerCallError::Unreachable { detail, .. }) => {
+                                // A write that may have reached the leader must not be
+                                // sent twice; report it as indeterminate.
+                                if matches!(req, LeaderRequest::Write(_)) && !detail.contains("onnect") {
+                                    return Err(NodeError::LeaderChanged);
+                                }
+                                None
+                            }
+                            Err(PeerCallError::Decode { detail, .. }) => return Err(NodeError::Internal(detail)),
+                        }
+                    }
+                },
+            };
+            match result {
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(LeaderError::NotLeader { leader })) => hint = leader,
+                Some(Err(LeaderError::MemberNotFound(_))) => return Err(NodeError::MemberNotFound),
+                Some(Err(LeaderError::MemberNotLearner(_))) => return Err(NodeError::MemberNotLearner),
+                Some(Err(LeaderError::LearnerNotReady)) => return Err(NodeError::LearnerNotReady),
+                Some(Err(LeaderError::PeerUrlExists(_))) => return Err(NodeError::PeerUrlExists),
+                Some(Err(LeaderError::Stopped(_))) => return Err(NodeError::Stopped),
+                Some(Err(LeaderError::Rejected(e))) => return Err(NodeError::Internal(e)),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(if leader.is_none() { NodeError::NoLeader } else { NodeError::Timeout });
+            }
+            if hint.is_none() {
+                // Wait for a leader change (or a short back-off), bounded by the deadline.
+                let wait = deadline.min(Instant::now() + Duration::from_millis(20));
+                let _ = tokio::time::timeout_at(wait, metrics.changed()).await;
+            }
+        }
+    }
+
+    fn not_leader(&self) -> LeaderError {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.filter(|l| *l != self.id).and_then(|l| m.membership_config.membership().get_node(&l).cloned().map(|n| (l, n)));
+        LeaderError::NotLeader { leader }
+    }
+
+    fn write_err(&self, e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> LeaderError {
+        if let Some(leader) = is_not_leader::<()>(&e) {
+            return LeaderError::NotLeader { leader };
+        }
+        match e {
+            RaftError::Fatal(f) => LeaderError::Stopped(f.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => LeaderError::Rejected(c.to_string()),
+            other => LeaderError::Rejected(other.to_string()),
+        }
+    }
+
+    /// Serve a leader-bound request on this member.
+    async fn serve_leader(&self, req: LeaderRequest) -> Result<LeaderResponse, LeaderError> {
+        let is_leader = self.raft.metrics().borrow().state == ServerState::Leader;
+        if !is_leader {
+            return Err(self.not_leader());
+        }
+        match req {
+            LeaderRequest::Write(cmd) => match self.raft.client_write(cmd).await {
+                Ok(r) => Ok(LeaderResponse::Written(r.data)),
+                Err(e) => Err(self.write_err(e)),
+            },
+            LeaderRequest::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read, _applied)) => Ok(LeaderResponse::ReadIndex(read)),
+                Err(RaftError::APIError(_)) => Err(self.not_leader()),
+                Err(RaftError::Fatal(f)) => Err(LeaderError::Stopped(f.to_string())),
+            },
+            LeaderRequest::LeaseKeepAlive { id } => Ok(LeaderResponse::LeaseTtl(self.lessor.keep_alive(id))),
+            LeaderRequest::LeaseTimeToLive { id } => Ok(LeaderResponse::LeaseRemaining(self.lessor.remaining(id))),
+            LeaderRequest::AddMember { id, member, learner } => {
+                let existing = self.members();
+                if let Some((other, _, _)) = existing.iter().find(|(_, m, _)| m.peer_urls.iter().any(|u| member.peer_urls.contains(u))) {
+                    return Err(LeaderError::PeerUrlExists(*other));
+                }
+                self.raft.add_learner(id, member, false).await.map_err(|e| self.write_err(e))?;
+                if !learner {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| self.write_err(e))?;
+                }
+                Ok(LeaderResponse::Done)
+            }
+            LeaderRequest::RemoveMember { id } => {
+                let Some((_, _, learner)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+                    return Err(LeaderError::MemberNotFound(id));
+                };
+                let change = if learner {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                };
+                self.raft.change_membership(change, false).await.map_err(|e| self.write_err(e))?;
+                Ok(LeaderResponse::Done)
+            }
+            LeaderRequest::PromoteMember { id } => {
+                let Some((_, _, learner)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+                    return Err(LeaderError::MemberNotFound(id));
+                };
+                if !learner {
+                    return Err(LeaderError::MemberNotLearner(id));
+                }
+                let m = self.raft.metrics().borrow().clone();
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                if last.saturating_sub(matched) > self.config.max_learner_lag_entries {
+                    return Err(LeaderError::LearnerNotReady);
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|e| self.write_err(e))?;
+                Ok(LeaderResponse::Done)
+            }
+            LeaderRequest::UpdateMember { id, peer_urls } => {
+                let Some((_, mut member, _)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+                    return Err(LeaderError::MemberNotFound(id));
+                };
+                member.peer_urls = peer_urls;
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
+                    .await
+                    .map_err(|e| self.write_err(e))?;
+                Ok(LeaderResponse::Done)
+            }
+            LeaderRequest::PublishClientUrls { id, client_urls } => {
+                let Some((_, mut member, _)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+                    return Err(LeaderError::MemberNotFound(id));
+                };
+                if member.client_urls == client_urls {
+                    return Ok(LeaderResponse::Done);
+                }
+                member.client_urls = client_urls;
+                if member.name.is_empty() {
+                    // Added by MemberAdd: learn its name from itself.
+                    member.name = format!("{id:x}");
+                }
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
+                    .await
+                    .map_err(|e| self.write_err(e))?;
+                Ok(LeaderResponse::Done)
+            }
+            LeaderRequest::MoveLeader { target } => Err(LeaderError::Rejected(format!(
+                "moving leadership to {target:x} is not supported by this version"
+            ))),
+        }
+    }
+
+    /// Stop serving: Raft, peer server and background tasks.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+#[tonic::async_trait]
+impl PeerHandler for Node {
+    async fn handle(&self, req: PeerRequest) -> Vec<u8> {
+        match req {
+            PeerRequest::AppendEntries(r) => encode(&self.raft.append_entries(r).await),
+            PeerRequest::Vote(r) => encode(&self.raft.vote(r).await),
+            PeerRequest::InstallSnapshot(r) => encode(&self.raft.install_snapshot(r).await),
+            PeerRequest::Leader(r) => encode(&self.serve_leader(r).await),
+            PeerRequest::Join { peer_urls } => {
+                let found = self.members().into_iter().find(|(_, m, _)| m.peer_urls.iter().any(|u| peer_urls.contains(u)));
+                let answer: Result<JoinAnswer, String> = match found {
+                    Some((id, _, _)) => Ok(JoinAnswer {
+                        cluster_id: self.cluster_id,
+                        member_id: id,
+                        members: self.members().into_iter().map(|(i, m, _)| (i, m)).collect(),
+                    }),
+                    None => Err(format!("no member with peer URLs {peer_urls:?} in cluster {:x}", self.cluster_id)),
+                };
+                encode(&answer)
+            }
+        }
+    }
+}
+
+/// Accepted connections of a listener as a stream for tonic.
+pub fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}

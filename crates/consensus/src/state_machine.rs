@@ -1,0 +1,214 @@
+//! The Raft state machine: committed entries go into the `mvcc::Store`.
+//!
+//! A batch of committed entries is applied in one store transaction together
+//! with the Raft bookkeeping (last applied log id + membership), so a crash
+//! can never leave data and bookkeeping out of step. After a batch is applied
+//! its watch events are published on [`Applier::subscribe`], in revision
+//! order; lease grants and revokes are reported to the [`crate::lessor::Lessor`].
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use etcd_client::proto::PbEvent;
+use mvcc::{ApplyResponse, Command, Store};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::lessor::Lessor;
+use crate::types::{ApplyOutcome, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Raft bookkeeping stored atomically with the data it describes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AppliedMeta {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// What one applied batch changed, as seen by watchers.
+#[derive(Clone, Debug)]
+pub enum StoreChange {
+    /// Events of consecutive revisions, ending at `revision`.
+    Events { revision: i64, events: Arc<Vec<PbEvent>> },
+    /// The whole state was replaced by a snapshot at `revision`: watchers must
+    /// re-read history from the store (or learn it was compacted).
+    Reset { revision: i64 },
+}
+
+/// Capacity (in applied batches) of the channel feeding watchers; a watcher
+/// that falls further behind re-reads history from the store instead.
+pub const WATCH_CHANNEL_BATCHES: usize = 4096;
+
+/// The state machine handed to openraft. Clones share everything.
+#[derive(Clone)]
+pub struct Applier {
+    store: Arc<Store>,
+    lessor: Arc<Lessor>,
+    changes: broadcast::Sender<StoreChange>,
+    /// Serialises apply against snapshot building, so a snapshot's content
+    /// and its log id always describe the same state.
+    apply_lock: Arc<Mutex<()>>,
+    current_snapshot: Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>,
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+impl Applier {
+    pub fn new(store: Arc<Store>, lessor: Arc<Lessor>) -> Self {
+        let (changes, _) = broadcast::channel(WATCH_CHANNEL_BATCHES);
+        Applier { store, lessor, changes, apply_lock: Arc::new(Mutex::new(())), current_snapshot: Arc::new(Mutex::new(None)) }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Subscribe to store changes. Subscribe *before* reading the store's
+    /// current revision, then skip what was already read: nothing is lost.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreChange> {
+        self.changes.subscribe()
+    }
+
+    fn read_meta(&self) -> Result<AppliedMeta, StorageError> {
+        match self.store.applied_meta().map_err(sm_read_err)? {
+            None => Ok(AppliedMeta::default()),
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(sm_read_err),
+        }
+    }
+
+    fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<ApplyOutcome>, StorageError> {
+        let _guard = self.apply_lock.lock().expect("apply lock poisoned");
+        let mut meta = self.read_meta()?;
+        let mut items: Vec<Option<Command>> = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let log_id = *e.get_log_id();
+            // Raft hands entries over in order, exactly once.
+            assert!(meta.last_applied.map_or(true, |l| l.index < log_id.index), "apply out of order: {log_id} after {:?}", meta.last_applied);
+            meta.last_applied = Some(log_id);
+            match &e.payload {
+                EntryPayload::Blank => items.push(None),
+                EntryPayload::Normal(cmd) => items.push(Some(cmd.clone())),
+                EntryPayload::Membership(m) => {
+                    meta.membership = StoredMembership::new(Some(log_id), m.clone());
+                    items.push(None);
+                }
+            }
+        }
+        let meta_bytes = postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
+        let applied = self.store.apply_batch(&items, &meta_bytes, true).map_err(sm_write_err)?;
+        assert_eq!(applied.len(), items.len(), "store returned a result per item");
+
+        let mut outcomes = Vec::with_capacity(applied.len());
+        let mut events = Vec::new();
+        let mut revision = self.store.current_revision();
+        for (item, result) in items.iter().zip(applied) {
+            match result {
+                None => outcomes.push(ApplyOutcome { revision: self.store.current_revision(), response: Vec::new() }),
+                Some(a) => {
+                    match (&a.response, item) {
+                        (ApplyResponse::LeaseGrant(r), _) if r.error.is_empty() => self.lessor.on_grant(r.id, r.ttl),
+                        (ApplyResponse::LeaseRevoke(_), Some(Command::LeaseRevoke { id })) => self.lessor.on_revoke(*id),
+                        _ => {}
+                    }
+                    revision = a.revision;
+                    events.extend(a.events);
+                    outcomes.push(ApplyOutcome { revision: a.revision, response: a.response.encode() });
+                }
+            }
+        }
+        if !events.is_empty() {
+            // No receivers is fine: nobody watches.
+            let _ = self.changes.send(StoreChange::Events { revision, events: Arc::new(events) });
+        }
+        Ok(outcomes)
+    }
+
+    fn build_snapshot_blocking(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let _guard = self.apply_lock.lock().expect("apply lock poisoned");
+            let meta = self.read_meta()?;
+            let mut data = Vec::new();
+            self.store.write_snapshot(&mut data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            (meta, data)
+        };
+        let snapshot_id = match meta.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+            None => format!("empty-{}", rand::random::<u32>()),
+        };
+        let snap_meta = SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership, snapshot_id };
+        let data = Arc::new(data);
+        *self.current_snapshot.lock().expect("snapshot lock poisoned") = Some((snap_meta.clone(), data.clone()));
+        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new((*data).clone())) })
+    }
+
+    fn install_blocking(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+        let _guard = self.apply_lock.lock().expect("apply lock poisoned");
+        let sig = Some(meta.signature());
+        self.store.install_snapshot(&mut Cursor::new(&data)).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        // The snapshot carries the leader's bookkeeping; make ours say exactly
+        // what openraft installed.
+        let applied = AppliedMeta { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        let meta_bytes = postcard::to_allocvec(&applied).expect("encoding applied meta cannot fail");
+        self.store.apply_batch(&[], &meta_bytes, true).map_err(sm_write_err)?;
+        self.lessor.reload(&self.store);
+        *self.current_snapshot.lock().expect("snapshot lock poisoned") = Some((meta, Arc::new(data)));
+        let _ = self.changes.send(StoreChange::Reset { revision: self.store.current_revision() });
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("state machine task panicked")
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Applier {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        blocking(move || this.build_snapshot_blocking()).await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for Applier {
+    type SnapshotBuilder = Applier;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let meta = self.read_meta()?;
+        Ok((meta.last_applied, meta.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let this = self.clone();
+        blocking(move || this.apply_blocking(entries)).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let this = self.clone();
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        blocking(move || this.install_blocking(meta, data)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let cur = self.current_snapshot.lock().expect("snapshot lock poisoned").clone();
+        Ok(cur.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new((*data).clone())) }))
+    }
+}

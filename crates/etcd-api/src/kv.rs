@@ -1,0 +1,129 @@
+//! KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::time::Instant;
+
+use etcd_client::proto::{
+    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbKvService, PbPutRequest,
+    PbPutResponse, PbRangeRequest, PbRangeStreamResponse, PbTxnRequest, PbTxnResponse,
+};
+use etcd_client::proto::PbRangeResponse;
+use mvcc::{ApplyResponse, Command};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::{node_status, EtcdApi};
+
+impl EtcdApi {
+    /// Propose a command and decode its deterministic outcome.
+    pub(crate) async fn propose(&self, cmd: Command) -> Result<ApplyResponse, Status> {
+        let started = Instant::now();
+        let outcome = self.node().propose(cmd).await;
+        self.metrics().observe_proposal(started.elapsed(), outcome.is_ok());
+        let outcome = outcome.map_err(node_status)?;
+        let resp = ApplyResponse::decode(&outcome.response)
+            .map_err(|e| Status::internal(format!("etcdserver: undecodable apply result: {e}")))?;
+        match resp {
+            ApplyResponse::Error(e) => Err(e.to_status()),
+            other => Ok(other),
+        }
+    }
+
+    pub(crate) async fn do_range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, Status> {
+        mvcc::validate_range(req).map_err(|e| e.to_status())?;
+        self.barrier(req.serializable).await?;
+        let mut resp = self.node().store().range(req).map_err(|e| e.to_status())?;
+        let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_else(|| self.node().store().current_revision());
+        resp.header = Some(self.header(rev));
+        Ok(resp)
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!("etcdserver: unexpected apply result for {what}"))
+}
+
+#[tonic::async_trait]
+impl PbKvService for EtcdApi {
+    async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        Ok(Response::new(self.do_range(&req).await?))
+    }
+
+    type RangeStreamStream = futures::stream::Once<futures::future::Ready<Result<PbRangeStreamResponse, Status>>>;
+
+    async fn range_stream(&self, request: Request<PbRangeRequest>) -> Result<Response<Self::RangeStreamStream>, Status> {
+        let req = request.into_inner();
+        let resp = self.do_range(&req).await?;
+        Ok(Response::new(futures::stream::once(futures::future::ready(Ok(PbRangeStreamResponse {
+            range_response: Some(resp),
+        })))))
+    }
+
+    async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        mvcc::validate_put(&req).map_err(|e| e.to_status())?;
+        self.check_quota()?;
+        match self.propose(Command::put(&req)).await? {
+            ApplyResponse::Put(mut r) => {
+                let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
+                r.header = Some(self.header(rev));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        mvcc::validate_delete_range(&req).map_err(|e| e.to_status())?;
+        match self.propose(Command::delete_range(&req)).await? {
+            ApplyResponse::DeleteRange(mut r) => {
+                let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
+                r.header = Some(self.header(rev));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("delete")),
+        }
+    }
+
+    async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        mvcc::validate_txn(&req, self.limits().max_txn_ops).map_err(|e| e.to_status())?;
+        if txn_has_put(&req) {
+            self.check_quota()?;
+        }
+        match self.propose(Command::txn(&req)).await? {
+            ApplyResponse::Txn(mut r) => {
+                let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
+                r.header = Some(self.header(rev));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+        let req = request.into_inner();
+        match self.propose(Command::Compact { revision: req.revision }).await? {
+            ApplyResponse::Compact(mut r) => {
+                let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
+                r.header = Some(self.header(rev));
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("compact")),
+        }
+    }
+}
+
+fn txn_has_put(req: &PbTxnRequest) -> bool {
+    use etcd_client::proto::PbTxnOpRequest;
+    req.success.iter().chain(req.failure.iter()).any(|op| match &op.request {
+        Some(PbTxnOpRequest::RequestPut(_)) => true,
+        Some(PbTxnOpRequest::RequestTxn(t)) => txn_has_put(t),
+        _ => false,
+    })
+}

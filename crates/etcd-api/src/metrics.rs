@@ -1,0 +1,87 @@
+//! Prometheus metrics of a member (names follow etcd's where one exists).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: std::sync::Mutex<Registry>,
+    proposals: Family<ResultLabel, Counter>,
+    proposal_seconds: Histogram,
+    has_leader: Gauge,
+    is_leader: Gauge,
+    term: Gauge<u64, AtomicU64>,
+    applied_index: Gauge<u64, AtomicU64>,
+    revision: Gauge,
+    db_size_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("phalanx");
+        let proposals = Family::<ResultLabel, Counter>::default();
+        registry.register("server_proposals", "Client write proposals by result", proposals.clone());
+        let proposal_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register("server_proposal_duration_seconds", "Time from proposal to applied outcome", proposal_seconds.clone());
+        let has_leader = Gauge::default();
+        registry.register("server_has_leader", "1 if this member knows a leader", has_leader.clone());
+        let is_leader = Gauge::default();
+        registry.register("server_is_leader", "1 if this member is the leader", is_leader.clone());
+        let term = Gauge::<u64, AtomicU64>::default();
+        registry.register("raft_term", "Current Raft term", term.clone());
+        let applied_index = Gauge::<u64, AtomicU64>::default();
+        registry.register("raft_applied_index", "Last applied Raft log index", applied_index.clone());
+        let revision = Gauge::default();
+        registry.register("mvcc_revision", "Current store revision", revision.clone());
+        let db_size_bytes = Gauge::default();
+        registry.register("mvcc_db_total_size_in_bytes", "Backend file size", db_size_bytes.clone());
+        Metrics {
+            registry: std::sync::Mutex::new(registry),
+            proposals,
+            proposal_seconds,
+            has_leader,
+            is_leader,
+            term,
+            applied_index,
+            revision,
+            db_size_bytes,
+        }
+    }
+
+    pub fn observe_proposal(&self, took: Duration, ok: bool) {
+        self.proposals.get_or_create(&ResultLabel { result: if ok { "ok" } else { "failed" } }).inc();
+        self.proposal_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Refresh the point-in-time gauges from the node and encode everything.
+    pub fn render(&self, node: &consensus::Node) -> String {
+        let st = node.status();
+        self.has_leader.set(st.leader.is_some() as i64);
+        self.is_leader.set((st.leader == Some(node.id())) as i64);
+        self.term.set(st.term);
+        self.applied_index.set(st.applied_index);
+        self.revision.set(node.store().current_revision());
+        self.db_size_bytes.set(node.store().db_size_bytes() as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().expect("registry poisoned"))
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
