@@ -1,0 +1,192 @@
+mod common;
+use common::*;
+use mvcc::*;
+use redb::{ReadableTable, TableDefinition};
+
+fn populate(s: &Store) {
+    let mut cmds = vec![Some(Command::LeaseGrant { id: 9, ttl_seconds: 100 })];
+    for i in 0..50 {
+        cmds.push(Some(Command::put(&put_req(&format!("key/{:02}", i % 17), &format!("value-{i}")))));
+    }
+    cmds.push(Some(Command::put(&PbPutRequest { key: "leased".into(), value: "l".into(), lease: 9, ..Default::default() })));
+    cmds.push(Some(Command::delete_range(&PbDeleteRequest { key: "key/03".into(), range_end: "key/05".into(), prev_kv: false })));
+    cmds.push(Some(Command::Compact { revision: 30 }));
+    cmds.push(Some(Command::put(&put_req("after", "compaction"))));
+    s.apply_batch(&cmds, b"raft-meta-1", true).unwrap();
+}
+
+fn full_state(s: &Store) -> (PbRangeResponse, Vec<LeaseInfo>, (u32, i64, i64), i64, i64, Option<Vec<u8>>) {
+    let mut r = s.range(&range_req("\0", "\0")).unwrap();
+    r.header = None;
+    (r, s.leases(), s.hash_kv(0).unwrap(), s.current_revision(), s.compact_revision(), s.applied_meta().unwrap())
+}
+
+#[test]
+fn snapshot_roundtrip() {
+    let (_d1, s1) = store();
+    populate(&s1);
+    let mut snap = Vec::new();
+    s1.write_snapshot(&mut snap).unwrap();
+    assert!(snap.starts_with(b"PHXMVCC\0"));
+
+    let (_d2, s2) = store();
+    put(&s2, "junk", "to be replaced");
+    s2.install_snapshot(&mut snap.as_slice()).unwrap();
+    assert_eq!(full_state(&s1), full_state(&s2));
+    assert!(get(&s2, "junk").is_none());
+    assert_eq!(s2.hash_kv(40).unwrap(), s1.hash_kv(40).unwrap());
+    let mut q = range_req("key/", "key0");
+    q.revision = 35;
+    assert_eq!(s1.range(&q).unwrap(), s2.range(&q).unwrap());
+    assert_eq!(
+        s1.events(b"\0", b"\0", 30, 100, true, 1000).unwrap(),
+        s2.events(b"\0", b"\0", 30, 100, true, 1000).unwrap()
+    );
+    // both continue identically
+    for s in [&s1, &s2] {
+        apply(s, Command::LeaseRevoke { id: 9 });
+        put(s, "key/01", "more");
+    }
+    assert_eq!(full_state(&s1).0, full_state(&s2).0);
+    assert_eq!(s1.hash_kv(0).unwrap(), s2.hash_kv(0).unwrap());
+    // snapshot survives reopen
+    let path = s2.path().to_path_buf();
+    let before = full_state(&s2);
+    drop(s2);
+    let s2 = Store::open(&path).unwrap();
+    assert_eq!(full_state(&s2), before);
+}
+
+#[test]
+fn corrupted_snapshot_rejected_state_unchanged() {
+    let (_d1, s1) = store();
+    populate(&s1);
+    let mut snap = Vec::new();
+    s1.write_snapshot(&mut snap).unwrap();
+
+    let (_d2, s2) = store();
+    put(&s2, "mine", "1");
+    s2.apply_batch(&[None], b"local", true).unwrap();
+    let before = full_state(&s2);
+    for pos in [3, 20, snap.len() / 2, snap.len() - 2] {
+        let mut bad = snap.clone();
+        bad[pos] ^= 0x40;
+        let err = s2.install_snapshot(&mut bad.as_slice()).unwrap_err();
+        assert!(matches!(err, MvccError::Snapshot(_)), "{err}");
+        assert_eq!(full_state(&s2), before);
+    }
+    let truncated = &snap[..snap.len() - 10];
+    assert!(matches!(s2.install_snapshot(&mut &truncated[..]), Err(MvccError::Snapshot(_))));
+    assert!(matches!(s2.install_snapshot(&mut &b""[..]), Err(MvccError::Snapshot(_))));
+    assert_eq!(full_state(&s2), before);
+    // still writable afterwards
+    put(&s2, "mine", "2");
+}
+
+#[test]
+fn reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let before = {
+        let s = Store::open(&path).unwrap();
+        populate(&s);
+        full_state(&s)
+    };
+    let s = Store::open(&path).unwrap();
+    assert_eq!(full_state(&s), before);
+    assert_eq!(s.compact_revision(), 30);
+    assert!(s.db_size_bytes() > 0);
+    put(&s, "x", "y");
+    assert_eq!(s.current_revision(), before.3 + 1);
+}
+
+const REV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("rev");
+const KEY_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("key_index");
+
+#[test]
+fn corrupted_value_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = Store::open(&path).unwrap();
+        put(&s, "a", "hello"); // rev 2
+        put(&s, "b", "world"); // rev 3
+    }
+    {
+        // flip a byte inside the stored value of revision 2 (checksum no longer matches)
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(REV).unwrap();
+            let mut v = t.get((2, 0)).unwrap().unwrap().value().to_vec();
+            let n = v.len();
+            v[n - 1] ^= 0x01;
+            t.insert((2, 0), v.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.range(&range_req("a", "")), Err(EtcdError::Corrupt));
+    assert_eq!(get(&s, "b").unwrap().value, b"world");
+    match s.events(b"\0", b"\0", 1, 10, false, 10) {
+        Err(MvccError::Corrupted { table, key }) => {
+            assert_eq!(table, "rev");
+            assert!(key.contains('2'), "{key}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // writes touching the corrupted record fail fatally and commit nothing
+    let err = s.apply_batch(&[Some(Command::put(&put_req("a", "x")))], b"m", true).unwrap_err();
+    assert!(matches!(err, MvccError::Corrupted { table: "rev", .. }), "{err}");
+    assert_eq!(s.current_revision(), 3);
+    assert!(s.hash_kv(0).is_err());
+    let mut snap = Vec::new();
+    assert!(matches!(s.write_snapshot(&mut snap), Err(MvccError::Corrupted { .. })));
+}
+
+#[test]
+fn corrupted_index_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = Store::open(&path).unwrap();
+        put(&s, "a", "hello");
+    }
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(KEY_INDEX).unwrap();
+            let mut v = t.get(&b"a"[..]).unwrap().unwrap().value().to_vec();
+            v[4] ^= 0x80;
+            t.insert(&b"a"[..], v.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.range(&range_req("a", "")), Err(EtcdError::Corrupt));
+    let err = s.apply_batch(&[Some(Command::put(&put_req("a", "x")))], b"m", true).unwrap_err();
+    assert!(err.to_string().contains("key_index") && err.to_string().contains("\"a\""), "{err}");
+}
+
+#[test]
+fn refuses_foreign_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // some other redb database
+    let other = dir.path().join("other.redb");
+    {
+        let db = redb::Database::create(&other).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(TableDefinition::<&str, u64>::new("stuff")).unwrap().insert("x", 1).unwrap();
+        tx.commit().unwrap();
+    }
+    let err = Store::open(&other).err().unwrap();
+    assert!(matches!(err, MvccError::NotOurs { .. }), "{err}");
+    assert!(err.to_string().contains("other.redb"));
+    // not a redb file at all
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
+    let err = Store::open(&garbage).err().unwrap();
+    assert!(matches!(err, MvccError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("garbage"));
+}
