@@ -75,3 +75,113 @@ fn applied_meta_roundtrip_and_reopen() {
     assert_eq!(s.current_revision(), 3);
     assert_eq!(get(&s, "b").unwrap().value, b"2");
 }
+
+#[test]
+fn batch_is_atomic_on_fatal_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.apply_batch(&[Some(Command::put(&put_req("bad", "v")))], b"m0", true).unwrap();
+    }
+    {
+        // damage the record of "bad" so that updating it fails fatally
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(redb::TableDefinition::<(i64, i64), &[u8]>::new("rev")).unwrap();
+            t.insert((2, 0), &b"\0\0\0\0garbage"[..]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let batch = [Some(Command::put(&put_req("good", "1"))), None, Some(Command::put(&put_req("bad", "2")))];
+    assert!(s.apply_batch(&batch, b"m1", true).is_err());
+    assert!(get(&s, "good").is_none());
+    assert_eq!(s.applied_meta().unwrap().unwrap(), b"m0");
+    assert_eq!(s.current_revision(), 2);
+    // etcd errors inside a batch are per-command results, the rest applies
+    let batch = [
+        Some(Command::put(&put_req("good", "1"))),
+        Some(Command::put(&PbPutRequest { key: "x".into(), lease: 1, ..Default::default() })),
+        Some(Command::put(&put_req("good2", "1"))),
+    ];
+    let out = s.apply_batch(&batch, b"m2", true).unwrap();
+    assert_eq!(out[1].as_ref().unwrap().response, ApplyResponse::Error(EtcdError::LeaseNotFound));
+    assert_eq!(out[1].as_ref().unwrap().revision, 3);
+    assert_eq!(out[2].as_ref().unwrap().revision, 4);
+    assert_eq!(s.applied_meta().unwrap().unwrap(), b"m2");
+}
+
+#[test]
+fn wire_encodings_roundtrip() {
+    let cmds = [
+        Command::put(&put_req("a", "b")),
+        Command::delete_range(&PbDeleteRequest { key: "a".into(), ..Default::default() }),
+        Command::txn(&PbTxnRequest::default()),
+        Command::Compact { revision: 5 },
+        Command::LeaseGrant { id: 1, ttl_seconds: 2 },
+        Command::LeaseRevoke { id: 1 },
+    ];
+    for c in cmds {
+        assert_eq!(Command::from_bytes(&c.to_bytes()).unwrap(), c);
+    }
+    let (_d, s) = store();
+    let mut responses = vec![];
+    responses.push(put(&s, "a", "1").response);
+    responses.push(del(&s, "a", "").response);
+    responses.push(apply(&s, Command::txn(&PbTxnRequest::default())).response);
+    responses.push(apply(&s, Command::LeaseGrant { id: 3, ttl_seconds: 5 }).response);
+    responses.push(apply(&s, Command::LeaseRevoke { id: 3 }).response);
+    responses.push(apply(&s, Command::Compact { revision: 2 }).response);
+    responses.push(apply(&s, Command::Compact { revision: 2 }).response);
+    assert_eq!(responses.last().unwrap(), &ApplyResponse::Error(EtcdError::Compacted));
+    for r in responses {
+        assert_eq!(ApplyResponse::decode(&r.encode()).unwrap(), r);
+    }
+    assert!(ApplyResponse::decode(&[]).is_err());
+    assert!(ApplyResponse::decode(&[99]).is_err());
+}
+
+#[test]
+fn error_codes_and_messages() {
+    use tonic::Code;
+    assert_eq!(EtcdError::Compacted.code(), Code::OutOfRange);
+    assert_eq!(EtcdError::Compacted.message(), "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(EtcdError::FutureRevision.message(), "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(EtcdError::LeaseNotFound.code(), Code::NotFound);
+    assert_eq!(EtcdError::LeaseExists.code(), Code::FailedPrecondition);
+    assert_eq!(EtcdError::NoSpace.code(), Code::ResourceExhausted);
+    assert_eq!(EtcdError::DuplicateKey.message(), "etcdserver: duplicate key given in txn request");
+    let st: tonic::Status = EtcdError::EmptyKey.into();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(st.message(), "etcdserver: key is not provided");
+}
+
+#[test]
+fn store_is_send_sync_and_reads_run_concurrently() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    let (_d, s) = store();
+    let s = std::sync::Arc::new(s);
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                put(&s, "k", &i.to_string());
+            }
+        })
+    };
+    let mut last = 0;
+    while !writer.is_finished() {
+        let r = s.range(&range_req("k", "")).unwrap();
+        let rev = r.header.unwrap().revision;
+        assert!(rev >= last);
+        if let Some(kv) = r.kvs.first() {
+            assert_eq!(kv.mod_revision, rev, "snapshot read is consistent");
+        }
+        last = rev;
+    }
+    writer.join().unwrap();
+    assert_eq!(s.current_revision(), 201);
+}

@@ -180,9 +180,6 @@ fn events_replay() {
     // the events applied equal the replayed ones (with prev_kv)
     let (_d2, s2) = store();
     let mut applied = Vec::new();
-    for e in s.events(b"\0", b"\0", 1, 100, true, 100).unwrap() {
-        let _ = e;
-    }
     for c in [put_req("x", "1"), put_req("x", "2")] {
         applied.extend(apply(&s2, Command::put(&c)).events);
     }
