@@ -1,1 +1,61 @@
-//! gateway (skeleton; see ARCHITECTURE.md)
+//! # gateway — Phalanx's HTTP/1.1, HTTP/2 and TCP load balancer
+//!
+//! Main types:
+//! * [`Config`] — the whole configuration (TOML: [`Config::from_toml_str`],
+//!   [`Config::from_file`]; quick start: [`Config::quick_start`]). Invalid
+//!   configurations are rejected with a [`ConfigError`] naming the field.
+//! * [`Gateway::start`] — binds listeners and starts serving inside the
+//!   current tokio runtime; returns a [`GatewayHandle`].
+//! * [`GatewayHandle`] — `local_addr(s)`, `admin_addr`, `apply_config` (live
+//!   reconfiguration without dropping connections), `shutdown` (graceful
+//!   drain), `metrics_text`, `pools_json`.
+//! * [`GatewayArgs`] + [`run`] — the `phalanx gateway` subcommand.
+//! * [`sample_backend`] — a tiny HTTP server answering with its name.
+//!
+//! Architecture (linkerd2-proxy style: small layers, each a documented state
+//! machine, see [`layers`]):
+//!
+//! ```text
+//! listener (http / https+ALPN / tcp) ─▶ proxy ─▶ ratelimit ─▶ breaker ─▶ admission
+//!    ─▶ retry ─▶ pool tiers (primary, backups) ─▶ balance ─▶ timeout ─▶ endpoint
+//!                   ▲ health (active checks)        outlier (passive) ◀─┘
+//! ```
+//!
+//! Embedding example:
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use gateway::{Config, Gateway, sample_backend};
+//! let a = sample_backend::spawn("127.0.0.1:0".parse()?, "a").await?;
+//! let b = sample_backend::spawn("127.0.0.1:0".parse()?, "b").await?;
+//! let cfg = Config::quick_start(
+//!     "127.0.0.1:0".parse()?,
+//!     &[a.local_addr().to_string(), b.local_addr().to_string()],
+//!     gateway::Algorithm::RoundRobin,
+//! );
+//! let gw = Gateway::start(cfg).await?;
+//! println!("gateway on {}", gw.local_addr());
+//! gw.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod balance;
+mod cli;
+pub mod config;
+pub mod endpoint;
+mod gateway;
+pub mod health;
+pub mod layers;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod router;
+pub mod sample_backend;
+pub mod tls;
+
+pub use cli::{run, GatewayArgs};
+pub use config::{Algorithm, Config, ConfigError};
+pub use gateway::{Gateway, GatewayHandle};

@@ -3,6 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+mod node_cmd;
+
 #[derive(Parser)]
 #[command(name = "phalanx", version, about = "Phalanx: a high-availability platform in one binary")]
 struct Cli {
@@ -13,6 +16,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // SUBCOMMANDS (each helper adds its own line here)
+    /// Run one member of a replicated store cluster (takes etcd's flags)
+    Node(node_cmd::NodeArgs),
+    /// Start a local 3-member cluster and print how to use it
+    Demo(demo::DemoArgs),
+    /// Run an HTTP/TCP load balancer
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +35,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
+        Command::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(node_cmd::run(args)),
+        Command::Demo(args) => demo::run(args),
+        Command::Gateway(args) => { let mut rt = tokio::runtime::Builder::new_multi_thread(); if let Some(n) = args.worker_threads { rt.worker_threads(n.max(1)); } rt.enable_all().build()?.block_on(gateway::run(args)) }
     }
 }

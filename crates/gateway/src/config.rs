@@ -1,0 +1,893 @@
+//! Gateway configuration: the TOML schema, its defaults and its validation.
+//!
+//! Every limit is a named setting whose name carries its unit (`_ms`,
+//! `_bytes`, `_percent`, `_per_s`). Unknown keys are rejected. Semantic
+//! validation ([`Config::validate`]) reports the exact field path (for example
+//! `pools[1].endpoints[0].weight`) and the reason; a configuration that fails
+//! validation is never applied, so the configuration in force stays.
+//!
+//! See `docs/gateway.md` for the full reference with defaults.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors raised while parsing, validating or applying a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML text is malformed or a value has the wrong type / unknown key.
+    #[error("invalid configuration syntax: {0}")]
+    Parse(String),
+    /// A value is well-typed but not acceptable.
+    #[error("invalid configuration: field `{field}`: {reason}")]
+    Invalid {
+        /// Path of the offending field, e.g. `pools[0].endpoints[2].weight`.
+        field: String,
+        /// Human readable reason.
+        reason: String,
+    },
+    /// A configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound while starting or reconfiguring.
+    #[error("cannot bind listener `{listener}` on {address}: {source}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// Address.
+        address: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Complete gateway configuration (the root of the TOML document).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the admin HTTP endpoint (`/metrics`, `/pools`, `/healthz`). None = disabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// On shutdown, how long in-flight requests/connections may take to finish.
+    pub drain_timeout_ms: u64,
+    /// Write one JSON line per request to stdout.
+    pub access_log: bool,
+    /// Listening sockets.
+    pub listeners: Vec<ListenerConfig>,
+    /// Routing table, evaluated in order; the first match wins.
+    pub routes: Vec<RouteConfig>,
+    /// Upstream pools.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin_listen: None,
+            drain_timeout_ms: 30_000,
+            access_log: false,
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// Protocol spoken by a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// Cleartext HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[default]
+    Http,
+    /// TLS, ALPN `h2` and `http/1.1`.
+    Https,
+    /// Plain TCP (L4) proxying to `pool`.
+    Tcp,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name (used in metrics and for live reconfiguration).
+    pub name: String,
+    /// Socket address to bind; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// `http`, `https` or `tcp`.
+    pub protocol: ListenerProtocol,
+    /// PEM certificate chain (https only).
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key (https only).
+    pub tls_key_path: Option<PathBuf>,
+    /// Target pool for `tcp` listeners.
+    pub pool: Option<String>,
+    /// Maximum concurrently open client connections; excess get a 503 and are closed.
+    pub max_connections: usize,
+    /// Time allowed to receive a complete request head (and the TLS handshake).
+    pub header_read_timeout_ms: u64,
+    /// Maximum size of a request head (request line + headers), HTTP/1.1.
+    pub max_header_bytes: usize,
+    /// Maximum concurrent HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// TCP proxy: connect timeout to the upstream endpoint.
+    pub tcp_connect_timeout_ms: u64,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: String::new(),
+            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            protocol: ListenerProtocol::Http,
+            tls_cert_path: None,
+            tls_key_path: None,
+            pool: None,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_header_bytes: 65_536,
+            http2_max_concurrent_streams: 256,
+            tcp_connect_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// A routing rule: host + path prefix → pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host to match (case-insensitive, port ignored). `*.example.com` matches
+    /// any subdomain. None or `*` matches every host.
+    pub host: Option<String>,
+    /// Path prefix to match.
+    pub path_prefix: String,
+    /// Target pool name.
+    pub pool: String,
+    /// Overall deadline for a request, all tries and backoff included. 0 = none.
+    pub timeout_ms: u64,
+    /// Requests with a larger body are answered 413.
+    pub max_request_body_bytes: u64,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Optional per-client-IP token bucket.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            host: None,
+            path_prefix: "/".into(),
+            pool: String::new(),
+            timeout_ms: 30_000,
+            max_request_body_bytes: 16 * 1024 * 1024,
+            retry: RetryConfig::default(),
+            rate_limit: None,
+        }
+    }
+}
+
+/// Retry policy of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Maximum number of retries after the first try (connect failures included).
+    pub max_retries: u32,
+    /// Timeout of one try (until response headers). 0 = only the route deadline.
+    pub per_try_timeout_ms: u64,
+    /// Response statuses that are retried (idempotent requests only).
+    pub retry_on_status: Vec<u16>,
+    /// Retry idempotent requests whose connection was reset / failed after connect.
+    pub retry_on_reset: bool,
+    /// Retry idempotent requests whose try timed out.
+    pub retry_on_timeout: bool,
+    /// Also retry non-idempotent methods (POST, PATCH) on status/reset/timeout.
+    pub retry_non_idempotent: bool,
+    /// First backoff; doubles every retry ("full jitter" is applied).
+    pub backoff_base_ms: u64,
+    /// Upper bound of one backoff.
+    pub backoff_max_ms: u64,
+    /// Request bodies up to this size are buffered so they can be replayed;
+    /// larger bodies are streamed to the first endpoint and never retried.
+    pub max_replay_body_bytes: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: 2,
+            per_try_timeout_ms: 0,
+            retry_on_status: vec![502, 503, 504],
+            retry_on_reset: true,
+            retry_on_timeout: true,
+            retry_non_idempotent: false,
+            backoff_base_ms: 10,
+            backoff_max_ms: 250,
+            max_replay_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Per client IP token bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained rate per client IP.
+    pub requests_per_s: f64,
+    /// Bucket size (burst).
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { requests_per_s: 100.0, burst: 200 }
+    }
+}
+
+/// Load-balancing algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Plain round robin (weights ignored).
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (nginx style).
+    WeightedRoundRobin,
+    /// Fewest in-flight requests; ties broken round robin.
+    LeastConn,
+    /// Power of two random choices on in-flight requests (optionally peak EWMA latency).
+    LeastRequest,
+    /// Consistent hashing (see `hash`).
+    ConsistentHash,
+    /// Weighted random.
+    Random,
+}
+
+impl Algorithm {
+    /// Parse the CLI spelling (`least-conn`, `least_conn`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        let n = s.replace('_', "-").to_ascii_lowercase();
+        Some(match n.as_str() {
+            "round-robin" | "rr" => Algorithm::RoundRobin,
+            "weighted-round-robin" | "wrr" => Algorithm::WeightedRoundRobin,
+            "least-conn" | "least-connections" => Algorithm::LeastConn,
+            "least-request" | "p2c" => Algorithm::LeastRequest,
+            "consistent-hash" | "hash" | "maglev" => Algorithm::ConsistentHash,
+            "random" => Algorithm::Random,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConn => "least-conn",
+            Algorithm::LeastRequest => "least-request",
+            Algorithm::ConsistentHash => "consistent-hash",
+            Algorithm::Random => "random",
+        })
+    }
+}
+
+/// Where the consistent-hash key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// The client IP address.
+    #[default]
+    ClientIp,
+    /// A request header (`name`).
+    Header,
+    /// A cookie (`name`).
+    Cookie,
+}
+
+/// Consistent-hash table kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HashMethod {
+    /// Maglev lookup table.
+    #[default]
+    Maglev,
+    /// Ring hash with virtual nodes (ketama-like).
+    Ring,
+}
+
+/// Consistent hashing settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashConfig {
+    /// `client_ip`, `header` or `cookie`.
+    pub key: HashKey,
+    /// Header or cookie name.
+    pub name: Option<String>,
+    /// `maglev` or `ring`.
+    pub method: HashMethod,
+    /// Maglev table size (a prime, ≥ 100 × endpoints recommended).
+    pub maglev_table_size: usize,
+    /// Ring: virtual nodes per unit of weight.
+    pub ring_vnodes_per_weight: u32,
+}
+
+impl Default for HashConfig {
+    fn default() -> Self {
+        HashConfig {
+            key: HashKey::ClientIp,
+            name: None,
+            method: HashMethod::Maglev,
+            maglev_table_size: 65_537,
+            ring_vnodes_per_weight: 160,
+        }
+    }
+}
+
+/// Protocol used towards a pool's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge.
+    H2c,
+}
+
+/// An endpoint: `"127.0.0.1:9001"`, `"http://127.0.0.1:9001"` or `{ address, weight }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    /// Address only (weight 1).
+    Address(String),
+    /// Address and weight.
+    Weighted {
+        /// `ip:port` (an `http://` prefix is accepted).
+        address: String,
+        /// Relative weight, 1..=10000.
+        #[serde(default = "one")]
+        weight: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EndpointConfig {
+    /// The configured address text.
+    pub fn address_str(&self) -> &str {
+        match self {
+            EndpointConfig::Address(a) => a,
+            EndpointConfig::Weighted { address, .. } => address,
+        }
+    }
+    /// Weight (1 when not given).
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointConfig::Address(_) => 1,
+            EndpointConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+    /// Parse the address (strips an `http://` prefix and trailing `/`).
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        parse_endpoint_address(self.address_str())
+    }
+}
+
+/// Parse `ip:port`, `http://ip:port` or `http://ip:port/`.
+pub fn parse_endpoint_address(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    let t = t.strip_prefix("http://").unwrap_or(t);
+    let t = t.trim_end_matches('/');
+    if t.starts_with("https://") {
+        return Err("https upstreams are not supported; use ip:port".into());
+    }
+    t.parse::<SocketAddr>()
+        .map_err(|_| format!("`{s}` is not an ip:port socket address"))
+}
+
+/// Active health checking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http` (GET `path`, expect `expected_status`) or `tcp` (connect only).
+    pub kind: HealthCheckKind,
+    /// HTTP path probed.
+    pub path: String,
+    /// Status that counts as healthy.
+    pub expected_status: u16,
+    /// Time between two checks of one endpoint.
+    pub interval_ms: u64,
+    /// Timeout of one check.
+    pub timeout_ms: u64,
+    /// Consecutive successes to become healthy.
+    pub rise: u32,
+    /// Consecutive failures to become unhealthy.
+    pub fall: u32,
+    /// Random extra delay added to each interval, as a percentage of it.
+    pub jitter_percent: u32,
+}
+
+/// Health check kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// HTTP GET.
+    #[default]
+    Http,
+    /// TCP connect.
+    Tcp,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Http,
+            path: "/healthz".into(),
+            expected_status: 200,
+            interval_ms: 5_000,
+            timeout_ms: 1_000,
+            rise: 2,
+            fall: 3,
+            jitter_percent: 10,
+        }
+    }
+}
+
+/// Passive outlier detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Enable passive ejection.
+    pub enabled: bool,
+    /// Consecutive 5xx responses that eject an endpoint (0 = never).
+    pub consecutive_5xx: u32,
+    /// Consecutive connect failures that eject an endpoint (0 = never).
+    pub consecutive_connect_failures: u32,
+    /// Consecutive per-try timeouts that eject an endpoint (0 = never).
+    pub consecutive_timeouts: u32,
+    /// First ejection duration; the n-th consecutive ejection lasts n × this.
+    pub base_ejection_ms: u64,
+    /// Upper bound of one ejection.
+    pub max_ejection_ms: u64,
+    /// At most this percentage of a pool's endpoints is ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            enabled: true,
+            consecutive_5xx: 5,
+            consecutive_connect_failures: 1,
+            consecutive_timeouts: 3,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Retry budget (per pool): retries allowed as a ratio of the requests seen
+/// over a sliding window, plus a floor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed per request over the window (0.2 = 20 %).
+    pub ratio: f64,
+    /// Retries always allowed per second of window, whatever the traffic.
+    pub min_retries_per_s: u32,
+    /// Sliding window length.
+    pub window_ms: u64,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig { ratio: 0.2, min_retries_per_s: 10, window_ms: 10_000 }
+    }
+}
+
+/// Circuit breaker (per pool).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed tries (5xx, connect failure, timeout, reset) that open the breaker.
+    pub consecutive_failures: u32,
+    /// How long the breaker stays open before letting probes through.
+    pub open_ms: u64,
+    /// Concurrent probe requests allowed while half-open.
+    pub half_open_max_requests: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { consecutive_failures: 20, open_ms: 5_000, half_open_max_requests: 1 }
+    }
+}
+
+/// An upstream pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique name.
+    pub name: String,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Balancing algorithm.
+    pub algorithm: Algorithm,
+    /// Consistent hashing settings (algorithm `consistent-hash`).
+    pub hash: HashConfig,
+    /// `least-request`: weigh in-flight requests by the peak-EWMA latency.
+    pub peak_ewma: bool,
+    /// `least-request` peak EWMA decay time constant.
+    pub ewma_decay_ms: u64,
+    /// Backup pools in priority order, used when this pool has no healthy endpoint.
+    pub backups: Vec<String>,
+    /// `http1` or `h2c` towards endpoints.
+    pub protocol: UpstreamProtocol,
+    /// TCP connect timeout to an endpoint.
+    pub connect_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_connection_timeout_ms: u64,
+    /// Idle keep-alive connections kept per endpoint.
+    pub max_idle_connections_per_endpoint: usize,
+    /// Below this percentage of healthy endpoints, balance over all endpoints
+    /// of the tier (panic mode). 0 disables panic mode.
+    pub panic_threshold_percent: u32,
+    /// Weight ramp-up time of an endpoint that (re)joins. 0 = off.
+    pub slow_start_ms: u64,
+    /// Concurrent requests in flight to this pool.
+    pub max_concurrent_requests: usize,
+    /// Requests waiting for a concurrency slot; beyond, immediate 503.
+    pub max_pending_requests: usize,
+    /// Longest wait for a concurrency slot before a 503.
+    pub pending_timeout_ms: u64,
+    /// Active health checks (None = disabled, endpoints considered healthy).
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier detection.
+    pub outlier_detection: OutlierConfig,
+    /// Retry budget.
+    pub retry_budget: RetryBudgetConfig,
+    /// Circuit breaker (None = disabled).
+    pub circuit_breaker: Option<BreakerConfig>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            name: String::new(),
+            endpoints: Vec::new(),
+            algorithm: Algorithm::RoundRobin,
+            hash: HashConfig::default(),
+            peak_ewma: false,
+            ewma_decay_ms: 10_000,
+            backups: Vec::new(),
+            protocol: UpstreamProtocol::Http1,
+            connect_timeout_ms: 1_000,
+            idle_connection_timeout_ms: 90_000,
+            max_idle_connections_per_endpoint: 64,
+            panic_threshold_percent: 50,
+            slow_start_ms: 0,
+            max_concurrent_requests: 10_000,
+            max_pending_requests: 1_000,
+            pending_timeout_ms: 1_000,
+            health_check: None,
+            outlier_detection: OutlierConfig::default(),
+            retry_budget: RetryBudgetConfig::default(),
+            circuit_breaker: None,
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Io { path: path.to_owned(), source: e })?;
+        Config::from_toml_str(&s)
+    }
+
+    /// Serialize back to TOML.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Quick-start configuration: one HTTP listener, one pool, one catch-all route.
+    pub fn quick_start(listen: SocketAddr, upstreams: &[String], algorithm: Algorithm) -> Config {
+        Config {
+            listeners: vec![ListenerConfig {
+                name: "default".into(),
+                address: listen,
+                ..Default::default()
+            }],
+            pools: vec![PoolConfig {
+                name: "default".into(),
+                algorithm,
+                endpoints: upstreams.iter().map(|u| EndpointConfig::Address(u.clone())).collect(),
+                ..Default::default()
+            }],
+            routes: vec![RouteConfig { pool: "default".into(), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    /// Check every semantic constraint; returns the first violation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(inv("listeners", "at least one listener is required"));
+        }
+        let mut pool_names = HashSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let f = |n: &str| format!("pools[{i}].{n}");
+            if p.name.is_empty() {
+                return Err(inv(f("name"), "must not be empty"));
+            }
+            if !pool_names.insert(p.name.as_str()) {
+                return Err(inv(f("name"), format!("duplicate pool name `{}`", p.name)));
+            }
+            let mut seen = HashSet::new();
+            for (j, e) in p.endpoints.iter().enumerate() {
+                let addr = e
+                    .socket_addr()
+                    .map_err(|r| inv(format!("pools[{i}].endpoints[{j}].address"), r))?;
+                if !seen.insert(addr) {
+                    return Err(inv(
+                        format!("pools[{i}].endpoints[{j}].address"),
+                        format!("duplicate endpoint {addr}"),
+                    ));
+                }
+                if e.weight() == 0 || e.weight() > 10_000 {
+                    return Err(inv(
+                        format!("pools[{i}].endpoints[{j}].weight"),
+                        "must be between 1 and 10000",
+                    ));
+                }
+            }
+            if p.connect_timeout_ms == 0 {
+                return Err(inv(f("connect_timeout_ms"), "must be > 0"));
+            }
+            if p.panic_threshold_percent > 100 {
+                return Err(inv(f("panic_threshold_percent"), "must be between 0 and 100"));
+            }
+            if p.max_concurrent_requests == 0 {
+                return Err(inv(f("max_concurrent_requests"), "must be > 0"));
+            }
+            if p.algorithm == Algorithm::ConsistentHash {
+                if p.hash.key != HashKey::ClientIp
+                    && p.hash.name.as_deref().map(str::is_empty).unwrap_or(true)
+                {
+                    return Err(inv(f("hash.name"), "required when hash.key is `header` or `cookie`"));
+                }
+                if p.hash.method == HashMethod::Maglev {
+                    let m = p.hash.maglev_table_size;
+                    if !(7..=10_000_019).contains(&m) || !is_prime(m) {
+                        return Err(inv(f("hash.maglev_table_size"), "must be a prime between 7 and 10000019"));
+                    }
+                    if m < p.endpoints.len() {
+                        return Err(inv(f("hash.maglev_table_size"), "must be larger than the number of endpoints"));
+                    }
+                }
+                if p.hash.method == HashMethod::Ring
+                    && !(1..=10_000).contains(&p.hash.ring_vnodes_per_weight)
+                {
+                    return Err(inv(f("hash.ring_vnodes_per_weight"), "must be between 1 and 10000"));
+                }
+            }
+            if p.peak_ewma && p.ewma_decay_ms == 0 {
+                return Err(inv(f("ewma_decay_ms"), "must be > 0"));
+            }
+            if let Some(h) = &p.health_check {
+                if h.interval_ms == 0 {
+                    return Err(inv(f("health_check.interval_ms"), "must be > 0"));
+                }
+                if h.timeout_ms == 0 {
+                    return Err(inv(f("health_check.timeout_ms"), "must be > 0"));
+                }
+                if h.rise == 0 {
+                    return Err(inv(f("health_check.rise"), "must be >= 1"));
+                }
+                if h.fall == 0 {
+                    return Err(inv(f("health_check.fall"), "must be >= 1"));
+                }
+                if !(100..=599).contains(&h.expected_status) {
+                    return Err(inv(f("health_check.expected_status"), "must be an HTTP status (100-599)"));
+                }
+                if h.kind == HealthCheckKind::Http && !h.path.starts_with('/') {
+                    return Err(inv(f("health_check.path"), "must start with `/`"));
+                }
+                if h.jitter_percent > 100 {
+                    return Err(inv(f("health_check.jitter_percent"), "must be between 0 and 100"));
+                }
+            }
+            let o = &p.outlier_detection;
+            if o.max_ejection_percent > 100 {
+                return Err(inv(f("outlier_detection.max_ejection_percent"), "must be between 0 and 100"));
+            }
+            if o.enabled && o.base_ejection_ms == 0 {
+                return Err(inv(f("outlier_detection.base_ejection_ms"), "must be > 0"));
+            }
+            if o.max_ejection_ms < o.base_ejection_ms {
+                return Err(inv(f("outlier_detection.max_ejection_ms"), "must be >= base_ejection_ms"));
+            }
+            let b = &p.retry_budget;
+            if !(0.0..=1000.0).contains(&b.ratio) || b.ratio.is_nan() {
+                return Err(inv(f("retry_budget.ratio"), "must be between 0 and 1000"));
+            }
+            if b.window_ms < 1_000 || b.window_ms > 600_000 {
+                return Err(inv(f("retry_budget.window_ms"), "must be between 1000 and 600000"));
+            }
+            if let Some(cb) = &p.circuit_breaker {
+                if cb.consecutive_failures == 0 {
+                    return Err(inv(f("circuit_breaker.consecutive_failures"), "must be >= 1"));
+                }
+                if cb.open_ms == 0 {
+                    return Err(inv(f("circuit_breaker.open_ms"), "must be > 0"));
+                }
+                if cb.half_open_max_requests == 0 {
+                    return Err(inv(f("circuit_breaker.half_open_max_requests"), "must be >= 1"));
+                }
+            }
+        }
+        // Backups: must exist, not self, no cycles.
+        let by_name: HashMap<&str, &PoolConfig> =
+            self.pools.iter().map(|p| (p.name.as_str(), p)).collect();
+        for (i, p) in self.pools.iter().enumerate() {
+            for (j, b) in p.backups.iter().enumerate() {
+                if !by_name.contains_key(b.as_str()) {
+                    return Err(inv(format!("pools[{i}].backups[{j}]"), format!("unknown pool `{b}`")));
+                }
+                if b == &p.name {
+                    return Err(inv(format!("pools[{i}].backups[{j}]"), "a pool cannot back itself up"));
+                }
+                if !by_name[b.as_str()].backups.is_empty() {
+                    return Err(inv(
+                        format!("pools[{i}].backups[{j}]"),
+                        format!("backup pool `{b}` has backups itself (only one level is allowed)"),
+                    ));
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let f = |n: &str| format!("listeners[{i}].{n}");
+            if l.name.is_empty() {
+                return Err(inv(f("name"), "must not be empty"));
+            }
+            if !names.insert(l.name.as_str()) {
+                return Err(inv(f("name"), format!("duplicate listener name `{}`", l.name)));
+            }
+            if l.address.port() != 0 && !addrs.insert(l.address) {
+                return Err(inv(f("address"), format!("duplicate address {}", l.address)));
+            }
+            if l.max_connections == 0 {
+                return Err(inv(f("max_connections"), "must be > 0"));
+            }
+            if l.header_read_timeout_ms == 0 {
+                return Err(inv(f("header_read_timeout_ms"), "must be > 0"));
+            }
+            if l.max_header_bytes < 8_192 {
+                return Err(inv(f("max_header_bytes"), "must be >= 8192"));
+            }
+            match l.protocol {
+                ListenerProtocol::Tcp => match &l.pool {
+                    None => return Err(inv(f("pool"), "required for tcp listeners")),
+                    Some(p) if !pool_names.contains(p.as_str()) => {
+                        return Err(inv(f("pool"), format!("unknown pool `{p}`")))
+                    }
+                    _ => {}
+                },
+                ListenerProtocol::Https => {
+                    let (Some(c), Some(k)) = (&l.tls_cert_path, &l.tls_key_path) else {
+                        return Err(inv(f("tls_cert_path"), "https listeners need tls_cert_path and tls_key_path"));
+                    };
+                    crate::tls::load_server_config(c, k).map_err(|r| inv(f("tls_cert_path"), r))?;
+                }
+                ListenerProtocol::Http => {}
+            }
+            if l.protocol != ListenerProtocol::Tcp && l.pool.is_some() {
+                return Err(inv(f("pool"), "only tcp listeners take a pool; http listeners use routes"));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let f = |n: &str| format!("routes[{i}].{n}");
+            if !pool_names.contains(r.pool.as_str()) {
+                return Err(inv(f("pool"), format!("unknown pool `{}`", r.pool)));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(inv(f("path_prefix"), "must start with `/`"));
+            }
+            for (j, s) in r.retry.retry_on_status.iter().enumerate() {
+                if !(100..=599).contains(s) {
+                    return Err(inv(format!("routes[{i}].retry.retry_on_status[{j}]"), "must be an HTTP status"));
+                }
+            }
+            if r.retry.max_retries > 10 {
+                return Err(inv(f("retry.max_retries"), "must be <= 10"));
+            }
+            if r.retry.backoff_max_ms < r.retry.backoff_base_ms {
+                return Err(inv(f("retry.backoff_max_ms"), "must be >= backoff_base_ms"));
+            }
+            if let Some(rl) = &r.rate_limit {
+                if !(rl.requests_per_s > 0.0) {
+                    return Err(inv(f("rate_limit.requests_per_s"), "must be > 0"));
+                }
+                if rl.burst == 0 {
+                    return Err(inv(f("rate_limit.burst"), "must be >= 1"));
+                }
+            }
+        }
+        let has_http = self.listeners.iter().any(|l| l.protocol != ListenerProtocol::Tcp);
+        if has_http && self.routes.is_empty() {
+            return Err(inv("routes", "http listeners need at least one route"));
+        }
+        Ok(())
+    }
+}
+
+fn inv(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(field, reason)
+}
+
+fn is_prime(n: usize) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_weight_with_field_path() {
+        let t = r#"
+            [[listeners]]
+            name = "l"
+            address = "127.0.0.1:0"
+            [[pools]]
+            name = "p"
+            endpoints = [{ address = "127.0.0.1:1", weight = 0 }]
+            [[routes]]
+            pool = "p"
+        "#;
+        let e = Config::from_toml_str(t).unwrap_err().to_string();
+        assert!(e.contains("pools[0].endpoints[0].weight"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_rejected() {
+        let e = Config::from_toml_str("bogus = 1").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,152 @@
+//! Prometheus metrics (prometheus-client). One [`Metrics`] registry per
+//! gateway; endpoints keep cloned handles of their own series so the hot path
+//! does not hash label sets.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of per-endpoint series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Endpoint address.
+    pub endpoint: String,
+}
+
+/// Labels of per-endpoint series split by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointClassLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Endpoint address.
+    pub endpoint: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`, or an error kind (`connect_error`, `timeout`, `reset`).
+    pub class: String,
+}
+
+/// Labels of per-pool series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Pool name.
+    pub pool: String,
+}
+
+/// Labels of per-pool series split by class / reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolClassLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Status class or reason.
+    pub class: String,
+}
+
+/// Labels of per-listener series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// All metric families of a gateway.
+pub struct Metrics {
+    /// The registry encoded at `/metrics`.
+    pub registry: Mutex<Registry>,
+    /// Upstream tries by endpoint and outcome class.
+    pub upstream_requests: Family<EndpointClassLabels, Counter>,
+    /// Upstream try latency (to response headers) by endpoint.
+    pub upstream_latency: HistFamily<EndpointLabels>,
+    /// In-flight requests per endpoint.
+    pub endpoint_active: Family<EndpointLabels, Gauge>,
+    /// 1 = healthy and not ejected.
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    /// Passive ejections.
+    pub endpoint_ejections: Family<EndpointLabels, Counter>,
+    /// Responses sent to clients by pool and status class.
+    pub downstream_responses: Family<PoolClassLabels, Counter>,
+    /// Client-observed latency per pool.
+    pub downstream_latency: HistFamily<PoolLabels>,
+    /// Retries issued.
+    pub retries: Family<PoolLabels, Counter>,
+    /// Retries denied by the retry budget.
+    pub budget_exhausted: Family<PoolLabels, Counter>,
+    /// Requests rejected by an open circuit breaker.
+    pub breaker_rejections: Family<PoolLabels, Counter>,
+    /// Requests rejected by overload protection (`concurrency`, `pending_timeout`, `rate_limit`, `connections`).
+    pub overload_rejections: Family<PoolClassLabels, Counter>,
+    /// Open client connections per listener.
+    pub listener_connections: Family<ListenerLabels, Gauge>,
+    /// Accepted client connections per listener.
+    pub listener_accepted: Family<ListenerLabels, Counter>,
+}
+
+impl Metrics {
+    /// Create and register every family.
+    pub fn new() -> Arc<Self> {
+        let mut r = Registry::with_prefix("gateway");
+        let m = Metrics {
+            upstream_requests: Family::default(),
+            upstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            endpoint_active: Family::default(),
+            endpoint_healthy: Family::default(),
+            endpoint_ejections: Family::default(),
+            downstream_responses: Family::default(),
+            downstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            breaker_rejections: Family::default(),
+            overload_rejections: Family::default(),
+            listener_connections: Family::default(),
+            listener_accepted: Family::default(),
+            registry: Mutex::new(Registry::default()),
+        };
+        r.register("upstream_requests", "Upstream tries by endpoint and outcome class", m.upstream_requests.clone());
+        r.register("upstream_latency_seconds", "Upstream try latency to response headers", m.upstream_latency.clone());
+        r.register("endpoint_active_requests", "In-flight requests per endpoint", m.endpoint_active.clone());
+        r.register("endpoint_healthy", "1 when the endpoint is healthy and not ejected", m.endpoint_healthy.clone());
+        r.register("endpoint_ejections", "Passive outlier ejections", m.endpoint_ejections.clone());
+        r.register("downstream_responses", "Responses sent to clients by pool and status class", m.downstream_responses.clone());
+        r.register("downstream_latency_seconds", "Client-observed latency per pool", m.downstream_latency.clone());
+        r.register("retries", "Retries issued", m.retries.clone());
+        r.register("retry_budget_exhausted", "Retries denied by the retry budget", m.budget_exhausted.clone());
+        r.register("breaker_rejections", "Requests rejected by an open circuit breaker", m.breaker_rejections.clone());
+        r.register("overload_rejections", "Requests rejected by overload protection", m.overload_rejections.clone());
+        r.register("listener_active_connections", "Open client connections", m.listener_connections.clone());
+        r.register("listener_connections", "Accepted client connections", m.listener_accepted.clone());
+        *m.registry.lock().unwrap() = r;
+        Arc::new(m)
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let r = self.registry.lock().unwrap();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &r);
+        s
+    }
+}
+
+/// Status class label for a status code.
+pub fn class_of(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
