@@ -62,7 +62,10 @@ pub(crate) fn unseal<'a>(
     key_parts: &[&[u8]],
     stored: &'a [u8],
 ) -> Result<&'a [u8], MvccError> {
-    let corrupted = || MvccError::Corrupted { table, key: render_key(key_parts) };
+    let corrupted = || MvccError::Corrupted {
+        table,
+        key: render_key(key_parts),
+    };
     if stored.len() < 4 {
         return Err(corrupted());
     }
@@ -123,14 +126,6 @@ impl RevRecord {
         }
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn encode_payload(&self) -> Vec<u8> {
-        match self {
-            RevRecord::Put(kv) => Self::encode_put_payload(kv),
-            RevRecord::Tombstone(k) => Self::encode_tombstone_payload(k),
-        }
-    }
-
     pub(crate) fn encode_put_payload(kv: &PbKeyValue) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + kv.encoded_len());
         out.push(REC_PUT);
@@ -149,7 +144,10 @@ impl RevRecord {
         match p.first() {
             Some(&REC_PUT) => PbKeyValue::decode(&p[1..])
                 .map(RevRecord::Put)
-                .map_err(|e| MvccError::Decode { what: "rev record", detail: e.to_string() }),
+                .map_err(|e| MvccError::Decode {
+                    what: "rev record",
+                    detail: e.to_string(),
+                }),
             Some(&REC_TOMBSTONE) => Ok(RevRecord::Tombstone(p[1..].to_vec())),
             other => Err(MvccError::Decode {
                 what: "rev record",
@@ -210,5 +208,8 @@ impl IndexEntry {
 pub(crate) fn decode_i64(what: &'static str, p: &[u8]) -> Result<i64, MvccError> {
     p.try_into()
         .map(i64::from_le_bytes)
-        .map_err(|_| MvccError::Decode { what, detail: format!("expected 8 bytes, got {}", p.len()) })
+        .map_err(|_| MvccError::Decode {
+            what,
+            detail: format!("expected 8 bytes, got {}", p.len()),
+        })
 }

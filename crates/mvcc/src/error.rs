@@ -116,7 +116,10 @@ impl EtcdError {
 
     /// Stable one-byte tag used in [`crate::ApplyResponse::encode`].
     pub fn to_tag(&self) -> u8 {
-        Self::ALL.iter().position(|e| e == self).expect("every variant is in ALL") as u8
+        Self::ALL
+            .iter()
+            .position(|e| e == self)
+            .expect("every variant is in ALL") as u8
     }
 
     /// Inverse of [`EtcdError::to_tag`].
@@ -154,7 +157,11 @@ pub enum MvccError {
     NotOurs { path: PathBuf, reason: String },
     /// The store was written by an incompatible format version.
     #[error("{path} has mvcc format version {found}, this binary supports {supported}; use a matching Phalanx version")]
-    UnsupportedFormat { path: PathBuf, found: u32, supported: u32 },
+    UnsupportedFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     /// A stored record failed checksum verification (or an internal cross-check).
     /// We never serve such data.
     #[error("corrupted record in table `{table}` at key {key}: checksum mismatch. The data file is damaged; restore this member from a snapshot (remove its data and let it rejoin)")]
@@ -198,5 +205,8 @@ impl MvccError {
 
 /// Helper: wrap any redb error type with the operation name.
 pub(crate) fn db<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> MvccError {
-    move |e| MvccError::Storage { op, source: e.into() }
+    move |e| MvccError::Storage {
+        op,
+        source: e.into(),
+    }
 }

@@ -66,8 +66,8 @@ pub use validate::{
 pub use etcd_client::proto::{
     PbCompactionResponse, PbCompare, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue,
     PbLeaseGrantResponse, PbLeaseRevokeResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
-    PbRangeResponse, PbResponseHeader, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse,
-    PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
+    PbRangeResponse, PbResponseHeader, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest,
+    PbTxnRequestOp, PbTxnResponse,
 };
 
 use prost::Message;
@@ -113,10 +113,17 @@ pub enum Command {
     DeleteRange(Vec<u8>),
     /// prost-encoded `PbTxnRequest`
     Txn(Vec<u8>),
-    Compact { revision: i64 },
+    Compact {
+        revision: i64,
+    },
     /// `id` is always assigned by the proposer (never 0).
-    LeaseGrant { id: i64, ttl_seconds: i64 },
-    LeaseRevoke { id: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl_seconds: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
 }
 
 impl Command {
@@ -134,8 +141,10 @@ impl Command {
         postcard::to_stdvec(self).expect("postcard encoding of Command cannot fail")
     }
     pub fn from_bytes(b: &[u8]) -> Result<Self, MvccError> {
-        postcard::from_bytes(b)
-            .map_err(|e| MvccError::Decode { what: "Command", detail: e.to_string() })
+        postcard::from_bytes(b).map_err(|e| MvccError::Decode {
+            what: "Command",
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -180,7 +189,10 @@ impl ApplyResponse {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, MvccError> {
-        let err = |d: String| MvccError::Decode { what: "ApplyResponse", detail: d };
+        let err = |d: String| MvccError::Decode {
+            what: "ApplyResponse",
+            detail: d,
+        };
         let (&tag, body) = b.split_first().ok_or_else(|| err("empty".into()))?;
         let pe = |e: prost::DecodeError| err(e.to_string());
         Ok(match tag {
@@ -195,7 +207,9 @@ impl ApplyResponse {
                 ApplyResponse::LeaseRevoke(PbLeaseRevokeResponse::decode(body).map_err(pe)?)
             }
             TAG_ERROR => {
-                let t = *body.first().ok_or_else(|| err("missing error tag".into()))?;
+                let t = *body
+                    .first()
+                    .ok_or_else(|| err("missing error tag".into()))?;
                 ApplyResponse::Error(
                     EtcdError::from_tag(t).ok_or_else(|| err(format!("unknown error tag {t}")))?,
                 )

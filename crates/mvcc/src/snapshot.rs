@@ -45,9 +45,10 @@ struct CrcWriter<'a> {
 impl CrcWriter<'_> {
     fn bytes(&mut self, b: &[u8]) -> Result<(), MvccError> {
         self.crc.update(b);
-        self.inner
-            .write_all(b)
-            .map_err(|source| MvccError::Io { op: "write snapshot".into(), source })
+        self.inner.write_all(b).map_err(|source| MvccError::Io {
+            op: "write snapshot".into(),
+            source,
+        })
     }
     fn record(&mut self, tag: u8, key_parts: &[&[u8]], val: &[u8]) -> Result<(), MvccError> {
         let klen: usize = key_parts.iter().map(|p| p.len()).sum();
@@ -68,7 +69,11 @@ impl Store {
     /// applied_meta) from one consistent read transaction.
     pub fn write_snapshot(&self, w: &mut dyn Write) -> Result<(), MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
-        let mut out = CrcWriter { inner: BufWriter::with_capacity(1 << 16, w), crc: crc32fast::Hasher::new(), records: 0 };
+        let mut out = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 16, w),
+            crc: crc32fast::Hasher::new(),
+            records: 0,
+        };
         out.bytes(MAGIC)?;
         out.bytes(&SNAP_VERSION.to_le_bytes())?;
 
@@ -96,7 +101,11 @@ impl Store {
             let (k, v) = item.map_err(db("scan key_rev"))?;
             let (key, m, s) = k.value();
             let kb = rev_key_bytes(m, s);
-            out.record(T_KEY_REV, &[key, &kb], unseal(KEY_REV_TABLE, &[key, &kb], v.value())?)?;
+            out.record(
+                T_KEY_REV,
+                &[key, &kb],
+                unseal(KEY_REV_TABLE, &[key, &kb], v.value())?,
+            )?;
         }
         let t = rtx.open_table(LEASE).map_err(db("open lease"))?;
         for item in t.iter().map_err(db("scan lease"))? {
@@ -109,7 +118,11 @@ impl Store {
             let (k, v) = item.map_err(db("scan lease_key"))?;
             let (id, key) = k.value();
             let idb = id.to_be_bytes();
-            out.record(T_LEASE_KEY, &[&idb, key], unseal(LEASE_KEY_TABLE, &[&idb, key], v.value())?)?;
+            out.record(
+                T_LEASE_KEY,
+                &[&idb, key],
+                unseal(LEASE_KEY_TABLE, &[&idb, key], v.value())?,
+            )?;
         }
         out.bytes(&[T_END])?;
         let n = out.records;
@@ -118,7 +131,10 @@ impl Store {
         out.inner
             .write_all(&crc.to_le_bytes())
             .and_then(|_| out.inner.flush())
-            .map_err(|source| MvccError::Io { op: "write snapshot".into(), source })?;
+            .map_err(|source| MvccError::Io {
+                op: "write snapshot".into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -137,7 +153,8 @@ impl Store {
         let mut tail: Vec<u8> = Vec::with_capacity(8);
         let mut total: u64 = 0;
         {
-            let mut f = BufWriter::new(File::create(&tmp_path).map_err(io("create snapshot spool file"))?);
+            let mut f =
+                BufWriter::new(File::create(&tmp_path).map_err(io("create snapshot spool file"))?);
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 let n = match r.read(&mut buf) {
@@ -158,7 +175,9 @@ impl Store {
             f.flush().map_err(io("spool snapshot"))?;
         }
         if total < (MAGIC.len() + 4 + 1 + 8 + 4) as u64 || tail.len() != 4 {
-            return Err(MvccError::Snapshot(format!("stream too short ({total} bytes)")));
+            return Err(MvccError::Snapshot(format!(
+                "stream too short ({total} bytes)"
+            )));
         }
         let want = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes"));
         if crc.finalize() != want {
@@ -167,22 +186,29 @@ impl Store {
         let body_len = total - 4;
 
         // 2. Parse and replace everything in one write transaction.
-        let mut rd = BufReader::with_capacity(1 << 16, File::open(&tmp_path).map_err(io("open snapshot spool file"))?)
-            .take(body_len);
+        let mut rd = BufReader::with_capacity(
+            1 << 16,
+            File::open(&tmp_path).map_err(io("open snapshot spool file"))?,
+        )
+        .take(body_len);
         let bad = |m: &str| MvccError::Snapshot(m.to_string());
         let mut hdr = [0u8; 12];
-        rd.read_exact(&mut hdr).map_err(|_| bad("truncated header"))?;
+        rd.read_exact(&mut hdr)
+            .map_err(|_| bad("truncated header"))?;
         if &hdr[..8] != MAGIC {
             return Err(bad("bad magic (not a Phalanx mvcc snapshot)"));
         }
         let ver = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes"));
         if ver != SNAP_VERSION {
-            return Err(MvccError::Snapshot(format!("unsupported snapshot version {ver}")));
+            return Err(MvccError::Snapshot(format!(
+                "unsupported snapshot version {ver}"
+            )));
         }
 
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = self.db.begin_write().map_err(db("begin write"))?;
-        txn.set_durability(Durability::Immediate).map_err(db("set durability"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(db("set durability"))?;
         txn.delete_table(META).map_err(db("clear meta"))?;
         txn.delete_table(REV).map_err(db("clear rev"))?;
         txn.delete_table(KEY_INDEX).map_err(db("clear key_index"))?;
@@ -199,7 +225,11 @@ impl Store {
             let mut lease_key = txn.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
             let mut fmt = FORMAT_MAGIC.to_vec();
             fmt.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-            meta.insert(META_FORMAT, seal(&[META_FORMAT.as_bytes()], &fmt).as_slice()).map_err(db("write meta"))?;
+            meta.insert(
+                META_FORMAT,
+                seal(&[META_FORMAT.as_bytes()], &fmt).as_slice(),
+            )
+            .map_err(db("write meta"))?;
             let mut count: u64 = 0;
             let (mut k, mut v) = (Vec::new(), Vec::new());
             let split_rev = |b: &[u8]| -> Result<(i64, i64), MvccError> {
@@ -213,10 +243,12 @@ impl Store {
             };
             loop {
                 let mut tag = [0u8; 1];
-                rd.read_exact(&mut tag).map_err(|_| bad("truncated record"))?;
+                rd.read_exact(&mut tag)
+                    .map_err(|_| bad("truncated record"))?;
                 if tag[0] == T_END {
                     let mut n = [0u8; 8];
-                    rd.read_exact(&mut n).map_err(|_| bad("truncated trailer"))?;
+                    rd.read_exact(&mut n)
+                        .map_err(|_| bad("truncated trailer"))?;
                     if u64::from_le_bytes(n) != count {
                         return Err(bad("record count mismatch"));
                     }
@@ -238,20 +270,30 @@ impl Store {
                             _ => return Err(bad("unknown meta entry")),
                         };
                         if name != META_APPLIED {
-                            let x = i64::from_le_bytes(v.as_slice().try_into().map_err(|_| bad("bad counter"))?);
-                            if name == META_REV { rev = Some(x) } else { compact = Some(x) }
+                            let x = i64::from_le_bytes(
+                                v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
+                            );
+                            if name == META_REV {
+                                rev = Some(x)
+                            } else {
+                                compact = Some(x)
+                            }
                         }
-                        meta.insert(name, seal(&[name.as_bytes()], &v).as_slice()).map_err(db("write meta"))?;
+                        meta.insert(name, seal(&[name.as_bytes()], &v).as_slice())
+                            .map_err(db("write meta"))?;
                     }
                     T_REV => {
                         let (m, s) = split_rev(&k)?;
                         crate::codec::RevRecord::decode_payload(&v)?;
                         max_main = max_main.max(m);
-                        revt.insert((m, s), seal(&[&k], &v).as_slice()).map_err(db("write rev"))?;
+                        revt.insert((m, s), seal(&[&k], &v).as_slice())
+                            .map_err(db("write rev"))?;
                     }
                     T_INDEX => {
                         crate::codec::IndexEntry::decode(&v)?;
-                        index.insert(k.as_slice(), seal(&[&k], &v).as_slice()).map_err(db("write key_index"))?;
+                        index
+                            .insert(k.as_slice(), seal(&[&k], &v).as_slice())
+                            .map_err(db("write key_index"))?;
                     }
                     T_KEY_REV => {
                         if k.len() < 16 {
@@ -259,11 +301,17 @@ impl Store {
                         }
                         let (key, rb) = k.split_at(k.len() - 16);
                         let (m, s) = split_rev(rb)?;
-                        key_rev.insert((key, m, s), seal(&[key, rb], &v).as_slice()).map_err(db("write key_rev"))?;
+                        key_rev
+                            .insert((key, m, s), seal(&[key, rb], &v).as_slice())
+                            .map_err(db("write key_rev"))?;
                     }
                     T_LEASE => {
-                        let id = i64::from_be_bytes(k.as_slice().try_into().map_err(|_| bad("bad lease id"))?);
-                        lease.insert(id, seal(&[&k], &v).as_slice()).map_err(db("write lease"))?;
+                        let id = i64::from_be_bytes(
+                            k.as_slice().try_into().map_err(|_| bad("bad lease id"))?,
+                        );
+                        lease
+                            .insert(id, seal(&[&k], &v).as_slice())
+                            .map_err(db("write lease"))?;
                     }
                     T_LEASE_KEY => {
                         if k.len() < 8 {
@@ -271,7 +319,9 @@ impl Store {
                         }
                         let (idb, key) = k.split_at(8);
                         let id = i64::from_be_bytes(idb.try_into().expect("8"));
-                        lease_key.insert((id, key), seal(&[idb, key], &v).as_slice()).map_err(db("write lease_key"))?;
+                        lease_key
+                            .insert((id, key), seal(&[idb, key], &v).as_slice())
+                            .map_err(db("write lease_key"))?;
                     }
                     t => return Err(MvccError::Snapshot(format!("unknown record tag {t}"))),
                 }

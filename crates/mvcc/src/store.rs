@@ -66,7 +66,9 @@ impl<T: ReadableTable<(i64, &'static [u8]), &'static [u8]>> LeaseKeyT for T {}
 pub(crate) fn get_meta(t: &impl MetaT, name: &str) -> Result<Option<Vec<u8>>, MvccError> {
     match t.get(name).map_err(db("read meta"))? {
         None => Ok(None),
-        Some(g) => Ok(Some(unseal(META_TABLE, &[name.as_bytes()], g.value())?.to_vec())),
+        Some(g) => Ok(Some(
+            unseal(META_TABLE, &[name.as_bytes()], g.value())?.to_vec(),
+        )),
     }
 }
 
@@ -92,7 +94,11 @@ pub(crate) fn get_rev(t: &impl RevT, main: i64, sub: i64) -> Result<Option<RevRe
 pub(crate) fn get_index(t: &impl IndexT, key: &[u8]) -> Result<Option<IndexEntry>, MvccError> {
     match t.get(key).map_err(db("read key_index"))? {
         None => Ok(None),
-        Some(g) => Ok(Some(IndexEntry::decode(unseal(KEY_INDEX_TABLE, &[key], g.value())?)?)),
+        Some(g) => Ok(Some(IndexEntry::decode(unseal(
+            KEY_INDEX_TABLE,
+            &[key],
+            g.value(),
+        )?)?)),
     }
 }
 
@@ -117,7 +123,10 @@ fn decode_key_rev_flag(key: &[u8], main: i64, sub: i64, v: &[u8]) -> Result<bool
     match p {
         [0] => Ok(false),
         [1] => Ok(true),
-        _ => Err(MvccError::Decode { what: "key_rev flag", detail: format!("{p:?}") }),
+        _ => Err(MvccError::Decode {
+            what: "key_rev flag",
+            detail: format!("{p:?}"),
+        }),
     }
 }
 
@@ -127,7 +136,9 @@ fn key_rev_last_le(
     key: &[u8],
     at: i64,
 ) -> Result<Option<(i64, i64, bool)>, MvccError> {
-    let mut it = t.range((key, i64::MIN, i64::MIN)..=(key, at, i64::MAX)).map_err(db("scan key_rev"))?;
+    let mut it = t
+        .range((key, i64::MIN, i64::MIN)..=(key, at, i64::MAX))
+        .map_err(db("scan key_rev"))?;
     match it.next_back() {
         None => Ok(None),
         Some(r) => {
@@ -146,7 +157,9 @@ fn key_rev_prev(
     main: i64,
     sub: i64,
 ) -> Result<Option<(i64, i64, bool)>, MvccError> {
-    let mut it = t.range((key, i64::MIN, i64::MIN)..(key, main, sub)).map_err(db("scan key_rev"))?;
+    let mut it = t
+        .range((key, i64::MIN, i64::MIN)..(key, main, sub))
+        .map_err(db("scan key_rev"))?;
     match it.next_back() {
         None => Ok(None),
         Some(r) => {
@@ -203,6 +216,7 @@ fn scan_index(
 /// Raw MVCC range (etcd `rangeKeys`): the KeyValues visible at revision `at`.
 /// Returns (kvs, count) where count is the number of matching keys regardless of `limit`
 /// (0 = unlimited); with `count_only` no values are read.
+#[allow(clippy::too_many_arguments)]
 fn range_keys(
     index: &impl IndexT,
     revt: &impl RevT,
@@ -271,8 +285,16 @@ fn range_request(
         limit += 1;
     }
     let limit = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
-    let (mut kvs, count) =
-        range_keys(index, revt, key_rev, &r.key, &r.range_end, rev, limit, r.count_only)?;
+    let (mut kvs, count) = range_keys(
+        index,
+        revt,
+        key_rev,
+        &r.key,
+        &r.range_end,
+        rev,
+        limit,
+        r.count_only,
+    )?;
     if r.max_mod_revision != 0 {
         kvs.retain(|kv| kv.mod_revision <= r.max_mod_revision);
     }
@@ -316,7 +338,10 @@ fn range_request(
         }
     }
     Ok(Ok(PbRangeResponse {
-        header: Some(PbResponseHeader { revision: cur, ..Default::default() }),
+        header: Some(PbResponseHeader {
+            revision: cur,
+            ..Default::default()
+        }),
         kvs,
         more,
         count,
@@ -374,7 +399,10 @@ fn compare_kv(c: &PbCompare, kv: &PbKeyValue) -> bool {
 }
 
 fn header(rev: i64) -> Option<PbResponseHeader> {
-    Some(PbResponseHeader { revision: rev, ..Default::default() })
+    Some(PbResponseHeader {
+        revision: rev,
+        ..Default::default()
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -407,7 +435,11 @@ struct Pending {
 
 impl Pending {
     fn new(cur: i64) -> Self {
-        Pending { main: cur + 1, sub: 0, events: Vec::new() }
+        Pending {
+            main: cur + 1,
+            sub: 0,
+            events: Vec::new(),
+        }
     }
     /// Revision reads inside this request observe (etcd: beginRev, +1 once anything changed).
     fn read_rev(&self) -> i64 {
@@ -475,11 +507,17 @@ impl<'t> Writer<'t> {
         entry: &IndexEntry,
     ) -> Result<(), MvccError> {
         let rk = rev_key_bytes(main, sub);
-        let prev = self.rev.insert((main, sub), seal(&[&rk], rec).as_slice()).map_err(db("write rev"))?;
+        let prev = self
+            .rev
+            .insert((main, sub), seal(&[&rk], rec).as_slice())
+            .map_err(db("write rev"))?;
         assert!(prev.is_none(), "revision ({main}, {sub}) written twice");
         drop(prev);
         self.key_rev
-            .insert((key, main, sub), seal(&[key, &rk], &[tomb as u8]).as_slice())
+            .insert(
+                (key, main, sub),
+                seal(&[key, &rk], &[tomb as u8]).as_slice(),
+            )
             .map_err(db("write key_rev"))?;
         self.index
             .insert(key, seal(&[key], &entry.encode()).as_slice())
@@ -499,7 +537,11 @@ impl<'t> Writer<'t> {
         let old = get_index(&self.index, key)?;
         let (mut create, mut version, mut old_lease, mut prev) = (main, 1, 0, None);
         if let Some(e) = old {
-            assert!((e.mod_main, e.mod_sub) < (main, sub), "revision must grow: key {:?}", render_key(&[key]));
+            assert!(
+                (e.mod_main, e.mod_sub) < (main, sub),
+                "revision must grow: key {:?}",
+                render_key(&[key])
+            );
             if !e.tombstone {
                 create = e.create;
                 version = e.version + 1;
@@ -507,43 +549,94 @@ impl<'t> Writer<'t> {
                 prev = Some(kv_at(&self.rev, key, e.mod_main, e.mod_sub)?);
             }
         }
-        let kv = PbKeyValue { key: key.to_vec(), create_revision: create, mod_revision: main, version, value, lease };
+        let kv = PbKeyValue {
+            key: key.to_vec(),
+            create_revision: create,
+            mod_revision: main,
+            version,
+            value,
+            lease,
+        };
         let rec = RevRecord::encode_put_payload(&kv);
-        let entry = IndexEntry { create, mod_main: main, mod_sub: sub, version, lease, tombstone: false };
+        let entry = IndexEntry {
+            create,
+            mod_main: main,
+            mod_sub: sub,
+            version,
+            lease,
+            tombstone: false,
+        };
         self.write_record(key, main, sub, &rec, false, &entry)?;
         if old_lease != 0 && old_lease != lease {
-            self.lease_key.remove((old_lease, key)).map_err(db("detach lease"))?;
+            self.lease_key
+                .remove((old_lease, key))
+                .map_err(db("detach lease"))?;
         }
         if lease != 0 {
             debug_assert!(self.lease_exists(lease)?, "attach to missing lease {lease}");
-            self.lease_key.insert((lease, key), seal(&[&lease.to_be_bytes(), key], &[]).as_slice())
+            self.lease_key
+                .insert(
+                    (lease, key),
+                    seal(&[&lease.to_be_bytes(), key], &[]).as_slice(),
+                )
                 .map_err(db("attach lease"))?;
         }
-        p.events.push(PbEvent { r#type: EVENT_PUT, kv: Some(kv), prev_kv: prev.clone() });
+        p.events.push(PbEvent {
+            r#type: EVENT_PUT,
+            kv: Some(kv),
+            prev_kv: prev.clone(),
+        });
         p.sub += 1;
         Ok(prev)
     }
 
     /// etcd `storeTxnWrite.delete` of one live key. Returns its previous KeyValue.
-    fn delete_key(&mut self, p: &mut Pending, key: &[u8], e: IndexEntry) -> Result<PbKeyValue, MvccError> {
+    fn delete_key(
+        &mut self,
+        p: &mut Pending,
+        key: &[u8],
+        e: IndexEntry,
+    ) -> Result<PbKeyValue, MvccError> {
         assert!(!e.tombstone);
         let (main, sub) = (p.main, p.sub);
         assert!((e.mod_main, e.mod_sub) < (main, sub), "revision must grow");
         let prev = kv_at(&self.rev, key, e.mod_main, e.mod_sub)?;
         let rec = RevRecord::encode_tombstone_payload(key);
-        let entry = IndexEntry { create: 0, mod_main: main, mod_sub: sub, version: 0, lease: 0, tombstone: true };
+        let entry = IndexEntry {
+            create: 0,
+            mod_main: main,
+            mod_sub: sub,
+            version: 0,
+            lease: 0,
+            tombstone: true,
+        };
         self.write_record(key, main, sub, &rec, true, &entry)?;
         if e.lease != 0 {
-            self.lease_key.remove((e.lease, key)).map_err(db("detach lease"))?;
+            self.lease_key
+                .remove((e.lease, key))
+                .map_err(db("detach lease"))?;
         }
-        let kv = PbKeyValue { key: key.to_vec(), mod_revision: main, ..Default::default() };
-        p.events.push(PbEvent { r#type: EVENT_DELETE, kv: Some(kv), prev_kv: Some(prev.clone()) });
+        let kv = PbKeyValue {
+            key: key.to_vec(),
+            mod_revision: main,
+            ..Default::default()
+        };
+        p.events.push(PbEvent {
+            r#type: EVENT_DELETE,
+            kv: Some(kv),
+            prev_kv: Some(prev.clone()),
+        });
         p.sub += 1;
         Ok(prev)
     }
 
     /// etcd `deleteRange`: delete every live key in the range, in key order.
-    fn delete_range(&mut self, p: &mut Pending, key: &[u8], end: &[u8]) -> Result<Vec<PbKeyValue>, MvccError> {
+    fn delete_range(
+        &mut self,
+        p: &mut Pending,
+        key: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<PbKeyValue>, MvccError> {
         let mut live = Vec::new();
         scan_index(&self.index, key, end, |k, e| {
             if !e.tombstone {
@@ -558,7 +651,11 @@ impl<'t> Writer<'t> {
         Ok(prevs)
     }
 
-    fn range(&self, r: &PbRangeRequest, cur: i64) -> Result<Result<PbRangeResponse, EtcdError>, MvccError> {
+    fn range(
+        &self,
+        r: &PbRangeRequest,
+        cur: i64,
+    ) -> Result<Result<PbRangeResponse, EtcdError>, MvccError> {
         range_request(&self.index, &self.rev, &self.key_rev, r, cur, self.compact)
     }
 
@@ -594,7 +691,16 @@ impl<'t> Writer<'t> {
 
     fn compares_hold(&self, cmps: &[PbCompare]) -> Result<bool, MvccError> {
         for c in cmps {
-            let (kvs, _) = range_keys(&self.index, &self.rev, &self.key_rev, &c.key, &c.range_end, self.cur_rev, 0, false)?;
+            let (kvs, _) = range_keys(
+                &self.index,
+                &self.rev,
+                &self.key_rev,
+                &c.key,
+                &c.range_end,
+                self.cur_rev,
+                0,
+                false,
+            )?;
             let ok = if kvs.is_empty() {
                 // etcd: comparing a value of a missing key always fails (no way to express
                 // "missing" in grpc); other targets compare against a zero KeyValue.
@@ -625,8 +731,17 @@ impl<'t> Writer<'t> {
     /// ignore_value/ignore_lease after a delete covering its key in the same txn (only
     /// possible with a "\0" range_end, which etcd's overlap check does not catch, and which
     /// makes etcd panic during apply) is rejected up front with KeyNotFound.
-    fn check_txn(&self, t: &PbTxnRequest, path: &TxnPath, dels: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), Fail> {
-        let ops = if path.succeeded { &t.success } else { &t.failure };
+    fn check_txn(
+        &self,
+        t: &PbTxnRequest,
+        path: &TxnPath,
+        dels: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), Fail> {
+        let ops = if path.succeeded {
+            &t.success
+        } else {
+            &t.failure
+        };
         let mut nested = path.nested.iter();
         for op in ops {
             match &op.request {
@@ -667,10 +782,17 @@ impl<'t> Writer<'t> {
             }
         }
         let prev = self.put(p, &r.key, value, lease)?;
-        Ok(PbPutResponse { header: header(p.main), prev_kv: if r.prev_kv { prev } else { None } })
+        Ok(PbPutResponse {
+            header: header(p.main),
+            prev_kv: if r.prev_kv { prev } else { None },
+        })
     }
 
-    fn exec_delete(&mut self, p: &mut Pending, r: &PbDeleteRequest) -> Result<PbDeleteResponse, MvccError> {
+    fn exec_delete(
+        &mut self,
+        p: &mut Pending,
+        r: &PbDeleteRequest,
+    ) -> Result<PbDeleteResponse, MvccError> {
         let prevs = self.delete_range(p, &r.key, &r.range_end)?;
         Ok(PbDeleteResponse {
             header: header(p.read_rev()),
@@ -679,8 +801,17 @@ impl<'t> Writer<'t> {
         })
     }
 
-    fn exec_txn(&mut self, p: &mut Pending, t: &PbTxnRequest, path: &TxnPath) -> Result<PbTxnResponse, MvccError> {
-        let ops = if path.succeeded { &t.success } else { &t.failure };
+    fn exec_txn(
+        &mut self,
+        p: &mut Pending,
+        t: &PbTxnRequest,
+        path: &TxnPath,
+    ) -> Result<PbTxnResponse, MvccError> {
+        let ops = if path.succeeded {
+            &t.success
+        } else {
+            &t.failure
+        };
         let mut nested = path.nested.iter();
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
@@ -703,16 +834,26 @@ impl<'t> Writer<'t> {
                     PbTxnOpResponse::ResponseTxn(resp)
                 }
             };
-            responses.push(PbResponseOp { response: Some(resp) });
+            responses.push(PbResponseOp {
+                response: Some(resp),
+            });
         }
-        Ok(PbTxnResponse { header: None, succeeded: path.succeeded, responses })
+        Ok(PbTxnResponse {
+            header: None,
+            succeeded: path.succeeded,
+            responses,
+        })
     }
 
     // ----- commands -----
 
     fn finish(&mut self, p: &Pending) {
         if p.sub > 0 {
-            assert_eq!(p.main, self.cur_rev + 1, "a write request bumps the revision by one");
+            assert_eq!(
+                p.main,
+                self.cur_rev + 1,
+                "a write request bumps the revision by one"
+            );
             self.cur_rev = p.main;
         } else {
             assert!(p.events.is_empty());
@@ -728,17 +869,27 @@ impl<'t> Writer<'t> {
             Err(Fail::Etcd(e)) => {
                 // Every check happens before the first mutation; an etcd error must not
                 // leave partial changes behind.
-                assert!(p.sub == 0 && p.events.is_empty(), "etcd error after mutation began");
+                assert!(
+                    p.sub == 0 && p.events.is_empty(),
+                    "etcd error after mutation began"
+                );
                 ApplyResponse::Error(e)
             }
         };
         self.finish(&p);
-        Ok(Applied { response, revision: self.cur_rev, events: p.events })
+        Ok(Applied {
+            response,
+            revision: self.cur_rev,
+            events: p.events,
+        })
     }
 
     fn apply_inner(&mut self, cmd: &Command, p: &mut Pending) -> Result<ApplyResponse, Fail> {
         fn dec<M: Message + Default>(what: &'static str, b: &[u8]) -> Result<M, MvccError> {
-            M::decode(b).map_err(|e| MvccError::Decode { what, detail: e.to_string() })
+            M::decode(b).map_err(|e| MvccError::Decode {
+                what,
+                detail: e.to_string(),
+            })
         }
         match cmd {
             Command::Put(b) => {
@@ -773,7 +924,9 @@ impl<'t> Writer<'t> {
                     return Err(EtcdError::FutureRevision.into());
                 }
                 self.compact_to(rev)?;
-                Ok(ApplyResponse::Compact(PbCompactionResponse { header: header(self.cur_rev) }))
+                Ok(ApplyResponse::Compact(PbCompactionResponse {
+                    header: header(self.cur_rev),
+                }))
             }
             Command::LeaseGrant { id, ttl_seconds } => {
                 let (id, ttl) = (*id, *ttl_seconds);
@@ -787,7 +940,10 @@ impl<'t> Writer<'t> {
                     return Err(EtcdError::LeaseExists.into());
                 }
                 self.lease
-                    .insert(id, seal(&[&id.to_be_bytes()], &ttl.to_le_bytes()).as_slice())
+                    .insert(
+                        id,
+                        seal(&[&id.to_be_bytes()], &ttl.to_le_bytes()).as_slice(),
+                    )
                     .map_err(db("write lease"))?;
                 Ok(ApplyResponse::LeaseGrant(PbLeaseGrantResponse {
                     header: header(self.cur_rev),
@@ -811,7 +967,10 @@ impl<'t> Writer<'t> {
                         _ => {
                             return Err(MvccError::Corrupted {
                                 table: LEASE_KEY_TABLE,
-                                key: format!("({id}, {}) (attached key is not live on this lease)", render_key(&[k])),
+                                key: format!(
+                                    "({id}, {}) (attached key is not live on this lease)",
+                                    render_key(&[k])
+                                ),
                             }
                             .into())
                         }
@@ -819,10 +978,14 @@ impl<'t> Writer<'t> {
                 }
                 for k in &keys {
                     // delete_key already detached them; make sure nothing is left behind.
-                    self.lease_key.remove((id, k.as_slice())).map_err(db("detach lease"))?;
+                    self.lease_key
+                        .remove((id, k.as_slice()))
+                        .map_err(db("detach lease"))?;
                 }
                 self.lease.remove(id).map_err(db("remove lease"))?;
-                Ok(ApplyResponse::LeaseRevoke(PbLeaseRevokeResponse { header: header(p.read_rev()) }))
+                Ok(ApplyResponse::LeaseRevoke(PbLeaseRevokeResponse {
+                    header: header(p.read_rev()),
+                }))
             }
         }
     }
@@ -833,10 +996,15 @@ impl<'t> Writer<'t> {
     fn compact_to(&mut self, at: i64) -> Result<(), MvccError> {
         let lo = self.compact.max(0) + if self.compact >= 0 { 1 } else { 0 };
         let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for item in self.rev.range((lo, i64::MIN)..=(at, i64::MAX)).map_err(db("scan rev"))? {
+        for item in self
+            .rev
+            .range((lo, i64::MIN)..=(at, i64::MAX))
+            .map_err(db("scan rev"))?
+        {
             let (k, v) = item.map_err(db("scan rev"))?;
             let (m, s) = k.value();
-            let rec = RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
+            let rec =
+                RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
             keys.insert(rec.key().to_vec());
         }
         for key in keys {
@@ -850,18 +1018,32 @@ impl<'t> Writer<'t> {
                 let (_, m, s) = k.value();
                 revs.push((m, s, decode_key_rev_flag(&key, m, s, v.value())?));
             }
-            let Some(&(_, _, last_tomb)) = revs.last() else { continue };
-            let drop_n = if last_tomb { revs.len() } else { revs.len() - 1 };
+            let Some(&(_, _, last_tomb)) = revs.last() else {
+                continue;
+            };
+            let drop_n = if last_tomb {
+                revs.len()
+            } else {
+                revs.len() - 1
+            };
             for &(m, s, _) in &revs[..drop_n] {
                 self.rev.remove((m, s)).map_err(db("compact rev"))?;
-                self.key_rev.remove((key.as_slice(), m, s)).map_err(db("compact key_rev"))?;
+                self.key_rev
+                    .remove((key.as_slice(), m, s))
+                    .map_err(db("compact key_rev"))?;
             }
             if last_tomb {
                 let later = key_rev_last_le(&self.key_rev, &key, i64::MAX)?;
                 if later.is_none() {
-                    let e = get_index(&self.index, &key)?.expect("compacted key has an index entry");
-                    assert!(e.tombstone && e.mod_main <= at, "only a tombstoned key leaves the index");
-                    self.index.remove(key.as_slice()).map_err(db("compact key_index"))?;
+                    let e =
+                        get_index(&self.index, &key)?.expect("compacted key has an index entry");
+                    assert!(
+                        e.tombstone && e.mod_main <= at,
+                        "only a tombstoned key leaves the index"
+                    );
+                    self.index
+                        .remove(key.as_slice())
+                        .map_err(db("compact key_index"))?;
                 }
             }
         }
@@ -873,7 +1055,10 @@ impl<'t> Writer<'t> {
 pub(crate) fn get_lease_ttl(t: &impl LeaseT, id: i64) -> Result<Option<i64>, MvccError> {
     match t.get(id).map_err(db("read lease"))? {
         None => Ok(None),
-        Some(g) => Ok(Some(decode_i64("lease ttl", unseal(LEASE_TABLE, &[&id.to_be_bytes()], g.value())?)?)),
+        Some(g) => Ok(Some(decode_i64(
+            "lease ttl",
+            unseal(LEASE_TABLE, &[&id.to_be_bytes()], g.value())?,
+        )?)),
     }
 }
 
@@ -900,12 +1085,20 @@ impl Store {
     /// Open or create `path` (a redb file). Refuses files that are not Phalanx mvcc stores or
     /// whose metadata fails checksum verification.
     pub fn open(path: &Path) -> Result<Store, MvccError> {
-        let db_ = Database::create(path)
-            .map_err(|source| MvccError::Open { path: path.to_path_buf(), source })?;
+        let db_ = Database::create(path).map_err(|source| MvccError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let txn = db_.begin_write().map_err(db("begin write"))?;
-        let tables: Vec<String> =
-            txn.list_tables().map_err(db("list tables"))?.map(|h| h.name().to_string()).collect();
-        let not_ours = |reason: String| MvccError::NotOurs { path: path.to_path_buf(), reason };
+        let tables: Vec<String> = txn
+            .list_tables()
+            .map_err(db("list tables"))?
+            .map(|h| h.name().to_string())
+            .collect();
+        let not_ours = |reason: String| MvccError::NotOurs {
+            path: path.to_path_buf(),
+            reason,
+        };
         let (rev, compact);
         if tables.is_empty() {
             // Fresh file: initialize. Empty store is at revision 1, never compacted (-1).
@@ -918,7 +1111,8 @@ impl Store {
                     (META_REV, 1i64.to_le_bytes().to_vec()),
                     (META_COMPACT, (-1i64).to_le_bytes().to_vec()),
                 ] {
-                    w.insert(name, seal(&[name.as_bytes()], &payload).as_slice()).map_err(db("init meta"))?;
+                    w.insert(name, seal(&[name.as_bytes()], &payload).as_slice())
+                        .map_err(db("init meta"))?;
                 }
             }
             txn.open_table(REV).map_err(db("init"))?;
@@ -930,7 +1124,9 @@ impl Store {
             (rev, compact) = (1, -1);
         } else {
             if !tables.iter().any(|t| t == META_TABLE) {
-                return Err(not_ours(format!("no `meta` table; tables present: {tables:?}")));
+                return Err(not_ours(format!(
+                    "no `meta` table; tables present: {tables:?}"
+                )));
             }
             {
                 let meta = txn.open_table(META).map_err(db("open meta"))?;
@@ -939,13 +1135,21 @@ impl Store {
                 if fmt.len() != FORMAT_MAGIC.len() + 4 || !fmt.starts_with(FORMAT_MAGIC) {
                     return Err(not_ours("wrong format marker".into()));
                 }
-                let ver = u32::from_le_bytes(fmt[FORMAT_MAGIC.len()..].try_into().expect("4 bytes"));
+                let ver =
+                    u32::from_le_bytes(fmt[FORMAT_MAGIC.len()..].try_into().expect("4 bytes"));
                 if ver != FORMAT_VERSION {
-                    return Err(MvccError::UnsupportedFormat { path: path.to_path_buf(), found: ver, supported: FORMAT_VERSION });
+                    return Err(MvccError::UnsupportedFormat {
+                        path: path.to_path_buf(),
+                        found: ver,
+                        supported: FORMAT_VERSION,
+                    });
                 }
                 rev = get_meta_i64(&meta, META_REV)?;
                 compact = get_meta_i64(&meta, META_COMPACT)?;
-                assert!(rev >= 1 && compact <= rev, "stored counters are inconsistent: rev {rev} compact {compact}");
+                assert!(
+                    rev >= 1 && compact <= rev,
+                    "stored counters are inconsistent: rev {rev} compact {compact}"
+                );
             }
             txn.abort().map_err(db("abort"))?;
         }
@@ -961,6 +1165,10 @@ impl Store {
     /// Apply a batch of committed entries in ONE redb write transaction, storing
     /// `applied_meta` atomically with the data. `None` items (blank/membership entries) only
     /// advance `applied_meta`. On `Err` nothing of the batch is committed.
+    ///
+    /// With `durable == false` the commit uses redb `Durability::None`: visible to readers
+    /// immediately but only persisted by a later durable commit (the Raft log covers the gap
+    /// after a crash, since `applied_meta` rolls back together with the data).
     pub fn apply_batch(
         &self,
         items: &[Option<Command>],
@@ -969,13 +1177,21 @@ impl Store {
     ) -> Result<Vec<Option<Applied>>, MvccError> {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = self.db.begin_write().map_err(db("begin write"))?;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })
-            .map_err(db("set durability"))?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(db("set durability"))?;
         let mut out = Vec::with_capacity(items.len());
         let (rev, compact);
         {
             let mut w = Writer::open(&txn)?;
-            assert_eq!(w.cur_rev, self.rev.load(Ordering::Acquire), "cached revision diverged from disk");
+            assert_eq!(
+                w.cur_rev,
+                self.rev.load(Ordering::Acquire),
+                "cached revision diverged from disk"
+            );
             for item in items {
                 out.push(match item {
                     None => None,
@@ -1008,7 +1224,10 @@ impl Store {
         self.range_inner(req).map_err(|e| e.to_etcd())?
     }
 
-    fn range_inner(&self, req: &PbRangeRequest) -> Result<Result<PbRangeResponse, EtcdError>, MvccError> {
+    fn range_inner(
+        &self,
+        req: &PbRangeRequest,
+    ) -> Result<Result<PbRangeResponse, EtcdError>, MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
         let meta = rtx.open_table(META).map_err(db("open meta"))?;
         let cur = get_meta_i64(&meta, META_REV)?;
@@ -1062,10 +1281,14 @@ impl Store {
         let key_rev = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
         let max_events = max_events.max(1);
         let mut last_main = i64::MIN;
-        for item in revt.range((start_rev, i64::MIN)..=(end_rev, i64::MAX)).map_err(db("scan rev"))? {
+        for item in revt
+            .range((start_rev, i64::MIN)..=(end_rev, i64::MAX))
+            .map_err(db("scan rev"))?
+        {
             let (k, v) = item.map_err(db("scan rev"))?;
             let (m, s) = k.value();
-            let rec = RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
+            let rec =
+                RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
             if !key_in_range(rec.key(), key, range_end) {
                 continue;
             }
@@ -1081,10 +1304,18 @@ impl Store {
                 None
             };
             let ev = match rec {
-                RevRecord::Put(kv) => PbEvent { r#type: EVENT_PUT, kv: Some(kv), prev_kv: prev },
+                RevRecord::Put(kv) => PbEvent {
+                    r#type: EVENT_PUT,
+                    kv: Some(kv),
+                    prev_kv: prev,
+                },
                 RevRecord::Tombstone(key) => PbEvent {
                     r#type: EVENT_DELETE,
-                    kv: Some(PbKeyValue { key, mod_revision: m, ..Default::default() }),
+                    kv: Some(PbKeyValue {
+                        key,
+                        mod_revision: m,
+                        ..Default::default()
+                    }),
                     prev_kv: prev,
                 },
             };
@@ -1097,12 +1328,14 @@ impl Store {
     /// One lease with its attached keys. Panics on storage corruption (never serves
     /// wrong data).
     pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
-        self.try_lease(id).unwrap_or_else(|e| panic!("mvcc lease read failed: {e}"))
+        self.try_lease(id)
+            .unwrap_or_else(|e| panic!("mvcc lease read failed: {e}"))
     }
 
     /// All leases, by id. Panics on storage corruption.
     pub fn leases(&self) -> Vec<LeaseInfo> {
-        self.try_leases().unwrap_or_else(|e| panic!("mvcc lease read failed: {e}"))
+        self.try_leases()
+            .unwrap_or_else(|e| panic!("mvcc lease read failed: {e}"))
     }
 
     /// Fallible variant of [`Store::lease`].
@@ -1112,7 +1345,11 @@ impl Store {
         let lk = rtx.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
         match get_lease_ttl(&lt, id)? {
             None => Ok(None),
-            Some(ttl) => Ok(Some(LeaseInfo { id, ttl_seconds: ttl, keys: lease_keys(&lk, id)? })),
+            Some(ttl) => Ok(Some(LeaseInfo {
+                id,
+                ttl_seconds: ttl,
+                keys: lease_keys(&lk, id)?,
+            })),
         }
     }
 
@@ -1125,8 +1362,15 @@ impl Store {
         for item in lt.iter().map_err(db("scan lease"))? {
             let (k, v) = item.map_err(db("scan lease"))?;
             let id = k.value();
-            let ttl = decode_i64("lease ttl", unseal(LEASE_TABLE, &[&id.to_be_bytes()], v.value())?)?;
-            out.push(LeaseInfo { id, ttl_seconds: ttl, keys: lease_keys(&lk, id)? });
+            let ttl = decode_i64(
+                "lease ttl",
+                unseal(LEASE_TABLE, &[&id.to_be_bytes()], v.value())?,
+            )?;
+            out.push(LeaseInfo {
+                id,
+                ttl_seconds: ttl,
+                keys: lease_keys(&lk, id)?,
+            });
         }
         Ok(out)
     }
@@ -1139,7 +1383,10 @@ impl Store {
         self.hash_kv_inner(revision).map_err(|e| e.to_etcd())?
     }
 
-    fn hash_kv_inner(&self, revision: i64) -> Result<Result<(u32, i64, i64), EtcdError>, MvccError> {
+    fn hash_kv_inner(
+        &self,
+        revision: i64,
+    ) -> Result<Result<(u32, i64, i64), EtcdError>, MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
         let meta = rtx.open_table(META).map_err(db("open meta"))?;
         let cur = get_meta_i64(&meta, META_REV)?;
@@ -1154,7 +1401,10 @@ impl Store {
         let revt = rtx.open_table(REV).map_err(db("open rev"))?;
         let mut h = crc32fast::Hasher::new();
         h.update(b"key");
-        for item in revt.range((i64::MIN, i64::MIN)..=(at, i64::MAX)).map_err(db("scan rev"))? {
+        for item in revt
+            .range((i64::MIN, i64::MIN)..=(at, i64::MAX))
+            .map_err(db("scan rev"))?
+        {
             let (k, v) = item.map_err(db("scan rev"))?;
             let (m, s) = k.value();
             let kb = rev_key_bytes(m, s);

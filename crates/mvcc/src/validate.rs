@@ -102,9 +102,15 @@ fn delete_interval(d: &PbDeleteRequest) -> Interval {
     if d.range_end.is_empty() {
         let mut end = d.key.clone();
         end.push(0);
-        Interval { begin: d.key.clone(), end: Some(end) }
+        Interval {
+            begin: d.key.clone(),
+            end: Some(end),
+        }
     } else {
-        Interval { begin: d.key.clone(), end: Some(d.range_end.clone()) }
+        Interval {
+            begin: d.key.clone(),
+            end: Some(d.range_end.clone()),
+        }
     }
 }
 
@@ -121,7 +127,9 @@ fn check_intervals(
     let intersects = |dels: &[Interval], k: &[u8]| dels.iter().any(|iv| iv.contains(k));
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     for r in reqs {
-        let Some(PbTxnOpRequest::RequestTxn(t)) = &r.request else { continue };
+        let Some(PbTxnOpRequest::RequestTxn(t)) = &r.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -144,7 +152,9 @@ fn check_intervals(
         dels.extend(dels_else);
     }
     for r in reqs {
-        let Some(PbTxnOpRequest::RequestPut(p)) = &r.request else { continue };
+        let Some(PbTxnOpRequest::RequestPut(p)) = &r.request else {
+            continue;
+        };
         if puts.contains(&p.key) || intersects(&dels, &p.key) {
             return Err(EtcdError::DuplicateKey);
         }

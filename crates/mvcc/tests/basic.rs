@@ -15,11 +15,21 @@ fn revision_and_version_arithmetic() {
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
     put(&s, "a", "2");
     let kv = get(&s, "a").unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version, kv.value.as_slice()), (2, 3, 2, &b"2"[..]));
+    assert_eq!(
+        (
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+            kv.value.as_slice()
+        ),
+        (2, 3, 2, &b"2"[..])
+    );
     // delete resets version; re-put starts a new generation
     let d = del(&s, "a", "");
     assert_eq!(d.revision, 4);
-    let ApplyResponse::DeleteRange(dr) = &d.response else { panic!() };
+    let ApplyResponse::DeleteRange(dr) = &d.response else {
+        panic!()
+    };
     assert_eq!(dr.deleted, 1);
     assert_eq!(dr.prev_kvs[0].value, b"2");
     assert_eq!(d.events.len(), 1);
@@ -49,9 +59,19 @@ fn put_events_carry_prev_kv() {
     let a = put(&s, "k", "v1");
     assert_eq!(a.events.len(), 1);
     assert!(a.events[0].prev_kv.is_none());
-    let b = apply(&s, Command::put(&PbPutRequest { key: "k".into(), value: "v2".into(), prev_kv: true, ..Default::default() }));
+    let b = apply(
+        &s,
+        Command::put(&PbPutRequest {
+            key: "k".into(),
+            value: "v2".into(),
+            prev_kv: true,
+            ..Default::default()
+        }),
+    );
     assert_eq!(b.events[0].prev_kv.as_ref().unwrap().value, b"v1");
-    let ApplyResponse::Put(p) = &b.response else { panic!() };
+    let ApplyResponse::Put(p) = &b.response else {
+        panic!()
+    };
     assert_eq!(p.prev_kv.as_ref().unwrap().value, b"v1");
 }
 
@@ -63,7 +83,15 @@ fn applied_meta_roundtrip_and_reopen() {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.applied_meta().unwrap(), None);
         let out = s
-            .apply_batch(&[Some(Command::put(&put_req("a", "1"))), None, Some(Command::put(&put_req("b", "2")))], b"m1", true)
+            .apply_batch(
+                &[
+                    Some(Command::put(&put_req("a", "1"))),
+                    None,
+                    Some(Command::put(&put_req("b", "2"))),
+                ],
+                b"m1",
+                true,
+            )
             .unwrap();
         assert!(out[1].is_none());
         assert_eq!(out[2].as_ref().unwrap().revision, 3);
@@ -82,20 +110,27 @@ fn batch_is_atomic_on_fatal_error() {
     let path = dir.path().join("db");
     {
         let s = Store::open(&path).unwrap();
-        s.apply_batch(&[Some(Command::put(&put_req("bad", "v")))], b"m0", true).unwrap();
+        s.apply_batch(&[Some(Command::put(&put_req("bad", "v")))], b"m0", true)
+            .unwrap();
     }
     {
         // damage the record of "bad" so that updating it fails fatally
         let db = redb::Database::create(&path).unwrap();
         let tx = db.begin_write().unwrap();
         {
-            let mut t = tx.open_table(redb::TableDefinition::<(i64, i64), &[u8]>::new("rev")).unwrap();
+            let mut t = tx
+                .open_table(redb::TableDefinition::<(i64, i64), &[u8]>::new("rev"))
+                .unwrap();
             t.insert((2, 0), &b"\0\0\0\0garbage"[..]).unwrap();
         }
         tx.commit().unwrap();
     }
     let s = Store::open(&path).unwrap();
-    let batch = [Some(Command::put(&put_req("good", "1"))), None, Some(Command::put(&put_req("bad", "2")))];
+    let batch = [
+        Some(Command::put(&put_req("good", "1"))),
+        None,
+        Some(Command::put(&put_req("bad", "2"))),
+    ];
     assert!(s.apply_batch(&batch, b"m1", true).is_err());
     assert!(get(&s, "good").is_none());
     assert_eq!(s.applied_meta().unwrap().unwrap(), b"m0");
@@ -103,11 +138,18 @@ fn batch_is_atomic_on_fatal_error() {
     // etcd errors inside a batch are per-command results, the rest applies
     let batch = [
         Some(Command::put(&put_req("good", "1"))),
-        Some(Command::put(&PbPutRequest { key: "x".into(), lease: 1, ..Default::default() })),
+        Some(Command::put(&PbPutRequest {
+            key: "x".into(),
+            lease: 1,
+            ..Default::default()
+        })),
         Some(Command::put(&put_req("good2", "1"))),
     ];
     let out = s.apply_batch(&batch, b"m2", true).unwrap();
-    assert_eq!(out[1].as_ref().unwrap().response, ApplyResponse::Error(EtcdError::LeaseNotFound));
+    assert_eq!(
+        out[1].as_ref().unwrap().response,
+        ApplyResponse::Error(EtcdError::LeaseNotFound)
+    );
     assert_eq!(out[1].as_ref().unwrap().revision, 3);
     assert_eq!(out[2].as_ref().unwrap().revision, 4);
     assert_eq!(s.applied_meta().unwrap().unwrap(), b"m2");
@@ -117,25 +159,42 @@ fn batch_is_atomic_on_fatal_error() {
 fn wire_encodings_roundtrip() {
     let cmds = [
         Command::put(&put_req("a", "b")),
-        Command::delete_range(&PbDeleteRequest { key: "a".into(), ..Default::default() }),
+        Command::delete_range(&PbDeleteRequest {
+            key: "a".into(),
+            ..Default::default()
+        }),
         Command::txn(&PbTxnRequest::default()),
         Command::Compact { revision: 5 },
-        Command::LeaseGrant { id: 1, ttl_seconds: 2 },
+        Command::LeaseGrant {
+            id: 1,
+            ttl_seconds: 2,
+        },
         Command::LeaseRevoke { id: 1 },
     ];
     for c in cmds {
         assert_eq!(Command::from_bytes(&c.to_bytes()).unwrap(), c);
     }
     let (_d, s) = store();
-    let mut responses = vec![];
-    responses.push(put(&s, "a", "1").response);
+    let mut responses = vec![put(&s, "a", "1").response];
     responses.push(del(&s, "a", "").response);
     responses.push(apply(&s, Command::txn(&PbTxnRequest::default())).response);
-    responses.push(apply(&s, Command::LeaseGrant { id: 3, ttl_seconds: 5 }).response);
+    responses.push(
+        apply(
+            &s,
+            Command::LeaseGrant {
+                id: 3,
+                ttl_seconds: 5,
+            },
+        )
+        .response,
+    );
     responses.push(apply(&s, Command::LeaseRevoke { id: 3 }).response);
     responses.push(apply(&s, Command::Compact { revision: 2 }).response);
     responses.push(apply(&s, Command::Compact { revision: 2 }).response);
-    assert_eq!(responses.last().unwrap(), &ApplyResponse::Error(EtcdError::Compacted));
+    assert_eq!(
+        responses.last().unwrap(),
+        &ApplyResponse::Error(EtcdError::Compacted)
+    );
     for r in responses {
         assert_eq!(ApplyResponse::decode(&r.encode()).unwrap(), r);
     }
@@ -147,12 +206,21 @@ fn wire_encodings_roundtrip() {
 fn error_codes_and_messages() {
     use tonic::Code;
     assert_eq!(EtcdError::Compacted.code(), Code::OutOfRange);
-    assert_eq!(EtcdError::Compacted.message(), "etcdserver: mvcc: required revision has been compacted");
-    assert_eq!(EtcdError::FutureRevision.message(), "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        EtcdError::Compacted.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert_eq!(
+        EtcdError::FutureRevision.message(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
     assert_eq!(EtcdError::LeaseNotFound.code(), Code::NotFound);
     assert_eq!(EtcdError::LeaseExists.code(), Code::FailedPrecondition);
     assert_eq!(EtcdError::NoSpace.code(), Code::ResourceExhausted);
-    assert_eq!(EtcdError::DuplicateKey.message(), "etcdserver: duplicate key given in txn request");
+    assert_eq!(
+        EtcdError::DuplicateKey.message(),
+        "etcdserver: duplicate key given in txn request"
+    );
     let st: tonic::Status = EtcdError::EmptyKey.into();
     assert_eq!(st.code(), Code::InvalidArgument);
     assert_eq!(st.message(), "etcdserver: key is not provided");

@@ -4,13 +4,30 @@ use mvcc::consts::*;
 use mvcc::*;
 
 fn workload() -> Vec<Command> {
-    let mut v = vec![Command::LeaseGrant { id: 42, ttl_seconds: 30 }];
+    let mut v = vec![Command::LeaseGrant {
+        id: 42,
+        ttl_seconds: 30,
+    }];
     for i in 0..20 {
-        v.push(Command::put(&put_req(&format!("k{}", i % 5), &format!("v{i}"))));
+        v.push(Command::put(&put_req(
+            &format!("k{}", i % 5),
+            &format!("v{i}"),
+        )));
     }
-    v.push(Command::delete_range(&PbDeleteRequest { key: "k1".into(), ..Default::default() }));
-    v.push(Command::put(&PbPutRequest { key: "leased".into(), value: "x".into(), lease: 42, ..Default::default() }));
-    v.push(Command::delete_range(&PbDeleteRequest { key: "k2".into(), ..Default::default() }));
+    v.push(Command::delete_range(&PbDeleteRequest {
+        key: "k1".into(),
+        ..Default::default()
+    }));
+    v.push(Command::put(&PbPutRequest {
+        key: "leased".into(),
+        value: "x".into(),
+        lease: 42,
+        ..Default::default()
+    }));
+    v.push(Command::delete_range(&PbDeleteRequest {
+        key: "k2".into(),
+        ..Default::default()
+    }));
     v.push(Command::put(&put_req("k2", "again")));
     v
 }
@@ -23,7 +40,8 @@ fn compaction_semantics_and_hash() {
     s1.apply_batch(&cmds, b"m", false).unwrap();
     // same commands, different batching
     for c in &cmds {
-        s2.apply_batch(std::slice::from_ref(c), b"m", false).unwrap();
+        s2.apply_batch(std::slice::from_ref(c), b"m", false)
+            .unwrap();
     }
     assert_eq!(s1.current_revision(), 25);
     assert_eq!(s1.hash_kv(0).unwrap(), s2.hash_kv(0).unwrap());
@@ -50,7 +68,13 @@ fn compaction_semantics_and_hash() {
         s.range(&q).unwrap().kvs
     };
     let r24 = all(&s1, 24);
-    assert_eq!(keys(&PbRangeResponse { kvs: r24.clone(), ..Default::default() }), ["k0", "k3", "k4", "leased"]);
+    assert_eq!(
+        keys(&PbRangeResponse {
+            kvs: r24.clone(),
+            ..Default::default()
+        }),
+        ["k0", "k3", "k4", "leased"]
+    );
     assert_eq!(all(&s1, 25).len(), 5);
     assert_eq!(get(&s1, "k2").unwrap().create_revision, 25);
     assert_eq!(get(&s1, "k0").unwrap().version, 4);
@@ -61,11 +85,23 @@ fn compaction_semantics_and_hash() {
     assert_eq!(ev[0].kv.as_ref().unwrap().mod_revision, 25);
     assert!(ev[0].prev_kv.is_none());
     // everything <= 24 that survives: one version per live key (k0, k3, k4, leased)
-    assert_eq!(s1.events(b"\0", b"\0", 24, 24, false, 1000).unwrap().len(), 0);
+    assert_eq!(
+        s1.events(b"\0", b"\0", 24, 24, false, 1000).unwrap().len(),
+        0
+    );
     // errors
-    assert_eq!(apply(&s1, Command::Compact { revision: 24 }).response, ApplyResponse::Error(EtcdError::Compacted));
-    assert_eq!(apply(&s1, Command::Compact { revision: 10 }).response, ApplyResponse::Error(EtcdError::Compacted));
-    assert_eq!(apply(&s1, Command::Compact { revision: 26 }).response, ApplyResponse::Error(EtcdError::FutureRevision));
+    assert_eq!(
+        apply(&s1, Command::Compact { revision: 24 }).response,
+        ApplyResponse::Error(EtcdError::Compacted)
+    );
+    assert_eq!(
+        apply(&s1, Command::Compact { revision: 10 }).response,
+        ApplyResponse::Error(EtcdError::Compacted)
+    );
+    assert_eq!(
+        apply(&s1, Command::Compact { revision: 26 }).response,
+        ApplyResponse::Error(EtcdError::FutureRevision)
+    );
     // compact again at current
     apply(&s1, Command::Compact { revision: 25 });
     assert_eq!(all(&s1, 25).len(), 5);
@@ -99,24 +135,68 @@ fn compaction_drops_tombstones_and_superseded() {
 #[test]
 fn leases_attach_move_revoke() {
     let (_d, s) = store();
-    assert_eq!(put_lease(&s, "a", "1", 5).response, ApplyResponse::Error(EtcdError::LeaseNotFound));
-    let g = apply(&s, Command::LeaseGrant { id: 5, ttl_seconds: 60 });
-    let ApplyResponse::LeaseGrant(gr) = &g.response else { panic!() };
-    assert_eq!((gr.id, gr.ttl, gr.header.as_ref().unwrap().revision), (5, 60, 1));
-    assert_eq!(g.revision, 1, "lease grant does not bump the revision");
-    assert_eq!(apply(&s, Command::LeaseGrant { id: 5, ttl_seconds: 1 }).response, ApplyResponse::Error(EtcdError::LeaseExists));
     assert_eq!(
-        apply(&s, Command::LeaseGrant { id: 6, ttl_seconds: MAX_LEASE_TTL + 1 }).response,
+        put_lease(&s, "a", "1", 5).response,
+        ApplyResponse::Error(EtcdError::LeaseNotFound)
+    );
+    let g = apply(
+        &s,
+        Command::LeaseGrant {
+            id: 5,
+            ttl_seconds: 60,
+        },
+    );
+    let ApplyResponse::LeaseGrant(gr) = &g.response else {
+        panic!()
+    };
+    assert_eq!(
+        (gr.id, gr.ttl, gr.header.as_ref().unwrap().revision),
+        (5, 60, 1)
+    );
+    assert_eq!(g.revision, 1, "lease grant does not bump the revision");
+    assert_eq!(
+        apply(
+            &s,
+            Command::LeaseGrant {
+                id: 5,
+                ttl_seconds: 1
+            }
+        )
+        .response,
+        ApplyResponse::Error(EtcdError::LeaseExists)
+    );
+    assert_eq!(
+        apply(
+            &s,
+            Command::LeaseGrant {
+                id: 6,
+                ttl_seconds: MAX_LEASE_TTL + 1
+            }
+        )
+        .response,
         ApplyResponse::Error(EtcdError::TtlTooLarge)
     );
-    apply(&s, Command::LeaseGrant { id: 6, ttl_seconds: 10 });
+    apply(
+        &s,
+        Command::LeaseGrant {
+            id: 6,
+            ttl_seconds: 10,
+        },
+    );
     put_lease(&s, "a", "1", 5); // 2
     put_lease(&s, "b", "1", 5); // 3
     put_lease(&s, "c", "1", 5); // 4
     put_lease(&s, "c", "2", 6); // 5 moves c to lease 6
     put(&s, "b", "2"); // 6 detaches b
     assert_eq!(s.lease(5).unwrap().keys, vec![b"a".to_vec()]);
-    assert_eq!(s.lease(6).unwrap(), LeaseInfo { id: 6, ttl_seconds: 10, keys: vec![b"c".to_vec()] });
+    assert_eq!(
+        s.lease(6).unwrap(),
+        LeaseInfo {
+            id: 6,
+            ttl_seconds: 10,
+            keys: vec![b"c".to_vec()]
+        }
+    );
     assert_eq!(s.leases().iter().map(|l| l.id).collect::<Vec<_>>(), [5, 6]);
     put_lease(&s, "d", "1", 6); // 7
     put_lease(&s, "e", "1", 6); // 8
@@ -126,17 +206,39 @@ fn leases_attach_move_revoke() {
     assert_eq!(r.revision, 10);
     assert_eq!(r.response.header_revision(), Some(10));
     assert_eq!(r.events.len(), 2);
-    assert!(r.events.iter().all(|e| e.r#type == EVENT_DELETE && e.kv.as_ref().unwrap().mod_revision == 10));
+    assert!(r
+        .events
+        .iter()
+        .all(|e| e.r#type == EVENT_DELETE && e.kv.as_ref().unwrap().mod_revision == 10));
     assert_eq!(r.events[0].kv.as_ref().unwrap().key, b"c");
     assert_eq!(r.events[1].kv.as_ref().unwrap().key, b"d");
     assert_eq!(r.events[0].prev_kv.as_ref().unwrap().lease, 6);
     assert!(get(&s, "c").is_none() && get(&s, "d").is_none());
     assert!(s.lease(6).is_none());
-    assert_eq!(apply(&s, Command::LeaseRevoke { id: 6 }).response, ApplyResponse::Error(EtcdError::LeaseNotFound));
+    assert_eq!(
+        apply(&s, Command::LeaseRevoke { id: 6 }).response,
+        ApplyResponse::Error(EtcdError::LeaseNotFound)
+    );
     // revoking a lease without keys does not bump the revision
-    apply(&s, Command::LeaseGrant { id: 7, ttl_seconds: 10 });
+    apply(
+        &s,
+        Command::LeaseGrant {
+            id: 7,
+            ttl_seconds: 10,
+        },
+    );
     assert_eq!(apply(&s, Command::LeaseRevoke { id: 7 }).revision, 10);
-    assert_eq!(apply(&s, Command::LeaseGrant { id: 0, ttl_seconds: 10 }).response, ApplyResponse::Error(EtcdError::LeaseNotFound));
+    assert_eq!(
+        apply(
+            &s,
+            Command::LeaseGrant {
+                id: 0,
+                ttl_seconds: 10
+            }
+        )
+        .response,
+        ApplyResponse::Error(EtcdError::LeaseNotFound)
+    );
 }
 
 #[test]
@@ -148,8 +250,12 @@ fn events_replay() {
     del(&s, "a", ""); // 5
     let t = PbTxnRequest {
         success: vec![
-            PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put_req("a", "3"))) },
-            PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put_req("b", "2"))) },
+            PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestPut(put_req("a", "3"))),
+            },
+            PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestPut(put_req("b", "2"))),
+            },
         ],
         ..Default::default()
     };
@@ -157,8 +263,19 @@ fn events_replay() {
     put(&s, "c", "1"); // 7
 
     let ev = s.events(b"a", b"", 1, 100, true, 100).unwrap();
-    let desc: Vec<_> = ev.iter().map(|e| (e.r#type, e.kv.as_ref().unwrap().mod_revision)).collect();
-    assert_eq!(desc, [(EVENT_PUT, 2), (EVENT_PUT, 4), (EVENT_DELETE, 5), (EVENT_PUT, 6)]);
+    let desc: Vec<_> = ev
+        .iter()
+        .map(|e| (e.r#type, e.kv.as_ref().unwrap().mod_revision))
+        .collect();
+    assert_eq!(
+        desc,
+        [
+            (EVENT_PUT, 2),
+            (EVENT_PUT, 4),
+            (EVENT_DELETE, 5),
+            (EVENT_PUT, 6)
+        ]
+    );
     assert!(ev[0].prev_kv.is_none());
     assert_eq!(ev[1].prev_kv.as_ref().unwrap().value, b"1");
     assert_eq!(ev[2].prev_kv.as_ref().unwrap().value, b"2");
@@ -167,7 +284,12 @@ fn events_replay() {
     assert!(no_prev.iter().all(|e| e.prev_kv.is_none()));
     // range and window
     let ev = s.events(b"b", b"\0", 3, 6, false, 100).unwrap();
-    assert_eq!(ev.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>(), [3, 6]);
+    assert_eq!(
+        ev.iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect::<Vec<_>>(),
+        [3, 6]
+    );
     // limit never splits a revision
     let all = s.events(b"\0", b"\0", 1, 100, false, 100).unwrap();
     assert_eq!(all.len(), 7);
@@ -187,10 +309,25 @@ fn events_replay() {
     assert_eq!(applied, s2.events(b"x", b"", 0, 100, true, 100).unwrap());
     // compaction rule: start < compact -> Compacted; start == compact is allowed
     apply(&s, Command::Compact { revision: 5 });
-    assert!(matches!(s.events(b"a", b"", 4, 100, false, 10), Err(MvccError::Etcd(EtcdError::Compacted))));
+    assert!(matches!(
+        s.events(b"a", b"", 4, 100, false, 10),
+        Err(MvccError::Etcd(EtcdError::Compacted))
+    ));
     let ev = s.events(b"\0", b"\0", 5, 100, true, 10).unwrap();
-    assert_eq!(ev.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>(), [6, 6, 7]);
-    assert_eq!(ev[1].prev_kv.as_ref().unwrap().value, b"1", "b@3 survives compaction as b's latest <= 5");
+    assert_eq!(
+        ev.iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect::<Vec<_>>(),
+        [6, 6, 7]
+    );
+    assert_eq!(
+        ev[1].prev_kv.as_ref().unwrap().value,
+        b"1",
+        "b@3 survives compaction as b's latest <= 5"
+    );
     // start beyond current: nothing
-    assert!(s.events(b"\0", b"\0", 8, 100, false, 10).unwrap().is_empty());
+    assert!(s
+        .events(b"\0", b"\0", 8, 100, false, 10)
+        .unwrap()
+        .is_empty());
 }

@@ -82,17 +82,44 @@ fn sorting() {
         q.limit = limit;
         s.range(&q).unwrap()
     };
-    assert_eq!(keys(&sorted(SORT_DESCEND, SORT_TARGET_KEY, 0)), ["zoo", "foo/c", "foo/b", "foo/a", "foo"]);
-    assert_eq!(keys(&sorted(SORT_ASCEND, SORT_TARGET_KEY, 0)), ["foo", "foo/a", "foo/b", "foo/c", "zoo"]);
-    assert_eq!(keys(&sorted(SORT_ASCEND, SORT_TARGET_VALUE, 0)), ["foo/b", "zoo", "foo", "foo/c", "foo/a"]);
-    assert_eq!(keys(&sorted(SORT_DESCEND, SORT_TARGET_VALUE, 0)), ["foo/a", "foo/c", "foo", "zoo", "foo/b"]);
+    assert_eq!(
+        keys(&sorted(SORT_DESCEND, SORT_TARGET_KEY, 0)),
+        ["zoo", "foo/c", "foo/b", "foo/a", "foo"]
+    );
+    assert_eq!(
+        keys(&sorted(SORT_ASCEND, SORT_TARGET_KEY, 0)),
+        ["foo", "foo/a", "foo/b", "foo/c", "zoo"]
+    );
+    assert_eq!(
+        keys(&sorted(SORT_ASCEND, SORT_TARGET_VALUE, 0)),
+        ["foo/b", "zoo", "foo", "foo/c", "foo/a"]
+    );
+    assert_eq!(
+        keys(&sorted(SORT_DESCEND, SORT_TARGET_VALUE, 0)),
+        ["foo/a", "foo/c", "foo", "zoo", "foo/b"]
+    );
     // target != KEY with order NONE defaults to ascending
-    assert_eq!(keys(&sorted(SORT_NONE, SORT_TARGET_MOD, 0)), ["foo", "foo/b", "foo/c", "zoo", "foo/a"]);
-    assert_eq!(keys(&sorted(SORT_DESCEND, SORT_TARGET_MOD, 0)), ["foo/a", "zoo", "foo/c", "foo/b", "foo"]);
-    assert_eq!(keys(&sorted(SORT_DESCEND, SORT_TARGET_CREATE, 0)), ["zoo", "foo/c", "foo/b", "foo/a", "foo"]);
+    assert_eq!(
+        keys(&sorted(SORT_NONE, SORT_TARGET_MOD, 0)),
+        ["foo", "foo/b", "foo/c", "zoo", "foo/a"]
+    );
+    assert_eq!(
+        keys(&sorted(SORT_DESCEND, SORT_TARGET_MOD, 0)),
+        ["foo/a", "zoo", "foo/c", "foo/b", "foo"]
+    );
+    assert_eq!(
+        keys(&sorted(SORT_DESCEND, SORT_TARGET_CREATE, 0)),
+        ["zoo", "foo/c", "foo/b", "foo/a", "foo"]
+    );
     // version: foo/a has version 2, everything else 1 (stable among ties)
-    assert_eq!(keys(&sorted(SORT_DESCEND, SORT_TARGET_VERSION, 0))[0], "foo/a");
-    assert_eq!(keys(&sorted(SORT_ASCEND, SORT_TARGET_VERSION, 0))[4], "foo/a");
+    assert_eq!(
+        keys(&sorted(SORT_DESCEND, SORT_TARGET_VERSION, 0))[0],
+        "foo/a"
+    );
+    assert_eq!(
+        keys(&sorted(SORT_ASCEND, SORT_TARGET_VERSION, 0))[4],
+        "foo/a"
+    );
     // sort happens before limit
     let r = sorted(SORT_DESCEND, SORT_TARGET_MOD, 2);
     assert_eq!(keys(&r), ["foo/a", "zoo"]);
@@ -112,9 +139,15 @@ fn revision_filters() {
         f(&mut q);
         s.range(&q).unwrap()
     };
-    assert_eq!(keys(&q(&|q| q.min_mod_revision = 5)), ["foo/a", "foo/c", "zoo"]);
+    assert_eq!(
+        keys(&q(&|q| q.min_mod_revision = 5)),
+        ["foo/a", "foo/c", "zoo"]
+    );
     assert_eq!(keys(&q(&|q| q.max_mod_revision = 4)), ["foo", "foo/b"]);
-    assert_eq!(keys(&q(&|q| q.min_create_revision = 4)), ["foo/b", "foo/c", "zoo"]);
+    assert_eq!(
+        keys(&q(&|q| q.min_create_revision = 4)),
+        ["foo/b", "foo/c", "zoo"]
+    );
     assert_eq!(keys(&q(&|q| q.max_create_revision = 3)), ["foo", "foo/a"]);
     let r = q(&|q| {
         q.min_mod_revision = 3;

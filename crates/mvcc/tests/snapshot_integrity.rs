@@ -4,21 +4,52 @@ use mvcc::*;
 use redb::{ReadableTable, TableDefinition};
 
 fn populate(s: &Store) {
-    let mut cmds = vec![Some(Command::LeaseGrant { id: 9, ttl_seconds: 100 })];
+    let mut cmds = vec![Some(Command::LeaseGrant {
+        id: 9,
+        ttl_seconds: 100,
+    })];
     for i in 0..50 {
-        cmds.push(Some(Command::put(&put_req(&format!("key/{:02}", i % 17), &format!("value-{i}")))));
+        cmds.push(Some(Command::put(&put_req(
+            &format!("key/{:02}", i % 17),
+            &format!("value-{i}"),
+        ))));
     }
-    cmds.push(Some(Command::put(&PbPutRequest { key: "leased".into(), value: "l".into(), lease: 9, ..Default::default() })));
-    cmds.push(Some(Command::delete_range(&PbDeleteRequest { key: "key/03".into(), range_end: "key/05".into(), prev_kv: false })));
+    cmds.push(Some(Command::put(&PbPutRequest {
+        key: "leased".into(),
+        value: "l".into(),
+        lease: 9,
+        ..Default::default()
+    })));
+    cmds.push(Some(Command::delete_range(&PbDeleteRequest {
+        key: "key/03".into(),
+        range_end: "key/05".into(),
+        prev_kv: false,
+    })));
     cmds.push(Some(Command::Compact { revision: 30 }));
     cmds.push(Some(Command::put(&put_req("after", "compaction"))));
     s.apply_batch(&cmds, b"raft-meta-1", true).unwrap();
 }
 
-fn full_state(s: &Store) -> (PbRangeResponse, Vec<LeaseInfo>, (u32, i64, i64), i64, i64, Option<Vec<u8>>) {
+type FullState = (
+    PbRangeResponse,
+    Vec<LeaseInfo>,
+    (u32, i64, i64),
+    i64,
+    i64,
+    Option<Vec<u8>>,
+);
+
+fn full_state(s: &Store) -> FullState {
     let mut r = s.range(&range_req("\0", "\0")).unwrap();
     r.header = None;
-    (r, s.leases(), s.hash_kv(0).unwrap(), s.current_revision(), s.compact_revision(), s.applied_meta().unwrap())
+    (
+        r,
+        s.leases(),
+        s.hash_kv(0).unwrap(),
+        s.current_revision(),
+        s.compact_revision(),
+        s.applied_meta().unwrap(),
+    )
 }
 
 #[test]
@@ -76,8 +107,14 @@ fn corrupted_snapshot_rejected_state_unchanged() {
         assert_eq!(full_state(&s2), before);
     }
     let truncated = &snap[..snap.len() - 10];
-    assert!(matches!(s2.install_snapshot(&mut &truncated[..]), Err(MvccError::Snapshot(_))));
-    assert!(matches!(s2.install_snapshot(&mut &b""[..]), Err(MvccError::Snapshot(_))));
+    assert!(matches!(
+        s2.install_snapshot(&mut &truncated[..]),
+        Err(MvccError::Snapshot(_))
+    ));
+    assert!(matches!(
+        s2.install_snapshot(&mut &b""[..]),
+        Err(MvccError::Snapshot(_))
+    ));
     assert_eq!(full_state(&s2), before);
     // still writable afterwards
     put(&s2, "mine", "2");
@@ -136,12 +173,20 @@ fn corrupted_value_detected() {
         other => panic!("{other:?}"),
     }
     // writes touching the corrupted record fail fatally and commit nothing
-    let err = s.apply_batch(&[Some(Command::put(&put_req("a", "x")))], b"m", true).unwrap_err();
-    assert!(matches!(err, MvccError::Corrupted { table: "rev", .. }), "{err}");
+    let err = s
+        .apply_batch(&[Some(Command::put(&put_req("a", "x")))], b"m", true)
+        .unwrap_err();
+    assert!(
+        matches!(err, MvccError::Corrupted { table: "rev", .. }),
+        "{err}"
+    );
     assert_eq!(s.current_revision(), 3);
     assert!(s.hash_kv(0).is_err());
     let mut snap = Vec::new();
-    assert!(matches!(s.write_snapshot(&mut snap), Err(MvccError::Corrupted { .. })));
+    assert!(matches!(
+        s.write_snapshot(&mut snap),
+        Err(MvccError::Corrupted { .. })
+    ));
 }
 
 #[test]
@@ -165,8 +210,13 @@ fn corrupted_index_detected() {
     }
     let s = Store::open(&path).unwrap();
     assert_eq!(s.range(&range_req("a", "")), Err(EtcdError::Corrupt));
-    let err = s.apply_batch(&[Some(Command::put(&put_req("a", "x")))], b"m", true).unwrap_err();
-    assert!(err.to_string().contains("key_index") && err.to_string().contains("\"a\""), "{err}");
+    let err = s
+        .apply_batch(&[Some(Command::put(&put_req("a", "x")))], b"m", true)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("key_index") && err.to_string().contains("\"a\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -177,7 +227,10 @@ fn refuses_foreign_files() {
     {
         let db = redb::Database::create(&other).unwrap();
         let tx = db.begin_write().unwrap();
-        tx.open_table(TableDefinition::<&str, u64>::new("stuff")).unwrap().insert("x", 1).unwrap();
+        tx.open_table(TableDefinition::<&str, u64>::new("stuff"))
+            .unwrap()
+            .insert("x", 1)
+            .unwrap();
         tx.commit().unwrap();
     }
     let err = Store::open(&other).err().unwrap();
