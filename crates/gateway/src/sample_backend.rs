@@ -5,7 +5,9 @@
 //! `status=N` picks the status. `/healthz` answers 200 `ok`. A request with
 //! `Upgrade` gets `101 Switching Protocols` and the connection then echoes
 //! bytes. Request headers `x-forwarded-for`, `x-forwarded-proto` and `via` are
-//! echoed back as `x-seen-forwarded-for`, `x-seen-forwarded-proto`, `x-seen-via`.
+//! echoed back as `x-seen-forwarded-for`, `x-seen-forwarded-proto`, `x-seen-via`;
+//! `x-seen-header-names` lists the request header names, `x-seen-version` the
+//! HTTP version received, `x-body-bytes` the request body size.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -175,6 +177,8 @@ async fn answer(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<F
         .filter_map(|h| req.headers().get(*h).map(|v| (format!("x-seen-{}", h.trim_start_matches("x-")), v.clone())))
         .collect();
     let version = format!("{:?}", req.version());
+    let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+    let names = names.join(",");
     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
     *r.status_mut() = StatusCode::from_u16(if status == 0 { 200 } else { status }).unwrap_or(StatusCode::OK);
@@ -185,6 +189,9 @@ async fn answer(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<F
     h.insert("x-body-bytes", HeaderValue::from(body.len()));
     if let Ok(v) = HeaderValue::from_str(&version) {
         h.insert("x-seen-version", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&names) {
+        h.insert("x-seen-header-names", v);
     }
     for (k, v) in seen {
         if let Ok(k) = http::HeaderName::from_bytes(k.as_bytes()) {
