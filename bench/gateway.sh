@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Gateway benchmark: phalanx gateway vs HAProxy vs nginx (proxy), one core each.
+#
+# Usage (as root, on Debian, from the repository root):
+#   CARGO_TARGET_DIR=/work/target-gw cargo build --release -p phalanx
+#   PHALANX=/work/target-gw/release/phalanx bench/gateway.sh
+#
+# Needs: nginx, haproxy, wrk, taskset (util-linux), curl, awk. Installs nothing.
+# Layout: all proxies and backends pinned to core 0, wrk pinned to core 1.
+set -euo pipefail
+
+PHALANX=${PHALANX:-${CARGO_TARGET_DIR:-target}/release/phalanx}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+PROXY_CPU=${PROXY_CPU:-0}
+WRK_CPU=${WRK_CPU:-1}
+WORK=$(mktemp -d /tmp/gwbench.XXXXXX)
+PIDS=()
+
+for t in nginx haproxy wrk taskset curl awk; do
+  command -v "$t" >/dev/null || { echo "missing tool: $t (apt-get install nginx haproxy wrk util-linux curl gawk)"; exit 1; }
+done
+[ -x "$PHALANX" ] || { echo "phalanx binary not found at $PHALANX (build with cargo build --release -p phalanx)"; exit 1; }
+
+# nginx master pid + its workers, from a pid file
+nginx_pids() { local m; m=$(cat "$1" 2>/dev/null) || return 0; echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+kill_nginx() { local p; p=$(nginx_pids "$1"); [ -n "$p" ] && kill -9 $p 2>/dev/null || true; }
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  for f in "$WORK"/*.pid; do [ -e "$f" ] || continue; kill_nginx "$f"; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; echo "port $1 not ready"; return 1; }
+# utime+stime in clock ticks for a list of pids
+cpu_ticks() { local s=0; for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $s; }
+rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- backends
+# nginx, 1 worker, small static response (same backend for every proxy).
+nginx_backend() { # name port
+  local name=$1 port=$2 dir="$WORK/nginx-$1"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx-$name.pid;
+error_log $dir/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "hello from $name\n"; } }
+}
+EOF
+  taskset -c "$PROXY_CPU" nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" 2>/dev/null
+  wait_port "$port"
+}
+BA=$(free_port); BB=$(free_port)
+nginx_backend backend-a "$BA"
+
+run_wrk() { # url -> prints wrk output
+  taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$1"
+}
+parse() { # wrk output file -> "rps p99_ms requests non2xx sockerr"
+  awk '
+    /Requests\/sec/ {rps=$2}
+    /^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; p99=v}
+    /requests in/ {req=$1}
+    /Non-2xx/ {n=$NF}
+    /Socket errors/ {gsub(/,/,""); e=$4+$6+$8+$10}
+    END {printf "%s %s %s %d %d\n", rps, p99, req, n, e}' "$1"
+}
+
+declare -A RPS P99 CPU
+measure() { # label url pids...
+  local label=$1 url=$2; shift 2
+  wait_port "${url##*:}" >/dev/null 2>&1 || true
+  local c0; c0=$(cpu_ticks "$@")
+  run_wrk "$url" >"$WORK/$label.wrk"
+  local c1; c1=$(cpu_ticks "$@")
+  read -r rps p99 req n2 se < <(parse "$WORK/$label.wrk")
+  RPS[$label]=$rps; P99[$label]=$p99
+  CPU[$label]=$(awk -v d=$((c1 - c0)) -v r="$req" -v t="$TCK" 'BEGIN{ if (r>0) printf "%.2f", d/t*1e6/r; else print "n/a"}')
+  echo "$label: req/s=$rps p99=${p99}ms cpu/req=${CPU[$label]}us requests=$req non2xx=$n2 socket_errors=$se"
+}
+
+# ---------------------------------------------------------------- direct
+# shellcheck disable=SC2046
+measure direct "http://127.0.0.1:$BA/" $(nginx_pids "$WORK/nginx-backend-a.pid")
+
+# ---------------------------------------------------------------- nginx proxy
+NP=$(free_port); mkdir -p "$WORK/nginx-proxy"
+cat >"$WORK/nginx-proxy/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx-proxy.pid;
+error_log $WORK/nginx-proxy/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream be { server 127.0.0.1:$BA; keepalive 64; }
+  server { listen 127.0.0.1:$NP backlog=4096;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+EOF
+taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy" 2>/dev/null
+wait_port "$NP"
+NPIDS=$(nginx_pids "$WORK/nginx-proxy.pid")
+# shellcheck disable=SC2086
+measure nginx "http://127.0.0.1:$NP/" $NPIDS
+kill_nginx "$WORK/nginx-proxy.pid"
+
+# ---------------------------------------------------------------- haproxy
+haproxy_cfg() { # port servers...
+  local port=$1; shift
+  cat <<EOF
+global
+  nbthread 1
+  maxconn 10000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  retries 3
+  option redispatch
+  retry-on all-retryable-errors
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+EOF
+  local i=0
+  for s in "$@"; do echo "  server s$i $s check inter 1s fall 1 rise 2"; i=$((i+1)); done
+}
+HP=$(free_port)
+haproxy_cfg "$HP" "127.0.0.1:$BA" >"$WORK/haproxy.cfg"
+taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
+wait_port "$HP"
+measure haproxy "http://127.0.0.1:$HP/" "$(cat "$WORK/haproxy.pid")"
+kill "$(cat "$WORK/haproxy.pid")"
+
+# ---------------------------------------------------------------- phalanx
+GP=$(free_port)
+taskset -c "$PROXY_CPU" "$PHALANX" gateway --listen "127.0.0.1:$GP" --upstream "http://127.0.0.1:$BA" --worker-threads 1 2>"$WORK/phalanx.log" &
+GPID=$!; PIDS+=("$GPID")
+wait_port "$GP"
+measure phalanx "http://127.0.0.1:$GP/" "$GPID"
+kill -TERM "$GPID"; wait "$GPID" 2>/dev/null || true
+
+# ---------------------------------------------------------------- idle RSS, 1000 endpoints
+CFG="$WORK/thousand.toml"
+{
+  echo '[[listeners]]'; echo 'name = "web"'; echo "address = \"127.0.0.1:$(free_port)\""
+  echo '[[pools]]'; echo 'name = "big"'; echo 'health_check = { kind = "tcp", interval_ms = 5000 }'
+  echo -n 'endpoints = ['
+  for i in $(seq 1 1000); do echo -n "\"127.0.0.$((i / 250 + 2)):$((20000 + i))\", "; done
+  echo ']'
+  echo '[[routes]]'; echo 'pool = "big"'
+} >"$CFG"
+taskset -c "$PROXY_CPU" "$PHALANX" gateway --config "$CFG" --worker-threads 1 2>>"$WORK/phalanx.log" &
+RPID=$!; PIDS+=("$RPID")
+sleep 3
+RSS_KB=$(rss_kb "$RPID")
+kill -TERM "$RPID"; wait "$RPID" 2>/dev/null || true
+echo "phalanx idle RSS with 1000 endpoints (tcp health checks on): ${RSS_KB} kB"
+
+# ---------------------------------------------------------------- kill a backend mid-load
+nginx_backend backend-b "$BB"
+kill_scenario() { # label url
+  local label=$1 url=$2
+  curl -s -o /dev/null "http://127.0.0.1:$BA/" || nginx_backend backend-a "$BA"
+  wait_port "$BA"; wait_port "$BB"
+  taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" >"$WORK/$label-kill.wrk" &
+  local w=$!
+  sleep 3
+  # SIGKILL backend a (master and worker)
+  kill_nginx "$WORK/nginx-backend-a.pid"
+  wait $w
+  read -r rps p99 req n2 se < <(parse "$WORK/$label-kill.wrk")
+  echo "$label kill-a-backend: requests=$req non2xx=$n2 socket_errors=$se req/s=$rps"
+  KILL_RES[$label]="$req $n2 $se"
+}
+declare -A KILL_RES
+HP=$(free_port)
+haproxy_cfg "$HP" "127.0.0.1:$BA" "127.0.0.1:$BB" >"$WORK/haproxy2.cfg"
+taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy2.cfg" -D -p "$WORK/haproxy2.pid"
+wait_port "$HP"
+kill_scenario haproxy "http://127.0.0.1:$HP/"
+kill "$(cat "$WORK/haproxy2.pid")"
+
+GP=$(free_port)
+cat >"$WORK/kill.toml" <<EOF
+[[listeners]]
+name = "web"
+address = "127.0.0.1:$GP"
+[[pools]]
+name = "p"
+endpoints = ["127.0.0.1:$BA", "127.0.0.1:$BB"]
+health_check = { interval_ms = 1000, fall = 1, rise = 2 }
+[[routes]]
+pool = "p"
+EOF
+taskset -c "$PROXY_CPU" "$PHALANX" gateway --config "$WORK/kill.toml" --worker-threads 1 2>>"$WORK/phalanx.log" &
+GPID=$!; PIDS+=("$GPID")
+wait_port "$GP"
+kill_scenario phalanx "http://127.0.0.1:$GP/"
+kill -TERM "$GPID"; wait "$GPID" 2>/dev/null || true
+kill_nginx "$WORK/nginx-backend-b.pid"
+kill_nginx "$WORK/nginx-backend-a.pid"
+
+# ---------------------------------------------------------------- summary
+echo
+echo "| setup | req/s | p99 (ms) | CPU µs/req (proxy) | req/s vs HAProxy |"
+echo "|---|---:|---:|---:|---:|"
+for l in direct nginx haproxy phalanx; do
+  ratio=$(awk -v a="${RPS[$l]}" -v b="${RPS[haproxy]}" 'BEGIN{printf "%.2f", a/b}')
+  echo "| $l | ${RPS[$l]} | ${P99[$l]} | ${CPU[$l]} | ${ratio}× |"
+done
+echo
+echo "| kill one of two backends mid-load | requests | non-2xx | socket errors |"
+echo "|---|---:|---:|---:|"
+for l in haproxy phalanx; do
+  read -r a b c <<<"${KILL_RES[$l]}"
+  echo "| $l | $a | $b | $c |"
+done
+echo
+echo "phalanx idle RSS, 1000 endpoints configured: $((RSS_KB / 1024)) MB (${RSS_KB} kB)"
