@@ -229,8 +229,10 @@ impl Node {
                 let mut members = BTreeMap::new();
                 for (name, urls) in &config.initial_cluster {
                     let id = initial_member_id(urls, &config.initial_cluster_token);
-                    let client_urls = if *name == config.name { config.advertise_client_urls.clone() } else { Vec::new() };
-                    members.insert(id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls });
+                    // Identical on every member (client URLs are published
+                    // by each member once a leader exists), so the initial
+                    // membership entries agree.
+                    members.insert(id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls: Vec::new() });
                 }
                 let ids: Vec<NodeId> = members.keys().copied().collect();
                 let identity = Identity {

@@ -1,0 +1,255 @@
+//! `phalanx node`: run one member. Takes etcd's flags with etcd's meaning, so
+//! an etcd launch line works with `etcd` replaced by `phalanx node`; the same
+//! settings may come from a TOML file (`--config-file`, keys named like the
+//! flags, e.g. `initial-cluster = "..."`), flags winning over the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use consensus::{ClusterState, NodeConfig};
+use etcd_api::ApiLimits;
+use serde::Deserialize;
+
+#[derive(Args, Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NodeArgs {
+    /// Human-readable name for this member.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Path to the data directory (default: `<name>.etcd`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long)]
+    pub listen_client_urls: Option<String>,
+    /// Client URLs to advertise to the rest of the cluster.
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long)]
+    pub listen_peer_urls: Option<String>,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster configuration: `name1=http://host:port,name2=...`.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one.
+    #[arg(long)]
+    pub initial_cluster_state: Option<String>,
+    /// Initial cluster token, unique per cluster.
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
+    /// URLs for the admin listener serving /metrics, /health and /ready.
+    #[arg(long)]
+    pub listen_metrics_urls: Option<String>,
+    /// Time (ms) of a heartbeat interval.
+    #[arg(long)]
+    pub heartbeat_interval: Option<u64>,
+    /// Time (ms) of the minimum election timeout (the maximum is twice it).
+    #[arg(long)]
+    pub election_timeout: Option<u64>,
+    /// Applied entries between snapshots; also the lag after which a member catches up by snapshot.
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
+    /// Backend size (bytes) that raises the NOSPACE alarm.
+    #[arg(long)]
+    pub quota_backend_bytes: Option<u64>,
+    /// Largest client request (bytes).
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations in one transaction.
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
+    /// Bound (ms) on waiting for a leader, a commit or a read index.
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Read settings from this TOML file (keys named like the flags).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Accepted for etcd compatibility; logging is controlled by PHALANX_LOG.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Accepted for etcd compatibility (logs go to stderr).
+    #[arg(long)]
+    pub logger: Option<String>,
+}
+
+macro_rules! merge {
+    ($flags:ident, $file:ident, $($f:ident),*) => {
+        $( if $flags.$f.is_none() { $flags.$f = $file.$f.clone(); } )*
+    };
+}
+
+impl NodeArgs {
+    fn with_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config_file.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading --config-file {}", path.display()))?;
+        let file: NodeArgs = toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        merge!(self, file, name, data_dir, listen_client_urls, advertise_client_urls, listen_peer_urls,
+            initial_advertise_peer_urls, initial_cluster, initial_cluster_state, initial_cluster_token,
+            listen_metrics_urls, heartbeat_interval, election_timeout, snapshot_count, quota_backend_bytes,
+            max_request_bytes, max_txn_ops, request_timeout_ms, log_level, logger);
+        Ok(self)
+    }
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect()
+}
+
+/// `http://host:port` → a socket address to bind.
+fn bind_addr(flag: &str, url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") || url.starts_with("unix") {
+        bail!("--{flag}: {url:?}: only http:// URLs are supported by this version (TLS is not implemented yet)");
+    } else {
+        bail!("--{flag}: {url:?} is not a URL; expected http://HOST:PORT");
+    };
+    let hostport = rest.trim_end_matches('/');
+    let hostport = if let Some(p) = hostport.strip_prefix("localhost:") { format!("127.0.0.1:{p}") } else { hostport.to_string() };
+    hostport.parse().with_context(|| format!("--{flag}: {url:?}: expected http://IP:PORT"))
+}
+
+/// Parse `--initial-cluster`.
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster: {part:?} is not NAME=URL"))?;
+        bind_addr("initial-cluster", url)?;
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => out.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    if out.is_empty() {
+        bail!("--initial-cluster is empty; expected NAME=URL[,NAME=URL...]");
+    }
+    Ok(out)
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let args = args.with_file()?;
+    let name = args.name.clone().unwrap_or_else(|| "default".into());
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.etcd")));
+    let listen_client = split_urls(args.listen_client_urls.as_deref().unwrap_or("http://localhost:2379"));
+    let advertise_client = split_urls(args.advertise_client_urls.as_deref().unwrap_or("http://localhost:2379"));
+    let listen_peer = split_urls(args.listen_peer_urls.as_deref().unwrap_or("http://localhost:2380"));
+    let advertise_peer = split_urls(args.initial_advertise_peer_urls.as_deref().unwrap_or("http://localhost:2380"));
+    let initial_cluster = parse_initial_cluster(
+        args.initial_cluster.as_deref().unwrap_or(&format!("{name}={}", advertise_peer.join(&format!(",{name}=")))),
+    )?;
+    let state = match args.initial_cluster_state.as_deref().unwrap_or("new") {
+        "new" => ClusterState::New,
+        "existing" => ClusterState::Existing,
+        other => bail!("--initial-cluster-state: {other:?}: expected `new` or `existing`"),
+    };
+
+    let mut config = NodeConfig::with_defaults(&name, data_dir.clone());
+    config.initial_cluster = initial_cluster;
+    config.initial_cluster_state = state;
+    if let Some(t) = &args.initial_cluster_token {
+        config.initial_cluster_token = t.clone();
+    }
+    config.advertise_peer_urls = advertise_peer;
+    config.advertise_client_urls = advertise_client;
+    if let Some(v) = args.heartbeat_interval {
+        config.heartbeat_interval_ms = v;
+    }
+    if let Some(v) = args.election_timeout {
+        config.election_timeout_ms = v;
+    }
+    if config.election_timeout_ms < 3 * config.heartbeat_interval_ms {
+        bail!(
+            "--election-timeout ({} ms) must be at least 3 times --heartbeat-interval ({} ms), or followers will start needless elections",
+            config.election_timeout_ms,
+            config.heartbeat_interval_ms
+        );
+    }
+    if let Some(v) = args.snapshot_count {
+        if v == 0 {
+            bail!("--snapshot-count must be at least 1");
+        }
+        config.snapshot_count = v;
+    }
+    if let Some(v) = args.request_timeout_ms {
+        config.request_timeout_ms = v;
+    }
+    let mut limits = ApiLimits::default();
+    if let Some(v) = args.quota_backend_bytes {
+        limits.quota_backend_bytes = v;
+    }
+    if let Some(v) = args.max_request_bytes {
+        limits.max_request_bytes = v;
+    }
+    if let Some(v) = args.max_txn_ops {
+        if v == 0 {
+            bail!("--max-txn-ops must be at least 1");
+        }
+        limits.max_txn_ops = v;
+    }
+
+    // Bind everything first: a port conflict fails before any state changes.
+    let peer_addr = bind_addr("listen-peer-urls", &listen_peer[0])?;
+    let peer_listener = tokio::net::TcpListener::bind(peer_addr).await.with_context(|| format!("binding peer listener {peer_addr}"))?;
+    let mut client_listeners = Vec::new();
+    for u in &listen_client {
+        let a = bind_addr("listen-client-urls", u)?;
+        client_listeners.push(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding client listener {a}"))?);
+    }
+    let mut metrics_listeners = Vec::new();
+    if let Some(m) = &args.listen_metrics_urls {
+        for u in split_urls(m) {
+            let a = bind_addr("listen-metrics-urls", &u)?;
+            metrics_listeners.push(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding metrics listener {a}"))?);
+        }
+    }
+
+    let node = consensus::Node::start(config, peer_listener)
+        .await
+        .with_context(|| format!("member {name:?} (data dir {}) refused to start", data_dir.display()))?;
+    let metrics = Arc::new(etcd_api::metrics::Metrics::new());
+    let api = etcd_api::EtcdApi::new(node.clone(), limits, metrics.clone());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for l in client_listeners {
+        let mut rx = stop_rx.clone();
+        let api = api.clone();
+        servers.push(tokio::spawn(async move {
+            etcd_api::serve(api, l, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
+    for l in metrics_listeners {
+        tokio::spawn(etcd_api::admin::serve_admin(l, node.clone(), metrics.clone()));
+    }
+    eprintln!(
+        "phalanx node {name} (member {:x}, cluster {:x}) serving clients on {}",
+        node.id(),
+        node.cluster_id(),
+        listen_client.join(",")
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    eprintln!("phalanx node {name}: shutting down");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! Test support: real `phalanx node` processes on free loopback ports, real
+//! `etcdctl`, and helpers that wait on conditions with deadlines.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+pub fn etcdctl_path() -> &'static str {
+    let p = "/usr/bin/etcdctl";
+    assert!(
+        std::path::Path::new(p).exists(),
+        "etcdctl is missing: run `bash .ci/install` (installs Debian's etcd-client package)"
+    );
+    p
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub metrics_port: u16,
+    pub data_dir: PathBuf,
+    pub child: Option<Child>,
+    pub extra_args: Vec<String>,
+    pub initial_cluster: String,
+    pub state: &'static str,
+    pub log: PathBuf,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn spawn(&mut self, token: &str) {
+        assert!(self.child.is_none(), "member {} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(BIN)
+            .arg("node")
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &self.client_url()])
+            .args(["--advertise-client-urls", &self.client_url()])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.metrics_port)])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", self.state])
+            .args(["--initial-cluster-token", token])
+            .args(&self.extra_args)
+            .env("PHALANX_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning phalanx node");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            None => false,
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Metric value from /metrics, if the member answers.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (status, body) = http_get(self.metrics_port, "/metrics")?;
+        if status != 200 {
+            return None;
+        }
+        body.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    pub fn healthy(&self) -> bool {
+        matches!(http_get(self.metrics_port, "/health"), Some((200, _)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    pub token: String,
+}
+
+impl Cluster {
+    /// Start `n` members of a new cluster and wait until all are healthy.
+    pub fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let token = format!("test-{}", free_port());
+        let mut members: Vec<Member> = (1..=n)
+            .map(|i| Member {
+                name: format!("n{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                metrics_port: free_port(),
+                data_dir: dir.path().join(format!("n{i}")),
+                child: None,
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                initial_cluster: String::new(),
+                state: "new",
+                log: dir.path().join(format!("n{i}.log")),
+            })
+            .collect();
+        let ic: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect();
+        let ic = ic.join(",");
+        for m in &mut members {
+            m.initial_cluster = ic.clone();
+            m.spawn(&token);
+        }
+        let c = Cluster { dir, members, token };
+        c.wait_healthy(&(0..n).collect::<Vec<_>>());
+        c
+    }
+
+    pub fn wait_healthy(&self, which: &[usize]) {
+        for &i in which {
+            let m = &self.members[i];
+            let log = m.log.clone();
+            wait_for(&format!("member {} healthy (log: {})", m.name, log.display()), Duration::from_secs(30), || {
+                m.healthy().then_some(())
+            });
+        }
+    }
+
+    pub fn endpoints(&self) -> String {
+        let v: Vec<String> = self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url()).collect();
+        v.join(",")
+    }
+
+    pub fn endpoint_list(&self) -> Vec<String> {
+        self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url()).collect()
+    }
+
+    /// Index of the member that reports itself leader.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| m.child.is_some() && m.metric("phalanx_server_is_leader") == Some(1.0))
+    }
+
+    pub fn wait_leader(&self) -> usize {
+        wait_for("a leader", Duration::from_secs(30), || self.leader())
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_at(&self.endpoints(), args)
+    }
+
+    pub fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Output {
+        Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--command-timeout=10s")
+            .args(args)
+            .output()
+            .expect("running etcdctl")
+    }
+
+    /// Run etcdctl, assert success, return stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}\nstdout: {}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Add a fresh member process (not started) for `--initial-cluster-state existing`.
+    pub fn new_member(&mut self, name: &str) -> usize {
+        let m = Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            data_dir: self.dir.path().join(name),
+            child: None,
+            extra_args: self.members.first().map(|m| m.extra_args.clone()).unwrap_or_default(),
+            initial_cluster: String::new(),
+            state: "existing",
+            log: self.dir.path().join(format!("{name}.log")),
+        };
+        self.members.push(m);
+        self.members.len() - 1
+    }
+
+    pub fn logs(&self) -> String {
+        self.members.iter().map(|m| format!("==== {} ====\n{}", m.name, m.log_text())).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill9();
+        }
+    }
+}
+
+/// A sequential writer: puts `key-<n>` = `<n>` as fast as it can through the
+/// Rust etcd client, reconnecting to the current endpoint list after errors.
+/// Records what was acknowledged, and when.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub endpoints: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub acked: std::sync::Arc<std::sync::Mutex<Vec<(u64, Instant)>>>,
+    pub errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub prefix: String,
+}
+
+/// Per-request bound of the test writer.
+pub const WRITER_REQUEST_TIMEOUT_MS: u64 = 2_000;
+
+impl Writer {
+    pub fn start(prefix: &str, endpoints: Vec<String>) -> Writer {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoints = Arc::new(Mutex::new(endpoints));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let (s, e, a, er, p) = (stop.clone(), endpoints.clone(), acked.clone(), errors.clone(), prefix.to_string());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut n = 0u64;
+                let mut client: Option<etcd_client::Client> = None;
+                while !s.load(Ordering::Relaxed) {
+                    if client.is_none() {
+                        let eps = e.lock().unwrap().clone();
+                        let opts = etcd_client::ConnectOptions::new()
+                            .with_connect_timeout(Duration::from_millis(500))
+                            .with_timeout(Duration::from_millis(WRITER_REQUEST_TIMEOUT_MS));
+                        match tokio::time::timeout(Duration::from_secs(2), etcd_client::Client::connect(eps, Some(opts))).await {
+                            Ok(Ok(c)) => client = Some(c),
+                            _ => {
+                                er.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let c = client.as_mut().unwrap();
+                    let key = format!("{p}-{n:08}");
+                    match c.put(key, n.to_string(), None).await {
+                        Ok(_) => {
+                            a.lock().unwrap().push((n, Instant::now()));
+                            n += 1;
+                        }
+                        Err(_) => {
+                            // Indeterminate: the next attempt writes a new key,
+                            // so an unacknowledged write is never counted.
+                            er.fetch_add(1, Ordering::Relaxed);
+                            n += 1;
+                            client = None;
+                        }
+                    }
+                }
+            });
+        });
+        Writer { stop, endpoints, acked, errors, thread: Some(thread), prefix: prefix.to_string() }
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    pub fn wait_acked(&self, n: usize, timeout: Duration) {
+        wait_for(&format!("{n} acknowledged writes"), timeout, || (self.acked_count() >= n).then_some(()));
+    }
+
+    pub fn stop(&mut self) -> Vec<(u64, Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Longest interval without an acknowledged write that overlaps `after`.
+pub fn longest_gap(acked: &[(u64, Instant)], after: Instant) -> Duration {
+    let mut times: Vec<Instant> = acked.iter().map(|(_, t)| *t).collect();
+    times.sort();
+    times.windows(2).filter(|w| w[1] >= after).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
+/// Every acknowledged key must be readable with its value (linearizable reads).
+pub fn assert_all_present(endpoints: Vec<String>, prefix: &str, acked: &[(u64, Instant)]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(endpoints, None).await.unwrap();
+        let resp = c.get(format!("{prefix}-"), Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+        let present: std::collections::HashMap<String, String> = resp
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
+            .collect();
+        let mut missing = Vec::new();
+        for (n, _) in acked {
+            let key = format!("{prefix}-{n:08}");
+            if present.get(&key) != Some(&n.to_string()) {
+                missing.push(key);
+            }
+        }
+        assert!(missing.is_empty(), "{} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    });
+}
+
+/// HashKV of every running member at the same revision must agree.
+pub fn assert_hashes_agree(c: &Cluster) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let eps = c.endpoint_list();
+        let mut first = etcd_client::Client::connect(vec![eps[0].clone()], None).await.unwrap();
+        let rev = first.status().await.unwrap().header().unwrap().revision();
+        let mut hashes = Vec::new();
+        for ep in &eps {
+            let mut cl = etcd_client::Client::connect(vec![ep.clone()], None).await.unwrap();
+            // Wait until this member has applied `rev`.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = cl.get("x", Some(etcd_client::GetOptions::new().with_serializable())).await.unwrap();
+                if r.header().unwrap().revision() >= rev || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let h = cl.hash_kv(rev).await.unwrap();
+            hashes.push((ep.clone(), h.hash()));
+        }
+        assert!(hashes.windows(2).all(|w| w[0].1 == w[1].1), "HashKV differs across members at revision {rev}: {hashes:?}");
+    });
+}
