@@ -52,7 +52,7 @@ pub enum LeaderRequest {
     RemoveMember { id: NodeId },
     PromoteMember { id: NodeId },
     UpdateMember { id: NodeId, peer_urls: Vec<String> },
-    PublishClientUrls { id: NodeId, client_urls: Vec<String> },
+    PublishClientUrls { id: NodeId, name: String, client_urls: Vec<String> },
     MoveLeader { target: NodeId },
 }
 

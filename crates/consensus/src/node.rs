@@ -152,6 +152,10 @@ pub struct NodeStatus {
     pub last_log_index: u64,
     pub applied_index: u64,
     pub is_learner: bool,
+    /// Last log index covered by this member's latest snapshot.
+    pub snapshot_index: u64,
+    /// Log entries up to this index have been compacted away.
+    pub purged_index: u64,
 }
 
 /// A running member.
@@ -232,7 +236,7 @@ impl Node {
                     // Identical on every member (client URLs are published
                     // by each member once a leader exists), so the initial
                     // membership entries agree.
-                    members.insert(id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls: Vec::new() });
+                    members.insert(id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls: Vec::new(), auto_promote: false });
                 }
                 let ids: Vec<NodeId> = members.keys().copied().collect();
                 let identity = Identity {
@@ -368,7 +372,8 @@ impl Node {
                 let (state, term, leader, my_urls) = {
                     let m = metrics.borrow_and_update();
                     let me = m.membership_config.membership().get_node(&node.id).cloned();
-                    (m.state, m.current_term, m.current_leader, me.map(|m| m.client_urls))
+                    let mine = me.map(|m| if m.name == node.config.name { m.client_urls } else { Vec::new() });
+                    (m.state, m.current_term, m.current_leader, mine)
                 };
                 if state == ServerState::Leader && leading_term != Some(term) {
                     node.lessor.promote();
@@ -380,7 +385,7 @@ impl Node {
                     if my_urls.as_ref() == Some(&node.config.advertise_client_urls) {
                         published = true;
                     } else if my_urls.is_some() {
-                        let req = LeaderRequest::PublishClientUrls { id: node.id, client_urls: node.config.advertise_client_urls.clone() };
+                        let req = LeaderRequest::PublishClientUrls { id: node.id, name: node.config.name.clone(), client_urls: node.config.advertise_client_urls.clone() };
                         published = node.leader_call(req).await.is_ok();
                     }
                 }
@@ -392,7 +397,8 @@ impl Node {
             }
         });
 
-        // Lease expiry: only the leader revokes, through consensus.
+        // Leader duties: lease expiry (only the leader revokes, through
+        // consensus) and promotion of caught-up learners added as voters.
         let node = self;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(node.config.lease_check_interval_ms));
@@ -406,6 +412,7 @@ impl Node {
                 if node.raft.metrics().borrow().state != ServerState::Leader {
                     continue;
                 }
+                node.promote_caught_up_learners().await;
                 for id in node.lessor.expired(node.config.max_lease_revokes_per_pass) {
                     if let Err(e) = node.raft.client_write(Command::LeaseRevoke { id }).await {
                         tracing::debug!("revoking expired lease {id:x}: {e}");
@@ -451,6 +458,8 @@ impl Node {
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             is_learner,
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         }
     }
 
@@ -526,7 +535,7 @@ impl Node {
 
     pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<NodeId, NodeError> {
         let id = crate::types::random_member_id();
-        let member = Member { name: String::new(), peer_urls, client_urls: Vec::new() };
+        let member = Member { name: String::new(), peer_urls, client_urls: Vec::new(), auto_promote: !learner };
         self.leader_call(LeaderRequest::AddMember { id, member, learner }).await?;
         Ok(id)
     }
@@ -641,13 +650,10 @@ impl Node {
                 if let Some((other, _, _)) = existing.iter().find(|(_, m, _)| m.peer_urls.iter().any(|u| member.peer_urls.contains(u))) {
                     return Err(LeaderError::PeerUrlExists(*other));
                 }
+                // A voter joins as a learner first (`auto_promote`), see
+                // `promote_caught_up_learners`; `learner` is implied by the member.
+                debug_assert_eq!(member.auto_promote, !learner);
                 self.raft.add_learner(id, member, false).await.map_err(|e| self.write_err(e))?;
-                if !learner {
-                    self.raft
-                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(|e| self.write_err(e))?;
-                }
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::RemoveMember { id } => {
@@ -669,15 +675,7 @@ impl Node {
                 if !learner {
                     return Err(LeaderError::MemberNotLearner(id));
                 }
-                let m = self.raft.metrics().borrow().clone();
-                let last = m.last_log_index.unwrap_or(0);
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0);
-                if last.saturating_sub(matched) > self.config.max_learner_lag_entries {
+                if !self.caught_up(id) {
                     return Err(LeaderError::LearnerNotReady);
                 }
                 self.raft
@@ -697,18 +695,16 @@ impl Node {
                     .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
-            LeaderRequest::PublishClientUrls { id, client_urls } => {
+            LeaderRequest::PublishClientUrls { id, name, client_urls } => {
                 let Some((_, mut member, _)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
                     return Err(LeaderError::MemberNotFound(id));
                 };
-                if member.client_urls == client_urls {
+                if member.client_urls == client_urls && member.name == name {
                     return Ok(LeaderResponse::Done);
                 }
                 member.client_urls = client_urls;
-                if member.name.is_empty() {
-                    // Added by MemberAdd: learn its name from itself.
-                    member.name = format!("{id:x}");
-                }
+                // A member added by MemberAdd is nameless until it starts.
+                member.name = name;
                 self.raft
                     .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
                     .await
@@ -718,6 +714,32 @@ impl Node {
             LeaderRequest::MoveLeader { target } => Err(LeaderError::Rejected(format!(
                 "moving leadership to {target:x} is not supported by this version"
             ))),
+        }
+    }
+
+    /// Whether learner `id` lags the leader by at most `max_learner_lag_entries`.
+    fn caught_up(&self, id: NodeId) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+        matched.is_some_and(|matched| last.saturating_sub(matched) <= self.config.max_learner_lag_entries)
+    }
+
+    /// On the leader: promote learners that were added as voters once they
+    /// have caught up.
+    async fn promote_caught_up_learners(&self) {
+        let ready: BTreeSet<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|(id, m, learner)| *learner && m.auto_promote && self.caught_up(*id))
+            .map(|(id, _, _)| id)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        match self.raft.change_membership(ChangeMembers::AddVoterIds(ready.clone()), false).await {
+            Ok(_) => tracing::info!("promoted caught-up members {ready:x?} to voters"),
+            Err(e) => tracing::debug!("promoting {ready:x?}: {e}"),
         }
     }
 

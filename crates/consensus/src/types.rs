@@ -20,6 +20,11 @@ pub struct Member {
     /// URLs clients reach this one on (`--advertise-client-urls`); empty
     /// until the member has started and published them.
     pub client_urls: Vec<String>,
+    /// Added as a voter (`MemberAdd` without `--learner`): it joins as a
+    /// learner and whichever member leads promotes it once it has caught up,
+    /// so adding a member never blocks the cluster on an unstarted process.
+    #[serde(default)]
+    pub auto_promote: bool,
 }
 
 impl std::fmt::Display for Member {

@@ -15,6 +15,7 @@
 //! exact gRPC codes and messages, since clients match on them.
 
 pub mod admin;
+pub mod authority_fix;
 mod cluster;
 mod kv;
 mod lease;

@@ -23,6 +23,8 @@ pub struct Metrics {
     is_leader: Gauge,
     term: Gauge<u64, AtomicU64>,
     applied_index: Gauge<u64, AtomicU64>,
+    snapshot_index: Gauge<u64, AtomicU64>,
+    purged_index: Gauge<u64, AtomicU64>,
     revision: Gauge,
     db_size_bytes: Gauge,
 }
@@ -48,6 +50,10 @@ impl Metrics {
         registry.register("raft_term", "Current Raft term", term.clone());
         let applied_index = Gauge::<u64, AtomicU64>::default();
         registry.register("raft_applied_index", "Last applied Raft log index", applied_index.clone());
+        let snapshot_index = Gauge::<u64, AtomicU64>::default();
+        registry.register("raft_snapshot_index", "Last log index covered by this member's latest snapshot", snapshot_index.clone());
+        let purged_index = Gauge::<u64, AtomicU64>::default();
+        registry.register("raft_purged_index", "Log entries up to this index were compacted away", purged_index.clone());
         let revision = Gauge::default();
         registry.register("mvcc_revision", "Current store revision", revision.clone());
         let db_size_bytes = Gauge::default();
@@ -60,6 +66,8 @@ impl Metrics {
             is_leader,
             term,
             applied_index,
+            snapshot_index,
+            purged_index,
             revision,
             db_size_bytes,
         }
@@ -77,6 +85,8 @@ impl Metrics {
         self.is_leader.set((st.leader == Some(node.id())) as i64);
         self.term.set(st.term);
         self.applied_index.set(st.applied_index);
+        self.snapshot_index.set(st.snapshot_index);
+        self.purged_index.set(st.purged_index);
         self.revision.set(node.store().current_revision());
         self.db_size_bytes.set(node.store().db_size_bytes() as i64);
         let mut out = String::new();
