@@ -16,6 +16,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // SUBCOMMANDS (each helper adds its own line here)
+    /// Check a history for linearizability (or --watch / --leases logs)
+    Check(linearizability::cli::CheckArgs),
     /// Run one member of a replicated store cluster (takes etcd's flags)
     Node(node_cmd::NodeArgs),
     /// Start a local 3-member cluster and print how to use it
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
+        Command::Check(args) => std::process::exit(linearizability::cli::run(args)),
         Command::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(node_cmd::run(args)),
         Command::Demo(args) => demo::run(args),
         Command::Gateway(args) => { let mut rt = tokio::runtime::Builder::new_multi_thread(); if let Some(n) = args.worker_threads { rt.worker_threads(n.max(1)); } rt.enable_all().build()?.block_on(gateway::run(args)) }
