@@ -302,7 +302,9 @@ impl<S> AuthorityFix<S> {
                     self.frame.payload.extend_from_slice(&avail[..n]);
                     self.consume(n);
                     if n < remaining {
-                        self.state = State::HeaderPayload { remaining: remaining - n };
+                        self.state = State::HeaderPayload {
+                            remaining: remaining - n,
+                        };
                         return Ok(true);
                     }
                 }
@@ -353,8 +355,10 @@ impl<S> AuthorityFix<S> {
         if frame.flags & FLAG_END_HEADERS == 0 {
             return Ok(());
         }
-        let block = self.block.take().expect("block was just inserted");
-        self.emit_block(&block)
+        match self.block.take() {
+            Some(block) => self.emit_block(&block),
+            None => Ok(()),
+        }
     }
 
     /// Decodes `block`, rewrites `:authority`, and writes the re-encoded block
@@ -376,7 +380,7 @@ impl<S> AuthorityFix<S> {
                 }
                 if &name[..] == b":authority" {
                     match rewrite_authority(&value) {
-                        Some(host_port) if host_port.is_empty() => {
+                        Some([]) => {
                             // Nothing usable (e.g. "unix:///path"): omit it, as
                             // :authority is optional.
                         }
@@ -432,7 +436,10 @@ impl<S> AuthorityFix<S> {
 }
 
 fn malformed(stream_id: u32, what: &str) -> (io::ErrorKind, String) {
-    (io::ErrorKind::InvalidData, format!("malformed frame on stream {stream_id}: {what}"))
+    (
+        io::ErrorKind::InvalidData,
+        format!("malformed frame on stream {stream_id}: {what}"),
+    )
 }
 
 /// For an `:authority` value containing `://`, its host[:port] part: scheme,
@@ -440,7 +447,10 @@ fn malformed(stream_id: u32, what: &str) -> (io::ErrorKind, String) {
 fn rewrite_authority(value: &[u8]) -> Option<&[u8]> {
     let sep = value.windows(3).position(|w| w == b"://")?;
     let rest = &value[sep + 3..];
-    let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
     let authority = &rest[..end];
     let host_port = match authority.iter().rposition(|&b| b == b'@') {
         Some(at) => &authority[at + 1..],
@@ -530,7 +540,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                     this.state = if n == remaining {
                         State::FrameHeader
                     } else {
-                        State::PassPayload { remaining: remaining - n }
+                        State::PassPayload {
+                            remaining: remaining - n,
+                        }
                     };
                     return Poll::Ready(Ok(()));
                 }
@@ -610,7 +622,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// logged, and errors not tied to one connection (EMFILE, ENFILE, ENOBUFS, ...)
 /// are followed by a short backoff. The `io::Result` item type is what
 /// `serve_with_incoming` expects.
-pub fn wrap_incoming(listener: TcpListener) -> impl Stream<Item = io::Result<AuthorityFix<TcpStream>>> + Send + 'static {
+pub fn wrap_incoming(
+    listener: TcpListener,
+) -> impl Stream<Item = io::Result<AuthorityFix<TcpStream>>> + Send + 'static {
     futures::stream::unfold(listener, |listener| async move {
         loop {
             match listener.accept().await {
@@ -676,7 +690,9 @@ mod tests {
         });
         let mut fix = AuthorityFix::new(server);
         let mut out = Vec::new();
-        let res = tokio::time::timeout(TIMEOUT, fix.read_to_end(&mut out)).await.expect("timed out");
+        let res = tokio::time::timeout(TIMEOUT, fix.read_to_end(&mut out))
+            .await
+            .expect("timed out");
         drop(fix);
         writer.await.unwrap();
         res.map(|_| out)
@@ -810,14 +826,23 @@ mod tests {
         let mut block = vec![0x41];
         block.extend_from_slice(&huffman_string("http://127.0.0.1:2379"));
         let decoded = Decoder::new().decode(&block).unwrap();
-        assert_eq!(decoded, vec![(b":authority".to_vec(), b"http://127.0.0.1:2379".to_vec())]);
+        assert_eq!(
+            decoded,
+            vec![(b":authority".to_vec(), b"http://127.0.0.1:2379".to_vec())]
+        );
     }
 
     #[test]
     fn test_rewrite_authority() {
         assert_eq!(rewrite_authority(b"127.0.0.1:2379"), None);
-        assert_eq!(rewrite_authority(b"http://127.0.0.1:2379"), Some(&b"127.0.0.1:2379"[..]));
-        assert_eq!(rewrite_authority(b"https://u:p@[::1]:2379/a/b?q#f"), Some(&b"[::1]:2379"[..]));
+        assert_eq!(
+            rewrite_authority(b"http://127.0.0.1:2379"),
+            Some(&b"127.0.0.1:2379"[..])
+        );
+        assert_eq!(
+            rewrite_authority(b"https://u:p@[::1]:2379/a/b?q#f"),
+            Some(&b"[::1]:2379"[..])
+        );
         assert_eq!(rewrite_authority(b"http://example.com"), Some(&b"example.com"[..]));
         assert_eq!(rewrite_authority(b"unix:///tmp/sock"), Some(&b""[..]));
     }
@@ -865,7 +890,11 @@ mod tests {
         assert_eq!(frames[0], parse(&[&CLIENT_PREFACE[..], &settings()].concat())[0]);
         let mut data_round_trip = CLIENT_PREFACE.to_vec();
         data_round_trip.extend(&data);
-        assert_eq!(frames[2], parse(&data_round_trip)[0], "DATA must pass through unchanged");
+        assert_eq!(
+            frames[2],
+            parse(&data_round_trip)[0],
+            "DATA must pass through unchanged"
+        );
 
         let blocks = header_blocks(&frames);
         let expected = pairs(&[
@@ -891,17 +920,30 @@ mod tests {
         ];
         let c42: &[u8] = &[0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf];
         let c43: &[u8] = &[
-            0x82, 0x87, 0x85, 0xbf, 0x40, 0x88, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xa9, 0x7d, 0x7f, 0x89, 0x25, 0xa8,
-            0x49, 0xe9, 0x5b, 0xb8, 0xe8, 0xb4, 0xbf,
+            0x82, 0x87, 0x85, 0xbf, 0x40, 0x88, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xa9, 0x7d, 0x7f, 0x89, 0x25, 0xa8, 0x49,
+            0xe9, 0x5b, 0xb8, 0xe8, 0xb4, 0xbf,
         ];
         let mut input = CLIENT_PREFACE.to_vec();
         for (i, block) in [c41, c42, c43].into_iter().enumerate() {
-            input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1 + 2 * i as u32, block));
+            input.extend(frame(
+                FRAME_HEADERS,
+                FLAG_END_HEADERS | FLAG_END_STREAM,
+                1 + 2 * i as u32,
+                block,
+            ));
         }
         let blocks = header_blocks(&parse(&run(input).await.unwrap()));
-        let base = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")];
+        let base = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "www.example.com"),
+        ];
         assert_eq!(decode_fresh(&blocks[0].2), pairs(&base));
-        assert_eq!(decode_fresh(&blocks[1].2), pairs(&[&base[..], &[("cache-control", "no-cache")]].concat()));
+        assert_eq!(
+            decode_fresh(&blocks[1].2),
+            pairs(&[&base[..], &[("cache-control", "no-cache")]].concat())
+        );
         assert_eq!(
             decode_fresh(&blocks[2].2),
             pairs(&[
@@ -932,7 +974,12 @@ mod tests {
         headers_payload.extend_from_slice(&block[..100]);
         headers_payload.extend_from_slice(&[0, 0, 0]);
         let mut input = CLIENT_PREFACE.to_vec();
-        input.extend(frame(FRAME_HEADERS, FLAG_PADDED | FLAG_PRIORITY | FLAG_END_STREAM, 5, &headers_payload));
+        input.extend(frame(
+            FRAME_HEADERS,
+            FLAG_PADDED | FLAG_PRIORITY | FLAG_END_STREAM,
+            5,
+            &headers_payload,
+        ));
         input.extend(frame(FRAME_CONTINUATION, 0, 5, &block[100..20_000]));
         input.extend(frame(FRAME_CONTINUATION, FLAG_END_HEADERS, 5, &block[20_000..]));
         input.extend(frame(0x6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8])); // PING
@@ -1021,16 +1068,27 @@ mod tests {
             ("oversized header block", too_big),
             (
                 "index out of range",
-                [&CLIENT_PREFACE[..], &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0x7f])].concat(),
+                [
+                    &CLIENT_PREFACE[..],
+                    &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0x7f]),
+                ]
+                .concat(),
             ),
             (
                 "size update above limit",
-                [&CLIENT_PREFACE[..], &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0x3f, 0xe1, 0xff, 0x03, 0x82])]
-                    .concat(),
+                [
+                    &CLIENT_PREFACE[..],
+                    &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0x3f, 0xe1, 0xff, 0x03, 0x82]),
+                ]
+                .concat(),
             ),
             (
                 "padding longer than payload",
-                [&CLIENT_PREFACE[..], &frame(FRAME_HEADERS, FLAG_END_HEADERS | FLAG_PADDED, 1, &[9, 0x82])].concat(),
+                [
+                    &CLIENT_PREFACE[..],
+                    &frame(FRAME_HEADERS, FLAG_END_HEADERS | FLAG_PADDED, 1, &[9, 0x82]),
+                ]
+                .concat(),
             ),
             (
                 "interleaved frame",
@@ -1043,7 +1101,11 @@ mod tests {
             ),
             (
                 "bad huffman",
-                [&CLIENT_PREFACE[..], &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0x41, 0x81, 0x00])].concat(),
+                [
+                    &CLIENT_PREFACE[..],
+                    &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0x41, 0x81, 0x00]),
+                ]
+                .concat(),
             ),
         ];
         for (name, input) in cases {
