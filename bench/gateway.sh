@@ -8,6 +8,7 @@
 # Needs: nginx, haproxy, wrk, taskset (util-linux), curl, awk. Installs nothing.
 # Layout: all proxies and backends pinned to core 0, wrk pinned to core 1.
 set -euo pipefail
+ulimit -n 65536 2>/dev/null || true
 
 PHALANX=${PHALANX:-${CARGO_TARGET_DIR:-target}/release/phalanx}
 DURATION=${DURATION:-10s}
@@ -119,7 +120,7 @@ haproxy_cfg() { # port servers...
   cat <<EOF
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4096
 defaults
   mode http
   timeout connect 1s

@@ -40,6 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Check(args) => std::process::exit(linearizability::cli::run(args)),
         Command::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(node_cmd::run(args)),
         Command::Demo(args) => demo::run(args),
-        Command::Gateway(args) => { let mut rt = tokio::runtime::Builder::new_multi_thread(); if let Some(n) = args.worker_threads { rt.worker_threads(n.max(1)); } rt.enable_all().build()?.block_on(gateway::run(args)) }
+        Command::Gateway(args) => { let mut rt = if args.worker_threads == Some(1) { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() }; if let Some(n) = args.worker_threads.filter(|n| *n > 1) { rt.worker_threads(n); } rt.enable_all().build()?.block_on(gateway::run(args)) }
     }
 }
