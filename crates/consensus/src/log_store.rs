@@ -31,8 +31,8 @@ const KEY_COMMITTED: &str = "committed";
 /// Errors of the log file itself, with the file they concern.
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {
-    #[error("raft log {path}: {source}")]
-    Open { path: String, source: redb::DatabaseError },
+    #[error("cannot open raft log {path}{hint}")]
+    Open { path: String, hint: &'static str, #[source] source: redb::DatabaseError },
     #[error("raft log: {0}")]
     Db(String),
     #[error("raft log: checksum mismatch in {what}: the file is corrupted; restore this member from a snapshot or remove it and re-add it with an empty data dir")]
@@ -73,8 +73,16 @@ pub struct LogStore {
 impl LogStore {
     /// Open or create the log file at `path`.
     pub fn open(path: &Path) -> Result<Self, LogStoreError> {
-        let db = Database::create(path)
-            .map_err(|source| LogStoreError::Open { path: path.display().to_string(), source })?;
+        let db = Database::create(path).map_err(|source| {
+            let hint = match &source {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+                    " (the file is corrupted: restore this member from a snapshot, or remove it from the cluster and re-add it with an empty data dir)"
+                }
+                redb::DatabaseError::DatabaseAlreadyOpen => " (another process uses this data dir: stop it first)",
+                _ => "",
+            };
+            LogStoreError::Open { path: path.display().to_string(), hint, source }
+        })?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(LOG).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
@@ -134,13 +142,20 @@ impl LogStore {
         txn.commit().map_err(db_err)
     }
 
-    fn read_range(&self, start: u64, end_exclusive: u64, max_entries: usize) -> Result<Vec<Entry>, LogStoreError> {
+    /// Entries in `[start, end_exclusive)`, at most `max_entries` and, past
+    /// the first entry, at most `max_bytes` of encoded entries.
+    fn read_range(&self, start: u64, end_exclusive: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(LOG).map_err(db_err)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for row in log.range(start..end_exclusive).map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let index = k.value();
+            bytes += v.value().len();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
             out.push(unframe(v.value(), || format!("log entry {index}"))?);
             if out.len() >= max_entries {
                 break;
@@ -205,6 +220,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// follower cannot make the leader read its whole log into memory.
 const MAX_ENTRIES_PER_READ: usize = 4096;
 
+/// Upper bound on the encoded bytes of one replication batch (beyond its
+/// first entry). openraft 0.9 bounds an AppendEntries RPC by the heartbeat
+/// interval, so a batch must be small enough for a follower to fsync in that
+/// time, or replication would time out and resend forever.
+const MAX_BYTES_PER_READ: usize = 256 * 1024;
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -222,12 +243,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let this = self.clone();
-        blocking(move || this.read_range(start, end, usize::MAX)).await.map_err(read_err)
+        blocking(move || this.read_range(start, end, usize::MAX, usize::MAX)).await.map_err(read_err)
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         let this = self.clone();
-        blocking(move || this.read_range(start, end, MAX_ENTRIES_PER_READ)).await.map_err(read_err)
+        blocking(move || this.read_range(start, end, MAX_ENTRIES_PER_READ, MAX_BYTES_PER_READ)).await.map_err(read_err)
     }
 }
 

@@ -136,9 +136,13 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerTimeouts {
     pub connect_timeout_ms: u64,
-    /// Per-request bound for requests other than Raft RPCs (openraft passes
-    /// its own deadline for those).
+    /// Per-request bound for requests other than Raft RPCs.
     pub request_timeout_ms: u64,
+    /// Floor for Raft RPC deadlines. openraft bounds AppendEntries by the
+    /// heartbeat interval (50 ms), shorter than a follower's fsync of a large
+    /// batch on a busy disk; timing those out would stall replication in
+    /// back-off. Dead peers still fail fast (connection refused).
+    pub raft_rpc_min_timeout_ms: u64,
 }
 
 /// A client for one peer, reconnecting lazily.
@@ -237,7 +241,7 @@ impl RaftPeer {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))),
         };
         let answer: Result<T, RaftError<NodeId, E>> = client
-            .call(&req, Some(option.hard_ttl()))
+            .call(&req, Some(option.hard_ttl().max(Duration::from_millis(client.timeouts.raft_rpc_min_timeout_ms))))
             .await
             .map_err(|e| match e {
                 PeerCallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),

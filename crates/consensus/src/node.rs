@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub max_lease_revokes_per_pass: usize,
     /// Peer connect timeout.
     pub peer_connect_timeout_ms: u64,
+    /// Floor for Raft RPC deadlines (see `network::PeerTimeouts`).
+    pub raft_rpc_min_timeout_ms: u64,
     /// A learner may be promoted only when it lags the leader by at most this many entries.
     pub max_learner_lag_entries: u64,
 }
@@ -78,6 +80,7 @@ impl NodeConfig {
             lease_check_interval_ms: 100,
             max_lease_revokes_per_pass: 64,
             peer_connect_timeout_ms: 1_000,
+            raft_rpc_min_timeout_ms: 2_000,
             max_learner_lag_entries: 1_000,
         }
     }
@@ -136,7 +139,7 @@ pub enum StartError {
     PeerUrlMismatch { name: String, listed: Vec<String>, advertised: Vec<String> },
     #[error("could not join the existing cluster through any of {peers:?}: {detail}. Add this member first with `etcdctl member add {name} --peer-urls=...`, and check the peers are reachable")]
     Join { name: String, peers: Vec<String>, detail: String },
-    #[error("raft log: {0}")]
+    #[error(transparent)]
     Log(#[from] crate::log_store::LogStoreError),
     #[error("key-value store {path}: {detail}")]
     Store { path: PathBuf, detail: String },
@@ -186,7 +189,11 @@ impl Node {
         std::fs::create_dir_all(&member_dir).map_err(|source| StartError::DataDir { path: member_dir.clone(), source })?;
 
         let existing_identity = identity::load(&member_dir)?;
-        let timeouts = PeerTimeouts { connect_timeout_ms: config.peer_connect_timeout_ms, request_timeout_ms: config.request_timeout_ms };
+        let timeouts = PeerTimeouts {
+            connect_timeout_ms: config.peer_connect_timeout_ms,
+            request_timeout_ms: config.request_timeout_ms,
+            raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms,
+        };
         let network = PeerNetwork::new(timeouts);
 
         // Decide who we are.
@@ -332,7 +339,7 @@ impl Node {
         let mut last_err = String::from("no peers listed in --initial-cluster");
         while Instant::now() < deadline {
             for url in &peers {
-                let timeouts = PeerTimeouts { connect_timeout_ms: config.peer_connect_timeout_ms, request_timeout_ms: 2_000 };
+                let timeouts = PeerTimeouts { connect_timeout_ms: config.peer_connect_timeout_ms, request_timeout_ms: 2_000, raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms };
                 let client = match PeerClient::new(0, url, timeouts) {
                     Ok(c) => c,
                     Err(e) => {
@@ -367,6 +374,7 @@ impl Node {
             let mut metrics = node.raft.metrics();
             let mut leading_term: Option<u64> = None;
             let mut published = false;
+            let mut last_publish: Option<Instant> = None;
             let mut shutdown = node.shutdown_tx.subscribe();
             loop {
                 let (state, term, leader, my_urls) = {
@@ -381,7 +389,8 @@ impl Node {
                 } else if state != ServerState::Leader {
                     leading_term = None;
                 }
-                if !published && leader.is_some() {
+                if !published && leader.is_some() && last_publish.map_or(true, |t: Instant| t.elapsed() >= Duration::from_millis(500)) {
+                    last_publish = Some(Instant::now());
                     if my_urls.as_ref() == Some(&node.config.advertise_client_urls) {
                         published = true;
                     } else if my_urls.is_some() {
@@ -576,6 +585,7 @@ impl Node {
                         match client.call::<Result<LeaderResponse, LeaderError>>(&PeerRequest::Leader(req.clone()), Some(remaining)).await {
                             Ok(r) => Some(r),
                             Err(PeerCallError::Unreachable { detail, .. }) => {
+                                tracing::warn!("leader {l:x} unreachable for {}: {detail}", req_kind(&req));
                                 // A write that may have reached the leader must not be
                                 // sent twice; report it as indeterminate.
                                 if matches!(req, LeaderRequest::Write(_)) && !detail.contains("onnect") {
@@ -771,6 +781,21 @@ impl PeerHandler for Node {
                 encode(&answer)
             }
         }
+    }
+}
+
+fn req_kind(r: &LeaderRequest) -> &'static str {
+    match r {
+        LeaderRequest::Write(_) => "write",
+        LeaderRequest::ReadIndex => "read index",
+        LeaderRequest::LeaseKeepAlive { .. } => "lease keep-alive",
+        LeaderRequest::LeaseTimeToLive { .. } => "lease time-to-live",
+        LeaderRequest::AddMember { .. } => "member add",
+        LeaderRequest::RemoveMember { .. } => "member remove",
+        LeaderRequest::PromoteMember { .. } => "member promote",
+        LeaderRequest::UpdateMember { .. } => "member update",
+        LeaderRequest::PublishClientUrls { .. } => "publish client URLs",
+        LeaderRequest::MoveLeader { .. } => "move leader",
     }
 }
 

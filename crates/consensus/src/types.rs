@@ -41,6 +41,7 @@ pub struct ApplyOutcome {
     /// Store revision right after this command was applied.
     pub revision: i64,
     /// Encoded `mvcc::ApplyResponse`; empty for entries that carry no command.
+    #[serde(with = "serde_bytes")]
     pub response: Vec<u8>,
 }
 

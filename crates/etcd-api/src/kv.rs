@@ -64,7 +64,7 @@ impl PbKvService for EtcdApi {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_put(&req).map_err(|e| e.to_status())?;
-        self.check_quota()?;
+        self.check_quota().await?;
         match self.propose(Command::put(&req)).await? {
             ApplyResponse::Put(mut r) => {
                 let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
@@ -94,7 +94,7 @@ impl PbKvService for EtcdApi {
         self.check_size(req.encoded_len())?;
         mvcc::validate_txn(&req, self.limits().max_txn_ops).map_err(|e| e.to_status())?;
         if txn_has_put(&req) {
-            self.check_quota()?;
+            self.check_quota().await?;
         }
         match self.propose(Command::txn(&req)).await? {
             ApplyResponse::Txn(mut r) => {

@@ -29,7 +29,7 @@ impl PbLeaseService for EtcdApi {
         if req.ttl > MAX_LEASE_TTL_SECONDS {
             return Err(EtcdError::TtlTooLarge.to_status());
         }
-        self.check_quota()?;
+        self.check_quota().await?;
         let ttl = req.ttl.max(consensus::lessor::MIN_LEASE_TTL_SECONDS);
         // The id is chosen here, before proposing, so every member applies
         // the same one; positive like etcd's.

@@ -23,10 +23,10 @@ mod maintenance;
 pub mod metrics;
 mod watch;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use consensus::{Node, NodeError};
-use etcd_client::proto::{PbAlarmMember, PbResponseHeader};
+use etcd_client::proto::PbResponseHeader;
 use tonic::Status;
 
 /// Request-facing limits. Defaults are etcd's.
@@ -81,16 +81,16 @@ pub struct EtcdApi {
 struct Inner {
     node: Arc<Node>,
     limits: ApiLimits,
-    alarms: Mutex<Vec<PbAlarmMember>>,
     metrics: Arc<metrics::Metrics>,
 }
 
 pub(crate) const ALARM_NOSPACE: i32 = 1;
+pub(crate) const ALARM_ACTIVATE: i32 = 1;
 pub(crate) const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 
 impl EtcdApi {
     pub fn new(node: Arc<Node>, limits: ApiLimits, metrics: Arc<metrics::Metrics>) -> Self {
-        EtcdApi { inner: Arc::new(Inner { node, limits, alarms: Mutex::new(Vec::new()), metrics }) }
+        EtcdApi { inner: Arc::new(Inner { node, limits, metrics }) }
     }
 
     pub(crate) fn node(&self) -> &Arc<Node> {
@@ -121,22 +121,21 @@ impl EtcdApi {
     }
 
     /// Refuse writes that add data while the NOSPACE alarm is on, raising it
-    /// when the backend has outgrown the quota.
-    pub(crate) fn check_quota(&self) -> Result<(), Status> {
-        let over = self.node().store().db_size_bytes() > self.limits().quota_backend_bytes;
-        let mut alarms = self.inner.alarms.lock().expect("alarms poisoned");
-        if over && !alarms.iter().any(|a| a.alarm == ALARM_NOSPACE) {
-            tracing::warn!("backend exceeds quota_backend_bytes={}: NOSPACE alarm raised", self.limits().quota_backend_bytes);
-            alarms.push(PbAlarmMember { member_id: self.node().id(), alarm: ALARM_NOSPACE });
+    /// (through consensus, so every member refuses alike) when this member's
+    /// backend has outgrown the quota.
+    pub(crate) async fn check_quota(&self) -> Result<(), Status> {
+        let store = self.node().store();
+        let alarms = store.alarms().map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        if alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE) {
+            return Err(mvcc::EtcdError::NoSpace.to_status());
         }
-        if alarms.iter().any(|a| a.alarm == ALARM_NOSPACE) {
+        if store.db_size_bytes() > self.limits().quota_backend_bytes {
+            tracing::warn!("backend exceeds quota_backend_bytes={}: raising NOSPACE", self.limits().quota_backend_bytes);
+            let cmd = mvcc::Command::Alarm { action: ALARM_ACTIVATE, member_id: self.node().id(), alarm: ALARM_NOSPACE };
+            self.propose(cmd).await?;
             return Err(mvcc::EtcdError::NoSpace.to_status());
         }
         Ok(())
-    }
-
-    pub(crate) fn alarms(&self) -> &Mutex<Vec<PbAlarmMember>> {
-        &self.inner.alarms
     }
 
     /// Serve a gRPC request that needs a linearizable view.
@@ -169,6 +168,6 @@ pub async fn serve(
         .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(consensus::node::tokio_stream_listener(listener), shutdown)
+        .serve_with_incoming_shutdown(authority_fix::wrap_incoming(listener), shutdown)
         .await
 }

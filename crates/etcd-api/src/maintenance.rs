@@ -1,14 +1,20 @@
 //! Maintenance service: Status, Alarm, Hash/HashKV, Snapshot, MoveLeader.
 //!
-//! Snapshot format: the store's self-checking snapshot stream
-//! (`mvcc::Store::write_snapshot`) followed by the SHA-256 of those bytes, the
-//! same trailer shape etcd uses, so `etcdctl snapshot save` stores it and a
-//! restore can verify it end to end.
+//! Snapshot file format, shaped like etcd's so `etcdctl snapshot save`
+//! accepts it (etcdctl checks that the size is a multiple of 512 plus a
+//! 32-byte SHA-256 trailer, and verifies the digest):
+//!
+//! ```text
+//! payload        mvcc::Store::write_snapshot stream (self-checking, CRC32)
+//! zero padding   so that everything up to the digest is a multiple of 512 bytes,
+//!                its last 8 bytes holding the payload length (u64 LE)
+//! sha256         of everything before it
+//! ```
 
 use std::pin::Pin;
 
 use etcd_client::proto::{
-    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
+    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
     PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse, PbMaintenanceService,
     PbMoveLeaderRequest, PbMoveLeaderResponse, PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest,
     PbStatusResponse,
@@ -22,6 +28,9 @@ use crate::EtcdApi;
 /// API version reported by Status: the etcd v3 API level this server speaks.
 pub const REPORTED_VERSION: &str = "3.5.0";
 
+/// Snapshot files are padded to a multiple of this, as etcd's are.
+const SNAPSHOT_ALIGN_BYTES: usize = 512;
+
 const ALARM_GET: i32 = 0;
 const ALARM_ACTIVATE: i32 = 1;
 const ALARM_DEACTIVATE: i32 = 2;
@@ -32,35 +41,41 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Statu
 impl PbMaintenanceService for EtcdApi {
     async fn alarm(&self, request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
         let req = request.into_inner();
-        let mut alarms = self.alarms().lock().expect("alarms poisoned");
         match req.action {
-            ALARM_GET => {}
-            ALARM_ACTIVATE => {
-                if req.alarm != 0 && !alarms.iter().any(|a| a.alarm == req.alarm && a.member_id == req.member_id) {
-                    alarms.push(etcd_client::proto::PbAlarmMember { member_id: req.member_id, alarm: req.alarm });
+            ALARM_GET => {
+                self.barrier(false).await?;
+                let alarms = self.node().store().alarms().map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+                let list = alarms
+                    .into_iter()
+                    .filter(|(_, a)| req.alarm == 0 || *a == req.alarm)
+                    .map(|(member_id, alarm)| PbAlarmMember { member_id, alarm })
+                    .collect();
+                Ok(Response::new(PbAlarmResponse { header: Some(self.current_header()), alarms: list }))
+            }
+            ALARM_ACTIVATE | ALARM_DEACTIVATE => {
+                let cmd = mvcc::Command::Alarm { action: req.action, member_id: req.member_id, alarm: req.alarm };
+                match self.propose(cmd).await? {
+                    mvcc::ApplyResponse::Alarm(mut r) => {
+                        r.header = Some(self.current_header());
+                        Ok(Response::new(r))
+                    }
+                    _ => Err(Status::internal("etcdserver: unexpected apply result for alarm")),
                 }
             }
-            ALARM_DEACTIVATE => alarms.retain(|a| !(a.alarm == req.alarm && (req.member_id == 0 || a.member_id == req.member_id))),
-            other => return Err(Status::invalid_argument(format!("etcdserver: unknown alarm action {other}"))),
+            other => Err(Status::invalid_argument(format!("etcdserver: unknown alarm action {other}"))),
         }
-        let list = if req.action == ALARM_GET && req.alarm != 0 {
-            alarms.iter().filter(|a| a.alarm == req.alarm).cloned().collect()
-        } else {
-            alarms.clone()
-        };
-        Ok(Response::new(PbAlarmResponse { header: Some(self.current_header()), alarms: list }))
     }
 
     async fn status(&self, _request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
         let node = self.node();
         let st = node.status();
         let db_size = node.store().db_size_bytes() as i64;
-        let errors = self
+        let errors = node
+            .store()
             .alarms()
-            .lock()
-            .expect("alarms poisoned")
+            .unwrap_or_default()
             .iter()
-            .map(|a| format!("memberID:{} alarm:{}", a.member_id, if a.alarm == crate::ALARM_NOSPACE { "NOSPACE" } else { "CORRUPT" }))
+            .map(|(m, a)| format!("memberID:{m} alarm:{}", if *a == crate::ALARM_NOSPACE { "NOSPACE" } else { "CORRUPT" }))
             .collect();
         Ok(Response::new(PbStatusResponse {
             header: Some(self.current_header()),
@@ -105,7 +120,11 @@ impl PbMaintenanceService for EtcdApi {
         .await
         .map_err(|e| Status::internal(format!("etcdserver: snapshot task failed: {e}")))?
         .map_err(|e| Status::internal(format!("etcdserver: snapshot failed: {e}")))?;
+        let payload_len = data.len() as u64;
         let mut full = data;
+        let padded = (full.len() + 8).div_ceil(SNAPSHOT_ALIGN_BYTES) * SNAPSHOT_ALIGN_BYTES;
+        full.resize(padded - 8, 0);
+        full.extend_from_slice(&payload_len.to_le_bytes());
         let digest = Sha256::digest(&full);
         full.extend_from_slice(&digest);
         let chunk = self.limits().snapshot_chunk_bytes.max(1);

@@ -69,6 +69,7 @@ pub use etcd_client::proto::{
     PbRangeResponse, PbResponseHeader, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest,
     PbTxnRequestOp, PbTxnResponse,
 };
+pub use etcd_client::proto::{PbAlarmMember, PbAlarmResponse};
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -108,11 +109,11 @@ pub mod consts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// prost-encoded `PbPutRequest`
-    Put(Vec<u8>),
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
     /// prost-encoded `PbDeleteRequest`
-    DeleteRange(Vec<u8>),
+    DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     /// prost-encoded `PbTxnRequest`
-    Txn(Vec<u8>),
+    Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     Compact {
         revision: i64,
     },
@@ -123,6 +124,15 @@ pub enum Command {
     },
     LeaseRevoke {
         id: i64,
+    },
+    /// Raise or clear a cluster alarm (etcd `AlarmRequest` ACTIVATE=1 /
+    /// DEACTIVATE=2). Alarms are replicated so every member refuses the same
+    /// writes; `alarm` 0 with DEACTIVATE clears every alarm of `member_id`
+    /// (0 = any member).
+    Alarm {
+        action: i32,
+        member_id: u64,
+        alarm: i32,
     },
 }
 
@@ -157,6 +167,7 @@ pub enum ApplyResponse {
     Compact(PbCompactionResponse),
     LeaseGrant(PbLeaseGrantResponse),
     LeaseRevoke(PbLeaseRevokeResponse),
+    Alarm(PbAlarmResponse),
     Error(EtcdError),
 }
 
@@ -167,6 +178,7 @@ const TAG_COMPACT: u8 = 4;
 const TAG_LEASE_GRANT: u8 = 5;
 const TAG_LEASE_REVOKE: u8 = 6;
 const TAG_ERROR: u8 = 7;
+const TAG_ALARM: u8 = 8;
 
 impl ApplyResponse {
     /// Tag byte followed by the prost encoding (or the error tag byte).
@@ -184,6 +196,7 @@ impl ApplyResponse {
             ApplyResponse::Compact(m) => tagged(TAG_COMPACT, m),
             ApplyResponse::LeaseGrant(m) => tagged(TAG_LEASE_GRANT, m),
             ApplyResponse::LeaseRevoke(m) => tagged(TAG_LEASE_REVOKE, m),
+            ApplyResponse::Alarm(m) => tagged(TAG_ALARM, m),
             ApplyResponse::Error(e) => vec![TAG_ERROR, e.to_tag()],
         }
     }
@@ -206,6 +219,7 @@ impl ApplyResponse {
             TAG_LEASE_REVOKE => {
                 ApplyResponse::LeaseRevoke(PbLeaseRevokeResponse::decode(body).map_err(pe)?)
             }
+            TAG_ALARM => ApplyResponse::Alarm(PbAlarmResponse::decode(body).map_err(pe)?),
             TAG_ERROR => {
                 let t = *body
                     .first()
@@ -227,6 +241,7 @@ impl ApplyResponse {
             ApplyResponse::Compact(m) => m.header.as_ref(),
             ApplyResponse::LeaseGrant(m) => m.header.as_ref(),
             ApplyResponse::LeaseRevoke(m) => m.header.as_ref(),
+            ApplyResponse::Alarm(m) => m.header.as_ref(),
             ApplyResponse::Error(_) => None,
         };
         h.map(|h| h.revision)

@@ -78,7 +78,7 @@ impl Store {
         out.bytes(&SNAP_VERSION.to_le_bytes())?;
 
         let meta = rtx.open_table(META).map_err(db("open meta"))?;
-        for name in [META_REV, META_COMPACT, META_APPLIED] {
+        for name in [META_REV, META_COMPACT, META_APPLIED, crate::codec::META_ALARMS] {
             if let Some(v) = get_meta(&meta, name)? {
                 out.record(T_META, &[name.as_bytes()], &v)?;
             }
@@ -267,9 +267,10 @@ impl Store {
                             b"rev" => META_REV,
                             b"compact_rev" => META_COMPACT,
                             b"applied_meta" => META_APPLIED,
+                            b"alarms" => crate::codec::META_ALARMS,
                             _ => return Err(bad("unknown meta entry")),
                         };
-                        if name != META_APPLIED {
+                        if name == META_REV || name == META_COMPACT {
                             let x = i64::from_le_bytes(
                                 v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
                             );

@@ -9,8 +9,9 @@ use crate::consts::*;
 use crate::error::{db, EtcdError, MvccError};
 use crate::layout::*;
 use crate::validate::{validate_delete_range, validate_put, validate_range, validate_txn};
+use crate::codec::META_ALARMS;
 use crate::{
-    Applied, ApplyResponse, Command, PbCompactionResponse, PbCompare, PbDeleteRequest,
+    Applied, ApplyResponse, Command, PbAlarmMember, PbAlarmResponse, PbCompactionResponse, PbCompare, PbDeleteRequest,
     PbDeleteResponse, PbEvent, PbKeyValue, PbLeaseGrantResponse, PbLeaseRevokeResponse,
     PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp,
     PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
@@ -69,6 +70,17 @@ pub(crate) fn get_meta(t: &impl MetaT, name: &str) -> Result<Option<Vec<u8>>, Mv
         Some(g) => Ok(Some(
             unseal(META_TABLE, &[name.as_bytes()], g.value())?.to_vec(),
         )),
+    }
+}
+
+/// etcd `AlarmRequest.AlarmAction` values.
+const ALARM_ACTIVATE: i32 = 1;
+const ALARM_DEACTIVATE: i32 = 2;
+
+fn decode_alarms(bytes: Option<&[u8]>) -> Result<Vec<(u64, i32)>, MvccError> {
+    match bytes {
+        None => Ok(Vec::new()),
+        Some(b) => postcard::from_bytes(b).map_err(|e| MvccError::Decode { what: "alarms", detail: e.to_string() }),
     }
 }
 
@@ -987,6 +999,30 @@ impl<'t> Writer<'t> {
                     header: header(p.read_rev()),
                 }))
             }
+            Command::Alarm { action, member_id, alarm } => {
+                let mut alarms = decode_alarms(get_meta(&self.meta, META_ALARMS)?.as_deref())?;
+                match *action {
+                    ALARM_ACTIVATE if *alarm != 0 => {
+                        if !alarms.contains(&(*member_id, *alarm)) {
+                            alarms.push((*member_id, *alarm));
+                            alarms.sort_unstable();
+                        }
+                    }
+                    ALARM_DEACTIVATE => alarms.retain(|(m, a)| {
+                        !((*alarm == 0 || *a == *alarm) && (*member_id == 0 || *m == *member_id))
+                    }),
+                    _ => {}
+                }
+                let bytes = postcard::to_allocvec(&alarms).expect("encoding alarms cannot fail");
+                self.put_meta(META_ALARMS, &bytes)?;
+                Ok(ApplyResponse::Alarm(PbAlarmResponse {
+                    header: header(self.cur_rev),
+                    alarms: alarms
+                        .iter()
+                        .map(|(m, a)| PbAlarmMember { member_id: *m, alarm: *a })
+                        .collect(),
+                }))
+            }
         }
     }
 
@@ -1330,6 +1366,13 @@ impl Store {
     pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
         self.try_lease(id)
             .unwrap_or_else(|e| panic!("mvcc lease read failed: {e}"))
+    }
+
+    /// Active alarms as (member id, alarm type), sorted.
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>, MvccError> {
+        let rtx = self.db.begin_read().map_err(db("begin read"))?;
+        let meta = rtx.open_table(META).map_err(db("open meta"))?;
+        decode_alarms(get_meta(&meta, META_ALARMS)?.as_deref())
     }
 
     /// All leases, by id. Panics on storage corruption.

@@ -249,6 +249,11 @@ impl Drop for Cluster {
         for m in &mut self.members {
             m.kill9();
         }
+        if std::thread::panicking() || std::env::var_os("PHALANX_TEST_KEEP").is_some() {
+            // Keep data and logs of a failed test for inspection.
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("cluster data and logs kept in {}", kept.display());
+        }
     }
 }
 
