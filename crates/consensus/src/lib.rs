@@ -19,6 +19,7 @@
 //! committed, i.e. fsynced by a quorum; entries are applied in log order
 //! exactly once (asserted); corrupted records stop the member.
 
+pub mod faults;
 pub mod identity;
 pub mod lessor;
 pub mod log_store;
@@ -27,6 +28,7 @@ pub mod node;
 pub mod state_machine;
 pub mod types;
 
+pub use faults::{Faults, NetworkFaults, PlantedBug};
 pub use lessor::Lessor;
 pub use log_store::LogStore;
 pub use node::{ClusterState, Node, NodeConfig, NodeError, NodeStatus, StartError};

@@ -68,11 +68,13 @@ pub(crate) fn unframe<T: DeserializeOwned>(bytes: &[u8], what: impl Fn() -> Stri
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Planted bug: commit without fsync (`PlantedBug::AckBeforeFsync`).
+    unsafe_no_fsync: bool,
 }
 
 impl LogStore {
     /// Open or create the log file at `path`.
-    pub fn open(path: &Path) -> Result<Self, LogStoreError> {
+    pub fn open(path: &Path, unsafe_no_fsync: bool) -> Result<Self, LogStoreError> {
         let db = Database::create(path).map_err(|source| {
             let hint = match &source {
                 redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
@@ -87,7 +89,7 @@ impl LogStore {
         txn.open_table(LOG).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        let store = LogStore { db: Arc::new(db) };
+        let store = LogStore { db: Arc::new(db), unsafe_no_fsync };
         // Verify every record once at start-up: a corrupted log refuses to
         // start rather than failing later in the middle of replication.
         store.verify_all()?;
@@ -180,7 +182,10 @@ impl LogStore {
     }
 
     fn append_blocking(&self, entries: Vec<Entry>) -> Result<(), LogStoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        if self.unsafe_no_fsync {
+            txn.set_durability(redb::Durability::None).map_err(db_err)?;
+        }
         {
             let mut log = txn.open_table(LOG).map_err(db_err)?;
             for e in &entries {

@@ -19,6 +19,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::faults::Faults;
 use crate::types::{ApplyOutcome, LogId, Member, NodeId, TypeConfig};
 
 pub mod pb {
@@ -103,11 +104,15 @@ pub trait PeerHandler: Send + Sync + 'static {
 /// The tonic service wrapping a [`PeerHandler`].
 pub struct PeerService<H> {
     handler: Arc<H>,
+    faults: Arc<Faults>,
 }
 
+/// gRPC metadata naming the sending member, for fault injection.
+const FROM_HEADER: &str = "x-phalanx-from";
+
 impl<H: PeerHandler> PeerService<H> {
-    pub fn new(handler: Arc<H>) -> pb::peer_server::PeerServer<Self> {
-        pb::peer_server::PeerServer::new(PeerService { handler })
+    pub fn new(handler: Arc<H>, faults: Arc<Faults>) -> pb::peer_server::PeerServer<Self> {
+        pb::peer_server::PeerServer::new(PeerService { handler, faults })
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
     }
@@ -119,6 +124,12 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[tonic::async_trait]
 impl<H: PeerHandler> pb::peer_server::Peer for PeerService<H> {
     async fn call(&self, request: tonic::Request<pb::Envelope>) -> Result<tonic::Response<pb::Envelope>, tonic::Status> {
+        if self.faults.enabled() {
+            let from = request.metadata().get(FROM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<NodeId>().ok());
+            if from.is_some_and(|f| self.faults.blocks(f)) {
+                return Err(tonic::Status::unavailable("injected partition"));
+            }
+        }
         let env = request.into_inner();
         let req: PeerRequest = postcard::from_bytes(&env.payload)
             .map_err(|e| tonic::Status::invalid_argument(format!("undecodable peer request: {e}")))?;
@@ -149,8 +160,11 @@ pub struct PeerTimeouts {
 #[derive(Clone)]
 pub struct PeerClient {
     target: NodeId,
+    /// This member's id, sent along for fault injection (0: unknown yet).
+    from: NodeId,
     channel: Channel,
     timeouts: PeerTimeouts,
+    faults: Arc<Faults>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,23 +176,30 @@ pub enum PeerCallError {
 }
 
 impl PeerClient {
-    pub fn new(target: NodeId, url: &str, timeouts: PeerTimeouts) -> Result<Self, PeerCallError> {
+    pub fn new(from: NodeId, target: NodeId, url: &str, timeouts: PeerTimeouts, faults: Arc<Faults>) -> Result<Self, PeerCallError> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| PeerCallError::Unreachable { target, detail: format!("bad peer URL {url}: {e}") })?
             .connect_timeout(Duration::from_millis(timeouts.connect_timeout_ms))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        Ok(PeerClient { target, channel: endpoint.connect_lazy(), timeouts })
+        Ok(PeerClient { target, from, channel: endpoint.connect_lazy(), timeouts, faults })
     }
 
     pub async fn call<T: DeserializeOwned>(&self, req: &PeerRequest, timeout: Option<Duration>) -> Result<T, PeerCallError> {
+        if self.faults.blocks(self.target) {
+            return Err(PeerCallError::Unreachable { target: self.target, detail: "injected partition (connect refused)".into() });
+        }
+        if let Some(d) = self.faults.delay() {
+            tokio::time::sleep(d).await;
+        }
         let payload = encode(req);
         let mut client = pb::peer_client::PeerClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut request = tonic::Request::new(pb::Envelope { kind: 0, payload });
         request.set_timeout(timeout.unwrap_or(Duration::from_millis(self.timeouts.request_timeout_ms)));
+        request.metadata_mut().insert(FROM_HEADER, self.from.to_string().parse().expect("digits are valid metadata"));
         let target = self.target;
         let resp = client
             .call(request)
@@ -191,13 +212,15 @@ impl PeerClient {
 /// Clients to every peer, by member id, reused across openraft's requests.
 #[derive(Clone)]
 pub struct PeerNetwork {
+    local_id: NodeId,
     clients: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
     timeouts: PeerTimeouts,
+    faults: Arc<Faults>,
 }
 
 impl PeerNetwork {
-    pub fn new(timeouts: PeerTimeouts) -> Self {
-        PeerNetwork { clients: Arc::new(Mutex::new(HashMap::new())), timeouts }
+    pub fn new(local_id: NodeId, timeouts: PeerTimeouts, faults: Arc<Faults>) -> Self {
+        PeerNetwork { local_id, clients: Arc::new(Mutex::new(HashMap::new())), timeouts, faults }
     }
 
     pub fn client(&self, target: NodeId, member: &Member) -> Result<PeerClient, PeerCallError> {
@@ -210,7 +233,7 @@ impl PeerNetwork {
         if let Some(c) = clients.get(&(target, url.clone())) {
             return Ok(c.clone());
         }
-        let c = PeerClient::new(target, &url, self.timeouts)?;
+        let c = PeerClient::new(self.local_id, target, &url, self.timeouts, self.faults.clone())?;
         clients.insert((target, url), c.clone());
         Ok(c)
     }

@@ -13,6 +13,7 @@ use openraft::{ChangeMembers, ServerState};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::faults::{Faults, PlantedBug};
 use crate::identity::{self, Identity};
 use crate::lessor::Lessor;
 use crate::log_store::LogStore;
@@ -61,6 +62,10 @@ pub struct NodeConfig {
     pub raft_rpc_min_timeout_ms: u64,
     /// A learner may be promoted only when it lags the leader by at most this many entries.
     pub max_learner_lag_entries: u64,
+    /// Serve the fault-injection admin API (drills only).
+    pub enable_fault_injection: bool,
+    /// A deliberate bug, for proving the checkers catch it. Never in production.
+    pub planted_bug: Option<PlantedBug>,
 }
 
 impl NodeConfig {
@@ -82,6 +87,8 @@ impl NodeConfig {
             peer_connect_timeout_ms: 1_000,
             raft_rpc_min_timeout_ms: 2_000,
             max_learner_lag_entries: 1_000,
+            enable_fault_injection: false,
+            planted_bug: None,
         }
     }
 }
@@ -170,6 +177,7 @@ pub struct Node {
     applier: Applier,
     lessor: Arc<Lessor>,
     network: PeerNetwork,
+    faults: Arc<Faults>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -194,7 +202,7 @@ impl Node {
             request_timeout_ms: config.request_timeout_ms,
             raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms,
         };
-        let network = PeerNetwork::new(timeouts);
+        let faults = Arc::new(Faults::new(config.enable_fault_injection));
 
         // Decide who we are.
         let mut initial_members: Option<BTreeMap<NodeId, Member>> = None;
@@ -255,15 +263,16 @@ impl Node {
                 initial_members = Some(members);
                 identity
             }
-            (None, ClusterState::Existing) => Self::join(&config, &network).await?,
+            (None, ClusterState::Existing) => Self::join(&config, faults.clone()).await?,
         };
+        let network = PeerNetwork::new(identity.member_id, timeouts, faults.clone());
 
-        let log = LogStore::open(&member_dir.join("raft.redb"))?;
+        let log = LogStore::open(&member_dir.join("raft.redb"), config.planted_bug == Some(PlantedBug::AckBeforeFsync))?;
         let kv_path = member_dir.join("kv.redb");
         let store = Arc::new(Store::open(&kv_path).map_err(|e| StartError::Store { path: kv_path.clone(), detail: e.to_string() })?);
         let lessor = Arc::new(Lessor::new());
         lessor.reload(&store);
-        let applier = Applier::new(store, lessor.clone());
+        let applier = Applier::new(store, lessor.clone(), config.planted_bug != Some(PlantedBug::AckBeforeFsync));
 
         let raft_config = openraft::Config {
             cluster_name: format!("{:x}", identity.cluster_id),
@@ -292,11 +301,12 @@ impl Node {
             applier,
             lessor,
             network,
+            faults,
             shutdown_tx,
         });
 
         // Serve peers before initializing, so others can reach us at once.
-        let service = PeerService::new(node.clone());
+        let service = PeerService::new(node.clone(), node.faults.clone());
         let mut shutdown_rx = node.shutdown_tx.subscribe();
         let incoming = tokio_stream_listener(peer_listener);
         tokio::spawn(async move {
@@ -327,20 +337,19 @@ impl Node {
         Ok(node)
     }
 
-    async fn join(config: &NodeConfig, network: &PeerNetwork) -> Result<Identity, StartError> {
+    async fn join(config: &NodeConfig, faults: Arc<Faults>) -> Result<Identity, StartError> {
         let peers: Vec<String> = config
             .initial_cluster
             .iter()
             .filter(|(n, _)| *n != config.name)
             .flat_map(|(_, urls)| urls.clone())
             .collect();
-        let _ = network;
         let deadline = Instant::now() + Duration::from_millis(config.request_timeout_ms.max(5_000));
         let mut last_err = String::from("no peers listed in --initial-cluster");
         while Instant::now() < deadline {
             for url in &peers {
                 let timeouts = PeerTimeouts { connect_timeout_ms: config.peer_connect_timeout_ms, request_timeout_ms: 2_000, raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms };
-                let client = match PeerClient::new(0, url, timeouts) {
+                let client = match PeerClient::new(0, 0, url, timeouts, faults.clone()) {
                     Ok(c) => c,
                     Err(e) => {
                         last_err = e.to_string();
@@ -453,6 +462,11 @@ impl Node {
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
+    /// Fault injection state (inert unless enabled at start).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
     /// The lease clocks of this member (authoritative only on the leader).
     pub fn lessor(&self) -> &Lessor {
         &self.lessor
@@ -512,6 +526,9 @@ impl Node {
     /// Linearizable read barrier (ReadIndex): when this returns, every write
     /// acknowledged before the call is applied on this member.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        if self.config.planted_bug == Some(PlantedBug::SkipReadIndex) {
+            return Ok(());
+        }
         let index = match self.leader_call(LeaderRequest::ReadIndex).await? {
             LeaderResponse::ReadIndex(log_id) => log_id.map(|l| l.index),
             other => return Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),

@@ -50,6 +50,8 @@ pub struct Applier {
     /// and its log id always describe the same state.
     apply_lock: Arc<Mutex<()>>,
     current_snapshot: Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>,
+    /// fsync each applied batch (off only for the AckBeforeFsync planted bug).
+    durable: bool,
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -60,9 +62,9 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl Applier {
-    pub fn new(store: Arc<Store>, lessor: Arc<Lessor>) -> Self {
+    pub fn new(store: Arc<Store>, lessor: Arc<Lessor>, durable: bool) -> Self {
         let (changes, _) = broadcast::channel(WATCH_CHANNEL_BATCHES);
-        Applier { store, lessor, changes, apply_lock: Arc::new(Mutex::new(())), current_snapshot: Arc::new(Mutex::new(None)) }
+        Applier { store, lessor, changes, apply_lock: Arc::new(Mutex::new(())), current_snapshot: Arc::new(Mutex::new(None)), durable }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -101,7 +103,7 @@ impl Applier {
             }
         }
         let meta_bytes = postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
-        let applied = self.store.apply_batch(&items, &meta_bytes, true).map_err(sm_write_err)?;
+        let applied = self.store.apply_batch(&items, &meta_bytes, self.durable).map_err(sm_write_err)?;
         assert_eq!(applied.len(), items.len(), "store returned a result per item");
 
         let mut outcomes = Vec::with_capacity(applied.len());

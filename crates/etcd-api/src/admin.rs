@@ -1,7 +1,9 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text), `/health` (200 when
 //! this member knows a leader and can serve a linearizable read), `/ready`
 //! (200 once the member has applied everything committed at start-up and
-//! knows a leader).
+//! knows a leader), `/member` (this member's id and the leader it knows),
+//! and `/fault` (GET/PUT/DELETE the injected network faults; only on members
+//! started with `--enable-fault-injection`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +16,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::metrics::Metrics;
+
+/// Largest accepted body of a `/fault` request.
+pub const MAX_FAULT_BODY_BYTES: usize = 64 * 1024;
 
 /// Bound on the linearizable read `/health` performs.
 pub const HEALTH_READ_TIMEOUT_MS: u64 = 2_000;
@@ -44,7 +49,41 @@ async fn handle(node: Arc<consensus::Node>, metrics: Arc<Metrics>, req: Request<
                 reply(StatusCode::SERVICE_UNAVAILABLE, "application/json", r#"{"ready":"false","reason":"no leader"}"#.into())
             }
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /health or /ready\n".into()),
+        "/fault" => {
+            let faults = node.faults();
+            if !faults.enabled() {
+                return reply(StatusCode::FORBIDDEN, "text/plain", "fault injection is disabled on this member: start it with --enable-fault-injection\n".into());
+            }
+            match req.method().as_str() {
+                "GET" => reply(StatusCode::OK, "application/json", serde_json::to_string(&faults.get()).expect("faults encode")),
+                "DELETE" => {
+                    let _ = faults.set(consensus::NetworkFaults::default());
+                    reply(StatusCode::OK, "application/json", "{}".into())
+                }
+                "PUT" | "POST" => {
+                    use http_body_util::BodyExt;
+                    let body = match http_body_util::Limited::new(req.into_body(), MAX_FAULT_BODY_BYTES).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("body rejected (max {MAX_FAULT_BODY_BYTES} bytes): {e}\n")),
+                    };
+                    let wanted: consensus::NetworkFaults = match serde_json::from_slice(&body) {
+                        Ok(f) => f,
+                        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("invalid fault spec: {e}; expected {{\"isolated_from\":[member ids],\"delay_ms\":N}}\n")),
+                    };
+                    match faults.set(wanted) {
+                        Ok(()) => reply(StatusCode::OK, "application/json", serde_json::to_string(&faults.get()).expect("faults encode")),
+                        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                    }
+                }
+                _ => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET, PUT or DELETE\n".into()),
+            }
+        }
+        "/member" => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"id": node.id(), "id_hex": format!("{:x}", node.id()), "name": node.name(), "cluster_id": node.cluster_id(), "leader": node.status().leader}).to_string(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /health, /ready, /member or /fault\n".into()),
     }
 }
 

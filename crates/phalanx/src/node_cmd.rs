@@ -67,6 +67,14 @@ pub struct NodeArgs {
     /// Bound (ms) on waiting for a leader, a commit or a read index.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Serve the fault-injection admin API (PUT/DELETE /fault on the metrics listener). For drills only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub enable_fault_injection: Option<bool>,
+    /// Deliberately break a guarantee (skip-read-index | ack-before-fsync), to prove the checkers catch it. Tests only.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub unsafe_planted_bug: Option<String>,
     /// Read settings from this TOML file (keys named like the flags).
     #[arg(long)]
     #[serde(skip)]
@@ -93,7 +101,7 @@ impl NodeArgs {
         merge!(self, file, name, data_dir, listen_client_urls, advertise_client_urls, listen_peer_urls,
             initial_advertise_peer_urls, initial_cluster, initial_cluster_state, initial_cluster_token,
             listen_metrics_urls, heartbeat_interval, election_timeout, snapshot_count, quota_backend_bytes,
-            max_request_bytes, max_txn_ops, request_timeout_ms, log_level, logger);
+            max_request_bytes, max_txn_ops, request_timeout_ms, log_level, logger, enable_fault_injection);
         Ok(self)
     }
 }
@@ -181,6 +189,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.request_timeout_ms {
         config.request_timeout_ms = v;
+    }
+    config.enable_fault_injection = args.enable_fault_injection.unwrap_or(false);
+    if let Some(bug) = &args.unsafe_planted_bug {
+        config.planted_bug = Some(bug.parse().map_err(|e: String| anyhow::anyhow!("--unsafe-planted-bug: {e}"))?);
+        eprintln!("WARNING: planted bug {bug} is active: this member violates its guarantees on purpose");
     }
     let mut limits = ApiLimits::default();
     if let Some(v) = args.quota_backend_bytes {

@@ -1,0 +1,102 @@
+//! Fault injection for drills and tests. Off unless the member was started
+//! with `--enable-fault-injection`; then the admin API can cut this member off
+//! from chosen peers (both directions of the peer transport) and delay its
+//! outgoing peer messages. Client traffic is never touched: a partitioned
+//! leader still accepts client connections, as a real one would.
+//!
+//! Planted bugs ([`PlantedBug`]) exist only so the proof-under-failure suite
+//! can show that its checks catch real violations; they are set at start-up
+//! by a hidden flag and never by the API.
+
+use std::collections::BTreeSet;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// A deliberate violation, for testing the checkers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlantedBug {
+    /// Serve "linearizable" reads from local state without ReadIndex.
+    SkipReadIndex,
+    /// Acknowledge log appends before they are durable.
+    AckBeforeFsync,
+}
+
+impl std::str::FromStr for PlantedBug {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "skip-read-index" => Ok(PlantedBug::SkipReadIndex),
+            "ack-before-fsync" => Ok(PlantedBug::AckBeforeFsync),
+            other => Err(format!("unknown planted bug {other:?}: expected skip-read-index or ack-before-fsync")),
+        }
+    }
+}
+
+/// The network faults in force on this member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkFaults {
+    /// Peers this member can neither reach nor be reached by.
+    #[serde(default)]
+    pub isolated_from: BTreeSet<NodeId>,
+    /// Added to every outgoing peer message, in ms.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// Largest injectable delay, so a typo cannot wedge a member for hours.
+pub const MAX_INJECTED_DELAY_MS: u64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("fault injection is disabled on this member: start it with --enable-fault-injection")]
+    Disabled,
+    #[error("delay_ms {0} exceeds the limit of {MAX_INJECTED_DELAY_MS} ms")]
+    DelayTooLarge(u64),
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    enabled: bool,
+    network: RwLock<NetworkFaults>,
+}
+
+impl Faults {
+    pub fn new(enabled: bool) -> Self {
+        Faults { enabled, network: RwLock::new(NetworkFaults::default()) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn get(&self) -> NetworkFaults {
+        self.network.read().expect("faults poisoned").clone()
+    }
+
+    pub fn set(&self, f: NetworkFaults) -> Result<(), FaultError> {
+        if !self.enabled {
+            return Err(FaultError::Disabled);
+        }
+        if f.delay_ms > MAX_INJECTED_DELAY_MS {
+            return Err(FaultError::DelayTooLarge(f.delay_ms));
+        }
+        *self.network.write().expect("faults poisoned") = f;
+        Ok(())
+    }
+
+    pub fn blocks(&self, peer: NodeId) -> bool {
+        self.enabled && self.network.read().expect("faults poisoned").isolated_from.contains(&peer)
+    }
+
+    pub fn delay(&self) -> Option<Duration> {
+        if !self.enabled {
+            return None;
+        }
+        let d = self.network.read().expect("faults poisoned").delay_ms;
+        (d > 0).then(|| Duration::from_millis(d))
+    }
+}
