@@ -1,1 +1,337 @@
-//! bench (skeleton; see ARCHITECTURE.md)
+//! Load generators for any etcd-v3 endpoint set (real etcd or phalanx).
+//!
+//! # Main types
+//!
+//! * [`BenchArgs`] / [`BenchCommand`] — the `phalanx bench` command line.
+//! * [`KvArgs`] — `phalanx bench kv`: N clients, each with its own gRPC
+//!   connection to one endpoint (round-robin over `--endpoints`), issue
+//!   back-to-back requests of a [`Workload`] for a fixed duration.
+//! * [`KvReport`] — throughput, latency percentiles (HdrHistogram,
+//!   microseconds), errors grouped by message and, with `--report-gaps`,
+//!   the longest window without a successful put (what a client sees while
+//!   a leader is replaced). Printed as text or, with `--json`, as JSON.
+//!
+//! Entry points: [`run_kv`] (async) and [`run_blocking`] (builds its own
+//! tokio runtime, used by the synchronous `main`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// `phalanx bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// Benchmarks available under `phalanx bench`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Drive an etcd-v3 KV endpoint set and report ops/s, latency, errors
+    Kv(KvArgs),
+}
+
+/// What each client does in a loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Put a random key.
+    Put,
+    /// Linearizable (quorum) range read of one random key.
+    GetLinearizable,
+    /// Serializable (local) read of one random key.
+    GetSerializable,
+    /// `--put-percent` puts, the rest linearizable gets.
+    Mixed,
+}
+
+/// `phalanx bench kv`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KvArgs {
+    /// Comma-separated client URLs; clients are assigned round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Concurrent clients, each with its own gRPC connection.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// How long to run, e.g. `10s`, `500ms`, `1m`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, value_enum, default_value_t = Workload::Put)]
+    pub workload: Workload,
+    /// Size of each written value, in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_bytes: usize,
+    /// Number of distinct keys (`bench/00000000` ...) chosen uniformly.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Mixed workload: percentage (0-100) of operations that are puts.
+    #[arg(long, default_value_t = 50)]
+    pub put_percent: u8,
+    /// Per-request timeout in milliseconds; a timed-out request counts as
+    /// an error.
+    #[arg(long, default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+    /// Timeout for establishing each client's connection, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Pause after a failed request, in milliseconds, so a dead endpoint
+    /// does not turn into a busy loop of instant errors.
+    #[arg(long, default_value_t = 10)]
+    pub error_backoff_ms: u64,
+    /// Record the longest window (ms) without any successful put.
+    #[arg(long)]
+    pub report_gaps: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+/// Result of one `bench kv` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvReport {
+    pub workload: Workload,
+    pub clients: usize,
+    pub endpoints: Vec<String>,
+    pub value_bytes: usize,
+    /// Measured wall-clock seconds.
+    pub duration_s: f64,
+    /// Successful operations.
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    /// Latency of successful operations.
+    pub latency: Latency,
+    pub errors_total: u64,
+    /// Error count per distinct message.
+    pub errors: BTreeMap<String, u64>,
+    /// Longest window without a successful put, in milliseconds (with
+    /// `--report-gaps`; includes the start and end of the run).
+    pub longest_put_gap_ms: Option<f64>,
+}
+
+impl std::fmt::Display for KvReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "workload {:?}, {} clients over {} endpoint(s), {}-byte values, {:.2} s",
+            self.workload,
+            self.clients,
+            self.endpoints.len(),
+            self.value_bytes,
+            self.duration_s
+        )?;
+        writeln!(f, "ops:      {} ({:.1} ops/s)", self.ops, self.ops_per_sec)?;
+        let l = &self.latency;
+        writeln!(
+            f,
+            "latency:  p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, mean {:.3} ms",
+            l.p50_us as f64 / 1e3,
+            l.p99_us as f64 / 1e3,
+            l.p999_us as f64 / 1e3,
+            l.max_us as f64 / 1e3,
+            l.mean_us / 1e3
+        )?;
+        writeln!(f, "errors:   {}", self.errors_total)?;
+        for (msg, n) in &self.errors {
+            writeln!(f, "  {n:>8}  {msg}")?;
+        }
+        if let Some(g) = self.longest_put_gap_ms {
+            writeln!(f, "longest window without a successful put: {g:.1} ms")?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a runtime, runs the chosen benchmark and prints its report.
+pub fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match args.command {
+        BenchCommand::Kv(kv) => {
+            let report = rt.block_on(run_kv(&kv))?;
+            if kv.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+        }
+    }
+    Ok(())
+}
+
+struct ClientResult {
+    hist: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    /// Completion times of successful puts, relative to the run start.
+    put_times: Vec<Duration>,
+}
+
+/// Small per-client PRNG: key choice only needs to be cheap and spread.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Runs `bench kv`. Fails only if the arguments are unusable or a client
+/// cannot connect; request failures during the run are counted instead.
+pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
+    anyhow::ensure!(!args.endpoints.is_empty(), "--endpoints is empty");
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(args.put_percent <= 100, "--put-percent must be 0..=100");
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(args.connect_timeout_ms))
+        .with_timeout(Duration::from_millis(args.request_timeout_ms));
+    // Connect everyone before the clock starts so connection setup is not
+    // measured as request latency.
+    let mut clients = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let ep = &args.endpoints[i % args.endpoints.len()];
+        let c = Client::connect([ep.as_str()], Some(opts.clone()))
+            .await
+            .with_context(|| format!("client {i}: cannot connect to {ep}"))?;
+        clients.push(c);
+    }
+    let value = vec![b'v'; args.value_bytes];
+    let request_timeout = Duration::from_millis(args.request_timeout_ms);
+    let start = Instant::now();
+    let end = start + args.duration;
+    let mut tasks = Vec::with_capacity(args.clients);
+    for (i, client) in clients.into_iter().enumerate() {
+        let a = args.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut kv = client.kv_client();
+            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x2545_F491_4F6C_DD1D));
+            let mut res = ClientResult {
+                hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
+                errors: BTreeMap::new(),
+                put_times: Vec::new(),
+            };
+            while Instant::now() < end {
+                let key = format!("bench/{:08}", rng.next() % a.keys);
+                let is_put = match a.workload {
+                    Workload::Put => true,
+                    Workload::GetLinearizable | Workload::GetSerializable => false,
+                    Workload::Mixed => rng.next() % 100 < a.put_percent as u64,
+                };
+                let t0 = Instant::now();
+                let outcome = tokio::time::timeout(request_timeout, async {
+                    if is_put {
+                        kv.put(key, value.clone(), None).await.map(|_| ())
+                    } else {
+                        let opts = (a.workload == Workload::GetSerializable).then(|| GetOptions::new().with_serializable());
+                        kv.get(key, opts).await.map(|_| ())
+                    }
+                })
+                .await;
+                let err = match outcome {
+                    Ok(Ok(())) => {
+                        let done = Instant::now();
+                        let us = (done - t0).as_micros().max(1) as u64;
+                        res.hist.saturating_record(us);
+                        if is_put && a.report_gaps {
+                            res.put_times.push(done - start);
+                        }
+                        continue;
+                    }
+                    Ok(Err(e)) => error_message(&e),
+                    Err(_) => format!("request timeout (> {} ms)", a.request_timeout_ms),
+                };
+                *res.errors.entry(err).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(a.error_backoff_ms)).await;
+            }
+            res
+        }));
+    }
+    let mut hist: Histogram<u64> = Histogram::new_with_bounds(1, 120_000_000, 3)?;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut put_times = Vec::new();
+    for t in tasks {
+        let r = t.await.context("client task panicked")?;
+        hist.add(&r.hist)?;
+        for (k, v) in r.errors {
+            *errors.entry(k).or_default() += v;
+        }
+        put_times.extend(r.put_times);
+    }
+    let elapsed = start.elapsed();
+    let longest_put_gap_ms = args.report_gaps.then(|| longest_gap(put_times, elapsed).as_secs_f64() * 1e3);
+    let ops = hist.len();
+    Ok(KvReport {
+        workload: args.workload,
+        clients: args.clients,
+        endpoints: args.endpoints.clone(),
+        value_bytes: args.value_bytes,
+        duration_s: elapsed.as_secs_f64(),
+        ops,
+        ops_per_sec: ops as f64 / elapsed.as_secs_f64(),
+        latency: Latency {
+            p50_us: hist.value_at_quantile(0.5),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            max_us: hist.max(),
+            mean_us: if ops == 0 { 0.0 } else { hist.mean() },
+        },
+        errors_total: errors.values().sum(),
+        errors,
+        longest_put_gap_ms,
+    })
+}
+
+/// Longest interval between consecutive successful puts, counting the
+/// run's start and end as boundaries (a run with no success is one gap).
+fn longest_gap(mut times: Vec<Duration>, total: Duration) -> Duration {
+    times.sort();
+    let mut prev = Duration::ZERO;
+    let mut best = Duration::ZERO;
+    for t in times.into_iter().chain(std::iter::once(total)) {
+        best = best.max(t.saturating_sub(prev));
+        prev = t;
+    }
+    best
+}
+
+/// Groups errors by kind: gRPC errors by code and message, without the
+/// per-request details that would make every error unique.
+fn error_message(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("grpc {:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gap_includes_run_boundaries() {
+        let ms = Duration::from_millis;
+        assert_eq!(longest_gap(vec![ms(10), ms(20), ms(90)], ms(100)), ms(70));
+        assert_eq!(longest_gap(vec![], ms(100)), ms(100));
+        assert_eq!(longest_gap(vec![ms(5), ms(50)], ms(60)), ms(45));
+    }
+}

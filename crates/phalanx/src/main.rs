@@ -18,6 +18,8 @@ enum Command {
     // SUBCOMMANDS (each helper adds its own line here)
     /// Check a history for linearizability (or --watch / --leases logs)
     Check(linearizability::cli::CheckArgs),
+    /// Benchmark an etcd-v3 endpoint set (real etcd or phalanx)
+    Bench(bench::BenchArgs),
     /// Run one member of a replicated store cluster (takes etcd's flags)
     Node(node_cmd::NodeArgs),
     /// Start a local 3-member cluster and print how to use it
@@ -46,6 +48,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
         Command::Check(args) => std::process::exit(linearizability::cli::run(args)),
+        Command::Bench(args) => bench::run_blocking(args),
         Command::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(node_cmd::run(args)),
         Command::Demo(args) => demo::run(args),
         Command::Gateway(args) => { let mut rt = if args.worker_threads == Some(1) { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() }; if let Some(n) = args.worker_threads.filter(|n| *n > 1) { rt.worker_threads(n); } rt.enable_all().build()?.block_on(gateway::run(args)) }
