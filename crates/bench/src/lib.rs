@@ -2,7 +2,8 @@
 //!
 //! # Main types
 //!
-//! * [`BenchArgs`] / [`BenchCommand`] — the `phalanx bench` command line.
+//! * [`BenchArgs`] / [`BenchCommand`] — the `phalanx bench` command line
+//!   (`kv`, plus `status`, a leader finder used by `bench/kv.sh`).
 //! * [`KvArgs`] — `phalanx bench kv`: N clients, each with its own gRPC
 //!   connection to one endpoint (round-robin over `--endpoints`), issue
 //!   back-to-back requests of a [`Workload`] for a fixed duration.
@@ -34,6 +35,42 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Drive an etcd-v3 KV endpoint set and report ops/s, latency, errors
     Kv(KvArgs),
+    /// Print one JSON line per endpoint: member id, leader id, is_leader
+    /// (what `etcdctl endpoint status` shows; used by bench/kv.sh to find
+    /// the leader when etcdctl cannot talk to an endpoint)
+    Status(StatusArgs),
+}
+
+/// `phalanx bench status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Comma-separated client URLs.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Per-endpoint timeout in milliseconds (connect plus request).
+    #[arg(long, default_value_t = 2_000)]
+    pub timeout_ms: u64,
+}
+
+/// Status of every endpoint, in order; unreachable ones carry an error.
+pub async fn endpoint_status(args: &StatusArgs) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for ep in &args.endpoints {
+        let probe = async {
+            let mut c = Client::connect([ep.as_str()], None).await?;
+            c.status().await
+        };
+        let v = match tokio::time::timeout(Duration::from_millis(args.timeout_ms), probe).await {
+            Ok(Ok(s)) => {
+                let member = s.header().map(|h| h.member_id()).unwrap_or_default();
+                serde_json::json!({"endpoint": ep, "member_id": member, "leader": s.leader(), "is_leader": member != 0 && member == s.leader()})
+            }
+            Ok(Err(e)) => serde_json::json!({"endpoint": ep, "error": error_message(&e)}),
+            Err(_) => serde_json::json!({"endpoint": ep, "error": format!("timeout (> {} ms)", args.timeout_ms)}),
+        };
+        out.push(v);
+    }
+    out
 }
 
 /// What each client does in a loop.
@@ -161,6 +198,11 @@ impl std::fmt::Display for KvReport {
 pub fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.command {
+        BenchCommand::Status(st) => {
+            for line in rt.block_on(endpoint_status(&st)) {
+                println!("{line}");
+            }
+        }
         BenchCommand::Kv(kv) => {
             let report = rt.block_on(run_kv(&kv))?;
             if kv.json {
