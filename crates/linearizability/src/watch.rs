@@ -282,7 +282,7 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
             }
         }
     }
-    violations.sort_by(|a, b| (a.line, a.revision).cmp(&(b.line, b.revision)));
+    violations.sort_by_key(|v| (v.line, v.revision));
     Ok(violations)
 }
 
