@@ -11,6 +11,8 @@
 //!   drain), `metrics_text`, `pools_json`.
 //! * [`GatewayArgs`] + [`run`] — the `phalanx gateway` subcommand.
 //! * [`sample_backend`] — a tiny HTTP server answering with its name.
+//! * [`store_config::run_store_backed`] — a gateway whose configuration lives
+//!   in the replicated store (etcd v3 API), applied live on every change.
 //!
 //! Architecture (linkerd2-proxy style: small layers, each a documented state
 //! machine, see [`layers`]):
@@ -54,6 +56,7 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod sample_backend;
+pub mod store_config;
 pub mod tls;
 
 pub use cli::{run, GatewayArgs};

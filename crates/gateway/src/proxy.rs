@@ -471,7 +471,11 @@ async fn proxy(
     let result = loop {
         let Some(sel) = select(&route.tiers, hash_key, &tried) else {
             break last.take().unwrap_or_else(|| {
-                local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", Some(1))
+                if route.tiers.iter().all(|p| p.members().is_empty()) {
+                    local_response(StatusCode::SERVICE_UNAVAILABLE, "no route: no upstream endpoints configured", Some(1))
+                } else {
+                    local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", Some(1))
+                }
             });
         };
         let Some(try_t) = timeout::try_budget(retry.per_try_timeout_ms, deadline) else {

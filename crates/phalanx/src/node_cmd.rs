@@ -85,6 +85,17 @@ pub struct NodeArgs {
     /// Accepted for etcd compatibility (logs go to stderr).
     #[arg(long)]
     pub logger: Option<String>,
+    // --- gateway (store-backed; see crates/gateway/src/store_config.rs) ---
+    /// Run an HTTP gateway on this address; its configuration is read and
+    /// watched in the replicated store at --gateway-config-key.
+    #[arg(long)]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Store key holding the gateway configuration (TOML).
+    #[arg(long)]
+    pub gateway_config_key: Option<String>,
+    /// Admin endpoint of this node's gateway (/metrics, /pools, /config).
+    #[arg(long)]
+    pub gateway_admin_listen: Option<SocketAddr>,
 }
 
 macro_rules! merge {
@@ -101,7 +112,8 @@ impl NodeArgs {
         merge!(self, file, name, data_dir, listen_client_urls, advertise_client_urls, listen_peer_urls,
             initial_advertise_peer_urls, initial_cluster, initial_cluster_state, initial_cluster_token,
             listen_metrics_urls, heartbeat_interval, election_timeout, snapshot_count, quota_backend_bytes,
-            max_request_bytes, max_txn_ops, request_timeout_ms, log_level, logger, enable_fault_injection);
+            max_request_bytes, max_txn_ops, request_timeout_ms, log_level, logger, enable_fault_injection,
+            gateway_listen, gateway_config_key, gateway_admin_listen);
         Ok(self)
     }
 }
@@ -253,16 +265,55 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         listen_client.join(",")
     );
 
+    // --- gateway: optional, configuration in the store (begin) ---
+    let gateway = match args.gateway_listen {
+        Some(listen) => Some(start_gateway(&args, &name, listen, &listen_client).await?),
+        None => None,
+    };
+    // --- gateway (end) ---
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
     eprintln!("phalanx node {name}: shutting down");
+    if let Some(g) = gateway {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), g.shutdown()).await;
+    }
     let _ = stop_tx.send(true);
     for s in servers {
         let _ = s.await;
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// Start this node's store-backed gateway; the store is reached through this
+/// node's own client listeners.
+async fn start_gateway(
+    args: &NodeArgs,
+    name: &str,
+    listen: SocketAddr,
+    listen_client: &[String],
+) -> anyhow::Result<gateway::store_config::StoreBackedGateway> {
+    let mut endpoints = Vec::new();
+    for u in listen_client {
+        let mut a = bind_addr("listen-client-urls", u)?;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        endpoints.push(format!("http://{a}"));
+    }
+    let key = args.gateway_config_key.clone().unwrap_or_else(|| gateway::store_config::DEFAULT_KEY.to_string());
+    let opts = gateway::store_config::StoreBackedOptions {
+        node_name: name.to_string(),
+        listen,
+        admin_listen: args.gateway_admin_listen,
+    };
+    let g = gateway::store_config::run_store_backed(endpoints, key.clone(), None, opts)
+        .await
+        .with_context(|| format!("starting the gateway on {listen}"))?;
+    eprintln!("phalanx node {name}: gateway listening on {listen} (configuration at store key {key}, state {})", g.status().state);
+    Ok(g)
 }

@@ -1,0 +1,450 @@
+//! Gateway configuration kept in the replicated store (etcd v3 API), applied
+//! live on every node.
+//!
+//! One key (default `/phalanx/gateway/config`) holds a TOML document with the
+//! schema of [`Config`]. Every node running a store-backed gateway gets the
+//! key, starts its gateway, then watches the key and applies every change
+//! with [`GatewayHandle::apply_config`] (no connection is dropped).
+//!
+//! Node-local settings override the shared document:
+//! * the listener named `default` is bound to the node's own listen address
+//!   (`--gateway-listen`); if the document has no `default` listener, one
+//!   with default settings is added. Other listeners are bound as written.
+//! * `admin_listen` is the node's own (`--gateway-admin-listen`); the value in
+//!   the document is ignored.
+//!
+//! Key absent (or deleted) → an empty configuration: the listener answers
+//! every request `503 no route`. A document that does not parse or validate,
+//! or that cannot be applied (e.g. a bind error), is rejected: it is logged
+//! with the field and the reason, the configuration in force stays, and the
+//! outcome is written as JSON to the sibling key `<key>/status/<node-name>`
+//! (`{"node", "state": "applied" | "rejected" | "empty", "revision",
+//! "error", "in_force_revision"}`), where an operator can read it with
+//! `etcdctl get --prefix <key>/status/`.
+//!
+//! State machine of the watcher task:
+//!
+//! ```text
+//! Connect ──ok──▶ Sync (get key, apply) ──▶ Watch (from revision+1) ──event──▶ apply ─┐
+//!    ▲  └─err─▶ Backoff (100 ms doubling, ≤ 5 s)                      ▲──────────────┘
+//!    └────────────┘            stream error / end ─▶ Backoff ─▶ Connect ─▶ Watch (resume from last revision+1)
+//!                              watch compacted     ─▶ Sync again
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use etcd_client::{Client, ConnectOptions, EventType, WatchOptions};
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, ListenerConfig, PoolConfig, RouteConfig};
+use crate::gateway::{Gateway, GatewayHandle};
+
+/// Default key of the shared gateway configuration.
+pub const DEFAULT_KEY: &str = "/phalanx/gateway/config";
+
+/// Name of the node-local listener bound to the node's listen address.
+pub const LOCAL_LISTENER: &str = "default";
+
+/// Node-local settings of a store-backed gateway.
+#[derive(Debug, Clone)]
+pub struct StoreBackedOptions {
+    /// Node name, used in the status key `<key>/status/<node_name>`.
+    pub node_name: String,
+    /// Address of the `default` listener on this node.
+    pub listen: SocketAddr,
+    /// Admin endpoint of this node's gateway (overrides the document's).
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// Outcome of the last configuration change seen in the store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStatus {
+    /// Node name.
+    pub node: String,
+    /// `starting`, `applied`, `rejected` or `empty` (key absent: 503 to every request).
+    pub state: String,
+    /// Store revision of the change this status is about (0 = not yet synced).
+    pub revision: i64,
+    /// Why the change was rejected.
+    pub error: Option<String>,
+    /// Store revision of the configuration in force (0 = empty / initial).
+    pub in_force_revision: i64,
+}
+
+/// A running store-backed gateway: the gateway and its watcher task.
+pub struct StoreBackedGateway {
+    gateway: GatewayHandle,
+    status: watch::Receiver<StoreStatus>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl StoreBackedGateway {
+    /// The gateway.
+    pub fn gateway(&self) -> &GatewayHandle {
+        &self.gateway
+    }
+
+    /// Outcome of the last configuration change.
+    pub fn status(&self) -> StoreStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Stop watching the store, then drain the gateway (bounded by `drain_timeout_ms`).
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        self.gateway.shutdown().await;
+    }
+}
+
+/// The configuration served while the key is absent: the local listener and
+/// one catch-all route to a pool without endpoints (every request → 503 `no route`).
+pub fn empty_config(opts: &StoreBackedOptions) -> Config {
+    let mut c = Config {
+        listeners: vec![ListenerConfig { name: LOCAL_LISTENER.into(), address: opts.listen, ..Default::default() }],
+        pools: vec![PoolConfig { name: "unconfigured".into(), panic_threshold_percent: 0, ..Default::default() }],
+        routes: vec![RouteConfig { pool: "unconfigured".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    c.admin_listen = opts.admin_listen;
+    c
+}
+
+/// Apply the node-local overrides (listener `default` address, `admin_listen`).
+pub fn localize(mut c: Config, opts: &StoreBackedOptions) -> Config {
+    match c.listeners.iter_mut().find(|l| l.name == LOCAL_LISTENER) {
+        Some(l) => l.address = opts.listen,
+        None => c
+            .listeners
+            .insert(0, ListenerConfig { name: LOCAL_LISTENER.into(), address: opts.listen, ..Default::default() }),
+    }
+    c.admin_listen = opts.admin_listen;
+    c
+}
+
+/// Parse a document from the store, apply the node-local overrides, validate.
+pub fn parse_document(text: &str, opts: &StoreBackedOptions) -> Result<Config, ConfigError> {
+    let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let c = localize(c, opts);
+    c.validate()?;
+    Ok(c)
+}
+
+fn status_key(key: &str, node: &str) -> String {
+    format!("{key}/status/{node}")
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+    // No per-request timeout on the channel: it would end the watch stream.
+    // Unary calls are bounded with tokio timeouts instead; keep-alive pings
+    // detect a dead connection under an idle watch.
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let c = tokio::time::timeout(RPC_TIMEOUT, Client::connect(endpoints, Some(opts)))
+        .await
+        .context("connecting to the store timed out")??;
+    Ok(c)
+}
+
+/// `(value, mod_revision)` of `key` (None if absent) and the store revision.
+async fn get_key(c: &mut Client, key: &str) -> anyhow::Result<(Option<(Vec<u8>, i64)>, i64)> {
+    let r = tokio::time::timeout(RPC_TIMEOUT, c.get(key, None)).await.context("get timed out")??;
+    let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+    let v = r.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+    Ok((v, rev))
+}
+
+/// Start a gateway whose configuration lives at `key` in the store reachable
+/// at `endpoints`, and keep it in sync (see the module documentation).
+///
+/// `initial` (node-local overrides applied) is served until the key has been
+/// read — it is replaced by [`empty_config`] if the key turns out absent; if
+/// None, the gateway starts empty. The first read is attempted before the
+/// gateway starts (bounded to a few seconds) so that an existing
+/// configuration is served from the first request.
+pub async fn run_store_backed(
+    endpoints: Vec<String>,
+    key: String,
+    initial: Option<Config>,
+    opts: StoreBackedOptions,
+) -> anyhow::Result<StoreBackedGateway> {
+    let mut st = StoreStatus {
+        node: opts.node_name.clone(),
+        state: "starting".into(),
+        revision: 0,
+        error: None,
+        in_force_revision: 0,
+    };
+    let mut start_cfg = initial.map(|c| localize(c, &opts)).unwrap_or_else(|| empty_config(&opts));
+    let mut client = None;
+    let mut rev = None;
+    // First read, bounded: the store may still be electing a leader.
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut c = connect(&endpoints).await?;
+        let r = get_key(&mut c, &key).await?;
+        anyhow::Ok((c, r))
+    })
+    .await;
+    if let Ok(Ok((c, (value, header_rev)))) = first {
+        client = Some(c);
+        rev = Some(header_rev);
+        match value {
+            None => {
+                start_cfg = empty_config(&opts);
+                st.state = "empty".into();
+                st.revision = header_rev;
+            }
+            Some((v, mod_rev)) => {
+                st.revision = mod_rev;
+                match std::str::from_utf8(&v).map_err(|e| e.to_string()).and_then(|t| parse_document(t, &opts).map_err(|e| e.to_string())) {
+                    Ok(c) => {
+                        start_cfg = c;
+                        st.state = "applied".into();
+                        st.in_force_revision = mod_rev;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, revision = mod_rev, error = %e, "gateway configuration in the store rejected; starting with the initial configuration");
+                        st.state = "rejected".into();
+                        st.error = Some(e);
+                    }
+                }
+            }
+        }
+    }
+    // A document that validates may still fail to start (bind error): fall back.
+    let gateway = match Gateway::start(start_cfg).await {
+        Ok(g) => g,
+        Err(e) if st.state == "applied" => {
+            tracing::warn!(%key, error = %e, "gateway configuration in the store cannot be started; starting empty");
+            st.state = "rejected".into();
+            st.error = Some(e.to_string());
+            st.in_force_revision = 0;
+            Gateway::start(empty_config(&opts)).await.context("starting the gateway")?
+        }
+        Err(e) => return Err(e).context("starting the gateway"),
+    };
+    if let Some(c) = client.as_mut() {
+        if st.state != "starting" {
+            write_status(c, &key, &st).await;
+        }
+    }
+    let (status_tx, status_rx) = watch::channel(st.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let w = Watcher { endpoints, key, opts, gateway: gateway.clone(), status: status_tx, st };
+    let task = tokio::spawn(w.run(client, rev, stop_rx));
+    Ok(StoreBackedGateway { gateway, status: status_rx, stop: stop_tx, task: Mutex::new(Some(task)) })
+}
+
+async fn write_status(c: &mut Client, key: &str, st: &StoreStatus) {
+    let k = status_key(key, &st.node);
+    let v = serde_json::to_string(st).unwrap_or_default();
+    match tokio::time::timeout(RPC_TIMEOUT, c.put(k.clone(), v, None)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(key = %k, error = %e, "cannot write gateway status"),
+        Err(_) => tracing::debug!(key = %k, "writing gateway status timed out"),
+    }
+}
+
+struct Watcher {
+    endpoints: Vec<String>,
+    key: String,
+    opts: StoreBackedOptions,
+    gateway: GatewayHandle,
+    status: watch::Sender<StoreStatus>,
+    st: StoreStatus,
+}
+
+impl Watcher {
+    /// Apply one change (None = key deleted) seen at store revision `rev`.
+    async fn apply(&mut self, c: &mut Client, value: Option<&[u8]>, rev: i64) {
+        self.st.revision = rev;
+        let result = match value {
+            None => self.gateway.apply_config(empty_config(&self.opts)).map_err(|e| e.to_string()).map(|_| "empty"),
+            Some(v) => std::str::from_utf8(v)
+                .map_err(|e| format!("invalid configuration syntax: not UTF-8: {e}"))
+                .and_then(|t| parse_document(t, &self.opts).map_err(|e| e.to_string()))
+                .and_then(|cfg| self.gateway.apply_config(cfg).map_err(|e| e.to_string()))
+                .map(|_| "applied"),
+        };
+        match result {
+            Ok(state) => {
+                tracing::info!(key = %self.key, revision = rev, state, "gateway configuration from the store applied");
+                self.st.state = state.into();
+                self.st.error = None;
+                self.st.in_force_revision = if value.is_some() { rev } else { 0 };
+            }
+            Err(e) => {
+                tracing::warn!(
+                    key = %self.key, revision = rev, error = %e,
+                    "gateway configuration rejected; the configuration in force stays"
+                );
+                self.st.state = "rejected".into();
+                self.st.error = Some(e);
+            }
+        }
+        self.status.send_replace(self.st.clone());
+        write_status(c, &self.key, &self.st).await;
+    }
+
+    async fn run(mut self, mut client: Option<Client>, mut rev: Option<i64>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let step = self.session(&mut client, &mut rev, &mut stop, &mut backoff).await;
+            if let Err(e) = step {
+                tracing::debug!(key = %self.key, error = %format!("{e:#}"), "store watch interrupted; reconnecting");
+                client = None;
+            }
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(backoff)) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Connect (if needed), sync (if needed), then follow the watch until it
+    /// breaks. `rev` is the last store revision reflected in the gateway.
+    async fn session(
+        &mut self,
+        client: &mut Option<Client>,
+        rev: &mut Option<i64>,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Duration,
+    ) -> anyhow::Result<()> {
+        if client.is_none() {
+            *client = Some(connect(&self.endpoints).await?);
+        }
+        let c = client.as_mut().unwrap();
+        if rev.is_none() {
+            let (value, header_rev) = get_key(c, &self.key).await?;
+            match value {
+                Some((v, mod_rev)) => self.apply(c, Some(&v), mod_rev).await,
+                None => self.apply(c, None, header_rev).await,
+            }
+            *rev = Some(header_rev);
+        }
+        let start = rev.unwrap() + 1;
+        let mut stream = tokio::time::timeout(
+            RPC_TIMEOUT,
+            c.watch(self.key.as_str(), Some(WatchOptions::new().with_start_revision(start))),
+        )
+        .await
+        .context("creating the watch timed out")??;
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m?,
+                _ = stop.changed() => return Ok(()),
+            };
+            let Some(resp) = msg else { anyhow::bail!("watch stream ended") };
+            if resp.created() {
+                *backoff = BACKOFF_MIN;
+            }
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    // History was compacted past our revision: read the key again.
+                    *rev = None;
+                }
+                anyhow::bail!("watch canceled: {} (compact revision {})", resp.cancel_reason(), resp.compact_revision());
+            }
+            // Only the last change of a batch matters, but each one is a
+            // configuration an operator wrote: apply them in order.
+            let events: Vec<_> = resp
+                .events()
+                .iter()
+                .filter_map(|ev| {
+                    let kv = ev.kv()?;
+                    Some((ev.event_type(), kv.value().to_vec(), kv.mod_revision()))
+                })
+                .collect();
+            for (ty, value, mod_rev) in events {
+                if mod_rev <= rev.unwrap_or(0) {
+                    continue;
+                }
+                match ty {
+                    EventType::Put => self.apply(c, Some(&value), mod_rev).await,
+                    EventType::Delete => self.apply(c, None, mod_rev).await,
+                }
+                *rev = Some(mod_rev);
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> StoreBackedOptions {
+        StoreBackedOptions {
+            node_name: "n1".into(),
+            listen: "127.0.0.1:18080".parse().unwrap(),
+            admin_listen: Some("127.0.0.1:18081".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn document_without_listeners_gets_the_local_one() {
+        let c = parse_document(
+            "[[pools]]\nname = \"p\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\npool = \"p\"\n",
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].name, LOCAL_LISTENER);
+        assert_eq!(c.listeners[0].address, opts().listen);
+        assert_eq!(c.admin_listen, opts().admin_listen);
+    }
+
+    #[test]
+    fn default_listener_address_and_admin_are_node_local() {
+        let c = parse_document(
+            "admin_listen = \"10.0.0.1:1\"\n[[listeners]]\nname = \"default\"\naddress = \"10.0.0.1:80\"\nmax_connections = 7\n\
+             [[pools]]\nname = \"p\"\n[[routes]]\npool = \"p\"\n",
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].address, opts().listen);
+        assert_eq!(c.listeners[0].max_connections, 7);
+        assert_eq!(c.admin_listen, opts().admin_listen);
+    }
+
+    #[test]
+    fn invalid_documents_name_field_and_reason() {
+        let e = parse_document(
+            "[[pools]]\nname = \"p\"\nendpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]\n[[routes]]\npool = \"p\"\n",
+            &opts(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pools[0].endpoints[0].weight"), "{e}");
+        let e = parse_document("[[pools]\n", &opts()).unwrap_err().to_string();
+        assert!(e.contains("syntax"), "{e}");
+        empty_config(&opts()).validate().unwrap();
+    }
+}
