@@ -16,6 +16,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // SUBCOMMANDS (each helper adds its own line here)
+    /// Run a sample HTTP backend answering with its name (used by the demo)
+    #[command(hide = true)]
+    SampleBackend(demo::SampleBackendArgs),
+    /// Inject faults into a cluster under load and judge the result
+    Drill(drill::DrillArgs),
     /// Check a history for linearizability (or --watch / --leases logs)
     Check(linearizability::cli::CheckArgs),
     /// Benchmark an etcd-v3 endpoint set (real etcd or phalanx)
@@ -47,6 +52,8 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
+        Command::SampleBackend(args) => demo::run_sample_backend(args),
+        Command::Drill(args) => std::process::exit(drill::run_blocking(args)),
         Command::Check(args) => std::process::exit(linearizability::cli::run(args)),
         Command::Bench(args) => bench::run_blocking(args),
         Command::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(node_cmd::run(args)),

@@ -1,0 +1,585 @@
+//! `phalanx drill`: run a checked workload against an etcd-v3 cluster while
+//! injecting faults, then judge the result.
+//!
+//! # Main types
+//!
+//! * [`DrillArgs`] — the command line. Either `--local N` (the drill starts
+//!   its own cluster of child `phalanx node` processes, see
+//!   [`cluster::LocalCluster`]) or `--endpoints` + `--admin-endpoints` (a live
+//!   cluster, faults only through its fault-injection admin API, or iptables
+//!   inside network namespaces with `--netns`).
+//! * [`faults::FaultKind`] — what can be injected (kill-leader, kill-all,
+//!   partition-leader, partition-minority, partition-one-way, pause-follower,
+//!   pause-leader, delay); [`faults::Backend`] carries it out and
+//!   [`faults::FaultWindow`] records when it was in force.
+//! * [`workload`] — the clients: sequential read/write/cas clients pinned
+//!   round-robin to the endpoints, one resuming prefix watcher, one lease
+//!   client; everything is logged by a [`recorder::Recorder`] in the formats
+//!   of docs/history-format.md.
+//! * [`report::Summary`] — the judgement: operation counts, availability,
+//!   longest write gap, lost acknowledged writes, and the linearizability,
+//!   watch and lease verdicts of the `linearizability` crate's checkers;
+//!   rendered as `report.md`, `timeline.svg` and `summary.json`.
+//! * [`DrillError`] — why a drill could not run (usage errors exit 2).
+//!
+//! [`run_blocking`] is the entry point of `phalanx drill`: exit 0 when every
+//! verdict passes, 1 when one fails (or the drill could not run), 2 on
+//! usage errors. See docs/drill.md.
+
+pub mod admin;
+pub mod cluster;
+pub mod faults;
+pub mod recorder;
+pub mod report;
+pub mod workload;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::faults::{Backend, FaultKind, FaultWindow};
+use crate::recorder::{Func, OpStatus, Recorder};
+use crate::report::{Summary, Verdict};
+use crate::workload::{WatchProgress, WorkloadConfig};
+
+/// Largest local cluster, in members.
+pub const MAX_LOCAL_MEMBERS: usize = 9;
+/// Most concurrent workload clients.
+pub const MAX_CLIENTS: usize = 256;
+/// Most keys in the key space.
+pub const MAX_KEYS: usize = 10_000;
+/// Shortest drill, in ms.
+pub const MIN_DURATION_MS: u64 = 1_000;
+/// Bound on the final phase (final reads, watch catch-up, lease revoke), in ms.
+pub const FINAL_PHASE_TIMEOUT_MS: u64 = 30_000;
+/// Bound on waiting for a leader before the workload starts, in ms.
+pub const START_LEADER_TIMEOUT_MS: u64 = 30_000;
+
+/// Why a drill could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// Bad command line (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error("{what}: {source}")]
+    Io { what: String, #[source] source: std::io::Error },
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("admin API {url}: {detail}")]
+    Admin { url: String, detail: String },
+    #[error("fault injection: {0}")]
+    Fault(String),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 2m)"))
+}
+
+/// `phalanx drill`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DrillArgs {
+    /// Start a local cluster of N `phalanx node` child processes (free ports, temporary data) and drill it.
+    #[arg(long, value_name = "N", conflicts_with = "endpoints")]
+    pub local: Option<usize>,
+    /// Client URLs of a live cluster to drill (comma-separated).
+    #[arg(long, value_name = "URLS")]
+    pub endpoints: Option<String>,
+    /// Admin (metrics) URLs of the same members, same order (comma-separated); faults go through their /fault API.
+    #[arg(long, value_name = "URLS")]
+    pub admin_endpoints: Option<String>,
+    /// With --endpoints: inject network faults with iptables DROP rules inside these network namespaces (one per member, same order) instead of /fault.
+    #[arg(long, value_name = "NAMES", requires = "endpoints")]
+    pub netns: Option<String>,
+    /// With --endpoints: process ids of the members (same order), if they run on this host; enables pause-* faults.
+    #[arg(long, value_name = "PIDS", requires = "endpoints")]
+    pub pids: Option<String>,
+    /// Faults to inject, in order, one window at a time (comma-separated, or `none`):
+    /// kill-leader, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay.
+    #[arg(long, default_value = "kill-leader,partition-leader,pause-follower")]
+    pub faults: String,
+    /// Length of the drill (workload period), e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Length of each fault window in ms (default: half of each fault's share of the duration, at most 10000).
+    #[arg(long, value_name = "MS")]
+    pub fault_window_ms: Option<u64>,
+    /// Peer message delay of the `delay` fault, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub delay_ms: u64,
+    /// Directory for history.jsonl, report.md, timeline.svg and the other logs (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub report: PathBuf,
+    /// Concurrent workload clients (each pinned to one endpoint, round-robin).
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Size of the key space.
+    #[arg(long, default_value_t = 8)]
+    pub keys: usize,
+    /// Per-operation timeout in ms; a timed-out operation is indeterminate.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub op_timeout_ms: u64,
+    /// Pause of each client between operations, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    pub think_ms: u64,
+    /// TTL of the lease client's lease, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub lease_ttl_secs: i64,
+    /// Wall-clock budget of the linearizability check in ms (exceeded = verdict UNKNOWN).
+    #[arg(long, value_name = "MS", default_value_t = 120_000)]
+    pub check_timeout_ms: u64,
+    /// Start local members with a planted bug (skip-read-index | ack-before-fsync), to show the drill catches it. Tests only.
+    #[arg(long, hide = true, requires = "local")]
+    pub unsafe_planted_bug: Option<String>,
+}
+
+fn split(s: &str) -> Vec<String> {
+    s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+}
+
+/// Validated settings.
+struct Plan {
+    faults: Vec<FaultKind>,
+    endpoints: Vec<String>,
+    admin: Vec<String>,
+    netns: Option<Vec<String>>,
+    pids: Option<Vec<u32>>,
+}
+
+fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
+    let u = |s: String| DrillError::Usage(s);
+    let faults = faults::parse_faults(&args.faults).map_err(|e| u(format!("--faults: {e}")))?;
+    if (args.duration.as_millis() as u64) < MIN_DURATION_MS {
+        return Err(u(format!("--duration must be at least {MIN_DURATION_MS} ms")));
+    }
+    if args.clients == 0 || args.clients > MAX_CLIENTS {
+        return Err(u(format!("--clients must be between 1 and {MAX_CLIENTS}")));
+    }
+    if args.keys == 0 || args.keys > MAX_KEYS {
+        return Err(u(format!("--keys must be between 1 and {MAX_KEYS}")));
+    }
+    if args.op_timeout_ms == 0 {
+        return Err(u("--op-timeout-ms must be positive".into()));
+    }
+    if args.lease_ttl_secs < 2 {
+        return Err(u("--lease-ttl-secs must be at least 2".into()));
+    }
+    if args.delay_ms > 60_000 {
+        return Err(u("--delay-ms must be at most 60000".into()));
+    }
+    if let Some(b) = &args.unsafe_planted_bug {
+        if b != "skip-read-index" && b != "ack-before-fsync" {
+            return Err(u(format!("--unsafe-planted-bug {b:?}: expected skip-read-index or ack-before-fsync")));
+        }
+    }
+    match (args.local, &args.endpoints) {
+        (Some(n), None) => {
+            if n == 0 || n > MAX_LOCAL_MEMBERS {
+                return Err(u(format!("--local must be between 1 and {MAX_LOCAL_MEMBERS}")));
+            }
+            if args.admin_endpoints.is_some() {
+                return Err(u("--admin-endpoints is only for --endpoints (a --local cluster has its own)".into()));
+            }
+            if let Some(k) = faults.iter().find(|k| **k == FaultKind::PartitionOneWay) {
+                return Err(u(format!("fault {k} needs real packet filtering: use --endpoints with --netns (the /fault API cuts both directions)")));
+            }
+            Ok(Plan { faults, endpoints: vec![], admin: vec![], netns: None, pids: None })
+        }
+        (None, Some(e)) => {
+            let endpoints = split(e);
+            if endpoints.is_empty() {
+                return Err(u("--endpoints is empty".into()));
+            }
+            for ep in &endpoints {
+                admin::host_port(ep).map_err(|e| u(format!("--endpoints: {e}")))?;
+            }
+            let admin = args.admin_endpoints.as_deref().map(split).unwrap_or_default();
+            for a in &admin {
+                admin::host_port(a).map_err(|e| u(format!("--admin-endpoints: {e}")))?;
+            }
+            if !admin.is_empty() && admin.len() != endpoints.len() {
+                return Err(u(format!("--admin-endpoints has {} entries but --endpoints has {}: give one per member, same order", admin.len(), endpoints.len())));
+            }
+            let netns = args.netns.as_deref().map(split);
+            if let Some(ns) = &netns {
+                if ns.len() != endpoints.len() {
+                    return Err(u(format!("--netns has {} entries but --endpoints has {}", ns.len(), endpoints.len())));
+                }
+            }
+            let pids = match args.pids.as_deref().map(split) {
+                None => None,
+                Some(p) => {
+                    let v: Result<Vec<u32>, _> = p.iter().map(|x| x.parse::<u32>()).collect();
+                    let v = v.map_err(|e| u(format!("--pids: {e}")))?;
+                    if v.len() != endpoints.len() {
+                        return Err(u(format!("--pids has {} entries but --endpoints has {}", v.len(), endpoints.len())));
+                    }
+                    Some(v)
+                }
+            };
+            let probe = Backend::Remote { names: vec![], admin: admin.clone(), netns: netns.clone(), pids: pids.clone() };
+            for k in &faults {
+                probe.supports(*k).map_err(u)?;
+            }
+            Ok(Plan { faults, endpoints, admin, netns, pids })
+        }
+        (Some(_), Some(_)) => Err(u("give either --local N or --endpoints, not both".into())),
+        (None, None) => Err(u("give --local N (start a cluster) or --endpoints URLS (drill a live one)".into())),
+    }
+}
+
+/// Entry point of `phalanx drill`: runs the drill on a fresh runtime and
+/// returns the process exit code (0 pass, 1 fail or error, 2 usage error).
+pub fn run_blocking(args: DrillArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drill: error: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(s) => {
+            println!("{}", s.verdict_line());
+            if s.passed {
+                0
+            } else {
+                1
+            }
+        }
+        Err(DrillError::Usage(m)) => {
+            eprintln!("drill: usage error: {m}");
+            2
+        }
+        Err(e) => {
+            eprintln!("drill: error: {e}");
+            1
+        }
+    }
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), DrillError> {
+    let p = dir.join(name);
+    std::fs::write(&p, text).map_err(|e| DrillError::Io { what: format!("writing {}", p.display()), source: e })
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Run a drill and judge it (files are written to `args.report`).
+pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
+    let plan = validate(&args)?;
+    let dir = args.report.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| DrillError::Io { what: format!("creating {}", dir.display()), source: e })?;
+    let start = Instant::now();
+    let rec = Arc::new(Recorder::new(start));
+
+    let mut backend = match args.local {
+        Some(n) => {
+            let exe = std::env::current_exe().map_err(|e| DrillError::Io { what: "locating the phalanx binary".into(), source: e })?;
+            let c = cluster::LocalCluster::start(n, &exe, &dir.join("logs"), args.unsafe_planted_bug.as_deref()).await?;
+            Backend::Local(c)
+        }
+        None => {
+            let names = (1..=plan.endpoints.len()).map(|i| format!("m{i}")).collect();
+            Backend::Remote { names, admin: plan.admin.clone(), netns: plan.netns.clone(), pids: plan.pids.clone() }
+        }
+    };
+    let endpoints = match &backend {
+        Backend::Local(c) => c.client_urls(),
+        Backend::Remote { .. } => plan.endpoints.clone(),
+    };
+    if let Backend::Remote { admin, netns, .. } = &backend {
+        let needs_api = plan.faults.iter().any(|k| matches!(k, FaultKind::Delay) || (netns.is_none() && matches!(k, FaultKind::PartitionLeader | FaultKind::PartitionMinority)));
+        if needs_api {
+            for a in admin {
+                if !admin::fault_injection_enabled(a).await? {
+                    return Err(DrillError::Usage(format!("{a}: /fault is disabled: start the members with --enable-fault-injection")));
+                }
+            }
+        }
+    }
+    let names = backend.names();
+    if !backend.admin_urls().is_empty() && backend.wait_leader(Duration::from_millis(START_LEADER_TIMEOUT_MS)).await.is_none() {
+        return Err(DrillError::Cluster(format!("no leader within {START_LEADER_TIMEOUT_MS} ms")));
+    }
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let cfg = Arc::new(WorkloadConfig {
+        endpoints: endpoints.clone(),
+        clients: args.clients,
+        keys: args.keys,
+        op_timeout: Duration::from_millis(args.op_timeout_ms),
+        think: Duration::from_millis(args.think_ms),
+        prefix: format!("drill/{run_id}/"),
+        lease_ttl_secs: args.lease_ttl_secs,
+    });
+    let start_rev = workload::current_revision(&cfg, tokio::time::Instant::now() + Duration::from_millis(START_LEADER_TIMEOUT_MS))
+        .await
+        .ok_or_else(|| DrillError::Cluster("could not read the current revision".into()))?
+        + 1;
+
+    // Workload.
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let stop_lease = Arc::new(AtomicBool::new(false));
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(WatchProgress::default());
+    let workload_start_us = rec.now_us();
+    let mut clients = Vec::new();
+    for i in 0..args.clients {
+        clients.push(tokio::spawn(workload::run_client(i, cfg.clone(), rec.clone(), stop_clients.clone())));
+    }
+    let watcher = tokio::spawn(workload::run_watcher(cfg.clone(), start_rev, rec.clone(), progress.clone(), stop_watch.clone()));
+    let lease = tokio::spawn(workload::run_lease_client(cfg.clone(), rec.clone(), stop_lease.clone(), Duration::from_millis(FINAL_PHASE_TIMEOUT_MS / 2)));
+
+    // Faults.
+    let windows = run_faults(&mut backend, &plan.faults, &args, &rec, workload_start_us).await;
+    let run_end = Duration::from_micros(workload_start_us) + args.duration;
+    if let Some(rest) = run_end.checked_sub(start.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let workload_end_us = rec.now_us();
+    backend.heal_everything().await;
+    if let Backend::Local(c) = &mut backend {
+        for i in 0..c.members.len() {
+            let _ = c.wait_healthy(i).await;
+        }
+    }
+    stop_clients.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    stop_lease.store(true, Ordering::Relaxed);
+
+    // Final phase.
+    let final_deadline = tokio::time::Instant::now() + Duration::from_millis(FINAL_PHASE_TIMEOUT_MS);
+    let finals = workload::final_reads(&cfg, &rec, final_deadline).await;
+    let lease_final_ok = lease.await.unwrap_or(false);
+    let target_rev = rec.max_revision();
+    while progress.last_revision.load(Ordering::Relaxed) < target_rev && tokio::time::Instant::now() < final_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let watch_caught_up = progress.last_revision.load(Ordering::Relaxed) >= target_rev;
+    stop_watch.store(true, Ordering::Relaxed);
+    watcher.abort();
+    let _ = watcher.await;
+
+    // Judge.
+    let recd = rec.take();
+    let finals_complete = (0..cfg.keys).all(|i| finals.contains_key(&cfg.key(i)));
+    let scenario = if plan.faults.is_empty() { "none".to_string() } else { plan.faults.iter().map(|k| k.name()).collect::<Vec<_>>().join(",") };
+    let mut summary = report::analyze(&report::Inputs {
+        scenario,
+        members: names.clone(),
+        ops: &recd.ops,
+        workload_start_us,
+        workload_end_us,
+        windows: windows.clone(),
+        finals: finals_complete.then_some(finals.clone()),
+        keys: (0..cfg.keys).map(|i| cfg.key(i)).collect(),
+    });
+
+    let history = recd.history.join("\n") + "\n";
+    write_file(&dir, "history.jsonl", &history)?;
+    judge_history(&history, &args, &mut summary);
+
+    let watch_log = watch_log(&recd);
+    write_file(&dir, "watch.jsonl", &watch_log)?;
+    summary.watch_events = recd.watch.iter().filter(|l| l.contains("\"kind\":\"event\"")).count() as u64;
+    match linearizability::check_watch(watch_log.as_bytes()) {
+        Ok(v) if v.is_empty() && watch_caught_up => {
+            summary.watch = Verdict::Pass;
+            summary.watch_detail = format!("{} events; every acknowledged change delivered once, in order", summary.watch_events);
+        }
+        Ok(v) if v.is_empty() => {
+            summary.watch = Verdict::Fail;
+            summary.watch_detail = format!(
+                "the watcher did not catch up: delivered up to revision {} but revision {target_rev} was acknowledged",
+                progress.last_revision.load(Ordering::Relaxed)
+            );
+        }
+        Ok(v) => {
+            summary.watch = Verdict::Fail;
+            summary.watch_detail = format!("{} violations\n{}", v.len(), v.iter().take(20).map(|x| x.to_string()).collect::<Vec<_>>().join("\n"));
+        }
+        Err(e) => {
+            summary.watch = Verdict::Unknown;
+            summary.watch_detail = format!("watch log malformed: {e}");
+        }
+    }
+
+    let lease_log = recd.leases.join("\n") + "\n";
+    write_file(&dir, "leases.jsonl", &lease_log)?;
+    summary.lease_reads = recd.leases.iter().filter(|l| l.contains("\"kind\":\"read\"")).count() as u64;
+    match linearizability::check_leases(lease_log.as_bytes(), linearizability::LeaseOptions::default()) {
+        Ok(v) if v.is_empty() && lease_final_ok && summary.lease_reads > 0 => {
+            summary.leases = Verdict::Pass;
+            summary.leases_detail = format!("{} reads; key present while kept alive, gone after revoke", summary.lease_reads);
+        }
+        Ok(v) if v.is_empty() => {
+            summary.leases = Verdict::Unknown;
+            summary.leases_detail = "no violation seen, but the final revoke-and-read check could not be made".into();
+        }
+        Ok(v) => {
+            summary.leases = Verdict::Fail;
+            summary.leases_detail = format!("{} violations\n{}", v.len(), v.iter().take(20).map(|x| x.to_string()).collect::<Vec<_>>().join("\n"));
+        }
+        Err(e) => {
+            summary.leases = Verdict::Unknown;
+            summary.leases_detail = format!("lease log malformed: {e}");
+        }
+    }
+
+    summary.passed = [summary.linearizable, summary.watch, summary.leases, summary.lost_writes_verdict].iter().all(|v| *v == Verdict::Pass);
+    let settings = vec![
+        ("cluster".to_string(), match args.local { Some(n) => format!("local, {n} members (child processes)"), None => format!("live: {}", endpoints.join(", ")) }),
+        ("faults".into(), args.faults.clone()),
+        ("duration".into(), humantime::format_duration(args.duration).to_string()),
+        ("clients".into(), format!("{} (pinned round-robin to the endpoints)", args.clients)),
+        ("keys".into(), args.keys.to_string()),
+        ("op timeout".into(), format!("{} ms", args.op_timeout_ms)),
+        ("lease TTL".into(), format!("{} s", args.lease_ttl_secs)),
+        ("planted bug".into(), args.unsafe_planted_bug.clone().unwrap_or_else(|| "none".into())),
+    ];
+    write_file(&dir, "report.md", &report::render_markdown(&summary, &settings))?;
+    write_file(&dir, "timeline.svg", &report::render_svg(&recd.ops, &windows, workload_end_us, &format!("phalanx drill: {}", summary.scenario)))?;
+    write_file(&dir, "summary.json", &serde_json::to_string_pretty(&summary).unwrap_or_default())?;
+    drop(backend);
+    Ok(summary)
+}
+
+fn judge_history(history: &str, args: &DrillArgs, summary: &mut Summary) {
+    match linearizability::History::parse_str(history) {
+        Err(e) => {
+            summary.linearizable = Verdict::Unknown;
+            summary.linearizable_detail = format!("history malformed: {e}");
+        }
+        Ok(h) => {
+            let limits = linearizability::Limits { timeout: Some(Duration::from_millis(args.check_timeout_ms)) };
+            match linearizability::check(&h, &limits) {
+                linearizability::Outcome::Linearizable => {
+                    summary.linearizable = Verdict::Pass;
+                    summary.linearizable_detail = format!("{} operations linearizable", h.ops.len());
+                }
+                linearizability::Outcome::NotLinearizable(v) => {
+                    summary.linearizable = Verdict::Fail;
+                    let keys: Vec<&str> = v.iter().map(|x| x.key.as_str()).collect();
+                    summary.linearizable_detail =
+                        format!("not linearizable on {} key(s): {}\n{}", v.len(), keys.join(", "), v.iter().take(3).map(|x| x.to_string()).collect::<Vec<_>>().join("\n"));
+                }
+                linearizability::Outcome::Unknown { key, checked_keys, total_keys } => {
+                    summary.linearizable = Verdict::Unknown;
+                    summary.linearizable_detail = format!("check ran out of time ({} ms) on key {key} after {checked_keys} of {total_keys} keys", args.check_timeout_ms);
+                }
+            }
+        }
+    }
+}
+
+/// The watch log to check: commits of every acknowledged write (revision
+/// from its response), then the watcher's records. A watch event carrying
+/// the unique value of an *indeterminate* write of the same key is that
+/// write taking effect: it becomes a commit too (revision from the event),
+/// so it is not mistaken for a phantom.
+fn watch_log(r: &recorder::Recorded) -> String {
+    let mut lines = Vec::new();
+    let mut known: HashSet<(i64, String)> = HashSet::new();
+    for o in r.ops.iter().filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas)) {
+        if let (Some(rev), Some(v)) = (o.revision, &o.value) {
+            if known.insert((rev, o.key.clone())) {
+                lines.push(json!({"kind": "commit", "revision": rev, "key": o.key, "type": "put", "value": v}).to_string());
+            }
+        }
+    }
+    let info: HashMap<(&str, &str), ()> = r
+        .ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Info && matches!(o.f, Func::Write | Func::Cas))
+        .filter_map(|o| Some(((o.key.as_str(), o.value.as_deref()?), ())))
+        .collect();
+    for l in &r.watch {
+        let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
+        if v["kind"] != "event" {
+            continue;
+        }
+        let (Some(key), Some(val), Some(rev)) = (v["key"].as_str(), v["value"].as_str(), v["revision"].as_i64()) else { continue };
+        if info.contains_key(&(key, val)) && known.insert((rev, key.to_string())) {
+            lines.push(json!({"kind": "commit", "revision": rev, "key": key, "type": "put", "value": val}).to_string());
+        }
+    }
+    lines.extend(r.watch.iter().cloned());
+    lines.join("\n") + "\n"
+}
+
+/// Run the fault schedule; returns the windows. The duration (after a
+/// warm-up of min(1 s, D/10) and before a cool-down of min(3 s, D/10)) is
+/// split into one slot per fault; each window opens at the start of its slot
+/// and lasts `--fault-window-ms` or half the slot (at most 10 s); the rest of
+/// the slot is recovery.
+async fn run_faults(backend: &mut Backend, kinds: &[FaultKind], args: &DrillArgs, rec: &Recorder, workload_start_us: u64) -> Vec<FaultWindow> {
+    let mut windows = Vec::new();
+    if kinds.is_empty() {
+        return windows;
+    }
+    let d = ms(args.duration);
+    let warm = (d / 10).min(1_000);
+    let cool = (d / 10).min(3_000);
+    let slot = (d - warm - cool) / kinds.len() as u64;
+    let win = args.fault_window_ms.unwrap_or((slot / 2).min(10_000)).min(slot.saturating_sub(100)).max(100);
+    let names = backend.names();
+    let base_ms = workload_start_us / 1000;
+    for (i, &kind) in kinds.iter().enumerate() {
+        let planned = base_ms + warm + i as u64 * slot;
+        let now = rec.now_ms() as u64;
+        if planned > now {
+            tokio::time::sleep(Duration::from_millis(planned - now)).await;
+        }
+        let leader = backend.wait_leader(Duration::from_millis(faults::LEADER_WAIT_MS)).await;
+        let start_ms = rec.now_ms() as u64;
+        let Some(leader) = leader else {
+            windows.push(FaultWindow {
+                kind,
+                targets: vec![],
+                start_ms,
+                end_ms: start_ms,
+                leader_before: None,
+                leader_during: None,
+                new_leader_elected: false,
+                note: Some(format!("skipped: no leader within {} ms", faults::LEADER_WAIT_MS)),
+            });
+            continue;
+        };
+        let (targets, active, note) = match backend.inject(kind, leader, args.delay_ms).await {
+            Ok((t, a)) => (t, a, None),
+            Err(e) => (vec![], faults::Active::Nothing, Some(format!("injection failed: {e}"))),
+        };
+        let start_ms = rec.now_ms() as u64;
+        let mut during = None;
+        let mut new_leader = false;
+        let end_at = tokio::time::Instant::now() + Duration::from_millis(win);
+        while tokio::time::Instant::now() < end_at {
+            let left = end_at - tokio::time::Instant::now();
+            if let Ok(Some(l)) = tokio::time::timeout(left, backend.leader()).await {
+                during = Some(l);
+                new_leader |= l != leader;
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(end_at.saturating_duration_since(tokio::time::Instant::now()))).await;
+        }
+        let end_ms = rec.now_ms() as u64;
+        let heal_note = backend.heal(active).await.err().map(|e| format!("heal failed: {e}"));
+        windows.push(FaultWindow {
+            kind,
+            targets: targets.iter().map(|&t| names[t].clone()).collect(),
+            start_ms,
+            end_ms,
+            leader_before: Some(names[leader].clone()),
+            leader_during: during.map(|l| names[l].clone()),
+            new_leader_elected: new_leader,
+            note: note.or(heal_note),
+        });
+    }
+    windows
+}

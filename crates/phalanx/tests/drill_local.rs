@@ -1,0 +1,141 @@
+//! `phalanx drill --local`: the drill starts its own cluster, injects faults,
+//! and judges the run. Clean runs must pass; planted bugs must be caught.
+//! Drills run one at a time (they are timing-sensitive on small machines).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn drill(args: &[&str]) -> Run {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("report");
+    let out = Command::new(BIN).arg("drill").args(args).arg("--report").arg(&dir).output().expect("running phalanx drill");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        dir,
+        _tmp: tmp,
+    };
+    // The verdict line, for CI logs.
+    for l in r.stdout.lines().filter(|l| l.starts_with("drill: ")) {
+        println!("{l}");
+    }
+    r
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json written");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn explain(r: &Run) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}\nreport:\n{}",
+        r.code,
+        r.stdout,
+        r.stderr,
+        std::fs::read_to_string(r.dir.join("report.md")).unwrap_or_default()
+    )
+}
+
+#[test]
+fn drill_kill_partition_pause_passes_and_writes_a_report() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = drill(&["--local", "3", "--faults", "kill-leader,partition-leader,pause-follower", "--duration", "20s"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let s = summary(&r.dir);
+    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
+        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
+    }
+    assert!(s["total"]["ok"].as_u64().unwrap() > 100, "too few successful operations: {}", explain(&r));
+    assert!(s["acknowledged_writes"].as_u64().unwrap() > 10);
+    assert!(s["watch_events"].as_u64().unwrap() > 10);
+    let windows = s["windows"].as_array().unwrap();
+    let kinds: Vec<&str> = windows.iter().map(|w| w["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["kill-leader", "partition-leader", "pause-follower"]);
+    for w in windows {
+        assert!(w["end_ms"].as_u64().unwrap() > w["start_ms"].as_u64().unwrap(), "empty window {w}");
+        assert!(w["note"].is_null(), "fault not injected cleanly: {w}");
+    }
+    // Killing or isolating the leader must elect another one.
+    assert_eq!(windows[0]["new_leader_elected"], true, "{}", explain(&r));
+    assert_eq!(windows[1]["new_leader_elected"], true, "{}", explain(&r));
+    let a = s["availability"].as_f64().unwrap();
+    assert!(a > 0.3 && a <= 1.0, "availability {a}");
+
+    let history = std::fs::read_to_string(r.dir.join("history.jsonl")).unwrap();
+    assert!(history.lines().count() > 200);
+    let h = linearizability_parse(&history);
+    assert!(h > 100, "parsed {h} operations");
+    let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
+    for needle in ["**Overall: PASS**", "## Fault windows", "| 1 | kill-leader |", "| 2 | partition-leader |", "| 3 | pause-follower |", "availability"] {
+        assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
+    }
+    let svg = std::fs::read_to_string(r.dir.join("timeline.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for needle in ["kill-leader", "partition-leader", "pause-follower", "p99 latency", "<path d=\"M"] {
+        assert!(svg.contains(needle), "timeline.svg lacks {needle:?}");
+    }
+    assert!(r.stdout.contains("drill: kill-leader,partition-leader,pause-follower: linearizable=PASS watch=PASS leases=PASS lost_writes=0"), "{}", r.stdout);
+}
+
+/// Count of invocations (the check itself is done by the drill).
+fn linearizability_parse(history: &str) -> usize {
+    history.lines().filter(|l| l.contains("\"type\":\"invoke\"")).count()
+}
+
+#[test]
+fn drill_catches_planted_stale_reads_under_leader_partition() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = drill(&["--local", "3", "--faults", "partition-leader", "--duration", "8s", "--unsafe-planted-bug", "skip-read-index"]);
+    assert_eq!(r.code, 1, "the planted stale-read bug went unnoticed: {}", explain(&r));
+    let s = summary(&r.dir);
+    assert_eq!(s["linearizable"], "FAIL", "{}", explain(&r));
+    assert!(s["linearizable_detail"].as_str().unwrap().contains("not linearizable"));
+}
+
+#[test]
+fn drill_catches_planted_ack_before_fsync_under_kill_all() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = drill(&["--local", "3", "--faults", "kill-all", "--duration", "8s", "--unsafe-planted-bug", "ack-before-fsync"]);
+    assert_eq!(r.code, 1, "acknowledged writes survived a kill-all although fsync was skipped: {}", explain(&r));
+    let s = summary(&r.dir);
+    assert!(s["lost_writes"].as_array().is_none_or(|l| !l.is_empty()) || s["linearizable"] == "FAIL", "{}", explain(&r));
+}
+
+#[test]
+fn drill_kill_all_without_bug_passes() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = drill(&["--local", "3", "--faults", "kill-all", "--duration", "8s"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let s = summary(&r.dir);
+    assert_eq!(s["lost_writes"].as_array().map(|l| l.len()), Some(0));
+    assert_eq!(s["windows"][0]["kind"], "kill-all");
+}
+
+#[test]
+fn drill_usage_errors_exit_2() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = drill(&["--endpoints", "http://127.0.0.1:1", "--admin-endpoints", "http://127.0.0.1:2", "--faults", "kill-leader"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("cannot be injected into a remote cluster"), "{}", r.stderr);
+    let r = drill(&["--endpoints", "http://127.0.0.1:1", "--faults", "pause-follower"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    let r = drill(&["--local", "3", "--faults", "unplug-the-rack"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("unknown fault"), "{}", r.stderr);
+    let r = drill(&["--local", "3", "--endpoints", "http://127.0.0.1:1"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+}
