@@ -137,6 +137,16 @@ pub fn parse_document(text: &str, opts: &StoreBackedOptions) -> Result<Config, C
     Ok(c)
 }
 
+/// Check that `text` is a valid store document (as any node would see it),
+/// then write it at `key`; returns the store revision of the write.
+pub async fn write_document(endpoints: &[String], key: &str, text: &str) -> anyhow::Result<i64> {
+    let probe = StoreBackedOptions { node_name: String::new(), listen: ([127, 0, 0, 1], 0).into(), admin_listen: None };
+    parse_document(text, &probe).context("refusing to write an invalid gateway configuration")?;
+    let mut c = connect(endpoints).await?;
+    let r = tokio::time::timeout(RPC_TIMEOUT, c.put(key, text, None)).await.context("put timed out")??;
+    Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+}
+
 fn status_key(key: &str, node: &str) -> String {
     format!("{key}/status/{node}")
 }
