@@ -19,9 +19,6 @@ enum Command {
     /// Run a sample HTTP backend answering with its name (used by the demo)
     #[command(hide = true)]
     SampleBackend(demo::SampleBackendArgs),
-    /// Run a sample HTTP backend answering with its name (used by the demo)
-    #[command(hide = true)]
-    SampleBackend(demo::SampleBackendArgs),
     /// Inject faults into a cluster under load and judge the result
     Drill(drill::DrillArgs),
     /// Check a history for linearizability (or --watch / --leases logs)
@@ -55,7 +52,6 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
-        Command::SampleBackend(args) => demo::run_sample_backend(args),
         Command::SampleBackend(args) => demo::run_sample_backend(args),
         Command::Drill(args) => std::process::exit(drill::run_blocking(args)),
         Command::Check(args) => std::process::exit(linearizability::cli::run(args)),
