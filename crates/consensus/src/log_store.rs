@@ -7,8 +7,11 @@
 //! reports the entries flushed, which is what lets the leader count this
 //! member towards a commit quorum: an acknowledged write is on a quorum's disk.
 //!
-//! Group commit: openraft hands over every entry that queued up while the
-//! previous fsync ran in one `append` call, and those go in one transaction.
+//! Group commit: `append` only queues entries (they are readable at once,
+//! from memory) for a writer thread, which folds every append that queued up
+//! while the previous fsync ran into one transaction, then reports them
+//! flushed. openraft counts an entry towards the commit quorum only after
+//! that report.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -70,7 +73,25 @@ pub struct LogStore {
     db: Arc<Database>,
     /// Planted bug: commit without fsync (`PlantedBug::AckBeforeFsync`).
     unsafe_no_fsync: bool,
+    /// Entries handed to `append` whose transaction has not committed yet:
+    /// readable at once, as openraft requires.
+    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>>,
+    /// Queue to the group-commit writer thread.
+    writer: tokio::sync::mpsc::Sender<WriteOp>,
 }
+
+/// Work for the writer thread.
+enum WriteOp {
+    Append(Vec<Entry>, LogFlushed<TypeConfig>),
+    /// Answered once every append queued before it is on disk.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Appends that may wait for the writer thread before `append` applies
+/// back-pressure to the Raft core.
+pub const MAX_QUEUED_APPENDS: usize = 1024;
+/// Most appends folded into one transaction (one fsync).
+pub const MAX_APPENDS_PER_COMMIT: usize = 256;
 
 impl LogStore {
     /// Open or create the log file at `path`.
@@ -89,11 +110,80 @@ impl LogStore {
         txn.open_table(LOG).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        let store = LogStore { db: Arc::new(db), unsafe_no_fsync };
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUEUED_APPENDS);
+        let store = LogStore {
+            db: Arc::new(db),
+            unsafe_no_fsync,
+            pending: Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new())),
+            writer: tx,
+        };
         // Verify every record once at start-up: a corrupted log refuses to
         // start rather than failing later in the middle of replication.
         store.verify_all()?;
+        let w = store.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || w.writer_loop(rx))
+            .map_err(|e| LogStoreError::Db(format!("starting the log writer thread: {e}")))?;
         Ok(store)
+    }
+
+    /// Group commit: every append queued while the previous fsync ran goes
+    /// into the next transaction; then each append's callback fires.
+    fn writer_loop(&self, mut rx: tokio::sync::mpsc::Receiver<WriteOp>) {
+        let mut failed: Option<String> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_APPENDS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let entries: Vec<Entry> = ops
+                .iter()
+                .flat_map(|op| match op {
+                    WriteOp::Append(e, _) => e.iter().cloned().collect::<Vec<_>>(),
+                    WriteOp::Barrier(_) => Vec::new(),
+                })
+                .collect();
+            let result = match &failed {
+                Some(e) => Err(e.clone()),
+                None if entries.is_empty() => Ok(()),
+                None => self.append_blocking(&entries).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = &result {
+                // A log that failed to write is not trusted again: every later
+                // append fails too, which stops the Raft core.
+                tracing::error!("raft log write failed: {e}");
+                failed = Some(e.clone());
+            } else {
+                let mut pending = self.pending.lock().expect("pending poisoned");
+                for e in &entries {
+                    let index = e.get_log_id().index;
+                    // Only drop what is still the same entry (a later append
+                    // may have replaced it after a truncation).
+                    if pending.get(&index).map(|p| p.get_log_id()) == Some(e.get_log_id()) {
+                        pending.remove(&index);
+                    }
+                }
+            }
+            for op in ops {
+                match op {
+                    WriteOp::Append(_, cb) => cb.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                    WriteOp::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait until everything queued so far is on disk.
+    async fn barrier(&self) -> Result<(), LogStoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(WriteOp::Barrier(tx)).await.map_err(|_| LogStoreError::Db("log writer stopped".into()))?;
+        rx.await.map_err(|_| LogStoreError::Db("log writer stopped".into()))
     }
 
     fn verify_all(&self) -> Result<(), LogStoreError> {
@@ -135,8 +225,12 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), LogStoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T, durable: bool) -> Result<(), LogStoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        if !durable || self.unsafe_no_fsync {
+            // Planted bug: no write of this store is ever made durable.
+            txn.set_durability(redb::Durability::None).map_err(db_err)?;
+        }
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert(key, frame(value).as_slice()).map_err(db_err)?;
@@ -147,6 +241,27 @@ impl LogStore {
     /// Entries in `[start, end_exclusive)`, at most `max_entries` and, past
     /// the first entry, at most `max_bytes` of encoded entries.
     fn read_range(&self, start: u64, end_exclusive: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
+        // Pending first: an entry leaves `pending` only after it is in the
+        // file, so reading in this order can never miss one.
+        let pending: Vec<Entry> =
+            self.pending.lock().expect("pending poisoned").range(start..end_exclusive).map(|(_, e)| e.clone()).collect();
+        let mut out = self.read_range_on_disk(start, end_exclusive, max_entries, max_bytes)?;
+        if let Some(first_pending) = pending.first().map(|e| e.get_log_id().index) {
+            out.retain(|e| e.get_log_id().index < first_pending);
+            let next = out.last().map(|e| e.get_log_id().index + 1).unwrap_or(start);
+            if out.len() < max_entries && (out.is_empty() || next == first_pending) {
+                for e in pending {
+                    if out.len() >= max_entries {
+                        break;
+                    }
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_range_on_disk(&self, start: u64, end_exclusive: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(LOG).map_err(db_err)?;
         let mut out = Vec::new();
@@ -181,14 +296,14 @@ impl LogStore {
         Ok(id)
     }
 
-    fn append_blocking(&self, entries: Vec<Entry>) -> Result<(), LogStoreError> {
+    fn append_blocking(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if self.unsafe_no_fsync {
             txn.set_durability(redb::Durability::None).map_err(db_err)?;
         }
         {
             let mut log = txn.open_table(LOG).map_err(db_err)?;
-            for e in &entries {
+            for e in entries {
                 log.insert(e.get_log_id().index, frame(e).as_slice()).map_err(db_err)?;
             }
         }
@@ -197,7 +312,10 @@ impl LogStore {
     }
 
     fn delete_range(&self, range: impl RangeBounds<u64>, purged: Option<LogId>) -> Result<(), LogStoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        if self.unsafe_no_fsync {
+            txn.set_durability(redb::Durability::None).map_err(db_err)?;
+        }
         {
             let mut log = txn.open_table(LOG).map_err(db_err)?;
             log.retain_in(range, |_, _| false).map_err(db_err)?;
@@ -262,7 +380,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let purged: Option<LogId> = self.get_meta::<Option<LogId>>(KEY_PURGED).map_err(read_err)?.flatten();
-        let last = self.last_entry_id().map_err(read_err)?.or(purged);
+        let last_pending = self.pending.lock().expect("pending poisoned").values().next_back().map(|e| *e.get_log_id());
+        let last = last_pending.or(self.last_entry_id().map_err(read_err)?).or(purged);
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
 
@@ -273,7 +392,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let this = self.clone();
         let vote = *vote;
-        blocking(move || this.put_meta(KEY_VOTE, &vote)).await.map_err(|e| StorageIOError::write_vote(&e).into())
+        // The vote must be durable before it is acted on (Raft safety).
+        blocking(move || this.put_meta(KEY_VOTE, &vote, true)).await.map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -281,10 +401,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not fsync-critical (Raft can recompute it); stored so a restarted
-        // member re-applies what it knows was committed without waiting for a leader.
+        // Advisory, so not fsynced: Raft recomputes the commit index from a
+        // quorum; this only lets a restarted member re-apply what it knew was
+        // committed without waiting for a leader. (It is called on every
+        // commit advance: an fsync here would serialise the write path.)
         let this = self.clone();
-        blocking(move || this.put_meta(KEY_COMMITTED, &committed)).await.map_err(write_err)
+        blocking(move || this.put_meta(KEY_COMMITTED, &committed, false)).await.map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -297,26 +419,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let this = self.clone();
-        let res = blocking(move || this.append_blocking(entries)).await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
+        {
+            let mut pending = self.pending.lock().expect("pending poisoned");
+            for e in &entries {
+                pending.insert(e.get_log_id().index, e.clone());
             }
         }
+        self.writer
+            .send(WriteOp::Append(entries, callback))
+            .await
+            .map_err(|_| write_err(LogStoreError::Db("log writer stopped".into())))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.barrier().await.map_err(write_err)?;
+        self.pending.lock().expect("pending poisoned").retain(|i, _| *i < log_id.index);
         let this = self.clone();
         blocking(move || this.delete_range(log_id.index.., None)).await.map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.barrier().await.map_err(write_err)?;
         let this = self.clone();
         blocking(move || this.delete_range(..=log_id.index, Some(log_id))).await.map_err(write_err)
     }

@@ -723,7 +723,9 @@ impl Node {
                 // A voter joins as a learner first (`auto_promote`), see
                 // `promote_caught_up_learners`; `learner` is implied by the member.
                 debug_assert_eq!(member.auto_promote, !learner);
-                self.raft.add_learner(id, member, false).await.map_err(|e| self.write_err(e))?;
+                self.change_membership(ChangeMembers::AddNodes(BTreeMap::from([(id, member)])), false)
+                    .await
+                    .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::RemoveMember { id } => {
@@ -735,7 +737,7 @@ impl Node {
                 } else {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 };
-                self.raft.change_membership(change, false).await.map_err(|e| self.write_err(e))?;
+                self.change_membership(change, false).await.map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::PromoteMember { id } => {
@@ -748,8 +750,7 @@ impl Node {
                 if !self.caught_up(id) {
                     return Err(LeaderError::LearnerNotReady);
                 }
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
@@ -759,8 +760,7 @@ impl Node {
                     return Err(LeaderError::MemberNotFound(id));
                 };
                 member.peer_urls = peer_urls;
-                self.raft
-                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
+                self.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
                     .await
                     .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
@@ -775,8 +775,7 @@ impl Node {
                 member.client_urls = client_urls;
                 // A member added by MemberAdd is nameless until it starts.
                 member.name = name;
-                self.raft
-                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
+                self.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
                     .await
                     .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
@@ -784,6 +783,27 @@ impl Node {
             LeaderRequest::MoveLeader { target } => Err(LeaderError::Rejected(format!(
                 "moving leadership to {target:x} is not supported by this version"
             ))),
+        }
+    }
+
+    /// `change_membership`, waiting out another change still in progress
+    /// (only one may be uncommitted at a time), until `request_timeout_ms`.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, Member>,
+        retain: bool,
+    ) -> Result<openraft::raft::ClientWriteResponse<crate::types::TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Member>>> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+        let mut metrics = self.raft.metrics();
+        loop {
+            match self.raft.change_membership(change.clone(), retain).await {
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(openraft::error::ChangeMembershipError::InProgress(_))))
+                    if Instant::now() < deadline =>
+                {
+                    let _ = tokio::time::timeout_at(deadline.min(Instant::now() + Duration::from_millis(50)), metrics.changed()).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -807,7 +827,7 @@ impl Node {
         if ready.is_empty() {
             return;
         }
-        match self.raft.change_membership(ChangeMembers::AddVoterIds(ready.clone()), false).await {
+        match self.change_membership(ChangeMembers::AddVoterIds(ready.clone()), false).await {
             Ok(_) => tracing::info!("promoted caught-up members {ready:x?} to voters"),
             Err(e) => tracing::debug!("promoting {ready:x?}: {e}"),
         }
