@@ -316,11 +316,12 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let rt = shared.runtime();
     let host = request_host(&req);
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let version = req.version();
+    // Only the access log needs these.
+    let logged = rt.config.access_log.then(|| (req.method().clone(), req.uri().path().to_string(), req.version()));
     let mut info = LogInfo::default();
-    let resp = proxy(&shared, &rt, ctx, req, &host, &mut info).await;
+    // Boxed: hyper moves the service future into its dispatcher; a small
+    // future keeps that move cheap (the proxy state machine is large).
+    let resp = Box::pin(proxy(&shared, &rt, ctx, req, &host, &mut info)).await;
     let status = resp.status().as_u16();
     if let Some(pool) = &info.pool {
         if let Some(p) = rt.pools.get(pool) {
@@ -329,7 +330,7 @@ pub(crate) async fn handle(
             p.pm.downstream_latency.observe(started.elapsed().as_secs_f64());
         }
     }
-    if rt.config.access_log {
+    if let Some((method, path, version)) = logged {
         let line = serde_json::json!({
             "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
             "client": ctx.peer.ip().to_string(),
