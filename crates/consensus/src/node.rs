@@ -44,7 +44,7 @@ pub struct NodeConfig {
     pub advertise_client_urls: Vec<String>,
     /// Leader heartbeat period (`--heartbeat-interval`, ms).
     pub heartbeat_interval_ms: u64,
-    /// Minimum election timeout (`--election-timeout`, ms); the maximum is twice this.
+    /// Minimum election timeout (`--election-timeout`, ms); the maximum is 1.5× this.
     pub election_timeout_ms: u64,
     /// Applied entries between two snapshots (`--snapshot-count`); the log
     /// before a snapshot is compacted, and members that lag further behind
@@ -79,7 +79,7 @@ impl NodeConfig {
             advertise_peer_urls: Vec::new(),
             advertise_client_urls: Vec::new(),
             heartbeat_interval_ms: 50,
-            election_timeout_ms: 250,
+            election_timeout_ms: 150,
             snapshot_count: 10_000,
             request_timeout_ms: 5_000,
             lease_check_interval_ms: 100,
@@ -286,7 +286,11 @@ impl Node {
             cluster_name: format!("{:x}", identity.cluster_id),
             heartbeat_interval: config.heartbeat_interval_ms,
             election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            // openraft's leader lease is election_timeout_max: a follower
+            // refuses votes for that long after the last heartbeat, so a
+            // narrow spread (1.5×) shortens failover; the randomisation that
+            // prevents split votes keeps half the minimum.
+            election_timeout_max: config.election_timeout_ms * 3 / 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
             install_snapshot_timeout: 10_000,

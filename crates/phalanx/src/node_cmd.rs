@@ -49,7 +49,7 @@ pub struct NodeArgs {
     /// Time (ms) of a heartbeat interval.
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
-    /// Time (ms) of the minimum election timeout (the maximum is twice it).
+    /// Time (ms) of the minimum election timeout (the maximum is 1.5 times it).
     #[arg(long)]
     pub election_timeout: Option<u64>,
     /// Applied entries between snapshots; also the lag after which a member catches up by snapshot.
