@@ -156,8 +156,14 @@ fn corrupted_store_file_refuses_to_start() {
     let path = c.members[0].data_dir.join("member/raft.redb");
     let mut bytes = std::fs::read(&path).unwrap();
     let needle = "v".repeat(200);
-    let pos = bytes.windows(needle.len()).position(|w| w == needle.as_bytes()).expect("a stored value in the log file");
-    bytes[pos + 10] ^= 0xff;
+    // Every copy (redb is copy-on-write: stale copies sit in free pages, so
+    // flipping only the first one found might hit a page nobody reads).
+    let positions: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(i, _)| i).collect();
+    assert!(!positions.is_empty(), "a stored value in the log file");
+    for pos in positions {
+        bytes[pos + 10] ^= 0xff;
+    }
     std::fs::write(&path, bytes).unwrap();
     let token = c.token.clone();
     c.members[0].spawn(&token);
