@@ -40,6 +40,8 @@ pub enum LogStoreError {
     Db(String),
     #[error("raft log: checksum mismatch in {what}: the file is corrupted; restore this member from a snapshot or remove it and re-add it with an empty data dir")]
     Corrupted { what: String },
+    #[error("raft log {path}")]
+    InFile { path: String, #[source] source: Box<LogStoreError> },
     #[error("raft log: cannot decode {what}: {detail}")]
     Decode { what: String, detail: String },
 }
@@ -119,7 +121,7 @@ impl LogStore {
         };
         // Verify every record once at start-up: a corrupted log refuses to
         // start rather than failing later in the middle of replication.
-        store.verify_all()?;
+        store.verify_all().map_err(|e| LogStoreError::InFile { path: path.display().to_string(), source: Box::new(e) })?;
         let w = store.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
