@@ -38,6 +38,13 @@ pub enum PeerRequest {
     /// "Which member am I?": asked by a member started with
     /// `--initial-cluster-state existing`, with its own peer URLs.
     Join { peer_urls: Vec<String> },
+    /// Leadership transfer: stop starting elections for `ms` (the member
+    /// re-enables them by itself afterwards, so a lost message cannot leave
+    /// it passive).
+    PauseElections { ms: u64 },
+    /// Leadership transfer: start an election after `ms` (once the old
+    /// leader's lease has run out everywhere).
+    ElectAfter { ms: u64 },
 }
 
 /// Requests only the leader can serve.

@@ -179,8 +179,15 @@ pub struct Node {
     network: PeerNetwork,
     faults: Arc<Faults>,
     read_batch: std::sync::Mutex<ReadBatch>,
+    /// Serialises membership decisions on the leader.
+    membership_lock: tokio::sync::Mutex<()>,
+    /// Set while handing leadership over (until the deadline).
+    transferring: std::sync::Mutex<Option<Instant>>,
     shutdown_tx: watch::Sender<bool>,
 }
+
+/// Upper bound on an election pause or delayed campaign a peer may ask for.
+pub const MAX_ELECTION_PAUSE_MS: u64 = 10_000;
 
 /// Readers waiting for the next ReadIndex round.
 #[derive(Default)]
@@ -315,6 +322,8 @@ impl Node {
             network,
             faults,
             read_batch: Default::default(),
+            transferring: Default::default(),
+            membership_lock: Default::default(),
             shutdown_tx,
         });
 
@@ -618,6 +627,10 @@ impl Node {
     pub async fn member_promote(&self, id: NodeId) -> Result<(), NodeError> {
         self.leader_call(LeaderRequest::PromoteMember { id }).await.map(|_| ())
     }
+    /// Move leadership to member `target` (etcd MoveLeader).
+    pub async fn move_leader(&self, target: NodeId) -> Result<(), NodeError> {
+        self.leader_call(LeaderRequest::MoveLeader { target }).await.map(|_| ())
+    }
     pub async fn member_update(&self, id: NodeId, peer_urls: Vec<String>) -> Result<(), NodeError> {
         self.leader_call(LeaderRequest::UpdateMember { id, peer_urls }).await.map(|_| ())
     }
@@ -707,6 +720,21 @@ impl Node {
         if !is_leader {
             return Err(self.not_leader());
         }
+        // Membership changes are decided from the current membership, so
+        // they run one at a time (with learner promotion too): a decision is
+        // never made on a configuration another change is replacing.
+        let _membership_guard = match req {
+            LeaderRequest::AddMember { .. }
+            | LeaderRequest::RemoveMember { .. }
+            | LeaderRequest::PromoteMember { .. }
+            | LeaderRequest::UpdateMember { .. }
+            | LeaderRequest::PublishClientUrls { .. } => Some(self.membership_lock.lock().await),
+            _ => None,
+        };
+        if self.transferring() && matches!(req, LeaderRequest::Write(_) | LeaderRequest::ReadIndex) {
+            // Handing leadership over: the caller retries at the new leader.
+            return Err(LeaderError::NotLeader { leader: None });
+        }
         match req {
             LeaderRequest::Write(cmd) => match self.raft.client_write(cmd).await {
                 Ok(r) => Ok(LeaderResponse::Written(r.data)),
@@ -784,10 +812,75 @@ impl Node {
                     .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
-            LeaderRequest::MoveLeader { target } => Err(LeaderError::Rejected(format!(
-                "moving leadership to {target:x} is not supported by this version"
-            ))),
+            LeaderRequest::MoveLeader { target } => self.transfer_leadership(target).await,
         }
+    }
+
+    /// Hand leadership to `target` (etcd's MoveLeader). openraft 0.9 has no
+    /// transfer primitive, so it is built from its switches:
+    ///
+    /// 1. refuse new writes and reads here (callers retry at the new leader)
+    ///    and stop heartbeats, so every follower's leader lease runs out;
+    /// 2. tell the other voters to pause their own election timers, so the
+    ///    target wins the race;
+    /// 3. tell the target to campaign once the lease has expired;
+    /// 4. wait (bounded by `request_timeout_ms`) until the target leads, then
+    ///    restore heartbeats. If it did not work, this member simply goes on
+    ///    leading.
+    async fn transfer_leadership(&self, target: NodeId) -> Result<LeaderResponse, LeaderError> {
+        if target == self.id {
+            return Ok(LeaderResponse::Done);
+        }
+        let members = self.members();
+        let Some((_, target_member, learner)) = members.iter().find(|(id, _, _)| *id == target).cloned() else {
+            return Err(LeaderError::MemberNotFound(target));
+        };
+        if learner {
+            return Err(LeaderError::Rejected("etcdserver: cannot transfer leadership to a learner".into()));
+        }
+        {
+            let m = self.raft.metrics().borrow().clone();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten()).map(|l| l.index).unwrap_or(0);
+            if last.saturating_sub(matched) > self.config.max_learner_lag_entries {
+                return Err(LeaderError::Rejected(format!("etcdserver: member {target:x} is {} entries behind; retry once it has caught up", last - matched)));
+            }
+        }
+        let lease_ms = self.config.election_timeout_ms * 3 / 2;
+        let pause_ms = lease_ms * 4 + 1_000;
+        let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
+        *self.transferring.lock().expect("transfer flag poisoned") = Some(deadline);
+        self.raft.runtime_config().heartbeat(false);
+        for (id, member, learner) in &members {
+            if *id == self.id || *id == target || *learner {
+                continue;
+            }
+            if let Ok(c) = self.network.client(*id, member) {
+                let _ = c.call::<()>(&PeerRequest::PauseElections { ms: pause_ms }, Some(Duration::from_millis(500))).await;
+            }
+        }
+        let mut result = Err(LeaderError::Rejected(format!("etcdserver: leadership transfer to {target:x} timed out")));
+        if let Ok(c) = self.network.client(target, &target_member) {
+            if c.call::<()>(&PeerRequest::ElectAfter { ms: lease_ms + 50 }, Some(Duration::from_millis(500))).await.is_ok() {
+                let mut metrics = self.raft.metrics();
+                loop {
+                    if metrics.borrow_and_update().current_leader == Some(target) {
+                        result = Ok(LeaderResponse::Done);
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.raft.runtime_config().heartbeat(true);
+        *self.transferring.lock().expect("transfer flag poisoned") = None;
+        result
+    }
+
+    fn transferring(&self) -> bool {
+        self.transferring.lock().expect("transfer flag poisoned").is_some_and(|d| Instant::now() < d)
     }
 
     /// `change_membership`, waiting out another change still in progress
@@ -822,6 +915,7 @@ impl Node {
     /// On the leader: promote learners that were added as voters once they
     /// have caught up.
     async fn promote_caught_up_learners(&self) {
+        let _membership_guard = self.membership_lock.lock().await;
         let ready: BTreeSet<NodeId> = self
             .members()
             .into_iter()
@@ -852,6 +946,23 @@ impl PeerHandler for Node {
             PeerRequest::Vote(r) => encode(&self.raft.vote(r).await),
             PeerRequest::InstallSnapshot(r) => encode(&self.raft.install_snapshot(r).await),
             PeerRequest::Leader(r) => encode(&self.serve_leader(r).await),
+            PeerRequest::PauseElections { ms } => {
+                self.raft.runtime_config().elect(false);
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms.min(MAX_ELECTION_PAUSE_MS))).await;
+                    raft.runtime_config().elect(true);
+                });
+                encode(&())
+            }
+            PeerRequest::ElectAfter { ms } => {
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms.min(MAX_ELECTION_PAUSE_MS))).await;
+                    let _ = raft.trigger().elect().await;
+                });
+                encode(&())
+            }
             PeerRequest::Join { peer_urls } => {
                 let found = self.members().into_iter().find(|(_, m, _)| m.peer_urls.iter().any(|u| peer_urls.contains(u)));
                 let answer: Result<JoinAnswer, String> = match found {

@@ -146,7 +146,8 @@ impl PbMaintenanceService for EtcdApi {
 
     async fn move_leader(&self, request: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
         let target = request.into_inner().target_id;
-        Err(Status::unimplemented(format!("etcdserver: moving leadership (to {target:x}) is not supported yet")))
+        self.node().move_leader(target).await.map_err(crate::node_status)?;
+        Ok(Response::new(PbMoveLeaderResponse { header: Some(self.current_header()) }))
     }
 
     async fn downgrade(&self, _request: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {

@@ -147,12 +147,36 @@ fn etcdctl_kv_txn_watch_lease_member_maintenance() {
     let token = c.token.clone();
     c.members[idx].spawn(&token);
     c.wait_healthy(&[idx]);
-    let list = c.ctl(&["member", "list", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
-    assert_eq!(v["members"].as_array().unwrap().len(), 4);
+    let v: serde_json::Value = wait_for("n4 to show in member list", Duration::from_secs(10), || {
+        let v: serde_json::Value = serde_json::from_str(&c.ctl(&["member", "list", "-w", "json"])).unwrap();
+        (v["members"].as_array().unwrap().len() == 4).then_some(v)
+    });
     let n4 = v["members"].as_array().unwrap().iter().find(|m| m["peerURLs"][0] == peer.as_str()).unwrap()["ID"].as_u64().unwrap();
     c.ctl(&["member", "remove", &format!("{n4:x}")]);
-    let list = c.ctl(&["member", "list"]);
-    assert_eq!(list.lines().count(), 3, "{list}");
+    // `member list` is served from whichever member etcdctl picks, without a
+    // read barrier (as etcd does): wait until that member has applied it.
+    wait_for("the removal to show in member list", Duration::from_secs(10), || {
+        (c.ctl(&["member", "list"]).lines().count() == 3).then_some(())
+    });
     assert_eq!(c.ctl(&["get", "foo", "--print-value-only"]).trim(), "baz");
+}
+
+#[test]
+fn etcdctl_move_leader_hands_leadership_over_without_losing_writes() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    let target = (leader + 1) % 3;
+    let mut w = Writer::start("ml", c.endpoint_list());
+    w.wait_acked(50, Duration::from_secs(30));
+    let status: serde_json::Value =
+        serde_json::from_str(&String::from_utf8(c.etcdctl_at(&c.members[target].client_url(), &["endpoint", "status", "-w", "json"]).stdout).unwrap()).unwrap();
+    let target_id = status[0]["Status"]["header"]["member_id"].as_u64().unwrap();
+    let out = c.etcdctl_at(&c.members[leader].client_url(), &["move-leader", &format!("{target_id:x}")]);
+    assert!(out.status.success(), "move-leader: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Leadership transferred"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(c.wait_leader(), target);
+    let n = w.acked_count();
+    w.wait_acked(n + 50, Duration::from_secs(30));
+    let acked = w.stop();
+    assert_all_present(c.endpoint_list(), "ml", &acked);
 }
