@@ -1,0 +1,1020 @@
+//! # sim — a seeded, in-process cluster simulator for Phalanx
+//!
+//! Runs a whole 3–5 member cluster inside one process, built from the real
+//! consensus pieces (`openraft::Raft<TypeConfig>` over `consensus::LogStore`
+//! and `consensus::Applier` on `mvcc::Store`, redb files in a temporary
+//! directory), connected by a simulated network with injected faults, under a
+//! seeded client workload whose history is checked for linearizability.
+//!
+//! ## Main types
+//! * [`SimConfig`] — one run: seed, member count, simulated duration (ms),
+//!   workload size, fault intensity, and the planted `stale_reads` bug switch.
+//! * [`run`] — runs one seed on a fresh current-thread tokio runtime with
+//!   paused (auto-advancing) time and returns a [`SimReport`].
+//! * [`SimReport`] — the fault schedule, operation counts, the
+//!   linearizability [`Verdict`], lost acknowledged writes, and the history
+//!   (JSON lines, `docs/history-format.md`). Its `Display` is the one-line
+//!   verdict `sim seed=N members=M faults=[...] ops=.. linearizable=PASS lost=0`.
+//! * [`FaultSchedule`] / [`Episode`] — the seeded fault plan: a base message
+//!   loss and delay, then non-overlapping episodes (symmetric, one-way and
+//!   bridge partitions, crash + restart, loss bursts, clock jumps).
+//! * [`SimNetwork`] — the `RaftNetworkFactory` that hands RPCs straight to the
+//!   target member's `Raft` handle through the fault layer.
+//! * [`SimError`] — why a run could not be carried out (I/O, a member that
+//!   failed to start, an unparsable history). A linearizability violation is
+//!   *not* an error: it is a [`Verdict::Fail`] in the report.
+//!
+//! ## Determinism
+//! The fault schedule and each client's sequence of operation kinds, keys,
+//! values and think times are functions of the seed alone. The interleaving is
+//! not: openraft draws election timeouts from an unseeded RNG and the log
+//! store fsyncs on its own thread, so which member leads, which messages are
+//! in flight when a fault hits, and hence the outcomes differ between runs of
+//! the same seed. See `docs/simulation.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use consensus::types::Raft;
+use consensus::{Applier, Lessor, LogStore, Member, NodeId, TypeConfig};
+use etcd_client::proto::PbTargetUnion;
+use mvcc::{
+    consts, ApplyResponse, Command, PbCompare, PbPutRequest, PbRangeRequest, PbTxnOpRequest, PbTxnRequest,
+    PbTxnRequestOp, Store,
+};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::ServerState;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+/// Leader heartbeat period, in simulated milliseconds (as the real node's default).
+pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
+/// Minimum election timeout, simulated ms; the maximum is 1.5× (as the real node).
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 150;
+/// Floor for a simulated RPC's deadline, simulated ms. A dropped message
+/// costs the sender this long (or openraft's own deadline, if longer) before
+/// it sees `Unreachable`.
+pub const RPC_MIN_TIMEOUT_MS: u64 = 300;
+/// How long a client waits for a write or a read barrier, simulated ms.
+pub const OP_TIMEOUT_MS: u64 = 2_000;
+/// Applied entries between snapshots (small, so restarted members catch up by snapshot).
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 300;
+/// After the workload, how long the healed cluster has to elect a leader
+/// that passes a read barrier, simulated ms.
+pub const FINAL_CONVERGE_MS: u64 = 20_000;
+/// Wall-clock budget of the linearizability check, per run.
+pub const CHECK_WALL_TIMEOUT_MS: u64 = 30_000;
+/// Simulated time advances in steps of this many ms (see [`clock`]).
+pub const CLOCK_TICK_MS: u64 = 1;
+/// Wall-clock pause per tick, microseconds: lets the log store's writer
+/// thread (a real OS thread) finish its fsync before simulated time moves on.
+pub const CLOCK_TICK_WALL_US: u64 = 20;
+/// Largest supported cluster.
+pub const MAX_MEMBERS: usize = 5;
+
+/// One simulation run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Voting members, 3..=[`MAX_MEMBERS`].
+    pub members: usize,
+    /// Simulated length of the workload phase, ms.
+    pub duration_ms: u64,
+    /// Concurrent sequential clients.
+    pub clients: usize,
+    /// Keys the clients share (few keys = many conflicts).
+    pub keys: usize,
+    /// Upper bound of a client's pause between operations, simulated ms.
+    pub max_think_ms: u64,
+    /// Inject faults at all (base loss/delay and episodes).
+    pub faults: bool,
+    /// PLANTED BUG (sim only): reads skip `ensure_linearizable` and read the
+    /// store of ANY live member, a lagging follower or a deposed leader.
+    pub stale_reads: bool,
+    /// Directory for the members' redb files (a fresh temp dir inside it).
+    /// `None`: `/dev/shm` if present (fsync is cheap there), else the system temp dir.
+    pub data_root: Option<PathBuf>,
+}
+
+impl SimConfig {
+    /// The CI shape: 3–5 members (from the seed), 20 simulated seconds, faults on.
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            members: 3 + (seed % 3) as usize,
+            duration_ms: 20_000,
+            clients: 4,
+            keys: 3,
+            max_think_ms: 40,
+            faults: true,
+            stale_reads: false,
+            data_root: None,
+        }
+    }
+}
+
+/// Why a run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid simulation config: {0}")]
+    Config(String),
+    #[error("simulation data dir {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("member {id} failed to start: {detail}")]
+    Start { id: NodeId, detail: String },
+    #[error("recorded history does not parse (simulator bug): {0}")]
+    History(#[from] linearizability::HistoryError),
+}
+
+/// Errors the simulated network hands to openraft (wrapped in `Unreachable`).
+#[derive(Debug, thiserror::Error)]
+pub enum SimNetError {
+    #[error("message {from}->{to} dropped (loss or partition); sender timed out after {waited_ms} ms")]
+    Dropped { from: NodeId, to: NodeId, waited_ms: u64 },
+    #[error("member {to} is down")]
+    Down { to: NodeId },
+    #[error("rpc {from}->{to} timed out after {waited_ms} ms")]
+    Timeout { from: NodeId, to: NodeId, waited_ms: u64 },
+}
+
+// ---------------------------------------------------------------- faults
+
+/// Which member a fault hits: fixed by the seed, or whoever leads when the
+/// episode starts (resolved at run time, printed in the report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Node(NodeId),
+    Leader,
+}
+
+impl fmt::Display for Pick {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pick::Node(id) => write!(f, "n{id}"),
+            Pick::Leader => write!(f, "leader"),
+        }
+    }
+}
+
+/// One fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// `pick` plus the first `size - 1` members of `order` (excluding it) are
+    /// cut off from the rest, both ways.
+    Partition { pick: Pick, size: usize },
+    /// `pick`'s outgoing messages are dropped (`outgoing`), or its incoming ones.
+    OneWay { pick: Pick, outgoing: bool },
+    /// `pick` is the bridge: the others are split in two halves that cannot
+    /// talk to each other, but both talk to the bridge.
+    Bridge { pick: Pick },
+    /// Shut the member's Raft down and drop it; restarted from its files when the episode ends.
+    Crash { pick: Pick },
+    /// Message loss raised to this many percent for the episode.
+    LossBurst { percent: u32 },
+    /// Clock jump: the member's election timer fires now (`trigger().elect()`).
+    ClockJump { pick: Pick },
+}
+
+/// A fault active from `at_ms` for `len_ms` (simulated, from the start of the workload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Episode {
+    pub at_ms: u64,
+    pub len_ms: u64,
+    pub fault: Fault,
+}
+
+/// The seeded fault plan of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSchedule {
+    /// Probability (percent) that any one message (request or response) is lost.
+    pub loss_percent: u32,
+    /// Per-message one-way delay, uniform in `[min_delay_ms, max_delay_ms]`
+    /// (reordering follows from unequal delays).
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Seeded permutation of the member ids, used to grow partition sides.
+    pub order: Vec<NodeId>,
+    pub episodes: Vec<Episode>,
+}
+
+impl FaultSchedule {
+    /// The schedule for `cfg` — a function of `seed`, `members`, `duration_ms` and `faults` only.
+    pub fn generate(cfg: &SimConfig) -> FaultSchedule {
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17_0000_0001);
+        let mut order: Vec<NodeId> = (1..=cfg.members as u64).collect();
+        order.shuffle(&mut rng);
+        if !cfg.faults {
+            return FaultSchedule { loss_percent: 0, min_delay_ms: 0, max_delay_ms: 1, order, episodes: Vec::new() };
+        }
+        let loss_percent = rng.gen_range(0..=5);
+        let min_delay_ms = rng.gen_range(0..=2);
+        let max_delay_ms = min_delay_ms + rng.gen_range(1..=30);
+        let mut episodes = Vec::new();
+        let mut t = rng.gen_range(800..=1_500);
+        let n = cfg.members;
+        loop {
+            let len_ms = rng.gen_range(500..=4_000);
+            if t + len_ms + 500 > cfg.duration_ms {
+                break;
+            }
+            let pick = if rng.gen_bool(0.5) { Pick::Leader } else { Pick::Node(rng.gen_range(1..=n as u64)) };
+            let fault = match rng.gen_range(0..6) {
+                0 => Fault::Partition { pick, size: rng.gen_range(1..=n / 2) },
+                1 => Fault::OneWay { pick, outgoing: rng.gen_bool(0.5) },
+                2 => Fault::Bridge { pick },
+                3 => Fault::Crash { pick },
+                4 => Fault::LossBurst { percent: rng.gen_range(20..=50) },
+                _ => Fault::ClockJump { pick },
+            };
+            let len_ms = if matches!(fault, Fault::ClockJump { .. }) { 0 } else { len_ms };
+            episodes.push(Episode { at_ms: t, len_ms, fault });
+            t += len_ms + rng.gen_range(200..=1_500);
+        }
+        FaultSchedule { loss_percent, min_delay_ms, max_delay_ms, order, episodes }
+    }
+}
+
+impl fmt::Display for Episode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.fault {
+            Fault::Partition { pick, size } => write!(f, "partition({pick}+{})", size - 1)?,
+            Fault::OneWay { pick, outgoing: true } => write!(f, "mute({pick}->*)")?,
+            Fault::OneWay { pick, outgoing: false } => write!(f, "deaf(*->{pick})")?,
+            Fault::Bridge { pick } => write!(f, "bridge({pick})")?,
+            Fault::Crash { pick } => write!(f, "crash({pick})")?,
+            Fault::LossBurst { percent } => write!(f, "loss({percent}%)")?,
+            Fault::ClockJump { pick } => write!(f, "clockjump({pick})")?,
+        }
+        write!(f, "@{}+{}ms", self.at_ms, self.len_ms)
+    }
+}
+
+impl fmt::Display for FaultSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "loss={}% delay={}..{}ms", self.loss_percent, self.min_delay_ms, self.max_delay_ms)?;
+        for e in &self.episodes {
+            write!(f, " {e}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- network
+
+/// A live member as the network and the clients see it.
+#[derive(Clone)]
+struct Live {
+    raft: Raft,
+    store: Arc<Store>,
+}
+
+struct NetFaults {
+    /// Directed links that drop every message: (from, to).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    loss_percent: u32,
+    min_delay_ms: u64,
+    max_delay_ms: u64,
+    rng: StdRng,
+}
+
+/// The simulated network shared by all members.
+pub struct Net {
+    live: Mutex<BTreeMap<NodeId, Live>>,
+    faults: Mutex<NetFaults>,
+}
+
+impl Net {
+    fn new(schedule: &FaultSchedule, seed: u64) -> Arc<Net> {
+        Arc::new(Net {
+            live: Mutex::new(BTreeMap::new()),
+            faults: Mutex::new(NetFaults {
+                blocked: BTreeSet::new(),
+                loss_percent: schedule.loss_percent,
+                min_delay_ms: schedule.min_delay_ms,
+                max_delay_ms: schedule.max_delay_ms,
+                rng: StdRng::seed_from_u64(seed ^ 0x0e7_0000_0002),
+            }),
+        })
+    }
+
+    /// Fate of one message: `None` = lost, else its delay.
+    fn fate(&self, from: NodeId, to: NodeId) -> Option<Duration> {
+        let mut f = self.faults.lock().expect("net faults poisoned");
+        if f.blocked.contains(&(from, to)) {
+            return None;
+        }
+        let loss = f.loss_percent;
+        if loss > 0 && f.rng.gen_range(0..100) < loss {
+            return None;
+        }
+        let (lo, hi) = (f.min_delay_ms, f.max_delay_ms.max(f.min_delay_ms));
+        Some(Duration::from_millis(f.rng.gen_range(lo..=hi)))
+    }
+
+    fn get(&self, id: NodeId) -> Option<Live> {
+        self.live.lock().expect("net live poisoned").get(&id).cloned()
+    }
+
+    fn all(&self) -> Vec<(NodeId, Live)> {
+        self.live.lock().expect("net live poisoned").iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    fn leaders(&self) -> Vec<(NodeId, Live)> {
+        self.all().into_iter().filter(|(_, l)| l.raft.metrics().borrow().state == ServerState::Leader).collect()
+    }
+
+    fn block(&self, from: NodeId, to: NodeId) {
+        self.faults.lock().expect("net faults poisoned").blocked.insert((from, to));
+    }
+
+    fn heal(&self) {
+        self.faults.lock().expect("net faults poisoned").blocked.clear();
+    }
+
+    fn set_loss(&self, percent: u32) {
+        self.faults.lock().expect("net faults poisoned").loss_percent = percent;
+    }
+}
+
+/// openraft's network factory for one member of the simulated cluster.
+pub struct SimNetwork {
+    from: NodeId,
+    net: Arc<Net>,
+}
+
+/// openraft's view of one peer over the simulated network.
+pub struct SimPeer {
+    from: NodeId,
+    target: NodeId,
+    net: Arc<Net>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for SimNetwork {
+    type Network = SimPeer;
+
+    async fn new_client(&mut self, target: NodeId, _node: &Member) -> SimPeer {
+        SimPeer { from: self.from, target, net: self.net.clone() }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+
+impl SimPeer {
+    /// Request: lost or delayed; the call itself bounded by the deadline;
+    /// response: lost or delayed. A lost message costs the sender the whole
+    /// deadline, like a real timeout, so retries never spin in zero simulated time.
+    async fn deliver<T, E, F, Fut>(&self, option: &RPCOption, call: F) -> RpcResult<T, E>
+    where
+        E: std::error::Error,
+        F: FnOnce(Raft) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RaftError<NodeId, E>>>,
+    {
+        let ttl = option.hard_ttl().max(Duration::from_millis(RPC_MIN_TIMEOUT_MS));
+        let deadline = Instant::now() + ttl;
+        let waited_ms = ttl.as_millis() as u64;
+        let (from, to) = (self.from, self.target);
+        let dropped = || RPCError::Unreachable(Unreachable::new(&SimNetError::Dropped { from, to, waited_ms }));
+        match self.net.fate(from, to) {
+            None => {
+                tokio::time::sleep_until(deadline).await;
+                return Err(dropped());
+            }
+            Some(d) => tokio::time::sleep(d).await,
+        }
+        let Some(live) = self.net.get(to) else {
+            tokio::time::sleep_until(deadline).await;
+            return Err(RPCError::Unreachable(Unreachable::new(&SimNetError::Down { to })));
+        };
+        let answer = match tokio::time::timeout_at(deadline, call(live.raft)).await {
+            Ok(a) => a,
+            Err(_) => {
+                let e = SimNetError::Timeout { from, to, waited_ms };
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+        };
+        match self.net.fate(to, from) {
+            None => {
+                tokio::time::sleep_until(deadline).await;
+                Err(dropped())
+            }
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(to, e)))
+            }
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for SimPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.deliver(&option, |raft| async move { raft.append_entries(rpc).await }).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.deliver(&option, |raft| async move { raft.install_snapshot(rpc).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.deliver(&option, |raft| async move { raft.vote(rpc).await }).await
+    }
+}
+
+// ---------------------------------------------------------------- members
+
+fn member_desc(id: NodeId) -> Member {
+    Member { name: format!("n{id}"), peer_urls: vec![format!("sim://n{id}")], client_urls: Vec::new(), auto_promote: false }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SimError + '_ {
+    move |source| SimError::Io { path: path.to_path_buf(), source }
+}
+
+/// Start member `id` from the files in `dir` (created if empty).
+async fn start_member(id: NodeId, dir: &Path, net: &Arc<Net>) -> Result<Live, SimError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let start_err = |detail: String| SimError::Start { id, detail };
+    let log = LogStore::open(&dir.join("raft.redb"), false).map_err(|e| start_err(e.to_string()))?;
+    let store = Arc::new(Store::open(&dir.join("kv.redb")).map_err(|e| start_err(e.to_string()))?);
+    let lessor = Arc::new(Lessor::new());
+    lessor.reload(&store);
+    let applier = Applier::new(store.clone(), lessor);
+    let config = openraft::Config {
+        cluster_name: "sim".into(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MIN_MS * 3 / 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: SNAPSHOT_EVERY_ENTRIES / 3,
+        install_snapshot_timeout: 2_000,
+        max_payload_entries: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| start_err(format!("raft config: {e}")))?;
+    let network = SimNetwork { from: id, net: net.clone() };
+    let raft = Raft::new(id, Arc::new(config), network, log, applier).await.map_err(|e| start_err(e.to_string()))?;
+    Ok(Live { raft, store })
+}
+
+/// Member data lives in `<root>/n<id>/g<generation>/`. A restart copies the
+/// crashed generation's files into a new one: `LogStore`'s writer thread
+/// keeps the old redb file open for the life of the process, so the same path
+/// cannot be reopened in-process. The copy is byte-identical to what the
+/// crashed member left on disk.
+fn gen_dir(root: &Path, id: NodeId, generation: u32) -> PathBuf {
+    root.join(format!("n{id}")).join(format!("g{generation}"))
+}
+
+struct Cluster {
+    root: PathBuf,
+    net: Arc<Net>,
+    generation: Mutex<BTreeMap<NodeId, u32>>,
+}
+
+impl Cluster {
+    async fn crash(&self, id: NodeId) -> bool {
+        let Some(live) = self.net.live.lock().expect("net live poisoned").remove(&id) else { return false };
+        let _ = live.raft.shutdown().await;
+        true
+    }
+
+    async fn restart(&self, id: NodeId) -> Result<(), SimError> {
+        let (old, new) = {
+            let mut g = self.generation.lock().expect("generation poisoned");
+            let e = g.entry(id).or_insert(0);
+            *e += 1;
+            (gen_dir(&self.root, id, *e - 1), gen_dir(&self.root, id, *e))
+        };
+        std::fs::create_dir_all(&new).map_err(io_err(&new))?;
+        for f in ["raft.redb", "kv.redb"] {
+            std::fs::copy(old.join(f), new.join(f)).map_err(io_err(&old))?;
+        }
+        let live = start_member(id, &new, &self.net).await?;
+        self.net.live.lock().expect("net live poisoned").insert(id, live);
+        Ok(())
+    }
+
+    fn resolve(&self, pick: Pick, rng: &mut StdRng, members: usize) -> NodeId {
+        match pick {
+            Pick::Node(id) => id,
+            Pick::Leader => match self.net.leaders().first() {
+                Some((id, _)) => *id,
+                None => rng.gen_range(1..=members as u64),
+            },
+        }
+    }
+}
+
+/// Applies the schedule; returns the episodes as applied (with `leader` resolved).
+async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usize, seed: u64, t0: Instant) -> Result<Vec<String>, SimError> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7e50_1e00_0003);
+    let mut applied = Vec::new();
+    let ids: Vec<NodeId> = (1..=members as u64).collect();
+    for ep in &schedule.episodes {
+        tokio::time::sleep_until(t0 + Duration::from_millis(ep.at_ms)).await;
+        let pick_of = |f: &Fault| match f {
+            Fault::Partition { pick, .. }
+            | Fault::OneWay { pick, .. }
+            | Fault::Bridge { pick }
+            | Fault::Crash { pick }
+            | Fault::ClockJump { pick } => Some(*pick),
+            Fault::LossBurst { .. } => None,
+        };
+        let target = pick_of(&ep.fault).map(|p| cluster.resolve(p, &mut rng, members));
+        let t = target.unwrap_or(0);
+        let others: Vec<NodeId> = schedule.order.iter().copied().filter(|&o| o != t).collect();
+        let mut crashed = false;
+        match &ep.fault {
+            Fault::Partition { size, .. } => {
+                let side: BTreeSet<NodeId> = std::iter::once(t).chain(others.iter().copied().take(size - 1)).collect();
+                for &a in &ids {
+                    for &b in &ids {
+                        if side.contains(&a) != side.contains(&b) {
+                            cluster.net.block(a, b);
+                        }
+                    }
+                }
+            }
+            Fault::OneWay { outgoing, .. } => {
+                for &o in &others {
+                    if *outgoing { cluster.net.block(t, o) } else { cluster.net.block(o, t) }
+                }
+            }
+            Fault::Bridge { .. } => {
+                let (a, b) = others.split_at(others.len() / 2);
+                for &x in a {
+                    for &y in b {
+                        cluster.net.block(x, y);
+                        cluster.net.block(y, x);
+                    }
+                }
+            }
+            Fault::Crash { .. } => crashed = cluster.crash(t).await,
+            Fault::LossBurst { percent } => cluster.net.set_loss(*percent),
+            Fault::ClockJump { .. } => {
+                if let Some(l) = cluster.net.get(t) {
+                    let _ = l.raft.trigger().elect().await;
+                }
+            }
+        }
+        applied.push(match target {
+            Some(t) => format!("{ep}=n{t}"),
+            None => ep.to_string(),
+        });
+        tokio::time::sleep_until(t0 + Duration::from_millis(ep.at_ms + ep.len_ms)).await;
+        cluster.net.heal();
+        cluster.net.set_loss(schedule.loss_percent);
+        if crashed {
+            cluster.restart(t).await?;
+        }
+    }
+    Ok(applied)
+}
+
+// ---------------------------------------------------------------- workload
+
+/// Shared recorder of the history (JSON lines) and of acknowledged writes.
+struct Recorder {
+    t0: Instant,
+    lines: Mutex<Vec<String>>,
+    /// (key, value, revision) of every acknowledged write / successful cas.
+    acked: Mutex<Vec<(String, String, i64)>>,
+    counts: Mutex<Counts>,
+}
+
+/// Completed operations by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub ok: u64,
+    pub fail: u64,
+    pub info: u64,
+}
+
+impl Recorder {
+    fn now_us(&self) -> i64 {
+        (Instant::now() - self.t0).as_micros() as i64
+    }
+
+    fn event(&self, process: u64, ty: &str, f: &str, key: &str, value: serde_json::Value) {
+        let line = serde_json::json!({"process": process, "type": ty, "f": f, "key": key, "value": value, "time": self.now_us()});
+        self.lines.lock().expect("recorder poisoned").push(line.to_string());
+        let mut c = self.counts.lock().expect("recorder poisoned");
+        match ty {
+            "ok" => c.ok += 1,
+            "fail" => c.fail += 1,
+            "info" => c.info += 1,
+            _ => {}
+        }
+    }
+}
+
+enum OpKind {
+    Read,
+    Write,
+    Cas,
+}
+
+enum WriteOutcome {
+    Applied(ApplyResponse),
+    /// Certainly not appended (openraft refused before proposing).
+    NotLeader,
+    /// May or may not take effect.
+    Unknown,
+}
+
+async fn propose(raft: &Raft, cmd: Command) -> WriteOutcome {
+    match tokio::time::timeout(Duration::from_millis(OP_TIMEOUT_MS), raft.client_write(cmd)).await {
+        Err(_) => WriteOutcome::Unknown,
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => WriteOutcome::NotLeader,
+        Ok(Err(_)) => WriteOutcome::Unknown,
+        Ok(Ok(resp)) => match ApplyResponse::decode(&resp.data.response) {
+            Ok(r) => WriteOutcome::Applied(r),
+            Err(_) => WriteOutcome::Unknown,
+        },
+    }
+}
+
+fn read_value(store: &Store, key: &str, revision: i64) -> Option<(String, i64)> {
+    let req = PbRangeRequest { key: key.as_bytes().to_vec(), revision, ..Default::default() };
+    let resp = store.range(&req).ok()?;
+    resp.kvs.first().map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision))
+}
+
+struct ClientCtx {
+    net: Arc<Net>,
+    rec: Arc<Recorder>,
+    keys: Vec<String>,
+    stale_reads: bool,
+    end: Instant,
+    max_think_ms: u64,
+}
+
+async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
+    // The workload rng draws only the op, key and think time: a function of the seed.
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (pid + 1));
+    let mut route = StdRng::seed_from_u64(seed ^ (pid << 32) ^ 0x4047e);
+    let mut seq = 0u64;
+    let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    while Instant::now() < ctx.end {
+        let kind = match rng.gen_range(0..100) {
+            0..=39 => OpKind::Read,
+            40..=79 => OpKind::Write,
+            _ => OpKind::Cas,
+        };
+        let key = ctx.keys[rng.gen_range(0..ctx.keys.len())].clone();
+        let think = Duration::from_millis(rng.gen_range(0..=ctx.max_think_ms));
+        seq += 1;
+        let value = format!("{pid}.{seq}");
+        let expect_absent = rng.gen_bool(0.2);
+        // Route: a live leader (or, for planted stale reads, any live member).
+        let target = loop {
+            if Instant::now() >= ctx.end {
+                return;
+            }
+            let pool = if ctx.stale_reads && matches!(kind, OpKind::Read) { ctx.net.all() } else { ctx.net.leaders() };
+            if let Some(t) = pool.choose(&mut route) {
+                break t.1.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match kind {
+            OpKind::Read => {
+                ctx.rec.event(pid, "invoke", "read", &key, serde_json::Value::Null);
+                let ok = ctx.stale_reads
+                    || matches!(
+                        tokio::time::timeout(Duration::from_millis(OP_TIMEOUT_MS), target.raft.ensure_linearizable()).await,
+                        Ok(Ok(_))
+                    );
+                match ok.then(|| target.store.range(&PbRangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })) {
+                    Some(Ok(resp)) => {
+                        let v = resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                        ctx.rec.event(pid, "ok", "read", &key, v.clone().map_or(serde_json::Value::Null, Into::into));
+                        seen.insert(key.clone(), v);
+                    }
+                    _ => ctx.rec.event(pid, "fail", "read", &key, serde_json::Value::Null),
+                }
+            }
+            OpKind::Write => {
+                ctx.rec.event(pid, "invoke", "write", &key, value.clone().into());
+                let put = PbPutRequest { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), ..Default::default() };
+                match propose(&target.raft, Command::put(&put)).await {
+                    WriteOutcome::Applied(ApplyResponse::Put(r)) => {
+                        ctx.rec.event(pid, "ok", "write", &key, value.clone().into());
+                        let rev = r.header.map_or(0, |h| h.revision);
+                        ctx.rec.acked.lock().expect("recorder poisoned").push((key.clone(), value.clone(), rev));
+                        seen.insert(key.clone(), Some(value));
+                    }
+                    WriteOutcome::NotLeader => ctx.rec.event(pid, "fail", "write", &key, value.into()),
+                    _ => ctx.rec.event(pid, "info", "write", &key, value.into()),
+                }
+            }
+            OpKind::Cas => {
+                let expected = if expect_absent { None } else { seen.get(&key).cloned().flatten() };
+                let args = serde_json::json!([expected.clone(), value.clone()]);
+                ctx.rec.event(pid, "invoke", "cas", &key, args.clone());
+                let compare = match &expected {
+                    Some(v) => PbCompare {
+                        result: consts::CMP_EQUAL,
+                        target: consts::TARGET_VALUE,
+                        key: key.as_bytes().to_vec(),
+                        target_union: Some(PbTargetUnion::Value(v.as_bytes().to_vec())),
+                        ..Default::default()
+                    },
+                    None => PbCompare {
+                        result: consts::CMP_EQUAL,
+                        target: consts::TARGET_VERSION,
+                        key: key.as_bytes().to_vec(),
+                        target_union: Some(PbTargetUnion::Version(0)),
+                        ..Default::default()
+                    },
+                };
+                let put = PbPutRequest { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), ..Default::default() };
+                let txn = PbTxnRequest {
+                    compare: vec![compare],
+                    success: vec![PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put)) }],
+                    failure: vec![],
+                };
+                match propose(&target.raft, Command::txn(&txn)).await {
+                    WriteOutcome::Applied(ApplyResponse::Txn(r)) if r.succeeded => {
+                        ctx.rec.event(pid, "ok", "cas", &key, args);
+                        let rev = r.header.map_or(0, |h| h.revision);
+                        ctx.rec.acked.lock().expect("recorder poisoned").push((key.clone(), value.clone(), rev));
+                        seen.insert(key.clone(), Some(value));
+                    }
+                    WriteOutcome::Applied(ApplyResponse::Txn(_)) => ctx.rec.event(pid, "fail", "cas", &key, args),
+                    // A cas that certainly did not run still cannot be `fail`:
+                    // in the history format that asserts the comparison failed.
+                    _ => ctx.rec.event(pid, "info", "cas", &key, args),
+                }
+            }
+        }
+        tokio::time::sleep(think).await;
+    }
+}
+
+// ---------------------------------------------------------------- run
+
+/// The linearizability verdict of one run.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Pass,
+    /// The violations, rendered.
+    Fail(String),
+    /// The checker's wall-clock budget ran out.
+    Unknown,
+}
+
+impl Verdict {
+    pub fn is_fail(&self) -> bool {
+        matches!(self, Verdict::Fail(_))
+    }
+}
+
+/// Everything one run produced.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    pub seed: u64,
+    pub members: usize,
+    pub stale_reads: bool,
+    pub schedule: FaultSchedule,
+    /// Episodes as applied, `leader` resolved to a member (`...=n2`).
+    pub applied_faults: Vec<String>,
+    pub counts: Counts,
+    pub verdict: Verdict,
+    /// Acknowledged writes whose value is not in the healed leader's store
+    /// at the revision they were acknowledged with.
+    pub lost: Vec<String>,
+    /// Acknowledged writes (ok write / ok cas).
+    pub acked_writes: usize,
+    /// Whether the healed cluster elected a leader that passed a read barrier
+    /// within [`FINAL_CONVERGE_MS`]; if not, `lost` was not checked.
+    pub final_check: bool,
+    /// Simulated milliseconds the run covered (workload + final phase).
+    pub simulated_ms: u64,
+    /// The history, JSON lines (`docs/history-format.md`).
+    pub history: String,
+}
+
+impl SimReport {
+    /// Correct: linearizable (or undecided) and nothing acknowledged lost.
+    pub fn passed(&self) -> bool {
+        !self.verdict.is_fail() && self.lost.is_empty()
+    }
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match &self.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail(_) => "FAIL",
+            Verdict::Unknown => "UNKNOWN",
+        };
+        write!(
+            f,
+            "sim seed={} members={}{} faults=[{}] ops={} ok={} fail={} info={} linearizable={} lost={}",
+            self.seed,
+            self.members,
+            if self.stale_reads { " stale_reads" } else { "" },
+            self.applied_faults.join(" "),
+            self.counts.ok + self.counts.fail + self.counts.info,
+            self.counts.ok,
+            self.counts.fail,
+            self.counts.info,
+            verdict,
+            if self.final_check { self.lost.len().to_string() } else { "unchecked(no leader after heal)".into() },
+        )
+    }
+}
+
+/// Run one seed. Builds its own current-thread runtime with paused time, so
+/// call it from a plain thread (not from inside a tokio runtime).
+pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
+    if !(3..=MAX_MEMBERS).contains(&cfg.members) {
+        return Err(SimError::Config(format!("members must be 3..={MAX_MEMBERS}, got {}", cfg.members)));
+    }
+    if cfg.clients == 0 || cfg.keys == 0 {
+        return Err(SimError::Config("need at least one client and one key".into()));
+    }
+    let root = match &cfg.data_root {
+        Some(r) => r.clone(),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
+    let dir = tempfile::Builder::new().prefix("phalanx-sim-").tempdir_in(&root).map_err(io_err(&root))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(io_err(dir.path()))?;
+    let res = rt.block_on(run_async(cfg, dir.path()));
+    drop(rt);
+    res
+}
+
+/// The simulated clock. Tokio's auto-advance jumps to the next timer the
+/// moment the runtime is idle — including while a member waits for its log
+/// writer thread to fsync, which turned every fsync into hundreds of
+/// simulated milliseconds (spurious elections, timed-out writes). This task
+/// stays runnable, so the runtime is never idle and never auto-advances;
+/// instead, after every ready task has run, it pauses [`CLOCK_TICK_WALL_US`]
+/// of wall time and moves the clock [`CLOCK_TICK_MS`] forward.
+async fn clock() {
+    loop {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        std::thread::sleep(Duration::from_micros(CLOCK_TICK_WALL_US));
+        tokio::time::advance(Duration::from_millis(CLOCK_TICK_MS)).await;
+    }
+}
+
+async fn run_async(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError> {
+    let clock = tokio::spawn(clock());
+    let res = run_cluster(cfg, root).await;
+    clock.abort();
+    res
+}
+
+async fn run_cluster(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError> {
+    let schedule = FaultSchedule::generate(cfg);
+    let net = Net::new(&schedule, cfg.seed);
+    let cluster = Arc::new(Cluster { root: root.to_path_buf(), net: net.clone(), generation: Mutex::new(BTreeMap::new()) });
+    let ids: Vec<NodeId> = (1..=cfg.members as u64).collect();
+    for &id in &ids {
+        let live = start_member(id, &gen_dir(root, id, 0), &net).await?;
+        net.live.lock().expect("net live poisoned").insert(id, live);
+    }
+    let membership: BTreeMap<NodeId, Member> = ids.iter().map(|&id| (id, member_desc(id))).collect();
+    for (_, live) in net.all() {
+        // Identical membership on every member; losing races is fine.
+        let _ = live.raft.initialize(membership.clone()).await;
+    }
+
+    let t0 = Instant::now();
+    let rec = Arc::new(Recorder { t0, lines: Mutex::new(Vec::new()), acked: Mutex::new(Vec::new()), counts: Mutex::default() });
+    let keys: Vec<String> = (0..cfg.keys).map(|k| format!("k{k}")).collect();
+    let ctx = Arc::new(ClientCtx {
+        net: net.clone(),
+        rec: rec.clone(),
+        keys: keys.clone(),
+        stale_reads: cfg.stale_reads,
+        end: t0 + Duration::from_millis(cfg.duration_ms),
+        max_think_ms: cfg.max_think_ms,
+    });
+    let faults = tokio::spawn(run_faults(cluster.clone(), schedule.clone(), cfg.members, cfg.seed, t0));
+    let clients: Vec<_> = (0..cfg.clients as u64).map(|pid| tokio::spawn(client(ctx.clone(), pid, cfg.seed))).collect();
+    for c in clients {
+        let _ = c.await;
+    }
+    let applied_faults = match faults.await {
+        Ok(r) => r?,
+        Err(e) => vec![format!("fault task panicked: {e}")],
+    };
+
+    // Heal everything (the fault task restarted any crashed member) and find
+    // a leader that passes a read barrier.
+    net.heal();
+    net.set_loss(0);
+    let final_deadline = Instant::now() + Duration::from_millis(FINAL_CONVERGE_MS);
+    let mut leader: Option<Live> = None;
+    while leader.is_none() && Instant::now() < final_deadline {
+        for (_, l) in net.leaders() {
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1_000), l.raft.ensure_linearizable()).await {
+                leader = Some(l);
+                break;
+            }
+        }
+        if leader.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut lost = Vec::new();
+    let acked = rec.acked.lock().expect("recorder poisoned").clone();
+    if let Some(l) = &leader {
+        // Final reads, recorded as one more client.
+        let final_pid = cfg.clients as u64 + 1_000;
+        for key in &keys {
+            rec.event(final_pid, "invoke", "read", key, serde_json::Value::Null);
+            let v = read_value(&l.store, key, 0).map(|(v, _)| v);
+            rec.event(final_pid, "ok", "read", key, v.map_or(serde_json::Value::Null, Into::into));
+        }
+        // No compaction ever runs, so every acknowledged write must be
+        // readable at the revision it was acknowledged with.
+        for (key, value, rev) in &acked {
+            match read_value(&l.store, key, *rev) {
+                Some((v, mr)) if v == *value && mr == *rev => {}
+                other => lost.push(format!("{key}={value}@{rev} (found {other:?})")),
+            }
+        }
+    }
+    let simulated_ms = (Instant::now() - t0).as_millis() as u64;
+    for (_, l) in net.all() {
+        let _ = l.raft.shutdown().await;
+    }
+    net.live.lock().expect("net live poisoned").clear();
+
+    let history = rec.lines.lock().expect("recorder poisoned").join("\n");
+    let parsed = linearizability::History::parse_str(&history)?;
+    let limits = linearizability::Limits { timeout: Some(Duration::from_millis(CHECK_WALL_TIMEOUT_MS)) };
+    let verdict = match linearizability::check(&parsed, &limits) {
+        linearizability::Outcome::Linearizable => Verdict::Pass,
+        linearizability::Outcome::NotLinearizable(v) => Verdict::Fail(v.iter().map(|v| v.to_string()).collect()),
+        linearizability::Outcome::Unknown { .. } => Verdict::Unknown,
+    };
+    let counts = *rec.counts.lock().expect("recorder poisoned");
+    Ok(SimReport {
+        seed: cfg.seed,
+        members: cfg.members,
+        stale_reads: cfg.stale_reads,
+        schedule,
+        applied_faults,
+        counts,
+        verdict,
+        lost,
+        acked_writes: acked.len(),
+        final_check: leader.is_some(),
+        simulated_ms,
+        history,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_a_function_of_the_seed() {
+        let a = FaultSchedule::generate(&SimConfig::new(7));
+        let b = FaultSchedule::generate(&SimConfig::new(7));
+        assert_eq!(a, b);
+        assert!(!a.episodes.is_empty());
+        for w in a.episodes.windows(2) {
+            assert!(w[0].at_ms + w[0].len_ms < w[1].at_ms, "episodes overlap: {a}");
+        }
+        assert!(a.episodes.last().is_some_and(|e| e.at_ms + e.len_ms <= 20_000));
+    }
+}
