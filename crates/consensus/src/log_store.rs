@@ -122,63 +122,15 @@ impl LogStore {
         // Verify every record once at start-up: a corrupted log refuses to
         // start rather than failing later in the middle of replication.
         store.verify_all().map_err(|e| LogStoreError::InFile { path: path.display().to_string(), source: Box::new(e) })?;
-        let w = store.clone();
+        // The writer holds the file and the pending map, not the queue's
+        // sender: when the last LogStore clone is dropped the queue closes,
+        // the thread ends and the file is released.
+        let w = LogWriter { db: store.db.clone(), pending: store.pending.clone(), unsafe_no_fsync };
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || w.writer_loop(rx))
+            .spawn(move || w.run(rx))
             .map_err(|e| LogStoreError::Db(format!("starting the log writer thread: {e}")))?;
         Ok(store)
-    }
-
-    /// Group commit: every append queued while the previous fsync ran goes
-    /// into the next transaction; then each append's callback fires.
-    fn writer_loop(&self, mut rx: tokio::sync::mpsc::Receiver<WriteOp>) {
-        let mut failed: Option<String> = None;
-        while let Some(first) = rx.blocking_recv() {
-            let mut ops = vec![first];
-            while ops.len() < MAX_APPENDS_PER_COMMIT {
-                match rx.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
-            }
-            let entries: Vec<Entry> = ops
-                .iter()
-                .flat_map(|op| match op {
-                    WriteOp::Append(e, _) => e.iter().cloned().collect::<Vec<_>>(),
-                    WriteOp::Barrier(_) => Vec::new(),
-                })
-                .collect();
-            let result = match &failed {
-                Some(e) => Err(e.clone()),
-                None if entries.is_empty() => Ok(()),
-                None => self.append_blocking(&entries).map_err(|e| e.to_string()),
-            };
-            if let Err(e) = &result {
-                // A log that failed to write is not trusted again: every later
-                // append fails too, which stops the Raft core.
-                tracing::error!("raft log write failed: {e}");
-                failed = Some(e.clone());
-            } else {
-                let mut pending = self.pending.lock().expect("pending poisoned");
-                for e in &entries {
-                    let index = e.get_log_id().index;
-                    // Only drop what is still the same entry (a later append
-                    // may have replaced it after a truncation).
-                    if pending.get(&index).map(|p| p.get_log_id()) == Some(e.get_log_id()) {
-                        pending.remove(&index);
-                    }
-                }
-            }
-            for op in ops {
-                match op {
-                    WriteOp::Append(_, cb) => cb.log_io_completed(result.clone().map_err(std::io::Error::other)),
-                    WriteOp::Barrier(done) => {
-                        let _ = done.send(());
-                    }
-                }
-            }
-        }
     }
 
     /// Wait until everything queued so far is on disk.
@@ -298,21 +250,6 @@ impl LogStore {
         Ok(id)
     }
 
-    fn append_blocking(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        if self.unsafe_no_fsync {
-            txn.set_durability(redb::Durability::None).map_err(db_err)?;
-        }
-        {
-            let mut log = txn.open_table(LOG).map_err(db_err)?;
-            for e in entries {
-                log.insert(e.get_log_id().index, frame(e).as_slice()).map_err(db_err)?;
-            }
-        }
-        // Durability::Immediate is redb's default: commit returns after fsync.
-        txn.commit().map_err(db_err)
-    }
-
     fn delete_range(&self, range: impl RangeBounds<u64>, purged: Option<LogId>) -> Result<(), LogStoreError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if self.unsafe_no_fsync {
@@ -328,6 +265,83 @@ impl LogStore {
         }
         txn.commit().map_err(db_err)
     }
+}
+
+/// The group-commit writer thread's state.
+struct LogWriter {
+    db: Arc<Database>,
+    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>>,
+    unsafe_no_fsync: bool,
+}
+
+impl LogWriter {
+    /// Group commit: every append queued while the previous fsync ran goes
+    /// into the next transaction; then each append's callback fires.
+    fn run(&self, mut rx: tokio::sync::mpsc::Receiver<WriteOp>) {
+        let mut failed: Option<String> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_APPENDS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let entries: Vec<Entry> = ops
+                .iter()
+                .flat_map(|op| match op {
+                    WriteOp::Append(e, _) => e.iter().cloned().collect::<Vec<_>>(),
+                    WriteOp::Barrier(_) => Vec::new(),
+                })
+                .collect();
+            let result = match &failed {
+                Some(e) => Err(e.clone()),
+                None if entries.is_empty() => Ok(()),
+                None => append_entries(&self.db, self.unsafe_no_fsync, &entries).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = &result {
+                // A log that failed to write is not trusted again: every later
+                // append fails too, which stops the Raft core.
+                tracing::error!("raft log write failed: {e}");
+                failed = Some(e.clone());
+            } else {
+                let mut pending = self.pending.lock().expect("pending poisoned");
+                for e in &entries {
+                    let index = e.get_log_id().index;
+                    // Only drop what is still the same entry (a later append
+                    // may have replaced it after a truncation).
+                    if pending.get(&index).map(|p| p.get_log_id()) == Some(e.get_log_id()) {
+                        pending.remove(&index);
+                    }
+                }
+            }
+            for op in ops {
+                match op {
+                    WriteOp::Append(_, cb) => cb.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                    WriteOp::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        }
+    }
+
+}
+
+/// One transaction appending `entries`, fsynced unless the planted bug says otherwise.
+fn append_entries(db: &Database, unsafe_no_fsync: bool, entries: &[Entry]) -> Result<(), LogStoreError> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    if unsafe_no_fsync {
+        txn.set_durability(redb::Durability::None).map_err(db_err)?;
+    }
+    {
+        let mut log = txn.open_table(LOG).map_err(db_err)?;
+        for e in entries {
+            log.insert(e.get_log_id().index, frame(e).as_slice()).map_err(db_err)?;
+        }
+    }
+    // Durability::Immediate is redb's default: commit returns after fsync.
+    txn.commit().map_err(db_err)
 }
 
 fn read_err(e: LogStoreError) -> StorageError {
