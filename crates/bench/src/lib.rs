@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -85,6 +85,10 @@ pub enum Workload {
     GetSerializable,
     /// `--put-percent` puts, the rest linearizable gets.
     Mixed,
+    /// Write every key `bench/00000000 .. --keys` once, `--fill-txn-ops`
+    /// puts per transaction (clients take interleaved batches), then stop:
+    /// loads a large data set quickly (e.g. for memory measurements).
+    Fill,
 }
 
 /// `phalanx bench kv`.
@@ -107,6 +111,9 @@ pub struct KvArgs {
     /// Number of distinct keys (`bench/00000000` ...) chosen uniformly.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Fill workload: puts per transaction (etcd's default limit is 128).
+    #[arg(long, default_value_t = 100)]
+    pub fill_txn_ops: u64,
     /// Mixed workload: percentage (0-100) of operations that are puts.
     #[arg(long, default_value_t = 50)]
     pub put_percent: u8,
@@ -272,10 +279,30 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
                 errors: BTreeMap::new(),
                 put_times: Vec::new(),
             };
+            let mut fill_batch = i as u64;
             while Instant::now() < end {
+                if a.workload == Workload::Fill {
+                    let first = fill_batch * a.fill_txn_ops;
+                    if first >= a.keys {
+                        break;
+                    }
+                    let ops: Vec<TxnOp> = (first..(first + a.fill_txn_ops).min(a.keys))
+                        .map(|k| TxnOp::put(format!("bench/{k:08}"), value.clone(), None))
+                        .collect();
+                    let t0 = Instant::now();
+                    match tokio::time::timeout(request_timeout, kv.txn(Txn::new().and_then(ops))).await {
+                        Ok(Ok(_)) => {
+                            res.hist.saturating_record((t0.elapsed().as_micros().max(1)) as u64);
+                            fill_batch += a.clients as u64;
+                        }
+                        Ok(Err(e)) => *res.errors.entry(error_message(&e)).or_default() += 1,
+                        Err(_) => *res.errors.entry(format!("request timeout (> {} ms)", a.request_timeout_ms)).or_default() += 1,
+                    }
+                    continue;
+                }
                 let key = format!("bench/{:08}", rng.next() % a.keys);
                 let is_put = match a.workload {
-                    Workload::Put => true,
+                    Workload::Put | Workload::Fill => true,
                     Workload::GetLinearizable | Workload::GetSerializable => false,
                     Workload::Mixed => rng.next() % 100 < a.put_percent as u64,
                 };

@@ -89,6 +89,9 @@ enum WriteOp {
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Page cache of the log file: replication reads recent entries, which stay hot.
+pub const LOG_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Appends that may wait for the writer thread before `append` applies
 /// back-pressure to the Raft core.
 pub const MAX_QUEUED_APPENDS: usize = 1024;
@@ -98,7 +101,7 @@ pub const MAX_APPENDS_PER_COMMIT: usize = 256;
 impl LogStore {
     /// Open or create the log file at `path`.
     pub fn open(path: &Path, unsafe_no_fsync: bool) -> Result<Self, LogStoreError> {
-        let db = Database::create(path).map_err(|source| {
+        let db = redb::Builder::new().set_cache_size(LOG_CACHE_BYTES).create(path).map_err(|source| {
             let hint = match &source {
                 redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
                     " (the file is corrupted: restore this member from a snapshot, or remove it from the cluster and re-add it with an empty data dir)"
