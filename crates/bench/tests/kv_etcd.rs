@@ -72,6 +72,7 @@ fn args(endpoint: &str, workload: Workload) -> KvArgs {
         workload,
         value_bytes: 256,
         keys: 100,
+        fill_txn_ops: 10,
         put_percent: 50,
         request_timeout_ms: 5_000,
         connect_timeout_ms: 5_000,
@@ -97,6 +98,12 @@ async fn every_workload_runs_cleanly_against_etcd() {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["ops"], report.ops);
     }
+    // Fill writes every key exactly once (100 keys, 10 per txn) and stops.
+    let report = run_kv(&args(&etcd.endpoint, Workload::Fill)).await.expect("fill runs");
+    assert_eq!((report.ops, report.errors_total), (10, 0), "{report}");
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await.unwrap();
+    let all = c.get("bench/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    assert_eq!(all.count(), 100);
 }
 
 #[tokio::test]
