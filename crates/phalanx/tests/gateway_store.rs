@@ -197,8 +197,17 @@ fn store_backed_gateways_follow_the_store_on_every_node() {
     load.wait_ok(100);
     let rev = put(&c, &config_toml(&[&a, &cb]));
     wait_status(&c, &[0, 1, 2], rev, "applied");
-    // b is out of rotation everywhere: its request count stops moving.
-    std::thread::sleep(Duration::from_millis(300));
+    // b is out of rotation everywhere: once its in-flight requests have
+    // drained, its request count stops moving.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = b.requests();
+        load.wait_ok(50);
+        if b.requests() == before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "removed endpoint b kept receiving requests for 10 s");
+    }
     let b_before = b.requests();
     load.wait_ok(200);
     assert_eq!(b.requests(), b_before, "removed endpoint b still receives requests");
