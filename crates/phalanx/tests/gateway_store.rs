@@ -16,36 +16,15 @@ const KEY: &str = "/phalanx/gateway/config";
 
 /// A cluster whose member `i` runs a gateway on `gw_ports[i]`.
 fn start_cluster_with_gateways(n: usize) -> (Cluster, Vec<u16>) {
-    let dir = tempfile::tempdir().unwrap();
-    let token = format!("gw-{}", free_port());
     let gw_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let mut members: Vec<Member> = (1..=n)
-        .map(|i| Member {
-            name: format!("n{i}"),
-            client_port: free_port(),
-            peer_port: free_port(),
-            metrics_port: free_port(),
-            data_dir: dir.path().join(format!("n{i}")),
-            child: None,
-            extra_args: vec![
-                "--gateway-listen".into(),
-                format!("127.0.0.1:{}", gw_ports[i - 1]),
-                "--gateway-admin-listen".into(),
-                format!("127.0.0.1:{}", free_port()),
-            ],
-            initial_cluster: String::new(),
-            state: "new",
-            log: dir.path().join(format!("n{i}.log")),
-        })
-        .collect();
-    let ic: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect();
-    let ic = ic.join(",");
-    for m in &mut members {
-        m.initial_cluster = ic.clone();
-        m.spawn(&token);
-    }
-    let c = Cluster { dir, members, token };
-    c.wait_healthy(&(0..n).collect::<Vec<_>>());
+    let c = Cluster::start_with(n, |i| {
+        vec![
+            "--gateway-listen".into(),
+            format!("127.0.0.1:{}", gw_ports[i]),
+            "--gateway-admin-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ]
+    });
     (c, gw_ports)
 }
 

@@ -153,6 +153,12 @@ pub struct Cluster {
 impl Cluster {
     /// Start `n` members of a new cluster and wait until all are healthy.
     pub fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        Self::start_with(n, |_| extra.clone())
+    }
+
+    /// Like [`Cluster::start`], with per-member extra flags (`i` from 0).
+    pub fn start_with(n: usize, extra_args: impl Fn(usize) -> Vec<String>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let token = format!("test-{}", free_port());
         let mut members: Vec<Member> = (1..=n)
@@ -163,7 +169,7 @@ impl Cluster {
                 metrics_port: free_port(),
                 data_dir: dir.path().join(format!("n{i}")),
                 child: None,
-                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                extra_args: extra_args(i - 1),
                 initial_cluster: String::new(),
                 state: "new",
                 log: dir.path().join(format!("n{i}.log")),
