@@ -83,7 +83,7 @@ fn etcdctl_kv_txn_watch_lease_member_maintenance() {
         }
     });
     let mut lines = Vec::new();
-    let mut recv = |lines: &mut Vec<String>, n: usize| {
+    let recv = |lines: &mut Vec<String>, n: usize| {
         while lines.len() < n {
             lines.push(rx.recv_timeout(Duration::from_secs(15)).expect("watch output"));
         }
