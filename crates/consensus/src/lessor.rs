@@ -13,7 +13,7 @@
 //! Time is `tokio::time::Instant`, so a simulator driving tokio's clock
 //! drives lease expiry too.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use tokio::time::{Duration, Instant};
@@ -27,7 +27,7 @@ struct Clock {
 /// Per-member lease clocks.
 #[derive(Default)]
 pub struct Lessor {
-    clocks: Mutex<HashMap<i64, Clock>>,
+    clocks: Mutex<BTreeMap<i64, Clock>>,
 }
 
 /// Leases are granted with at least this TTL, as etcd's minimum

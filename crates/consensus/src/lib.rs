@@ -12,6 +12,8 @@
 //!   `mvcc::Store` in one transaction with Raft's bookkeeping, and
 //!   publishing watch events ([`StoreChange`]).
 //! - [`Lessor`]: leader-side lease clocks.
+//! - [`runtime`]: the async runtime openraft runs on (tokio, plus per-member
+//!   clocks and a seedable RNG for the simulator).
 //! - [`network`]: the peer transport, behind openraft's `RaftNetworkFactory`
 //!   (a simulator substitutes its own).
 //!
@@ -25,12 +27,13 @@ pub mod lessor;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
 pub use faults::{Faults, NetworkFaults, PlantedBug};
 pub use lessor::Lessor;
-pub use log_store::LogStore;
+pub use log_store::{IoMode, LogStore, LogStoreOptions};
 pub use node::{ClusterState, Node, NodeConfig, NodeError, NodeStatus, StartError};
 pub use state_machine::{Applier, StoreChange};
 pub use types::{ApplyOutcome, Member, NodeId, TypeConfig};

@@ -12,6 +12,11 @@
 //! while the previous fsync ran into one transaction, then reports them
 //! flushed. openraft counts an entry towards the commit quorum only after
 //! that report.
+//!
+//! [`IoMode::Inline`] (the simulator's) runs the writer as a tokio task and
+//! every other file operation on the calling task, and
+//! [`LogStore::open_backend`] puts the log on any `redb::StorageBackend`
+//! (the simulator's disk, which loses unsynced writes on a crash).
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -50,6 +55,17 @@ fn db_err(e: impl std::fmt::Display) -> LogStoreError {
     LogStoreError::Db(e.to_string())
 }
 
+fn open_error(path: &str, source: redb::DatabaseError) -> LogStoreError {
+    let hint = match &source {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+            " (the file is corrupted: restore this member from a snapshot, or remove it from the cluster and re-add it with an empty data dir)"
+        }
+        redb::DatabaseError::DatabaseAlreadyOpen => " (another process uses this data dir: stop it first)",
+        _ => "",
+    };
+    LogStoreError::Open { path: path.to_string(), hint, source }
+}
+
 pub(crate) fn frame<T: Serialize>(value: &T) -> Vec<u8> {
     let payload = postcard::to_allocvec(value).expect("postcard encoding of an in-memory value cannot fail");
     let mut out = Vec::with_capacity(payload.len() + 4);
@@ -69,10 +85,44 @@ pub(crate) fn unframe<T: DeserializeOwned>(bytes: &[u8], what: impl Fn() -> Stri
     postcard::from_bytes(payload).map_err(|e| LogStoreError::Decode { what: what(), detail: e.to_string() })
 }
 
+/// Where a store's blocking file work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// Blocking work on tokio's blocking pool, the log's group commit on its
+    /// own OS thread (production).
+    #[default]
+    Threads,
+    /// Everything on the calling task; the group-commit writer is a tokio
+    /// task. With a single-threaded runtime every I/O then happens in an
+    /// order the scheduler alone decides (the deterministic simulator).
+    Inline,
+}
+
+impl IoMode {
+    /// Run blocking storage work `f` as this mode says.
+    pub async fn run<T: Send + 'static>(self, what: &'static str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        match self {
+            IoMode::Inline => f(),
+            IoMode::Threads => {
+                tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| panic!("{what} task panicked: {e}"))
+            }
+        }
+    }
+}
+
+/// How to open a [`LogStore`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStoreOptions {
+    pub io: IoMode,
+    /// Planted bug: commit without fsync (`PlantedBug::AckBeforeFsync`).
+    pub unsafe_no_fsync: bool,
+}
+
 /// The durable Raft log. Cheap to clone (shares the database).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    io: IoMode,
     /// Planted bug: commit without fsync (`PlantedBug::AckBeforeFsync`).
     unsafe_no_fsync: bool,
     /// Entries handed to `append` whose transaction has not committed yet:
@@ -99,18 +149,26 @@ pub const MAX_QUEUED_APPENDS: usize = 1024;
 pub const MAX_APPENDS_PER_COMMIT: usize = 256;
 
 impl LogStore {
-    /// Open or create the log file at `path`.
+    /// Open or create the log file at `path` (production: [`IoMode::Threads`]).
     pub fn open(path: &Path, unsafe_no_fsync: bool) -> Result<Self, LogStoreError> {
-        let db = redb::Builder::new().set_cache_size(LOG_CACHE_BYTES).create(path).map_err(|source| {
-            let hint = match &source {
-                redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
-                    " (the file is corrupted: restore this member from a snapshot, or remove it from the cluster and re-add it with an empty data dir)"
-                }
-                redb::DatabaseError::DatabaseAlreadyOpen => " (another process uses this data dir: stop it first)",
-                _ => "",
-            };
-            LogStoreError::Open { path: path.display().to_string(), hint, source }
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)
+            .map_err(|source| open_error(&path.display().to_string(), source))?;
+        Self::from_db(db, &path.display().to_string(), LogStoreOptions { io: IoMode::Threads, unsafe_no_fsync })
+    }
+
+    /// Open or create a log on `backend`; `label` names it in errors.
+    pub fn open_backend(backend: impl redb::StorageBackend, label: &str, options: LogStoreOptions) -> Result<Self, LogStoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|source| open_error(label, source))?;
+        Self::from_db(db, label, options)
+    }
+
+    fn from_db(db: Database, label: &str, options: LogStoreOptions) -> Result<Self, LogStoreError> {
+        let LogStoreOptions { io, unsafe_no_fsync } = options;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(LOG).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
@@ -118,21 +176,29 @@ impl LogStore {
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUEUED_APPENDS);
         let store = LogStore {
             db: Arc::new(db),
+            io,
             unsafe_no_fsync,
             pending: Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new())),
             writer: tx,
         };
         // Verify every record once at start-up: a corrupted log refuses to
         // start rather than failing later in the middle of replication.
-        store.verify_all().map_err(|e| LogStoreError::InFile { path: path.display().to_string(), source: Box::new(e) })?;
+        store.verify_all().map_err(|e| LogStoreError::InFile { path: label.to_string(), source: Box::new(e) })?;
         // The writer holds the file and the pending map, not the queue's
         // sender: when the last LogStore clone is dropped the queue closes,
-        // the thread ends and the file is released.
+        // the writer ends and the file is released.
         let w = LogWriter { db: store.db.clone(), pending: store.pending.clone(), unsafe_no_fsync };
-        std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || w.run(rx))
-            .map_err(|e| LogStoreError::Db(format!("starting the log writer thread: {e}")))?;
+        match io {
+            IoMode::Threads => {
+                std::thread::Builder::new()
+                    .name("raft-log-writer".into())
+                    .spawn(move || w.run_on_thread(rx))
+                    .map_err(|e| LogStoreError::Db(format!("starting the log writer thread: {e}")))?;
+            }
+            IoMode::Inline => {
+                tokio::spawn(async move { w.run_as_task(rx).await });
+            }
+        }
         Ok(store)
     }
 
@@ -278,57 +344,68 @@ struct LogWriter {
 }
 
 impl LogWriter {
-    /// Group commit: every append queued while the previous fsync ran goes
-    /// into the next transaction; then each append's callback fires.
-    fn run(&self, mut rx: tokio::sync::mpsc::Receiver<WriteOp>) {
+    fn run_on_thread(&self, mut rx: tokio::sync::mpsc::Receiver<WriteOp>) {
         let mut failed: Option<String> = None;
         while let Some(first) = rx.blocking_recv() {
-            let mut ops = vec![first];
-            while ops.len() < MAX_APPENDS_PER_COMMIT {
-                match rx.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
+            self.commit_group(first, &mut rx, &mut failed);
+        }
+    }
+
+    async fn run_as_task(&self, mut rx: tokio::sync::mpsc::Receiver<WriteOp>) {
+        let mut failed: Option<String> = None;
+        while let Some(first) = rx.recv().await {
+            self.commit_group(first, &mut rx, &mut failed);
+        }
+    }
+
+    /// Group commit: `first` and every append queued behind it (up to
+    /// [`MAX_APPENDS_PER_COMMIT`]) go into one transaction; then each
+    /// append's callback fires.
+    fn commit_group(&self, first: WriteOp, rx: &mut tokio::sync::mpsc::Receiver<WriteOp>, failed: &mut Option<String>) {
+        let mut ops = vec![first];
+        while ops.len() < MAX_APPENDS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<Entry> = ops
+            .iter()
+            .flat_map(|op| match op {
+                WriteOp::Append(e, _) => e.to_vec(),
+                WriteOp::Barrier(_) => Vec::new(),
+            })
+            .collect();
+        let result = match &*failed {
+            Some(e) => Err(e.clone()),
+            None if entries.is_empty() => Ok(()),
+            None => append_entries(&self.db, self.unsafe_no_fsync, &entries).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &result {
+            // A log that failed to write is not trusted again: every later
+            // append fails too, which stops the Raft core.
+            tracing::error!("raft log write failed: {e}");
+            *failed = Some(e.clone());
+        } else {
+            let mut pending = self.pending.lock().expect("pending poisoned");
+            for e in &entries {
+                let index = e.get_log_id().index;
+                // Only drop what is still the same entry (a later append
+                // may have replaced it after a truncation).
+                if pending.get(&index).map(|p| p.get_log_id()) == Some(e.get_log_id()) {
+                    pending.remove(&index);
                 }
             }
-            let entries: Vec<Entry> = ops
-                .iter()
-                .flat_map(|op| match op {
-                    WriteOp::Append(e, _) => e.iter().cloned().collect::<Vec<_>>(),
-                    WriteOp::Barrier(_) => Vec::new(),
-                })
-                .collect();
-            let result = match &failed {
-                Some(e) => Err(e.clone()),
-                None if entries.is_empty() => Ok(()),
-                None => append_entries(&self.db, self.unsafe_no_fsync, &entries).map_err(|e| e.to_string()),
-            };
-            if let Err(e) = &result {
-                // A log that failed to write is not trusted again: every later
-                // append fails too, which stops the Raft core.
-                tracing::error!("raft log write failed: {e}");
-                failed = Some(e.clone());
-            } else {
-                let mut pending = self.pending.lock().expect("pending poisoned");
-                for e in &entries {
-                    let index = e.get_log_id().index;
-                    // Only drop what is still the same entry (a later append
-                    // may have replaced it after a truncation).
-                    if pending.get(&index).map(|p| p.get_log_id()) == Some(e.get_log_id()) {
-                        pending.remove(&index);
-                    }
-                }
-            }
-            for op in ops {
-                match op {
-                    WriteOp::Append(_, cb) => cb.log_io_completed(result.clone().map_err(std::io::Error::other)),
-                    WriteOp::Barrier(done) => {
-                        let _ = done.send(());
-                    }
+        }
+        for op in ops {
+            match op {
+                WriteOp::Append(_, cb) => cb.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                WriteOp::Barrier(done) => {
+                    let _ = done.send(());
                 }
             }
         }
     }
-
 }
 
 /// One transaction appending `entries`, fsynced unless the planted bug says otherwise.
@@ -352,10 +429,6 @@ fn read_err(e: LogStoreError) -> StorageError {
 }
 fn write_err(e: LogStoreError) -> StorageError {
     StorageIOError::write_logs(&e).into()
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("log store task panicked")
 }
 
 /// Upper bound on entries handed to one replication RPC, so one lagging
@@ -385,12 +458,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let this = self.clone();
-        blocking(move || this.read_range(start, end, usize::MAX, usize::MAX)).await.map_err(read_err)
+        this.io.run("log store", move || this.read_range(start, end, usize::MAX, usize::MAX)).await.map_err(read_err)
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         let this = self.clone();
-        blocking(move || this.read_range(start, end, MAX_ENTRIES_PER_READ, MAX_BYTES_PER_READ)).await.map_err(read_err)
+        this.io.run("log store", move || this.read_range(start, end, MAX_ENTRIES_PER_READ, MAX_BYTES_PER_READ)).await.map_err(read_err)
     }
 }
 
@@ -412,7 +485,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let this = self.clone();
         let vote = *vote;
         // The vote must be durable before it is acted on (Raft safety).
-        blocking(move || this.put_meta(KEY_VOTE, &vote, true)).await.map_err(|e| StorageIOError::write_vote(&e).into())
+        this.io.run("log store", move || this.put_meta(KEY_VOTE, &vote, true)).await.map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -425,7 +498,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // committed without waiting for a leader. (It is called on every
         // commit advance: an fsync here would serialise the write path.)
         let this = self.clone();
-        blocking(move || this.put_meta(KEY_COMMITTED, &committed, false)).await.map_err(write_err)
+        this.io.run("log store", move || this.put_meta(KEY_COMMITTED, &committed, false)).await.map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -454,12 +527,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.barrier().await.map_err(write_err)?;
         self.pending.lock().expect("pending poisoned").retain(|i, _| *i < log_id.index);
         let this = self.clone();
-        blocking(move || this.delete_range(log_id.index.., None)).await.map_err(write_err)
+        this.io.run("log store", move || this.delete_range(log_id.index.., None)).await.map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.barrier().await.map_err(write_err)?;
         let this = self.clone();
-        blocking(move || this.delete_range(..=log_id.index, Some(log_id))).await.map_err(write_err)
+        this.io.run("log store", move || this.delete_range(..=log_id.index, Some(log_id))).await.map_err(write_err)
     }
 }

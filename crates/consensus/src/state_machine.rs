@@ -14,11 +14,14 @@ use std::sync::{Arc, Mutex};
 use etcd_client::proto::PbEvent;
 use mvcc::{ApplyResponse, Command, Store};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
+use openraft::{AsyncRuntime, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::lessor::Lessor;
+use crate::log_store::IoMode;
+use crate::runtime::PhalanxRuntime;
 use crate::types::{ApplyOutcome, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// Raft bookkeeping stored atomically with the data it describes.
@@ -52,6 +55,7 @@ pub struct Applier {
     /// and its log id always describe the same state.
     apply_lock: Arc<Mutex<()>>,
     current_snapshot: Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>,
+    io: IoMode,
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -64,7 +68,20 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
 impl Applier {
     pub fn new(store: Arc<Store>, lessor: Arc<Lessor>) -> Self {
         let (changes, _) = broadcast::channel(WATCH_CHANNEL_BATCHES);
-        Applier { store, lessor, changes, apply_lock: Arc::new(Mutex::new(())), current_snapshot: Arc::new(Mutex::new(None)) }
+        Applier {
+            store,
+            lessor,
+            changes,
+            apply_lock: Arc::new(Mutex::new(())),
+            current_snapshot: Arc::new(Mutex::new(None)),
+            io: IoMode::Threads,
+        }
+    }
+
+    /// Run store work as `io` says (the simulator uses [`IoMode::Inline`]).
+    pub fn with_io(mut self, io: IoMode) -> Self {
+        self.io = io;
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -147,9 +164,11 @@ impl Applier {
             self.store.write_snapshot(&mut data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             (meta, data)
         };
+        // Drawn from the runtime's RNG, which a simulator seeds.
+        let nonce: u32 = PhalanxRuntime::thread_rng().gen();
         let snapshot_id = match meta.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
-            None => format!("empty-{}", rand::random::<u32>()),
+            Some(l) => format!("{}-{}-{nonce}", l.leader_id.term, l.index),
+            None => format!("empty-{nonce}"),
         };
         let snap_meta = SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership, snapshot_id };
         let data = Arc::new(data);
@@ -173,14 +192,10 @@ impl Applier {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("state machine task panicked")
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for Applier {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let this = self.clone();
-        blocking(move || this.build_snapshot_blocking()).await
+        this.io.run("state machine", move || this.build_snapshot_blocking()).await
     }
 }
 
@@ -199,7 +214,7 @@ impl RaftStateMachine<TypeConfig> for Applier {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let this = self.clone();
-        blocking(move || this.apply_blocking(entries)).await
+        this.io.run("state machine", move || this.apply_blocking(entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -214,7 +229,7 @@ impl RaftStateMachine<TypeConfig> for Applier {
         let this = self.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
-        blocking(move || this.install_blocking(meta, data)).await
+        this.io.run("state machine", move || this.install_blocking(meta, data)).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -52,6 +52,7 @@ openraft::declare_raft_types!(
         R = ApplyOutcome,
         NodeId = NodeId,
         Node = Member,
+        AsyncRuntime = crate::runtime::PhalanxRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

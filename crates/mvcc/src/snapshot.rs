@@ -147,14 +147,18 @@ impl Store {
             move |source| MvccError::Io { op, source }
         };
         let tmp_path = self.path.with_extension("snapshot-incoming");
-        let _cleanup = RemoveOnDrop(tmp_path.clone());
+        let _cleanup = (!self.spool_in_memory).then(|| RemoveOnDrop(tmp_path.clone()));
         // 1. Spool + checksum (all bytes except the trailing 4 are hashed).
         let mut crc = crc32fast::Hasher::new();
         let mut tail: Vec<u8> = Vec::with_capacity(8);
         let mut total: u64 = 0;
+        let mut spooled: Vec<u8> = Vec::new();
         {
-            let mut f =
-                BufWriter::new(File::create(&tmp_path).map_err(io("create snapshot spool file"))?);
+            let mut f: Box<dyn Write + '_> = if self.spool_in_memory {
+                Box::new(&mut spooled)
+            } else {
+                Box::new(BufWriter::new(File::create(&tmp_path).map_err(io("create snapshot spool file"))?))
+            };
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 let n = match r.read(&mut buf) {
@@ -186,11 +190,12 @@ impl Store {
         let body_len = total - 4;
 
         // 2. Parse and replace everything in one write transaction.
-        let mut rd = BufReader::with_capacity(
-            1 << 16,
-            File::open(&tmp_path).map_err(io("open snapshot spool file"))?,
-        )
-        .take(body_len);
+        let spool: Box<dyn Read> = if self.spool_in_memory {
+            Box::new(std::io::Cursor::new(spooled))
+        } else {
+            Box::new(File::open(&tmp_path).map_err(io("open snapshot spool file"))?)
+        };
+        let mut rd = BufReader::with_capacity(1 << 16, spool).take(body_len);
         let bad = |m: &str| MvccError::Snapshot(m.to_string());
         let mut hdr = [0u8; 12];
         rd.read_exact(&mut hdr)

@@ -39,6 +39,9 @@ pub struct LeaseInfo {
 pub struct Store {
     pub(crate) db: Database,
     pub(crate) path: PathBuf,
+    /// Where an incoming snapshot is spooled before it is verified: a file
+    /// next to `path`, or (for a store on a non-file backend) memory.
+    pub(crate) spool_in_memory: bool,
     /// Serializes writers (apply_batch, install_snapshot). redb would serialize them too,
     /// but we also need the cached counters below to change only under this lock.
     pub(crate) writer: Mutex<()>,
@@ -1129,6 +1132,20 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_db(db_, path, false)
+    }
+
+    /// Open or create a store on any redb storage backend (the simulator's
+    /// in-memory disk); `label` stands in for the path in errors.
+    pub fn open_backend(backend: impl redb::StorageBackend, label: &Path) -> Result<Store, MvccError> {
+        let db_ = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|source| MvccError::Open { path: label.to_path_buf(), source })?;
+        Self::from_db(db_, label, true)
+    }
+
+    fn from_db(db_: Database, path: &Path, spool_in_memory: bool) -> Result<Store, MvccError> {
         let txn = db_.begin_write().map_err(db("begin write"))?;
         let tables: Vec<String> = txn
             .list_tables()
@@ -1196,6 +1213,7 @@ impl Store {
         Ok(Store {
             db: db_,
             path: path.to_path_buf(),
+            spool_in_memory,
             writer: Mutex::new(()),
             rev: AtomicI64::new(rev),
             compact: AtomicI64::new(compact),

@@ -2,22 +2,26 @@
 //!
 //! Runs a whole 3–5 member cluster inside one process, built from the real
 //! consensus pieces (`openraft::Raft<TypeConfig>` over `consensus::LogStore`
-//! and `consensus::Applier` on `mvcc::Store`, redb files in a temporary
-//! directory), connected by a simulated network with injected faults, under a
-//! seeded client workload whose history is checked for linearizability.
+//! and `consensus::Applier` on `mvcc::Store`, both redb databases on a
+//! simulated disk, [`disk::SimFile`], that loses unsynced writes on a crash),
+//! connected by a simulated network with injected faults, under a seeded
+//! client workload whose history is checked for linearizability.
 //!
 //! ## Main types
 //! * [`SimConfig`] — one run: seed, member count, simulated duration (ms),
-//!   workload size, fault intensity, and the planted `stale_reads` bug switch.
+//!   workload size, faults on/off, and a planted bug
+//!   ([`consensus::PlantedBug`], the same switch `phalanx node` has).
 //! * [`run`] — runs one seed on a fresh current-thread tokio runtime with
 //!   paused (auto-advancing) time and returns a [`SimReport`].
 //! * [`SimReport`] — the fault schedule, operation counts, the
 //!   linearizability [`Verdict`], lost acknowledged writes, and the history
 //!   (JSON lines, `docs/history-format.md`). Its `Display` is the one-line
-//!   verdict `sim seed=N members=M faults=[...] ops=.. linearizable=PASS lost=0`.
+//!   verdict `sim seed=N members=M faults=[...] ops=.. linearizable=PASS lost=0 trace=…`,
+//!   where `trace` is a digest of everything the run did.
 //! * [`FaultSchedule`] / [`Episode`] — the seeded fault plan: a base message
 //!   loss and delay, then non-overlapping episodes (symmetric, one-way and
-//!   bridge partitions, crash + restart, loss bursts, clock jumps).
+//!   bridge partitions, crash + restart of one member, power loss of all,
+//!   loss bursts, clock jumps of one member).
 //! * [`SimNetwork`] — the `RaftNetworkFactory` that hands RPCs straight to the
 //!   target member's `Raft` handle through the fault layer.
 //! * [`SimError`] — why a run could not be carried out (I/O, a member that
@@ -25,21 +29,24 @@
 //!   *not* an error: it is a [`Verdict::Fail`] in the report.
 //!
 //! ## Determinism
-//! The fault schedule and each client's sequence of operation kinds, keys,
-//! values and think times are functions of the seed alone. The interleaving is
-//! not: openraft draws election timeouts from an unseeded RNG and the log
-//! store fsyncs on its own thread, so which member leads, which messages are
-//! in flight when a fault hits, and hence the outcomes differ between runs of
-//! the same seed. See `docs/simulation.md`.
+//! A seed reproduces a run exactly: same fault schedule, same elections, same
+//! messages lost, same history, same `trace` digest. Everything runs on one
+//! thread — a current-thread tokio runtime with paused, auto-advancing time,
+//! whose `select!` fairness RNG is seeded (`--cfg tokio_unstable`, set in
+//! `.cargo/config.toml`); openraft's election timeouts come from
+//! `consensus::runtime`'s thread RNG, seeded per run; storage runs inline
+//! ([`consensus::IoMode::Inline`]) on the in-memory disk, so no OS thread or
+//! file system timing enters. See `docs/simulation.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use consensus::runtime::MemberClock;
 use consensus::types::Raft;
-use consensus::{Applier, Lessor, LogStore, Member, NodeId, TypeConfig};
+use consensus::{Applier, IoMode, Lessor, LogStore, LogStoreOptions, Member, NodeId, PlantedBug, TypeConfig};
 use etcd_client::proto::PbTargetUnion;
 use mvcc::{
     consts, ApplyResponse, Command, PbCompare, PbPutRequest, PbRangeRequest, PbTxnOpRequest, PbTxnRequest,
@@ -59,6 +66,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+pub mod disk;
+use disk::SimFile;
+
 /// Leader heartbeat period, in simulated milliseconds (as the real node's default).
 pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
 /// Minimum election timeout, simulated ms; the maximum is 1.5× (as the real node).
@@ -76,11 +86,9 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 300;
 pub const FINAL_CONVERGE_MS: u64 = 20_000;
 /// Wall-clock budget of the linearizability check, per run.
 pub const CHECK_WALL_TIMEOUT_MS: u64 = 30_000;
-/// Simulated time advances in steps of this many ms (see [`clock`]).
-pub const CLOCK_TICK_MS: u64 = 1;
-/// Wall-clock pause per tick, microseconds: lets the log store's writer
-/// thread (a real OS thread) finish its fsync before simulated time moves on.
-pub const CLOCK_TICK_WALL_US: u64 = 20;
+/// Range of a clock jump, simulated ms forward.
+pub const CLOCK_JUMP_MIN_MS: u64 = 200;
+pub const CLOCK_JUMP_MAX_MS: u64 = 3_000;
 /// Largest supported cluster.
 pub const MAX_MEMBERS: usize = 5;
 
@@ -100,12 +108,13 @@ pub struct SimConfig {
     pub max_think_ms: u64,
     /// Inject faults at all (base loss/delay and episodes).
     pub faults: bool,
-    /// PLANTED BUG (sim only): reads skip `ensure_linearizable` and read the
-    /// store of ANY live member, a lagging follower or a deposed leader.
-    pub stale_reads: bool,
-    /// Directory for the members' redb files (a fresh temp dir inside it).
-    /// `None`: `/dev/shm` if present (fsync is cheap there), else the system temp dir.
-    pub data_root: Option<PathBuf>,
+    /// A deliberate bug, to show the checks catch it:
+    /// `SkipReadIndex` — reads skip `ensure_linearizable` and read the store
+    /// of ANY live member (a lagging follower, a deposed leader), as
+    /// `phalanx node --unsafe-planted-bug skip-read-index` serves them;
+    /// `AckBeforeFsync` — the members' `LogStore`s report appends (and votes)
+    /// durable without syncing them, as the node's switch of that name.
+    pub planted: Option<PlantedBug>,
 }
 
 impl SimConfig {
@@ -119,8 +128,7 @@ impl SimConfig {
             keys: 3,
             max_think_ms: 40,
             faults: true,
-            stale_reads: false,
-            data_root: None,
+            planted: None,
         }
     }
 }
@@ -130,8 +138,8 @@ impl SimConfig {
 pub enum SimError {
     #[error("invalid simulation config: {0}")]
     Config(String),
-    #[error("simulation data dir {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("simulation runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("member {id} failed to start: {detail}")]
     Start { id: NodeId, detail: String },
     #[error("recorded history does not parse (simulator bug): {0}")]
@@ -179,12 +187,17 @@ pub enum Fault {
     /// `pick` is the bridge: the others are split in two halves that cannot
     /// talk to each other, but both talk to the bridge.
     Bridge { pick: Pick },
-    /// Shut the member's Raft down and drop it; restarted from its files when the episode ends.
+    /// Power cut of one member: its unsynced writes are lost; restarted
+    /// from what was synced when the episode ends.
     Crash { pick: Pick },
+    /// Power cut of every member at once; all restart when the episode ends.
+    PowerLoss,
     /// Message loss raised to this many percent for the episode.
     LossBurst { percent: u32 },
-    /// Clock jump: the member's election timer fires now (`trigger().elect()`).
-    ClockJump { pick: Pick },
+    /// The member's clock steps forward by `ms`: its election timer and its
+    /// view of the leader's lease expire early (openraft reads time through
+    /// `consensus::runtime`'s member clock).
+    ClockJump { pick: Pick, ms: u64 },
 }
 
 /// A fault active from `at_ms` for `len_ms` (simulated, from the start of the workload).
@@ -230,13 +243,14 @@ impl FaultSchedule {
                 break;
             }
             let pick = if rng.gen_bool(0.5) { Pick::Leader } else { Pick::Node(rng.gen_range(1..=n as u64)) };
-            let fault = match rng.gen_range(0..6) {
+            let fault = match rng.gen_range(0..7) {
                 0 => Fault::Partition { pick, size: rng.gen_range(1..=n / 2) },
                 1 => Fault::OneWay { pick, outgoing: rng.gen_bool(0.5) },
                 2 => Fault::Bridge { pick },
                 3 => Fault::Crash { pick },
                 4 => Fault::LossBurst { percent: rng.gen_range(20..=50) },
-                _ => Fault::ClockJump { pick },
+                5 => Fault::PowerLoss,
+                _ => Fault::ClockJump { pick, ms: rng.gen_range(CLOCK_JUMP_MIN_MS..=CLOCK_JUMP_MAX_MS) },
             };
             let len_ms = if matches!(fault, Fault::ClockJump { .. }) { 0 } else { len_ms };
             episodes.push(Episode { at_ms: t, len_ms, fault });
@@ -254,8 +268,9 @@ impl fmt::Display for Episode {
             Fault::OneWay { pick, outgoing: false } => write!(f, "deaf(*->{pick})")?,
             Fault::Bridge { pick } => write!(f, "bridge({pick})")?,
             Fault::Crash { pick } => write!(f, "crash({pick})")?,
+            Fault::PowerLoss => write!(f, "powerloss(all)")?,
             Fault::LossBurst { percent } => write!(f, "loss({percent}%)")?,
-            Fault::ClockJump { pick } => write!(f, "clockjump({pick})")?,
+            Fault::ClockJump { pick, ms } => write!(f, "clockjump({pick}+{ms}ms)")?,
         }
         write!(f, "@{}+{}ms", self.at_ms, self.len_ms)
     }
@@ -449,19 +464,30 @@ fn member_desc(id: NodeId) -> Member {
     Member { name: format!("n{id}"), peer_urls: vec![format!("sim://n{id}")], client_urls: Vec::new(), auto_promote: false }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SimError + '_ {
-    move |source| SimError::Io { path: path.to_path_buf(), source }
+/// A member's two files on the simulated disk.
+#[derive(Clone, Default)]
+struct MemberDisks {
+    log: SimFile,
+    kv: SimFile,
 }
 
-/// Start member `id` from the files in `dir` (created if empty).
-async fn start_member(id: NodeId, dir: &Path, net: &Arc<Net>) -> Result<Live, SimError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+impl MemberDisks {
+    /// What a power cut leaves: the synced images, as fresh files.
+    fn after_crash(&self) -> MemberDisks {
+        MemberDisks { log: self.log.after_crash(), kv: self.kv.after_crash() }
+    }
+}
+
+/// Start member `id` on `disks` (formatted if empty), on its own `clock`.
+async fn start_member(id: NodeId, disks: &MemberDisks, clock: &MemberClock, net: &Arc<Net>, planted: Option<PlantedBug>) -> Result<Live, SimError> {
     let start_err = |detail: String| SimError::Start { id, detail };
-    let log = LogStore::open(&dir.join("raft.redb"), false).map_err(|e| start_err(e.to_string()))?;
-    let store = Arc::new(Store::open(&dir.join("kv.redb")).map_err(|e| start_err(e.to_string()))?);
+    let options = LogStoreOptions { io: IoMode::Inline, unsafe_no_fsync: planted == Some(PlantedBug::AckBeforeFsync) };
+    let log = LogStore::open_backend(disks.log.clone(), &format!("sim://n{id}/raft.redb"), options).map_err(|e| start_err(e.to_string()))?;
+    let kv_label = format!("sim://n{id}/kv.redb");
+    let store = Arc::new(Store::open_backend(disks.kv.clone(), Path::new(&kv_label)).map_err(|e| start_err(e.to_string()))?);
     let lessor = Arc::new(Lessor::new());
     lessor.reload(&store);
-    let applier = Applier::new(store.clone(), lessor);
+    let applier = Applier::new(store.clone(), lessor).with_io(IoMode::Inline);
     let config = openraft::Config {
         cluster_name: "sim".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
@@ -476,46 +502,44 @@ async fn start_member(id: NodeId, dir: &Path, net: &Arc<Net>) -> Result<Live, Si
     .validate()
     .map_err(|e| start_err(format!("raft config: {e}")))?;
     let network = SimNetwork { from: id, net: net.clone() };
-    let raft = Raft::new(id, Arc::new(config), network, log, applier).await.map_err(|e| start_err(e.to_string()))?;
+    // Every task openraft spawns for this member inherits its clock.
+    let raft = clock
+        .clone()
+        .scope(Raft::new(id, Arc::new(config), network, log, applier))
+        .await
+        .map_err(|e| start_err(e.to_string()))?;
     Ok(Live { raft, store })
 }
 
-/// Member data lives in `<root>/n<id>/g<generation>/`. A restart copies the
-/// crashed generation's files into a new one: `LogStore`'s writer thread
-/// keeps the old redb file open for the life of the process, so the same path
-/// cannot be reopened in-process. The copy is byte-identical to what the
-/// crashed member left on disk.
-fn gen_dir(root: &Path, id: NodeId, generation: u32) -> PathBuf {
-    root.join(format!("n{id}")).join(format!("g{generation}"))
-}
-
 struct Cluster {
-    root: PathBuf,
     net: Arc<Net>,
-    generation: Mutex<BTreeMap<NodeId, u32>>,
+    planted: Option<PlantedBug>,
+    disks: Mutex<BTreeMap<NodeId, MemberDisks>>,
+    /// One clock per machine: it keeps its jumps across restarts.
+    clocks: BTreeMap<NodeId, MemberClock>,
 }
 
 impl Cluster {
-    async fn crash(&self, id: NodeId) -> bool {
-        let Some(live) = self.net.live.lock().expect("net live poisoned").remove(&id) else { return false };
-        let _ = live.raft.shutdown().await;
-        true
-    }
-
-    async fn restart(&self, id: NodeId) -> Result<(), SimError> {
-        let (old, new) = {
-            let mut g = self.generation.lock().expect("generation poisoned");
-            let e = g.entry(id).or_insert(0);
-            *e += 1;
-            (gen_dir(&self.root, id, *e - 1), gen_dir(&self.root, id, *e))
-        };
-        std::fs::create_dir_all(&new).map_err(io_err(&new))?;
-        for f in ["raft.redb", "kv.redb"] {
-            std::fs::copy(old.join(f), new.join(f)).map_err(io_err(&old))?;
-        }
-        let live = start_member(id, &new, &self.net).await?;
+    async fn start(&self, id: NodeId) -> Result<(), SimError> {
+        let disks = self.disks.lock().expect("disks poisoned").entry(id).or_default().clone();
+        let live = start_member(id, &disks, &self.clocks[&id], &self.net, self.planted).await?;
         self.net.live.lock().expect("net live poisoned").insert(id, live);
         Ok(())
+    }
+
+    /// Power cut: the member vanishes from the network and its disks keep
+    /// only what was synced at this instant.
+    async fn crash(&self, id: NodeId) -> bool {
+        let Some(live) = self.net.live.lock().expect("net live poisoned").remove(&id) else { return false };
+        {
+            let mut disks = self.disks.lock().expect("disks poisoned");
+            let d = disks.get_mut(&id).expect("a live member has disks");
+            *d = d.after_crash();
+        }
+        // Stop the dead member's tasks; whatever they still write goes to the
+        // old files, which nothing reads again.
+        let _ = live.raft.shutdown().await;
+        true
     }
 
     fn resolve(&self, pick: Pick, rng: &mut StdRng, members: usize) -> NodeId {
@@ -536,18 +560,18 @@ async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usi
     let ids: Vec<NodeId> = (1..=members as u64).collect();
     for ep in &schedule.episodes {
         tokio::time::sleep_until(t0 + Duration::from_millis(ep.at_ms)).await;
-        let pick_of = |f: &Fault| match f {
+        let pick = match &ep.fault {
             Fault::Partition { pick, .. }
             | Fault::OneWay { pick, .. }
             | Fault::Bridge { pick }
             | Fault::Crash { pick }
-            | Fault::ClockJump { pick } => Some(*pick),
-            Fault::LossBurst { .. } => None,
+            | Fault::ClockJump { pick, .. } => Some(*pick),
+            Fault::LossBurst { .. } | Fault::PowerLoss => None,
         };
-        let target = pick_of(&ep.fault).map(|p| cluster.resolve(p, &mut rng, members));
+        let target = pick.map(|p| cluster.resolve(p, &mut rng, members));
         let t = target.unwrap_or(0);
         let others: Vec<NodeId> = schedule.order.iter().copied().filter(|&o| o != t).collect();
-        let mut crashed = false;
+        let mut crashed = Vec::new();
         match &ep.fault {
             Fault::Partition { size, .. } => {
                 let side: BTreeSet<NodeId> = std::iter::once(t).chain(others.iter().copied().take(size - 1)).collect();
@@ -573,13 +597,23 @@ async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usi
                     }
                 }
             }
-            Fault::Crash { .. } => crashed = cluster.crash(t).await,
-            Fault::LossBurst { percent } => cluster.net.set_loss(*percent),
-            Fault::ClockJump { .. } => {
-                if let Some(l) = cluster.net.get(t) {
-                    let _ = l.raft.trigger().elect().await;
+            Fault::Crash { .. } => {
+                if cluster.crash(t).await {
+                    crashed.push(t);
                 }
             }
+            Fault::PowerLoss => {
+                // Every disk is cut at the same simulated instant, before any
+                // member gets to run again.
+                let live: Vec<NodeId> = cluster.net.all().into_iter().map(|(id, _)| id).collect();
+                for id in live {
+                    if cluster.crash(id).await {
+                        crashed.push(id);
+                    }
+                }
+            }
+            Fault::LossBurst { percent } => cluster.net.set_loss(*percent),
+            Fault::ClockJump { ms, .. } => cluster.clocks[&t].jump_forward(Duration::from_millis(*ms)),
         }
         applied.push(match target {
             Some(t) => format!("{ep}=n{t}"),
@@ -588,8 +622,8 @@ async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usi
         tokio::time::sleep_until(t0 + Duration::from_millis(ep.at_ms + ep.len_ms)).await;
         cluster.net.heal();
         cluster.net.set_loss(schedule.loss_percent);
-        if crashed {
-            cluster.restart(t).await?;
+        for id in crashed {
+            cluster.start(id).await?;
         }
     }
     Ok(applied)
@@ -668,6 +702,7 @@ struct ClientCtx {
     net: Arc<Net>,
     rec: Arc<Recorder>,
     keys: Vec<String>,
+    /// Planted `SkipReadIndex`: reads go to any member, without a barrier.
     stale_reads: bool,
     end: Instant,
     max_think_ms: u64,
@@ -799,7 +834,7 @@ impl Verdict {
 pub struct SimReport {
     pub seed: u64,
     pub members: usize,
-    pub stale_reads: bool,
+    pub planted: Option<PlantedBug>,
     pub schedule: FaultSchedule,
     /// Episodes as applied, `leader` resolved to a member (`...=n2`).
     pub applied_faults: Vec<String>,
@@ -811,8 +846,16 @@ pub struct SimReport {
     /// Acknowledged writes (ok write / ok cas).
     pub acked_writes: usize,
     /// Whether the healed cluster elected a leader that passed a read barrier
-    /// within [`FINAL_CONVERGE_MS`]; if not, `lost` was not checked.
+    /// within [`FINAL_CONVERGE_MS`]. If not, the run fails: a cluster that
+    /// cannot recover once every fault is healed has lost availability for
+    /// good (and `lost` could not be checked).
     pub final_check: bool,
+    /// Panics inside the simulated cluster (a member's Raft core or storage
+    /// tripping an invariant assertion), in order. Any panic fails the run.
+    pub panics: Vec<String>,
+    /// Whether this build can replay the run exactly (it needs
+    /// `--cfg tokio_unstable` for a seeded `select!`).
+    pub reproducible: bool,
     /// Simulated milliseconds the run covered (workload + final phase).
     pub simulated_ms: u64,
     /// The history, JSON lines (`docs/history-format.md`).
@@ -820,9 +863,35 @@ pub struct SimReport {
 }
 
 impl SimReport {
-    /// Correct: linearizable (or undecided) and nothing acknowledged lost.
+    /// Correct: linearizable (or undecided), recovered after the faults were
+    /// healed, and nothing acknowledged lost.
     pub fn passed(&self) -> bool {
-        !self.verdict.is_fail() && self.lost.is_empty()
+        !self.verdict.is_fail() && self.final_check && self.lost.is_empty() && self.panics.is_empty()
+    }
+
+    /// Digest of everything the run did (applied faults, the whole history
+    /// with its timestamps, acknowledged writes, simulated length): two runs
+    /// of one seed print the same `trace` exactly when they were the same run.
+    pub fn trace(&self) -> u64 {
+        // FNV-1a, 64 bit: stable across builds and platforms.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for f in &self.applied_faults {
+            feed(f.as_bytes());
+            feed(b"\n");
+        }
+        feed(self.history.as_bytes());
+        feed(&(self.acked_writes as u64).to_le_bytes());
+        feed(&self.simulated_ms.to_le_bytes());
+        for p in &self.panics {
+            feed(p.as_bytes());
+        }
+        h
     }
 }
 
@@ -835,17 +904,24 @@ impl fmt::Display for SimReport {
         };
         write!(
             f,
-            "sim seed={} members={}{} faults=[{}] ops={} ok={} fail={} info={} linearizable={} lost={}",
+            "sim seed={} members={}{} faults=[{}] ops={} ok={} fail={} info={} linearizable={} lost={}{} trace={:016x}{}",
             self.seed,
             self.members,
-            if self.stale_reads { " stale_reads" } else { "" },
+            match self.planted {
+                Some(PlantedBug::SkipReadIndex) => " planted=skip-read-index",
+                Some(PlantedBug::AckBeforeFsync) => " planted=ack-before-fsync",
+                None => "",
+            },
             self.applied_faults.join(" "),
             self.counts.ok + self.counts.fail + self.counts.info,
             self.counts.ok,
             self.counts.fail,
             self.counts.info,
             verdict,
-            if self.final_check { self.lost.len().to_string() } else { "unchecked(no leader after heal)".into() },
+            if self.final_check { self.lost.len().to_string() } else { "unchecked(NOT RECOVERED: no leader after heal)".into() },
+            if self.panics.is_empty() { String::new() } else { format!(" PANICS={}", self.panics.len()) },
+            self.trace(),
+            if self.reproducible { "" } else { " (not reproducible: built without --cfg tokio_unstable)" },
         )
     }
 }
@@ -859,54 +935,64 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     if cfg.clients == 0 || cfg.keys == 0 {
         return Err(SimError::Config("need at least one client and one key".into()));
     }
-    let root = match &cfg.data_root {
-        Some(r) => r.clone(),
-        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
-        None => std::env::temp_dir(),
-    };
-    let dir = tempfile::Builder::new().prefix("phalanx-sim-").tempdir_in(&root).map_err(io_err(&root))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .map_err(io_err(dir.path()))?;
-    let res = rt.block_on(run_async(cfg, dir.path()));
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time().start_paused(true);
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&cfg.seed.to_le_bytes()));
+    let rt = builder.build().map_err(SimError::Runtime)?;
+    // openraft's election timeouts: drawn on this thread, from the seed.
+    consensus::runtime::seed_thread_rng(cfg.seed ^ 0xe1ec_7100_0000_0004);
+    capture_panics_on_this_thread(true);
+    let res = rt.block_on(run_cluster(cfg));
     drop(rt);
-    res
+    let panics = capture_panics_on_this_thread(false);
+    res.map(|mut r| {
+        r.panics = panics;
+        r
+    })
 }
 
-/// The simulated clock. Tokio's auto-advance jumps to the next timer the
-/// moment the runtime is idle — including while a member waits for its log
-/// writer thread to fsync, which turned every fsync into hundreds of
-/// simulated milliseconds (spurious elections, timed-out writes). This task
-/// stays runnable, so the runtime is never idle and never auto-advances;
-/// instead, after every ready task has run, it pauses [`CLOCK_TICK_WALL_US`]
-/// of wall time and moves the clock [`CLOCK_TICK_MS`] forward.
-async fn clock() {
-    loop {
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        std::thread::sleep(Duration::from_micros(CLOCK_TICK_WALL_US));
-        tokio::time::advance(Duration::from_millis(CLOCK_TICK_MS)).await;
-    }
+thread_local! {
+    /// Panic messages of this thread while a run is in progress (`None`: not capturing).
+    static PANICS: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
 }
 
-async fn run_async(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError> {
-    let clock = tokio::spawn(clock());
-    let res = run_cluster(cfg, root).await;
-    clock.abort();
-    res
+/// Start (`true`) or stop capturing panics raised on this thread — the run's
+/// only thread, so every member task — into the report instead of stderr;
+/// returns what was captured. The process-wide hook is installed once and
+/// hands panics on other threads to the previous hook.
+fn capture_panics_on_this_thread(on: bool) -> Vec<String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let captured = PANICS.with(|p| match p.borrow_mut().as_mut() {
+                Some(v) => {
+                    v.push(info.to_string().replace('\n', " "));
+                    true
+                }
+                None => false,
+            });
+            if !captured {
+                previous(info);
+            }
+        }));
+    });
+    PANICS.with(|p| std::mem::replace(&mut *p.borrow_mut(), on.then(Vec::new))).unwrap_or_default()
 }
 
-async fn run_cluster(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError> {
+async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
     let schedule = FaultSchedule::generate(cfg);
     let net = Net::new(&schedule, cfg.seed);
-    let cluster = Arc::new(Cluster { root: root.to_path_buf(), net: net.clone(), generation: Mutex::new(BTreeMap::new()) });
     let ids: Vec<NodeId> = (1..=cfg.members as u64).collect();
+    let cluster = Arc::new(Cluster {
+        net: net.clone(),
+        planted: cfg.planted,
+        disks: Mutex::new(BTreeMap::new()),
+        clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
+    });
     for &id in &ids {
-        let live = start_member(id, &gen_dir(root, id, 0), &net).await?;
-        net.live.lock().expect("net live poisoned").insert(id, live);
+        cluster.start(id).await?;
     }
     let membership: BTreeMap<NodeId, Member> = ids.iter().map(|&id| (id, member_desc(id))).collect();
     for (_, live) in net.all() {
@@ -921,7 +1007,7 @@ async fn run_cluster(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError
         net: net.clone(),
         rec: rec.clone(),
         keys: keys.clone(),
-        stale_reads: cfg.stale_reads,
+        stale_reads: cfg.planted == Some(PlantedBug::SkipReadIndex),
         end: t0 + Duration::from_millis(cfg.duration_ms),
         max_think_ms: cfg.max_think_ms,
     });
@@ -989,7 +1075,7 @@ async fn run_cluster(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError
     Ok(SimReport {
         seed: cfg.seed,
         members: cfg.members,
-        stale_reads: cfg.stale_reads,
+        planted: cfg.planted,
         schedule,
         applied_faults,
         counts,
@@ -997,6 +1083,8 @@ async fn run_cluster(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError
         lost,
         acked_writes: acked.len(),
         final_check: leader.is_some(),
+        panics: Vec::new(),
+        reproducible: cfg!(tokio_unstable),
         simulated_ms,
         history,
     })
@@ -1005,6 +1093,51 @@ async fn run_cluster(cfg: &SimConfig, root: &Path) -> Result<SimReport, SimError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock jump reaches openraft: the jumped follower's election timer
+    /// fires at once (it campaigns, raising the term) although the leader's
+    /// heartbeats never stopped.
+    #[test]
+    fn a_clock_jump_makes_that_member_campaign() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let schedule = FaultSchedule::generate(&SimConfig { faults: false, ..SimConfig::new(1) });
+            let net = Net::new(&schedule, 1);
+            let ids = [1u64, 2, 3];
+            let cluster = Cluster {
+                net: net.clone(),
+                planted: None,
+                disks: Mutex::new(BTreeMap::new()),
+                clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
+            };
+            for id in ids {
+                cluster.start(id).await.unwrap();
+            }
+            let membership: BTreeMap<NodeId, Member> = ids.iter().map(|&id| (id, member_desc(id))).collect();
+            for (_, live) in net.all() {
+                let _ = live.raft.initialize(membership.clone()).await;
+            }
+            let leader = loop {
+                if let Some((id, _)) = net.leaders().first() {
+                    break *id;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            // Quiet for a while: nobody campaigns while heartbeats flow.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let term = |id: NodeId| net.get(id).unwrap().raft.metrics().borrow().current_term;
+            let follower = ids.into_iter().find(|&i| i != leader).unwrap();
+            let before = term(follower);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(term(follower), before, "follower campaigned without a clock jump");
+            cluster.clocks[&follower].jump_forward(Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_INTERVAL_MS)).await;
+            assert!(term(follower) > before, "the jumped follower did not campaign (term still {before})");
+            for (_, l) in net.all() {
+                let _ = l.raft.shutdown().await;
+            }
+        });
+    }
 
     #[test]
     fn schedule_is_a_function_of_the_seed() {
