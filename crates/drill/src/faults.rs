@@ -20,6 +20,8 @@ pub const LEADER_WAIT_MS: u64 = 15_000;
 pub enum FaultKind {
     /// SIGKILL the leader; restart it when the window ends.
     KillLeader,
+    /// SIGKILL one follower; restart it when the window ends.
+    KillFollower,
     /// SIGKILL every member at once; restart all when the window ends.
     KillAll,
     /// Cut the leader off from every other member (both directions).
@@ -38,6 +40,7 @@ pub enum FaultKind {
 
 pub const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::KillLeader,
+    FaultKind::KillFollower,
     FaultKind::KillAll,
     FaultKind::PartitionLeader,
     FaultKind::PartitionMinority,
@@ -51,6 +54,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillFollower => "kill-follower",
             FaultKind::KillAll => "kill-all",
             FaultKind::PartitionLeader => "partition-leader",
             FaultKind::PartitionMinority => "partition-minority",
@@ -63,7 +67,7 @@ impl FaultKind {
 
     /// Whether the fault acts on processes (only possible on this host).
     pub fn needs_processes(self) -> bool {
-        matches!(self, FaultKind::KillLeader | FaultKind::KillAll | FaultKind::PauseFollower | FaultKind::PauseLeader)
+        matches!(self, FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillAll | FaultKind::PauseFollower | FaultKind::PauseLeader)
     }
 }
 
@@ -166,7 +170,7 @@ impl Backend {
                     return Err(format!("fault {kind} needs --admin-endpoints (one per --endpoints entry)"));
                 }
                 match kind {
-                    FaultKind::KillLeader | FaultKind::KillAll => Err(format!(
+                    FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillAll => Err(format!(
                         "fault {kind} cannot be injected into a remote cluster: the drill can only restart members it started itself (use --local N)"
                     )),
                     FaultKind::PauseFollower | FaultKind::PauseLeader if pids.is_none() => Err(format!(
@@ -310,6 +314,14 @@ impl Backend {
                 Backend::Local(c) => {
                     c.kill(leader);
                     Ok((vec![leader], Active::Restart(vec![leader])))
+                }
+                _ => Err(DrillError::Fault("kill needs --local".into())),
+            },
+            FaultKind::KillFollower => match self {
+                Backend::Local(c) => {
+                    let f = *followers.first().ok_or_else(|| DrillError::Fault("no follower to kill".into()))?;
+                    c.kill(f);
+                    Ok((vec![f], Active::Restart(vec![f])))
                 }
                 _ => Err(DrillError::Fault("kill needs --local".into())),
             },

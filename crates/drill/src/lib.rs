@@ -8,9 +8,9 @@
 //!   [`cluster::LocalCluster`]) or `--endpoints` + `--admin-endpoints` (a live
 //!   cluster, faults only through its fault-injection admin API, or iptables
 //!   inside network namespaces with `--netns`).
-//! * [`faults::FaultKind`] — what can be injected (kill-leader, kill-all,
-//!   partition-leader, partition-minority, partition-one-way, pause-follower,
-//!   pause-leader, delay); [`faults::Backend`] carries it out and
+//! * [`faults::FaultKind`] — what can be injected (kill-leader,
+//!   kill-follower, kill-all, partition-leader, partition-minority,
+//!   partition-one-way, pause-follower, pause-leader, delay); [`faults::Backend`] carries it out and
 //!   [`faults::FaultWindow`] records when it was in force.
 //! * [`workload`] — the clients: sequential read/write/cas clients pinned
 //!   round-robin to the endpoints, one resuming prefix watcher, one lease
@@ -98,7 +98,7 @@ pub struct DrillArgs {
     #[arg(long, value_name = "PIDS", requires = "endpoints")]
     pub pids: Option<String>,
     /// Faults to inject, in order, one window at a time (comma-separated, or `none`):
-    /// kill-leader, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay.
+    /// kill-leader, kill-follower, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay.
     #[arg(long, default_value = "kill-leader,partition-leader,pause-follower")]
     pub faults: String,
     /// Length of the drill (workload period), e.g. 30s.

@@ -116,13 +116,22 @@ fn drill_catches_planted_ack_before_fsync_under_kill_all() {
 }
 
 #[test]
-fn drill_kill_all_without_bug_passes() {
+fn drill_kill_follower_and_kill_all_without_bug_pass() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--local", "3", "--faults", "kill-all", "--duration", "8s"]);
+    let r = drill(&["--local", "3", "--faults", "kill-follower,kill-all", "--duration", "10s"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let s = summary(&r.dir);
+    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
+        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
+    }
     assert_eq!(s["lost_writes"].as_array().map(|l| l.len()), Some(0));
-    assert_eq!(s["windows"][0]["kind"], "kill-all");
+    let w = &s["windows"][0];
+    assert_eq!(w["kind"], "kill-follower", "{}", explain(&r));
+    assert!(w["note"].is_null(), "fault not injected cleanly: {}", explain(&r));
+    // The killed member was a follower, not the leader of the moment.
+    let target = w["targets"][0].as_str().expect("one target");
+    assert_ne!(Some(target), w["leader_before"].as_str(), "{}", explain(&r));
+    assert_eq!(s["windows"][1]["kind"], "kill-all");
 }
 
 #[test]
