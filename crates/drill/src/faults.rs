@@ -34,7 +34,8 @@ pub enum FaultKind {
     PauseFollower,
     /// SIGSTOP the leader; SIGCONT when the window ends.
     PauseLeader,
-    /// Delay every peer message the leader sends.
+    /// Delay every peer message the leader sends (`--delay-ms`, plus a
+    /// uniform random `--jitter-ms`).
     Delay,
 }
 
@@ -277,12 +278,12 @@ impl Backend {
         let mut touched = Vec::new();
         for &g in group {
             let iso: Vec<u64> = others.iter().map(|&o| ids[o]).collect();
-            admin::set_fault(&urls[g], &iso, 0).await?;
+            admin::set_fault(&urls[g], &iso, 0, 0).await?;
             touched.push(g);
         }
         for &o in &others {
             let iso: Vec<u64> = group.iter().map(|&g| ids[g]).collect();
-            admin::set_fault(&urls[o], &iso, 0).await?;
+            admin::set_fault(&urls[o], &iso, 0, 0).await?;
             touched.push(o);
         }
         Ok(Active::ClearFaults(touched))
@@ -306,7 +307,7 @@ impl Backend {
 
     /// Inject `kind` with `leader` as the current leader. Returns the
     /// targets and what to undo.
-    pub async fn inject(&mut self, kind: FaultKind, leader: usize, delay_ms: u64) -> Result<(Vec<usize>, Active), DrillError> {
+    pub async fn inject(&mut self, kind: FaultKind, leader: usize, delay_ms: u64, jitter_ms: u64) -> Result<(Vec<usize>, Active), DrillError> {
         let n = self.len();
         let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
         match kind {
@@ -354,7 +355,7 @@ impl Backend {
             }
             FaultKind::Delay => {
                 let urls = self.admin_urls();
-                admin::set_fault(&urls[leader], &[], delay_ms).await?;
+                admin::set_fault(&urls[leader], &[], delay_ms, jitter_ms).await?;
                 Ok((vec![leader], Active::ClearFaults(vec![leader])))
             }
         }
