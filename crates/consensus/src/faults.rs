@@ -45,10 +45,17 @@ pub struct NetworkFaults {
     /// Added to every outgoing peer message, in ms.
     #[serde(default)]
     pub delay_ms: u64,
+    /// Each outgoing peer message is delayed by a uniform random amount in
+    /// `[delay_ms, delay_ms + jitter_ms]`, so messages overtake each other.
+    #[serde(default)]
+    pub jitter_ms: u64,
 }
 
 /// Largest injectable delay, so a typo cannot wedge a member for hours.
 pub const MAX_INJECTED_DELAY_MS: u64 = 60_000;
+
+/// Largest injectable jitter (on top of the delay), in ms.
+pub const MAX_INJECTED_JITTER_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
@@ -56,6 +63,8 @@ pub enum FaultError {
     Disabled,
     #[error("delay_ms {0} exceeds the limit of {MAX_INJECTED_DELAY_MS} ms")]
     DelayTooLarge(u64),
+    #[error("jitter_ms {0} exceeds the limit of {MAX_INJECTED_JITTER_MS} ms")]
+    JitterTooLarge(u64),
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +93,9 @@ impl Faults {
         if f.delay_ms > MAX_INJECTED_DELAY_MS {
             return Err(FaultError::DelayTooLarge(f.delay_ms));
         }
+        if f.jitter_ms > MAX_INJECTED_JITTER_MS {
+            return Err(FaultError::JitterTooLarge(f.jitter_ms));
+        }
         *self.network.write().expect("faults poisoned") = f;
         Ok(())
     }
@@ -92,11 +104,17 @@ impl Faults {
         self.enabled && self.network.read().expect("faults poisoned").isolated_from.contains(&peer)
     }
 
+    /// The delay of the next outgoing peer message: uniform in
+    /// `[delay_ms, delay_ms + jitter_ms]`; `None` when both are 0.
     pub fn delay(&self) -> Option<Duration> {
         if !self.enabled {
             return None;
         }
-        let d = self.network.read().expect("faults poisoned").delay_ms;
-        (d > 0).then(|| Duration::from_millis(d))
+        let (d, j) = {
+            let f = self.network.read().expect("faults poisoned");
+            (f.delay_ms, f.jitter_ms)
+        };
+        let ms = if j > 0 { rand::Rng::gen_range(&mut rand::thread_rng(), d..=d + j) } else { d };
+        (ms > 0).then(|| Duration::from_millis(ms))
     }
 }

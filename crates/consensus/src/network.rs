@@ -197,22 +197,40 @@ impl PeerClient {
         if self.faults.blocks(self.target) {
             return Err(PeerCallError::Unreachable { target: self.target, detail: "injected partition (connect refused)".into() });
         }
-        if let Some(d) = self.faults.delay() {
-            tokio::time::sleep(d).await;
-        }
         let payload = encode(req);
+        let timeout = timeout.unwrap_or(Duration::from_millis(self.timeouts.request_timeout_ms));
+        let answer = match self.faults.delay() {
+            None => self.send(payload, timeout).await?,
+            Some(d) => {
+                // An injected delay puts the message "in flight": it is sent
+                // after `d` even if the caller stops waiting (openraft bounds
+                // AppendEntries by one heartbeat interval), as on a real
+                // network. Sleeping in the caller would drop it instead.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = tx.send(this.send(payload, timeout).await);
+                });
+                rx.await.map_err(|_| PeerCallError::Unreachable { target: self.target, detail: "delayed send abandoned".into() })??
+            }
+        };
+        postcard::from_bytes(&answer).map_err(|e| PeerCallError::Decode { target: self.target, detail: e.to_string() })
+    }
+
+    async fn send(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, PeerCallError> {
         let mut client = pb::peer_client::PeerClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut request = tonic::Request::new(pb::Envelope { kind: 0, payload });
-        request.set_timeout(timeout.unwrap_or(Duration::from_millis(self.timeouts.request_timeout_ms)));
+        request.set_timeout(timeout);
         request.metadata_mut().insert(FROM_HEADER, self.from.to_string().parse().expect("digits are valid metadata"));
         let target = self.target;
         let resp = client
             .call(request)
             .await
             .map_err(|s| PeerCallError::Unreachable { target, detail: format!("{}: {}", s.code(), s.message()) })?;
-        postcard::from_bytes(&resp.into_inner().payload).map_err(|e| PeerCallError::Decode { target, detail: e.to_string() })
+        Ok(resp.into_inner().payload)
     }
 }
 

@@ -81,8 +81,8 @@ pub async fn member_id(base: &str) -> Result<u64, DrillError> {
 }
 
 /// PUT /fault.
-pub async fn set_fault(base: &str, isolated_from: &[u64], delay_ms: u64) -> Result<(), DrillError> {
-    let body = serde_json::json!({ "isolated_from": isolated_from, "delay_ms": delay_ms }).to_string();
+pub async fn set_fault(base: &str, isolated_from: &[u64], delay_ms: u64, jitter_ms: u64) -> Result<(), DrillError> {
+    let body = serde_json::json!({ "isolated_from": isolated_from, "delay_ms": delay_ms, "jitter_ms": jitter_ms }).to_string();
     let (status, reply) = request(base, "PUT", "/fault", Some(&body)).await?;
     if status != 200 {
         return Err(DrillError::Admin { url: base.to_string(), detail: format!("PUT /fault: HTTP {status}: {}", reply.trim()) });

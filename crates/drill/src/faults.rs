@@ -20,6 +20,8 @@ pub const LEADER_WAIT_MS: u64 = 15_000;
 pub enum FaultKind {
     /// SIGKILL the leader; restart it when the window ends.
     KillLeader,
+    /// SIGKILL one follower; restart it when the window ends.
+    KillFollower,
     /// SIGKILL every member at once; restart all when the window ends.
     KillAll,
     /// Cut the leader off from every other member (both directions).
@@ -32,12 +34,14 @@ pub enum FaultKind {
     PauseFollower,
     /// SIGSTOP the leader; SIGCONT when the window ends.
     PauseLeader,
-    /// Delay every peer message the leader sends.
+    /// Delay every peer message the leader sends (`--delay-ms`, plus a
+    /// uniform random `--jitter-ms`).
     Delay,
 }
 
 pub const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::KillLeader,
+    FaultKind::KillFollower,
     FaultKind::KillAll,
     FaultKind::PartitionLeader,
     FaultKind::PartitionMinority,
@@ -51,6 +55,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillFollower => "kill-follower",
             FaultKind::KillAll => "kill-all",
             FaultKind::PartitionLeader => "partition-leader",
             FaultKind::PartitionMinority => "partition-minority",
@@ -63,7 +68,7 @@ impl FaultKind {
 
     /// Whether the fault acts on processes (only possible on this host).
     pub fn needs_processes(self) -> bool {
-        matches!(self, FaultKind::KillLeader | FaultKind::KillAll | FaultKind::PauseFollower | FaultKind::PauseLeader)
+        matches!(self, FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillAll | FaultKind::PauseFollower | FaultKind::PauseLeader)
     }
 }
 
@@ -166,7 +171,7 @@ impl Backend {
                     return Err(format!("fault {kind} needs --admin-endpoints (one per --endpoints entry)"));
                 }
                 match kind {
-                    FaultKind::KillLeader | FaultKind::KillAll => Err(format!(
+                    FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillAll => Err(format!(
                         "fault {kind} cannot be injected into a remote cluster: the drill can only restart members it started itself (use --local N)"
                     )),
                     FaultKind::PauseFollower | FaultKind::PauseLeader if pids.is_none() => Err(format!(
@@ -273,12 +278,12 @@ impl Backend {
         let mut touched = Vec::new();
         for &g in group {
             let iso: Vec<u64> = others.iter().map(|&o| ids[o]).collect();
-            admin::set_fault(&urls[g], &iso, 0).await?;
+            admin::set_fault(&urls[g], &iso, 0, 0).await?;
             touched.push(g);
         }
         for &o in &others {
             let iso: Vec<u64> = group.iter().map(|&g| ids[g]).collect();
-            admin::set_fault(&urls[o], &iso, 0).await?;
+            admin::set_fault(&urls[o], &iso, 0, 0).await?;
             touched.push(o);
         }
         Ok(Active::ClearFaults(touched))
@@ -302,7 +307,7 @@ impl Backend {
 
     /// Inject `kind` with `leader` as the current leader. Returns the
     /// targets and what to undo.
-    pub async fn inject(&mut self, kind: FaultKind, leader: usize, delay_ms: u64) -> Result<(Vec<usize>, Active), DrillError> {
+    pub async fn inject(&mut self, kind: FaultKind, leader: usize, delay_ms: u64, jitter_ms: u64) -> Result<(Vec<usize>, Active), DrillError> {
         let n = self.len();
         let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
         match kind {
@@ -310,6 +315,14 @@ impl Backend {
                 Backend::Local(c) => {
                     c.kill(leader);
                     Ok((vec![leader], Active::Restart(vec![leader])))
+                }
+                _ => Err(DrillError::Fault("kill needs --local".into())),
+            },
+            FaultKind::KillFollower => match self {
+                Backend::Local(c) => {
+                    let f = *followers.first().ok_or_else(|| DrillError::Fault("no follower to kill".into()))?;
+                    c.kill(f);
+                    Ok((vec![f], Active::Restart(vec![f])))
                 }
                 _ => Err(DrillError::Fault("kill needs --local".into())),
             },
@@ -342,7 +355,7 @@ impl Backend {
             }
             FaultKind::Delay => {
                 let urls = self.admin_urls();
-                admin::set_fault(&urls[leader], &[], delay_ms).await?;
+                admin::set_fault(&urls[leader], &[], delay_ms, jitter_ms).await?;
                 Ok((vec![leader], Active::ClearFaults(vec![leader])))
             }
         }

@@ -8,9 +8,9 @@
 //!   [`cluster::LocalCluster`]) or `--endpoints` + `--admin-endpoints` (a live
 //!   cluster, faults only through its fault-injection admin API, or iptables
 //!   inside network namespaces with `--netns`).
-//! * [`faults::FaultKind`] — what can be injected (kill-leader, kill-all,
-//!   partition-leader, partition-minority, partition-one-way, pause-follower,
-//!   pause-leader, delay); [`faults::Backend`] carries it out and
+//! * [`faults::FaultKind`] — what can be injected (kill-leader,
+//!   kill-follower, kill-all, partition-leader, partition-minority,
+//!   partition-one-way, pause-follower, pause-leader, delay); [`faults::Backend`] carries it out and
 //!   [`faults::FaultWindow`] records when it was in force.
 //! * [`workload`] — the clients: sequential read/write/cas clients pinned
 //!   round-robin to the endpoints, one resuming prefix watcher, one lease
@@ -58,6 +58,10 @@ pub const MIN_DURATION_MS: u64 = 1_000;
 pub const FINAL_PHASE_TIMEOUT_MS: u64 = 30_000;
 /// Bound on waiting for a leader before the workload starts, in ms.
 pub const START_LEADER_TIMEOUT_MS: u64 = 30_000;
+/// Largest `--delay-ms` (the members' own limit, `MAX_INJECTED_DELAY_MS`).
+pub const MAX_DELAY_MS: u64 = 60_000;
+/// Largest `--jitter-ms` (the members' own limit, `MAX_INJECTED_JITTER_MS`).
+pub const MAX_JITTER_MS: u64 = 60_000;
 
 /// Why a drill could not run.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +102,7 @@ pub struct DrillArgs {
     #[arg(long, value_name = "PIDS", requires = "endpoints")]
     pub pids: Option<String>,
     /// Faults to inject, in order, one window at a time (comma-separated, or `none`):
-    /// kill-leader, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay.
+    /// kill-leader, kill-follower, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay.
     #[arg(long, default_value = "kill-leader,partition-leader,pause-follower")]
     pub faults: String,
     /// Length of the drill (workload period), e.g. 30s.
@@ -107,9 +111,13 @@ pub struct DrillArgs {
     /// Length of each fault window in ms (default: half of each fault's share of the duration, at most 10000).
     #[arg(long, value_name = "MS")]
     pub fault_window_ms: Option<u64>,
-    /// Peer message delay of the `delay` fault, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 200)]
+    /// `delay` fault: every peer message the leader sends is delayed by this, in ms (at most 60000).
+    /// From about one heartbeat interval (50 ms) on, the leader cannot commit at all: see docs/drill.md.
+    #[arg(long, value_name = "MS", default_value_t = 25)]
     pub delay_ms: u64,
+    /// `delay` fault: each message is delayed by a further uniform random 0..=MS, so messages overtake each other (at most 60000).
+    #[arg(long, value_name = "MS", default_value_t = 15)]
+    pub jitter_ms: u64,
     /// Directory for history.jsonl, report.md, timeline.svg and the other logs (created if missing).
     #[arg(long, value_name = "DIR")]
     pub report: PathBuf,
@@ -167,8 +175,11 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     if args.lease_ttl_secs < 2 {
         return Err(u("--lease-ttl-secs must be at least 2".into()));
     }
-    if args.delay_ms > 60_000 {
-        return Err(u("--delay-ms must be at most 60000".into()));
+    if args.delay_ms > MAX_DELAY_MS {
+        return Err(u(format!("--delay-ms must be at most {MAX_DELAY_MS}")));
+    }
+    if args.jitter_ms > MAX_JITTER_MS {
+        return Err(u(format!("--jitter-ms must be at most {MAX_JITTER_MS}")));
     }
     if let Some(b) = &args.unsafe_planted_bug {
         if b != "skip-read-index" && b != "ack-before-fsync" {
@@ -434,7 +445,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     }
 
     summary.passed = [summary.linearizable, summary.watch, summary.leases, summary.lost_writes_verdict].iter().all(|v| *v == Verdict::Pass);
-    let settings = vec![
+    let mut settings = vec![
         ("cluster".to_string(), match args.local { Some(n) => format!("local, {n} members (child processes)"), None => format!("live: {}", endpoints.join(", ")) }),
         ("faults".into(), args.faults.clone()),
         ("duration".into(), humantime::format_duration(args.duration).to_string()),
@@ -444,6 +455,9 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         ("lease TTL".into(), format!("{} s", args.lease_ttl_secs)),
         ("planted bug".into(), args.unsafe_planted_bug.clone().unwrap_or_else(|| "none".into())),
     ];
+    if plan.faults.contains(&FaultKind::Delay) {
+        settings.push(("delay fault".into(), format!("leader's peer messages delayed {}..={} ms (--delay-ms, --jitter-ms)", args.delay_ms, args.delay_ms + args.jitter_ms)));
+    }
     write_file(&dir, "report.md", &report::render_markdown(&summary, &settings))?;
     write_file(&dir, "timeline.svg", &report::render_svg(&recd.ops, &windows, workload_end_us, &format!("phalanx drill: {}", summary.scenario)))?;
     write_file(&dir, "summary.json", &serde_json::to_string_pretty(&summary).unwrap_or_default())?;
@@ -552,7 +566,7 @@ async fn run_faults(backend: &mut Backend, kinds: &[FaultKind], args: &DrillArgs
             });
             continue;
         };
-        let (targets, active, note) = match backend.inject(kind, leader, args.delay_ms).await {
+        let (targets, active, note) = match backend.inject(kind, leader, args.delay_ms, args.jitter_ms).await {
             Ok((t, a)) => (t, a, None),
             Err(e) => (vec![], faults::Active::Nothing, Some(format!("injection failed: {e}"))),
         };

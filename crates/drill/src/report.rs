@@ -82,6 +82,9 @@ pub struct WindowStats {
     /// least [`TARGET_GRACE_MS`] after the window started and completed
     /// before it ended.
     pub target_clients_ok_ops: u64,
+    /// Median latency of the successful writes and compare-and-sets invoked
+    /// and completed inside the window, in ms (`None`: there were none).
+    pub write_latency_p50_ms: Option<f64>,
 }
 
 /// Operations invoked this soon after a window started may still complete
@@ -101,6 +104,9 @@ pub struct Summary {
     /// with at least one successful operation.
     pub availability: f64,
     pub longest_write_gap_ms: u64,
+    /// Median latency of the successful writes and compare-and-sets that
+    /// overlap no fault window, in ms (`None`: there were none).
+    pub write_latency_p50_ms_outside_windows: Option<f64>,
     pub acknowledged_writes: u64,
     /// `None` when the final reads could not be made.
     pub lost_writes: Option<Vec<LostWrite>>,
@@ -134,6 +140,15 @@ impl Summary {
             self.total.indeterminate
         )
     }
+}
+
+/// Median of `v` (sorted in place), `None` if empty.
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[(v.len() - 1) / 2])
 }
 
 /// Longest interval without a completion in `times` (µs, sorted) within
@@ -241,8 +256,14 @@ pub fn analyze(inp: &Inputs) -> Summary {
                         && o.complete_us <= we
                 })
                 .count() as u64;
+            let mut lat: Vec<f64> = ops
+                .iter()
+                .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas) && o.invoke_us >= ws && o.complete_us <= we)
+                .map(|o| (o.complete_us - o.invoke_us) as f64 / 1000.0)
+                .collect();
             WindowStats {
                 window: w.clone(),
+                write_latency_p50_ms: median(&mut lat),
                 ok_ops: c.ok,
                 failed_ops: c.failed,
                 indeterminate_ops: c.indeterminate,
@@ -250,6 +271,12 @@ pub fn analyze(inp: &Inputs) -> Summary {
                 target_clients_ok_ops: target_ok,
             }
         })
+        .collect();
+    let mut outside: Vec<f64> = ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas))
+        .filter(|o| inp.windows.iter().all(|w| o.complete_us < w.start_ms * 1000 || o.invoke_us > w.end_ms * 1000))
+        .map(|o| (o.complete_us - o.invoke_us) as f64 / 1000.0)
         .collect();
     let lost = inp.finals.as_ref().and_then(|f| lost_writes(inp.ops, f, &inp.keys));
     let lost_writes_verdict = match &lost {
@@ -266,6 +293,7 @@ pub fn analyze(inp: &Inputs) -> Summary {
         by_member: members,
         availability,
         longest_write_gap_ms: longest_gap_ms(&write_times, from, to),
+        write_latency_p50_ms_outside_windows: median(&mut outside),
         acknowledged_writes,
         lost_writes: lost,
         linearizable: Verdict::Unknown,
@@ -280,6 +308,10 @@ pub fn analyze(inp: &Inputs) -> Summary {
         windows,
         passed: false,
     }
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into())
 }
 
 fn counts_row(name: &str, c: &Counts) -> String {
@@ -317,22 +349,23 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
     }
     let _ = writeln!(
         m,
-        "\n## Availability\n\n| figure | value |\n| --- | --- |\n| workload period | {} ms |\n| availability ({} ms buckets with ≥ 1 successful operation) | {:.1} % |\n| longest interval without a successful write | {} ms |\n| acknowledged writes | {} |\n| watch events received | {} |\n| lease reads | {} |\n",
+        "\n## Availability\n\n| figure | value |\n| --- | --- |\n| workload period | {} ms |\n| availability ({} ms buckets with ≥ 1 successful operation) | {:.1} % |\n| longest interval without a successful write | {} ms |\n| median write latency outside fault windows | {} |\n| acknowledged writes | {} |\n| watch events received | {} |\n| lease reads | {} |\n",
         s.duration_ms,
         AVAILABILITY_BUCKET_MS,
         s.availability * 100.0,
         s.longest_write_gap_ms,
+        fmt_ms(s.write_latency_p50_ms_outside_windows),
         s.acknowledged_writes,
         s.watch_events,
         s.lease_reads
     );
     m.push_str("## Fault windows\n\nTimes are ms since the drill started; “new leader” means another member reported itself leader during the window.\n\n");
-    m.push_str("| # | fault | targets | start | end | leader before | leader during | new leader | ok ops | failed | indeterminate | longest write gap (ms) | note |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    m.push_str("| # | fault | targets | start | end | leader before | leader during | new leader | ok ops | failed | indeterminate | longest write gap (ms) | median write latency | note |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (i, w) in s.windows.iter().enumerate() {
         let f = &w.window;
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             i + 1,
             f.kind,
             f.targets.join(", "),
@@ -345,11 +378,12 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
             w.failed_ops,
             w.indeterminate_ops,
             w.longest_write_gap_ms,
+            fmt_ms(w.write_latency_p50_ms),
             f.note.as_deref().unwrap_or("")
         );
     }
     if s.windows.is_empty() {
-        m.push_str("| - | (no faults) | | | | | | | | | | | |\n");
+        m.push_str("| - | (no faults) | | | | | | | | | | | | |\n");
     }
     if let Some(l) = s.lost_writes.as_ref().filter(|l| !l.is_empty()) {
         m.push_str("\n## Lost acknowledged writes (first 20)\n\n| key | value | acknowledged at (ms) | final value |\n| --- | --- | --- | --- |\n");

@@ -2,7 +2,8 @@
 //! this member knows a leader and can serve a linearizable read), `/ready`
 //! (200 once the member has applied everything committed at start-up and
 //! knows a leader), `/member` (this member's id and the leader it knows),
-//! and `/fault` (GET/PUT/DELETE the injected network faults; only on members
+//! and `/fault` (GET/PUT/DELETE the injected network faults — isolation from
+//! peers, delay and jitter of outgoing peer messages; only on members
 //! started with `--enable-fault-injection`).
 
 use std::convert::Infallible;
@@ -66,9 +67,9 @@ async fn handle(node: Arc<consensus::Node>, metrics: Arc<Metrics>, req: Request<
                         Ok(b) => b.to_bytes(),
                         Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("body rejected (max {MAX_FAULT_BODY_BYTES} bytes): {e}\n")),
                     };
-                    let wanted: consensus::NetworkFaults = match serde_json::from_slice(&body) {
+                    let wanted = match parse_fault_spec(&body) {
                         Ok(f) => f,
-                        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("invalid fault spec: {e}; expected {{\"isolated_from\":[member ids],\"delay_ms\":N}}\n")),
+                        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("invalid fault spec: {e}; expected {{\"isolated_from\":[member ids],\"delay_ms\":N,\"jitter_ms\":N}}\n")),
                     };
                     match faults.set(wanted) {
                         Ok(()) => reply(StatusCode::OK, "application/json", serde_json::to_string(&faults.get()).expect("faults encode")),
@@ -87,6 +88,30 @@ async fn handle(node: Arc<consensus::Node>, metrics: Arc<Metrics>, req: Request<
     }
 }
 
+/// Parse a `/fault` body. Every error names the offending field: unknown
+/// fields and values of the wrong type are rejected (the limits are checked
+/// by [`consensus::Faults::set`]).
+pub fn parse_fault_spec(body: &[u8]) -> Result<consensus::NetworkFaults, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = v.as_object().ok_or("expected a JSON object")?;
+    for (k, val) in obj {
+        match k.as_str() {
+            "isolated_from" => {
+                if !val.as_array().is_some_and(|a| a.iter().all(|x| x.is_u64())) {
+                    return Err(format!("field `isolated_from`: expected an array of member ids (unsigned integers), got {val}"));
+                }
+            }
+            "delay_ms" | "jitter_ms" => {
+                if !val.is_u64() {
+                    return Err(format!("field `{k}`: expected a whole number of milliseconds, got {val}"));
+                }
+            }
+            other => return Err(format!("unknown field `{other}` (known: isolated_from, delay_ms, jitter_ms)")),
+        }
+    }
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
 /// Serve the admin endpoints on `listener` forever.
 pub async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<consensus::Node>, metrics: Arc<Metrics>) {
     loop {
@@ -99,5 +124,41 @@ pub async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<consensus:
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fault_spec;
+
+    #[test]
+    fn fault_spec_errors_name_the_field() {
+        let f = parse_fault_spec(br#"{"isolated_from":[7],"delay_ms":20,"jitter_ms":30}"#).unwrap();
+        assert_eq!((f.delay_ms, f.jitter_ms, f.isolated_from.len()), (20, 30, 1));
+        assert_eq!(parse_fault_spec(b"{}").unwrap(), consensus::NetworkFaults::default());
+        for (body, field) in [
+            (&br#"{"jitter_ms":-5}"#[..], "`jitter_ms`"),
+            (br#"{"jitter_ms":"10"}"#, "`jitter_ms`"),
+            (br#"{"delay_ms":1.5}"#, "`delay_ms`"),
+            (br#"{"isolated_from":["a"]}"#, "`isolated_from`"),
+            (br#"{"jiter_ms":10}"#, "`jiter_ms`"),
+        ] {
+            let e = parse_fault_spec(body).unwrap_err();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn jitter_above_the_limit_is_refused_by_name() {
+        let faults = consensus::Faults::new(true);
+        let mut f = consensus::NetworkFaults { delay_ms: 10, jitter_ms: consensus::faults::MAX_INJECTED_JITTER_MS + 1, ..Default::default() };
+        let e = faults.set(f.clone()).unwrap_err().to_string();
+        assert!(e.contains("jitter_ms") && e.contains("limit"), "{e}");
+        f.jitter_ms = 50;
+        faults.set(f).unwrap();
+        for _ in 0..200 {
+            let d = faults.delay().unwrap().as_millis() as u64;
+            assert!((10..=60).contains(&d), "{d}");
+        }
     }
 }

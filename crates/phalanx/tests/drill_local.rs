@@ -116,13 +116,53 @@ fn drill_catches_planted_ack_before_fsync_under_kill_all() {
 }
 
 #[test]
-fn drill_kill_all_without_bug_passes() {
+fn drill_kill_follower_and_kill_all_without_bug_pass() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--local", "3", "--faults", "kill-all", "--duration", "8s"]);
+    let r = drill(&["--local", "3", "--faults", "kill-follower,kill-all", "--duration", "10s"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let s = summary(&r.dir);
+    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
+        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
+    }
     assert_eq!(s["lost_writes"].as_array().map(|l| l.len()), Some(0));
-    assert_eq!(s["windows"][0]["kind"], "kill-all");
+    let w = &s["windows"][0];
+    assert_eq!(w["kind"], "kill-follower", "{}", explain(&r));
+    assert!(w["note"].is_null(), "fault not injected cleanly: {}", explain(&r));
+    // The killed member was a follower, not the leader of the moment.
+    let target = w["targets"][0].as_str().expect("one target");
+    assert_ne!(Some(target), w["leader_before"].as_str(), "{}", explain(&r));
+    assert_eq!(s["windows"][1]["kind"], "kill-all");
+}
+
+/// Latency and jitter from the fault-injection transport: the leader's peer
+/// messages are delayed 25..=40 ms each (so they overtake each other) and
+/// delivered even when openraft stops waiting. The run must pass, and the
+/// delay must have been in force: every write the delayed leader commits
+/// needs a delayed message to reach a follower, so the window's median write
+/// latency is at least the delay, and above the median outside the window.
+#[test]
+fn drill_delay_with_jitter_passes_and_slows_writes() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = drill(&["--local", "3", "--faults", "delay", "--delay-ms", "25", "--jitter-ms", "15", "--duration", "8s", "--fault-window-ms", "3000"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let s = summary(&r.dir);
+    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
+        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
+    }
+    let w = &s["windows"][0];
+    assert_eq!(w["kind"], "delay", "{}", explain(&r));
+    assert!(w["note"].is_null(), "fault not injected cleanly: {}", explain(&r));
+    let inside = w["write_latency_p50_ms"].as_f64().unwrap_or_else(|| panic!("no write completed inside the delay window: {}", explain(&r)));
+    let outside = s["write_latency_p50_ms_outside_windows"].as_f64().expect("writes outside the window");
+    eprintln!("median write latency: {inside:.1} ms inside the delay window, {outside:.1} ms outside");
+    assert!(inside >= 25.0, "median write latency {inside} ms inside the window is below the injected 25 ms: the delay was not in force\n{}", explain(&r));
+    assert!(inside > outside, "median write latency inside the window ({inside} ms) is not above the one outside ({outside} ms)\n{}", explain(&r));
+    let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
+    assert!(md.contains("delayed 25..=40 ms"), "report.md lacks the delay setting:\n{md}");
+    // Bad input names the option.
+    let r = drill(&["--local", "3", "--faults", "delay", "--jitter-ms", "60001"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("--jitter-ms"), "{}", r.stderr);
 }
 
 #[test]
