@@ -176,6 +176,10 @@ pub struct PeerClient {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerCallError {
+    /// The request certainly never left this member (no usable peer URL, or
+    /// the simulator knows the target is down): safe to retry anywhere.
+    #[error("no route to member {target}: {detail}")]
+    NotSent { target: NodeId, detail: String },
     #[error("member {target} unreachable: {detail}")]
     Unreachable { target: NodeId, detail: String },
     #[error("member {target} sent an undecodable answer: {detail}")]
@@ -194,6 +198,12 @@ impl PeerClient {
     }
 
     pub async fn call<T: DeserializeOwned>(&self, req: &PeerRequest, timeout: Option<Duration>) -> Result<T, PeerCallError> {
+        let answer = self.call_raw(req, timeout).await?;
+        decode_answer(self.target, &answer)
+    }
+
+    /// Send `req`; the encoded answer.
+    pub async fn call_raw(&self, req: &PeerRequest, timeout: Option<Duration>) -> Result<Vec<u8>, PeerCallError> {
         if self.faults.blocks(self.target) {
             return Err(PeerCallError::Unreachable { target: self.target, detail: "injected partition (connect refused)".into() });
         }
@@ -215,7 +225,7 @@ impl PeerClient {
                 rx.await.map_err(|_| PeerCallError::Unreachable { target: self.target, detail: "delayed send abandoned".into() })??
             }
         };
-        postcard::from_bytes(&answer).map_err(|e| PeerCallError::Decode { target: self.target, detail: e.to_string() })
+        Ok(answer)
     }
 
     async fn send(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, PeerCallError> {
@@ -231,6 +241,57 @@ impl PeerClient {
             .await
             .map_err(|s| PeerCallError::Unreachable { target, detail: format!("{}: {}", s.code(), s.message()) })?;
         Ok(resp.into_inner().payload)
+    }
+}
+
+/// Decode a peer's answer.
+pub fn decode_answer<T: DeserializeOwned>(target: NodeId, bytes: &[u8]) -> Result<T, PeerCallError> {
+    postcard::from_bytes(bytes).map_err(|e| PeerCallError::Decode { target, detail: e.to_string() })
+}
+
+/// Decode a request as [`PeerService`] does (the simulator's transport
+/// sends every request through the same encoding).
+pub fn decode_request(bytes: &[u8]) -> Result<PeerRequest, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// How a member sends its own peer requests (work forwarded to the leader,
+/// leadership transfer): gRPC in production ([`PeerNetwork`]), in memory in
+/// the simulator. Resolves to the encoded answer.
+pub trait PeerTransport: Send + Sync + 'static {
+    fn call_raw<'a>(
+        &'a self,
+        target: NodeId,
+        member: &'a Member,
+        req: &'a PeerRequest,
+        timeout: Option<Duration>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PeerCallError>>;
+}
+
+/// Send `req` to `target` over `transport` and decode its answer.
+pub async fn peer_call<T: DeserializeOwned>(
+    transport: &dyn PeerTransport,
+    target: NodeId,
+    member: &Member,
+    req: &PeerRequest,
+    timeout: Option<Duration>,
+) -> Result<T, PeerCallError> {
+    let answer = transport.call_raw(target, member, req, timeout).await?;
+    decode_answer(target, &answer)
+}
+
+impl PeerTransport for PeerNetwork {
+    fn call_raw<'a>(
+        &'a self,
+        target: NodeId,
+        member: &'a Member,
+        req: &'a PeerRequest,
+        timeout: Option<Duration>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PeerCallError>> {
+        Box::pin(async move {
+            let client = self.client(target, member).map_err(|e| PeerCallError::NotSent { target, detail: e.to_string() })?;
+            client.call_raw(req, timeout).await
+        })
     }
 }
 
@@ -292,7 +353,7 @@ impl RaftPeer {
             .call(&req, Some(option.hard_ttl().max(Duration::from_millis(client.timeouts.raft_rpc_min_timeout_ms))))
             .await
             .map_err(|e| match e {
-                PeerCallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                PeerCallError::Unreachable { .. } | PeerCallError::NotSent { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 PeerCallError::Decode { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -18,8 +18,8 @@ use crate::identity::{self, Identity};
 use crate::lessor::Lessor;
 use crate::log_store::LogStore;
 use crate::network::{
-    encode, JoinAnswer, LeaderError, LeaderRequest, LeaderResponse, PeerCallError, PeerClient, PeerHandler,
-    PeerNetwork, PeerRequest, PeerService, PeerTimeouts,
+    encode, peer_call, JoinAnswer, LeaderError, LeaderRequest, LeaderResponse, PeerCallError, PeerClient,
+    PeerHandler, PeerNetwork, PeerRequest, PeerService, PeerTimeouts, PeerTransport,
 };
 use crate::state_machine::Applier;
 use crate::types::{cluster_id, initial_member_id, ApplyOutcome, Member, NodeId, Raft};
@@ -176,7 +176,7 @@ pub struct Node {
     raft: Raft,
     applier: Applier,
     lessor: Arc<Lessor>,
-    network: PeerNetwork,
+    transport: Arc<dyn PeerTransport>,
     faults: Arc<Faults>,
     read_batch: std::sync::Mutex<ReadBatch>,
     /// Serialises membership decisions on the leader.
@@ -184,6 +184,18 @@ pub struct Node {
     /// Set while handing leadership over (until the deadline).
     transferring: std::sync::Mutex<Option<Instant>>,
     shutdown_tx: watch::Sender<bool>,
+}
+
+/// What [`Node::from_parts`] assembles a member from.
+pub struct NodeParts {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    pub config: NodeConfig,
+    pub raft: Raft,
+    pub applier: Applier,
+    pub lessor: Arc<Lessor>,
+    pub transport: Arc<dyn PeerTransport>,
+    pub faults: Arc<Faults>,
 }
 
 /// Upper bound on an election pause or delayed campaign a peer may ask for.
@@ -311,20 +323,15 @@ impl Node {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let (shutdown_tx, _) = watch::channel(false);
-        let node = Arc::new(Node {
+        let node = Node::assemble(NodeParts {
             id: identity.member_id,
             cluster_id: identity.cluster_id,
             config: config.clone(),
             raft,
             applier,
             lessor,
-            network,
+            transport: Arc::new(network),
             faults,
-            read_batch: Default::default(),
-            transferring: Default::default(),
-            membership_lock: Default::default(),
-            shutdown_tx,
         });
 
         // Serve peers before initializing, so others can reach us at once.
@@ -357,6 +364,37 @@ impl Node {
 
         node.clone().spawn_background();
         Ok(node)
+    }
+
+    fn assemble(parts: NodeParts) -> Arc<Node> {
+        let NodeParts { id, cluster_id, config, raft, applier, lessor, transport, faults } = parts;
+        let (shutdown_tx, _) = watch::channel(false);
+        Arc::new(Node {
+            id,
+            cluster_id,
+            config,
+            raft,
+            applier,
+            lessor,
+            transport,
+            faults,
+            read_batch: Default::default(),
+            transferring: Default::default(),
+            membership_lock: Default::default(),
+            shutdown_tx,
+        })
+    }
+
+    /// A member from parts the caller built — the simulator, whose Raft runs
+    /// on simulated disks and network and whose peers are reached through
+    /// its own [`PeerTransport`]. No listener, no data dir: the caller serves
+    /// peer requests by calling [`PeerHandler::handle`]. Starts the
+    /// background duties (lease expiry, learner promotion) like
+    /// [`Node::start`].
+    pub fn from_parts(parts: NodeParts) -> Arc<Node> {
+        let node = Node::assemble(parts);
+        node.clone().spawn_background();
+        node
     }
 
     async fn join(config: &NodeConfig, faults: Arc<Faults>) -> Result<Identity, StartError> {
@@ -538,8 +576,12 @@ impl Node {
         let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
         let mut metrics = self.raft.metrics();
         while self.store().current_revision() < revision {
-            if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                return Err(NodeError::Timeout);
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Err(_) => return Err(NodeError::Timeout),
+                // The Raft core stopped: its metrics never change again, and
+                // `changed()` would return at once forever (a busy loop).
+                Ok(Err(_)) => return Err(NodeError::Stopped),
             }
         }
         Ok(())
@@ -655,12 +697,12 @@ impl Node {
             let result = match &leader {
                 None => None,
                 Some((_, None)) => Some(self.serve_leader(req.clone()).await),
-                Some((l, Some(member))) => match self.network.client(*l, member) {
-                    Err(_) => None,
-                    Ok(client) => {
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        match client.call::<Result<LeaderResponse, LeaderError>>(&PeerRequest::Leader(req.clone()), Some(remaining)).await {
+                Some((l, Some(member))) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let call = PeerRequest::Leader(req.clone());
+                    match peer_call::<Result<LeaderResponse, LeaderError>>(&*self.transport, *l, member, &call, Some(remaining)).await {
                             Ok(r) => Some(r),
+                            Err(PeerCallError::NotSent { .. }) => None,
                             Err(PeerCallError::Unreachable { detail, .. }) => {
                                 tracing::warn!("leader {l:x} unreachable for {}: {detail}", req_kind(&req));
                                 // A write that may have reached the leader must not be
@@ -671,9 +713,8 @@ impl Node {
                                 None
                             }
                             Err(PeerCallError::Decode { detail, .. }) => return Err(NodeError::Internal(detail)),
-                        }
                     }
-                },
+                }
             };
             match result {
                 Some(Ok(resp)) => return Ok(resp),
@@ -692,7 +733,9 @@ impl Node {
             if hint.is_none() {
                 // Wait for a leader change (or a short back-off), bounded by the deadline.
                 let wait = deadline.min(Instant::now() + Duration::from_millis(20));
-                let _ = tokio::time::timeout_at(wait, metrics.changed()).await;
+                if let Ok(Err(_)) = tokio::time::timeout_at(wait, metrics.changed()).await {
+                    return Err(NodeError::Stopped);
+                }
             }
         }
     }
@@ -855,22 +898,20 @@ impl Node {
             if *id == self.id || *id == target || *learner {
                 continue;
             }
-            if let Ok(c) = self.network.client(*id, member) {
-                let _ = c.call::<()>(&PeerRequest::PauseElections { ms: pause_ms }, Some(Duration::from_millis(500))).await;
-            }
+            let pause = PeerRequest::PauseElections { ms: pause_ms };
+            let _ = peer_call::<()>(&*self.transport, *id, member, &pause, Some(Duration::from_millis(500))).await;
         }
         let mut result = Err(LeaderError::Rejected(format!("etcdserver: leadership transfer to {target:x} timed out")));
-        if let Ok(c) = self.network.client(target, &target_member) {
-            if c.call::<()>(&PeerRequest::ElectAfter { ms: lease_ms + 50 }, Some(Duration::from_millis(500))).await.is_ok() {
-                let mut metrics = self.raft.metrics();
-                loop {
-                    if metrics.borrow_and_update().current_leader == Some(target) {
-                        result = Ok(LeaderResponse::Done);
-                        break;
-                    }
-                    if tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
-                        break;
-                    }
+        let elect = PeerRequest::ElectAfter { ms: lease_ms + 50 };
+        if peer_call::<()>(&*self.transport, target, &target_member, &elect, Some(Duration::from_millis(500))).await.is_ok() {
+            let mut metrics = self.raft.metrics();
+            loop {
+                if metrics.borrow_and_update().current_leader == Some(target) {
+                    result = Ok(LeaderResponse::Done);
+                    break;
+                }
+                if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
+                    break;
                 }
             }
         }

@@ -28,7 +28,9 @@ impl EtcdApi {
         let mut metrics = self.node().raft().metrics();
         loop {
             let list = self.member_list();
-            if pred(&list) || tokio::time::timeout_at(deadline, metrics.changed()).await.is_err() {
+            // Stop at the deadline, and also when the Raft core stopped (its
+            // metrics never change again; `changed()` would return at once).
+            if pred(&list) || !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
                 return list;
             }
         }

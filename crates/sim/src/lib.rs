@@ -46,14 +46,18 @@ use std::time::Duration;
 
 use consensus::runtime::MemberClock;
 use consensus::types::Raft;
-use consensus::{Applier, IoMode, Lessor, LogStore, LogStoreOptions, Member, NodeId, PlantedBug, TypeConfig};
+use consensus::network::{decode_request, encode, PeerCallError, PeerHandler, PeerRequest, PeerTransport};
+use consensus::{
+    Applier, Faults, IoMode, Lessor, LogStore, LogStoreOptions, Member, Node, NodeConfig, NodeError, NodeId, NodeParts,
+    PlantedBug, TypeConfig,
+};
 use etcd_client::proto::PbTargetUnion;
 use mvcc::{
     consts, ApplyResponse, Command, PbCompare, PbPutRequest, PbRangeRequest, PbTxnOpRequest, PbTxnRequest,
     PbTxnRequestOp, Store,
 };
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -89,6 +93,8 @@ pub const CHECK_WALL_TIMEOUT_MS: u64 = 30_000;
 /// Range of a clock jump, simulated ms forward.
 pub const CLOCK_JUMP_MIN_MS: u64 = 200;
 pub const CLOCK_JUMP_MAX_MS: u64 = 3_000;
+/// Cluster id the simulated members report.
+pub const SIM_CLUSTER_ID: u64 = 0x5151;
 /// Largest supported cluster.
 pub const MAX_MEMBERS: usize = 5;
 
@@ -109,9 +115,10 @@ pub struct SimConfig {
     /// Inject faults at all (base loss/delay and episodes).
     pub faults: bool,
     /// A deliberate bug, to show the checks catch it:
-    /// `SkipReadIndex` — reads skip `ensure_linearizable` and read the store
-    /// of ANY live member (a lagging follower, a deposed leader), as
-    /// `phalanx node --unsafe-planted-bug skip-read-index` serves them;
+    /// `SkipReadIndex` — each member's `Node::read_barrier` returns at once,
+    /// so a read is served from whichever member the client reached (a
+    /// lagging follower, a deposed leader): the very switch of
+    /// `phalanx node --unsafe-planted-bug skip-read-index`;
     /// `AckBeforeFsync` — the members' `LogStore`s report appends (and votes)
     /// durable without syncing them, as the node's switch of that name.
     pub planted: Option<PlantedBug>,
@@ -291,6 +298,8 @@ impl fmt::Display for FaultSchedule {
 /// A live member as the network and the clients see it.
 #[derive(Clone)]
 struct Live {
+    /// The member's API layer: leader routing, forwarding, ReadIndex.
+    node: Arc<Node>,
     raft: Raft,
     store: Arc<Store>,
 }
@@ -458,6 +467,58 @@ impl RaftNetwork<TypeConfig> for SimPeer {
     }
 }
 
+/// The members' own requests (forwarded writes and ReadIndex, leadership
+/// transfer) over the same faulty network: encoded and decoded as on the
+/// wire, handed to the target's `Node`.
+struct SimTransport {
+    from: NodeId,
+    net: Arc<Net>,
+}
+
+impl PeerTransport for SimTransport {
+    fn call_raw<'a>(
+        &'a self,
+        target: NodeId,
+        _member: &'a Member,
+        req: &'a PeerRequest,
+        timeout: Option<Duration>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PeerCallError>> {
+        Box::pin(async move {
+            let ttl = timeout.unwrap_or(Duration::from_millis(OP_TIMEOUT_MS)).max(Duration::from_millis(RPC_MIN_TIMEOUT_MS));
+            let deadline = Instant::now() + ttl;
+            let from = self.from;
+            let lost = |what: &str| PeerCallError::Unreachable { target, detail: format!("{what} {from}->{target} lost (loss or partition)") };
+            let bytes = encode(req);
+            match self.net.fate(from, target) {
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(lost("request"));
+                }
+                Some(d) => tokio::time::sleep(d).await,
+            }
+            let Some(live) = self.net.get(target) else {
+                // Connection refused: certainly not delivered.
+                return Err(PeerCallError::NotSent { target, detail: "member is down".into() });
+            };
+            let req = decode_request(&bytes).expect("a request encoded here decodes");
+            let answer = match tokio::time::timeout_at(deadline, live.node.handle(req)).await {
+                Ok(a) => a,
+                Err(_) => return Err(PeerCallError::Unreachable { target, detail: format!("timed out after {} ms", ttl.as_millis()) }),
+            };
+            match self.net.fate(target, from) {
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    Err(lost("answer"))
+                }
+                Some(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok(answer)
+                }
+            }
+        })
+    }
+}
+
 // ---------------------------------------------------------------- members
 
 fn member_desc(id: NodeId) -> Member {
@@ -487,7 +548,7 @@ async fn start_member(id: NodeId, disks: &MemberDisks, clock: &MemberClock, net:
     let store = Arc::new(Store::open_backend(disks.kv.clone(), Path::new(&kv_label)).map_err(|e| start_err(e.to_string()))?);
     let lessor = Arc::new(Lessor::new());
     lessor.reload(&store);
-    let applier = Applier::new(store.clone(), lessor).with_io(IoMode::Inline);
+    let applier = Applier::new(store.clone(), lessor.clone()).with_io(IoMode::Inline);
     let config = openraft::Config {
         cluster_name: "sim".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
@@ -505,10 +566,23 @@ async fn start_member(id: NodeId, disks: &MemberDisks, clock: &MemberClock, net:
     // Every task openraft spawns for this member inherits its clock.
     let raft = clock
         .clone()
-        .scope(Raft::new(id, Arc::new(config), network, log, applier))
+        .scope(Raft::new(id, Arc::new(config), network, log, applier.clone()))
         .await
         .map_err(|e| start_err(e.to_string()))?;
-    Ok(Live { raft, store })
+    let mut node_config = NodeConfig::with_defaults(&format!("n{id}"), format!("sim://n{id}").into());
+    node_config.request_timeout_ms = OP_TIMEOUT_MS;
+    node_config.planted_bug = planted;
+    let node = Node::from_parts(NodeParts {
+        id,
+        cluster_id: SIM_CLUSTER_ID,
+        config: node_config,
+        raft: raft.clone(),
+        applier,
+        lessor,
+        transport: Arc::new(SimTransport { from: id, net: net.clone() }),
+        faults: Arc::new(Faults::new(false)),
+    });
+    Ok(Live { node, raft, store })
 }
 
 struct Cluster {
@@ -538,7 +612,7 @@ impl Cluster {
         }
         // Stop the dead member's tasks; whatever they still write goes to the
         // old files, which nothing reads again.
-        let _ = live.raft.shutdown().await;
+        live.node.shutdown().await;
         true
     }
 
@@ -674,21 +748,22 @@ enum OpKind {
 
 enum WriteOutcome {
     Applied(ApplyResponse),
-    /// Certainly not appended (openraft refused before proposing).
-    NotLeader,
+    /// Certainly not proposed: no leader could be found to send it to.
+    NotSent,
     /// May or may not take effect.
     Unknown,
 }
 
-async fn propose(raft: &Raft, cmd: Command) -> WriteOutcome {
-    match tokio::time::timeout(Duration::from_millis(OP_TIMEOUT_MS), raft.client_write(cmd)).await {
-        Err(_) => WriteOutcome::Unknown,
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => WriteOutcome::NotLeader,
-        Ok(Err(_)) => WriteOutcome::Unknown,
-        Ok(Ok(resp)) => match ApplyResponse::decode(&resp.data.response) {
+/// A write through the member's API layer (forwarded to the leader if
+/// needed), as the etcd KV service does it.
+async fn propose(node: &Node, cmd: Command) -> WriteOutcome {
+    match node.propose(cmd).await {
+        Ok(outcome) => match ApplyResponse::decode(&outcome.response) {
             Ok(r) => WriteOutcome::Applied(r),
             Err(_) => WriteOutcome::Unknown,
         },
+        Err(NodeError::NoLeader) => WriteOutcome::NotSent,
+        Err(_) => WriteOutcome::Unknown,
     }
 }
 
@@ -702,8 +777,6 @@ struct ClientCtx {
     net: Arc<Net>,
     rec: Arc<Recorder>,
     keys: Vec<String>,
-    /// Planted `SkipReadIndex`: reads go to any member, without a barrier.
-    stale_reads: bool,
     end: Instant,
     max_think_ms: u64,
 }
@@ -725,12 +798,16 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
         seq += 1;
         let value = format!("{pid}.{seq}");
         let expect_absent = rng.gen_bool(0.2);
-        // Route: a live leader (or, for planted stale reads, any live member).
+        // Route: half the operations to a member that believes it leads (a
+        // client following leader hints), half to any live member (a client
+        // with several endpoints), whose Node forwards to the leader.
         let target = loop {
             if Instant::now() >= ctx.end {
                 return;
             }
-            let pool = if ctx.stale_reads && matches!(kind, OpKind::Read) { ctx.net.all() } else { ctx.net.leaders() };
+            let to_leader = route.gen_bool(0.5);
+            let leaders = if to_leader { ctx.net.leaders() } else { Vec::new() };
+            let pool = if leaders.is_empty() { ctx.net.all() } else { leaders };
             if let Some(t) = pool.choose(&mut route) {
                 break t.1.clone();
             }
@@ -739,11 +816,10 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
         match kind {
             OpKind::Read => {
                 ctx.rec.event(pid, "invoke", "read", &key, serde_json::Value::Null);
-                let ok = ctx.stale_reads
-                    || matches!(
-                        tokio::time::timeout(Duration::from_millis(OP_TIMEOUT_MS), target.raft.ensure_linearizable()).await,
-                        Ok(Ok(_))
-                    );
+                // The etcd KV service's linearizable read: the member's
+                // ReadIndex barrier (skipped by the planted SkipReadIndex),
+                // then its own store.
+                let ok = target.node.read_barrier().await.is_ok();
                 match ok.then(|| target.store.range(&PbRangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })) {
                     Some(Ok(resp)) => {
                         let v = resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
@@ -756,14 +832,14 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
             OpKind::Write => {
                 ctx.rec.event(pid, "invoke", "write", &key, value.clone().into());
                 let put = PbPutRequest { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), ..Default::default() };
-                match propose(&target.raft, Command::put(&put)).await {
+                match propose(&target.node, Command::put(&put)).await {
                     WriteOutcome::Applied(ApplyResponse::Put(r)) => {
                         ctx.rec.event(pid, "ok", "write", &key, value.clone().into());
                         let rev = r.header.map_or(0, |h| h.revision);
                         ctx.rec.acked.lock().expect("recorder poisoned").push((key.clone(), value.clone(), rev));
                         seen.insert(key.clone(), Some(value));
                     }
-                    WriteOutcome::NotLeader => ctx.rec.event(pid, "fail", "write", &key, value.into()),
+                    WriteOutcome::NotSent => ctx.rec.event(pid, "fail", "write", &key, value.into()),
                     _ => ctx.rec.event(pid, "info", "write", &key, value.into()),
                 }
             }
@@ -793,7 +869,7 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                     success: vec![PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put)) }],
                     failure: vec![],
                 };
-                match propose(&target.raft, Command::txn(&txn)).await {
+                match propose(&target.node, Command::txn(&txn)).await {
                     WriteOutcome::Applied(ApplyResponse::Txn(r)) if r.succeeded => {
                         ctx.rec.event(pid, "ok", "cas", &key, args);
                         let rev = r.header.map_or(0, |h| h.revision);
@@ -1007,7 +1083,6 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         net: net.clone(),
         rec: rec.clone(),
         keys: keys.clone(),
-        stale_reads: cfg.planted == Some(PlantedBug::SkipReadIndex),
         end: t0 + Duration::from_millis(cfg.duration_ms),
         max_think_ms: cfg.max_think_ms,
     });
@@ -1059,7 +1134,7 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
     }
     let simulated_ms = (Instant::now() - t0).as_millis() as u64;
     for (_, l) in net.all() {
-        let _ = l.raft.shutdown().await;
+        l.node.shutdown().await;
     }
     net.live.lock().expect("net live poisoned").clear();
 
@@ -1134,7 +1209,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_INTERVAL_MS)).await;
             assert!(term(follower) > before, "the jumped follower did not campaign (term still {before})");
             for (_, l) in net.all() {
-                let _ = l.raft.shutdown().await;
+                l.node.shutdown().await;
             }
         });
     }
