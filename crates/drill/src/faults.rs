@@ -37,6 +37,9 @@ pub enum FaultKind {
     /// Delay every peer message the leader sends (`--delay-ms`, plus a
     /// uniform random `--jitter-ms`).
     Delay,
+    /// Drop a random `--loss-percent` of the leader's peer packets, both
+    /// directions (iptables `statistic` match; netns only).
+    Loss,
 }
 
 pub const ALL_FAULTS: &[FaultKind] = &[
@@ -49,6 +52,7 @@ pub const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::PauseFollower,
     FaultKind::PauseLeader,
     FaultKind::Delay,
+    FaultKind::Loss,
 ];
 
 impl FaultKind {
@@ -63,6 +67,7 @@ impl FaultKind {
             FaultKind::PauseFollower => "pause-follower",
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::Delay => "delay",
+            FaultKind::Loss => "loss",
         }
     }
 
@@ -90,6 +95,17 @@ impl std::str::FromStr for FaultKind {
 /// Parse a `--faults` list (`none` or empty = no faults).
 pub fn parse_faults(s: &str) -> Result<Vec<FaultKind>, String> {
     s.split(',').map(str::trim).filter(|p| !p.is_empty() && *p != "none").map(str::parse).collect()
+}
+
+/// Parameters of the faults (from the command line).
+#[derive(Debug, Clone, Default)]
+pub struct FaultSettings {
+    /// `delay`: fixed part of the delay, in ms.
+    pub delay_ms: u64,
+    /// `delay`: uniform random extra delay, in ms.
+    pub jitter_ms: u64,
+    /// `loss`: share of the packets dropped, in percent.
+    pub loss_percent: f64,
 }
 
 /// When a fault was in force, and what happened around it.
@@ -161,8 +177,8 @@ impl Backend {
     pub fn supports(&self, kind: FaultKind) -> Result<(), String> {
         match self {
             Backend::Local(_) => {
-                if kind == FaultKind::PartitionOneWay {
-                    return Err("partition-one-way needs real packet filtering: use --netns with a live cluster (the /fault API cuts both directions)".into());
+                if matches!(kind, FaultKind::PartitionOneWay | FaultKind::Loss) {
+                    return Err(format!("{kind} needs real packet filtering: use --netns with a live cluster (the /fault API cannot drop packets selectively)"));
                 }
                 Ok(())
             }
@@ -177,8 +193,8 @@ impl Backend {
                     FaultKind::PauseFollower | FaultKind::PauseLeader if pids.is_none() => Err(format!(
                         "fault {kind} cannot be injected into a remote cluster: SIGSTOP needs the members' process ids (use --local N, or --pids for members on this host)"
                     )),
-                    FaultKind::PartitionOneWay if netns.is_none() => {
-                        Err("partition-one-way needs --netns (iptables inside each member's network namespace)".into())
+                    FaultKind::PartitionOneWay | FaultKind::Loss if netns.is_none() => {
+                        Err(format!("{kind} needs --netns (iptables inside each member's network namespace)"))
                     }
                     _ => Ok(()),
                 }
@@ -256,22 +272,32 @@ impl Backend {
 
     /// Cut `group` off from everyone else: with /fault on both sides, or
     /// with iptables DROP rules in the group's namespaces (`inbound_only`:
-    /// only INPUT).
-    async fn partition(&self, group: &[usize], inbound_only: bool) -> Result<Active, DrillError> {
+    /// only INPUT; `loss_percent`: drop only that random share of the
+    /// packets, with the `statistic` match — iptables only).
+    async fn partition(&self, group: &[usize], inbound_only: bool, loss_percent: Option<f64>) -> Result<Active, DrillError> {
         let n = self.len();
         let others: Vec<usize> = (0..n).filter(|i| !group.contains(i)).collect();
         if let Backend::Remote { netns: Some(ns), admin, .. } = self {
             let ip = |i: usize| admin::host_port(&admin[i]).map(|hp| hp.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(hp));
+            let probability = loss_percent.map(|p| format!("{:.4}", p / 100.0));
+            let mut drop: Vec<&str> = Vec::new();
+            if let Some(p) = &probability {
+                drop.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+            }
+            drop.extend(["-j", "DROP"]);
             for &g in group {
                 for &o in &others {
                     let oip = ip(o)?;
-                    Self::iptables(&ns[g], &["-A", "INPUT", "-s", &oip, "-j", "DROP"])?;
+                    Self::iptables(&ns[g], &[&["-A", "INPUT", "-s", &oip][..], &drop].concat())?;
                     if !inbound_only {
-                        Self::iptables(&ns[g], &["-A", "OUTPUT", "-d", &oip, "-j", "DROP"])?;
+                        Self::iptables(&ns[g], &[&["-A", "OUTPUT", "-d", &oip][..], &drop].concat())?;
                     }
                 }
             }
             return Ok(Active::FlushIptables(group.to_vec()));
+        }
+        if loss_percent.is_some() {
+            return Err(DrillError::Fault("random loss needs --netns (iptables)".into()));
         }
         let ids = self.ids().await?;
         let urls = self.admin_urls();
@@ -307,7 +333,7 @@ impl Backend {
 
     /// Inject `kind` with `leader` as the current leader. Returns the
     /// targets and what to undo.
-    pub async fn inject(&mut self, kind: FaultKind, leader: usize, delay_ms: u64, jitter_ms: u64) -> Result<(Vec<usize>, Active), DrillError> {
+    pub async fn inject(&mut self, kind: FaultKind, leader: usize, p: &FaultSettings) -> Result<(Vec<usize>, Active), DrillError> {
         let n = self.len();
         let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
         match kind {
@@ -335,14 +361,15 @@ impl Backend {
                 }
                 _ => Err(DrillError::Fault("kill needs --local".into())),
             },
-            FaultKind::PartitionLeader => Ok((vec![leader], self.partition(&[leader], false).await?)),
-            FaultKind::PartitionOneWay => Ok((vec![leader], self.partition(&[leader], true).await?)),
+            FaultKind::PartitionLeader => Ok((vec![leader], self.partition(&[leader], false, None).await?)),
+            FaultKind::PartitionOneWay => Ok((vec![leader], self.partition(&[leader], true, None).await?)),
+            FaultKind::Loss => Ok((vec![leader], self.partition(&[leader], false, Some(p.loss_percent)).await?)),
             FaultKind::PartitionMinority => {
                 let minority: Vec<usize> = followers.iter().copied().take((n - 1) / 2).collect();
                 if minority.is_empty() {
                     return Ok((vec![], Active::Nothing));
                 }
-                Ok((minority.clone(), self.partition(&minority, false).await?))
+                Ok((minority.clone(), self.partition(&minority, false, None).await?))
             }
             FaultKind::PauseFollower => {
                 let f = *followers.first().ok_or_else(|| DrillError::Fault("no follower to pause".into()))?;
@@ -355,7 +382,7 @@ impl Backend {
             }
             FaultKind::Delay => {
                 let urls = self.admin_urls();
-                admin::set_fault(&urls[leader], &[], delay_ms, jitter_ms).await?;
+                admin::set_fault(&urls[leader], &[], p.delay_ms, p.jitter_ms).await?;
                 Ok((vec![leader], Active::ClearFaults(vec![leader])))
             }
         }

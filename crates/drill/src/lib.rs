@@ -10,7 +10,7 @@
 //!   inside network namespaces with `--netns`).
 //! * [`faults::FaultKind`] — what can be injected (kill-leader,
 //!   kill-follower, kill-all, partition-leader, partition-minority,
-//!   partition-one-way, pause-follower, pause-leader, delay); [`faults::Backend`] carries it out and
+//!   partition-one-way, pause-follower, pause-leader, delay, loss); [`faults::Backend`] carries it out and
 //!   [`faults::FaultWindow`] records when it was in force.
 //! * [`workload`] — the clients: sequential read/write/cas clients pinned
 //!   round-robin to the endpoints, one resuming prefix watcher, one lease
@@ -102,7 +102,7 @@ pub struct DrillArgs {
     #[arg(long, value_name = "PIDS", requires = "endpoints")]
     pub pids: Option<String>,
     /// Faults to inject, in order, one window at a time (comma-separated, or `none`):
-    /// kill-leader, kill-follower, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay.
+    /// kill-leader, kill-follower, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay, loss.
     #[arg(long, default_value = "kill-leader,partition-leader,pause-follower")]
     pub faults: String,
     /// Length of the drill (workload period), e.g. 30s.
@@ -118,6 +118,9 @@ pub struct DrillArgs {
     /// `delay` fault: each message is delayed by a further uniform random 0..=MS, so messages overtake each other (at most 60000).
     #[arg(long, value_name = "MS", default_value_t = 15)]
     pub jitter_ms: u64,
+    /// `loss` fault: percentage (above 0, at most 100) of the leader's peer packets dropped at random, both directions.
+    #[arg(long, value_name = "PERCENT", default_value_t = 30.0)]
+    pub loss_percent: f64,
     /// Directory for history.jsonl, report.md, timeline.svg and the other logs (created if missing).
     #[arg(long, value_name = "DIR")]
     pub report: PathBuf,
@@ -181,6 +184,9 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     if args.jitter_ms > MAX_JITTER_MS {
         return Err(u(format!("--jitter-ms must be at most {MAX_JITTER_MS}")));
     }
+    if !(args.loss_percent > 0.0 && args.loss_percent <= 100.0) {
+        return Err(u(format!("--loss-percent must be above 0 and at most 100 (got {})", args.loss_percent)));
+    }
     if let Some(b) = &args.unsafe_planted_bug {
         if b != "skip-read-index" && b != "ack-before-fsync" {
             return Err(u(format!("--unsafe-planted-bug {b:?}: expected skip-read-index or ack-before-fsync")));
@@ -194,8 +200,8 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
             if args.admin_endpoints.is_some() {
                 return Err(u("--admin-endpoints is only for --endpoints (a --local cluster has its own)".into()));
             }
-            if let Some(k) = faults.iter().find(|k| **k == FaultKind::PartitionOneWay) {
-                return Err(u(format!("fault {k} needs real packet filtering: use --endpoints with --netns (the /fault API cuts both directions)")));
+            if let Some(k) = faults.iter().find(|k| matches!(k, FaultKind::PartitionOneWay | FaultKind::Loss)) {
+                return Err(u(format!("fault {k} needs real packet filtering: use --endpoints with --netns (the /fault API cannot drop packets selectively)")));
             }
             Ok(Plan { faults, endpoints: vec![], admin: vec![], netns: None, pids: None })
         }
@@ -455,6 +461,9 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         ("lease TTL".into(), format!("{} s", args.lease_ttl_secs)),
         ("planted bug".into(), args.unsafe_planted_bug.clone().unwrap_or_else(|| "none".into())),
     ];
+    if plan.faults.contains(&FaultKind::Loss) {
+        settings.push(("loss fault".into(), format!("{} % of the leader's peer packets dropped at random, both directions (--loss-percent)", args.loss_percent)));
+    }
     if plan.faults.contains(&FaultKind::Delay) {
         settings.push(("delay fault".into(), format!("leader's peer messages delayed {}..={} ms (--delay-ms, --jitter-ms)", args.delay_ms, args.delay_ms + args.jitter_ms)));
     }
@@ -545,6 +554,7 @@ async fn run_faults(backend: &mut Backend, kinds: &[FaultKind], args: &DrillArgs
     let win = args.fault_window_ms.unwrap_or((slot / 2).min(10_000)).min(slot.saturating_sub(100)).max(100);
     let names = backend.names();
     let base_ms = workload_start_us / 1000;
+    let settings = faults::FaultSettings { delay_ms: args.delay_ms, jitter_ms: args.jitter_ms, loss_percent: args.loss_percent };
     for (i, &kind) in kinds.iter().enumerate() {
         let planned = base_ms + warm + i as u64 * slot;
         let now = rec.now_ms() as u64;
@@ -566,7 +576,7 @@ async fn run_faults(backend: &mut Backend, kinds: &[FaultKind], args: &DrillArgs
             });
             continue;
         };
-        let (targets, active, note) = match backend.inject(kind, leader, args.delay_ms, args.jitter_ms).await {
+        let (targets, active, note) = match backend.inject(kind, leader, &settings).await {
             Ok((t, a)) => (t, a, None),
             Err(e) => (vec![], faults::Active::Nothing, Some(format!("injection failed: {e}"))),
         };

@@ -178,4 +178,10 @@ fn drill_usage_errors_exit_2() {
     assert!(r.stderr.contains("unknown fault"), "{}", r.stderr);
     let r = drill(&["--local", "3", "--endpoints", "http://127.0.0.1:1"]);
     assert_eq!(r.code, 2, "{}", explain(&r));
+    let r = drill(&["--local", "3", "--faults", "loss"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("--netns"), "{}", r.stderr);
+    let r = drill(&["--local", "3", "--faults", "delay", "--loss-percent", "0"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("--loss-percent"), "{}", r.stderr);
 }
