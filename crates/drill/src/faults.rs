@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::backends::BackendFault;
 use crate::cluster::{self, LocalCluster};
 use crate::{admin, DrillError};
 
@@ -40,6 +41,15 @@ pub enum FaultKind {
     /// Drop a random `--loss-percent` of the leader's peer packets, both
     /// directions (iptables `statistic` match; netns only).
     Loss,
+    /// SIGKILL one sample backend; restart it when the window ends.
+    BackendKill,
+    /// SIGSTOP one sample backend; SIGCONT when the window ends.
+    BackendHang,
+    /// Make one sample backend answer `--backend-delay-ms` late (health
+    /// checks included).
+    BackendSlow,
+    /// Drop every packet to one sample backend (iptables on loopback).
+    BackendPartition,
 }
 
 pub const ALL_FAULTS: &[FaultKind] = &[
@@ -53,6 +63,10 @@ pub const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::PauseLeader,
     FaultKind::Delay,
     FaultKind::Loss,
+    FaultKind::BackendKill,
+    FaultKind::BackendHang,
+    FaultKind::BackendSlow,
+    FaultKind::BackendPartition,
 ];
 
 impl FaultKind {
@@ -68,6 +82,22 @@ impl FaultKind {
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::Delay => "delay",
             FaultKind::Loss => "loss",
+            FaultKind::BackendKill => "backend-kill",
+            FaultKind::BackendHang => "backend-hang",
+            FaultKind::BackendSlow => "backend-slow",
+            FaultKind::BackendPartition => "backend-partition",
+        }
+    }
+
+    /// The backend fault this is, if it acts on a sample backend behind the
+    /// gateways rather than on a member.
+    pub fn backend_fault(self) -> Option<BackendFault> {
+        match self {
+            FaultKind::BackendKill => Some(BackendFault::Kill),
+            FaultKind::BackendHang => Some(BackendFault::Hang),
+            FaultKind::BackendSlow => Some(BackendFault::Slow),
+            FaultKind::BackendPartition => Some(BackendFault::Partition),
+            _ => None,
         }
     }
 
@@ -183,6 +213,11 @@ impl Backend {
                 Ok(())
             }
             Backend::Remote { netns, pids, admin, .. } => {
+                if kind.backend_fault().is_some() {
+                    return Err(format!(
+                        "fault {kind} needs --local N: the drill starts the sample backends and the members' gateways itself"
+                    ));
+                }
                 if admin.is_empty() {
                     return Err(format!("fault {kind} needs --admin-endpoints (one per --endpoints entry)"));
                 }
@@ -379,6 +414,9 @@ impl Backend {
             FaultKind::PauseLeader => {
                 self.pause(leader)?;
                 Ok((vec![leader], Active::Resume(vec![leader])))
+            }
+            FaultKind::BackendKill | FaultKind::BackendHang | FaultKind::BackendSlow | FaultKind::BackendPartition => {
+                Err(DrillError::Fault(format!("{kind} acts on a sample backend, not on a member")))
             }
             FaultKind::Delay => {
                 let urls = self.admin_urls();
