@@ -8,22 +8,35 @@
 //!   [`cluster::LocalCluster`]) or `--endpoints` + `--admin-endpoints` (a live
 //!   cluster, faults only through its fault-injection admin API, or iptables
 //!   inside network namespaces with `--netns`).
-//! * [`faults::FaultKind`] — what can be injected (kill-leader,
-//!   kill-follower, kill-all, partition-leader, partition-minority,
-//!   partition-one-way, pause-follower, pause-leader, delay, loss); [`faults::Backend`] carries it out and
-//!   [`faults::FaultWindow`] records when it was in force.
+//! * [`faults::FaultKind`] — what can be injected: member faults
+//!   (kill-leader, kill-follower, kill-all, partition-leader,
+//!   partition-minority, partition-one-way, pause-follower, pause-leader,
+//!   delay with jitter, loss), carried out by [`faults::Backend`], and backend
+//!   faults (backend-kill, backend-hang, backend-slow, backend-partition),
+//!   carried out by [`backends::SampleBackends`]; [`faults::FaultWindow`]
+//!   records when each was in force.
 //! * [`workload`] — the clients: sequential read/write/cas clients pinned
 //!   round-robin to the endpoints, one resuming prefix watcher, one lease
 //!   client; everything is logged by a [`recorder::Recorder`] in the formats
 //!   of docs/history-format.md.
+//! * [`backends`] and [`http_load`] — with backend faults (`--local` only):
+//!   sample HTTP backends (child processes) behind a store-backed gateway on
+//!   every member, the gateway configuration the drill writes into the store
+//!   ([`backends::gateway_document`], `--gateway-profile`), and HTTP clients
+//!   sending requests through the gateways for the whole run; every request
+//!   is recorded and judged against `--max-gateway-error-percent`
+//!   ([`http_load::GatewaySummary`]).
 //! * [`report::Summary`] — the judgement: operation counts, availability,
-//!   longest write gap, lost acknowledged writes, and the linearizability,
-//!   watch and lease verdicts of the `linearizability` crate's checkers;
-//!   rendered as `report.md`, `timeline.svg` and `summary.json`.
+//!   longest write gap, write latency per window, lost acknowledged writes,
+//!   the linearizability, watch and lease verdicts of the `linearizability`
+//!   crate's checkers, and the gateway verdict; rendered as `report.md`,
+//!   `timeline.svg` and `summary.json`.
 //! * [`DrillError`] — why a drill could not run (usage errors exit 2).
 //!
 //! [`run_blocking`] is the entry point of `phalanx drill`: exit 0 when every
-//! verdict passes, 1 when one fails (or the drill could not run), 2 on
+//! verdict passes, 1 when one fails (or the drill could not run, or was
+//! interrupted: SIGINT/SIGTERM drop the run, so the drill's child processes
+//! and loopback iptables rules are cleaned up by their destructors), 2 on
 //! usage errors. See docs/drill.md.
 
 pub mod admin;
