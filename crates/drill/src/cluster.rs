@@ -28,6 +28,8 @@ pub struct LocalMember {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
+    /// `--gateway-listen` port, when the members run gateways.
+    pub gateway_port: Option<u16>,
 }
 
 impl LocalMember {
@@ -39,6 +41,9 @@ impl LocalMember {
     }
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
+    }
+    pub fn gateway_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway_port.map(|p| ([127, 0, 0, 1], p).into())
     }
 }
 
@@ -56,7 +61,7 @@ pub struct LocalCluster {
 /// A port that is free now, below the kernel's ephemeral range (32768+) so
 /// no outgoing connection can take it while a killed member is down, from a
 /// block of 200 chosen by pid so concurrent drills do not collide.
-fn free_port() -> Result<u16, DrillError> {
+pub(crate) fn free_port() -> Result<u16, DrillError> {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let block = 12_000 + (std::process::id() % 100) as u16 * 200;
@@ -87,7 +92,9 @@ pub fn signal(pid: u32, sig: &str) -> Result<(), DrillError> {
 
 impl LocalCluster {
     /// Start `n` members (logs in `log_dir`) and wait until all are healthy.
-    pub async fn start(n: usize, exe: &Path, log_dir: &Path, planted_bug: Option<&str>) -> Result<LocalCluster, DrillError> {
+    /// With `gateway_key`, every member also runs a store-backed gateway
+    /// (`--gateway-listen` on a free port, `--gateway-config-key`).
+    pub async fn start(n: usize, exe: &Path, log_dir: &Path, planted_bug: Option<&str>, gateway_key: Option<&str>) -> Result<LocalCluster, DrillError> {
         let dir = tempfile::Builder::new()
             .prefix("phalanx-drill-")
             .tempdir()
@@ -104,6 +111,7 @@ impl LocalCluster {
                 log: log_dir.join(format!("n{i}.log")),
                 child: None,
                 paused: false,
+                gateway_port: if gateway_key.is_some() { Some(free_port()?) } else { None },
             });
         }
         let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
@@ -111,6 +119,10 @@ impl LocalCluster {
         if let Some(bug) = planted_bug {
             extra_args.push("--unsafe-planted-bug".into());
             extra_args.push(bug.into());
+        }
+        if let Some(key) = gateway_key {
+            extra_args.push("--gateway-config-key".into());
+            extra_args.push(key.into());
         }
         let mut c = LocalCluster {
             _dir: dir,
@@ -141,6 +153,7 @@ impl LocalCluster {
             .open(&m.log)
             .map_err(|e| DrillError::Io { what: format!("opening {}", m.log.display()), source: e })?;
         let log2 = log.try_clone().map_err(|e| DrillError::Io { what: "duplicating a log handle".into(), source: e })?;
+        let gateway: Vec<String> = m.gateway_port.map(|p| vec!["--gateway-listen".into(), format!("127.0.0.1:{p}")]).unwrap_or_default();
         let child = Command::new(&self.exe)
             .arg("node")
             .args(["--name", &m.name])
@@ -155,6 +168,7 @@ impl LocalCluster {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
             .args(&self.extra_args)
+            .args(&gateway)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::backends::BackendFault;
 use crate::cluster::{self, LocalCluster};
 use crate::{admin, DrillError};
 
@@ -37,6 +38,18 @@ pub enum FaultKind {
     /// Delay every peer message the leader sends (`--delay-ms`, plus a
     /// uniform random `--jitter-ms`).
     Delay,
+    /// Drop a random `--loss-percent` of the leader's peer packets, both
+    /// directions (iptables `statistic` match; netns only).
+    Loss,
+    /// SIGKILL one sample backend; restart it when the window ends.
+    BackendKill,
+    /// SIGSTOP one sample backend; SIGCONT when the window ends.
+    BackendHang,
+    /// Make one sample backend answer `--backend-delay-ms` late (health
+    /// checks included).
+    BackendSlow,
+    /// Drop every packet to one sample backend (iptables on loopback).
+    BackendPartition,
 }
 
 pub const ALL_FAULTS: &[FaultKind] = &[
@@ -49,6 +62,11 @@ pub const ALL_FAULTS: &[FaultKind] = &[
     FaultKind::PauseFollower,
     FaultKind::PauseLeader,
     FaultKind::Delay,
+    FaultKind::Loss,
+    FaultKind::BackendKill,
+    FaultKind::BackendHang,
+    FaultKind::BackendSlow,
+    FaultKind::BackendPartition,
 ];
 
 impl FaultKind {
@@ -63,6 +81,23 @@ impl FaultKind {
             FaultKind::PauseFollower => "pause-follower",
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::Delay => "delay",
+            FaultKind::Loss => "loss",
+            FaultKind::BackendKill => "backend-kill",
+            FaultKind::BackendHang => "backend-hang",
+            FaultKind::BackendSlow => "backend-slow",
+            FaultKind::BackendPartition => "backend-partition",
+        }
+    }
+
+    /// The backend fault this is, if it acts on a sample backend behind the
+    /// gateways rather than on a member.
+    pub fn backend_fault(self) -> Option<BackendFault> {
+        match self {
+            FaultKind::BackendKill => Some(BackendFault::Kill),
+            FaultKind::BackendHang => Some(BackendFault::Hang),
+            FaultKind::BackendSlow => Some(BackendFault::Slow),
+            FaultKind::BackendPartition => Some(BackendFault::Partition),
+            _ => None,
         }
     }
 
@@ -90,6 +125,17 @@ impl std::str::FromStr for FaultKind {
 /// Parse a `--faults` list (`none` or empty = no faults).
 pub fn parse_faults(s: &str) -> Result<Vec<FaultKind>, String> {
     s.split(',').map(str::trim).filter(|p| !p.is_empty() && *p != "none").map(str::parse).collect()
+}
+
+/// Parameters of the faults (from the command line).
+#[derive(Debug, Clone, Default)]
+pub struct FaultSettings {
+    /// `delay`: fixed part of the delay, in ms.
+    pub delay_ms: u64,
+    /// `delay`: uniform random extra delay, in ms.
+    pub jitter_ms: u64,
+    /// `loss`: share of the packets dropped, in percent.
+    pub loss_percent: f64,
 }
 
 /// When a fault was in force, and what happened around it.
@@ -161,12 +207,17 @@ impl Backend {
     pub fn supports(&self, kind: FaultKind) -> Result<(), String> {
         match self {
             Backend::Local(_) => {
-                if kind == FaultKind::PartitionOneWay {
-                    return Err("partition-one-way needs real packet filtering: use --netns with a live cluster (the /fault API cuts both directions)".into());
+                if matches!(kind, FaultKind::PartitionOneWay | FaultKind::Loss) {
+                    return Err(format!("{kind} needs real packet filtering: use --netns with a live cluster (the /fault API cannot drop packets selectively)"));
                 }
                 Ok(())
             }
             Backend::Remote { netns, pids, admin, .. } => {
+                if kind.backend_fault().is_some() {
+                    return Err(format!(
+                        "fault {kind} needs --local N: the drill starts the sample backends and the members' gateways itself"
+                    ));
+                }
                 if admin.is_empty() {
                     return Err(format!("fault {kind} needs --admin-endpoints (one per --endpoints entry)"));
                 }
@@ -177,8 +228,8 @@ impl Backend {
                     FaultKind::PauseFollower | FaultKind::PauseLeader if pids.is_none() => Err(format!(
                         "fault {kind} cannot be injected into a remote cluster: SIGSTOP needs the members' process ids (use --local N, or --pids for members on this host)"
                     )),
-                    FaultKind::PartitionOneWay if netns.is_none() => {
-                        Err("partition-one-way needs --netns (iptables inside each member's network namespace)".into())
+                    FaultKind::PartitionOneWay | FaultKind::Loss if netns.is_none() => {
+                        Err(format!("{kind} needs --netns (iptables inside each member's network namespace)"))
                     }
                     _ => Ok(()),
                 }
@@ -256,22 +307,32 @@ impl Backend {
 
     /// Cut `group` off from everyone else: with /fault on both sides, or
     /// with iptables DROP rules in the group's namespaces (`inbound_only`:
-    /// only INPUT).
-    async fn partition(&self, group: &[usize], inbound_only: bool) -> Result<Active, DrillError> {
+    /// only INPUT; `loss_percent`: drop only that random share of the
+    /// packets, with the `statistic` match — iptables only).
+    async fn partition(&self, group: &[usize], inbound_only: bool, loss_percent: Option<f64>) -> Result<Active, DrillError> {
         let n = self.len();
         let others: Vec<usize> = (0..n).filter(|i| !group.contains(i)).collect();
         if let Backend::Remote { netns: Some(ns), admin, .. } = self {
             let ip = |i: usize| admin::host_port(&admin[i]).map(|hp| hp.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(hp));
+            let probability = loss_percent.map(|p| format!("{:.4}", p / 100.0));
+            let mut drop: Vec<&str> = Vec::new();
+            if let Some(p) = &probability {
+                drop.extend(["-m", "statistic", "--mode", "random", "--probability", p]);
+            }
+            drop.extend(["-j", "DROP"]);
             for &g in group {
                 for &o in &others {
                     let oip = ip(o)?;
-                    Self::iptables(&ns[g], &["-A", "INPUT", "-s", &oip, "-j", "DROP"])?;
+                    Self::iptables(&ns[g], &[&["-A", "INPUT", "-s", &oip][..], &drop].concat())?;
                     if !inbound_only {
-                        Self::iptables(&ns[g], &["-A", "OUTPUT", "-d", &oip, "-j", "DROP"])?;
+                        Self::iptables(&ns[g], &[&["-A", "OUTPUT", "-d", &oip][..], &drop].concat())?;
                     }
                 }
             }
             return Ok(Active::FlushIptables(group.to_vec()));
+        }
+        if loss_percent.is_some() {
+            return Err(DrillError::Fault("random loss needs --netns (iptables)".into()));
         }
         let ids = self.ids().await?;
         let urls = self.admin_urls();
@@ -307,7 +368,7 @@ impl Backend {
 
     /// Inject `kind` with `leader` as the current leader. Returns the
     /// targets and what to undo.
-    pub async fn inject(&mut self, kind: FaultKind, leader: usize, delay_ms: u64, jitter_ms: u64) -> Result<(Vec<usize>, Active), DrillError> {
+    pub async fn inject(&mut self, kind: FaultKind, leader: usize, p: &FaultSettings) -> Result<(Vec<usize>, Active), DrillError> {
         let n = self.len();
         let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
         match kind {
@@ -335,14 +396,15 @@ impl Backend {
                 }
                 _ => Err(DrillError::Fault("kill needs --local".into())),
             },
-            FaultKind::PartitionLeader => Ok((vec![leader], self.partition(&[leader], false).await?)),
-            FaultKind::PartitionOneWay => Ok((vec![leader], self.partition(&[leader], true).await?)),
+            FaultKind::PartitionLeader => Ok((vec![leader], self.partition(&[leader], false, None).await?)),
+            FaultKind::PartitionOneWay => Ok((vec![leader], self.partition(&[leader], true, None).await?)),
+            FaultKind::Loss => Ok((vec![leader], self.partition(&[leader], false, Some(p.loss_percent)).await?)),
             FaultKind::PartitionMinority => {
                 let minority: Vec<usize> = followers.iter().copied().take((n - 1) / 2).collect();
                 if minority.is_empty() {
                     return Ok((vec![], Active::Nothing));
                 }
-                Ok((minority.clone(), self.partition(&minority, false).await?))
+                Ok((minority.clone(), self.partition(&minority, false, None).await?))
             }
             FaultKind::PauseFollower => {
                 let f = *followers.first().ok_or_else(|| DrillError::Fault("no follower to pause".into()))?;
@@ -353,9 +415,12 @@ impl Backend {
                 self.pause(leader)?;
                 Ok((vec![leader], Active::Resume(vec![leader])))
             }
+            FaultKind::BackendKill | FaultKind::BackendHang | FaultKind::BackendSlow | FaultKind::BackendPartition => {
+                Err(DrillError::Fault(format!("{kind} acts on a sample backend, not on a member")))
+            }
             FaultKind::Delay => {
                 let urls = self.admin_urls();
-                admin::set_fault(&urls[leader], &[], delay_ms, jitter_ms).await?;
+                admin::set_fault(&urls[leader], &[], p.delay_ms, p.jitter_ms).await?;
                 Ok((vec![leader], Active::ClearFaults(vec![leader])))
             }
         }

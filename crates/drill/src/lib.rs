@@ -8,27 +8,42 @@
 //!   [`cluster::LocalCluster`]) or `--endpoints` + `--admin-endpoints` (a live
 //!   cluster, faults only through its fault-injection admin API, or iptables
 //!   inside network namespaces with `--netns`).
-//! * [`faults::FaultKind`] — what can be injected (kill-leader,
-//!   kill-follower, kill-all, partition-leader, partition-minority,
-//!   partition-one-way, pause-follower, pause-leader, delay); [`faults::Backend`] carries it out and
-//!   [`faults::FaultWindow`] records when it was in force.
+//! * [`faults::FaultKind`] — what can be injected: member faults
+//!   (kill-leader, kill-follower, kill-all, partition-leader,
+//!   partition-minority, partition-one-way, pause-follower, pause-leader,
+//!   delay with jitter, loss), carried out by [`faults::Backend`], and backend
+//!   faults (backend-kill, backend-hang, backend-slow, backend-partition),
+//!   carried out by [`backends::SampleBackends`]; [`faults::FaultWindow`]
+//!   records when each was in force.
 //! * [`workload`] — the clients: sequential read/write/cas clients pinned
 //!   round-robin to the endpoints, one resuming prefix watcher, one lease
 //!   client; everything is logged by a [`recorder::Recorder`] in the formats
 //!   of docs/history-format.md.
+//! * [`backends`] and [`http_load`] — with backend faults (`--local` only):
+//!   sample HTTP backends (child processes) behind a store-backed gateway on
+//!   every member, the gateway configuration the drill writes into the store
+//!   ([`backends::gateway_document`], `--gateway-profile`), and HTTP clients
+//!   sending requests through the gateways for the whole run; every request
+//!   is recorded and judged against `--max-gateway-error-percent`
+//!   ([`http_load::GatewaySummary`]).
 //! * [`report::Summary`] — the judgement: operation counts, availability,
-//!   longest write gap, lost acknowledged writes, and the linearizability,
-//!   watch and lease verdicts of the `linearizability` crate's checkers;
-//!   rendered as `report.md`, `timeline.svg` and `summary.json`.
+//!   longest write gap, write latency per window, lost acknowledged writes,
+//!   the linearizability, watch and lease verdicts of the `linearizability`
+//!   crate's checkers, and the gateway verdict; rendered as `report.md`,
+//!   `timeline.svg` and `summary.json`.
 //! * [`DrillError`] — why a drill could not run (usage errors exit 2).
 //!
 //! [`run_blocking`] is the entry point of `phalanx drill`: exit 0 when every
-//! verdict passes, 1 when one fails (or the drill could not run), 2 on
+//! verdict passes, 1 when one fails (or the drill could not run, or was
+//! interrupted: SIGINT/SIGTERM drop the run, so the drill's child processes
+//! and loopback iptables rules are cleaned up by their destructors), 2 on
 //! usage errors. See docs/drill.md.
 
 pub mod admin;
+pub mod backends;
 pub mod cluster;
 pub mod faults;
+pub mod http_load;
 pub mod recorder;
 pub mod report;
 pub mod workload;
@@ -41,7 +56,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::backends::{GatewayProfile, SampleBackends};
 use crate::faults::{Backend, FaultKind, FaultWindow};
+use crate::http_load::{GatewaySetup, HttpRecorder};
 use crate::recorder::{Func, OpStatus, Recorder};
 use crate::report::{Summary, Verdict};
 use crate::workload::{WatchProgress, WorkloadConfig};
@@ -62,6 +79,18 @@ pub const START_LEADER_TIMEOUT_MS: u64 = 30_000;
 pub const MAX_DELAY_MS: u64 = 60_000;
 /// Largest `--jitter-ms` (the members' own limit, `MAX_INJECTED_JITTER_MS`).
 pub const MAX_JITTER_MS: u64 = 60_000;
+/// Most sample backends (`--backends`).
+pub const MAX_BACKENDS: usize = 16;
+/// Largest `--backend-delay-ms`.
+pub const MAX_BACKEND_DELAY_MS: u64 = 60_000;
+/// Most HTTP clients (`--http-clients`).
+pub const MAX_HTTP_CLIENTS: usize = 64;
+/// Largest `--http-timeout-ms`.
+pub const MAX_HTTP_TIMEOUT_MS: u64 = 60_000;
+/// Bound on the members' gateways starting to route to the backends, in ms.
+pub const GATEWAY_READY_TIMEOUT_MS: u64 = 30_000;
+/// Default `--max-gateway-error-percent` (see docs/drill.md for the measurements behind it).
+pub const DEFAULT_MAX_GATEWAY_ERROR_PERCENT: f64 = 0.5;
 
 /// Why a drill could not run.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +115,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `phalanx drill`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DrillArgs {
-    /// Start a local cluster of N `phalanx node` child processes (free ports, temporary data) and drill it.
+    /// Start a local cluster of N `phalanx node` child processes (free ports, temporary data) and drill it;
+    /// with backend-* faults, also sample backends and a store-backed gateway on every member.
     #[arg(long, value_name = "N", conflicts_with = "endpoints")]
     pub local: Option<usize>,
     /// Client URLs of a live cluster to drill (comma-separated).
@@ -102,7 +132,8 @@ pub struct DrillArgs {
     #[arg(long, value_name = "PIDS", requires = "endpoints")]
     pub pids: Option<String>,
     /// Faults to inject, in order, one window at a time (comma-separated, or `none`):
-    /// kill-leader, kill-follower, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay.
+    /// kill-leader, kill-follower, kill-all, partition-leader, partition-minority, partition-one-way, pause-follower, pause-leader, delay, loss,
+    /// backend-kill, backend-hang, backend-slow, backend-partition (--local only: sample backends behind the members' gateways, under HTTP load).
     #[arg(long, default_value = "kill-leader,partition-leader,pause-follower")]
     pub faults: String,
     /// Length of the drill (workload period), e.g. 30s.
@@ -118,6 +149,28 @@ pub struct DrillArgs {
     /// `delay` fault: each message is delayed by a further uniform random 0..=MS, so messages overtake each other (at most 60000).
     #[arg(long, value_name = "MS", default_value_t = 15)]
     pub jitter_ms: u64,
+    /// `loss` fault: percentage (above 0, at most 100) of the leader's peer packets dropped at random, both directions.
+    #[arg(long, value_name = "PERCENT", default_value_t = 30.0)]
+    pub loss_percent: f64,
+    /// Backend faults (backend-*): number of sample backends started behind the members' gateways (1 to 16).
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    pub backends: usize,
+    /// `backend-slow`: how late the slowed backend answers (health checks included), in ms (1 to 60000).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub backend_delay_ms: u64,
+    /// Backend faults: concurrent HTTP clients sending `GET /` through the members' gateways in turn (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub http_clients: usize,
+    /// Backend faults: per-request timeout of the HTTP clients, in ms (1 to 60000); a timed-out request is an error.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub http_timeout_ms: u64,
+    /// Backend faults: the gateway configuration the drill writes into the store: `resilient` (retries,
+    /// per-try timeouts, health checks, outlier ejection) or `bare` (none of them).
+    #[arg(long, value_enum, value_name = "PROFILE", default_value = "resilient")]
+    pub gateway_profile: GatewayProfile,
+    /// Backend faults: the gateway verdict passes when at most this percentage of the HTTP requests failed (0 to 100).
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_MAX_GATEWAY_ERROR_PERCENT)]
+    pub max_gateway_error_percent: f64,
     /// Directory for history.jsonl, report.md, timeline.svg and the other logs (created if missing).
     #[arg(long, value_name = "DIR")]
     pub report: PathBuf,
@@ -181,6 +234,27 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     if args.jitter_ms > MAX_JITTER_MS {
         return Err(u(format!("--jitter-ms must be at most {MAX_JITTER_MS}")));
     }
+    if !(args.loss_percent > 0.0 && args.loss_percent <= 100.0) {
+        return Err(u(format!("--loss-percent must be above 0 and at most 100 (got {})", args.loss_percent)));
+    }
+    if args.backends == 0 || args.backends > MAX_BACKENDS {
+        return Err(u(format!("--backends must be between 1 and {MAX_BACKENDS}")));
+    }
+    if args.backend_delay_ms == 0 || args.backend_delay_ms > MAX_BACKEND_DELAY_MS {
+        return Err(u(format!("--backend-delay-ms must be between 1 and {MAX_BACKEND_DELAY_MS}")));
+    }
+    if args.http_clients == 0 || args.http_clients > MAX_HTTP_CLIENTS {
+        return Err(u(format!("--http-clients must be between 1 and {MAX_HTTP_CLIENTS}")));
+    }
+    if args.http_timeout_ms == 0 || args.http_timeout_ms > MAX_HTTP_TIMEOUT_MS {
+        return Err(u(format!("--http-timeout-ms must be between 1 and {MAX_HTTP_TIMEOUT_MS}")));
+    }
+    if !(0.0..=100.0).contains(&args.max_gateway_error_percent) {
+        return Err(u(format!("--max-gateway-error-percent must be between 0 and 100 (got {})", args.max_gateway_error_percent)));
+    }
+    if faults.contains(&FaultKind::BackendPartition) {
+        backends::iptables_usable().map_err(|e| u(format!("fault backend-partition adds an iptables DROP rule for the backend's port on the loopback interface: {e}")))?;
+    }
     if let Some(b) = &args.unsafe_planted_bug {
         if b != "skip-read-index" && b != "ack-before-fsync" {
             return Err(u(format!("--unsafe-planted-bug {b:?}: expected skip-read-index or ack-before-fsync")));
@@ -194,8 +268,8 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
             if args.admin_endpoints.is_some() {
                 return Err(u("--admin-endpoints is only for --endpoints (a --local cluster has its own)".into()));
             }
-            if let Some(k) = faults.iter().find(|k| **k == FaultKind::PartitionOneWay) {
-                return Err(u(format!("fault {k} needs real packet filtering: use --endpoints with --netns (the /fault API cuts both directions)")));
+            if let Some(k) = faults.iter().find(|k| matches!(k, FaultKind::PartitionOneWay | FaultKind::Loss)) {
+                return Err(u(format!("fault {k} needs real packet filtering: use --endpoints with --netns (the /fault API cannot drop packets selectively)")));
             }
             Ok(Plan { faults, endpoints: vec![], admin: vec![], netns: None, pids: None })
         }
@@ -252,7 +326,30 @@ pub fn run_blocking(args: DrillArgs) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(run(args)) {
+    // On SIGINT / SIGTERM the run is dropped: the drill's own child
+    // processes (members, sample backends) are stopped and its loopback
+    // iptables rules deleted by their destructors.
+    let outcome = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = run(args) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term => None,
+        }
+    });
+    let Some(outcome) = outcome else {
+        eprintln!("drill: interrupted: stopped the drill's child processes and removed its loopback iptables rules; no verdict");
+        return 1;
+    };
+    match outcome {
         Ok(s) => {
             println!("{}", s.verdict_line());
             if s.passed {
@@ -289,10 +386,17 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     let start = Instant::now();
     let rec = Arc::new(Recorder::new(start));
 
+    // Backend faults: sample backends, and a gateway on every member.
+    let with_gateway = plan.faults.iter().any(|k| k.backend_fault().is_some());
+    let mut samples: Option<SampleBackends> = None;
     let mut backend = match args.local {
         Some(n) => {
             let exe = std::env::current_exe().map_err(|e| DrillError::Io { what: "locating the phalanx binary".into(), source: e })?;
-            let c = cluster::LocalCluster::start(n, &exe, &dir.join("logs"), args.unsafe_planted_bug.as_deref()).await?;
+            if with_gateway {
+                samples = Some(SampleBackends::start(args.backends, &exe, &dir.join("logs")).await?);
+            }
+            let key = with_gateway.then_some(gateway::store_config::DEFAULT_KEY);
+            let c = cluster::LocalCluster::start(n, &exe, &dir.join("logs"), args.unsafe_planted_bug.as_deref(), key).await?;
             Backend::Local(c)
         }
         None => {
@@ -332,6 +436,16 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         .await
         .ok_or_else(|| DrillError::Cluster("could not read the current revision".into()))?
         + 1;
+    let gateways: Vec<std::net::SocketAddr> = match (&backend, &samples) {
+        (Backend::Local(c), Some(sb)) => {
+            let doc = backends::gateway_document(&sb.ports(), args.gateway_profile);
+            write_file(&dir, "gateway.toml", &doc)?;
+            let gws: Vec<_> = c.members.iter().filter_map(|m| m.gateway_addr()).collect();
+            configure_gateways(&endpoints, &doc, &gws).await?;
+            gws
+        }
+        _ => Vec::new(),
+    };
 
     // Workload.
     let stop_clients = Arc::new(AtomicBool::new(false));
@@ -345,14 +459,31 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     }
     let watcher = tokio::spawn(workload::run_watcher(cfg.clone(), start_rev, rec.clone(), progress.clone(), stop_watch.clone()));
     let lease = tokio::spawn(workload::run_lease_client(cfg.clone(), rec.clone(), stop_lease.clone(), Duration::from_millis(FINAL_PHASE_TIMEOUT_MS / 2)));
+    let http_rec = Arc::new(HttpRecorder::new(start));
+    let stop_http = Arc::new(AtomicBool::new(false));
+    let mut http_clients = Vec::new();
+    if !gateways.is_empty() {
+        let gws = Arc::new(gateways.clone());
+        for i in 0..args.http_clients {
+            let t = Duration::from_millis(args.http_timeout_ms);
+            http_clients.push(tokio::spawn(http_load::run_http_client(i, gws.clone(), t, http_rec.clone(), stop_http.clone())));
+        }
+    }
 
     // Faults.
-    let windows = run_faults(&mut backend, &plan.faults, &args, &rec, workload_start_us).await;
+    let windows = run_faults(&mut backend, samples.as_mut(), &plan.faults, &args, &rec, workload_start_us).await;
     let run_end = Duration::from_micros(workload_start_us) + args.duration;
     if let Some(rest) = run_end.checked_sub(start.elapsed()) {
         tokio::time::sleep(rest).await;
     }
     let workload_end_us = rec.now_us();
+    stop_http.store(true, Ordering::Relaxed);
+    for c in http_clients {
+        let _ = c.await;
+    }
+    if let Some(sb) = samples.as_mut() {
+        sb.heal_everything().await;
+    }
     backend.heal_everything().await;
     if let Backend::Local(c) = &mut backend {
         for i in 0..c.members.len() {
@@ -444,7 +575,25 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         }
     }
 
-    summary.passed = [summary.linearizable, summary.watch, summary.leases, summary.lost_writes_verdict].iter().all(|v| *v == Verdict::Pass);
+    let http_records = http_rec.take();
+    if let Some(sb) = &samples {
+        summary.gateway = Some(http_load::analyze(
+            &http_records,
+            &windows,
+            GatewaySetup {
+                profile: args.gateway_profile.name().into(),
+                backends: sb.names(),
+                gateways: gateways.iter().map(|a| format!("http://{a}")).collect(),
+                http_clients: args.http_clients,
+                http_timeout_ms: args.http_timeout_ms,
+                max_error_percent: args.max_gateway_error_percent,
+            },
+        ));
+    }
+    summary.passed = [summary.linearizable, summary.watch, summary.leases, summary.lost_writes_verdict]
+        .into_iter()
+        .chain(summary.gateway.as_ref().map(|g| g.verdict))
+        .all(|v| v == Verdict::Pass);
     let mut settings = vec![
         ("cluster".to_string(), match args.local { Some(n) => format!("local, {n} members (child processes)"), None => format!("live: {}", endpoints.join(", ")) }),
         ("faults".into(), args.faults.clone()),
@@ -455,14 +604,70 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         ("lease TTL".into(), format!("{} s", args.lease_ttl_secs)),
         ("planted bug".into(), args.unsafe_planted_bug.clone().unwrap_or_else(|| "none".into())),
     ];
+    if let Some(sb) = &samples {
+        settings.push((
+            "gateways".into(),
+            format!(
+                "one per member, profile `{}` (gateway.toml), {} sample backends ({}), {} HTTP clients, {} ms request timeout, error budget {} %",
+                args.gateway_profile.name(),
+                args.backends,
+                sb.names().join(", "),
+                args.http_clients,
+                args.http_timeout_ms,
+                args.max_gateway_error_percent
+            ),
+        ));
+        if plan.faults.contains(&FaultKind::BackendSlow) {
+            settings.push(("backend-slow".into(), format!("answers {} ms late (--backend-delay-ms)", args.backend_delay_ms)));
+        }
+    }
+    if plan.faults.contains(&FaultKind::Loss) {
+        settings.push(("loss fault".into(), format!("{} % of the leader's peer packets dropped at random, both directions (--loss-percent)", args.loss_percent)));
+    }
     if plan.faults.contains(&FaultKind::Delay) {
         settings.push(("delay fault".into(), format!("leader's peer messages delayed {}..={} ms (--delay-ms, --jitter-ms)", args.delay_ms, args.delay_ms + args.jitter_ms)));
     }
     write_file(&dir, "report.md", &report::render_markdown(&summary, &settings))?;
-    write_file(&dir, "timeline.svg", &report::render_svg(&recd.ops, &windows, workload_end_us, &format!("phalanx drill: {}", summary.scenario)))?;
+    let http_for_svg = samples.is_some().then_some(&http_records[..]);
+    write_file(&dir, "timeline.svg", &report::render_svg(&recd.ops, http_for_svg, &windows, workload_end_us, &format!("phalanx drill: {}", summary.scenario)))?;
     write_file(&dir, "summary.json", &serde_json::to_string_pretty(&summary).unwrap_or_default())?;
     drop(backend);
+    drop(samples);
     Ok(summary)
+}
+
+/// Write the gateway document into the store (at the members' config key,
+/// as `phalanx demo` does) and wait until every gateway in `gateways`
+/// answers `GET /` from a sample backend, within [`GATEWAY_READY_TIMEOUT_MS`].
+async fn configure_gateways(endpoints: &[String], doc: &str, gateways: &[std::net::SocketAddr]) -> Result<(), DrillError> {
+    let deadline = Instant::now() + Duration::from_millis(GATEWAY_READY_TIMEOUT_MS);
+    let key = gateway::store_config::DEFAULT_KEY;
+    loop {
+        match gateway::store_config::write_document(endpoints, key, doc).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(DrillError::Cluster(format!("could not write the gateway configuration at {key}: {e:#}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    for g in gateways {
+        let url = format!("http://{g}");
+        loop {
+            if let Ok((200, body)) = admin::request(&url, "GET", "/", None).await {
+                if body.starts_with("backend-") {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(DrillError::Cluster(format!(
+                    "the gateway at {url} did not route to the sample backends within {GATEWAY_READY_TIMEOUT_MS} ms; see the member logs"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(cluster::POLL_INTERVAL_MS)).await;
+        }
+    }
+    Ok(())
 }
 
 fn judge_history(history: &str, args: &DrillArgs, summary: &mut Summary) {
@@ -528,12 +733,27 @@ fn watch_log(r: &recorder::Recorded) -> String {
     lines.join("\n") + "\n"
 }
 
+/// What must be undone at the end of a window.
+enum Undo {
+    Member(faults::Active),
+    Backend(backends::Undo),
+}
+
 /// Run the fault schedule; returns the windows. The duration (after a
 /// warm-up of min(1 s, D/10) and before a cool-down of min(3 s, D/10)) is
 /// split into one slot per fault; each window opens at the start of its slot
 /// and lasts `--fault-window-ms` or half the slot (at most 10 s); the rest of
-/// the slot is recovery.
-async fn run_faults(backend: &mut Backend, kinds: &[FaultKind], args: &DrillArgs, rec: &Recorder, workload_start_us: u64) -> Vec<FaultWindow> {
+/// the slot is recovery. A member fault waits for a leader first (skipped if
+/// none); a backend fault hits the sample backends in turn (the n-th backend
+/// fault hits backend n mod K) whatever the store is doing.
+async fn run_faults(
+    backend: &mut Backend,
+    mut samples: Option<&mut SampleBackends>,
+    kinds: &[FaultKind],
+    args: &DrillArgs,
+    rec: &Recorder,
+    workload_start_us: u64,
+) -> Vec<FaultWindow> {
     let mut windows = Vec::new();
     if kinds.is_empty() {
         return windows;
@@ -545,30 +765,46 @@ async fn run_faults(backend: &mut Backend, kinds: &[FaultKind], args: &DrillArgs
     let win = args.fault_window_ms.unwrap_or((slot / 2).min(10_000)).min(slot.saturating_sub(100)).max(100);
     let names = backend.names();
     let base_ms = workload_start_us / 1000;
+    let settings = faults::FaultSettings { delay_ms: args.delay_ms, jitter_ms: args.jitter_ms, loss_percent: args.loss_percent };
+    let mut backend_faults = 0usize;
     for (i, &kind) in kinds.iter().enumerate() {
         let planned = base_ms + warm + i as u64 * slot;
         let now = rec.now_ms() as u64;
         if planned > now {
             tokio::time::sleep(Duration::from_millis(planned - now)).await;
         }
-        let leader = backend.wait_leader(Duration::from_millis(faults::LEADER_WAIT_MS)).await;
-        let start_ms = rec.now_ms() as u64;
-        let Some(leader) = leader else {
-            windows.push(FaultWindow {
-                kind,
-                targets: vec![],
-                start_ms,
-                end_ms: start_ms,
-                leader_before: None,
-                leader_during: None,
-                new_leader_elected: false,
-                note: Some(format!("skipped: no leader within {} ms", faults::LEADER_WAIT_MS)),
-            });
-            continue;
+        let leader = match kind.backend_fault() {
+            Some(_) => backend.leader().await,
+            None => backend.wait_leader(Duration::from_millis(faults::LEADER_WAIT_MS)).await,
         };
-        let (targets, active, note) = match backend.inject(kind, leader, args.delay_ms, args.jitter_ms).await {
-            Ok((t, a)) => (t, a, None),
-            Err(e) => (vec![], faults::Active::Nothing, Some(format!("injection failed: {e}"))),
+        let start_ms = rec.now_ms() as u64;
+        let (targets, undo, note) = match (kind.backend_fault(), leader, samples.as_deref_mut()) {
+            (Some(bf), _, Some(sb)) => {
+                let t = backend_faults % sb.backends.len();
+                backend_faults += 1;
+                match sb.inject(bf, t, args.backend_delay_ms).await {
+                    Ok(u) => (vec![sb.backends[t].name.clone()], Some(Undo::Backend(u)), None),
+                    Err(e) => (vec![], None, Some(format!("injection failed: {e}"))),
+                }
+            }
+            (Some(_), _, None) => (vec![], None, Some("injection failed: no sample backends".to_string())),
+            (None, Some(l), _) => match backend.inject(kind, l, &settings).await {
+                Ok((t, a)) => (t.iter().map(|&t| names[t].clone()).collect(), Some(Undo::Member(a)), None),
+                Err(e) => (vec![], None, Some(format!("injection failed: {e}"))),
+            },
+            (None, None, _) => {
+                windows.push(FaultWindow {
+                    kind,
+                    targets: vec![],
+                    start_ms,
+                    end_ms: start_ms,
+                    leader_before: None,
+                    leader_during: None,
+                    new_leader_elected: false,
+                    note: Some(format!("skipped: no leader within {} ms", faults::LEADER_WAIT_MS)),
+                });
+                continue;
+            }
         };
         let start_ms = rec.now_ms() as u64;
         let mut during = None;
@@ -578,18 +814,23 @@ async fn run_faults(backend: &mut Backend, kinds: &[FaultKind], args: &DrillArgs
             let left = end_at - tokio::time::Instant::now();
             if let Ok(Some(l)) = tokio::time::timeout(left, backend.leader()).await {
                 during = Some(l);
-                new_leader |= l != leader;
+                new_leader |= leader.is_some_and(|b| l != b);
             }
             tokio::time::sleep(Duration::from_millis(100).min(end_at.saturating_duration_since(tokio::time::Instant::now()))).await;
         }
         let end_ms = rec.now_ms() as u64;
-        let heal_note = backend.heal(active).await.err().map(|e| format!("heal failed: {e}"));
+        let healed = match (undo, samples.as_deref_mut()) {
+            (Some(Undo::Member(a)), _) => backend.heal(a).await,
+            (Some(Undo::Backend(u)), Some(sb)) => sb.heal(u).await,
+            _ => Ok(()),
+        };
+        let heal_note = healed.err().map(|e| format!("heal failed: {e}"));
         windows.push(FaultWindow {
             kind,
-            targets: targets.iter().map(|&t| names[t].clone()).collect(),
+            targets,
             start_ms,
             end_ms,
-            leader_before: Some(names[leader].clone()),
+            leader_before: leader.map(|l| names[l].clone()),
             leader_during: during.map(|l| names[l].clone()),
             new_leader_elected: new_leader,
             note: note.or(heal_note),

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::faults::FaultWindow;
+use crate::http_load::{GatewaySummary, HttpOutcome, HttpRecord};
 use crate::recorder::{Func, OpRecord, OpStatus};
 
 /// Availability bucket: a bucket is available if at least one operation
@@ -120,14 +121,20 @@ pub struct Summary {
     pub lease_reads: u64,
     pub lost_writes_verdict: Verdict,
     pub windows: Vec<WindowStats>,
+    /// HTTP load through the members' gateways (runs with backend faults only).
+    pub gateway: Option<GatewaySummary>,
     pub passed: bool,
 }
 
 impl Summary {
     /// The one-line verdict printed at the end of a run.
     pub fn verdict_line(&self) -> String {
+        let gateway = match &self.gateway {
+            Some(g) => format!(" gateway={} gateway_requests={} gateway_errors={}", g.verdict, g.counts.requests, g.counts.errors),
+            None => String::new(),
+        };
         format!(
-            "drill: {}: linearizable={} watch={} leases={} lost_writes={} longest_write_gap_ms={} availability={:.3} ops_ok={} ops_failed={} ops_indeterminate={}",
+            "drill: {}: linearizable={} watch={} leases={} lost_writes={} longest_write_gap_ms={} availability={:.3} ops_ok={} ops_failed={} ops_indeterminate={}{gateway}",
             self.scenario,
             self.linearizable,
             self.watch,
@@ -306,6 +313,7 @@ pub fn analyze(inp: &Inputs) -> Summary {
         lease_reads: 0,
         lost_writes_verdict,
         windows,
+        gateway: None,
         passed: false,
     }
 }
@@ -333,7 +341,11 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
         Some(l) => format!("{} of {} acknowledged writes lost", l.len(), s.acknowledged_writes),
         None => "final reads failed: cannot verify".into(),
     };
-    let _ = writeln!(m, "| lost acknowledged writes (final linearizable reads) | {} | {lost} |\n", s.lost_writes_verdict);
+    let _ = writeln!(m, "| lost acknowledged writes (final linearizable reads) | {} | {lost} |", s.lost_writes_verdict);
+    if let Some(g) = &s.gateway {
+        let _ = writeln!(m, "| gateway (client-visible HTTP errors within the budget) | {} | {} |", g.verdict, one(&g.detail));
+    }
+    m.push('\n');
     m.push_str("## Settings\n\n| setting | value |\n| --- | --- |\n");
     for (k, v) in settings {
         let _ = writeln!(m, "| {k} | {v} |");
@@ -385,6 +397,9 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
     if s.windows.is_empty() {
         m.push_str("| - | (no faults) | | | | | | | | | | | | |\n");
     }
+    if let Some(g) = &s.gateway {
+        render_gateway(&mut m, g);
+    }
     if let Some(l) = s.lost_writes.as_ref().filter(|l| !l.is_empty()) {
         m.push_str("\n## Lost acknowledged writes (first 20)\n\n| key | value | acknowledged at (ms) | final value |\n| --- | --- | --- | --- |\n");
         for w in l.iter().take(20) {
@@ -396,8 +411,57 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
             let _ = writeln!(m, "\n## {title} details\n\n```\n{}\n```", d.trim_end());
         }
     }
-    m.push_str("\n## Files\n\n* `history.jsonl` — operation history (docs/history-format.md §1; times in µs); check with `phalanx check history.jsonl`\n* `watch.jsonl` — watch log (`phalanx check --watch`)\n* `leases.jsonl` — lease log (`phalanx check --leases`; times in ms)\n* `timeline.svg` — throughput and p99 latency per 250 ms, fault windows shaded\n* `summary.json` — this report as JSON\n* `logs/` — member logs (local clusters only)\n");
+    m.push_str("\n## Files\n\n* `history.jsonl` — operation history (docs/history-format.md §1; times in µs); check with `phalanx check history.jsonl`\n* `watch.jsonl` — watch log (`phalanx check --watch`)\n* `leases.jsonl` — lease log (`phalanx check --leases`; times in ms)\n* `timeline.svg` — throughput and p99 latency per 250 ms (and gateway requests/errors per second with backend faults), fault windows shaded\n* `summary.json` — this report as JSON\n* `logs/` — member logs (local clusters only)\n");
+    if s.gateway.is_some() {
+        m.push_str("* `gateway.toml` — the gateway configuration the drill wrote into the store; `logs/backend-*.log` — sample backend logs\n");
+    }
     m
+}
+
+fn render_gateway(m: &mut String, g: &GatewaySummary) {
+    let kinds = |c: &crate::http_load::HttpCounts| HttpOutcome::ERRORS.iter().map(|k| c.errors_by_kind.get(k.name()).copied().unwrap_or(0).to_string()).collect::<Vec<_>>().join(" | ");
+    let _ = writeln!(
+        m,
+        "\n## Gateway\n\n{} HTTP clients sent `GET /` to the members' gateways in turn ({}), each request bounded by {} ms; gateway profile `{}` (`gateway.toml`), backends {}. An error is a status ≥ 500 (`http_5xx`), another non-2xx status (`http_other`), a failed or lost connection (`connection`) or no answer in time (`timeout`).\n",
+        g.http_clients,
+        g.gateways.join(", "),
+        g.http_timeout_ms,
+        g.profile,
+        g.backends.join(", ")
+    );
+    let _ = writeln!(
+        m,
+        "| figure | value |\n| --- | --- |\n| requests | {} |\n| ok | {} |\n| errors | {} ({:.2} %; budget {} %) |\n| availability (ok / requests) | {:.2} % |\n| latency p50 / p99 (all requests) | {} / {} |\n| errors outside fault windows | {} |\n",
+        g.counts.requests,
+        g.counts.ok,
+        g.counts.errors,
+        g.error_percent,
+        g.max_error_percent,
+        g.availability_percent,
+        fmt_ms(g.latency_p50_ms),
+        fmt_ms(g.latency_p99_ms),
+        g.errors_outside_windows
+    );
+    m.push_str("| errors by kind | http_5xx | http_other | connection | timeout |\n| --- | --- | --- | --- | --- |\n");
+    let _ = writeln!(m, "| whole run | {} |\n", kinds(&g.counts));
+    m.push_str("Requests that completed inside each fault window:\n\n| # | fault | targets | start | end | requests | ok | errors | http_5xx | http_other | connection | timeout | latency p99 | latency max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (i, w) in g.windows.iter().enumerate() {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            w.kind,
+            w.targets.join(", "),
+            w.start_ms,
+            w.end_ms,
+            w.counts.requests,
+            w.counts.ok,
+            w.counts.errors,
+            kinds(&w.counts),
+            fmt_ms(w.latency_p99_ms),
+            fmt_ms(w.latency_max_ms)
+        );
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -405,9 +469,10 @@ fn esc(s: &str) -> String {
 }
 
 /// `timeline.svg`: two panels (throughput of successful operations, p99
-/// latency of successful operations) per [`TIMELINE_BUCKET_MS`] bucket, with
-/// fault windows shaded and labeled.
-pub fn render_svg(ops: &[OpRecord], windows: &[FaultWindow], end_us: u64, title: &str) -> String {
+/// latency of successful operations) per [`TIMELINE_BUCKET_MS`] bucket, and
+/// with `http` a third (gateway requests per second: ok and errors), with
+/// fault windows shaded and labeled across all of them.
+pub fn render_svg(ops: &[OpRecord], http: Option<&[HttpRecord]>, windows: &[FaultWindow], end_us: u64, title: &str) -> String {
     let bucket = TIMELINE_BUCKET_MS * 1000;
     let nb = (end_us.div_ceil(bucket) as usize).max(1);
     let mut lat: Vec<Vec<u64>> = vec![Vec::new(); nb];
@@ -429,8 +494,10 @@ pub fn render_svg(ops: &[OpRecord], windows: &[FaultWindow], end_us: u64, title:
         .collect();
     let (w, left, right) = (1000.0, 70.0, 20.0);
     let plot_w = w - left - right;
-    let (p1_top, p1_h, p2_top, p2_h) = (40.0, 150.0, 240.0, 150.0);
-    let h = 430.0;
+    let (p1_top, p1_h, p2_top, p2_h, p3_top, p3_h) = (40.0, 150.0, 240.0, 150.0, 440.0, 150.0);
+    // Bottom of the lowest panel.
+    let bottom = if http.is_some() { p3_top + p3_h } else { p2_top + p2_h };
+    let h = bottom + 40.0;
     let total_s = nb as f64 * TIMELINE_BUCKET_MS as f64 / 1000.0;
     let x = |s: f64| left + s / total_s * plot_w;
     let max_t = tput.iter().cloned().fold(1.0, f64::max);
@@ -446,7 +513,7 @@ pub fn render_svg(ops: &[OpRecord], windows: &[FaultWindow], end_us: u64, title:
             o,
             r##"<rect x="{x0:.1}" y="{p1_top}" width="{:.1}" height="{:.1}" fill="#f4a261" fill-opacity="0.25" stroke="#e76f51" stroke-opacity="0.6"><title>{} {}..{} ms</title></rect>"##,
             (x1 - x0).max(1.0),
-            p2_top + p2_h - p1_top,
+            bottom - p1_top,
             esc(f.kind.name()),
             f.start_ms,
             f.end_ms
@@ -454,7 +521,7 @@ pub fn render_svg(ops: &[OpRecord], windows: &[FaultWindow], end_us: u64, title:
         let ly = p1_top + 12.0 + (i % 3) as f64 * 12.0;
         let _ = writeln!(o, r##"<text x="{:.1}" y="{ly}" fill="#9c3d1f">{}</text>"##, x0 + 2.0, esc(&format!("{} {}", f.kind, f.targets.join(","))));
     }
-    let panel = |o: &mut String, top: f64, ph: f64, label: &str, maxv: f64, vals: &[Option<f64>], color: &str| {
+    let panel = |o: &mut String, top: f64, ph: f64, label: &str, maxv: f64, series: &[(&[Option<f64>], &str)]| {
         let _ = writeln!(o, r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{ph}" fill="none" stroke="#888"/>"##);
         let _ = writeln!(o, r##"<text x="{left}" y="{}" fill="#333">{}</text>"##, top - 4.0, esc(label));
         for k in 0..=4 {
@@ -462,29 +529,46 @@ pub fn render_svg(ops: &[OpRecord], windows: &[FaultWindow], end_us: u64, title:
             let y = top + ph - ph * k as f64 / 4.0;
             let _ = writeln!(o, r##"<line x1="{}" y1="{y:.1}" x2="{left}" y2="{y:.1}" stroke="#888"/><text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"##, left - 4.0, left - 6.0, y + 4.0);
         }
-        let mut path = String::new();
-        let mut pen_up = true;
-        for (i, v) in vals.iter().enumerate() {
-            match v {
-                Some(v) => {
-                    let px = x((i as f64 + 0.5) * TIMELINE_BUCKET_MS as f64 / 1000.0);
-                    let py = top + ph - (v / maxv).min(1.0) * ph;
-                    let _ = write!(path, "{}{px:.1},{py:.1} ", if pen_up { "M" } else { "L" });
-                    pen_up = false;
+        for (vals, color) in series {
+            let mut path = String::new();
+            let mut pen_up = true;
+            for (i, v) in vals.iter().enumerate() {
+                match v {
+                    Some(v) => {
+                        let px = x((i as f64 + 0.5) * TIMELINE_BUCKET_MS as f64 / 1000.0);
+                        let py = top + ph - (v / maxv).min(1.0) * ph;
+                        let _ = write!(path, "{}{px:.1},{py:.1} ", if pen_up { "M" } else { "L" });
+                        pen_up = false;
+                    }
+                    None => pen_up = true,
                 }
-                None => pen_up = true,
             }
+            let _ = writeln!(o, r##"<path d="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"##, path.trim_end());
         }
-        let _ = writeln!(o, r##"<path d="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"##, path.trim_end());
     };
     let tv: Vec<Option<f64>> = tput.iter().map(|v| Some(*v)).collect();
-    panel(&mut o, p1_top, p1_h, "successful operations per second (250 ms buckets)", max_t, &tv, "#2a9d8f");
-    panel(&mut o, p2_top, p2_h, "p99 latency of successful operations, ms (250 ms buckets; gaps = none succeeded)", max_l, &p99, "#264653");
+    panel(&mut o, p1_top, p1_h, "successful operations per second (250 ms buckets)", max_t, &[(&tv, "#2a9d8f")]);
+    panel(&mut o, p2_top, p2_h, "p99 latency of successful operations, ms (250 ms buckets; gaps = none succeeded)", max_l, &[(&p99, "#264653")]);
+    if let Some(http) = http {
+        let (mut ok, mut err) = (vec![0u64; nb], vec![0u64; nb]);
+        for r in http {
+            let b = ((r.end_us / bucket) as usize).min(nb - 1);
+            if r.outcome == HttpOutcome::Ok {
+                ok[b] += 1;
+            } else {
+                err[b] += 1;
+            }
+        }
+        let per_s = |v: &[u64]| v.iter().map(|c| Some(*c as f64 * 1000.0 / TIMELINE_BUCKET_MS as f64)).collect::<Vec<_>>();
+        let (okv, errv) = (per_s(&ok), per_s(&err));
+        let max_h = okv.iter().chain(&errv).flatten().cloned().fold(1.0, f64::max);
+        panel(&mut o, p3_top, p3_h, "gateway: successful requests per second (green), errors per second (red), 250 ms buckets", max_h, &[(&okv, "#2a9d8f"), (&errv, "#d62828")]);
+    }
     let step = if total_s > 60.0 { 10.0 } else if total_s > 20.0 { 5.0 } else { 2.0 };
     let mut s = 0.0;
     while s <= total_s + 1e-9 {
         let px = x(s);
-        let _ = writeln!(o, r##"<line x1="{px:.1}" y1="{}" x2="{px:.1}" y2="{}" stroke="#888"/><text x="{px:.1}" y="{}" text-anchor="middle">{s:.0}s</text>"##, p2_top + p2_h, p2_top + p2_h + 4.0, p2_top + p2_h + 16.0);
+        let _ = writeln!(o, r##"<line x1="{px:.1}" y1="{bottom}" x2="{px:.1}" y2="{}" stroke="#888"/><text x="{px:.1}" y="{}" text-anchor="middle">{s:.0}s</text>"##, bottom + 4.0, bottom + 16.0);
         s += step;
     }
     let _ = writeln!(o, r##"<text x="{}" y="{}" text-anchor="middle" fill="#333">time since drill start</text>"##, left + plot_w / 2.0, h - 6.0);

@@ -40,6 +40,10 @@ pub struct SampleBackendArgs {
     /// Name returned in every answer (body and `x-backend` header).
     #[arg(long, default_value = "backend")]
     pub name: String,
+    /// Also serve runtime control on this address: `GET /control`, and `PUT /control`
+    /// with `{"slow_ms": N}` (every answer, health checks included, waits N ms) or `{"status": N}`.
+    #[arg(long)]
+    pub control_listen: Option<std::net::SocketAddr>,
 }
 
 /// Run a sample backend until SIGTERM / Ctrl-C.
@@ -51,6 +55,16 @@ pub fn run_sample_backend(args: SampleBackendArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         eprintln!("sample backend {} listening on http://{}", args.name, b.local_addr());
+        let _control = match args.control_listen {
+            Some(a) => {
+                let (addr, task) = gateway::sample_backend::serve_control(a, b.control())
+                    .await
+                    .with_context(|| format!("binding the control listener {a}"))?;
+                eprintln!("sample backend {} control on http://{addr}/control", args.name);
+                Some(task)
+            }
+            None => None,
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},

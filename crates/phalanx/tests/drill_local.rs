@@ -2,53 +2,13 @@
 //! and judges the run. Clean runs must pass; planted bugs must be caught.
 //! Drills run one at a time (they are timing-sensitive on small machines).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
-const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
+#[path = "support/drill.rs"]
+mod drill_support;
+use drill_support::{drill, explain, summary};
+
 static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-fn drill(args: &[&str]) -> Run {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("report");
-    let out = Command::new(BIN).arg("drill").args(args).arg("--report").arg(&dir).output().expect("running phalanx drill");
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        dir,
-        _tmp: tmp,
-    };
-    // The verdict line, for CI logs.
-    for l in r.stdout.lines().filter(|l| l.starts_with("drill: ")) {
-        println!("{l}");
-    }
-    r
-}
-
-fn summary(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json written");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn explain(r: &Run) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}\nreport:\n{}",
-        r.code,
-        r.stdout,
-        r.stderr,
-        std::fs::read_to_string(r.dir.join("report.md")).unwrap_or_default()
-    )
-}
 
 #[test]
 fn drill_kill_partition_pause_passes_and_writes_a_report() {
@@ -178,4 +138,10 @@ fn drill_usage_errors_exit_2() {
     assert!(r.stderr.contains("unknown fault"), "{}", r.stderr);
     let r = drill(&["--local", "3", "--endpoints", "http://127.0.0.1:1"]);
     assert_eq!(r.code, 2, "{}", explain(&r));
+    let r = drill(&["--local", "3", "--faults", "loss"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("--netns"), "{}", r.stderr);
+    let r = drill(&["--local", "3", "--faults", "delay", "--loss-percent", "0"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("--loss-percent"), "{}", r.stderr);
 }
