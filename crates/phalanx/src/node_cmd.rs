@@ -46,7 +46,10 @@ pub struct NodeArgs {
     /// URLs for the admin listener serving /metrics, /health and /ready.
     #[arg(long)]
     pub listen_metrics_urls: Option<String>,
-    /// Time (ms) of a heartbeat interval.
+    /// Time (ms) of a heartbeat interval. Also the deadline of every
+    /// AppendEntries round trip (openraft 0.9): set it above the worst peer
+    /// round-trip time, or commits stall without any election (as etcd's
+    /// tuning guide says, about the RTT or more; election timeout ≥ 3×).
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
     /// Time (ms) of the minimum election timeout (the maximum is 1.5 times it).
