@@ -86,6 +86,22 @@ fn planted_ack_before_fsync_is_caught_by_the_ci_seeds() {
     println!("planted ack-before-fsync caught by seed {seed}:\n{}", explain(&report));
 }
 
+/// Seeds that once failed, with the bug they found (full 20-simulated-second
+/// runs, as the driver runs them). Each must pass for good.
+const REGRESSION_SEEDS: [(u64, &str); 2] = [
+    (79, "a leader restored as leader after a power cut answered ReadIndex from its stale commit index"),
+    (117, "the same, after two power cuts"),
+];
+
+#[test]
+fn regression_seeds_pass() {
+    for (seed, bug) in REGRESSION_SEEDS {
+        let report = run(&SimConfig::new(seed)).unwrap_or_else(|e| panic!("sim seed={seed}: {e}"));
+        println!("{report}");
+        assert!(report.passed(), "regression seed {seed} ({bug}) fails again:\n{}", explain(&report));
+    }
+}
+
 #[test]
 fn a_seed_replays_its_run_exactly() {
     // Seed 1 (20 simulated s) has a partition, a one-way partition, a crash,
