@@ -4,10 +4,13 @@
 //! Each client is a sequential HTTP/1.1 keep-alive client; its requests go
 //! to the gateways in turn (client `c`'s `k`-th request to gateway
 //! `(c + k) mod n`), one connection per gateway, reopened after any error.
-//! Every request is `GET /` bounded by `--http-timeout-ms` and recorded
-//! ([`HttpRecord`]): `ok` (2xx), or an error — `http_5xx`, `http_other`
-//! (any other status), `connection` (connect failed, connection lost, body
-//! cut) or `timeout`.
+//! Like a client given several gateway addresses, a request whose connection
+//! cannot even be opened (the member and its gateway are down: nothing was
+//! sent) moves on to the next gateway, within the same deadline; such
+//! requests are counted as `failovers`. Every request is `GET /` bounded by
+//! `--http-timeout-ms` and recorded ([`HttpRecord`]): `ok` (2xx), or an
+//! error — `http_5xx`, `http_other` (any other status), `connection` (no
+//! gateway could be connected to, connection lost, body cut) or `timeout`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,6 +64,8 @@ pub struct HttpRecord {
     pub status: Option<u16>,
     pub start_us: u64,
     pub end_us: u64,
+    /// Gateways that refused the connection before this one answered.
+    pub failovers: u32,
 }
 
 /// The requests, shared by the clients; same clock as the KV [`crate::recorder::Recorder`].
@@ -84,10 +89,19 @@ impl HttpRecorder {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, ()> {
-    let s = tokio::net::TcpStream::connect(addr).await.map_err(|_| ())?;
+/// Why a request failed without an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestError {
+    /// No connection could be opened: the request was certainly not sent.
+    Connect,
+    /// The request may have been sent: connection lost, body cut.
+    Lost,
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, RequestError> {
+    let s = tokio::net::TcpStream::connect(addr).await.map_err(|_| RequestError::Connect)?;
     let _ = s.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(|_| ())?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(|_| RequestError::Lost)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -95,16 +109,17 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, ()> {
 }
 
 /// One `GET /` on the connection in `slot` (opened if needed); returns the status.
-async fn one_request(slot: &mut Option<SendRequest<Empty<Bytes>>>, addr: SocketAddr) -> Result<u16, ()> {
+async fn one_request(slot: &mut Option<SendRequest<Empty<Bytes>>>, addr: SocketAddr) -> Result<u16, RequestError> {
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
         *slot = Some(connect(addr).await?);
     }
+    let lost = |_| RequestError::Lost;
     let send = slot.as_mut().expect("connected");
-    send.ready().await.map_err(|_| ())?;
-    let req = hyper::Request::get("/").header(hyper::header::HOST, addr.to_string()).body(Empty::new()).map_err(|_| ())?;
-    let resp = send.send_request(req).await.map_err(|_| ())?;
+    send.ready().await.map_err(lost)?;
+    let req = hyper::Request::get("/").header(hyper::header::HOST, addr.to_string()).body(Empty::new()).map_err(|_| RequestError::Lost)?;
+    let resp = send.send_request(req).await.map_err(lost)?;
     let status = resp.status().as_u16();
-    resp.into_body().collect().await.map_err(|_| ())?;
+    resp.into_body().collect().await.map_err(lost)?;
     Ok(status)
 }
 
@@ -114,23 +129,35 @@ pub async fn run_http_client(id: usize, gateways: Arc<Vec<SocketAddr>>, timeout:
     let mut conns: Vec<Option<SendRequest<Empty<Bytes>>>> = (0..n).map(|_| None).collect();
     let mut k = id;
     while !stop.load(Ordering::Relaxed) {
-        let g = k % n;
+        let mut g = k % n;
         k += 1;
         let start_us = rec.now_us();
-        let r = tokio::time::timeout(timeout, one_request(&mut conns[g], gateways[g])).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut failovers = 0u32;
+        let r = loop {
+            match tokio::time::timeout_at(deadline, one_request(&mut conns[g], gateways[g])).await {
+                // Nothing was sent: try the next gateway (each at most once).
+                Ok(Err(RequestError::Connect)) if (failovers as usize) + 1 < n => {
+                    conns[g] = None;
+                    failovers += 1;
+                    g = (g + 1) % n;
+                }
+                other => break other,
+            }
+        };
         let end_us = rec.now_us();
         let (outcome, status) = match r {
             Ok(Ok(s)) if (200..300).contains(&s) => (HttpOutcome::Ok, Some(s)),
             Ok(Ok(s)) if s >= 500 => (HttpOutcome::Http5xx, Some(s)),
             Ok(Ok(s)) => (HttpOutcome::HttpOther, Some(s)),
-            Ok(Err(())) => (HttpOutcome::Connection, None),
+            Ok(Err(_)) => (HttpOutcome::Connection, None),
             Err(_) => (HttpOutcome::Timeout, None),
         };
         if outcome != HttpOutcome::Ok {
             // A fresh connection next time: this one may be broken or busy.
             conns[g] = None;
         }
-        rec.push(HttpRecord { client: id, gateway: g, outcome, status, start_us, end_us });
+        rec.push(HttpRecord { client: id, gateway: g, outcome, status, start_us, end_us, failovers });
         tokio::time::sleep(Duration::from_millis(HTTP_THINK_MS)).await;
     }
 }
@@ -143,14 +170,18 @@ pub struct HttpCounts {
     pub errors: u64,
     /// Errors by kind (`http_5xx`, `http_other`, `connection`, `timeout`), all present.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Requests that moved to another gateway because theirs refused the connection.
+    pub failovers: u64,
 }
 
 impl HttpCounts {
     fn new() -> Self {
         HttpCounts { errors_by_kind: HttpOutcome::ERRORS.iter().map(|k| (k.name().to_string(), 0)).collect(), ..Default::default() }
     }
-    fn add(&mut self, o: HttpOutcome) {
+    fn add(&mut self, r: &HttpRecord) {
+        let o = r.outcome;
         self.requests += 1;
+        self.failovers += u64::from(r.failovers > 0);
         if o == HttpOutcome::Ok {
             self.ok += 1;
         } else {
@@ -223,7 +254,7 @@ pub fn analyze(records: &[HttpRecord], windows: &[FaultWindow], setup: GatewaySe
     let mut counts = HttpCounts::new();
     let mut lat: Vec<f64> = Vec::with_capacity(records.len());
     for r in records {
-        counts.add(r.outcome);
+        counts.add(r);
         lat.push((r.end_us - r.start_us) as f64 / 1000.0);
     }
     lat.sort_by(f64::total_cmp);
@@ -234,7 +265,7 @@ pub fn analyze(records: &[HttpRecord], windows: &[FaultWindow], setup: GatewaySe
             let mut c = HttpCounts::new();
             let mut wl = Vec::new();
             for r in records.iter().filter(|r| inside(r, w)) {
-                c.add(r.outcome);
+                c.add(r);
                 wl.push((r.end_us - r.start_us) as f64 / 1000.0);
             }
             wl.sort_by(f64::total_cmp);
@@ -284,7 +315,7 @@ mod tests {
     use crate::faults::FaultKind;
 
     fn rec(o: HttpOutcome, end_ms: u64) -> HttpRecord {
-        HttpRecord { client: 0, gateway: 0, outcome: o, status: None, start_us: end_ms * 1000 - 2000, end_us: end_ms * 1000 }
+        HttpRecord { client: 0, gateway: 0, outcome: o, status: None, start_us: end_ms * 1000 - 2000, end_us: end_ms * 1000, failovers: 0 }
     }
 
     #[test]

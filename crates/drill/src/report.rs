@@ -422,7 +422,7 @@ fn render_gateway(m: &mut String, g: &GatewaySummary) {
     let kinds = |c: &crate::http_load::HttpCounts| HttpOutcome::ERRORS.iter().map(|k| c.errors_by_kind.get(k.name()).copied().unwrap_or(0).to_string()).collect::<Vec<_>>().join(" | ");
     let _ = writeln!(
         m,
-        "\n## Gateway\n\n{} HTTP clients sent `GET /` to the members' gateways in turn ({}), each request bounded by {} ms; gateway profile `{}` (`gateway.toml`), backends {}. An error is a status ≥ 500 (`http_5xx`), another non-2xx status (`http_other`), a failed or lost connection (`connection`) or no answer in time (`timeout`).\n",
+        "\n## Gateway\n\n{} HTTP clients sent `GET /` to the members' gateways in turn ({}), each request bounded by {} ms; a request whose gateway refused the connection moved on to the next gateway (`failovers`); gateway profile `{}` (`gateway.toml`), backends {}. An error is a status ≥ 500 (`http_5xx`), another non-2xx status (`http_other`), a failed or lost connection (`connection`) or no answer in time (`timeout`).\n",
         g.http_clients,
         g.gateways.join(", "),
         g.http_timeout_ms,
@@ -431,7 +431,7 @@ fn render_gateway(m: &mut String, g: &GatewaySummary) {
     );
     let _ = writeln!(
         m,
-        "| figure | value |\n| --- | --- |\n| requests | {} |\n| ok | {} |\n| errors | {} ({:.2} %; budget {} %) |\n| availability (ok / requests) | {:.2} % |\n| latency p50 / p99 (all requests) | {} / {} |\n| errors outside fault windows | {} |\n",
+        "| figure | value |\n| --- | --- |\n| requests | {} |\n| ok | {} |\n| errors | {} ({:.2} %; budget {} %) |\n| availability (ok / requests) | {:.2} % |\n| latency p50 / p99 (all requests) | {} / {} |\n| errors outside fault windows | {} |\n| requests that failed over to another gateway | {} |\n",
         g.counts.requests,
         g.counts.ok,
         g.counts.errors,
@@ -440,15 +440,16 @@ fn render_gateway(m: &mut String, g: &GatewaySummary) {
         g.availability_percent,
         fmt_ms(g.latency_p50_ms),
         fmt_ms(g.latency_p99_ms),
-        g.errors_outside_windows
+        g.errors_outside_windows,
+        g.counts.failovers
     );
     m.push_str("| errors by kind | http_5xx | http_other | connection | timeout |\n| --- | --- | --- | --- | --- |\n");
     let _ = writeln!(m, "| whole run | {} |\n", kinds(&g.counts));
-    m.push_str("Requests that completed inside each fault window:\n\n| # | fault | targets | start | end | requests | ok | errors | http_5xx | http_other | connection | timeout | latency p99 | latency max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    m.push_str("Requests that completed inside each fault window:\n\n| # | fault | targets | start | end | requests | ok | errors | http_5xx | http_other | connection | timeout | failovers | latency p99 | latency max |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (i, w) in g.windows.iter().enumerate() {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             i + 1,
             w.kind,
             w.targets.join(", "),
@@ -458,6 +459,7 @@ fn render_gateway(m: &mut String, g: &GatewaySummary) {
             w.counts.ok,
             w.counts.errors,
             kinds(&w.counts),
+            w.counts.failovers,
             fmt_ms(w.latency_p99_ms),
             fmt_ms(w.latency_max_ms)
         );

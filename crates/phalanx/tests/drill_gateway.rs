@@ -93,6 +93,26 @@ fn drill_gateway_backend_faults_cost_no_client_request_with_retries_and_health_c
     assert_cleaned_up(&r, &s);
 }
 
+/// A member kill takes that member's gateway down with it; the HTTP clients,
+/// like clients given every gateway's address, move to the next gateway when
+/// theirs refuses the connection, so the kill costs (almost) no request.
+#[test]
+fn drill_gateway_clients_fail_over_when_a_member_and_its_gateway_die() {
+    preflight();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = drill(&["--local", "3", "--faults", "kill-follower,backend-kill", "--duration", "10s", "--fault-window-ms", "2500"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let s = summary(&r.dir);
+    let g = &s["gateway"];
+    assert_eq!(g["verdict"], "PASS", "{}", explain(&r));
+    let kill = &g["windows"][0];
+    assert_eq!(kill["kind"], "kill-follower", "{g}");
+    assert!(kill["failovers"].as_u64().unwrap() > 0, "no request failed over while a member was down: {kill}\n{}", explain(&r));
+    assert_eq!(g["windows"][1]["failovers"], 0, "a backend kill needs no gateway failover: {g}");
+    eprintln!("kill-follower window: {} requests, {} errors, {} failovers", kill["requests"], kill["errors"], kill["failovers"]);
+    assert_cleaned_up(&r, &s);
+}
+
 #[test]
 fn drill_gateway_verdict_fails_without_retries_or_health_checks() {
     preflight();
