@@ -351,13 +351,8 @@ pub async fn run_lease_client(cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop
             }
             continue;
         }
-        let sent = rec.now_ms();
-        match tokio::time::timeout(cfg.op_timeout, c.get(key.clone(), None)).await {
-            Ok(Ok(r)) => {
-                let kv = r.kvs().first();
-                rec.lease_line(json!({"kind": "read", "key": key, "sent": sent, "time": rec.now_ms(), "present": kv.is_some(), "lease": kv.map(|k| k.lease()).unwrap_or(0)}));
-            }
-            _ => client = None,
+        if !lease_read(c, &key, &cfg, &rec).await {
+            client = None;
         }
         tokio::time::sleep(Duration::from_millis(LEASE_READ_INTERVAL_MS)).await;
     }
@@ -391,17 +386,26 @@ pub async fn run_lease_client(cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop
             }
             continue;
         }
-        let sent = rec.now_ms();
-        match tokio::time::timeout(cfg.op_timeout, c.get(key.clone(), None)).await {
-            Ok(Ok(r)) => {
-                let kv = r.kvs().first();
-                rec.lease_line(json!({"kind": "read", "key": key, "sent": sent, "time": rec.now_ms(), "present": kv.is_some(), "lease": kv.map(|k| k.lease()).unwrap_or(0)}));
-                return true;
-            }
-            _ => client = None,
+        if lease_read(c, &key, &cfg, &rec).await {
+            return true;
         }
+        client = None;
     }
     false
+}
+
+/// One linearizable read of the lease client's key, logged for the lease
+/// checker; `false` if it got no answer (the caller reconnects).
+async fn lease_read(c: &mut Client, key: &str, cfg: &WorkloadConfig, rec: &Recorder) -> bool {
+    let sent = rec.now_ms();
+    match tokio::time::timeout(cfg.op_timeout, c.get(key, None)).await {
+        Ok(Ok(r)) => {
+            let kv = r.kvs().first();
+            rec.lease_line(json!({"kind": "read", "key": key, "sent": sent, "time": rec.now_ms(), "present": kv.is_some(), "lease": kv.map(|k| k.lease()).unwrap_or(0)}));
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Final linearizable read of every key, each retried until `deadline`;
