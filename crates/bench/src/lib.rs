@@ -66,7 +66,9 @@ pub async fn endpoint_status(args: &StatusArgs) -> Vec<serde_json::Value> {
                 serde_json::json!({"endpoint": ep, "member_id": member, "leader": s.leader(), "is_leader": member != 0 && member == s.leader()})
             }
             Ok(Err(e)) => serde_json::json!({"endpoint": ep, "error": error_message(&e)}),
-            Err(_) => serde_json::json!({"endpoint": ep, "error": format!("timeout (> {} ms)", args.timeout_ms)}),
+            Err(_) => {
+                serde_json::json!({"endpoint": ep, "error": format!("timeout (> {} ms)", args.timeout_ms)})
+            }
         };
         out.push(v);
     }
@@ -203,7 +205,9 @@ impl std::fmt::Display for KvReport {
 
 /// Builds a runtime, runs the chosen benchmark and prints its report.
 pub fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match args.command {
         BenchCommand::Status(st) => {
             for line in rt.block_on(endpoint_status(&st)) {
@@ -273,9 +277,11 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
             let mut kv = client.kv_client();
-            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x2545_F491_4F6C_DD1D));
+            let mut rng =
+                XorShift(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x2545_F491_4F6C_DD1D));
             let mut res = ClientResult {
-                hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
+                hist: Histogram::new_with_bounds(1, 120_000_000, 3)
+                    .expect("valid histogram bounds"),
                 errors: BTreeMap::new(),
                 put_times: Vec::new(),
             };
@@ -290,13 +296,20 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
                         .map(|k| TxnOp::put(format!("bench/{k:08}"), value.clone(), None))
                         .collect();
                     let t0 = Instant::now();
-                    match tokio::time::timeout(request_timeout, kv.txn(Txn::new().and_then(ops))).await {
+                    match tokio::time::timeout(request_timeout, kv.txn(Txn::new().and_then(ops)))
+                        .await
+                    {
                         Ok(Ok(_)) => {
-                            res.hist.saturating_record((t0.elapsed().as_micros().max(1)) as u64);
+                            res.hist
+                                .saturating_record((t0.elapsed().as_micros().max(1)) as u64);
                             fill_batch += a.clients as u64;
                         }
                         Ok(Err(e)) => *res.errors.entry(error_message(&e)).or_default() += 1,
-                        Err(_) => *res.errors.entry(format!("request timeout (> {} ms)", a.request_timeout_ms)).or_default() += 1,
+                        Err(_) => {
+                            *res.errors
+                                .entry(format!("request timeout (> {} ms)", a.request_timeout_ms))
+                                .or_default() += 1
+                        }
                     }
                     continue;
                 }
@@ -311,7 +324,8 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
                     if is_put {
                         kv.put(key, value.clone(), None).await.map(|_| ())
                     } else {
-                        let opts = (a.workload == Workload::GetSerializable).then(|| GetOptions::new().with_serializable());
+                        let opts = (a.workload == Workload::GetSerializable)
+                            .then(|| GetOptions::new().with_serializable());
                         kv.get(key, opts).await.map(|_| ())
                     }
                 })
@@ -347,7 +361,9 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
         put_times.extend(r.put_times);
     }
     let elapsed = start.elapsed();
-    let longest_put_gap_ms = args.report_gaps.then(|| longest_gap(put_times, elapsed).as_secs_f64() * 1e3);
+    let longest_put_gap_ms = args
+        .report_gaps
+        .then(|| longest_gap(put_times, elapsed).as_secs_f64() * 1e3);
     let ops = hist.len();
     Ok(KvReport {
         workload: args.workload,

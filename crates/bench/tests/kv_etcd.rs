@@ -24,7 +24,11 @@ impl Drop for Etcd {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_etcd() -> Etcd {
@@ -41,25 +45,49 @@ async fn start_etcd() -> Etcd {
     let child = Command::new(ETCD)
         .args(["--name", "bench-test", "--data-dir"])
         .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
         .args(["--initial-cluster", &format!("bench-test={peer_url}")])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn etcd");
-    let etcd = Etcd { child, endpoint: client_url, _dir: dir };
+    let etcd = Etcd {
+        child,
+        endpoint: client_url,
+        _dir: dir,
+    };
     // Poll until a request succeeds rather than sleeping a guessed time.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = async {
-            let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await.ok()?;
+            let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+                .await
+                .ok()?;
             c.get("ready-probe", None).await.ok()
         };
-        if tokio::time::timeout(Duration::from_secs(2), ok).await.ok().flatten().is_some() {
+        if tokio::time::timeout(Duration::from_secs(2), ok)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
             return etcd;
         }
-        assert!(Instant::now() < deadline, "etcd did not become ready within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not become ready within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -85,11 +113,19 @@ fn args(endpoint: &str, workload: Workload) -> KvArgs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_workload_runs_cleanly_against_etcd() {
     let etcd = start_etcd().await;
-    for w in [Workload::Put, Workload::GetLinearizable, Workload::GetSerializable, Workload::Mixed] {
+    for w in [
+        Workload::Put,
+        Workload::GetLinearizable,
+        Workload::GetSerializable,
+        Workload::Mixed,
+    ] {
         let report = run_kv(&args(&etcd.endpoint, w)).await.expect("bench runs");
         assert!(report.ops > 0, "{w:?}: no successful operations\n{report}");
         assert_eq!(report.errors_total, 0, "{w:?}: errors\n{report}");
-        assert!(report.latency.p50_us > 0 && report.latency.p50_us <= report.latency.p999_us, "{report}");
+        assert!(
+            report.latency.p50_us > 0 && report.latency.p50_us <= report.latency.p999_us,
+            "{report}"
+        );
         if w == Workload::Put {
             let gap = report.longest_put_gap_ms.expect("gaps requested");
             assert!(gap > 0.0 && gap < 2_000.0, "{report}");
@@ -99,10 +135,24 @@ async fn every_workload_runs_cleanly_against_etcd() {
         assert_eq!(json["ops"], report.ops);
     }
     // Fill writes every key exactly once (100 keys, 10 per txn) and stops.
-    let report = run_kv(&args(&etcd.endpoint, Workload::Fill)).await.expect("fill runs");
+    let report = run_kv(&args(&etcd.endpoint, Workload::Fill))
+        .await
+        .expect("fill runs");
     assert_eq!((report.ops, report.errors_total), (10, 0), "{report}");
-    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await.unwrap();
-    let all = c.get("bench/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let all = c
+        .get(
+            "bench/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap();
     assert_eq!(all.count(), 100);
 }
 

@@ -31,7 +31,9 @@ impl std::str::FromStr for PlantedBug {
         match s {
             "skip-read-index" => Ok(PlantedBug::SkipReadIndex),
             "ack-before-fsync" => Ok(PlantedBug::AckBeforeFsync),
-            other => Err(format!("unknown planted bug {other:?}: expected skip-read-index or ack-before-fsync")),
+            other => Err(format!(
+                "unknown planted bug {other:?}: expected skip-read-index or ack-before-fsync"
+            )),
         }
     }
 }
@@ -75,7 +77,10 @@ pub struct Faults {
 
 impl Faults {
     pub fn new(enabled: bool) -> Self {
-        Faults { enabled, network: RwLock::new(NetworkFaults::default()) }
+        Faults {
+            enabled,
+            network: RwLock::new(NetworkFaults::default()),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -101,7 +106,13 @@ impl Faults {
     }
 
     pub fn blocks(&self, peer: NodeId) -> bool {
-        self.enabled && self.network.read().expect("faults poisoned").isolated_from.contains(&peer)
+        self.enabled
+            && self
+                .network
+                .read()
+                .expect("faults poisoned")
+                .isolated_from
+                .contains(&peer)
     }
 
     /// The delay of the next outgoing peer message: uniform in
@@ -114,7 +125,11 @@ impl Faults {
             let f = self.network.read().expect("faults poisoned");
             (f.delay_ms, f.jitter_ms)
         };
-        let ms = if j > 0 { rand::Rng::gen_range(&mut rand::thread_rng(), d..=d + j) } else { d };
+        let ms = if j > 0 {
+            rand::Rng::gen_range(&mut rand::thread_rng(), d..=d + j)
+        } else {
+            d
+        };
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 }

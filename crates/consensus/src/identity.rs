@@ -19,7 +19,10 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is corrupted ({detail}); this data dir cannot be trusted: restore it from a snapshot or remove the member and re-add it with an empty --data-dir")]
     Corrupted { path: PathBuf, detail: String },
 }
@@ -45,10 +48,15 @@ pub fn load(member_dir: &Path) -> Result<Option<Identity>, IdentityError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(IdentityError::Io { path: p, source }),
     };
-    let disk: OnDisk = serde_json::from_slice(&text)
-        .map_err(|e| IdentityError::Corrupted { path: p.clone(), detail: e.to_string() })?;
+    let disk: OnDisk = serde_json::from_slice(&text).map_err(|e| IdentityError::Corrupted {
+        path: p.clone(),
+        detail: e.to_string(),
+    })?;
     if checksum(&disk.identity) != disk.crc32 {
-        return Err(IdentityError::Corrupted { path: p, detail: "checksum mismatch".into() });
+        return Err(IdentityError::Corrupted {
+            path: p,
+            detail: "checksum mismatch".into(),
+        });
     }
     Ok(Some(disk.identity))
 }
@@ -57,8 +65,14 @@ pub fn load(member_dir: &Path) -> Result<Option<Identity>, IdentityError> {
 pub fn store(member_dir: &Path, id: &Identity) -> Result<(), IdentityError> {
     let p = path(member_dir);
     let tmp = member_dir.join("identity.json.tmp");
-    let io = |source| IdentityError::Io { path: p.clone(), source };
-    let disk = OnDisk { identity: id.clone(), crc32: checksum(id) };
+    let io = |source| IdentityError::Io {
+        path: p.clone(),
+        source,
+    };
+    let disk = OnDisk {
+        identity: id.clone(),
+        crc32: checksum(id),
+    };
     let text = serde_json::to_vec_pretty(&disk).expect("encoding identity cannot fail");
     {
         use std::io::Write;
@@ -67,6 +81,8 @@ pub fn store(member_dir: &Path, id: &Identity) -> Result<(), IdentityError> {
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, &p).map_err(io)?;
-    std::fs::File::open(member_dir).and_then(|d| d.sync_all()).map_err(io)?;
+    std::fs::File::open(member_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(())
 }

@@ -45,8 +45,14 @@ impl Lessor {
 
     /// A grant was applied: the lease runs for its full TTL from now.
     pub fn on_grant(&self, id: i64, ttl_seconds: i64) {
-        let clock = Clock { ttl_seconds, deadline: Instant::now() + ttl(ttl_seconds) };
-        self.clocks.lock().expect("lessor poisoned").insert(id, clock);
+        let clock = Clock {
+            ttl_seconds,
+            deadline: Instant::now() + ttl(ttl_seconds),
+        };
+        self.clocks
+            .lock()
+            .expect("lessor poisoned")
+            .insert(id, clock);
     }
 
     /// A revoke was applied (explicitly or by expiry).
@@ -61,7 +67,13 @@ impl Lessor {
         let mut clocks = self.clocks.lock().expect("lessor poisoned");
         clocks.clear();
         for l in store.leases() {
-            clocks.insert(l.id, Clock { ttl_seconds: l.ttl_seconds, deadline: now + ttl(l.ttl_seconds) });
+            clocks.insert(
+                l.id,
+                Clock {
+                    ttl_seconds: l.ttl_seconds,
+                    deadline: now + ttl(l.ttl_seconds),
+                },
+            );
         }
     }
 
@@ -96,7 +108,11 @@ impl Lessor {
     pub fn expired(&self, max: usize) -> Vec<i64> {
         let now = Instant::now();
         let clocks = self.clocks.lock().expect("lessor poisoned");
-        let mut ids: Vec<i64> = clocks.iter().filter(|(_, c)| c.deadline <= now).map(|(id, _)| *id).collect();
+        let mut ids: Vec<i64> = clocks
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         ids.sort_unstable();
         ids.truncate(max);
         ids

@@ -40,13 +40,22 @@ const KEY_COMMITTED: &str = "committed";
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {
     #[error("cannot open raft log {path}{hint}")]
-    Open { path: String, hint: &'static str, #[source] source: redb::DatabaseError },
+    Open {
+        path: String,
+        hint: &'static str,
+        #[source]
+        source: redb::DatabaseError,
+    },
     #[error("raft log: {0}")]
     Db(String),
     #[error("raft log: checksum mismatch in {what}: the file is corrupted; restore this member from a snapshot or remove it and re-add it with an empty data dir")]
     Corrupted { what: String },
     #[error("raft log {path}")]
-    InFile { path: String, #[source] source: Box<LogStoreError> },
+    InFile {
+        path: String,
+        #[source]
+        source: Box<LogStoreError>,
+    },
     #[error("raft log: cannot decode {what}: {detail}")]
     Decode { what: String, detail: String },
 }
@@ -63,18 +72,26 @@ fn open_error(path: &str, source: redb::DatabaseError) -> LogStoreError {
         redb::DatabaseError::DatabaseAlreadyOpen => " (another process uses this data dir: stop it first)",
         _ => "",
     };
-    LogStoreError::Open { path: path.to_string(), hint, source }
+    LogStoreError::Open {
+        path: path.to_string(),
+        hint,
+        source,
+    }
 }
 
 pub(crate) fn frame<T: Serialize>(value: &T) -> Vec<u8> {
-    let payload = postcard::to_allocvec(value).expect("postcard encoding of an in-memory value cannot fail");
+    let payload =
+        postcard::to_allocvec(value).expect("postcard encoding of an in-memory value cannot fail");
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
 }
 
-pub(crate) fn unframe<T: DeserializeOwned>(bytes: &[u8], what: impl Fn() -> String) -> Result<T, LogStoreError> {
+pub(crate) fn unframe<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl Fn() -> String,
+) -> Result<T, LogStoreError> {
     if bytes.len() < 4 {
         return Err(LogStoreError::Corrupted { what: what() });
     }
@@ -82,7 +99,10 @@ pub(crate) fn unframe<T: DeserializeOwned>(bytes: &[u8], what: impl Fn() -> Stri
     if u32::from_le_bytes(sum.try_into().expect("4 bytes")) != crc32fast::hash(payload) {
         return Err(LogStoreError::Corrupted { what: what() });
     }
-    postcard::from_bytes(payload).map_err(|e| LogStoreError::Decode { what: what(), detail: e.to_string() })
+    postcard::from_bytes(payload).map_err(|e| LogStoreError::Decode {
+        what: what(),
+        detail: e.to_string(),
+    })
 }
 
 /// Where a store's blocking file work runs.
@@ -100,12 +120,16 @@ pub enum IoMode {
 
 impl IoMode {
     /// Run blocking storage work `f` as this mode says.
-    pub async fn run<T: Send + 'static>(self, what: &'static str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub async fn run<T: Send + 'static>(
+        self,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         match self {
             IoMode::Inline => f(),
-            IoMode::Threads => {
-                tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| panic!("{what} task panicked: {e}"))
-            }
+            IoMode::Threads => tokio::task::spawn_blocking(f)
+                .await
+                .unwrap_or_else(|e| panic!("{what} task panicked: {e}")),
         }
     }
 }
@@ -155,11 +179,22 @@ impl LogStore {
             .set_cache_size(LOG_CACHE_BYTES)
             .create(path)
             .map_err(|source| open_error(&path.display().to_string(), source))?;
-        Self::from_db(db, &path.display().to_string(), LogStoreOptions { io: IoMode::Threads, unsafe_no_fsync })
+        Self::from_db(
+            db,
+            &path.display().to_string(),
+            LogStoreOptions {
+                io: IoMode::Threads,
+                unsafe_no_fsync,
+            },
+        )
     }
 
     /// Open or create a log on `backend`; `label` names it in errors.
-    pub fn open_backend(backend: impl redb::StorageBackend, label: &str, options: LogStoreOptions) -> Result<Self, LogStoreError> {
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        label: &str,
+        options: LogStoreOptions,
+    ) -> Result<Self, LogStoreError> {
         let db = redb::Builder::new()
             .set_cache_size(LOG_CACHE_BYTES)
             .create_with_backend(backend)
@@ -168,7 +203,10 @@ impl LogStore {
     }
 
     fn from_db(db: Database, label: &str, options: LogStoreOptions) -> Result<Self, LogStoreError> {
-        let LogStoreOptions { io, unsafe_no_fsync } = options;
+        let LogStoreOptions {
+            io,
+            unsafe_no_fsync,
+        } = options;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(LOG).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
@@ -183,17 +221,26 @@ impl LogStore {
         };
         // Verify every record once at start-up: a corrupted log refuses to
         // start rather than failing later in the middle of replication.
-        store.verify_all().map_err(|e| LogStoreError::InFile { path: label.to_string(), source: Box::new(e) })?;
+        store.verify_all().map_err(|e| LogStoreError::InFile {
+            path: label.to_string(),
+            source: Box::new(e),
+        })?;
         // The writer holds the file and the pending map, not the queue's
         // sender: when the last LogStore clone is dropped the queue closes,
         // the writer ends and the file is released.
-        let w = LogWriter { db: store.db.clone(), pending: store.pending.clone(), unsafe_no_fsync };
+        let w = LogWriter {
+            db: store.db.clone(),
+            pending: store.pending.clone(),
+            unsafe_no_fsync,
+        };
         match io {
             IoMode::Threads => {
                 std::thread::Builder::new()
                     .name("raft-log-writer".into())
                     .spawn(move || w.run_on_thread(rx))
-                    .map_err(|e| LogStoreError::Db(format!("starting the log writer thread: {e}")))?;
+                    .map_err(|e| {
+                        LogStoreError::Db(format!("starting the log writer thread: {e}"))
+                    })?;
             }
             IoMode::Inline => {
                 tokio::spawn(async move { w.run_as_task(rx).await });
@@ -205,8 +252,12 @@ impl LogStore {
     /// Wait until everything queued so far is on disk.
     async fn barrier(&self) -> Result<(), LogStoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.send(WriteOp::Barrier(tx)).await.map_err(|_| LogStoreError::Db("log writer stopped".into()))?;
-        rx.await.map_err(|_| LogStoreError::Db("log writer stopped".into()))
+        self.writer
+            .send(WriteOp::Barrier(tx))
+            .await
+            .map_err(|_| LogStoreError::Db("log writer stopped".into()))?;
+        rx.await
+            .map_err(|_| LogStoreError::Db("log writer stopped".into()))
     }
 
     fn verify_all(&self) -> Result<(), LogStoreError> {
@@ -218,11 +269,15 @@ impl LogStore {
             let index = k.value();
             let entry: Entry = unframe(v.value(), || format!("log entry {index}"))?;
             if entry.get_log_id().index != index {
-                return Err(LogStoreError::Corrupted { what: format!("log entry {index} holds index {}", entry.get_log_id().index) });
+                return Err(LogStoreError::Corrupted {
+                    what: format!("log entry {index} holds index {}", entry.get_log_id().index),
+                });
             }
             if let Some(p) = prev {
                 if p + 1 != index {
-                    return Err(LogStoreError::Corrupted { what: format!("gap in log between {p} and {index}") });
+                    return Err(LogStoreError::Corrupted {
+                        what: format!("gap in log between {p} and {index}"),
+                    });
                 }
             }
             prev = Some(index);
@@ -248,7 +303,12 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: Serialize>(&self, key: &str, value: &T, durable: bool) -> Result<(), LogStoreError> {
+    fn put_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), LogStoreError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if !durable || self.unsafe_no_fsync {
             // Planted bug: no write of this store is ever made durable.
@@ -263,15 +323,29 @@ impl LogStore {
 
     /// Entries in `[start, end_exclusive)`, at most `max_entries` and, past
     /// the first entry, at most `max_bytes` of encoded entries.
-    fn read_range(&self, start: u64, end_exclusive: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
+    fn read_range(
+        &self,
+        start: u64,
+        end_exclusive: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, LogStoreError> {
         // Pending first: an entry leaves `pending` only after it is in the
         // file, so reading in this order can never miss one.
-        let pending: Vec<Entry> =
-            self.pending.lock().expect("pending poisoned").range(start..end_exclusive).map(|(_, e)| e.clone()).collect();
+        let pending: Vec<Entry> = self
+            .pending
+            .lock()
+            .expect("pending poisoned")
+            .range(start..end_exclusive)
+            .map(|(_, e)| e.clone())
+            .collect();
         let mut out = self.read_range_on_disk(start, end_exclusive, max_entries, max_bytes)?;
         if let Some(first_pending) = pending.first().map(|e| e.get_log_id().index) {
             out.retain(|e| e.get_log_id().index < first_pending);
-            let next = out.last().map(|e| e.get_log_id().index + 1).unwrap_or(start);
+            let next = out
+                .last()
+                .map(|e| e.get_log_id().index + 1)
+                .unwrap_or(start);
             if out.len() < max_entries && (out.is_empty() || next == first_pending) {
                 for e in pending {
                     if out.len() >= max_entries {
@@ -284,7 +358,13 @@ impl LogStore {
         Ok(out)
     }
 
-    fn read_range_on_disk(&self, start: u64, end_exclusive: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, LogStoreError> {
+    fn read_range_on_disk(
+        &self,
+        start: u64,
+        end_exclusive: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, LogStoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let log = txn.open_table(LOG).map_err(db_err)?;
         let mut out = Vec::new();
@@ -319,7 +399,11 @@ impl LogStore {
         Ok(id)
     }
 
-    fn delete_range(&self, range: impl RangeBounds<u64>, purged: Option<LogId>) -> Result<(), LogStoreError> {
+    fn delete_range(
+        &self,
+        range: impl RangeBounds<u64>,
+        purged: Option<LogId>,
+    ) -> Result<(), LogStoreError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if self.unsafe_no_fsync {
             txn.set_durability(redb::Durability::None).map_err(db_err)?;
@@ -329,7 +413,8 @@ impl LogStore {
             log.retain_in(range, |_, _| false).map_err(db_err)?;
             if let Some(p) = purged {
                 let mut meta = txn.open_table(META).map_err(db_err)?;
-                meta.insert(KEY_PURGED, frame(&Some(p)).as_slice()).map_err(db_err)?;
+                meta.insert(KEY_PURGED, frame(&Some(p)).as_slice())
+                    .map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)
@@ -361,7 +446,12 @@ impl LogWriter {
     /// Group commit: `first` and every append queued behind it (up to
     /// [`MAX_APPENDS_PER_COMMIT`]) go into one transaction; then each
     /// append's callback fires.
-    fn commit_group(&self, first: WriteOp, rx: &mut tokio::sync::mpsc::Receiver<WriteOp>, failed: &mut Option<String>) {
+    fn commit_group(
+        &self,
+        first: WriteOp,
+        rx: &mut tokio::sync::mpsc::Receiver<WriteOp>,
+        failed: &mut Option<String>,
+    ) {
         let mut ops = vec![first];
         while ops.len() < MAX_APPENDS_PER_COMMIT {
             match rx.try_recv() {
@@ -379,7 +469,9 @@ impl LogWriter {
         let result = match &*failed {
             Some(e) => Err(e.clone()),
             None if entries.is_empty() => Ok(()),
-            None => append_entries(&self.db, self.unsafe_no_fsync, &entries).map_err(|e| e.to_string()),
+            None => {
+                append_entries(&self.db, self.unsafe_no_fsync, &entries).map_err(|e| e.to_string())
+            }
         };
         if let Err(e) = &result {
             // A log that failed to write is not trusted again: every later
@@ -399,7 +491,9 @@ impl LogWriter {
         }
         for op in ops {
             match op {
-                WriteOp::Append(_, cb) => cb.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                WriteOp::Append(_, cb) => {
+                    cb.log_io_completed(result.clone().map_err(std::io::Error::other))
+                }
                 WriteOp::Barrier(done) => {
                     let _ = done.send(());
                 }
@@ -409,7 +503,11 @@ impl LogWriter {
 }
 
 /// One transaction appending `entries`, fsynced unless the planted bug says otherwise.
-fn append_entries(db: &Database, unsafe_no_fsync: bool, entries: &[Entry]) -> Result<(), LogStoreError> {
+fn append_entries(
+    db: &Database,
+    unsafe_no_fsync: bool,
+    entries: &[Entry],
+) -> Result<(), LogStoreError> {
     let mut txn = db.begin_write().map_err(db_err)?;
     if unsafe_no_fsync {
         txn.set_durability(redb::Durability::None).map_err(db_err)?;
@@ -417,7 +515,8 @@ fn append_entries(db: &Database, unsafe_no_fsync: bool, entries: &[Entry]) -> Re
     {
         let mut log = txn.open_table(LOG).map_err(db_err)?;
         for e in entries {
-            log.insert(e.get_log_id().index, frame(e).as_slice()).map_err(db_err)?;
+            log.insert(e.get_log_id().index, frame(e).as_slice())
+                .map_err(db_err)?;
         }
     }
     // Durability::Immediate is redb's default: commit returns after fsync.
@@ -458,12 +557,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let this = self.clone();
-        this.io.run("log store", move || this.read_range(start, end, usize::MAX, usize::MAX)).await.map_err(read_err)
+        this.io
+            .run("log store", move || {
+                this.read_range(start, end, usize::MAX, usize::MAX)
+            })
+            .await
+            .map_err(read_err)
     }
 
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
         let this = self.clone();
-        this.io.run("log store", move || this.read_range(start, end, MAX_ENTRIES_PER_READ, MAX_BYTES_PER_READ)).await.map_err(read_err)
+        this.io
+            .run("log store", move || {
+                this.read_range(start, end, MAX_ENTRIES_PER_READ, MAX_BYTES_PER_READ)
+            })
+            .await
+            .map_err(read_err)
     }
 }
 
@@ -471,10 +584,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let purged: Option<LogId> = self.get_meta::<Option<LogId>>(KEY_PURGED).map_err(read_err)?.flatten();
-        let last_pending = self.pending.lock().expect("pending poisoned").values().next_back().map(|e| *e.get_log_id());
-        let last = last_pending.or(self.last_entry_id().map_err(read_err)?).or(purged);
-        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+        let purged: Option<LogId> = self
+            .get_meta::<Option<LogId>>(KEY_PURGED)
+            .map_err(read_err)?
+            .flatten();
+        let last_pending = self
+            .pending
+            .lock()
+            .expect("pending poisoned")
+            .values()
+            .next_back()
+            .map(|e| *e.get_log_id());
+        let last = last_pending
+            .or(self.last_entry_id().map_err(read_err)?)
+            .or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -485,7 +612,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let this = self.clone();
         let vote = *vote;
         // The vote must be durable before it is acted on (Raft safety).
-        this.io.run("log store", move || this.put_meta(KEY_VOTE, &vote, true)).await.map_err(|e| StorageIOError::write_vote(&e).into())
+        this.io
+            .run("log store", move || this.put_meta(KEY_VOTE, &vote, true))
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     /// The vote as last saved, but never "committed": openraft 0.9 restores
@@ -497,7 +627,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// the simulator (seed 79 of 1..1000). Term and voted-for, all Raft needs
     /// to persist, are kept; the member campaigns afresh instead.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let vote: Option<Vote> = self.get_meta(KEY_VOTE).map_err(|e| StorageIOError::read_vote(&e))?;
+        let vote: Option<Vote> = self
+            .get_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e))?;
         Ok(vote.map(|mut v| {
             v.committed = false;
             v
@@ -510,14 +642,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // committed without waiting for a leader. (It is called on every
         // commit advance: an fsync here would serialise the write path.)
         let this = self.clone();
-        this.io.run("log store", move || this.put_meta(KEY_COMMITTED, &committed, false)).await.map_err(write_err)
+        this.io
+            .run("log store", move || {
+                this.put_meta(KEY_COMMITTED, &committed, false)
+            })
+            .await
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED).map_err(read_err)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId>>(KEY_COMMITTED)
+            .map_err(read_err)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -537,14 +681,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.barrier().await.map_err(write_err)?;
-        self.pending.lock().expect("pending poisoned").retain(|i, _| *i < log_id.index);
+        self.pending
+            .lock()
+            .expect("pending poisoned")
+            .retain(|i, _| *i < log_id.index);
         let this = self.clone();
-        this.io.run("log store", move || this.delete_range(log_id.index.., None)).await.map_err(write_err)
+        this.io
+            .run("log store", move || this.delete_range(log_id.index.., None))
+            .await
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.barrier().await.map_err(write_err)?;
         let this = self.clone();
-        this.io.run("log store", move || this.delete_range(..=log_id.index, Some(log_id))).await.map_err(write_err)
+        this.io
+            .run("log store", move || {
+                this.delete_range(..=log_id.index, Some(log_id))
+            })
+            .await
+            .map_err(write_err)
     }
 }

@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mvcc::Command;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
@@ -37,14 +39,20 @@ pub enum PeerRequest {
     Leader(LeaderRequest),
     /// "Which member am I?": asked by a member started with
     /// `--initial-cluster-state existing`, with its own peer URLs.
-    Join { peer_urls: Vec<String> },
+    Join {
+        peer_urls: Vec<String>,
+    },
     /// Leadership transfer: stop starting elections for `ms` (the member
     /// re-enables them by itself afterwards, so a lost message cannot leave
     /// it passive).
-    PauseElections { ms: u64 },
+    PauseElections {
+        ms: u64,
+    },
     /// Leadership transfer: start an election after `ms` (once the old
     /// leader's lease has run out everywhere).
-    ElectAfter { ms: u64 },
+    ElectAfter {
+        ms: u64,
+    },
 }
 
 /// Requests only the leader can serve.
@@ -54,14 +62,35 @@ pub enum LeaderRequest {
     /// ReadIndex: the leader confirms its leadership with a quorum and
     /// returns the log index a linearizable read must wait for.
     ReadIndex,
-    LeaseKeepAlive { id: i64 },
-    LeaseTimeToLive { id: i64 },
-    AddMember { id: NodeId, member: Member, learner: bool },
-    RemoveMember { id: NodeId },
-    PromoteMember { id: NodeId },
-    UpdateMember { id: NodeId, peer_urls: Vec<String> },
-    PublishClientUrls { id: NodeId, name: String, client_urls: Vec<String> },
-    MoveLeader { target: NodeId },
+    LeaseKeepAlive {
+        id: i64,
+    },
+    LeaseTimeToLive {
+        id: i64,
+    },
+    AddMember {
+        id: NodeId,
+        member: Member,
+        learner: bool,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
+    PromoteMember {
+        id: NodeId,
+    },
+    UpdateMember {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
+    PublishClientUrls {
+        id: NodeId,
+        name: String,
+        client_urls: Vec<String>,
+    },
+    MoveLeader {
+        target: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,18 +159,29 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[tonic::async_trait]
 impl<H: PeerHandler> pb::peer_server::Peer for PeerService<H> {
-    async fn call(&self, request: tonic::Request<pb::Envelope>) -> Result<tonic::Response<pb::Envelope>, tonic::Status> {
+    async fn call(
+        &self,
+        request: tonic::Request<pb::Envelope>,
+    ) -> Result<tonic::Response<pb::Envelope>, tonic::Status> {
         if self.faults.enabled() {
-            let from = request.metadata().get(FROM_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<NodeId>().ok());
+            let from = request
+                .metadata()
+                .get(FROM_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<NodeId>().ok());
             if from.is_some_and(|f| self.faults.blocks(f)) {
                 return Err(tonic::Status::unavailable("injected partition"));
             }
         }
         let env = request.into_inner();
-        let req: PeerRequest = postcard::from_bytes(&env.payload)
-            .map_err(|e| tonic::Status::invalid_argument(format!("undecodable peer request: {e}")))?;
+        let req: PeerRequest = postcard::from_bytes(&env.payload).map_err(|e| {
+            tonic::Status::invalid_argument(format!("undecodable peer request: {e}"))
+        })?;
         let payload = self.handler.handle(req).await;
-        Ok(tonic::Response::new(pb::Envelope { kind: env.kind, payload }))
+        Ok(tonic::Response::new(pb::Envelope {
+            kind: env.kind,
+            payload,
+        }))
     }
 }
 
@@ -187,25 +227,51 @@ pub enum PeerCallError {
 }
 
 impl PeerClient {
-    pub fn new(from: NodeId, target: NodeId, url: &str, timeouts: PeerTimeouts, faults: Arc<Faults>) -> Result<Self, PeerCallError> {
+    pub fn new(
+        from: NodeId,
+        target: NodeId,
+        url: &str,
+        timeouts: PeerTimeouts,
+        faults: Arc<Faults>,
+    ) -> Result<Self, PeerCallError> {
         let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| PeerCallError::Unreachable { target, detail: format!("bad peer URL {url}: {e}") })?
+            .map_err(|e| PeerCallError::Unreachable {
+                target,
+                detail: format!("bad peer URL {url}: {e}"),
+            })?
             .connect_timeout(Duration::from_millis(timeouts.connect_timeout_ms))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        Ok(PeerClient { target, from, channel: endpoint.connect_lazy(), timeouts, faults })
+        Ok(PeerClient {
+            target,
+            from,
+            channel: endpoint.connect_lazy(),
+            timeouts,
+            faults,
+        })
     }
 
-    pub async fn call<T: DeserializeOwned>(&self, req: &PeerRequest, timeout: Option<Duration>) -> Result<T, PeerCallError> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        req: &PeerRequest,
+        timeout: Option<Duration>,
+    ) -> Result<T, PeerCallError> {
         let answer = self.call_raw(req, timeout).await?;
         decode_answer(self.target, &answer)
     }
 
     /// Send `req`; the encoded answer.
-    pub async fn call_raw(&self, req: &PeerRequest, timeout: Option<Duration>) -> Result<Vec<u8>, PeerCallError> {
+    pub async fn call_raw(
+        &self,
+        req: &PeerRequest,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, PeerCallError> {
         if self.faults.blocks(self.target) {
-            return Err(PeerCallError::Unreachable { target: self.target, detail: "injected partition (connect refused)".into() });
+            return Err(PeerCallError::Unreachable {
+                target: self.target,
+                detail: "injected partition (connect refused)".into(),
+            });
         }
         let payload = encode(req);
         let timeout = timeout.unwrap_or(Duration::from_millis(self.timeouts.request_timeout_ms));
@@ -222,7 +288,10 @@ impl PeerClient {
                     tokio::time::sleep(d).await;
                     let _ = tx.send(this.send(payload, timeout).await);
                 });
-                rx.await.map_err(|_| PeerCallError::Unreachable { target: self.target, detail: "delayed send abandoned".into() })??
+                rx.await.map_err(|_| PeerCallError::Unreachable {
+                    target: self.target,
+                    detail: "delayed send abandoned".into(),
+                })??
             }
         };
         Ok(answer)
@@ -234,19 +303,34 @@ impl PeerClient {
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut request = tonic::Request::new(pb::Envelope { kind: 0, payload });
         request.set_timeout(timeout);
-        request.metadata_mut().insert(FROM_HEADER, self.from.to_string().parse().expect("digits are valid metadata"));
+        request.metadata_mut().insert(
+            FROM_HEADER,
+            self.from
+                .to_string()
+                .parse()
+                .expect("digits are valid metadata"),
+        );
         let target = self.target;
         let resp = client
             .call(request)
             .await
-            .map_err(|s| PeerCallError::Unreachable { target, detail: format!("{}: {}", s.code(), s.message()) })?;
+            .map_err(|s| PeerCallError::Unreachable {
+                target,
+                detail: format!("{}: {}", s.code(), s.message()),
+            })?;
         Ok(resp.into_inner().payload)
     }
 }
 
 /// Decode a peer's answer.
-pub fn decode_answer<T: DeserializeOwned>(target: NodeId, bytes: &[u8]) -> Result<T, PeerCallError> {
-    postcard::from_bytes(bytes).map_err(|e| PeerCallError::Decode { target, detail: e.to_string() })
+pub fn decode_answer<T: DeserializeOwned>(
+    target: NodeId,
+    bytes: &[u8],
+) -> Result<T, PeerCallError> {
+    postcard::from_bytes(bytes).map_err(|e| PeerCallError::Decode {
+        target,
+        detail: e.to_string(),
+    })
 }
 
 /// Decode a request as [`PeerService`] does (the simulator's transport
@@ -289,7 +373,12 @@ impl PeerTransport for PeerNetwork {
         timeout: Option<Duration>,
     ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PeerCallError>> {
         Box::pin(async move {
-            let client = self.client(target, member).map_err(|e| PeerCallError::NotSent { target, detail: e.to_string() })?;
+            let client = self
+                .client(target, member)
+                .map_err(|e| PeerCallError::NotSent {
+                    target,
+                    detail: e.to_string(),
+                })?;
             client.call_raw(req, timeout).await
         })
     }
@@ -306,7 +395,12 @@ pub struct PeerNetwork {
 
 impl PeerNetwork {
     pub fn new(local_id: NodeId, timeouts: PeerTimeouts, faults: Arc<Faults>) -> Self {
-        PeerNetwork { local_id, clients: Arc::new(Mutex::new(HashMap::new())), timeouts, faults }
+        PeerNetwork {
+            local_id,
+            clients: Arc::new(Mutex::new(HashMap::new())),
+            timeouts,
+            faults,
+        }
     }
 
     pub fn client(&self, target: NodeId, member: &Member) -> Result<PeerClient, PeerCallError> {
@@ -314,12 +408,21 @@ impl PeerNetwork {
             .peer_urls
             .first()
             .cloned()
-            .ok_or_else(|| PeerCallError::Unreachable { target, detail: "member has no peer URL".into() })?;
+            .ok_or_else(|| PeerCallError::Unreachable {
+                target,
+                detail: "member has no peer URL".into(),
+            })?;
         let mut clients = self.clients.lock().expect("peer clients poisoned");
         if let Some(c) = clients.get(&(target, url.clone())) {
             return Ok(c.clone());
         }
-        let c = PeerClient::new(self.local_id, target, &url, self.timeouts, self.faults.clone())?;
+        let c = PeerClient::new(
+            self.local_id,
+            target,
+            &url,
+            self.timeouts,
+            self.faults.clone(),
+        )?;
         clients.insert((target, url), c.clone());
         Ok(c)
     }
@@ -335,7 +438,10 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = RaftPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> RaftPeer {
-        RaftPeer { target, client: self.client(target, node).map_err(|e| e.to_string()) }
+        RaftPeer {
+            target,
+            client: self.client(target, node).map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -347,13 +453,24 @@ impl RaftPeer {
     ) -> Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
         let client = match &self.client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(e.clone()),
+                )))
+            }
         };
         let answer: Result<T, RaftError<NodeId, E>> = client
-            .call(&req, Some(option.hard_ttl().max(Duration::from_millis(client.timeouts.raft_rpc_min_timeout_ms))))
+            .call(
+                &req,
+                Some(option.hard_ttl().max(Duration::from_millis(
+                    client.timeouts.raft_rpc_min_timeout_ms,
+                ))),
+            )
             .await
             .map_err(|e| match e {
-                PeerCallError::Unreachable { .. } | PeerCallError::NotSent { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                PeerCallError::Unreachable { .. } | PeerCallError::NotSent { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 PeerCallError::Decode { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -373,7 +490,10 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.rpc(PeerRequest::InstallSnapshot(rpc), &option).await
     }
 

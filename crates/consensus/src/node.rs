@@ -18,8 +18,8 @@ use crate::identity::{self, Identity};
 use crate::lessor::Lessor;
 use crate::log_store::LogStore;
 use crate::network::{
-    encode, peer_call, JoinAnswer, LeaderError, LeaderRequest, LeaderResponse, PeerCallError, PeerClient,
-    PeerHandler, PeerNetwork, PeerRequest, PeerService, PeerTimeouts, PeerTransport,
+    encode, peer_call, JoinAnswer, LeaderError, LeaderRequest, LeaderResponse, PeerCallError,
+    PeerClient, PeerHandler, PeerNetwork, PeerRequest, PeerService, PeerTimeouts, PeerTransport,
 };
 use crate::state_machine::Applier;
 use crate::types::{cluster_id, initial_member_id, ApplyOutcome, Member, NodeId, Raft};
@@ -121,9 +121,14 @@ impl NodeError {
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
-            NodeError::NoLeader | NodeError::Timeout | NodeError::LeaderChanged | NodeError::Stopped => Code::Unavailable,
+            NodeError::NoLeader
+            | NodeError::Timeout
+            | NodeError::LeaderChanged
+            | NodeError::Stopped => Code::Unavailable,
             NodeError::MemberNotFound => Code::NotFound,
-            NodeError::MemberNotLearner | NodeError::LearnerNotReady | NodeError::PeerUrlExists => Code::FailedPrecondition,
+            NodeError::MemberNotLearner | NodeError::LearnerNotReady | NodeError::PeerUrlExists => {
+                Code::FailedPrecondition
+            }
             NodeError::Internal(_) => Code::Internal,
         }
     }
@@ -133,19 +138,41 @@ impl NodeError {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     #[error("data dir {data_dir} belongs to cluster {found_cluster:x} (token {found_token:?}), but this member was started with --initial-cluster-token {wanted_token:?}: use the data dir of this cluster, or an empty one")]
-    OtherCluster { data_dir: PathBuf, found_cluster: u64, found_token: String, wanted_token: String },
+    OtherCluster {
+        data_dir: PathBuf,
+        found_cluster: u64,
+        found_token: String,
+        wanted_token: String,
+    },
     #[error("data dir {data_dir} belongs to member {found_name:?} (id {found_id:x}), but this member was started as {wanted_name:?} (id {wanted_id:x}): a data dir serves exactly one member; use its own --name and peer URLs, or an empty data dir")]
-    OtherMember { data_dir: PathBuf, found_name: String, found_id: NodeId, wanted_name: String, wanted_id: NodeId },
+    OtherMember {
+        data_dir: PathBuf,
+        found_name: String,
+        found_id: NodeId,
+        wanted_name: String,
+        wanted_id: NodeId,
+    },
     #[error("--initial-cluster does not list this member's name {name:?}; add `{name}=<peer-url>` to it")]
     NotInInitialCluster { name: String },
     #[error("--initial-cluster lists {name:?} with peer URLs {listed:?}, but --initial-advertise-peer-urls is {advertised:?}; they must match")]
-    PeerUrlMismatch { name: String, listed: Vec<String>, advertised: Vec<String> },
+    PeerUrlMismatch {
+        name: String,
+        listed: Vec<String>,
+        advertised: Vec<String>,
+    },
     #[error("could not join the existing cluster through any of {peers:?}: {detail}. Add this member first with `etcdctl member add {name} --peer-urls=...`, and check the peers are reachable")]
-    Join { name: String, peers: Vec<String>, detail: String },
+    Join {
+        name: String,
+        peers: Vec<String>,
+        detail: String,
+    },
     #[error(transparent)]
     Log(#[from] crate::log_store::LogStoreError),
     #[error("key-value store {path}: {detail}")]
@@ -208,9 +235,13 @@ struct ReadBatch {
     waiting: Vec<tokio::sync::oneshot::Sender<Result<Option<u64>, NodeError>>>,
 }
 
-fn is_not_leader<E>(e: &RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Option<Option<(NodeId, Member)>> {
+fn is_not_leader<E>(
+    e: &RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+) -> Option<Option<(NodeId, Member)>> {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id.zip(f.leader_node.clone())),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Some(f.leader_id.zip(f.leader_node.clone()))
+        }
         _ => None,
     }
 }
@@ -219,9 +250,15 @@ impl Node {
     /// Open (or create) the member's data, start Raft and serve peers on
     /// `peer_listener`. For a new cluster, the initial membership is set up;
     /// for an existing one, the member learns its id from a peer.
-    pub async fn start(config: NodeConfig, peer_listener: tokio::net::TcpListener) -> Result<Arc<Node>, StartError> {
+    pub async fn start(
+        config: NodeConfig,
+        peer_listener: tokio::net::TcpListener,
+    ) -> Result<Arc<Node>, StartError> {
         let member_dir = config.data_dir.join("member");
-        std::fs::create_dir_all(&member_dir).map_err(|source| StartError::DataDir { path: member_dir.clone(), source })?;
+        std::fs::create_dir_all(&member_dir).map_err(|source| StartError::DataDir {
+            path: member_dir.clone(),
+            source,
+        })?;
 
         let existing_identity = identity::load(&member_dir)?;
         let timeouts = PeerTimeouts {
@@ -243,7 +280,9 @@ impl Node {
                         wanted_token: config.initial_cluster_token.clone(),
                     });
                 }
-                let wanted_id = if config.initial_cluster_state == ClusterState::New && !config.advertise_peer_urls.is_empty() {
+                let wanted_id = if config.initial_cluster_state == ClusterState::New
+                    && !config.advertise_peer_urls.is_empty()
+                {
                     initial_member_id(&config.advertise_peer_urls, &config.initial_cluster_token)
                 } else {
                     found.member_id
@@ -264,13 +303,19 @@ impl Node {
                     .initial_cluster
                     .iter()
                     .find(|(n, _)| *n == config.name)
-                    .ok_or_else(|| StartError::NotInInitialCluster { name: config.name.clone() })?;
+                    .ok_or_else(|| StartError::NotInInitialCluster {
+                        name: config.name.clone(),
+                    })?;
                 let mut listed = me.1.clone();
                 let mut advertised = config.advertise_peer_urls.clone();
                 listed.sort();
                 advertised.sort();
                 if listed != advertised {
-                    return Err(StartError::PeerUrlMismatch { name: config.name.clone(), listed, advertised });
+                    return Err(StartError::PeerUrlMismatch {
+                        name: config.name.clone(),
+                        listed,
+                        advertised,
+                    });
                 }
                 let mut members = BTreeMap::new();
                 for (name, urls) in &config.initial_cluster {
@@ -278,12 +323,23 @@ impl Node {
                     // Identical on every member (client URLs are published
                     // by each member once a leader exists), so the initial
                     // membership entries agree.
-                    members.insert(id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls: Vec::new(), auto_promote: false });
+                    members.insert(
+                        id,
+                        Member {
+                            name: name.clone(),
+                            peer_urls: urls.clone(),
+                            client_urls: Vec::new(),
+                            auto_promote: false,
+                        },
+                    );
                 }
                 let ids: Vec<NodeId> = members.keys().copied().collect();
                 let identity = Identity {
                     cluster_id: cluster_id(&ids, &config.initial_cluster_token),
-                    member_id: initial_member_id(&config.advertise_peer_urls, &config.initial_cluster_token),
+                    member_id: initial_member_id(
+                        &config.advertise_peer_urls,
+                        &config.initial_cluster_token,
+                    ),
                     name: config.name.clone(),
                     cluster_token: config.initial_cluster_token.clone(),
                 };
@@ -294,9 +350,15 @@ impl Node {
         };
         let network = PeerNetwork::new(identity.member_id, timeouts, faults.clone());
 
-        let log = LogStore::open(&member_dir.join("raft.redb"), config.planted_bug == Some(PlantedBug::AckBeforeFsync))?;
+        let log = LogStore::open(
+            &member_dir.join("raft.redb"),
+            config.planted_bug == Some(PlantedBug::AckBeforeFsync),
+        )?;
         let kv_path = member_dir.join("kv.redb");
-        let store = Arc::new(Store::open(&kv_path).map_err(|e| StartError::Store { path: kv_path.clone(), detail: e.to_string() })?);
+        let store = Arc::new(Store::open(&kv_path).map_err(|e| StartError::Store {
+            path: kv_path.clone(),
+            detail: e.to_string(),
+        })?);
         let lessor = Arc::new(Lessor::new());
         lessor.reload(&store);
         let applier = Applier::new(store, lessor.clone());
@@ -319,9 +381,15 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(format!("invalid raft settings: {e}")))?;
 
-        let raft = Raft::new(identity.member_id, Arc::new(raft_config), network.clone(), log, applier.clone())
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            identity.member_id,
+            Arc::new(raft_config),
+            network.clone(),
+            log,
+            applier.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let node = Node::assemble(NodeParts {
             id: identity.member_id,
@@ -352,7 +420,12 @@ impl Node {
         });
 
         if let Some(members) = initial_members {
-            if !node.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+            if !node
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?
+            {
                 // Every initial member initializes with the same membership;
                 // openraft accepts this (the entries are identical).
                 if let Err(e) = node.raft.initialize(members).await {
@@ -367,7 +440,16 @@ impl Node {
     }
 
     fn assemble(parts: NodeParts) -> Arc<Node> {
-        let NodeParts { id, cluster_id, config, raft, applier, lessor, transport, faults } = parts;
+        let NodeParts {
+            id,
+            cluster_id,
+            config,
+            raft,
+            applier,
+            lessor,
+            transport,
+            faults,
+        } = parts;
         let (shutdown_tx, _) = watch::channel(false);
         Arc::new(Node {
             id,
@@ -408,7 +490,11 @@ impl Node {
         let mut last_err = String::from("no peers listed in --initial-cluster");
         while Instant::now() < deadline {
             for url in &peers {
-                let timeouts = PeerTimeouts { connect_timeout_ms: config.peer_connect_timeout_ms, request_timeout_ms: 2_000, raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms };
+                let timeouts = PeerTimeouts {
+                    connect_timeout_ms: config.peer_connect_timeout_ms,
+                    request_timeout_ms: 2_000,
+                    raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms,
+                };
                 let client = match PeerClient::new(0, 0, url, timeouts, faults.clone()) {
                     Ok(c) => c,
                     Err(e) => {
@@ -416,7 +502,9 @@ impl Node {
                         continue;
                     }
                 };
-                let req = PeerRequest::Join { peer_urls: config.advertise_peer_urls.clone() };
+                let req = PeerRequest::Join {
+                    peer_urls: config.advertise_peer_urls.clone(),
+                };
                 match client.call::<Result<JoinAnswer, String>>(&req, None).await {
                     Ok(Ok(answer)) => {
                         return Ok(Identity {
@@ -432,7 +520,11 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(StartError::Join { name: config.name.clone(), peers, detail: last_err })
+        Err(StartError::Join {
+            name: config.name.clone(),
+            peers,
+            detail: last_err,
+        })
     }
 
     fn spawn_background(self: Arc<Self>) {
@@ -449,7 +541,13 @@ impl Node {
                 let (state, term, leader, my_urls) = {
                     let m = metrics.borrow_and_update();
                     let me = m.membership_config.membership().get_node(&node.id).cloned();
-                    let mine = me.map(|m| if m.name == node.config.name { m.client_urls } else { Vec::new() });
+                    let mine = me.map(|m| {
+                        if m.name == node.config.name {
+                            m.client_urls
+                        } else {
+                            Vec::new()
+                        }
+                    });
                     (m.state, m.current_term, m.current_leader, mine)
                 };
                 if state == ServerState::Leader && leading_term != Some(term) {
@@ -458,12 +556,20 @@ impl Node {
                 } else if state != ServerState::Leader {
                     leading_term = None;
                 }
-                if !published && leader.is_some() && last_publish.map_or(true, |t: Instant| t.elapsed() >= Duration::from_millis(500)) {
+                if !published
+                    && leader.is_some()
+                    && last_publish
+                        .map_or(true, |t: Instant| t.elapsed() >= Duration::from_millis(500))
+                {
                     last_publish = Some(Instant::now());
                     if my_urls.as_ref() == Some(&node.config.advertise_client_urls) {
                         published = true;
                     } else if my_urls.is_some() {
-                        let req = LeaderRequest::PublishClientUrls { id: node.id, name: node.config.name.clone(), client_urls: node.config.advertise_client_urls.clone() };
+                        let req = LeaderRequest::PublishClientUrls {
+                            id: node.id,
+                            name: node.config.name.clone(),
+                            client_urls: node.config.advertise_client_urls.clone(),
+                        };
                         published = node.leader_call(req).await.is_ok();
                     }
                 }
@@ -479,7 +585,8 @@ impl Node {
         // consensus) and promotion of caught-up learners added as voters.
         let node = self;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(node.config.lease_check_interval_ms));
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(node.config.lease_check_interval_ms));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut shutdown = node.shutdown_tx.subscribe();
             loop {
@@ -534,7 +641,11 @@ impl Node {
 
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
-        let is_learner = !m.membership_config.membership().voter_ids().any(|v| v == self.id);
+        let is_learner = !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id);
         NodeStatus {
             leader: m.current_leader,
             term: m.current_term,
@@ -555,7 +666,10 @@ impl Node {
     pub fn members(&self) -> Vec<(NodeId, Member, bool)> {
         let m = self.raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
-        m.membership().nodes().map(|(id, n)| (*id, n.clone(), !voters.contains(id))).collect()
+        m.membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
+            .collect()
     }
 
     /// Replicate `cmd` and wait until it is applied here; returns the outcome.
@@ -568,7 +682,9 @@ impl Node {
                 self.wait_applied_revision(outcome.revision).await?;
                 Ok(outcome)
             }
-            other => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+            other => Err(NodeError::Internal(format!(
+                "unexpected leader answer {other:?}"
+            ))),
         }
     }
 
@@ -634,7 +750,9 @@ impl Node {
             };
             let result = match self.leader_call(LeaderRequest::ReadIndex).await {
                 Ok(LeaderResponse::ReadIndex(log_id)) => Ok(log_id.map(|l| l.index)),
-                Ok(other) => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+                Ok(other) => Err(NodeError::Internal(format!(
+                    "unexpected leader answer {other:?}"
+                ))),
                 Err(e) => Err(e),
             };
             for w in waiting {
@@ -644,37 +762,69 @@ impl Node {
     }
 
     pub async fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>, NodeError> {
-        match self.leader_call(LeaderRequest::LeaseKeepAlive { id }).await? {
+        match self
+            .leader_call(LeaderRequest::LeaseKeepAlive { id })
+            .await?
+        {
             LeaderResponse::LeaseTtl(t) => Ok(t),
-            other => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+            other => Err(NodeError::Internal(format!(
+                "unexpected leader answer {other:?}"
+            ))),
         }
     }
 
     pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, NodeError> {
-        match self.leader_call(LeaderRequest::LeaseTimeToLive { id }).await? {
+        match self
+            .leader_call(LeaderRequest::LeaseTimeToLive { id })
+            .await?
+        {
             LeaderResponse::LeaseRemaining(t) => Ok(t),
-            other => Err(NodeError::Internal(format!("unexpected leader answer {other:?}"))),
+            other => Err(NodeError::Internal(format!(
+                "unexpected leader answer {other:?}"
+            ))),
         }
     }
 
-    pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<NodeId, NodeError> {
+    pub async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<NodeId, NodeError> {
         let id = crate::types::random_member_id();
-        let member = Member { name: String::new(), peer_urls, client_urls: Vec::new(), auto_promote: !learner };
-        self.leader_call(LeaderRequest::AddMember { id, member, learner }).await?;
+        let member = Member {
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+            auto_promote: !learner,
+        };
+        self.leader_call(LeaderRequest::AddMember {
+            id,
+            member,
+            learner,
+        })
+        .await?;
         Ok(id)
     }
     pub async fn member_remove(&self, id: NodeId) -> Result<(), NodeError> {
-        self.leader_call(LeaderRequest::RemoveMember { id }).await.map(|_| ())
+        self.leader_call(LeaderRequest::RemoveMember { id })
+            .await
+            .map(|_| ())
     }
     pub async fn member_promote(&self, id: NodeId) -> Result<(), NodeError> {
-        self.leader_call(LeaderRequest::PromoteMember { id }).await.map(|_| ())
+        self.leader_call(LeaderRequest::PromoteMember { id })
+            .await
+            .map(|_| ())
     }
     /// Move leadership to member `target` (etcd MoveLeader).
     pub async fn move_leader(&self, target: NodeId) -> Result<(), NodeError> {
-        self.leader_call(LeaderRequest::MoveLeader { target }).await.map(|_| ())
+        self.leader_call(LeaderRequest::MoveLeader { target })
+            .await
+            .map(|_| ())
     }
     pub async fn member_update(&self, id: NodeId, peer_urls: Vec<String>) -> Result<(), NodeError> {
-        self.leader_call(LeaderRequest::UpdateMember { id, peer_urls }).await.map(|_| ())
+        self.leader_call(LeaderRequest::UpdateMember { id, peer_urls })
+            .await
+            .map(|_| ())
     }
 
     /// Run `req` on the leader: here if we lead, else over the peer
@@ -690,7 +840,12 @@ impl Node {
                 let m = metrics.borrow_and_update();
                 match m.current_leader {
                     Some(l) if l == self.id => Some((l, None)),
-                    Some(l) => m.membership_config.membership().get_node(&l).cloned().map(|n| (l, Some(n))),
+                    Some(l) => m
+                        .membership_config
+                        .membership()
+                        .get_node(&l)
+                        .cloned()
+                        .map(|n| (l, Some(n))),
                     None => hint.take().map(|(l, n)| (l, Some(n))),
                 }
             };
@@ -700,19 +855,33 @@ impl Node {
                 Some((l, Some(member))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let call = PeerRequest::Leader(req.clone());
-                    match peer_call::<Result<LeaderResponse, LeaderError>>(&*self.transport, *l, member, &call, Some(remaining)).await {
-                            Ok(r) => Some(r),
-                            Err(PeerCallError::NotSent { .. }) => None,
-                            Err(PeerCallError::Unreachable { detail, .. }) => {
-                                tracing::warn!("leader {l:x} unreachable for {}: {detail}", req_kind(&req));
-                                // A write that may have reached the leader must not be
-                                // sent twice; report it as indeterminate.
-                                if matches!(req, LeaderRequest::Write(_)) && !detail.contains("onnect") {
-                                    return Err(NodeError::LeaderChanged);
-                                }
-                                None
+                    match peer_call::<Result<LeaderResponse, LeaderError>>(
+                        &*self.transport,
+                        *l,
+                        member,
+                        &call,
+                        Some(remaining),
+                    )
+                    .await
+                    {
+                        Ok(r) => Some(r),
+                        Err(PeerCallError::NotSent { .. }) => None,
+                        Err(PeerCallError::Unreachable { detail, .. }) => {
+                            tracing::warn!(
+                                "leader {l:x} unreachable for {}: {detail}",
+                                req_kind(&req)
+                            );
+                            // A write that may have reached the leader must not be
+                            // sent twice; report it as indeterminate.
+                            if matches!(req, LeaderRequest::Write(_)) && !detail.contains("onnect")
+                            {
+                                return Err(NodeError::LeaderChanged);
                             }
-                            Err(PeerCallError::Decode { detail, .. }) => return Err(NodeError::Internal(detail)),
+                            None
+                        }
+                        Err(PeerCallError::Decode { detail, .. }) => {
+                            return Err(NodeError::Internal(detail))
+                        }
                     }
                 }
             };
@@ -720,7 +889,9 @@ impl Node {
                 Some(Ok(resp)) => return Ok(resp),
                 Some(Err(LeaderError::NotLeader { leader })) => hint = leader,
                 Some(Err(LeaderError::MemberNotFound(_))) => return Err(NodeError::MemberNotFound),
-                Some(Err(LeaderError::MemberNotLearner(_))) => return Err(NodeError::MemberNotLearner),
+                Some(Err(LeaderError::MemberNotLearner(_))) => {
+                    return Err(NodeError::MemberNotLearner)
+                }
                 Some(Err(LeaderError::LearnerNotReady)) => return Err(NodeError::LearnerNotReady),
                 Some(Err(LeaderError::PeerUrlExists(_))) => return Err(NodeError::PeerUrlExists),
                 Some(Err(LeaderError::Stopped(_))) => return Err(NodeError::Stopped),
@@ -728,7 +899,11 @@ impl Node {
                 None => {}
             }
             if Instant::now() >= deadline {
-                return Err(if leader.is_none() { NodeError::NoLeader } else { NodeError::Timeout });
+                return Err(if leader.is_none() {
+                    NodeError::NoLeader
+                } else {
+                    NodeError::Timeout
+                });
             }
             if hint.is_none() {
                 // Wait for a leader change (or a short back-off), bounded by the deadline.
@@ -742,7 +917,13 @@ impl Node {
 
     fn not_leader(&self) -> LeaderError {
         let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader.filter(|l| *l != self.id).and_then(|l| m.membership_config.membership().get_node(&l).cloned().map(|n| (l, n)));
+        let leader = m.current_leader.filter(|l| *l != self.id).and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .cloned()
+                .map(|n| (l, n))
+        });
         LeaderError::NotLeader { leader }
     }
 
@@ -752,7 +933,9 @@ impl Node {
         }
         match e {
             RaftError::Fatal(f) => LeaderError::Stopped(f.to_string()),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => LeaderError::Rejected(c.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                LeaderError::Rejected(c.to_string())
+            }
             other => LeaderError::Rejected(other.to_string()),
         }
     }
@@ -774,7 +957,8 @@ impl Node {
             | LeaderRequest::PublishClientUrls { .. } => Some(self.membership_lock.lock().await),
             _ => None,
         };
-        if self.transferring() && matches!(req, LeaderRequest::Write(_) | LeaderRequest::ReadIndex) {
+        if self.transferring() && matches!(req, LeaderRequest::Write(_) | LeaderRequest::ReadIndex)
+        {
             // Handing leadership over: the caller retries at the new leader.
             return Err(LeaderError::NotLeader { leader: None });
         }
@@ -788,23 +972,38 @@ impl Node {
                 Err(RaftError::APIError(_)) => Err(self.not_leader()),
                 Err(RaftError::Fatal(f)) => Err(LeaderError::Stopped(f.to_string())),
             },
-            LeaderRequest::LeaseKeepAlive { id } => Ok(LeaderResponse::LeaseTtl(self.lessor.keep_alive(id))),
-            LeaderRequest::LeaseTimeToLive { id } => Ok(LeaderResponse::LeaseRemaining(self.lessor.remaining(id))),
-            LeaderRequest::AddMember { id, member, learner } => {
+            LeaderRequest::LeaseKeepAlive { id } => {
+                Ok(LeaderResponse::LeaseTtl(self.lessor.keep_alive(id)))
+            }
+            LeaderRequest::LeaseTimeToLive { id } => {
+                Ok(LeaderResponse::LeaseRemaining(self.lessor.remaining(id)))
+            }
+            LeaderRequest::AddMember {
+                id,
+                member,
+                learner,
+            } => {
                 let existing = self.members();
-                if let Some((other, _, _)) = existing.iter().find(|(_, m, _)| m.peer_urls.iter().any(|u| member.peer_urls.contains(u))) {
+                if let Some((other, _, _)) = existing
+                    .iter()
+                    .find(|(_, m, _)| m.peer_urls.iter().any(|u| member.peer_urls.contains(u)))
+                {
                     return Err(LeaderError::PeerUrlExists(*other));
                 }
                 // A voter joins as a learner first (`auto_promote`), see
                 // `promote_caught_up_learners`; `learner` is implied by the member.
                 debug_assert_eq!(member.auto_promote, !learner);
-                self.change_membership(ChangeMembers::AddNodes(BTreeMap::from([(id, member)])), false)
-                    .await
-                    .map_err(|e| self.write_err(e))?;
+                self.change_membership(
+                    ChangeMembers::AddNodes(BTreeMap::from([(id, member)])),
+                    false,
+                )
+                .await
+                .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::RemoveMember { id } => {
-                let Some((_, _, learner)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+                let Some((_, _, learner)) = self.members().into_iter().find(|(m, _, _)| *m == id)
+                else {
                     return Err(LeaderError::MemberNotFound(id));
                 };
                 let change = if learner {
@@ -812,11 +1011,14 @@ impl Node {
                 } else {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 };
-                self.change_membership(change, false).await.map_err(|e| self.write_err(e))?;
+                self.change_membership(change, false)
+                    .await
+                    .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::PromoteMember { id } => {
-                let Some((_, _, learner)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+                let Some((_, _, learner)) = self.members().into_iter().find(|(m, _, _)| *m == id)
+                else {
                     return Err(LeaderError::MemberNotFound(id));
                 };
                 if !learner {
@@ -831,17 +1033,28 @@ impl Node {
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::UpdateMember { id, peer_urls } => {
-                let Some((_, mut member, _)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+                let Some((_, mut member, _)) =
+                    self.members().into_iter().find(|(m, _, _)| *m == id)
+                else {
                     return Err(LeaderError::MemberNotFound(id));
                 };
                 member.peer_urls = peer_urls;
-                self.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
-                    .await
-                    .map_err(|e| self.write_err(e))?;
+                self.change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
+                    false,
+                )
+                .await
+                .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
-            LeaderRequest::PublishClientUrls { id, name, client_urls } => {
-                let Some((_, mut member, _)) = self.members().into_iter().find(|(m, _, _)| *m == id) else {
+            LeaderRequest::PublishClientUrls {
+                id,
+                name,
+                client_urls,
+            } => {
+                let Some((_, mut member, _)) =
+                    self.members().into_iter().find(|(m, _, _)| *m == id)
+                else {
                     return Err(LeaderError::MemberNotFound(id));
                 };
                 if member.client_urls == client_urls && member.name == name {
@@ -850,9 +1063,12 @@ impl Node {
                 member.client_urls = client_urls;
                 // A member added by MemberAdd is nameless until it starts.
                 member.name = name;
-                self.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
-                    .await
-                    .map_err(|e| self.write_err(e))?;
+                self.change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
+                    false,
+                )
+                .await
+                .map_err(|e| self.write_err(e))?;
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::MoveLeader { target } => self.transfer_leadership(target).await,
@@ -875,16 +1091,25 @@ impl Node {
             return Ok(LeaderResponse::Done);
         }
         let members = self.members();
-        let Some((_, target_member, learner)) = members.iter().find(|(id, _, _)| *id == target).cloned() else {
+        let Some((_, target_member, learner)) =
+            members.iter().find(|(id, _, _)| *id == target).cloned()
+        else {
             return Err(LeaderError::MemberNotFound(target));
         };
         if learner {
-            return Err(LeaderError::Rejected("etcdserver: cannot transfer leadership to a learner".into()));
+            return Err(LeaderError::Rejected(
+                "etcdserver: cannot transfer leadership to a learner".into(),
+            ));
         }
         {
             let m = self.raft.metrics().borrow().clone();
             let last = m.last_log_index.unwrap_or(0);
-            let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten()).map(|l| l.index).unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map(|l| l.index)
+                .unwrap_or(0);
             if last.saturating_sub(matched) > self.config.max_learner_lag_entries {
                 return Err(LeaderError::Rejected(format!("etcdserver: member {target:x} is {} entries behind; retry once it has caught up", last - matched)));
             }
@@ -899,18 +1124,39 @@ impl Node {
                 continue;
             }
             let pause = PeerRequest::PauseElections { ms: pause_ms };
-            let _ = peer_call::<()>(&*self.transport, *id, member, &pause, Some(Duration::from_millis(500))).await;
+            let _ = peer_call::<()>(
+                &*self.transport,
+                *id,
+                member,
+                &pause,
+                Some(Duration::from_millis(500)),
+            )
+            .await;
         }
-        let mut result = Err(LeaderError::Rejected(format!("etcdserver: leadership transfer to {target:x} timed out")));
+        let mut result = Err(LeaderError::Rejected(format!(
+            "etcdserver: leadership transfer to {target:x} timed out"
+        )));
         let elect = PeerRequest::ElectAfter { ms: lease_ms + 50 };
-        if peer_call::<()>(&*self.transport, target, &target_member, &elect, Some(Duration::from_millis(500))).await.is_ok() {
+        if peer_call::<()>(
+            &*self.transport,
+            target,
+            &target_member,
+            &elect,
+            Some(Duration::from_millis(500)),
+        )
+        .await
+        .is_ok()
+        {
             let mut metrics = self.raft.metrics();
             loop {
                 if metrics.borrow_and_update().current_leader == Some(target) {
                     result = Ok(LeaderResponse::Done);
                     break;
                 }
-                if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
+                if !matches!(
+                    tokio::time::timeout_at(deadline, metrics.changed()).await,
+                    Ok(Ok(()))
+                ) {
                     break;
                 }
             }
@@ -921,7 +1167,10 @@ impl Node {
     }
 
     fn transferring(&self) -> bool {
-        self.transferring.lock().expect("transfer flag poisoned").is_some_and(|d| Instant::now() < d)
+        self.transferring
+            .lock()
+            .expect("transfer flag poisoned")
+            .is_some_and(|d| Instant::now() < d)
     }
 
     /// `change_membership`, waiting out another change still in progress
@@ -930,15 +1179,22 @@ impl Node {
         &self,
         change: ChangeMembers<NodeId, Member>,
         retain: bool,
-    ) -> Result<openraft::raft::ClientWriteResponse<crate::types::TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Member>>> {
+    ) -> Result<
+        openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+    > {
         let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
         let mut metrics = self.raft.metrics();
         loop {
             match self.raft.change_membership(change.clone(), retain).await {
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(openraft::error::ChangeMembershipError::InProgress(_))))
-                    if Instant::now() < deadline =>
-                {
-                    let _ = tokio::time::timeout_at(deadline.min(Instant::now() + Duration::from_millis(50)), metrics.changed()).await;
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    let _ = tokio::time::timeout_at(
+                        deadline.min(Instant::now() + Duration::from_millis(50)),
+                        metrics.changed(),
+                    )
+                    .await;
                 }
                 other => return other,
             }
@@ -949,8 +1205,14 @@ impl Node {
     fn caught_up(&self, id: NodeId) -> bool {
         let m = self.raft.metrics().borrow().clone();
         let last = m.last_log_index.unwrap_or(0);
-        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
-        matched.is_some_and(|matched| last.saturating_sub(matched) <= self.config.max_learner_lag_entries)
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index);
+        matched.is_some_and(|matched| {
+            last.saturating_sub(matched) <= self.config.max_learner_lag_entries
+        })
     }
 
     /// On the leader: promote learners that were added as voters once they
@@ -966,7 +1228,10 @@ impl Node {
         if ready.is_empty() {
             return;
         }
-        match self.change_membership(ChangeMembers::AddVoterIds(ready.clone()), false).await {
+        match self
+            .change_membership(ChangeMembers::AddVoterIds(ready.clone()), false)
+            .await
+        {
             Ok(_) => tracing::info!("promoted caught-up members {ready:x?} to voters"),
             Err(e) => tracing::debug!("promoting {ready:x?}: {e}"),
         }
@@ -1005,14 +1270,20 @@ impl PeerHandler for Node {
                 encode(&())
             }
             PeerRequest::Join { peer_urls } => {
-                let found = self.members().into_iter().find(|(_, m, _)| m.peer_urls.iter().any(|u| peer_urls.contains(u)));
+                let found = self
+                    .members()
+                    .into_iter()
+                    .find(|(_, m, _)| m.peer_urls.iter().any(|u| peer_urls.contains(u)));
                 let answer: Result<JoinAnswer, String> = match found {
                     Some((id, _, _)) => Ok(JoinAnswer {
                         cluster_id: self.cluster_id,
                         member_id: id,
                         members: self.members().into_iter().map(|(i, m, _)| (i, m)).collect(),
                     }),
-                    None => Err(format!("no member with peer URLs {peer_urls:?} in cluster {:x}", self.cluster_id)),
+                    None => Err(format!(
+                        "no member with peer URLs {peer_urls:?} in cluster {:x}",
+                        self.cluster_id
+                    )),
                 };
                 encode(&answer)
             }

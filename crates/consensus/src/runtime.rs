@@ -45,7 +45,8 @@ impl MemberClock {
 
     /// Step this member's clock forward by `by`.
     pub fn jump_forward(&self, by: Duration) {
-        self.ahead_us.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+        self.ahead_us
+            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Current offset from the process clock.
@@ -185,11 +186,17 @@ impl AsyncRuntime for PhalanxRuntime {
         tokio::time::sleep_until(deadline.on_process_clock())
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         tokio::time::timeout(duration, future)
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         tokio::time::timeout_at(deadline.on_process_clock(), future)
     }
 
@@ -224,7 +231,13 @@ mod tests {
         let inside = clock.clone().scope(async { MemberInstant::now() }).await;
         assert!(inside - outside >= Duration::from_secs(5));
         // Spawned tasks inherit the clock.
-        let spawned = clock.scope(async { PhalanxRuntime::spawn(async { MemberInstant::now() }).await.expect("task") }).await;
+        let spawned = clock
+            .scope(async {
+                PhalanxRuntime::spawn(async { MemberInstant::now() })
+                    .await
+                    .expect("task")
+            })
+            .await;
         assert!(spawned - outside >= Duration::from_secs(5));
         assert!(MemberInstant::now() - outside < Duration::from_secs(1));
     }
@@ -241,7 +254,10 @@ mod tests {
             })
             .await;
         let slept = start.elapsed();
-        assert!(slept >= Duration::from_millis(200) && slept < Duration::from_millis(300), "slept {slept:?}");
+        assert!(
+            slept >= Duration::from_millis(200) && slept < Duration::from_millis(300),
+            "slept {slept:?}"
+        );
     }
 
     #[test]

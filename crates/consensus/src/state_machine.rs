@@ -22,7 +22,9 @@ use tokio::sync::broadcast;
 use crate::lessor::Lessor;
 use crate::log_store::IoMode;
 use crate::runtime::PhalanxRuntime;
-use crate::types::{ApplyOutcome, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    ApplyOutcome, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 /// Raft bookkeeping stored atomically with the data it describes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -35,7 +37,10 @@ struct AppliedMeta {
 #[derive(Clone, Debug)]
 pub enum StoreChange {
     /// Events of consecutive revisions, ending at `revision`.
-    Events { revision: i64, events: Arc<Vec<PbEvent>> },
+    Events {
+        revision: i64,
+        events: Arc<Vec<PbEvent>>,
+    },
     /// The whole state was replaced by a snapshot at `revision`: watchers must
     /// re-read history from the store (or learn it was compacted).
     Reset { revision: i64 },
@@ -108,7 +113,11 @@ impl Applier {
         for e in &entries {
             let log_id = *e.get_log_id();
             // Raft hands entries over in order, exactly once.
-            assert!(meta.last_applied.map_or(true, |l| l.index < log_id.index), "apply out of order: {log_id} after {:?}", meta.last_applied);
+            assert!(
+                meta.last_applied.map_or(true, |l| l.index < log_id.index),
+                "apply out of order: {log_id} after {:?}",
+                meta.last_applied
+            );
             meta.last_applied = Some(log_id);
             match &e.payload {
                 EntryPayload::Blank => items.push(None),
@@ -123,31 +132,49 @@ impl Applier {
         // Not fsynced: the Raft log already holds these entries durably, and
         // a member that crashes re-applies them from it. The store is made
         // durable before any snapshot (and so before any log purge).
-        let applied = self.store.apply_batch(&items, &meta_bytes, false).map_err(sm_write_err)?;
-        assert_eq!(applied.len(), items.len(), "store returned a result per item");
+        let applied = self
+            .store
+            .apply_batch(&items, &meta_bytes, false)
+            .map_err(sm_write_err)?;
+        assert_eq!(
+            applied.len(),
+            items.len(),
+            "store returned a result per item"
+        );
 
         let mut outcomes = Vec::with_capacity(applied.len());
         let mut events = Vec::new();
         let mut revision = self.store.current_revision();
         for (item, result) in items.iter().zip(applied) {
             match result {
-                None => outcomes.push(ApplyOutcome { revision: self.store.current_revision(), response: Vec::new() }),
+                None => outcomes.push(ApplyOutcome {
+                    revision: self.store.current_revision(),
+                    response: Vec::new(),
+                }),
                 Some(a) => {
                     match (&a.response, item) {
-                        (ApplyResponse::LeaseGrant(r), _) if r.error.is_empty() => self.lessor.on_grant(r.id, r.ttl),
+                        (ApplyResponse::LeaseGrant(r), _) if r.error.is_empty() => {
+                            self.lessor.on_grant(r.id, r.ttl)
+                        }
                         // Revoked now, or already gone: either way no clock remains.
                         (_, Some(Command::LeaseRevoke { id })) => self.lessor.on_revoke(*id),
                         _ => {}
                     }
                     revision = a.revision;
                     events.extend(a.events);
-                    outcomes.push(ApplyOutcome { revision: a.revision, response: a.response.encode() });
+                    outcomes.push(ApplyOutcome {
+                        revision: a.revision,
+                        response: a.response.encode(),
+                    });
                 }
             }
         }
         if !events.is_empty() {
             // No receivers is fine: nobody watches.
-            let _ = self.changes.send(StoreChange::Events { revision, events: Arc::new(events) });
+            let _ = self.changes.send(StoreChange::Events {
+                revision,
+                events: Arc::new(events),
+            });
         }
         Ok(outcomes)
     }
@@ -158,10 +185,15 @@ impl Applier {
             let meta = self.read_meta()?;
             // Make every applied batch durable before this snapshot lets
             // openraft purge the log entries behind it.
-            let meta_bytes = postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
-            self.store.apply_batch(&[], &meta_bytes, true).map_err(sm_write_err)?;
+            let meta_bytes =
+                postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
+            self.store
+                .apply_batch(&[], &meta_bytes, true)
+                .map_err(sm_write_err)?;
             let mut data = Vec::new();
-            self.store.write_snapshot(&mut data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            self.store
+                .write_snapshot(&mut data)
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
             (meta, data)
         };
         // Drawn from the runtime's RNG, which a simulator seeds.
@@ -170,24 +202,47 @@ impl Applier {
             Some(l) => format!("{}-{}-{nonce}", l.leader_id.term, l.index),
             None => format!("empty-{nonce}"),
         };
-        let snap_meta = SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership, snapshot_id };
+        let snap_meta = SnapshotMeta {
+            last_log_id: meta.last_applied,
+            last_membership: meta.membership,
+            snapshot_id,
+        };
         let data = Arc::new(data);
-        *self.current_snapshot.lock().expect("snapshot lock poisoned") = Some((snap_meta.clone(), data.clone()));
-        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new((*data).clone())) })
+        *self
+            .current_snapshot
+            .lock()
+            .expect("snapshot lock poisoned") = Some((snap_meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta: snap_meta,
+            snapshot: Box::new(Cursor::new((*data).clone())),
+        })
     }
 
     fn install_blocking(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
         let _guard = self.apply_lock.lock().expect("apply lock poisoned");
         let sig = Some(meta.signature());
-        self.store.install_snapshot(&mut Cursor::new(&data)).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        self.store
+            .install_snapshot(&mut Cursor::new(&data))
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         // The snapshot carries the leader's bookkeeping; make ours say exactly
         // what openraft installed.
-        let applied = AppliedMeta { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
-        let meta_bytes = postcard::to_allocvec(&applied).expect("encoding applied meta cannot fail");
-        self.store.apply_batch(&[], &meta_bytes, true).map_err(sm_write_err)?;
+        let applied = AppliedMeta {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        let meta_bytes =
+            postcard::to_allocvec(&applied).expect("encoding applied meta cannot fail");
+        self.store
+            .apply_batch(&[], &meta_bytes, true)
+            .map_err(sm_write_err)?;
         self.lessor.reload(&self.store);
-        *self.current_snapshot.lock().expect("snapshot lock poisoned") = Some((meta, Arc::new(data)));
-        let _ = self.changes.send(StoreChange::Reset { revision: self.store.current_revision() });
+        *self
+            .current_snapshot
+            .lock()
+            .expect("snapshot lock poisoned") = Some((meta, Arc::new(data)));
+        let _ = self.changes.send(StoreChange::Reset {
+            revision: self.store.current_revision(),
+        });
         Ok(())
     }
 }
@@ -195,7 +250,9 @@ impl Applier {
 impl RaftSnapshotBuilder<TypeConfig> for Applier {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let this = self.clone();
-        this.io.run("state machine", move || this.build_snapshot_blocking()).await
+        this.io
+            .run("state machine", move || this.build_snapshot_blocking())
+            .await
     }
 }
 
@@ -214,7 +271,9 @@ impl RaftStateMachine<TypeConfig> for Applier {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let this = self.clone();
-        this.io.run("state machine", move || this.apply_blocking(entries)).await
+        this.io
+            .run("state machine", move || this.apply_blocking(entries))
+            .await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -225,15 +284,28 @@ impl RaftStateMachine<TypeConfig> for Applier {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let this = self.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
-        this.io.run("state machine", move || this.install_blocking(meta, data)).await
+        this.io
+            .run("state machine", move || this.install_blocking(meta, data))
+            .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let cur = self.current_snapshot.lock().expect("snapshot lock poisoned").clone();
-        Ok(cur.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new((*data).clone())) }))
+        let cur = self
+            .current_snapshot
+            .lock()
+            .expect("snapshot lock poisoned")
+            .clone();
+        Ok(cur.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new((*data).clone())),
+        }))
     }
 }

@@ -26,7 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway::config::{
-    Algorithm, Config, EndpointConfig, HealthCheckConfig, OutlierConfig, PoolConfig, RetryConfig, RouteConfig,
+    Algorithm, Config, EndpointConfig, HealthCheckConfig, OutlierConfig, PoolConfig, RetryConfig,
+    RouteConfig,
 };
 
 use crate::cluster::{self, free_port};
@@ -85,7 +86,10 @@ pub const ROUTE_TIMEOUT_MS: u64 = 800;
 /// Bare: no retry, no per-try timeout, no health check, no ejection. Both:
 /// [`ROUTE_TIMEOUT_MS`] per request, [`CONNECT_TIMEOUT_MS`] per connect.
 pub fn gateway_document(ports: &[u16], profile: GatewayProfile) -> String {
-    let endpoints = ports.iter().map(|p| EndpointConfig::Address(format!("127.0.0.1:{p}"))).collect();
+    let endpoints = ports
+        .iter()
+        .map(|p| EndpointConfig::Address(format!("127.0.0.1:{p}")))
+        .collect();
     let resilient = profile == GatewayProfile::Resilient;
     let pool = PoolConfig {
         name: POOL.into(),
@@ -111,7 +115,10 @@ pub fn gateway_document(ports: &[u16], profile: GatewayProfile) -> String {
                 max_ejection_percent: 50,
             }
         } else {
-            OutlierConfig { enabled: false, ..Default::default() }
+            OutlierConfig {
+                enabled: false,
+                ..Default::default()
+            }
         },
         ..Default::default()
     };
@@ -127,11 +134,24 @@ pub fn gateway_document(ports: &[u16], profile: GatewayProfile) -> String {
             ..Default::default()
         }
     } else {
-        RetryConfig { max_retries: 0, per_try_timeout_ms: 0, retry_on_status: vec![], retry_on_reset: false, retry_on_timeout: false, ..Default::default() }
+        RetryConfig {
+            max_retries: 0,
+            per_try_timeout_ms: 0,
+            retry_on_status: vec![],
+            retry_on_reset: false,
+            retry_on_timeout: false,
+            ..Default::default()
+        }
     };
     let cfg = Config {
         pools: vec![pool],
-        routes: vec![RouteConfig { path_prefix: "/".into(), pool: POOL.into(), timeout_ms: ROUTE_TIMEOUT_MS, retry, ..Default::default() }],
+        routes: vec![RouteConfig {
+            path_prefix: "/".into(),
+            pool: POOL.into(),
+            timeout_ms: ROUTE_TIMEOUT_MS,
+            retry,
+            ..Default::default()
+        }],
         ..Default::default()
     };
     format!(
@@ -189,9 +209,16 @@ pub struct SampleBackends {
 
 /// Whether iptables can be used in this network namespace (root, binary present).
 pub fn iptables_usable() -> Result<(), String> {
-    match Command::new("iptables").args(["-w", "-S", "INPUT"]).stdin(Stdio::null()).output() {
+    match Command::new("iptables")
+        .args(["-w", "-S", "INPUT"])
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("`iptables -S INPUT` failed: {} (run as root)", String::from_utf8_lossy(&o.stderr).trim())),
+        Ok(o) => Err(format!(
+            "`iptables -S INPUT` failed: {} (run as root)",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
         Err(e) => Err(format!("cannot run iptables: {e}")),
     }
 }
@@ -199,8 +226,14 @@ pub fn iptables_usable() -> Result<(), String> {
 impl SampleBackends {
     /// Start `k` backends (logs in `log_dir`) and wait until each answers `/healthz`.
     pub async fn start(k: usize, exe: &Path, log_dir: &Path) -> Result<SampleBackends, DrillError> {
-        std::fs::create_dir_all(log_dir).map_err(|e| DrillError::Io { what: format!("creating {}", log_dir.display()), source: e })?;
-        let mut b = SampleBackends { exe: exe.to_path_buf(), backends: Vec::new() };
+        std::fs::create_dir_all(log_dir).map_err(|e| DrillError::Io {
+            what: format!("creating {}", log_dir.display()),
+            source: e,
+        })?;
+        let mut b = SampleBackends {
+            exe: exe.to_path_buf(),
+            backends: Vec::new(),
+        };
         for i in 1..=k {
             let name = format!("backend-{i}");
             b.backends.push(SampleBackend {
@@ -239,8 +272,14 @@ impl SampleBackends {
             .create(true)
             .append(true)
             .open(&b.log)
-            .map_err(|e| DrillError::Io { what: format!("opening {}", b.log.display()), source: e })?;
-        let log2 = log.try_clone().map_err(|e| DrillError::Io { what: "duplicating a log handle".into(), source: e })?;
+            .map_err(|e| DrillError::Io {
+                what: format!("opening {}", b.log.display()),
+                source: e,
+            })?;
+        let log2 = log.try_clone().map_err(|e| DrillError::Io {
+            what: "duplicating a log handle".into(),
+            source: e,
+        })?;
         let child = Command::new(&self.exe)
             .arg("sample-backend")
             .args(["--listen", &format!("127.0.0.1:{}", b.port)])
@@ -250,7 +289,12 @@ impl SampleBackends {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|e| DrillError::Cluster(format!("starting {} sample-backend: {e}", self.exe.display())))?;
+            .map_err(|e| {
+                DrillError::Cluster(format!(
+                    "starting {} sample-backend: {e}",
+                    self.exe.display()
+                ))
+            })?;
         b.child = Some(child);
         b.paused = false;
         Ok(())
@@ -261,20 +305,32 @@ impl SampleBackends {
         let deadline = Instant::now() + Duration::from_millis(BACKEND_START_TIMEOUT_MS);
         let (url, control) = (self.backends[i].url(), self.backends[i].control_url());
         loop {
-            if matches!(admin::request(&url, "GET", "/healthz", None).await, Ok((200, _)))
-                && matches!(admin::request(&control, "GET", "/control", None).await, Ok((200, _)))
-            {
+            if matches!(
+                admin::request(&url, "GET", "/healthz", None).await,
+                Ok((200, _))
+            ) && matches!(
+                admin::request(&control, "GET", "/control", None).await,
+                Ok((200, _))
+            ) {
                 return Ok(());
             }
             let b = &mut self.backends[i];
             if let Some(c) = b.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     b.child = None;
-                    return Err(DrillError::Cluster(format!("{} exited ({st}) while starting; see {}", b.name, b.log.display())));
+                    return Err(DrillError::Cluster(format!(
+                        "{} exited ({st}) while starting; see {}",
+                        b.name,
+                        b.log.display()
+                    )));
                 }
             }
             if Instant::now() > deadline {
-                return Err(DrillError::Cluster(format!("{} not ready after {BACKEND_START_TIMEOUT_MS} ms; see {}", b.name, b.log.display())));
+                return Err(DrillError::Cluster(format!(
+                    "{} not ready after {BACKEND_START_TIMEOUT_MS} ms; see {}",
+                    b.name,
+                    b.log.display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(cluster::POLL_INTERVAL_MS)).await;
         }
@@ -294,7 +350,10 @@ impl SampleBackends {
 
     fn pid(&self, i: usize) -> Result<u32, DrillError> {
         let b = &self.backends[i];
-        b.child.as_ref().map(|c| c.id()).ok_or_else(|| DrillError::Fault(format!("{} is not running", b.name)))
+        b.child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| DrillError::Fault(format!("{} is not running", b.name)))
     }
 
     async fn set_slow(&self, i: usize, ms: u64) -> Result<(), DrillError> {
@@ -302,17 +361,41 @@ impl SampleBackends {
         let url = self.backends[i].control_url();
         let (status, reply) = admin::request(&url, "PUT", "/control", Some(&body)).await?;
         if status != 200 {
-            return Err(DrillError::Fault(format!("{}: PUT /control: HTTP {status}: {}", self.backends[i].name, reply.trim())));
+            return Err(DrillError::Fault(format!(
+                "{}: PUT /control: HTTP {status}: {}",
+                self.backends[i].name,
+                reply.trim()
+            )));
         }
         Ok(())
     }
 
     fn partition_rule(&self, i: usize, op: &str) -> Vec<String> {
-        let tag = format!("phalanx-drill-{}-{}", std::process::id(), self.backends[i].name);
-        ["-w", op, "INPUT", "-i", "lo", "-p", "tcp", "--dport", &self.backends[i].port.to_string(), "-m", "comment", "--comment", &tag, "-j", "DROP"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        let tag = format!(
+            "phalanx-drill-{}-{}",
+            std::process::id(),
+            self.backends[i].name
+        );
+        [
+            "-w",
+            op,
+            "INPUT",
+            "-i",
+            "lo",
+            "-p",
+            "tcp",
+            "--dport",
+            &self.backends[i].port.to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            &tag,
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     fn iptables(args: &[String]) -> Result<(), DrillError> {
@@ -322,13 +405,22 @@ impl SampleBackends {
             .output()
             .map_err(|e| DrillError::Fault(format!("running iptables: {e}")))?;
         if !out.status.success() {
-            return Err(DrillError::Fault(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+            return Err(DrillError::Fault(format!(
+                "iptables {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
         Ok(())
     }
 
     /// Inject `fault` into backend `i`; `slow_ms` is the delay of `Slow`.
-    pub async fn inject(&mut self, fault: BackendFault, i: usize, slow_ms: u64) -> Result<Undo, DrillError> {
+    pub async fn inject(
+        &mut self,
+        fault: BackendFault,
+        i: usize,
+        slow_ms: u64,
+    ) -> Result<Undo, DrillError> {
         match fault {
             BackendFault::Kill => {
                 self.pid(i)?;
@@ -420,12 +512,30 @@ mod tests {
     fn both_profiles_are_valid_store_documents() {
         for p in [GatewayProfile::Resilient, GatewayProfile::Bare] {
             let doc = gateway_document(&[12001, 12002, 12003], p);
-            let opts = gateway::store_config::StoreBackedOptions { node_name: "n1".into(), listen: ([127, 0, 0, 1], 0).into(), admin_listen: None };
-            let cfg = gateway::store_config::parse_document(&doc, &opts).unwrap_or_else(|e| panic!("{}: {e}\n{doc}", p.name()));
+            let opts = gateway::store_config::StoreBackedOptions {
+                node_name: "n1".into(),
+                listen: ([127, 0, 0, 1], 0).into(),
+                admin_listen: None,
+            };
+            let cfg = gateway::store_config::parse_document(&doc, &opts)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{doc}", p.name()));
             assert_eq!(cfg.pools[0].endpoints.len(), 3);
-            assert_eq!(cfg.pools[0].health_check.is_some(), p == GatewayProfile::Resilient);
-            assert_eq!(cfg.routes[0].retry.max_retries, if p == GatewayProfile::Resilient { RESILIENT_MAX_RETRIES } else { 0 });
-            assert_eq!(cfg.pools[0].outlier_detection.enabled, p == GatewayProfile::Resilient);
+            assert_eq!(
+                cfg.pools[0].health_check.is_some(),
+                p == GatewayProfile::Resilient
+            );
+            assert_eq!(
+                cfg.routes[0].retry.max_retries,
+                if p == GatewayProfile::Resilient {
+                    RESILIENT_MAX_RETRIES
+                } else {
+                    0
+                }
+            );
+            assert_eq!(
+                cfg.pools[0].outlier_detection.enabled,
+                p == GatewayProfile::Resilient
+            );
         }
     }
 }

@@ -71,8 +71,11 @@ pub(crate) fn free_port() -> Result<u16, DrillError> {
             return Ok(port);
         }
     }
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))?;
-    Ok(l.local_addr().map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))?.port())
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))?;
+    Ok(l.local_addr()
+        .map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))?
+        .port())
 }
 
 /// Send `sig` (a name such as `STOP`) to `pid` with kill(1).
@@ -85,7 +88,9 @@ pub fn signal(pid: u32, sig: &str) -> Result<(), DrillError> {
         .status()
         .map_err(|e| DrillError::Cluster(format!("running kill -{sig} {pid}: {e}")))?;
     if !st.success() {
-        return Err(DrillError::Cluster(format!("kill -{sig} {pid} failed ({st})")));
+        return Err(DrillError::Cluster(format!(
+            "kill -{sig} {pid} failed ({st})"
+        )));
     }
     Ok(())
 }
@@ -94,12 +99,23 @@ impl LocalCluster {
     /// Start `n` members (logs in `log_dir`) and wait until all are healthy.
     /// With `gateway_key`, every member also runs a store-backed gateway
     /// (`--gateway-listen` on a free port, `--gateway-config-key`).
-    pub async fn start(n: usize, exe: &Path, log_dir: &Path, planted_bug: Option<&str>, gateway_key: Option<&str>) -> Result<LocalCluster, DrillError> {
+    pub async fn start(
+        n: usize,
+        exe: &Path,
+        log_dir: &Path,
+        planted_bug: Option<&str>,
+        gateway_key: Option<&str>,
+    ) -> Result<LocalCluster, DrillError> {
         let dir = tempfile::Builder::new()
             .prefix("phalanx-drill-")
             .tempdir()
-            .map_err(|e| DrillError::Cluster(format!("creating a temporary data directory: {e}")))?;
-        std::fs::create_dir_all(log_dir).map_err(|e| DrillError::Io { what: format!("creating {}", log_dir.display()), source: e })?;
+            .map_err(|e| {
+                DrillError::Cluster(format!("creating a temporary data directory: {e}"))
+            })?;
+        std::fs::create_dir_all(log_dir).map_err(|e| DrillError::Io {
+            what: format!("creating {}", log_dir.display()),
+            source: e,
+        })?;
         let mut members = Vec::new();
         for i in 1..=n {
             members.push(LocalMember {
@@ -111,10 +127,18 @@ impl LocalCluster {
                 log: log_dir.join(format!("n{i}.log")),
                 child: None,
                 paused: false,
-                gateway_port: if gateway_key.is_some() { Some(free_port()?) } else { None },
+                gateway_port: if gateway_key.is_some() {
+                    Some(free_port()?)
+                } else {
+                    None
+                },
             });
         }
-        let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut extra_args = vec!["--enable-fault-injection".to_string()];
         if let Some(bug) = planted_bug {
             extra_args.push("--unsafe-planted-bug".into());
@@ -151,9 +175,18 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(&m.log)
-            .map_err(|e| DrillError::Io { what: format!("opening {}", m.log.display()), source: e })?;
-        let log2 = log.try_clone().map_err(|e| DrillError::Io { what: "duplicating a log handle".into(), source: e })?;
-        let gateway: Vec<String> = m.gateway_port.map(|p| vec!["--gateway-listen".into(), format!("127.0.0.1:{p}")]).unwrap_or_default();
+            .map_err(|e| DrillError::Io {
+                what: format!("opening {}", m.log.display()),
+                source: e,
+            })?;
+        let log2 = log.try_clone().map_err(|e| DrillError::Io {
+            what: "duplicating a log handle".into(),
+            source: e,
+        })?;
+        let gateway: Vec<String> = m
+            .gateway_port
+            .map(|p| vec!["--gateway-listen".into(), format!("127.0.0.1:{p}")])
+            .unwrap_or_default();
         let child = Command::new(&self.exe)
             .arg("node")
             .args(["--name", &m.name])
@@ -173,7 +206,9 @@ impl LocalCluster {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|e| DrillError::Cluster(format!("starting {} node: {e}", self.exe.display())))?;
+            .map_err(|e| {
+                DrillError::Cluster(format!("starting {} node: {e}", self.exe.display()))
+            })?;
         m.child = Some(child);
         m.paused = false;
         Ok(())
@@ -194,7 +229,9 @@ impl LocalCluster {
     }
 
     pub fn pause(&mut self, i: usize) -> Result<(), DrillError> {
-        let pid = self.pid(i).ok_or_else(|| DrillError::Cluster(format!("member {} is not running", self.members[i].name)))?;
+        let pid = self.pid(i).ok_or_else(|| {
+            DrillError::Cluster(format!("member {} is not running", self.members[i].name))
+        })?;
         signal(pid, "STOP")?;
         self.members[i].paused = true;
         Ok(())

@@ -103,7 +103,14 @@ impl FaultKind {
 
     /// Whether the fault acts on processes (only possible on this host).
     pub fn needs_processes(self) -> bool {
-        matches!(self, FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillAll | FaultKind::PauseFollower | FaultKind::PauseLeader)
+        matches!(
+            self,
+            FaultKind::KillLeader
+                | FaultKind::KillFollower
+                | FaultKind::KillAll
+                | FaultKind::PauseFollower
+                | FaultKind::PauseLeader
+        )
     }
 }
 
@@ -116,15 +123,30 @@ impl std::fmt::Display for FaultKind {
 impl std::str::FromStr for FaultKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        ALL_FAULTS.iter().copied().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown fault {s:?}; expected one of: {}", ALL_FAULTS.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "))
-        })
+        ALL_FAULTS
+            .iter()
+            .copied()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown fault {s:?}; expected one of: {}",
+                    ALL_FAULTS
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     }
 }
 
 /// Parse a `--faults` list (`none` or empty = no faults).
 pub fn parse_faults(s: &str) -> Result<Vec<FaultKind>, String> {
-    s.split(',').map(str::trim).filter(|p| !p.is_empty() && *p != "none").map(str::parse).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && *p != "none")
+        .map(str::parse)
+        .collect()
 }
 
 /// Parameters of the faults (from the command line).
@@ -164,7 +186,12 @@ pub enum Backend {
     /// A live cluster: faults through `/fault` on `admin`, or iptables in
     /// `netns` (one network namespace per member), and SIGSTOP/SIGCONT of
     /// `pids` when given.
-    Remote { names: Vec<String>, admin: Vec<String>, netns: Option<Vec<String>>, pids: Option<Vec<u32>> },
+    Remote {
+        names: Vec<String>,
+        admin: Vec<String>,
+        netns: Option<Vec<String>>,
+        pids: Option<Vec<u32>>,
+    },
 }
 
 /// What must be undone at the end of a window.
@@ -212,14 +239,18 @@ impl Backend {
                 }
                 Ok(())
             }
-            Backend::Remote { netns, pids, admin, .. } => {
+            Backend::Remote {
+                netns, pids, admin, ..
+            } => {
                 if kind.backend_fault().is_some() {
                     return Err(format!(
                         "fault {kind} needs --local N: the drill starts the sample backends and the members' gateways itself"
                     ));
                 }
                 if admin.is_empty() {
-                    return Err(format!("fault {kind} needs --admin-endpoints (one per --endpoints entry)"));
+                    return Err(format!(
+                        "fault {kind} needs --admin-endpoints (one per --endpoints entry)"
+                    ));
                 }
                 match kind {
                     FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillAll => Err(format!(
@@ -309,11 +340,27 @@ impl Backend {
     /// with iptables DROP rules in the group's namespaces (`inbound_only`:
     /// only INPUT; `loss_percent`: drop only that random share of the
     /// packets, with the `statistic` match — iptables only).
-    async fn partition(&self, group: &[usize], inbound_only: bool, loss_percent: Option<f64>) -> Result<Active, DrillError> {
+    async fn partition(
+        &self,
+        group: &[usize],
+        inbound_only: bool,
+        loss_percent: Option<f64>,
+    ) -> Result<Active, DrillError> {
         let n = self.len();
         let others: Vec<usize> = (0..n).filter(|i| !group.contains(i)).collect();
-        if let Backend::Remote { netns: Some(ns), admin, .. } = self {
-            let ip = |i: usize| admin::host_port(&admin[i]).map(|hp| hp.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(hp));
+        if let Backend::Remote {
+            netns: Some(ns),
+            admin,
+            ..
+        } = self
+        {
+            let ip = |i: usize| {
+                admin::host_port(&admin[i]).map(|hp| {
+                    hp.rsplit_once(':')
+                        .map(|(h, _)| h.to_string())
+                        .unwrap_or(hp)
+                })
+            };
             let probability = loss_percent.map(|p| format!("{:.4}", p / 100.0));
             let mut drop: Vec<&str> = Vec::new();
             if let Some(p) = &probability {
@@ -325,14 +372,19 @@ impl Backend {
                     let oip = ip(o)?;
                     Self::iptables(&ns[g], &[&["-A", "INPUT", "-s", &oip][..], &drop].concat())?;
                     if !inbound_only {
-                        Self::iptables(&ns[g], &[&["-A", "OUTPUT", "-d", &oip][..], &drop].concat())?;
+                        Self::iptables(
+                            &ns[g],
+                            &[&["-A", "OUTPUT", "-d", &oip][..], &drop].concat(),
+                        )?;
                     }
                 }
             }
             return Ok(Active::FlushIptables(group.to_vec()));
         }
         if loss_percent.is_some() {
-            return Err(DrillError::Fault("random loss needs --netns (iptables)".into()));
+            return Err(DrillError::Fault(
+                "random loss needs --netns (iptables)".into(),
+            ));
         }
         let ids = self.ids().await?;
         let urls = self.admin_urls();
@@ -368,7 +420,12 @@ impl Backend {
 
     /// Inject `kind` with `leader` as the current leader. Returns the
     /// targets and what to undo.
-    pub async fn inject(&mut self, kind: FaultKind, leader: usize, p: &FaultSettings) -> Result<(Vec<usize>, Active), DrillError> {
+    pub async fn inject(
+        &mut self,
+        kind: FaultKind,
+        leader: usize,
+        p: &FaultSettings,
+    ) -> Result<(Vec<usize>, Active), DrillError> {
         let n = self.len();
         let followers: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
         match kind {
@@ -381,7 +438,9 @@ impl Backend {
             },
             FaultKind::KillFollower => match self {
                 Backend::Local(c) => {
-                    let f = *followers.first().ok_or_else(|| DrillError::Fault("no follower to kill".into()))?;
+                    let f = *followers
+                        .first()
+                        .ok_or_else(|| DrillError::Fault("no follower to kill".into()))?;
                     c.kill(f);
                     Ok((vec![f], Active::Restart(vec![f])))
                 }
@@ -396,18 +455,31 @@ impl Backend {
                 }
                 _ => Err(DrillError::Fault("kill needs --local".into())),
             },
-            FaultKind::PartitionLeader => Ok((vec![leader], self.partition(&[leader], false, None).await?)),
-            FaultKind::PartitionOneWay => Ok((vec![leader], self.partition(&[leader], true, None).await?)),
-            FaultKind::Loss => Ok((vec![leader], self.partition(&[leader], false, Some(p.loss_percent)).await?)),
+            FaultKind::PartitionLeader => {
+                Ok((vec![leader], self.partition(&[leader], false, None).await?))
+            }
+            FaultKind::PartitionOneWay => {
+                Ok((vec![leader], self.partition(&[leader], true, None).await?))
+            }
+            FaultKind::Loss => Ok((
+                vec![leader],
+                self.partition(&[leader], false, Some(p.loss_percent))
+                    .await?,
+            )),
             FaultKind::PartitionMinority => {
                 let minority: Vec<usize> = followers.iter().copied().take((n - 1) / 2).collect();
                 if minority.is_empty() {
                     return Ok((vec![], Active::Nothing));
                 }
-                Ok((minority.clone(), self.partition(&minority, false, None).await?))
+                Ok((
+                    minority.clone(),
+                    self.partition(&minority, false, None).await?,
+                ))
             }
             FaultKind::PauseFollower => {
-                let f = *followers.first().ok_or_else(|| DrillError::Fault("no follower to pause".into()))?;
+                let f = *followers
+                    .first()
+                    .ok_or_else(|| DrillError::Fault("no follower to pause".into()))?;
                 self.pause(f)?;
                 Ok((vec![f], Active::Resume(vec![f])))
             }
@@ -415,9 +487,12 @@ impl Backend {
                 self.pause(leader)?;
                 Ok((vec![leader], Active::Resume(vec![leader])))
             }
-            FaultKind::BackendKill | FaultKind::BackendHang | FaultKind::BackendSlow | FaultKind::BackendPartition => {
-                Err(DrillError::Fault(format!("{kind} acts on a sample backend, not on a member")))
-            }
+            FaultKind::BackendKill
+            | FaultKind::BackendHang
+            | FaultKind::BackendSlow
+            | FaultKind::BackendPartition => Err(DrillError::Fault(format!(
+                "{kind} acts on a sample backend, not on a member"
+            ))),
             FaultKind::Delay => {
                 let urls = self.admin_urls();
                 admin::set_fault(&urls[leader], &[], p.delay_ms, p.jitter_ms).await?;
@@ -467,7 +542,10 @@ impl Backend {
                 first_err.map_or(Ok(()), Err)
             }
             Active::FlushIptables(which) => {
-                if let Backend::Remote { netns: Some(ns), .. } = self {
+                if let Backend::Remote {
+                    netns: Some(ns), ..
+                } = self
+                {
                     for i in which {
                         Self::iptables(&ns[i], &["-F", "INPUT"])?;
                         Self::iptables(&ns[i], &["-F", "OUTPUT"])?;

@@ -51,7 +51,12 @@ impl HttpOutcome {
             HttpOutcome::Timeout => "timeout",
         }
     }
-    pub const ERRORS: [HttpOutcome; 4] = [HttpOutcome::Http5xx, HttpOutcome::HttpOther, HttpOutcome::Connection, HttpOutcome::Timeout];
+    pub const ERRORS: [HttpOutcome; 4] = [
+        HttpOutcome::Http5xx,
+        HttpOutcome::HttpOther,
+        HttpOutcome::Connection,
+        HttpOutcome::Timeout,
+    ];
 }
 
 /// One request (times in µs since the drill started).
@@ -76,13 +81,19 @@ pub struct HttpRecorder {
 
 impl HttpRecorder {
     pub fn new(start: Instant) -> Self {
-        HttpRecorder { start, records: Mutex::new(Vec::new()) }
+        HttpRecorder {
+            start,
+            records: Mutex::new(Vec::new()),
+        }
     }
     fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
     }
     fn push(&self, r: HttpRecord) {
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(r);
     }
     pub fn take(&self) -> Vec<HttpRecord> {
         std::mem::take(&mut *self.records.lock().unwrap_or_else(|p| p.into_inner()))
@@ -99,9 +110,13 @@ enum RequestError {
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, RequestError> {
-    let s = tokio::net::TcpStream::connect(addr).await.map_err(|_| RequestError::Connect)?;
+    let s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|_| RequestError::Connect)?;
     let _ = s.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(|_| RequestError::Lost)?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .map_err(|_| RequestError::Lost)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -109,14 +124,20 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, RequestE
 }
 
 /// One `GET /` on the connection in `slot` (opened if needed); returns the status.
-async fn one_request(slot: &mut Option<SendRequest<Empty<Bytes>>>, addr: SocketAddr) -> Result<u16, RequestError> {
+async fn one_request(
+    slot: &mut Option<SendRequest<Empty<Bytes>>>,
+    addr: SocketAddr,
+) -> Result<u16, RequestError> {
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
         *slot = Some(connect(addr).await?);
     }
     let lost = |_| RequestError::Lost;
     let send = slot.as_mut().expect("connected");
     send.ready().await.map_err(lost)?;
-    let req = hyper::Request::get("/").header(hyper::header::HOST, addr.to_string()).body(Empty::new()).map_err(|_| RequestError::Lost)?;
+    let req = hyper::Request::get("/")
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::new())
+        .map_err(|_| RequestError::Lost)?;
     let resp = send.send_request(req).await.map_err(lost)?;
     let status = resp.status().as_u16();
     resp.into_body().collect().await.map_err(lost)?;
@@ -124,7 +145,13 @@ async fn one_request(slot: &mut Option<SendRequest<Empty<Bytes>>>, addr: SocketA
 }
 
 /// One HTTP client, until `stop`.
-pub async fn run_http_client(id: usize, gateways: Arc<Vec<SocketAddr>>, timeout: Duration, rec: Arc<HttpRecorder>, stop: Arc<AtomicBool>) {
+pub async fn run_http_client(
+    id: usize,
+    gateways: Arc<Vec<SocketAddr>>,
+    timeout: Duration,
+    rec: Arc<HttpRecorder>,
+    stop: Arc<AtomicBool>,
+) {
     let n = gateways.len();
     let mut conns: Vec<Option<SendRequest<Empty<Bytes>>>> = (0..n).map(|_| None).collect();
     let mut k = id;
@@ -157,7 +184,15 @@ pub async fn run_http_client(id: usize, gateways: Arc<Vec<SocketAddr>>, timeout:
             // A fresh connection next time: this one may be broken or busy.
             conns[g] = None;
         }
-        rec.push(HttpRecord { client: id, gateway: g, outcome, status, start_us, end_us, failovers });
+        rec.push(HttpRecord {
+            client: id,
+            gateway: g,
+            outcome,
+            status,
+            start_us,
+            end_us,
+            failovers,
+        });
         tokio::time::sleep(Duration::from_millis(HTTP_THINK_MS)).await;
     }
 }
@@ -176,7 +211,13 @@ pub struct HttpCounts {
 
 impl HttpCounts {
     fn new() -> Self {
-        HttpCounts { errors_by_kind: HttpOutcome::ERRORS.iter().map(|k| (k.name().to_string(), 0)).collect(), ..Default::default() }
+        HttpCounts {
+            errors_by_kind: HttpOutcome::ERRORS
+                .iter()
+                .map(|k| (k.name().to_string(), 0))
+                .collect(),
+            ..Default::default()
+        }
     }
     fn add(&mut self, r: &HttpRecord) {
         let o = r.outcome;
@@ -250,7 +291,11 @@ pub struct GatewaySetup {
 
 /// Judge the requests: PASS when errors are at most `max_error_percent` of
 /// the requests (and there were requests at all).
-pub fn analyze(records: &[HttpRecord], windows: &[FaultWindow], setup: GatewaySetup) -> GatewaySummary {
+pub fn analyze(
+    records: &[HttpRecord],
+    windows: &[FaultWindow],
+    setup: GatewaySetup,
+) -> GatewaySummary {
     let mut counts = HttpCounts::new();
     let mut lat: Vec<f64> = Vec::with_capacity(records.len());
     for r in records {
@@ -258,7 +303,9 @@ pub fn analyze(records: &[HttpRecord], windows: &[FaultWindow], setup: GatewaySe
         lat.push((r.end_us - r.start_us) as f64 / 1000.0);
     }
     lat.sort_by(f64::total_cmp);
-    let inside = |r: &HttpRecord, w: &FaultWindow| r.end_us >= w.start_ms * 1000 && r.end_us <= w.end_ms * 1000;
+    let inside = |r: &HttpRecord, w: &FaultWindow| {
+        r.end_us >= w.start_ms * 1000 && r.end_us <= w.end_ms * 1000
+    };
     let gw_windows: Vec<GatewayWindow> = windows
         .iter()
         .map(|w| {
@@ -280,15 +327,39 @@ pub fn analyze(records: &[HttpRecord], windows: &[FaultWindow], setup: GatewaySe
             }
         })
         .collect();
-    let errors_outside_windows = records.iter().filter(|r| r.outcome != HttpOutcome::Ok && !windows.iter().any(|w| inside(r, w))).count() as u64;
-    let pct = |x: u64| if counts.requests == 0 { 0.0 } else { x as f64 * 100.0 / counts.requests as f64 };
+    let errors_outside_windows = records
+        .iter()
+        .filter(|r| r.outcome != HttpOutcome::Ok && !windows.iter().any(|w| inside(r, w)))
+        .count() as u64;
+    let pct = |x: u64| {
+        if counts.requests == 0 {
+            0.0
+        } else {
+            x as f64 * 100.0 / counts.requests as f64
+        }
+    };
     let (availability_percent, error_percent) = (pct(counts.ok), pct(counts.errors));
     let (verdict, detail) = if counts.requests == 0 {
-        (Verdict::Unknown, "no request was made through the gateways".to_string())
+        (
+            Verdict::Unknown,
+            "no request was made through the gateways".to_string(),
+        )
     } else if error_percent <= setup.max_error_percent {
-        (Verdict::Pass, format!("{} of {} requests failed ({error_percent:.2} %, budget {} %)", counts.errors, counts.requests, setup.max_error_percent))
+        (
+            Verdict::Pass,
+            format!(
+                "{} of {} requests failed ({error_percent:.2} %, budget {} %)",
+                counts.errors, counts.requests, setup.max_error_percent
+            ),
+        )
     } else {
-        (Verdict::Fail, format!("{} of {} requests failed ({error_percent:.2} %), over the budget of {} %", counts.errors, counts.requests, setup.max_error_percent))
+        (
+            Verdict::Fail,
+            format!(
+                "{} of {} requests failed ({error_percent:.2} %), over the budget of {} %",
+                counts.errors, counts.requests, setup.max_error_percent
+            ),
+        )
     };
     GatewaySummary {
         profile: setup.profile,
@@ -315,7 +386,15 @@ mod tests {
     use crate::faults::FaultKind;
 
     fn rec(o: HttpOutcome, end_ms: u64) -> HttpRecord {
-        HttpRecord { client: 0, gateway: 0, outcome: o, status: None, start_us: end_ms * 1000 - 2000, end_us: end_ms * 1000, failovers: 0 }
+        HttpRecord {
+            client: 0,
+            gateway: 0,
+            outcome: o,
+            status: None,
+            start_us: end_ms * 1000 - 2000,
+            end_us: end_ms * 1000,
+            failovers: 0,
+        }
     }
 
     #[test]
@@ -335,9 +414,19 @@ mod tests {
         rs.push(rec(HttpOutcome::Http5xx, 160));
         rs.push(rec(HttpOutcome::Connection, 300));
         rs.push(rec(HttpOutcome::Http5xx, 301));
-        let setup = |max| GatewaySetup { profile: "resilient".into(), backends: vec![], gateways: vec![], http_clients: 1, http_timeout_ms: 1000, max_error_percent: max };
+        let setup = |max| GatewaySetup {
+            profile: "resilient".into(),
+            backends: vec![],
+            gateways: vec![],
+            http_clients: 1,
+            http_timeout_ms: 1000,
+            max_error_percent: max,
+        };
         let s = analyze(&rs, std::slice::from_ref(&w), setup(4.0));
-        assert_eq!((s.counts.requests, s.counts.ok, s.counts.errors), (100, 96, 4));
+        assert_eq!(
+            (s.counts.requests, s.counts.ok, s.counts.errors),
+            (100, 96, 4)
+        );
         assert_eq!(s.counts.errors_by_kind["http_5xx"], 2);
         assert_eq!(s.windows[0].counts.errors, 2);
         assert_eq!(s.windows[0].counts.errors_by_kind["timeout"], 1);

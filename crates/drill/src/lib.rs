@@ -99,7 +99,11 @@ pub enum DrillError {
     #[error("{0}")]
     Usage(String),
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cluster: {0}")]
     Cluster(String),
     #[error("admin API {url}: {detail}")]
@@ -198,7 +202,10 @@ pub struct DrillArgs {
 }
 
 fn split(s: &str) -> Vec<String> {
-    s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+    s.split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 /// Validated settings.
@@ -214,7 +221,9 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     let u = |s: String| DrillError::Usage(s);
     let faults = faults::parse_faults(&args.faults).map_err(|e| u(format!("--faults: {e}")))?;
     if (args.duration.as_millis() as u64) < MIN_DURATION_MS {
-        return Err(u(format!("--duration must be at least {MIN_DURATION_MS} ms")));
+        return Err(u(format!(
+            "--duration must be at least {MIN_DURATION_MS} ms"
+        )));
     }
     if args.clients == 0 || args.clients > MAX_CLIENTS {
         return Err(u(format!("--clients must be between 1 and {MAX_CLIENTS}")));
@@ -235,43 +244,73 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
         return Err(u(format!("--jitter-ms must be at most {MAX_JITTER_MS}")));
     }
     if !(args.loss_percent > 0.0 && args.loss_percent <= 100.0) {
-        return Err(u(format!("--loss-percent must be above 0 and at most 100 (got {})", args.loss_percent)));
+        return Err(u(format!(
+            "--loss-percent must be above 0 and at most 100 (got {})",
+            args.loss_percent
+        )));
     }
     if args.backends == 0 || args.backends > MAX_BACKENDS {
-        return Err(u(format!("--backends must be between 1 and {MAX_BACKENDS}")));
+        return Err(u(format!(
+            "--backends must be between 1 and {MAX_BACKENDS}"
+        )));
     }
     if args.backend_delay_ms == 0 || args.backend_delay_ms > MAX_BACKEND_DELAY_MS {
-        return Err(u(format!("--backend-delay-ms must be between 1 and {MAX_BACKEND_DELAY_MS}")));
+        return Err(u(format!(
+            "--backend-delay-ms must be between 1 and {MAX_BACKEND_DELAY_MS}"
+        )));
     }
     if args.http_clients == 0 || args.http_clients > MAX_HTTP_CLIENTS {
-        return Err(u(format!("--http-clients must be between 1 and {MAX_HTTP_CLIENTS}")));
+        return Err(u(format!(
+            "--http-clients must be between 1 and {MAX_HTTP_CLIENTS}"
+        )));
     }
     if args.http_timeout_ms == 0 || args.http_timeout_ms > MAX_HTTP_TIMEOUT_MS {
-        return Err(u(format!("--http-timeout-ms must be between 1 and {MAX_HTTP_TIMEOUT_MS}")));
+        return Err(u(format!(
+            "--http-timeout-ms must be between 1 and {MAX_HTTP_TIMEOUT_MS}"
+        )));
     }
     if !(0.0..=100.0).contains(&args.max_gateway_error_percent) {
-        return Err(u(format!("--max-gateway-error-percent must be between 0 and 100 (got {})", args.max_gateway_error_percent)));
+        return Err(u(format!(
+            "--max-gateway-error-percent must be between 0 and 100 (got {})",
+            args.max_gateway_error_percent
+        )));
     }
     if faults.contains(&FaultKind::BackendPartition) {
         backends::iptables_usable().map_err(|e| u(format!("fault backend-partition adds an iptables DROP rule for the backend's port on the loopback interface: {e}")))?;
     }
     if let Some(b) = &args.unsafe_planted_bug {
         if b != "skip-read-index" && b != "ack-before-fsync" {
-            return Err(u(format!("--unsafe-planted-bug {b:?}: expected skip-read-index or ack-before-fsync")));
+            return Err(u(format!(
+                "--unsafe-planted-bug {b:?}: expected skip-read-index or ack-before-fsync"
+            )));
         }
     }
     match (args.local, &args.endpoints) {
         (Some(n), None) => {
             if n == 0 || n > MAX_LOCAL_MEMBERS {
-                return Err(u(format!("--local must be between 1 and {MAX_LOCAL_MEMBERS}")));
+                return Err(u(format!(
+                    "--local must be between 1 and {MAX_LOCAL_MEMBERS}"
+                )));
             }
             if args.admin_endpoints.is_some() {
-                return Err(u("--admin-endpoints is only for --endpoints (a --local cluster has its own)".into()));
+                return Err(u(
+                    "--admin-endpoints is only for --endpoints (a --local cluster has its own)"
+                        .into(),
+                ));
             }
-            if let Some(k) = faults.iter().find(|k| matches!(k, FaultKind::PartitionOneWay | FaultKind::Loss)) {
+            if let Some(k) = faults
+                .iter()
+                .find(|k| matches!(k, FaultKind::PartitionOneWay | FaultKind::Loss))
+            {
                 return Err(u(format!("fault {k} needs real packet filtering: use --endpoints with --netns (the /fault API cannot drop packets selectively)")));
             }
-            Ok(Plan { faults, endpoints: vec![], admin: vec![], netns: None, pids: None })
+            Ok(Plan {
+                faults,
+                endpoints: vec![],
+                admin: vec![],
+                netns: None,
+                pids: None,
+            })
         }
         (None, Some(e)) => {
             let endpoints = split(e);
@@ -281,7 +320,11 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
             for ep in &endpoints {
                 admin::host_port(ep).map_err(|e| u(format!("--endpoints: {e}")))?;
             }
-            let admin = args.admin_endpoints.as_deref().map(split).unwrap_or_default();
+            let admin = args
+                .admin_endpoints
+                .as_deref()
+                .map(split)
+                .unwrap_or_default();
             for a in &admin {
                 admin::host_port(a).map_err(|e| u(format!("--admin-endpoints: {e}")))?;
             }
@@ -291,7 +334,11 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
             let netns = args.netns.as_deref().map(split);
             if let Some(ns) = &netns {
                 if ns.len() != endpoints.len() {
-                    return Err(u(format!("--netns has {} entries but --endpoints has {}", ns.len(), endpoints.len())));
+                    return Err(u(format!(
+                        "--netns has {} entries but --endpoints has {}",
+                        ns.len(),
+                        endpoints.len()
+                    )));
                 }
             }
             let pids = match args.pids.as_deref().map(split) {
@@ -300,26 +347,46 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
                     let v: Result<Vec<u32>, _> = p.iter().map(|x| x.parse::<u32>()).collect();
                     let v = v.map_err(|e| u(format!("--pids: {e}")))?;
                     if v.len() != endpoints.len() {
-                        return Err(u(format!("--pids has {} entries but --endpoints has {}", v.len(), endpoints.len())));
+                        return Err(u(format!(
+                            "--pids has {} entries but --endpoints has {}",
+                            v.len(),
+                            endpoints.len()
+                        )));
                     }
                     Some(v)
                 }
             };
-            let probe = Backend::Remote { names: vec![], admin: admin.clone(), netns: netns.clone(), pids: pids.clone() };
+            let probe = Backend::Remote {
+                names: vec![],
+                admin: admin.clone(),
+                netns: netns.clone(),
+                pids: pids.clone(),
+            };
             for k in &faults {
                 probe.supports(*k).map_err(u)?;
             }
-            Ok(Plan { faults, endpoints, admin, netns, pids })
+            Ok(Plan {
+                faults,
+                endpoints,
+                admin,
+                netns,
+                pids,
+            })
         }
         (Some(_), Some(_)) => Err(u("give either --local N or --endpoints, not both".into())),
-        (None, None) => Err(u("give --local N (start a cluster) or --endpoints URLS (drill a live one)".into())),
+        (None, None) => Err(u(
+            "give --local N (start a cluster) or --endpoints URLS (drill a live one)".into(),
+        )),
     }
 }
 
 /// Entry point of `phalanx drill`: runs the drill on a fresh runtime and
 /// returns the process exit code (0 pass, 1 fail or error, 2 usage error).
 pub fn run_blocking(args: DrillArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drill: error: starting the runtime: {e}");
@@ -330,7 +397,8 @@ pub fn run_blocking(args: DrillArgs) -> i32 {
     // processes (members, sample backends) are stopped and its loopback
     // iptables rules deleted by their destructors.
     let outcome = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let term = async {
             match term.as_mut() {
                 Some(t) => {
@@ -371,7 +439,10 @@ pub fn run_blocking(args: DrillArgs) -> i32 {
 
 fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), DrillError> {
     let p = dir.join(name);
-    std::fs::write(&p, text).map_err(|e| DrillError::Io { what: format!("writing {}", p.display()), source: e })
+    std::fs::write(&p, text).map_err(|e| DrillError::Io {
+        what: format!("writing {}", p.display()),
+        source: e,
+    })
 }
 
 fn ms(d: Duration) -> u64 {
@@ -382,7 +453,10 @@ fn ms(d: Duration) -> u64 {
 pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     let plan = validate(&args)?;
     let dir = args.report.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| DrillError::Io { what: format!("creating {}", dir.display()), source: e })?;
+    std::fs::create_dir_all(&dir).map_err(|e| DrillError::Io {
+        what: format!("creating {}", dir.display()),
+        source: e,
+    })?;
     let start = Instant::now();
     let rec = Arc::new(Recorder::new(start));
 
@@ -391,17 +465,35 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     let mut samples: Option<SampleBackends> = None;
     let mut backend = match args.local {
         Some(n) => {
-            let exe = std::env::current_exe().map_err(|e| DrillError::Io { what: "locating the phalanx binary".into(), source: e })?;
+            let exe = std::env::current_exe().map_err(|e| DrillError::Io {
+                what: "locating the phalanx binary".into(),
+                source: e,
+            })?;
             if with_gateway {
-                samples = Some(SampleBackends::start(args.backends, &exe, &dir.join("logs")).await?);
+                samples =
+                    Some(SampleBackends::start(args.backends, &exe, &dir.join("logs")).await?);
             }
             let key = with_gateway.then_some(gateway::store_config::DEFAULT_KEY);
-            let c = cluster::LocalCluster::start(n, &exe, &dir.join("logs"), args.unsafe_planted_bug.as_deref(), key).await?;
+            let c = cluster::LocalCluster::start(
+                n,
+                &exe,
+                &dir.join("logs"),
+                args.unsafe_planted_bug.as_deref(),
+                key,
+            )
+            .await?;
             Backend::Local(c)
         }
         None => {
-            let names = (1..=plan.endpoints.len()).map(|i| format!("m{i}")).collect();
-            Backend::Remote { names, admin: plan.admin.clone(), netns: plan.netns.clone(), pids: plan.pids.clone() }
+            let names = (1..=plan.endpoints.len())
+                .map(|i| format!("m{i}"))
+                .collect();
+            Backend::Remote {
+                names,
+                admin: plan.admin.clone(),
+                netns: plan.netns.clone(),
+                pids: plan.pids.clone(),
+            }
         }
     };
     let endpoints = match &backend {
@@ -409,20 +501,36 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         Backend::Remote { .. } => plan.endpoints.clone(),
     };
     if let Backend::Remote { admin, netns, .. } = &backend {
-        let needs_api = plan.faults.iter().any(|k| matches!(k, FaultKind::Delay) || (netns.is_none() && matches!(k, FaultKind::PartitionLeader | FaultKind::PartitionMinority)));
+        let needs_api = plan.faults.iter().any(|k| {
+            matches!(k, FaultKind::Delay)
+                || (netns.is_none()
+                    && matches!(k, FaultKind::PartitionLeader | FaultKind::PartitionMinority))
+        });
         if needs_api {
             for a in admin {
                 if !admin::fault_injection_enabled(a).await? {
-                    return Err(DrillError::Usage(format!("{a}: /fault is disabled: start the members with --enable-fault-injection")));
+                    return Err(DrillError::Usage(format!(
+                        "{a}: /fault is disabled: start the members with --enable-fault-injection"
+                    )));
                 }
             }
         }
     }
     let names = backend.names();
-    if !backend.admin_urls().is_empty() && backend.wait_leader(Duration::from_millis(START_LEADER_TIMEOUT_MS)).await.is_none() {
-        return Err(DrillError::Cluster(format!("no leader within {START_LEADER_TIMEOUT_MS} ms")));
+    if !backend.admin_urls().is_empty()
+        && backend
+            .wait_leader(Duration::from_millis(START_LEADER_TIMEOUT_MS))
+            .await
+            .is_none()
+    {
+        return Err(DrillError::Cluster(format!(
+            "no leader within {START_LEADER_TIMEOUT_MS} ms"
+        )));
     }
-    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let cfg = Arc::new(WorkloadConfig {
         endpoints: endpoints.clone(),
         clients: args.clients,
@@ -432,9 +540,12 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         prefix: format!("drill/{run_id}/"),
         lease_ttl_secs: args.lease_ttl_secs,
     });
-    let start_rev = workload::current_revision(&cfg, tokio::time::Instant::now() + Duration::from_millis(START_LEADER_TIMEOUT_MS))
-        .await
-        .ok_or_else(|| DrillError::Cluster("could not read the current revision".into()))?
+    let start_rev = workload::current_revision(
+        &cfg,
+        tokio::time::Instant::now() + Duration::from_millis(START_LEADER_TIMEOUT_MS),
+    )
+    .await
+    .ok_or_else(|| DrillError::Cluster("could not read the current revision".into()))?
         + 1;
     let gateways: Vec<std::net::SocketAddr> = match (&backend, &samples) {
         (Backend::Local(c), Some(sb)) => {
@@ -455,10 +566,26 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     let workload_start_us = rec.now_us();
     let mut clients = Vec::new();
     for i in 0..args.clients {
-        clients.push(tokio::spawn(workload::run_client(i, cfg.clone(), rec.clone(), stop_clients.clone())));
+        clients.push(tokio::spawn(workload::run_client(
+            i,
+            cfg.clone(),
+            rec.clone(),
+            stop_clients.clone(),
+        )));
     }
-    let watcher = tokio::spawn(workload::run_watcher(cfg.clone(), start_rev, rec.clone(), progress.clone(), stop_watch.clone()));
-    let lease = tokio::spawn(workload::run_lease_client(cfg.clone(), rec.clone(), stop_lease.clone(), Duration::from_millis(FINAL_PHASE_TIMEOUT_MS / 2)));
+    let watcher = tokio::spawn(workload::run_watcher(
+        cfg.clone(),
+        start_rev,
+        rec.clone(),
+        progress.clone(),
+        stop_watch.clone(),
+    ));
+    let lease = tokio::spawn(workload::run_lease_client(
+        cfg.clone(),
+        rec.clone(),
+        stop_lease.clone(),
+        Duration::from_millis(FINAL_PHASE_TIMEOUT_MS / 2),
+    ));
     let http_rec = Arc::new(HttpRecorder::new(start));
     let stop_http = Arc::new(AtomicBool::new(false));
     let mut http_clients = Vec::new();
@@ -466,12 +593,26 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         let gws = Arc::new(gateways.clone());
         for i in 0..args.http_clients {
             let t = Duration::from_millis(args.http_timeout_ms);
-            http_clients.push(tokio::spawn(http_load::run_http_client(i, gws.clone(), t, http_rec.clone(), stop_http.clone())));
+            http_clients.push(tokio::spawn(http_load::run_http_client(
+                i,
+                gws.clone(),
+                t,
+                http_rec.clone(),
+                stop_http.clone(),
+            )));
         }
     }
 
     // Faults.
-    let windows = run_faults(&mut backend, samples.as_mut(), &plan.faults, &args, &rec, workload_start_us).await;
+    let windows = run_faults(
+        &mut backend,
+        samples.as_mut(),
+        &plan.faults,
+        &args,
+        &rec,
+        workload_start_us,
+    )
+    .await;
     let run_end = Duration::from_micros(workload_start_us) + args.duration;
     if let Some(rest) = run_end.checked_sub(start.elapsed()) {
         tokio::time::sleep(rest).await;
@@ -497,11 +638,14 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     stop_lease.store(true, Ordering::Relaxed);
 
     // Final phase.
-    let final_deadline = tokio::time::Instant::now() + Duration::from_millis(FINAL_PHASE_TIMEOUT_MS);
+    let final_deadline =
+        tokio::time::Instant::now() + Duration::from_millis(FINAL_PHASE_TIMEOUT_MS);
     let finals = workload::final_reads(&cfg, &rec, final_deadline).await;
     let lease_final_ok = lease.await.unwrap_or(false);
     let target_rev = rec.max_revision();
-    while progress.last_revision.load(Ordering::Relaxed) < target_rev && tokio::time::Instant::now() < final_deadline {
+    while progress.last_revision.load(Ordering::Relaxed) < target_rev
+        && tokio::time::Instant::now() < final_deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let watch_caught_up = progress.last_revision.load(Ordering::Relaxed) >= target_rev;
@@ -512,7 +656,15 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     // Judge.
     let recd = rec.take();
     let finals_complete = (0..cfg.keys).all(|i| finals.contains_key(&cfg.key(i)));
-    let scenario = if plan.faults.is_empty() { "none".to_string() } else { plan.faults.iter().map(|k| k.name()).collect::<Vec<_>>().join(",") };
+    let scenario = if plan.faults.is_empty() {
+        "none".to_string()
+    } else {
+        plan.faults
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let mut summary = report::analyze(&report::Inputs {
         scenario,
         members: names.clone(),
@@ -530,11 +682,18 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
 
     let watch_log = watch_log(&recd);
     write_file(&dir, "watch.jsonl", &watch_log)?;
-    summary.watch_events = recd.watch.iter().filter(|l| l.contains("\"kind\":\"event\"")).count() as u64;
+    summary.watch_events = recd
+        .watch
+        .iter()
+        .filter(|l| l.contains("\"kind\":\"event\""))
+        .count() as u64;
     match linearizability::check_watch(watch_log.as_bytes()) {
         Ok(v) if v.is_empty() && watch_caught_up => {
             summary.watch = Verdict::Pass;
-            summary.watch_detail = format!("{} events; every acknowledged change delivered once, in order", summary.watch_events);
+            summary.watch_detail = format!(
+                "{} events; every acknowledged change delivered once, in order",
+                summary.watch_events
+            );
         }
         Ok(v) if v.is_empty() => {
             summary.watch = Verdict::Fail;
@@ -545,7 +704,15 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         }
         Ok(v) => {
             summary.watch = Verdict::Fail;
-            summary.watch_detail = format!("{} violations\n{}", v.len(), v.iter().take(20).map(|x| x.to_string()).collect::<Vec<_>>().join("\n"));
+            summary.watch_detail = format!(
+                "{} violations\n{}",
+                v.len(),
+                v.iter()
+                    .take(20)
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
         Err(e) => {
             summary.watch = Verdict::Unknown;
@@ -555,19 +722,38 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
 
     let lease_log = recd.leases.join("\n") + "\n";
     write_file(&dir, "leases.jsonl", &lease_log)?;
-    summary.lease_reads = recd.leases.iter().filter(|l| l.contains("\"kind\":\"read\"")).count() as u64;
-    match linearizability::check_leases(lease_log.as_bytes(), linearizability::LeaseOptions::default()) {
+    summary.lease_reads = recd
+        .leases
+        .iter()
+        .filter(|l| l.contains("\"kind\":\"read\""))
+        .count() as u64;
+    match linearizability::check_leases(
+        lease_log.as_bytes(),
+        linearizability::LeaseOptions::default(),
+    ) {
         Ok(v) if v.is_empty() && lease_final_ok && summary.lease_reads > 0 => {
             summary.leases = Verdict::Pass;
-            summary.leases_detail = format!("{} reads; key present while kept alive, gone after revoke", summary.lease_reads);
+            summary.leases_detail = format!(
+                "{} reads; key present while kept alive, gone after revoke",
+                summary.lease_reads
+            );
         }
         Ok(v) if v.is_empty() => {
             summary.leases = Verdict::Unknown;
-            summary.leases_detail = "no violation seen, but the final revoke-and-read check could not be made".into();
+            summary.leases_detail =
+                "no violation seen, but the final revoke-and-read check could not be made".into();
         }
         Ok(v) => {
             summary.leases = Verdict::Fail;
-            summary.leases_detail = format!("{} violations\n{}", v.len(), v.iter().take(20).map(|x| x.to_string()).collect::<Vec<_>>().join("\n"));
+            summary.leases_detail = format!(
+                "{} violations\n{}",
+                v.len(),
+                v.iter()
+                    .take(20)
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
         Err(e) => {
             summary.leases = Verdict::Unknown;
@@ -590,19 +776,41 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
             },
         ));
     }
-    summary.passed = [summary.linearizable, summary.watch, summary.leases, summary.lost_writes_verdict]
-        .into_iter()
-        .chain(summary.gateway.as_ref().map(|g| g.verdict))
-        .all(|v| v == Verdict::Pass);
+    summary.passed = [
+        summary.linearizable,
+        summary.watch,
+        summary.leases,
+        summary.lost_writes_verdict,
+    ]
+    .into_iter()
+    .chain(summary.gateway.as_ref().map(|g| g.verdict))
+    .all(|v| v == Verdict::Pass);
     let mut settings = vec![
-        ("cluster".to_string(), match args.local { Some(n) => format!("local, {n} members (child processes)"), None => format!("live: {}", endpoints.join(", ")) }),
+        (
+            "cluster".to_string(),
+            match args.local {
+                Some(n) => format!("local, {n} members (child processes)"),
+                None => format!("live: {}", endpoints.join(", ")),
+            },
+        ),
         ("faults".into(), args.faults.clone()),
-        ("duration".into(), humantime::format_duration(args.duration).to_string()),
-        ("clients".into(), format!("{} (pinned round-robin to the endpoints)", args.clients)),
+        (
+            "duration".into(),
+            humantime::format_duration(args.duration).to_string(),
+        ),
+        (
+            "clients".into(),
+            format!("{} (pinned round-robin to the endpoints)", args.clients),
+        ),
         ("keys".into(), args.keys.to_string()),
         ("op timeout".into(), format!("{} ms", args.op_timeout_ms)),
         ("lease TTL".into(), format!("{} s", args.lease_ttl_secs)),
-        ("planted bug".into(), args.unsafe_planted_bug.clone().unwrap_or_else(|| "none".into())),
+        (
+            "planted bug".into(),
+            args.unsafe_planted_bug
+                .clone()
+                .unwrap_or_else(|| "none".into()),
+        ),
     ];
     if let Some(sb) = &samples {
         settings.push((
@@ -618,19 +826,50 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
             ),
         ));
         if plan.faults.contains(&FaultKind::BackendSlow) {
-            settings.push(("backend-slow".into(), format!("answers {} ms late (--backend-delay-ms)", args.backend_delay_ms)));
+            settings.push((
+                "backend-slow".into(),
+                format!(
+                    "answers {} ms late (--backend-delay-ms)",
+                    args.backend_delay_ms
+                ),
+            ));
         }
     }
     if plan.faults.contains(&FaultKind::Loss) {
         settings.push(("loss fault".into(), format!("{} % of the leader's peer packets dropped at random, both directions (--loss-percent)", args.loss_percent)));
     }
     if plan.faults.contains(&FaultKind::Delay) {
-        settings.push(("delay fault".into(), format!("leader's peer messages delayed {}..={} ms (--delay-ms, --jitter-ms)", args.delay_ms, args.delay_ms + args.jitter_ms)));
+        settings.push((
+            "delay fault".into(),
+            format!(
+                "leader's peer messages delayed {}..={} ms (--delay-ms, --jitter-ms)",
+                args.delay_ms,
+                args.delay_ms + args.jitter_ms
+            ),
+        ));
     }
-    write_file(&dir, "report.md", &report::render_markdown(&summary, &settings))?;
+    write_file(
+        &dir,
+        "report.md",
+        &report::render_markdown(&summary, &settings),
+    )?;
     let http_for_svg = samples.is_some().then_some(&http_records[..]);
-    write_file(&dir, "timeline.svg", &report::render_svg(&recd.ops, http_for_svg, &windows, workload_end_us, &format!("phalanx drill: {}", summary.scenario)))?;
-    write_file(&dir, "summary.json", &serde_json::to_string_pretty(&summary).unwrap_or_default())?;
+    write_file(
+        &dir,
+        "timeline.svg",
+        &report::render_svg(
+            &recd.ops,
+            http_for_svg,
+            &windows,
+            workload_end_us,
+            &format!("phalanx drill: {}", summary.scenario),
+        ),
+    )?;
+    write_file(
+        &dir,
+        "summary.json",
+        &serde_json::to_string_pretty(&summary).unwrap_or_default(),
+    )?;
     drop(backend);
     drop(samples);
     Ok(summary)
@@ -639,14 +878,20 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
 /// Write the gateway document into the store (at the members' config key,
 /// as `phalanx demo` does) and wait until every gateway in `gateways`
 /// answers `GET /` from a sample backend, within [`GATEWAY_READY_TIMEOUT_MS`].
-async fn configure_gateways(endpoints: &[String], doc: &str, gateways: &[std::net::SocketAddr]) -> Result<(), DrillError> {
+async fn configure_gateways(
+    endpoints: &[String],
+    doc: &str,
+    gateways: &[std::net::SocketAddr],
+) -> Result<(), DrillError> {
     let deadline = Instant::now() + Duration::from_millis(GATEWAY_READY_TIMEOUT_MS);
     let key = gateway::store_config::DEFAULT_KEY;
     loop {
         match gateway::store_config::write_document(endpoints, key, doc).await {
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => {
-                return Err(DrillError::Cluster(format!("could not write the gateway configuration at {key}: {e:#}")));
+                return Err(DrillError::Cluster(format!(
+                    "could not write the gateway configuration at {key}: {e:#}"
+                )));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -677,19 +922,34 @@ fn judge_history(history: &str, args: &DrillArgs, summary: &mut Summary) {
             summary.linearizable_detail = format!("history malformed: {e}");
         }
         Ok(h) => {
-            let limits = linearizability::Limits { timeout: Some(Duration::from_millis(args.check_timeout_ms)) };
+            let limits = linearizability::Limits {
+                timeout: Some(Duration::from_millis(args.check_timeout_ms)),
+            };
             match linearizability::check(&h, &limits) {
                 linearizability::Outcome::Linearizable => {
                     summary.linearizable = Verdict::Pass;
-                    summary.linearizable_detail = format!("{} operations linearizable", h.ops.len());
+                    summary.linearizable_detail =
+                        format!("{} operations linearizable", h.ops.len());
                 }
                 linearizability::Outcome::NotLinearizable(v) => {
                     summary.linearizable = Verdict::Fail;
                     let keys: Vec<&str> = v.iter().map(|x| x.key.as_str()).collect();
-                    summary.linearizable_detail =
-                        format!("not linearizable on {} key(s): {}\n{}", v.len(), keys.join(", "), v.iter().take(3).map(|x| x.to_string()).collect::<Vec<_>>().join("\n"));
+                    summary.linearizable_detail = format!(
+                        "not linearizable on {} key(s): {}\n{}",
+                        v.len(),
+                        keys.join(", "),
+                        v.iter()
+                            .take(3)
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
                 }
-                linearizability::Outcome::Unknown { key, checked_keys, total_keys } => {
+                linearizability::Outcome::Unknown {
+                    key,
+                    checked_keys,
+                    total_keys,
+                } => {
                     summary.linearizable = Verdict::Unknown;
                     summary.linearizable_detail = format!("check ran out of time ({} ms) on key {key} after {checked_keys} of {total_keys} keys", args.check_timeout_ms);
                 }
@@ -706,7 +966,11 @@ fn judge_history(history: &str, args: &DrillArgs, summary: &mut Summary) {
 fn watch_log(r: &recorder::Recorded) -> String {
     let mut lines = Vec::new();
     let mut known: HashSet<(i64, String)> = HashSet::new();
-    for o in r.ops.iter().filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas)) {
+    for o in r
+        .ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas))
+    {
         if let (Some(rev), Some(v)) = (o.revision, &o.value) {
             if known.insert((rev, o.key.clone())) {
                 lines.push(json!({"kind": "commit", "revision": rev, "key": o.key, "type": "put", "value": v}).to_string());
@@ -720,13 +984,24 @@ fn watch_log(r: &recorder::Recorded) -> String {
         .filter_map(|o| Some(((o.key.as_str(), o.value.as_deref()?), ())))
         .collect();
     for l in &r.watch {
-        let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
         if v["kind"] != "event" {
             continue;
         }
-        let (Some(key), Some(val), Some(rev)) = (v["key"].as_str(), v["value"].as_str(), v["revision"].as_i64()) else { continue };
+        let (Some(key), Some(val), Some(rev)) = (
+            v["key"].as_str(),
+            v["value"].as_str(),
+            v["revision"].as_i64(),
+        ) else {
+            continue;
+        };
         if info.contains_key(&(key, val)) && known.insert((rev, key.to_string())) {
-            lines.push(json!({"kind": "commit", "revision": rev, "key": key, "type": "put", "value": val}).to_string());
+            lines.push(
+                json!({"kind": "commit", "revision": rev, "key": key, "type": "put", "value": val})
+                    .to_string(),
+            );
         }
     }
     lines.extend(r.watch.iter().cloned());
@@ -762,10 +1037,18 @@ async fn run_faults(
     let warm = (d / 10).min(1_000);
     let cool = (d / 10).min(3_000);
     let slot = (d - warm - cool) / kinds.len() as u64;
-    let win = args.fault_window_ms.unwrap_or((slot / 2).min(10_000)).min(slot.saturating_sub(100)).max(100);
+    let win = args
+        .fault_window_ms
+        .unwrap_or((slot / 2).min(10_000))
+        .min(slot.saturating_sub(100))
+        .max(100);
     let names = backend.names();
     let base_ms = workload_start_us / 1000;
-    let settings = faults::FaultSettings { delay_ms: args.delay_ms, jitter_ms: args.jitter_ms, loss_percent: args.loss_percent };
+    let settings = faults::FaultSettings {
+        delay_ms: args.delay_ms,
+        jitter_ms: args.jitter_ms,
+        loss_percent: args.loss_percent,
+    };
     let mut backend_faults = 0usize;
     for (i, &kind) in kinds.iter().enumerate() {
         let planned = base_ms + warm + i as u64 * slot;
@@ -775,7 +1058,11 @@ async fn run_faults(
         }
         let leader = match kind.backend_fault() {
             Some(_) => backend.leader().await,
-            None => backend.wait_leader(Duration::from_millis(faults::LEADER_WAIT_MS)).await,
+            None => {
+                backend
+                    .wait_leader(Duration::from_millis(faults::LEADER_WAIT_MS))
+                    .await
+            }
         };
         let start_ms = rec.now_ms() as u64;
         let (targets, undo, note) = match (kind.backend_fault(), leader, samples.as_deref_mut()) {
@@ -783,13 +1070,25 @@ async fn run_faults(
                 let t = backend_faults % sb.backends.len();
                 backend_faults += 1;
                 match sb.inject(bf, t, args.backend_delay_ms).await {
-                    Ok(u) => (vec![sb.backends[t].name.clone()], Some(Undo::Backend(u)), None),
+                    Ok(u) => (
+                        vec![sb.backends[t].name.clone()],
+                        Some(Undo::Backend(u)),
+                        None,
+                    ),
                     Err(e) => (vec![], None, Some(format!("injection failed: {e}"))),
                 }
             }
-            (Some(_), _, None) => (vec![], None, Some("injection failed: no sample backends".to_string())),
+            (Some(_), _, None) => (
+                vec![],
+                None,
+                Some("injection failed: no sample backends".to_string()),
+            ),
             (None, Some(l), _) => match backend.inject(kind, l, &settings).await {
-                Ok((t, a)) => (t.iter().map(|&t| names[t].clone()).collect(), Some(Undo::Member(a)), None),
+                Ok((t, a)) => (
+                    t.iter().map(|&t| names[t].clone()).collect(),
+                    Some(Undo::Member(a)),
+                    None,
+                ),
                 Err(e) => (vec![], None, Some(format!("injection failed: {e}"))),
             },
             (None, None, _) => {
@@ -801,7 +1100,10 @@ async fn run_faults(
                     leader_before: None,
                     leader_during: None,
                     new_leader_elected: false,
-                    note: Some(format!("skipped: no leader within {} ms", faults::LEADER_WAIT_MS)),
+                    note: Some(format!(
+                        "skipped: no leader within {} ms",
+                        faults::LEADER_WAIT_MS
+                    )),
                 });
                 continue;
             }
@@ -816,7 +1118,11 @@ async fn run_faults(
                 during = Some(l);
                 new_leader |= leader.is_some_and(|b| l != b);
             }
-            tokio::time::sleep(Duration::from_millis(100).min(end_at.saturating_duration_since(tokio::time::Instant::now()))).await;
+            tokio::time::sleep(
+                Duration::from_millis(100)
+                    .min(end_at.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
         }
         let end_ms = rec.now_ms() as u64;
         let healed = match (undo, samples.as_deref_mut()) {

@@ -88,7 +88,10 @@ pub struct Recorded {
 
 impl Recorder {
     pub fn new(start: Instant) -> Self {
-        Recorder { start, inner: Mutex::new(Inner::default()) }
+        Recorder {
+            start,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     pub fn start(&self) -> Instant {
@@ -119,11 +122,32 @@ impl Recorder {
 
     /// Record a completion; `value` is the history's value field.
     #[allow(clippy::too_many_arguments)]
-    pub fn complete(&self, process: i64, member: Option<usize>, f: Func, key: &str, status: OpStatus, value: Value, plain: Option<String>, revision: Option<i64>, invoke_us: u64) -> u64 {
+    pub fn complete(
+        &self,
+        process: i64,
+        member: Option<usize>,
+        f: Func,
+        key: &str,
+        status: OpStatus,
+        value: Value,
+        plain: Option<String>,
+        revision: Option<i64>,
+        invoke_us: u64,
+    ) -> u64 {
         let mut g = self.lock();
         let t = self.now_us();
         g.history.push(json!({"process": process, "type": status.name(), "f": f.name(), "key": key, "value": value, "time": t}).to_string());
-        g.ops.push(OpRecord { process, member, f, key: key.to_string(), status, value: plain, revision, invoke_us, complete_us: t });
+        g.ops.push(OpRecord {
+            process,
+            member,
+            f,
+            key: key.to_string(),
+            status,
+            value: plain,
+            revision,
+            invoke_us,
+            complete_us: t,
+        });
         t
     }
 
@@ -137,7 +161,12 @@ impl Recorder {
 
     /// Highest revision of a successful write/cas so far (0 if none).
     pub fn max_revision(&self) -> i64 {
-        self.lock().ops.iter().filter_map(|o| o.revision).max().unwrap_or(0)
+        self.lock()
+            .ops
+            .iter()
+            .filter_map(|o| o.revision)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn take(&self) -> Recorded {

@@ -130,7 +130,10 @@ impl Summary {
     /// The one-line verdict printed at the end of a run.
     pub fn verdict_line(&self) -> String {
         let gateway = match &self.gateway {
-            Some(g) => format!(" gateway={} gateway_requests={} gateway_errors={}", g.verdict, g.counts.requests, g.counts.errors),
+            Some(g) => format!(
+                " gateway={} gateway_requests={} gateway_errors={}",
+                g.verdict, g.counts.requests, g.counts.errors
+            ),
             None => String::new(),
         };
         format!(
@@ -177,15 +180,25 @@ pub fn longest_gap_ms(times: &[u64], from: u64, to: u64) -> u64 {
 /// invoked after the operation that produced the final value completed is
 /// lost; if the final value is absent, or was never written by anyone, every
 /// acknowledged write of the key is lost.
-pub fn lost_writes(ops: &[OpRecord], finals: &HashMap<String, Option<String>>, keys: &[String]) -> Option<Vec<LostWrite>> {
+pub fn lost_writes(
+    ops: &[OpRecord],
+    finals: &HashMap<String, Option<String>>,
+    keys: &[String],
+) -> Option<Vec<LostWrite>> {
     let mut lost = Vec::new();
     for key in keys {
         let final_value = finals.get(key)?;
         let writes: Vec<&OpRecord> = ops
             .iter()
-            .filter(|o| &o.key == key && matches!(o.f, Func::Write | Func::Cas) && o.status != OpStatus::Fail)
+            .filter(|o| {
+                &o.key == key
+                    && matches!(o.f, Func::Write | Func::Cas)
+                    && o.status != OpStatus::Fail
+            })
             .collect();
-        let producer = final_value.as_ref().and_then(|v| writes.iter().find(|o| o.value.as_ref() == Some(v)));
+        let producer = final_value
+            .as_ref()
+            .and_then(|v| writes.iter().find(|o| o.value.as_ref() == Some(v)));
         let horizon = match producer {
             // An indeterminate producer may have taken effect at any time.
             Some(p) if p.status == OpStatus::Info => continue,
@@ -194,7 +207,12 @@ pub fn lost_writes(ops: &[OpRecord], finals: &HashMap<String, Option<String>>, k
         };
         for w in writes.iter().filter(|o| o.status == OpStatus::Ok) {
             if horizon.is_none_or(|h| w.invoke_us > h) {
-                lost.push(LostWrite { key: key.clone(), value: w.value.clone().unwrap_or_default(), acked_at_ms: w.complete_us / 1000, final_value: final_value.clone() });
+                lost.push(LostWrite {
+                    key: key.clone(),
+                    value: w.value.clone().unwrap_or_default(),
+                    acked_at_ms: w.complete_us / 1000,
+                    final_value: final_value.clone(),
+                });
             }
         }
     }
@@ -214,10 +232,21 @@ pub struct Inputs<'a> {
 
 /// Everything but the checker verdicts (filled in by the caller).
 pub fn analyze(inp: &Inputs) -> Summary {
-    let ops: Vec<&OpRecord> = inp.ops.iter().filter(|o| o.process < crate::workload::FINAL_READ_PROCESS).collect();
+    let ops: Vec<&OpRecord> = inp
+        .ops
+        .iter()
+        .filter(|o| o.process < crate::workload::FINAL_READ_PROCESS)
+        .collect();
     let mut total = Counts::default();
-    let mut kinds: Vec<(String, Counts)> = ["read", "write", "cas"].iter().map(|k| (k.to_string(), Counts::default())).collect();
-    let mut members: Vec<(String, Counts)> = inp.members.iter().map(|m| (m.clone(), Counts::default())).collect();
+    let mut kinds: Vec<(String, Counts)> = ["read", "write", "cas"]
+        .iter()
+        .map(|k| (k.to_string(), Counts::default()))
+        .collect();
+    let mut members: Vec<(String, Counts)> = inp
+        .members
+        .iter()
+        .map(|m| (m.clone(), Counts::default()))
+        .collect();
     for o in &ops {
         total.add(o.status);
         let k = match o.f {
@@ -232,16 +261,25 @@ pub fn analyze(inp: &Inputs) -> Summary {
             }
         }
     }
-    let (from, to) = (inp.workload_start_us, inp.workload_end_us.max(inp.workload_start_us + 1));
+    let (from, to) = (
+        inp.workload_start_us,
+        inp.workload_end_us.max(inp.workload_start_us + 1),
+    );
     let bucket = AVAILABILITY_BUCKET_MS * 1000;
     let nb = (to - from).div_ceil(bucket) as usize;
     let mut avail = vec![false; nb.max(1)];
-    for o in ops.iter().filter(|o| o.status == OpStatus::Ok && o.complete_us >= from && o.complete_us < to) {
+    for o in ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Ok && o.complete_us >= from && o.complete_us < to)
+    {
         avail[((o.complete_us - from) / bucket) as usize] = true;
     }
     let availability = avail.iter().filter(|b| **b).count() as f64 / avail.len() as f64;
-    let mut write_times: Vec<u64> =
-        ops.iter().filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas)).map(|o| o.complete_us).collect();
+    let mut write_times: Vec<u64> = ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas))
+        .map(|o| o.complete_us)
+        .collect();
     write_times.sort_unstable();
     let acknowledged_writes = write_times.len() as u64;
     let windows = inp
@@ -250,10 +288,17 @@ pub fn analyze(inp: &Inputs) -> Summary {
         .map(|w| {
             let (ws, we) = (w.start_ms * 1000, w.end_ms * 1000);
             let mut c = Counts::default();
-            for o in ops.iter().filter(|o| o.complete_us >= ws && o.complete_us <= we) {
+            for o in ops
+                .iter()
+                .filter(|o| o.complete_us >= ws && o.complete_us <= we)
+            {
                 c.add(o.status);
             }
-            let targets: Vec<usize> = w.targets.iter().filter_map(|t| inp.members.iter().position(|m| m == t)).collect();
+            let targets: Vec<usize> = w
+                .targets
+                .iter()
+                .filter_map(|t| inp.members.iter().position(|m| m == t))
+                .collect();
             let target_ok = ops
                 .iter()
                 .filter(|o| {
@@ -265,7 +310,12 @@ pub fn analyze(inp: &Inputs) -> Summary {
                 .count() as u64;
             let mut lat: Vec<f64> = ops
                 .iter()
-                .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas) && o.invoke_us >= ws && o.complete_us <= we)
+                .filter(|o| {
+                    o.status == OpStatus::Ok
+                        && matches!(o.f, Func::Write | Func::Cas)
+                        && o.invoke_us >= ws
+                        && o.complete_us <= we
+                })
                 .map(|o| (o.complete_us - o.invoke_us) as f64 / 1000.0)
                 .collect();
             WindowStats {
@@ -282,10 +332,17 @@ pub fn analyze(inp: &Inputs) -> Summary {
     let mut outside: Vec<f64> = ops
         .iter()
         .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas))
-        .filter(|o| inp.windows.iter().all(|w| o.complete_us < w.start_ms * 1000 || o.invoke_us > w.end_ms * 1000))
+        .filter(|o| {
+            inp.windows
+                .iter()
+                .all(|w| o.complete_us < w.start_ms * 1000 || o.invoke_us > w.end_ms * 1000)
+        })
         .map(|o| (o.complete_us - o.invoke_us) as f64 / 1000.0)
         .collect();
-    let lost = inp.finals.as_ref().and_then(|f| lost_writes(inp.ops, f, &inp.keys));
+    let lost = inp
+        .finals
+        .as_ref()
+        .and_then(|f| lost_writes(inp.ops, f, &inp.keys));
     let lost_writes_verdict = match &lost {
         Some(l) if l.is_empty() => Verdict::Pass,
         Some(_) => Verdict::Fail,
@@ -319,31 +376,67 @@ pub fn analyze(inp: &Inputs) -> Summary {
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{x:.1} ms"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn counts_row(name: &str, c: &Counts) -> String {
-    format!("| {name} | {} | {} | {} | {} |\n", c.invoked, c.ok, c.failed, c.indeterminate)
+    format!(
+        "| {name} | {} | {} | {} | {} |\n",
+        c.invoked, c.ok, c.failed, c.indeterminate
+    )
 }
 
 /// `report.md`.
 pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# Drill report: {}\n", s.scenario);
-    let _ = writeln!(m, "**Overall: {}**\n", if s.passed { "PASS" } else { "FAIL" });
+    let _ = writeln!(
+        m,
+        "**Overall: {}**\n",
+        if s.passed { "PASS" } else { "FAIL" }
+    );
     let _ = writeln!(m, "```\n{}\n```\n", s.verdict_line());
     m.push_str("## Verdicts\n\n| check | verdict | detail |\n| --- | --- | --- |\n");
     let one = |d: &str| d.lines().next().unwrap_or("").replace('|', "\\|");
-    let _ = writeln!(m, "| linearizability (WGL checker) | {} | {} |", s.linearizable, one(&s.linearizable_detail));
-    let _ = writeln!(m, "| watch (every committed change once, in order) | {} | {} |", s.watch, one(&s.watch_detail));
-    let _ = writeln!(m, "| leases (key never vanishes while kept alive; gone after revoke) | {} | {} |", s.leases, one(&s.leases_detail));
+    let _ = writeln!(
+        m,
+        "| linearizability (WGL checker) | {} | {} |",
+        s.linearizable,
+        one(&s.linearizable_detail)
+    );
+    let _ = writeln!(
+        m,
+        "| watch (every committed change once, in order) | {} | {} |",
+        s.watch,
+        one(&s.watch_detail)
+    );
+    let _ = writeln!(
+        m,
+        "| leases (key never vanishes while kept alive; gone after revoke) | {} | {} |",
+        s.leases,
+        one(&s.leases_detail)
+    );
     let lost = match &s.lost_writes {
-        Some(l) => format!("{} of {} acknowledged writes lost", l.len(), s.acknowledged_writes),
+        Some(l) => format!(
+            "{} of {} acknowledged writes lost",
+            l.len(),
+            s.acknowledged_writes
+        ),
         None => "final reads failed: cannot verify".into(),
     };
-    let _ = writeln!(m, "| lost acknowledged writes (final linearizable reads) | {} | {lost} |", s.lost_writes_verdict);
+    let _ = writeln!(
+        m,
+        "| lost acknowledged writes (final linearizable reads) | {} | {lost} |",
+        s.lost_writes_verdict
+    );
     if let Some(g) = &s.gateway {
-        let _ = writeln!(m, "| gateway (client-visible HTTP errors within the budget) | {} | {} |", g.verdict, one(&g.detail));
+        let _ = writeln!(
+            m,
+            "| gateway (client-visible HTTP errors within the budget) | {} | {} |",
+            g.verdict,
+            one(&g.detail)
+        );
     }
     m.push('\n');
     m.push_str("## Settings\n\n| setting | value |\n| --- | --- |\n");
@@ -403,10 +496,21 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
     if let Some(l) = s.lost_writes.as_ref().filter(|l| !l.is_empty()) {
         m.push_str("\n## Lost acknowledged writes (first 20)\n\n| key | value | acknowledged at (ms) | final value |\n| --- | --- | --- | --- |\n");
         for w in l.iter().take(20) {
-            let _ = writeln!(m, "| {} | {} | {} | {} |", w.key, w.value, w.acked_at_ms, w.final_value.as_deref().unwrap_or("(absent)"));
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} |",
+                w.key,
+                w.value,
+                w.acked_at_ms,
+                w.final_value.as_deref().unwrap_or("(absent)")
+            );
         }
     }
-    for (title, d) in [("Linearizability", &s.linearizable_detail), ("Watch", &s.watch_detail), ("Leases", &s.leases_detail)] {
+    for (title, d) in [
+        ("Linearizability", &s.linearizable_detail),
+        ("Watch", &s.watch_detail),
+        ("Leases", &s.leases_detail),
+    ] {
         if d.lines().count() > 1 {
             let _ = writeln!(m, "\n## {title} details\n\n```\n{}\n```", d.trim_end());
         }
@@ -419,7 +523,19 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
 }
 
 fn render_gateway(m: &mut String, g: &GatewaySummary) {
-    let kinds = |c: &crate::http_load::HttpCounts| HttpOutcome::ERRORS.iter().map(|k| c.errors_by_kind.get(k.name()).copied().unwrap_or(0).to_string()).collect::<Vec<_>>().join(" | ");
+    let kinds = |c: &crate::http_load::HttpCounts| {
+        HttpOutcome::ERRORS
+            .iter()
+            .map(|k| {
+                c.errors_by_kind
+                    .get(k.name())
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
     let _ = writeln!(
         m,
         "\n## Gateway\n\n{} HTTP clients sent `GET /` to the members' gateways in turn ({}), each request bounded by {} ms; a request whose gateway refused the connection moved on to the next gateway (`failovers`); gateway profile `{}` (`gateway.toml`), backends {}. An error is a status ≥ 500 (`http_5xx`), another non-2xx status (`http_other`), a failed or lost connection (`connection`) or no answer in time (`timeout`).\n",
@@ -467,22 +583,36 @@ fn render_gateway(m: &mut String, g: &GatewaySummary) {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// `timeline.svg`: two panels (throughput of successful operations, p99
 /// latency of successful operations) per [`TIMELINE_BUCKET_MS`] bucket, and
 /// with `http` a third (gateway requests per second: ok and errors), with
 /// fault windows shaded and labeled across all of them.
-pub fn render_svg(ops: &[OpRecord], http: Option<&[HttpRecord]>, windows: &[FaultWindow], end_us: u64, title: &str) -> String {
+pub fn render_svg(
+    ops: &[OpRecord],
+    http: Option<&[HttpRecord]>,
+    windows: &[FaultWindow],
+    end_us: u64,
+    title: &str,
+) -> String {
     let bucket = TIMELINE_BUCKET_MS * 1000;
     let nb = (end_us.div_ceil(bucket) as usize).max(1);
     let mut lat: Vec<Vec<u64>> = vec![Vec::new(); nb];
-    for o in ops.iter().filter(|o| o.status == OpStatus::Ok && o.process < crate::workload::FINAL_READ_PROCESS) {
+    for o in ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Ok && o.process < crate::workload::FINAL_READ_PROCESS)
+    {
         let b = ((o.complete_us / bucket) as usize).min(nb - 1);
         lat[b].push(o.complete_us.saturating_sub(o.invoke_us));
     }
-    let tput: Vec<f64> = lat.iter().map(|l| l.len() as f64 * 1000.0 / TIMELINE_BUCKET_MS as f64).collect();
+    let tput: Vec<f64> = lat
+        .iter()
+        .map(|l| l.len() as f64 * 1000.0 / TIMELINE_BUCKET_MS as f64)
+        .collect();
     let p99: Vec<Option<f64>> = lat
         .iter_mut()
         .map(|l| {
@@ -498,16 +628,30 @@ pub fn render_svg(ops: &[OpRecord], http: Option<&[HttpRecord]>, windows: &[Faul
     let plot_w = w - left - right;
     let (p1_top, p1_h, p2_top, p2_h, p3_top, p3_h) = (40.0, 150.0, 240.0, 150.0, 440.0, 150.0);
     // Bottom of the lowest panel.
-    let bottom = if http.is_some() { p3_top + p3_h } else { p2_top + p2_h };
+    let bottom = if http.is_some() {
+        p3_top + p3_h
+    } else {
+        p2_top + p2_h
+    };
     let h = bottom + 40.0;
     let total_s = nb as f64 * TIMELINE_BUCKET_MS as f64 / 1000.0;
     let x = |s: f64| left + s / total_s * plot_w;
     let max_t = tput.iter().cloned().fold(1.0, f64::max);
     let max_l = p99.iter().flatten().cloned().fold(1.0, f64::max);
     let mut o = String::new();
-    let _ = writeln!(o, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#);
-    let _ = writeln!(o, r#"<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(o, r#"<text x="{left}" y="18" font-size="14" font-weight="bold">{}</text>"#, esc(title));
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{left}" y="18" font-size="14" font-weight="bold">{}</text>"#,
+        esc(title)
+    );
     // Fault windows across both panels.
     for (i, f) in windows.iter().enumerate() {
         let (x0, x1) = (x(f.start_ms as f64 / 1000.0), x(f.end_ms as f64 / 1000.0));
@@ -521,15 +665,39 @@ pub fn render_svg(ops: &[OpRecord], http: Option<&[HttpRecord]>, windows: &[Faul
             f.end_ms
         );
         let ly = p1_top + 12.0 + (i % 3) as f64 * 12.0;
-        let _ = writeln!(o, r##"<text x="{:.1}" y="{ly}" fill="#9c3d1f">{}</text>"##, x0 + 2.0, esc(&format!("{} {}", f.kind, f.targets.join(","))));
+        let _ = writeln!(
+            o,
+            r##"<text x="{:.1}" y="{ly}" fill="#9c3d1f">{}</text>"##,
+            x0 + 2.0,
+            esc(&format!("{} {}", f.kind, f.targets.join(",")))
+        );
     }
-    let panel = |o: &mut String, top: f64, ph: f64, label: &str, maxv: f64, series: &[(&[Option<f64>], &str)]| {
-        let _ = writeln!(o, r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{ph}" fill="none" stroke="#888"/>"##);
-        let _ = writeln!(o, r##"<text x="{left}" y="{}" fill="#333">{}</text>"##, top - 4.0, esc(label));
+    let panel = |o: &mut String,
+                 top: f64,
+                 ph: f64,
+                 label: &str,
+                 maxv: f64,
+                 series: &[(&[Option<f64>], &str)]| {
+        let _ = writeln!(
+            o,
+            r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{ph}" fill="none" stroke="#888"/>"##
+        );
+        let _ = writeln!(
+            o,
+            r##"<text x="{left}" y="{}" fill="#333">{}</text>"##,
+            top - 4.0,
+            esc(label)
+        );
         for k in 0..=4 {
             let v = maxv * k as f64 / 4.0;
             let y = top + ph - ph * k as f64 / 4.0;
-            let _ = writeln!(o, r##"<line x1="{}" y1="{y:.1}" x2="{left}" y2="{y:.1}" stroke="#888"/><text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"##, left - 4.0, left - 6.0, y + 4.0);
+            let _ = writeln!(
+                o,
+                r##"<line x1="{}" y1="{y:.1}" x2="{left}" y2="{y:.1}" stroke="#888"/><text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"##,
+                left - 4.0,
+                left - 6.0,
+                y + 4.0
+            );
         }
         for (vals, color) in series {
             let mut path = String::new();
@@ -545,12 +713,30 @@ pub fn render_svg(ops: &[OpRecord], http: Option<&[HttpRecord]>, windows: &[Faul
                     None => pen_up = true,
                 }
             }
-            let _ = writeln!(o, r##"<path d="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"##, path.trim_end());
+            let _ = writeln!(
+                o,
+                r##"<path d="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"##,
+                path.trim_end()
+            );
         }
     };
     let tv: Vec<Option<f64>> = tput.iter().map(|v| Some(*v)).collect();
-    panel(&mut o, p1_top, p1_h, "successful operations per second (250 ms buckets)", max_t, &[(&tv, "#2a9d8f")]);
-    panel(&mut o, p2_top, p2_h, "p99 latency of successful operations, ms (250 ms buckets; gaps = none succeeded)", max_l, &[(&p99, "#264653")]);
+    panel(
+        &mut o,
+        p1_top,
+        p1_h,
+        "successful operations per second (250 ms buckets)",
+        max_t,
+        &[(&tv, "#2a9d8f")],
+    );
+    panel(
+        &mut o,
+        p2_top,
+        p2_h,
+        "p99 latency of successful operations, ms (250 ms buckets; gaps = none succeeded)",
+        max_l,
+        &[(&p99, "#264653")],
+    );
     if let Some(http) = http {
         let (mut ok, mut err) = (vec![0u64; nb], vec![0u64; nb]);
         for r in http {
@@ -561,19 +747,44 @@ pub fn render_svg(ops: &[OpRecord], http: Option<&[HttpRecord]>, windows: &[Faul
                 err[b] += 1;
             }
         }
-        let per_s = |v: &[u64]| v.iter().map(|c| Some(*c as f64 * 1000.0 / TIMELINE_BUCKET_MS as f64)).collect::<Vec<_>>();
+        let per_s = |v: &[u64]| {
+            v.iter()
+                .map(|c| Some(*c as f64 * 1000.0 / TIMELINE_BUCKET_MS as f64))
+                .collect::<Vec<_>>()
+        };
         let (okv, errv) = (per_s(&ok), per_s(&err));
-        let max_h = okv.iter().chain(&errv).flatten().cloned().fold(1.0, f64::max);
+        let max_h = okv
+            .iter()
+            .chain(&errv)
+            .flatten()
+            .cloned()
+            .fold(1.0, f64::max);
         panel(&mut o, p3_top, p3_h, "gateway: successful requests per second (green), errors per second (red), 250 ms buckets", max_h, &[(&okv, "#2a9d8f"), (&errv, "#d62828")]);
     }
-    let step = if total_s > 60.0 { 10.0 } else if total_s > 20.0 { 5.0 } else { 2.0 };
+    let step = if total_s > 60.0 {
+        10.0
+    } else if total_s > 20.0 {
+        5.0
+    } else {
+        2.0
+    };
     let mut s = 0.0;
     while s <= total_s + 1e-9 {
         let px = x(s);
-        let _ = writeln!(o, r##"<line x1="{px:.1}" y1="{bottom}" x2="{px:.1}" y2="{}" stroke="#888"/><text x="{px:.1}" y="{}" text-anchor="middle">{s:.0}s</text>"##, bottom + 4.0, bottom + 16.0);
+        let _ = writeln!(
+            o,
+            r##"<line x1="{px:.1}" y1="{bottom}" x2="{px:.1}" y2="{}" stroke="#888"/><text x="{px:.1}" y="{}" text-anchor="middle">{s:.0}s</text>"##,
+            bottom + 4.0,
+            bottom + 16.0
+        );
         s += step;
     }
-    let _ = writeln!(o, r##"<text x="{}" y="{}" text-anchor="middle" fill="#333">time since drill start</text>"##, left + plot_w / 2.0, h - 6.0);
+    let _ = writeln!(
+        o,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#333">time since drill start</text>"##,
+        left + plot_w / 2.0,
+        h - 6.0
+    );
     o.push_str("</svg>\n");
     o
 }

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use serde_json::{json, Value};
 
 use crate::recorder::{Func, OpStatus, Recorder};
@@ -63,7 +66,9 @@ impl Rng {
 }
 
 pub async fn connect(endpoints: &[String], op_timeout: Duration) -> Option<Client> {
-    let opts = ConnectOptions::new().with_connect_timeout(op_timeout).with_timeout(op_timeout);
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(op_timeout)
+        .with_timeout(op_timeout);
     match tokio::time::timeout(op_timeout, Client::connect(endpoints, Some(opts))).await {
         Ok(Ok(c)) => Some(c),
         _ => None,
@@ -78,7 +83,11 @@ pub fn definite_failure(e: &etcd_client::Error) -> bool {
     use tonic::Code;
     match e {
         // The connection could not even be opened: nothing was sent.
-        etcd_client::Error::GRpcStatus(s) if s.code() == Code::Unavailable && s.message().contains("onnection refused") => true,
+        etcd_client::Error::GRpcStatus(s)
+            if s.code() == Code::Unavailable && s.message().contains("onnection refused") =>
+        {
+            true
+        }
         etcd_client::Error::GRpcStatus(s) => matches!(
             s.code(),
             Code::InvalidArgument
@@ -91,7 +100,9 @@ pub fn definite_failure(e: &etcd_client::Error) -> bool {
                 | Code::AlreadyExists
                 | Code::NotFound
         ),
-        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) | etcd_client::Error::Utf8Error(_) => true,
+        etcd_client::Error::InvalidArgs(_)
+        | etcd_client::Error::InvalidUri(_)
+        | etcd_client::Error::Utf8Error(_) => true,
         _ => false,
     }
 }
@@ -104,7 +115,12 @@ fn val(v: &Option<String>) -> Value {
 }
 
 /// One sequential client pinned to `cfg.endpoints[id % n]`, until `stop`.
-pub async fn run_client(id: usize, cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop: Arc<AtomicBool>) {
+pub async fn run_client(
+    id: usize,
+    cfg: Arc<WorkloadConfig>,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+) {
     let member = id % cfg.endpoints.len();
     let ep = vec![cfg.endpoints[member].clone()];
     let mut rng = Rng::new(id as u64 + 1);
@@ -129,18 +145,55 @@ pub async fn run_client(id: usize, cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>,
             let t0 = rec.invoke(process, Func::Read, &key, Value::Null);
             match tokio::time::timeout(cfg.op_timeout, c.get(key.clone(), None)).await {
                 Ok(Ok(r)) => {
-                    let v = r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-                    rec.complete(process, Some(member), Func::Read, &key, OpStatus::Ok, val(&v), v.clone(), None, t0);
+                    let v = r
+                        .kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Read,
+                        &key,
+                        OpStatus::Ok,
+                        val(&v),
+                        v.clone(),
+                        None,
+                        t0,
+                    );
                     seen.insert(key, v);
                 }
                 Ok(Err(e)) => {
-                    let st = if definite_failure(&e) { OpStatus::Fail } else { OpStatus::Info };
-                    rec.complete(process, Some(member), Func::Read, &key, st, Value::Null, None, None, t0);
+                    let st = if definite_failure(&e) {
+                        OpStatus::Fail
+                    } else {
+                        OpStatus::Info
+                    };
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Read,
+                        &key,
+                        st,
+                        Value::Null,
+                        None,
+                        None,
+                        t0,
+                    );
                     broken = !definite_failure(&e);
                     errored = true;
                 }
                 Err(_) => {
-                    rec.complete(process, Some(member), Func::Read, &key, OpStatus::Info, Value::Null, None, None, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Read,
+                        &key,
+                        OpStatus::Info,
+                        Value::Null,
+                        None,
+                        None,
+                        t0,
+                    );
                     broken = true;
                 }
             }
@@ -151,15 +204,45 @@ pub async fn run_client(id: usize, cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>,
             match tokio::time::timeout(cfg.op_timeout, c.put(key.clone(), v.clone(), None)).await {
                 Ok(Ok(r)) => {
                     let rev = r.header().map(|h| h.revision());
-                    rec.complete(process, Some(member), Func::Write, &key, OpStatus::Ok, json!(v), Some(v.clone()), rev, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Write,
+                        &key,
+                        OpStatus::Ok,
+                        json!(v),
+                        Some(v.clone()),
+                        rev,
+                        t0,
+                    );
                     seen.insert(key, Some(v));
                 }
                 Ok(Err(e)) if definite_failure(&e) => {
-                    rec.complete(process, Some(member), Func::Write, &key, OpStatus::Fail, json!(v), Some(v), None, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Write,
+                        &key,
+                        OpStatus::Fail,
+                        json!(v),
+                        Some(v),
+                        None,
+                        t0,
+                    );
                     errored = true;
                 }
                 _ => {
-                    rec.complete(process, Some(member), Func::Write, &key, OpStatus::Info, json!(v), Some(v), None, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Write,
+                        &key,
+                        OpStatus::Info,
+                        json!(v),
+                        Some(v),
+                        None,
+                        t0,
+                    );
                     broken = true;
                 }
             }
@@ -171,26 +254,70 @@ pub async fn run_client(id: usize, cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>,
                 None => Compare::version(key.clone(), CompareOp::Equal, 0),
                 Some(e) => Compare::value(key.clone(), CompareOp::Equal, e.clone()),
             };
-            let txn = Txn::new().when(vec![cmp]).and_then(vec![TxnOp::put(key.clone(), new.clone(), None)]);
+            let txn = Txn::new().when(vec![cmp]).and_then(vec![TxnOp::put(
+                key.clone(),
+                new.clone(),
+                None,
+            )]);
             let arg = json!([val(&expected), new]);
             let t0 = rec.invoke(process, Func::Cas, &key, arg.clone());
             match tokio::time::timeout(cfg.op_timeout, c.txn(txn)).await {
                 Ok(Ok(r)) if r.succeeded() => {
                     let rev = r.header().map(|h| h.revision());
-                    rec.complete(process, Some(member), Func::Cas, &key, OpStatus::Ok, arg, Some(new.clone()), rev, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Cas,
+                        &key,
+                        OpStatus::Ok,
+                        arg,
+                        Some(new.clone()),
+                        rev,
+                        t0,
+                    );
                     seen.insert(key, Some(new));
                 }
                 Ok(Ok(_)) => {
                     // Comparison failed: a read asserting value != expected.
-                    rec.complete(process, Some(member), Func::Cas, &key, OpStatus::Fail, arg, Some(new), None, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Cas,
+                        &key,
+                        OpStatus::Fail,
+                        arg,
+                        Some(new),
+                        None,
+                        t0,
+                    );
                     seen.remove(&key);
                 }
                 Ok(Err(e)) if definite_failure(&e) => {
-                    rec.complete(process, Some(member), Func::Cas, &key, OpStatus::Fail, arg, Some(new), None, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Cas,
+                        &key,
+                        OpStatus::Fail,
+                        arg,
+                        Some(new),
+                        None,
+                        t0,
+                    );
                     errored = true;
                 }
                 _ => {
-                    rec.complete(process, Some(member), Func::Cas, &key, OpStatus::Info, arg, Some(new), None, t0);
+                    rec.complete(
+                        process,
+                        Some(member),
+                        Func::Cas,
+                        &key,
+                        OpStatus::Info,
+                        arg,
+                        Some(new),
+                        None,
+                        t0,
+                    );
                     broken = true;
                 }
             }
@@ -222,7 +349,13 @@ pub struct WatchProgress {
 /// `start_revision`, reopened (resuming from last delivered + 1) after any
 /// error, cancel, end of stream or [`WATCH_IDLE_REOPEN_MS`] of silence; each
 /// session uses the next endpoint in turn.
-pub async fn run_watcher(cfg: Arc<WorkloadConfig>, start_revision: i64, rec: Arc<Recorder>, progress: Arc<WatchProgress>, stop: Arc<AtomicBool>) {
+pub async fn run_watcher(
+    cfg: Arc<WorkloadConfig>,
+    start_revision: i64,
+    rec: Arc<Recorder>,
+    progress: Arc<WatchProgress>,
+    stop: Arc<AtomicBool>,
+) {
     let mut next = start_revision;
     let mut session = 0usize;
     while !stop.load(Ordering::Relaxed) {
@@ -233,7 +366,12 @@ pub async fn run_watcher(cfg: Arc<WorkloadConfig>, start_revision: i64, rec: Arc
             continue;
         };
         let opts = WatchOptions::new().with_prefix().with_start_revision(next);
-        let mut stream = match tokio::time::timeout(cfg.op_timeout, client.watch(cfg.prefix.clone(), Some(opts))).await {
+        let mut stream = match tokio::time::timeout(
+            cfg.op_timeout,
+            client.watch(cfg.prefix.clone(), Some(opts)),
+        )
+        .await
+        {
             Ok(Ok(s)) => s,
             _ => {
                 tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
@@ -245,7 +383,11 @@ pub async fn run_watcher(cfg: Arc<WorkloadConfig>, start_revision: i64, rec: Arc
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let msg = tokio::time::timeout(Duration::from_millis(WATCH_IDLE_REOPEN_MS), stream.message()).await;
+            let msg = tokio::time::timeout(
+                Duration::from_millis(WATCH_IDLE_REOPEN_MS),
+                stream.message(),
+            )
+            .await;
             let resp = match msg {
                 Ok(Ok(Some(r))) => r,
                 _ => break,
@@ -255,8 +397,12 @@ pub async fn run_watcher(cfg: Arc<WorkloadConfig>, start_revision: i64, rec: Arc
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 let rev = kv.mod_revision();
                 let line = match ev.event_type() {
-                    EventType::Put => json!({"kind": "event", "watch": "w1", "revision": rev, "key": key, "type": "put", "value": String::from_utf8_lossy(kv.value())}),
-                    EventType::Delete => json!({"kind": "event", "watch": "w1", "revision": rev, "key": key, "type": "delete"}),
+                    EventType::Put => {
+                        json!({"kind": "event", "watch": "w1", "revision": rev, "key": key, "type": "put", "value": String::from_utf8_lossy(kv.value())})
+                    }
+                    EventType::Delete => {
+                        json!({"kind": "event", "watch": "w1", "revision": rev, "key": key, "type": "delete"})
+                    }
                 };
                 rec.watch_line(line);
                 if rev >= next {
@@ -277,7 +423,12 @@ pub async fn run_watcher(cfg: Arc<WorkloadConfig>, start_revision: i64, rec: Arc
 /// [`LEASE_READ_INTERVAL_MS`]; if the lease is found expired it grants a new
 /// one and re-attaches the key. On `stop` it revokes the lease and reads the
 /// key once more (it must be gone). Returns whether that final check ran.
-pub async fn run_lease_client(cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop: Arc<AtomicBool>, final_timeout: Duration) -> bool {
+pub async fn run_lease_client(
+    cfg: Arc<WorkloadConfig>,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    final_timeout: Duration,
+) -> bool {
     let key = cfg.lease_key();
     let ttl = cfg.lease_ttl_secs;
     let renew_every = Duration::from_millis((ttl as u64 * 1000 / 4).max(250));
@@ -312,7 +463,16 @@ pub async fn run_lease_client(cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop
         };
         if !attached {
             let sent = rec.now_ms();
-            match tokio::time::timeout(cfg.op_timeout, c.put(key.clone(), format!("lease-{id}"), Some(PutOptions::new().with_lease(id)))).await {
+            match tokio::time::timeout(
+                cfg.op_timeout,
+                c.put(
+                    key.clone(),
+                    format!("lease-{id}"),
+                    Some(PutOptions::new().with_lease(id)),
+                ),
+            )
+            .await
+            {
                 Ok(Ok(_)) => {
                     rec.lease_line(json!({"kind": "put", "key": key, "lease": id, "sent": sent, "time": rec.now_ms()}));
                     attached = true;
@@ -322,7 +482,9 @@ pub async fn run_lease_client(cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop
                     lease = None;
                 }
                 _ => {
-                    rec.lease_line(json!({"kind": "put", "key": key, "lease": id, "sent": sent, "time": null}));
+                    rec.lease_line(
+                        json!({"kind": "put", "key": key, "lease": id, "sent": sent, "time": null}),
+                    );
                     client = None;
                 }
             }
@@ -372,7 +534,9 @@ pub async fn run_lease_client(cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop
             let sent = rec.now_ms();
             match tokio::time::timeout(cfg.op_timeout, c.lease_revoke(id)).await {
                 Ok(Ok(_)) => {
-                    rec.lease_line(json!({"kind": "revoke", "lease": id, "sent": sent, "time": rec.now_ms()}));
+                    rec.lease_line(
+                        json!({"kind": "revoke", "lease": id, "sent": sent, "time": rec.now_ms()}),
+                    );
                     revoked = true;
                 }
                 Ok(Err(e)) if definite_failure(&e) => {
@@ -380,7 +544,9 @@ pub async fn run_lease_client(cfg: Arc<WorkloadConfig>, rec: Arc<Recorder>, stop
                     revoked = true;
                 }
                 _ => {
-                    rec.lease_line(json!({"kind": "revoke", "lease": id, "sent": sent, "time": null}));
+                    rec.lease_line(
+                        json!({"kind": "revoke", "lease": id, "sent": sent, "time": null}),
+                    );
                     client = None;
                 }
             }
@@ -411,7 +577,11 @@ async fn lease_read(c: &mut Client, key: &str, cfg: &WorkloadConfig, rec: &Recor
 /// Final linearizable read of every key, each retried until `deadline`;
 /// recorded in the history (process [`FINAL_READ_PROCESS`] + key index).
 /// Returns key → value read (`None` = absent); keys never read are missing.
-pub async fn final_reads(cfg: &WorkloadConfig, rec: &Recorder, deadline: tokio::time::Instant) -> HashMap<String, Option<String>> {
+pub async fn final_reads(
+    cfg: &WorkloadConfig,
+    rec: &Recorder,
+    deadline: tokio::time::Instant,
+) -> HashMap<String, Option<String>> {
     let mut out = HashMap::new();
     let mut client: Option<Client> = None;
     for i in 0..cfg.keys {
@@ -426,15 +596,40 @@ pub async fn final_reads(cfg: &WorkloadConfig, rec: &Recorder, deadline: tokio::
                 continue;
             };
             let t0 = rec.invoke(process, Func::Read, &key, Value::Null);
-            match tokio::time::timeout(cfg.op_timeout, c.get(key.clone(), Some(GetOptions::new()))).await {
+            match tokio::time::timeout(cfg.op_timeout, c.get(key.clone(), Some(GetOptions::new())))
+                .await
+            {
                 Ok(Ok(r)) => {
-                    let v = r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-                    rec.complete(process, None, Func::Read, &key, OpStatus::Ok, val(&v), v.clone(), None, t0);
+                    let v = r
+                        .kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                    rec.complete(
+                        process,
+                        None,
+                        Func::Read,
+                        &key,
+                        OpStatus::Ok,
+                        val(&v),
+                        v.clone(),
+                        None,
+                        t0,
+                    );
                     out.insert(key.clone(), v);
                     break;
                 }
                 _ => {
-                    rec.complete(process, None, Func::Read, &key, OpStatus::Info, Value::Null, None, None, t0);
+                    rec.complete(
+                        process,
+                        None,
+                        Func::Read,
+                        &key,
+                        OpStatus::Info,
+                        Value::Null,
+                        None,
+                        None,
+                        t0,
+                    );
                     process += cfg.keys as i64;
                     client = None;
                 }
@@ -448,7 +643,9 @@ pub async fn final_reads(cfg: &WorkloadConfig, rec: &Recorder, deadline: tokio::
 pub async fn current_revision(cfg: &WorkloadConfig, deadline: tokio::time::Instant) -> Option<i64> {
     while tokio::time::Instant::now() < deadline {
         if let Some(mut c) = connect(&cfg.endpoints, cfg.op_timeout).await {
-            if let Ok(Ok(r)) = tokio::time::timeout(cfg.op_timeout, c.get(cfg.prefix.clone(), None)).await {
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(cfg.op_timeout, c.get(cfg.prefix.clone(), None)).await
+            {
                 if let Some(h) = r.header() {
                     return Some(h.revision());
                 }

@@ -24,7 +24,11 @@ pub const MAX_FAULT_BODY_BYTES: usize = 64 * 1024;
 /// Bound on the linearizable read `/health` performs.
 pub const HEALTH_READ_TIMEOUT_MS: u64 = 2_000;
 
-async fn handle(node: Arc<consensus::Node>, metrics: Arc<Metrics>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    node: Arc<consensus::Node>,
+    metrics: Arc<Metrics>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         Ok(Response::builder()
             .status(status)
@@ -92,7 +96,8 @@ async fn handle(node: Arc<consensus::Node>, metrics: Arc<Metrics>, req: Request<
 /// fields and values of the wrong type are rejected (the limits are checked
 /// by [`consensus::Faults::set`]).
 pub fn parse_fault_spec(body: &[u8]) -> Result<consensus::NetworkFaults, String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let obj = v.as_object().ok_or("expected a JSON object")?;
     for (k, val) in obj {
         match k.as_str() {
@@ -103,23 +108,36 @@ pub fn parse_fault_spec(body: &[u8]) -> Result<consensus::NetworkFaults, String>
             }
             "delay_ms" | "jitter_ms" => {
                 if !val.is_u64() {
-                    return Err(format!("field `{k}`: expected a whole number of milliseconds, got {val}"));
+                    return Err(format!(
+                        "field `{k}`: expected a whole number of milliseconds, got {val}"
+                    ));
                 }
             }
-            other => return Err(format!("unknown field `{other}` (known: isolated_from, delay_ms, jitter_ms)")),
+            other => {
+                return Err(format!(
+                    "unknown field `{other}` (known: isolated_from, delay_ms, jitter_ms)"
+                ))
+            }
         }
     }
     serde_json::from_value(v).map_err(|e| e.to_string())
 }
 
 /// Serve the admin endpoints on `listener` forever.
-pub async fn serve_admin(listener: tokio::net::TcpListener, node: Arc<consensus::Node>, metrics: Arc<Metrics>) {
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    node: Arc<consensus::Node>,
+    metrics: Arc<Metrics>,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let node = node.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(node.clone(), metrics.clone(), req));
+            let svc =
+                hyper::service::service_fn(move |req| handle(node.clone(), metrics.clone(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -134,8 +152,14 @@ mod tests {
     #[test]
     fn fault_spec_errors_name_the_field() {
         let f = parse_fault_spec(br#"{"isolated_from":[7],"delay_ms":20,"jitter_ms":30}"#).unwrap();
-        assert_eq!((f.delay_ms, f.jitter_ms, f.isolated_from.len()), (20, 30, 1));
-        assert_eq!(parse_fault_spec(b"{}").unwrap(), consensus::NetworkFaults::default());
+        assert_eq!(
+            (f.delay_ms, f.jitter_ms, f.isolated_from.len()),
+            (20, 30, 1)
+        );
+        assert_eq!(
+            parse_fault_spec(b"{}").unwrap(),
+            consensus::NetworkFaults::default()
+        );
         for (body, field) in [
             (&br#"{"jitter_ms":-5}"#[..], "`jitter_ms`"),
             (br#"{"jitter_ms":"10"}"#, "`jitter_ms`"),
@@ -151,7 +175,11 @@ mod tests {
     #[test]
     fn jitter_above_the_limit_is_refused_by_name() {
         let faults = consensus::Faults::new(true);
-        let mut f = consensus::NetworkFaults { delay_ms: 10, jitter_ms: consensus::faults::MAX_INJECTED_JITTER_MS + 1, ..Default::default() };
+        let mut f = consensus::NetworkFaults {
+            delay_ms: 10,
+            jitter_ms: consensus::faults::MAX_INJECTED_JITTER_MS + 1,
+            ..Default::default()
+        };
         let e = faults.set(f.clone()).unwrap_err().to_string();
         assert!(e.contains("jitter_ms") && e.contains("limit"), "{e}");
         f.jitter_ms = 50;

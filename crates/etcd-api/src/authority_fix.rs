@@ -244,10 +244,13 @@ impl<S> AuthorityFix<S> {
                 let mut header = [0u8; FRAME_HEADER_LEN];
                 header.copy_from_slice(&avail[..FRAME_HEADER_LEN]);
                 self.consume(FRAME_HEADER_LEN);
-                let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+                let len = usize::from(header[0]) << 16
+                    | usize::from(header[1]) << 8
+                    | usize::from(header[2]);
                 let frame_type = header[3];
                 let flags = header[4];
-                let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+                let stream_id =
+                    u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
 
                 let accumulated = match &self.block {
                     Some(block) => {
@@ -327,18 +330,27 @@ impl<S> AuthorityFix<S> {
             let mut end = payload.len();
             if frame.flags & FLAG_PADDED != 0 {
                 let Some(&pad) = payload.first() else {
-                    return Err(malformed(frame.stream_id, "PADDED HEADERS without pad length"));
+                    return Err(malformed(
+                        frame.stream_id,
+                        "PADDED HEADERS without pad length",
+                    ));
                 };
                 start = 1;
                 let pad = usize::from(pad);
                 if pad > end - start {
-                    return Err(malformed(frame.stream_id, "HEADERS padding exceeds payload"));
+                    return Err(malformed(
+                        frame.stream_id,
+                        "HEADERS padding exceeds payload",
+                    ));
                 }
                 end -= pad;
             }
             if frame.flags & FLAG_PRIORITY != 0 {
                 if end - start < PRIORITY_FIELD_LEN {
-                    return Err(malformed(frame.stream_id, "HEADERS too short for priority field"));
+                    return Err(malformed(
+                        frame.stream_id,
+                        "HEADERS too short for priority field",
+                    ));
                 }
                 start += PRIORITY_FIELD_LEN;
             }
@@ -408,13 +420,17 @@ impl<S> AuthorityFix<S> {
         }
 
         let frames = self.encoded.len().div_ceil(SERVER_MAX_FRAME_SIZE).max(1);
-        self.out.reserve(self.encoded.len() + frames * FRAME_HEADER_LEN);
+        self.out
+            .reserve(self.encoded.len() + frames * FRAME_HEADER_LEN);
         for i in 0..frames {
             let start = i * SERVER_MAX_FRAME_SIZE;
             let end = (start + SERVER_MAX_FRAME_SIZE).min(self.encoded.len());
             let chunk = &self.encoded[start..end];
             let (frame_type, mut flags) = if i == 0 {
-                (FRAME_HEADERS, if block.end_stream { FLAG_END_STREAM } else { 0 })
+                (
+                    FRAME_HEADERS,
+                    if block.end_stream { FLAG_END_STREAM } else { 0 },
+                )
             } else {
                 (FRAME_CONTINUATION, 0)
             };
@@ -491,7 +507,11 @@ fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
@@ -510,7 +530,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             }
             match this.state {
                 State::Failed => {
-                    let (kind, msg) = this.failure.clone().unwrap_or((io::ErrorKind::Other, String::new()));
+                    let (kind, msg) = this
+                        .failure
+                        .clone()
+                        .unwrap_or((io::ErrorKind::Other, String::new()));
                     return Poll::Ready(Err(io::Error::new(kind, msg)));
                 }
                 State::PassThrough => {
@@ -546,39 +569,45 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                     };
                     return Poll::Ready(Ok(()));
                 }
-                State::Preface | State::FrameHeader | State::HeaderPayload { .. } => match this.step() {
-                    Ok(true) => continue,
-                    Err((kind, msg)) => return Poll::Ready(Err(this.fail(kind, msg))),
-                    Ok(false) => {
-                        // Need more input. At most a frame header or the
-                        // preface is kept here; payloads are moved out.
-                        if this.in_start > 0 {
-                            this.in_buf.copy_within(this.in_start..this.in_end, 0);
-                            this.in_end -= this.in_start;
-                            this.in_start = 0;
-                        }
-                        let mut dst = ReadBuf::new(&mut this.in_buf[this.in_end..]);
-                        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut dst))?;
-                        let n = dst.filled().len();
-                        if n == 0 {
-                            if this.state == State::Preface && this.in_end > 0 {
-                                // A short non-HTTP/2 (or truncated) exchange:
-                                // hand over what arrived.
-                                this.state = State::PassThrough;
-                                continue;
+                State::Preface | State::FrameHeader | State::HeaderPayload { .. } => {
+                    match this.step() {
+                        Ok(true) => continue,
+                        Err((kind, msg)) => return Poll::Ready(Err(this.fail(kind, msg))),
+                        Ok(false) => {
+                            // Need more input. At most a frame header or the
+                            // preface is kept here; payloads are moved out.
+                            if this.in_start > 0 {
+                                this.in_buf.copy_within(this.in_start..this.in_end, 0);
+                                this.in_end -= this.in_start;
+                                this.in_start = 0;
                             }
-                            return Poll::Ready(Ok(()));
+                            let mut dst = ReadBuf::new(&mut this.in_buf[this.in_end..]);
+                            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut dst))?;
+                            let n = dst.filled().len();
+                            if n == 0 {
+                                if this.state == State::Preface && this.in_end > 0 {
+                                    // A short non-HTTP/2 (or truncated) exchange:
+                                    // hand over what arrived.
+                                    this.state = State::PassThrough;
+                                    continue;
+                                }
+                                return Poll::Ready(Ok(()));
+                            }
+                            this.in_end += n;
                         }
-                        this.in_end += n;
                     }
-                },
+                }
             }
         }
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -737,7 +766,11 @@ mod tests {
                     assert!(open.is_none());
                     assert_eq!(f.flags & (FLAG_PADDED | FLAG_PRIORITY), 0);
                     assert!(f.payload.len() <= SERVER_MAX_FRAME_SIZE);
-                    open = Some((f.stream_id, f.flags & FLAG_END_STREAM != 0, f.payload.clone()));
+                    open = Some((
+                        f.stream_id,
+                        f.flags & FLAG_END_STREAM != 0,
+                        f.payload.clone(),
+                    ));
                 }
                 FRAME_CONTINUATION => {
                     let (sid, _, block) = open.as_mut().expect("CONTINUATION without HEADERS");
@@ -771,7 +804,9 @@ mod tests {
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     /// Huffman codes (RFC 7541 Appendix B) for the characters the tests use.
@@ -843,7 +878,10 @@ mod tests {
             rewrite_authority(b"https://u:p@[::1]:2379/a/b?q#f"),
             Some(&b"[::1]:2379"[..])
         );
-        assert_eq!(rewrite_authority(b"http://example.com"), Some(&b"example.com"[..]));
+        assert_eq!(
+            rewrite_authority(b"http://example.com"),
+            Some(&b"example.com"[..])
+        );
         assert_eq!(rewrite_authority(b"unix:///tmp/sock"), Some(&b""[..]));
     }
 
@@ -882,12 +920,20 @@ mod tests {
         input.extend(settings());
         input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &first));
         input.extend(&data);
-        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 3, &second));
+        input.extend(frame(
+            FRAME_HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            3,
+            &second,
+        ));
 
         let out = run(input).await.unwrap();
         let frames = parse(&out);
         assert_eq!(frames.len(), 4);
-        assert_eq!(frames[0], parse(&[&CLIENT_PREFACE[..], &settings()].concat())[0]);
+        assert_eq!(
+            frames[0],
+            parse(&[&CLIENT_PREFACE[..], &settings()].concat())[0]
+        );
         let mut data_round_trip = CLIENT_PREFACE.to_vec();
         data_round_trip.extend(&data);
         assert_eq!(
@@ -916,12 +962,15 @@ mod tests {
     #[tokio::test]
     async fn test_rfc7541_c4_requests_are_resolved() {
         let c41: &[u8] = &[
-            0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
+            0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab,
+            0x90, 0xf4, 0xff,
         ];
-        let c42: &[u8] = &[0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf];
+        let c42: &[u8] = &[
+            0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf,
+        ];
         let c43: &[u8] = &[
-            0x82, 0x87, 0x85, 0xbf, 0x40, 0x88, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xa9, 0x7d, 0x7f, 0x89, 0x25, 0xa8, 0x49,
-            0xe9, 0x5b, 0xb8, 0xe8, 0xb4, 0xbf,
+            0x82, 0x87, 0x85, 0xbf, 0x40, 0x88, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xa9, 0x7d, 0x7f,
+            0x89, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xb8, 0xe8, 0xb4, 0xbf,
         ];
         let mut input = CLIENT_PREFACE.to_vec();
         for (i, block) in [c41, c42, c43].into_iter().enumerate() {
@@ -981,7 +1030,12 @@ mod tests {
             &headers_payload,
         ));
         input.extend(frame(FRAME_CONTINUATION, 0, 5, &block[100..20_000]));
-        input.extend(frame(FRAME_CONTINUATION, FLAG_END_HEADERS, 5, &block[20_000..]));
+        input.extend(frame(
+            FRAME_CONTINUATION,
+            FLAG_END_HEADERS,
+            5,
+            &block[20_000..],
+        ));
         input.extend(frame(0x6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8])); // PING
 
         let frames = parse(&run(input).await.unwrap());
@@ -1041,7 +1095,10 @@ mod tests {
             writer.await.unwrap();
             let mut expected = CLIENT_PREFACE.to_vec();
             expected.extend(&data);
-            assert!(got == expected, "DATA frame must pass through byte-identical");
+            assert!(
+                got == expected,
+                "DATA frame must pass through byte-identical"
+            );
         })
         .await
         .expect("timed out");
@@ -1078,7 +1135,12 @@ mod tests {
                 "size update above limit",
                 [
                     &CLIENT_PREFACE[..],
-                    &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0x3f, 0xe1, 0xff, 0x03, 0x82]),
+                    &frame(
+                        FRAME_HEADERS,
+                        FLAG_END_HEADERS,
+                        1,
+                        &[0x3f, 0xe1, 0xff, 0x03, 0x82],
+                    ),
                 ]
                 .concat(),
             ),
@@ -1122,7 +1184,11 @@ mod tests {
         encode_string(&mut block, b"x-a");
         encode_string(&mut block, "a".repeat(4000).as_bytes());
         block.extend(std::iter::repeat_n(0xbe, 1000)); // ~4 MB decoded
-        let input = [&CLIENT_PREFACE[..], &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &block)].concat();
+        let input = [
+            &CLIENT_PREFACE[..],
+            &frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &block),
+        ]
+        .concat();
         let err = run(input).await.unwrap_err();
         assert!(err.to_string().contains("decoded header list"), "{err}");
     }

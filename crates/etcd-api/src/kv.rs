@@ -2,11 +2,12 @@
 
 use std::time::Instant;
 
-use etcd_client::proto::{
-    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbKvService, PbPutRequest,
-    PbPutResponse, PbRangeRequest, PbRangeStreamResponse, PbTxnRequest, PbTxnResponse,
-};
 use etcd_client::proto::PbRangeResponse;
+use etcd_client::proto::{
+    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbKvService,
+    PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeStreamResponse, PbTxnRequest,
+    PbTxnResponse,
+};
 use mvcc::{ApplyResponse, Command};
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -18,7 +19,8 @@ impl EtcdApi {
     pub(crate) async fn propose(&self, cmd: Command) -> Result<ApplyResponse, Status> {
         let started = Instant::now();
         let outcome = self.node().propose(cmd).await;
-        self.metrics().observe_proposal(started.elapsed(), outcome.is_ok());
+        self.metrics()
+            .observe_proposal(started.elapsed(), outcome.is_ok());
         let outcome = outcome.map_err(node_status)?;
         let resp = ApplyResponse::decode(&outcome.response)
             .map_err(|e| Status::internal(format!("etcdserver: undecodable apply result: {e}")))?;
@@ -32,7 +34,11 @@ impl EtcdApi {
         mvcc::validate_range(req).map_err(|e| e.to_status())?;
         self.barrier(req.serializable).await?;
         let mut resp = self.node().store().range(req).map_err(|e| e.to_status())?;
-        let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_else(|| self.node().store().current_revision());
+        let rev = resp
+            .header
+            .as_ref()
+            .map(|h| h.revision)
+            .unwrap_or_else(|| self.node().store().current_revision());
         resp.header = Some(self.header(rev));
         Ok(resp)
     }
@@ -44,20 +50,29 @@ fn unexpected(what: &str) -> Status {
 
 #[tonic::async_trait]
 impl PbKvService for EtcdApi {
-    async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<PbRangeRequest>,
+    ) -> Result<Response<PbRangeResponse>, Status> {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         Ok(Response::new(self.do_range(&req).await?))
     }
 
-    type RangeStreamStream = futures::stream::Once<futures::future::Ready<Result<PbRangeStreamResponse, Status>>>;
+    type RangeStreamStream =
+        futures::stream::Once<futures::future::Ready<Result<PbRangeStreamResponse, Status>>>;
 
-    async fn range_stream(&self, request: Request<PbRangeRequest>) -> Result<Response<Self::RangeStreamStream>, Status> {
+    async fn range_stream(
+        &self,
+        request: Request<PbRangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
         let req = request.into_inner();
         let resp = self.do_range(&req).await?;
-        Ok(Response::new(futures::stream::once(futures::future::ready(Ok(PbRangeStreamResponse {
-            range_response: Some(resp),
-        })))))
+        Ok(Response::new(futures::stream::once(
+            futures::future::ready(Ok(PbRangeStreamResponse {
+                range_response: Some(resp),
+            })),
+        )))
     }
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
@@ -75,7 +90,10 @@ impl PbKvService for EtcdApi {
         }
     }
 
-    async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<PbDeleteRequest>,
+    ) -> Result<Response<PbDeleteResponse>, Status> {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_delete_range(&req).map_err(|e| e.to_status())?;
@@ -106,9 +124,17 @@ impl PbKvService for EtcdApi {
         }
     }
 
-    async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<PbCompactionRequest>,
+    ) -> Result<Response<PbCompactionResponse>, Status> {
         let req = request.into_inner();
-        match self.propose(Command::Compact { revision: req.revision }).await? {
+        match self
+            .propose(Command::Compact {
+                revision: req.revision,
+            })
+            .await?
+        {
             ApplyResponse::Compact(mut r) => {
                 let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
                 r.header = Some(self.header(rev));
@@ -121,9 +147,12 @@ impl PbKvService for EtcdApi {
 
 fn txn_has_put(req: &PbTxnRequest) -> bool {
     use etcd_client::proto::PbTxnOpRequest;
-    req.success.iter().chain(req.failure.iter()).any(|op| match &op.request {
-        Some(PbTxnOpRequest::RequestPut(_)) => true,
-        Some(PbTxnOpRequest::RequestTxn(t)) => txn_has_put(t),
-        _ => false,
-    })
+    req.success
+        .iter()
+        .chain(req.failure.iter())
+        .any(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestPut(_)) => true,
+            Some(PbTxnOpRequest::RequestTxn(t)) => txn_has_put(t),
+            _ => false,
+        })
 }

@@ -6,8 +6,8 @@ use std::pin::Pin;
 
 use etcd_client::proto::{
     PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse,
-    PbLeaseLeasesRequest, PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse, PbLeaseService,
-    PbLeaseStatus, PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse,
+    PbLeaseLeasesRequest, PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse,
+    PbLeaseService, PbLeaseStatus, PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse,
 };
 use futures::Stream;
 use mvcc::{ApplyResponse, Command, EtcdError};
@@ -24,7 +24,10 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse
 
 #[tonic::async_trait]
 impl PbLeaseService for EtcdApi {
-    async fn lease_grant(&self, request: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        request: Request<PbLeaseGrantRequest>,
+    ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL_SECONDS {
             return Err(EtcdError::TtlTooLarge.to_status());
@@ -33,26 +36,51 @@ impl PbLeaseService for EtcdApi {
         let ttl = req.ttl.max(consensus::lessor::MIN_LEASE_TTL_SECONDS);
         // The id is chosen here, before proposing, so every member applies
         // the same one; positive like etcd's.
-        let id = if req.id != 0 { req.id } else { (rand::random::<u64>() >> 1).max(1) as i64 };
-        match self.propose(Command::LeaseGrant { id, ttl_seconds: ttl }).await? {
+        let id = if req.id != 0 {
+            req.id
+        } else {
+            (rand::random::<u64>() >> 1).max(1) as i64
+        };
+        match self
+            .propose(Command::LeaseGrant {
+                id,
+                ttl_seconds: ttl,
+            })
+            .await?
+        {
             ApplyResponse::LeaseGrant(mut r) => {
-                let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_else(|| self.node().store().current_revision());
+                let rev = r
+                    .header
+                    .as_ref()
+                    .map(|h| h.revision)
+                    .unwrap_or_else(|| self.node().store().current_revision());
                 r.header = Some(self.header(rev));
                 Ok(Response::new(r))
             }
-            _ => Err(Status::internal("etcdserver: unexpected apply result for lease grant")),
+            _ => Err(Status::internal(
+                "etcdserver: unexpected apply result for lease grant",
+            )),
         }
     }
 
-    async fn lease_revoke(&self, request: Request<PbLeaseRevokeRequest>) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<PbLeaseRevokeRequest>,
+    ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let req = request.into_inner();
         match self.propose(Command::LeaseRevoke { id: req.id }).await? {
             ApplyResponse::LeaseRevoke(mut r) => {
-                let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_else(|| self.node().store().current_revision());
+                let rev = r
+                    .header
+                    .as_ref()
+                    .map(|h| h.revision)
+                    .unwrap_or_else(|| self.node().store().current_revision());
                 r.header = Some(self.header(rev));
                 Ok(Response::new(r))
             }
-            _ => Err(Status::internal("etcdserver: unexpected apply result for lease revoke")),
+            _ => Err(Status::internal(
+                "etcdserver: unexpected apply result for lease revoke",
+            )),
         }
     }
 
@@ -69,7 +97,11 @@ impl PbLeaseService for EtcdApi {
             while let Ok(Some(req)) = input.message().await {
                 let resp = match api.node().lease_keep_alive(req.id).await {
                     // etcd answers TTL 0 for a lease that no longer exists.
-                    Ok(ttl) => Ok(PbLeaseKeepAliveResponse { header: Some(api.current_header()), id: req.id, ttl: ttl.unwrap_or(0) }),
+                    Ok(ttl) => Ok(PbLeaseKeepAliveResponse {
+                        header: Some(api.current_header()),
+                        id: req.id,
+                        ttl: ttl.unwrap_or(0),
+                    }),
                     Err(e) => Err(node_status(e)),
                 };
                 let failed = resp.is_err();
@@ -86,7 +118,11 @@ impl PbLeaseService for EtcdApi {
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
-        let remaining = self.node().lease_time_to_live(req.id).await.map_err(node_status)?;
+        let remaining = self
+            .node()
+            .lease_time_to_live(req.id)
+            .await
+            .map_err(node_status)?;
         let info = self.node().store().lease(req.id);
         let resp = match (remaining, info) {
             (Some((granted, ttl)), Some(info)) => PbLeaseTimeToLiveResponse {
@@ -97,14 +133,31 @@ impl PbLeaseService for EtcdApi {
                 keys: if req.keys { info.keys } else { Vec::new() },
             },
             // etcd answers TTL -1 for a lease that does not exist.
-            _ => PbLeaseTimeToLiveResponse { header: Some(self.current_header()), id: req.id, ttl: -1, ..Default::default() },
+            _ => PbLeaseTimeToLiveResponse {
+                header: Some(self.current_header()),
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            },
         };
         Ok(Response::new(resp))
     }
 
-    async fn lease_leases(&self, _request: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _request: Request<PbLeaseLeasesRequest>,
+    ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         self.barrier(false).await?;
-        let leases = self.node().store().leases().into_iter().map(|l| PbLeaseStatus { id: l.id }).collect();
-        Ok(Response::new(PbLeaseLeasesResponse { header: Some(self.current_header()), leases }))
+        let leases = self
+            .node()
+            .store()
+            .leases()
+            .into_iter()
+            .map(|l| PbLeaseStatus { id: l.id })
+            .collect();
+        Ok(Response::new(PbLeaseLeasesResponse {
+            header: Some(self.current_header()),
+            leases,
+        }))
     }
 }

@@ -90,7 +90,13 @@ pub(crate) const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large
 
 impl EtcdApi {
     pub fn new(node: Arc<Node>, limits: ApiLimits, metrics: Arc<metrics::Metrics>) -> Self {
-        EtcdApi { inner: Arc::new(Inner { node, limits, metrics }) }
+        EtcdApi {
+            inner: Arc::new(Inner {
+                node,
+                limits,
+                metrics,
+            }),
+        }
     }
 
     pub(crate) fn node(&self) -> &Arc<Node> {
@@ -106,7 +112,12 @@ impl EtcdApi {
     /// The header every response carries.
     pub(crate) fn header(&self, revision: i64) -> PbResponseHeader {
         let node = self.node();
-        PbResponseHeader { cluster_id: node.cluster_id(), member_id: node.id(), revision, raft_term: node.term() }
+        PbResponseHeader {
+            cluster_id: node.cluster_id(),
+            member_id: node.id(),
+            revision,
+            raft_term: node.term(),
+        }
     }
 
     pub(crate) fn current_header(&self) -> PbResponseHeader {
@@ -125,13 +136,22 @@ impl EtcdApi {
     /// backend has outgrown the quota.
     pub(crate) async fn check_quota(&self) -> Result<(), Status> {
         let store = self.node().store();
-        let alarms = store.alarms().map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        let alarms = store
+            .alarms()
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
         if alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE) {
             return Err(mvcc::EtcdError::NoSpace.to_status());
         }
         if store.db_size_bytes() > self.limits().quota_backend_bytes {
-            tracing::warn!("backend exceeds quota_backend_bytes={}: raising NOSPACE", self.limits().quota_backend_bytes);
-            let cmd = mvcc::Command::Alarm { action: ALARM_ACTIVATE, member_id: self.node().id(), alarm: ALARM_NOSPACE };
+            tracing::warn!(
+                "backend exceeds quota_backend_bytes={}: raising NOSPACE",
+                self.limits().quota_backend_bytes
+            );
+            let cmd = mvcc::Command::Alarm {
+                action: ALARM_ACTIVATE,
+                member_id: self.node().id(),
+                alarm: ALARM_NOSPACE,
+            };
             self.propose(cmd).await?;
             return Err(mvcc::EtcdError::NoSpace.to_status());
         }
@@ -157,13 +177,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer};
+    use etcd_client::proto::{
+        PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
+    };
     let max = api.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let per_conn = api.limits().max_concurrent_requests_per_connection;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(per_conn)
-        .add_service(PbKvServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(usize::MAX))
+        .add_service(
+            PbKvServer::new(api.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(PbWatchServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))

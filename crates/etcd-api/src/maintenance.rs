@@ -14,10 +14,10 @@
 use std::pin::Pin;
 
 use etcd_client::proto::{
-    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
-    PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse, PbMaintenanceService,
-    PbMoveLeaderRequest, PbMoveLeaderResponse, PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest,
-    PbStatusResponse,
+    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse,
+    PbDowngradeRequest, PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest,
+    PbHashResponse, PbMaintenanceService, PbMoveLeaderRequest, PbMoveLeaderResponse,
+    PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
 };
 use futures::Stream;
 use sha2::{Digest, Sha256};
@@ -39,34 +39,55 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Statu
 
 #[tonic::async_trait]
 impl PbMaintenanceService for EtcdApi {
-    async fn alarm(&self, request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<PbAlarmRequest>,
+    ) -> Result<Response<PbAlarmResponse>, Status> {
         let req = request.into_inner();
         match req.action {
             ALARM_GET => {
                 self.barrier(false).await?;
-                let alarms = self.node().store().alarms().map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+                let alarms = self
+                    .node()
+                    .store()
+                    .alarms()
+                    .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
                 let list = alarms
                     .into_iter()
                     .filter(|(_, a)| req.alarm == 0 || *a == req.alarm)
                     .map(|(member_id, alarm)| PbAlarmMember { member_id, alarm })
                     .collect();
-                Ok(Response::new(PbAlarmResponse { header: Some(self.current_header()), alarms: list }))
+                Ok(Response::new(PbAlarmResponse {
+                    header: Some(self.current_header()),
+                    alarms: list,
+                }))
             }
             ALARM_ACTIVATE | ALARM_DEACTIVATE => {
-                let cmd = mvcc::Command::Alarm { action: req.action, member_id: req.member_id, alarm: req.alarm };
+                let cmd = mvcc::Command::Alarm {
+                    action: req.action,
+                    member_id: req.member_id,
+                    alarm: req.alarm,
+                };
                 match self.propose(cmd).await? {
                     mvcc::ApplyResponse::Alarm(mut r) => {
                         r.header = Some(self.current_header());
                         Ok(Response::new(r))
                     }
-                    _ => Err(Status::internal("etcdserver: unexpected apply result for alarm")),
+                    _ => Err(Status::internal(
+                        "etcdserver: unexpected apply result for alarm",
+                    )),
                 }
             }
-            other => Err(Status::invalid_argument(format!("etcdserver: unknown alarm action {other}"))),
+            other => Err(Status::invalid_argument(format!(
+                "etcdserver: unknown alarm action {other}"
+            ))),
         }
     }
 
-    async fn status(&self, _request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<PbStatusRequest>,
+    ) -> Result<Response<PbStatusResponse>, Status> {
         let node = self.node();
         let st = node.status();
         let db_size = node.store().db_size_bytes() as i64;
@@ -75,7 +96,16 @@ impl PbMaintenanceService for EtcdApi {
             .alarms()
             .unwrap_or_default()
             .iter()
-            .map(|(m, a)| format!("memberID:{m} alarm:{}", if *a == crate::ALARM_NOSPACE { "NOSPACE" } else { "CORRUPT" }))
+            .map(|(m, a)| {
+                format!(
+                    "memberID:{m} alarm:{}",
+                    if *a == crate::ALARM_NOSPACE {
+                        "NOSPACE"
+                    } else {
+                        "CORRUPT"
+                    }
+                )
+            })
             .collect();
         Ok(Response::new(PbStatusResponse {
             header: Some(self.current_header()),
@@ -94,24 +124,50 @@ impl PbMaintenanceService for EtcdApi {
         }))
     }
 
-    async fn defragment(&self, _request: Request<PbDefragmentRequest>) -> Result<Response<PbDefragmentResponse>, Status> {
-        Err(Status::unimplemented("etcdserver: defragment is not supported by phalanx: its storage reuses freed pages"))
+    async fn defragment(
+        &self,
+        _request: Request<PbDefragmentRequest>,
+    ) -> Result<Response<PbDefragmentResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: defragment is not supported by phalanx: its storage reuses freed pages",
+        ))
     }
 
-    async fn hash(&self, _request: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(
+        &self,
+        _request: Request<PbHashRequest>,
+    ) -> Result<Response<PbHashResponse>, Status> {
         let (hash, _, _) = self.node().store().hash_kv(0).map_err(|e| e.to_status())?;
-        Ok(Response::new(PbHashResponse { header: Some(self.current_header()), hash }))
+        Ok(Response::new(PbHashResponse {
+            header: Some(self.current_header()),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        request: Request<PbHashKvRequest>,
+    ) -> Result<Response<PbHashKvResponse>, Status> {
         let rev = request.into_inner().revision;
-        let (hash, compact_revision, hash_revision) = self.node().store().hash_kv(rev).map_err(|e| e.to_status())?;
-        Ok(Response::new(PbHashKvResponse { header: Some(self.header(hash_revision)), hash, compact_revision, hash_revision }))
+        let (hash, compact_revision, hash_revision) = self
+            .node()
+            .store()
+            .hash_kv(rev)
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(PbHashKvResponse {
+            header: Some(self.header(hash_revision)),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _request: Request<PbSnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _request: Request<PbSnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         let store = self.node().store().clone();
         let data = tokio::task::spawn_blocking(move || {
             let mut data = Vec::new();
@@ -144,13 +200,26 @@ impl PbMaintenanceService for EtcdApi {
         Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
-    async fn move_leader(&self, request: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        request: Request<PbMoveLeaderRequest>,
+    ) -> Result<Response<PbMoveLeaderResponse>, Status> {
         let target = request.into_inner().target_id;
-        self.node().move_leader(target).await.map_err(crate::node_status)?;
-        Ok(Response::new(PbMoveLeaderResponse { header: Some(self.current_header()) }))
+        self.node()
+            .move_leader(target)
+            .await
+            .map_err(crate::node_status)?;
+        Ok(Response::new(PbMoveLeaderResponse {
+            header: Some(self.current_header()),
+        }))
     }
 
-    async fn downgrade(&self, _request: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
-        Err(Status::unimplemented("etcdserver: downgrade is not supported by phalanx"))
+    async fn downgrade(
+        &self,
+        _request: Request<PbDowngradeRequest>,
+    ) -> Result<Response<PbDowngradeResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: downgrade is not supported by phalanx",
+        ))
     }
 }

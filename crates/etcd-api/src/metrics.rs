@@ -39,25 +39,57 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("phalanx");
         let proposals = Family::<ResultLabel, Counter>::default();
-        registry.register("server_proposals", "Client write proposals by result", proposals.clone());
+        registry.register(
+            "server_proposals",
+            "Client write proposals by result",
+            proposals.clone(),
+        );
         let proposal_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register("server_proposal_duration_seconds", "Time from proposal to applied outcome", proposal_seconds.clone());
+        registry.register(
+            "server_proposal_duration_seconds",
+            "Time from proposal to applied outcome",
+            proposal_seconds.clone(),
+        );
         let has_leader = Gauge::default();
-        registry.register("server_has_leader", "1 if this member knows a leader", has_leader.clone());
+        registry.register(
+            "server_has_leader",
+            "1 if this member knows a leader",
+            has_leader.clone(),
+        );
         let is_leader = Gauge::default();
-        registry.register("server_is_leader", "1 if this member is the leader", is_leader.clone());
+        registry.register(
+            "server_is_leader",
+            "1 if this member is the leader",
+            is_leader.clone(),
+        );
         let term = Gauge::<u64, AtomicU64>::default();
         registry.register("raft_term", "Current Raft term", term.clone());
         let applied_index = Gauge::<u64, AtomicU64>::default();
-        registry.register("raft_applied_index", "Last applied Raft log index", applied_index.clone());
+        registry.register(
+            "raft_applied_index",
+            "Last applied Raft log index",
+            applied_index.clone(),
+        );
         let snapshot_index = Gauge::<u64, AtomicU64>::default();
-        registry.register("raft_snapshot_index", "Last log index covered by this member's latest snapshot", snapshot_index.clone());
+        registry.register(
+            "raft_snapshot_index",
+            "Last log index covered by this member's latest snapshot",
+            snapshot_index.clone(),
+        );
         let purged_index = Gauge::<u64, AtomicU64>::default();
-        registry.register("raft_purged_index", "Log entries up to this index were compacted away", purged_index.clone());
+        registry.register(
+            "raft_purged_index",
+            "Log entries up to this index were compacted away",
+            purged_index.clone(),
+        );
         let revision = Gauge::default();
         registry.register("mvcc_revision", "Current store revision", revision.clone());
         let db_size_bytes = Gauge::default();
-        registry.register("mvcc_db_total_size_in_bytes", "Backend file size", db_size_bytes.clone());
+        registry.register(
+            "mvcc_db_total_size_in_bytes",
+            "Backend file size",
+            db_size_bytes.clone(),
+        );
         Metrics {
             registry: std::sync::Mutex::new(registry),
             proposals,
@@ -74,7 +106,11 @@ impl Metrics {
     }
 
     pub fn observe_proposal(&self, took: Duration, ok: bool) {
-        self.proposals.get_or_create(&ResultLabel { result: if ok { "ok" } else { "failed" } }).inc();
+        self.proposals
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
         self.proposal_seconds.observe(took.as_secs_f64());
     }
 
@@ -90,8 +126,11 @@ impl Metrics {
         self.revision.set(node.store().current_revision());
         self.db_size_bytes.set(node.store().db_size_bytes() as i64);
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().expect("registry poisoned"))
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(
+            &mut out,
+            &self.registry.lock().expect("registry poisoned"),
+        )
+        .expect("writing to a String cannot fail");
         out
     }
 }

@@ -18,7 +18,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use consensus::StoreChange;
-use etcd_client::proto::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchService};
+use etcd_client::proto::{
+    PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchService,
+};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -74,12 +76,20 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + 
 impl PbWatchService for EtcdApi {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<Streaming<PbWatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<PbWatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(self.limits().watch_stream_buffer_responses);
         let api = self.clone();
         tokio::spawn(async move {
-            let mut session = Session { api, tx, watchers: BTreeMap::new(), next_id: 0 };
+            let mut session = Session {
+                api,
+                tx,
+                watchers: BTreeMap::new(),
+                next_id: 0,
+            };
             if let Err(e) = session.run(input).await {
                 tracing::debug!("watch stream ended: {e}");
             }
@@ -109,12 +119,18 @@ impl Session {
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> PbWatchResponse {
-        PbWatchResponse { header: Some(self.api.header(revision)), watch_id, ..Default::default() }
+        PbWatchResponse {
+            header: Some(self.api.header(revision)),
+            watch_id,
+            ..Default::default()
+        }
     }
 
     async fn run(&mut self, mut input: Streaming<PbWatchRequest>) -> Result<(), Closed> {
         let mut changes = self.api.node().applier().subscribe();
-        let mut progress = tokio::time::interval(Duration::from_millis(self.api.limits().watch_progress_notify_interval_ms));
+        let mut progress = tokio::time::interval(Duration::from_millis(
+            self.api.limits().watch_progress_notify_interval_ms,
+        ));
         progress.tick().await;
         loop {
             tokio::select! {
@@ -147,7 +163,10 @@ impl Session {
                     let mut r = self.response(-1, current);
                     r.created = true;
                     r.canceled = true;
-                    r.cancel_reason = format!("etcdserver: too many watches on this stream (max_watches_per_stream={})", self.api.limits().max_watches_per_stream);
+                    r.cancel_reason = format!(
+                        "etcdserver: too many watches on this stream (max_watches_per_stream={})",
+                        self.api.limits().max_watches_per_stream
+                    );
                     return self.send(r).await;
                 }
                 let id = if c.watch_id != 0 {
@@ -155,7 +174,8 @@ impl Session {
                         let mut r = self.response(c.watch_id, current);
                         r.created = true;
                         r.canceled = true;
-                        r.cancel_reason = "etcdserver: duplicate watch ID provided on the WatchStream".into();
+                        r.cancel_reason =
+                            "etcdserver: duplicate watch ID provided on the WatchStream".into();
                         return self.send(r).await;
                     }
                     c.watch_id
@@ -168,7 +188,11 @@ impl Session {
                 let watcher = Watcher {
                     key: c.key,
                     range_end: c.range_end,
-                    next_rev: if c.start_revision > 0 { c.start_revision } else { current + 1 },
+                    next_rev: if c.start_revision > 0 {
+                        c.start_revision
+                    } else {
+                        current + 1
+                    },
                     prev_kv: c.prev_kv,
                     no_put: c.filters.contains(&FILTER_NOPUT),
                     no_delete: c.filters.contains(&FILTER_NODELETE),
@@ -182,7 +206,8 @@ impl Session {
             }
             Some(PbWatchRequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
-                    let mut r = self.response(c.watch_id, self.api.node().store().current_revision());
+                    let mut r =
+                        self.response(c.watch_id, self.api.node().store().current_revision());
                     r.canceled = true;
                     self.send(r).await?;
                 }
@@ -204,7 +229,9 @@ impl Session {
         let batch = self.api.limits().watch_catchup_batch_events;
         loop {
             let current = store.current_revision();
-            let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+            let Some(w) = self.watchers.get(&id) else {
+                return Ok(());
+            };
             if w.next_rev > current {
                 return Ok(());
             }
@@ -213,7 +240,10 @@ impl Session {
                     let w = self.watchers.get_mut(&id).expect("watcher present");
                     let mut out: Vec<PbEvent> = events.iter().filter_map(|e| w.wanted(e)).collect();
                     // Never split a revision: the store returns whole revisions.
-                    let last = events.last().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision);
+                    let last = events
+                        .last()
+                        .and_then(|e| e.kv.as_ref())
+                        .map(|kv| kv.mod_revision);
                     w.next_rev = match last {
                         Some(r) if events.len() >= batch => r + 1,
                         _ => current + 1,
@@ -249,7 +279,11 @@ impl Session {
         let mut lagging = Vec::new();
         let mut out = Vec::new();
         for (id, w) in self.watchers.iter_mut() {
-            let first = events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision).unwrap_or(revision);
+            let first = events
+                .first()
+                .and_then(|e| e.kv.as_ref())
+                .map(|kv| kv.mod_revision)
+                .unwrap_or(revision);
             if w.next_rev < first {
                 // A gap between what we delivered and this batch: replay it.
                 lagging.push(*id);

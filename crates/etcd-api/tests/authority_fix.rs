@@ -22,9 +22,20 @@ const PROTOCOL_ERROR: u32 = 0x1;
 
 /// Responds 200 with "<authority> <request body length>".
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let authority = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-    Ok(Response::new(Full::new(Bytes::from(format!("{authority} {body_len}")))))
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    Ok(Response::new(Full::new(Bytes::from(format!(
+        "{authority} {body_len}"
+    )))))
 }
 
 async fn serve_conn<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) {
@@ -100,10 +111,14 @@ async fn raw_requests(port: u16, authorities: &[&str]) -> Vec<Outcome> {
     let mut bodies = vec![Vec::new(); authorities.len()];
     while outcomes.iter().any(Option::is_none) {
         let mut header = [0u8; 9];
-        tcp.read_exact(&mut header).await.expect("server closed the connection");
-        let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        tcp.read_exact(&mut header)
+            .await
+            .expect("server closed the connection");
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
         let (frame_type, flags) = (header[3], header[4]);
-        let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        let stream_id =
+            u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
         let mut payload = vec![0u8; len];
         tcp.read_exact(&mut payload).await.unwrap();
         let idx = (stream_id as usize).wrapping_sub(1) / 2;
@@ -118,7 +133,11 @@ async fn raw_requests(port: u16, authorities: &[&str]) -> Vec<Outcome> {
                 }
             }
             0x0 => bodies[idx].extend_from_slice(&payload),
-            0x3 => outcomes[idx] = Some(Outcome::Reset(u32::from_be_bytes(payload[..4].try_into().unwrap()))),
+            0x3 => {
+                outcomes[idx] = Some(Outcome::Reset(u32::from_be_bytes(
+                    payload[..4].try_into().unwrap(),
+                )))
+            }
             0x7 => panic!("GOAWAY: {payload:?}"),
             _ => {}
         }
@@ -183,7 +202,8 @@ async fn test_h2_client_through_the_adapter() {
                 .body(())
                 .unwrap();
             let (resp, mut send) = client.send_request(req, false).unwrap();
-            send.send_data(Bytes::from(vec![b'a'; body_len]), true).unwrap();
+            send.send_data(Bytes::from(vec![b'a'; body_len]), true)
+                .unwrap();
             let resp = resp.await.unwrap();
             assert_eq!(resp.status(), 200);
             let mut body = resp.into_body();
@@ -193,7 +213,10 @@ async fn test_h2_client_through_the_adapter() {
                 body.flow_control().release_capacity(chunk.len()).unwrap();
                 got.extend_from_slice(&chunk);
             }
-            assert_eq!(String::from_utf8(got).unwrap(), format!("127.0.0.1:{port} {body_len}"));
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                format!("127.0.0.1:{port} {body_len}")
+            );
         }
     })
     .await

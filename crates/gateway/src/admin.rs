@@ -70,19 +70,33 @@ pub(crate) fn pools_json(rt: &Runtime) -> serde_json::Value {
 fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
     r
 }
 
-async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn serve(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     Ok(match req.uri().path() {
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             shared.metrics.encode(),
         ),
-        "/pools" => respond(StatusCode::OK, "application/json", pools_json(&shared.runtime()).to_string()),
-        "/config" => respond(StatusCode::OK, "application/toml", shared.runtime().config.to_toml_string()),
+        "/pools" => respond(
+            StatusCode::OK,
+            "application/json",
+            pools_json(&shared.runtime()).to_string(),
+        ),
+        "/config" => respond(
+            StatusCode::OK,
+            "application/toml",
+            shared.runtime().config.to_toml_string(),
+        ),
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     })
@@ -109,5 +123,8 @@ pub(crate) fn start(l: std::net::TcpListener, shared: Arc<Shared>) -> std::io::R
             });
         }
     });
-    Ok(AdminHandle { local_addr, stop: tx })
+    Ok(AdminHandle {
+        local_addr,
+        stop: tx,
+    })
 }

@@ -43,7 +43,11 @@ impl Set {
             None
         };
         let n = eps.len();
-        Set { eps, hash, swrr: Mutex::new(vec![0; n]) }
+        Set {
+            eps,
+            hash,
+            swrr: Mutex::new(vec![0; n]),
+        }
     }
 }
 
@@ -70,7 +74,10 @@ pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc
     match cfg.algorithm {
         Algorithm::RoundRobin => {
             let start = ctx.rr.fetch_add(1, Ordering::Relaxed);
-            (0..n).map(|i| &set.eps[(start + i) % n]).find(|e| !ctx.excluded(e)).cloned()
+            (0..n)
+                .map(|i| &set.eps[(start + i) % n])
+                .find(|e| !ctx.excluded(e))
+                .cloned()
         }
         Algorithm::WeightedRoundRobin => {
             let mut cur = set.swrr.lock().unwrap();
@@ -80,9 +87,10 @@ pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc
                 if ctx.excluded(e) {
                     continue;
                 }
-                let w = (e.weight() as f64 * e.slow_start_factor(cfg.slow_start_ms, ctx.now) * 100.0)
-                    .round()
-                    .max(1.0) as i64;
+                let w =
+                    (e.weight() as f64 * e.slow_start_factor(cfg.slow_start_ms, ctx.now) * 100.0)
+                        .round()
+                        .max(1.0) as i64;
                 cur[i] += w;
                 total += w;
                 if best.map(|b| cur[i] > cur[b]).unwrap_or(true) {
@@ -110,7 +118,8 @@ pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc
         }
         Algorithm::LeastRequest => {
             let load = |e: &Endpoint| {
-                let mut l = (e.active() as f64 + 1.0) / e.slow_start_factor(cfg.slow_start_ms, ctx.now);
+                let mut l =
+                    (e.active() as f64 + 1.0) / e.slow_start_factor(cfg.slow_start_ms, ctx.now);
                 if cfg.peak_ewma {
                     l *= e.ewma_ms(cfg.ewma_decay_ms, ctx.now) + 1.0;
                 }
@@ -132,13 +141,18 @@ pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc
                         b += 1;
                     }
                     let (ea, eb) = (allowed[a], allowed[b]);
-                    Some(if load(ea) <= load(eb) { ea.clone() } else { eb.clone() })
+                    Some(if load(ea) <= load(eb) {
+                        ea.clone()
+                    } else {
+                        eb.clone()
+                    })
                 }
             }
         }
         Algorithm::ConsistentHash => {
             let t = set.hash.as_ref()?;
-            t.lookup(ctx.hash_key, |i| !ctx.excluded(&set.eps[i])).map(|i| set.eps[i].clone())
+            t.lookup(ctx.hash_key, |i| !ctx.excluded(&set.eps[i]))
+                .map(|i| set.eps[i].clone())
         }
         Algorithm::Random => {
             let weights: Vec<f64> = set
@@ -165,7 +179,10 @@ pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc
                     x -= w;
                 }
             }
-            weights.iter().rposition(|w| *w > 0.0).map(|i| set.eps[i].clone())
+            weights
+                .iter()
+                .rposition(|w| *w > 0.0)
+                .map(|i| set.eps[i].clone())
         }
     }
 }
@@ -193,12 +210,25 @@ pub enum HashTable {
 
 impl HashTable {
     pub(crate) fn build(eps: &[Arc<Endpoint>], cfg: &HashConfig) -> HashTable {
-        let items: Vec<(String, u32)> = eps.iter().map(|e| (e.addr.to_string(), e.weight())).collect();
-        Self::build_named(&items, cfg.method, cfg.maglev_table_size, cfg.ring_vnodes_per_weight)
+        let items: Vec<(String, u32)> = eps
+            .iter()
+            .map(|e| (e.addr.to_string(), e.weight()))
+            .collect();
+        Self::build_named(
+            &items,
+            cfg.method,
+            cfg.maglev_table_size,
+            cfg.ring_vnodes_per_weight,
+        )
     }
 
     /// Build from `(name, weight)` pairs.
-    pub fn build_named(items: &[(String, u32)], method: HashMethod, m: usize, vnodes: u32) -> HashTable {
+    pub fn build_named(
+        items: &[(String, u32)],
+        method: HashMethod,
+        m: usize,
+        vnodes: u32,
+    ) -> HashTable {
         match method {
             HashMethod::Maglev => {
                 let n = items.len();
@@ -269,7 +299,9 @@ impl HashTable {
                     return None;
                 }
                 let start = r.partition_point(|(p, _)| *p < key);
-                (0..r.len()).map(|i| r[(start + i) % r.len()].1 as usize).find(|i| ok(*i))
+                (0..r.len())
+                    .map(|i| r[(start + i) % r.len()].1 as usize)
+                    .find(|i| ok(*i))
             }
         }
     }

@@ -46,7 +46,9 @@ impl GatewayArgs {
         let mut cfg = match &self.config {
             Some(path) => {
                 if self.listen.is_some() || !self.upstreams.is_empty() || self.algorithm.is_some() {
-                    anyhow::bail!("--config cannot be combined with --listen/--upstream/--algorithm");
+                    anyhow::bail!(
+                        "--config cannot be combined with --listen/--upstream/--algorithm"
+                    );
                 }
                 Config::from_file(path)?
             }
@@ -56,7 +58,9 @@ impl GatewayArgs {
                     anyhow::bail!("at least one --upstream is required");
                 }
                 let algo = match &self.algorithm {
-                    Some(a) => Algorithm::parse(a).with_context(|| format!("unknown --algorithm `{a}`"))?,
+                    Some(a) => {
+                        Algorithm::parse(a).with_context(|| format!("unknown --algorithm `{a}`"))?
+                    }
                     None => Algorithm::RoundRobin,
                 };
                 Config::quick_start(listen, &self.upstreams, algo)

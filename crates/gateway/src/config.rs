@@ -51,7 +51,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { field: field.into(), reason: reason.into() }
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -233,7 +236,10 @@ pub struct RateLimitConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { requests_per_s: 100.0, burst: 200 }
+        RateLimitConfig {
+            requests_per_s: 100.0,
+            burst: 200,
+        }
     }
 }
 
@@ -498,7 +504,11 @@ pub struct RetryBudgetConfig {
 
 impl Default for RetryBudgetConfig {
     fn default() -> Self {
-        RetryBudgetConfig { ratio: 0.2, min_retries_per_s: 10, window_ms: 10_000 }
+        RetryBudgetConfig {
+            ratio: 0.2,
+            min_retries_per_s: 10,
+            window_ms: 10_000,
+        }
     }
 }
 
@@ -516,7 +526,11 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { consecutive_failures: 20, open_ms: 5_000, half_open_max_requests: 1 }
+        BreakerConfig {
+            consecutive_failures: 20,
+            open_ms: 5_000,
+            half_open_max_requests: 1,
+        }
     }
 }
 
@@ -604,8 +618,10 @@ impl Config {
 
     /// Read, parse and validate a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let s = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Io { path: path.to_owned(), source: e })?;
+        let s = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
         Config::from_toml_str(&s)
     }
 
@@ -625,10 +641,16 @@ impl Config {
             pools: vec![PoolConfig {
                 name: "default".into(),
                 algorithm,
-                endpoints: upstreams.iter().map(|u| EndpointConfig::Address(u.clone())).collect(),
+                endpoints: upstreams
+                    .iter()
+                    .map(|u| EndpointConfig::Address(u.clone()))
+                    .collect(),
                 ..Default::default()
             }],
-            routes: vec![RouteConfig { pool: "default".into(), ..Default::default() }],
+            routes: vec![RouteConfig {
+                pool: "default".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
@@ -669,7 +691,10 @@ impl Config {
                 return Err(inv(f("connect_timeout_ms"), "must be > 0"));
             }
             if p.panic_threshold_percent > 100 {
-                return Err(inv(f("panic_threshold_percent"), "must be between 0 and 100"));
+                return Err(inv(
+                    f("panic_threshold_percent"),
+                    "must be between 0 and 100",
+                ));
             }
             if p.max_concurrent_requests == 0 {
                 return Err(inv(f("max_concurrent_requests"), "must be > 0"));
@@ -678,21 +703,33 @@ impl Config {
                 if p.hash.key != HashKey::ClientIp
                     && p.hash.name.as_deref().map(str::is_empty).unwrap_or(true)
                 {
-                    return Err(inv(f("hash.name"), "required when hash.key is `header` or `cookie`"));
+                    return Err(inv(
+                        f("hash.name"),
+                        "required when hash.key is `header` or `cookie`",
+                    ));
                 }
                 if p.hash.method == HashMethod::Maglev {
                     let m = p.hash.maglev_table_size;
                     if !(7..=10_000_019).contains(&m) || !is_prime(m) {
-                        return Err(inv(f("hash.maglev_table_size"), "must be a prime between 7 and 10000019"));
+                        return Err(inv(
+                            f("hash.maglev_table_size"),
+                            "must be a prime between 7 and 10000019",
+                        ));
                     }
                     if m < p.endpoints.len() {
-                        return Err(inv(f("hash.maglev_table_size"), "must be larger than the number of endpoints"));
+                        return Err(inv(
+                            f("hash.maglev_table_size"),
+                            "must be larger than the number of endpoints",
+                        ));
                     }
                 }
                 if p.hash.method == HashMethod::Ring
                     && !(1..=10_000).contains(&p.hash.ring_vnodes_per_weight)
                 {
-                    return Err(inv(f("hash.ring_vnodes_per_weight"), "must be between 1 and 10000"));
+                    return Err(inv(
+                        f("hash.ring_vnodes_per_weight"),
+                        "must be between 1 and 10000",
+                    ));
                 }
             }
             if p.peak_ewma && p.ewma_decay_ms == 0 {
@@ -712,41 +749,62 @@ impl Config {
                     return Err(inv(f("health_check.fall"), "must be >= 1"));
                 }
                 if !(100..=599).contains(&h.expected_status) {
-                    return Err(inv(f("health_check.expected_status"), "must be an HTTP status (100-599)"));
+                    return Err(inv(
+                        f("health_check.expected_status"),
+                        "must be an HTTP status (100-599)",
+                    ));
                 }
                 if h.kind == HealthCheckKind::Http && !h.path.starts_with('/') {
                     return Err(inv(f("health_check.path"), "must start with `/`"));
                 }
                 if h.jitter_percent > 100 {
-                    return Err(inv(f("health_check.jitter_percent"), "must be between 0 and 100"));
+                    return Err(inv(
+                        f("health_check.jitter_percent"),
+                        "must be between 0 and 100",
+                    ));
                 }
             }
             let o = &p.outlier_detection;
             if o.max_ejection_percent > 100 {
-                return Err(inv(f("outlier_detection.max_ejection_percent"), "must be between 0 and 100"));
+                return Err(inv(
+                    f("outlier_detection.max_ejection_percent"),
+                    "must be between 0 and 100",
+                ));
             }
             if o.enabled && o.base_ejection_ms == 0 {
                 return Err(inv(f("outlier_detection.base_ejection_ms"), "must be > 0"));
             }
             if o.max_ejection_ms < o.base_ejection_ms {
-                return Err(inv(f("outlier_detection.max_ejection_ms"), "must be >= base_ejection_ms"));
+                return Err(inv(
+                    f("outlier_detection.max_ejection_ms"),
+                    "must be >= base_ejection_ms",
+                ));
             }
             let b = &p.retry_budget;
             if !(0.0..=1000.0).contains(&b.ratio) || b.ratio.is_nan() {
                 return Err(inv(f("retry_budget.ratio"), "must be between 0 and 1000"));
             }
             if b.window_ms < 1_000 || b.window_ms > 600_000 {
-                return Err(inv(f("retry_budget.window_ms"), "must be between 1000 and 600000"));
+                return Err(inv(
+                    f("retry_budget.window_ms"),
+                    "must be between 1000 and 600000",
+                ));
             }
             if let Some(cb) = &p.circuit_breaker {
                 if cb.consecutive_failures == 0 {
-                    return Err(inv(f("circuit_breaker.consecutive_failures"), "must be >= 1"));
+                    return Err(inv(
+                        f("circuit_breaker.consecutive_failures"),
+                        "must be >= 1",
+                    ));
                 }
                 if cb.open_ms == 0 {
                     return Err(inv(f("circuit_breaker.open_ms"), "must be > 0"));
                 }
                 if cb.half_open_max_requests == 0 {
-                    return Err(inv(f("circuit_breaker.half_open_max_requests"), "must be >= 1"));
+                    return Err(inv(
+                        f("circuit_breaker.half_open_max_requests"),
+                        "must be >= 1",
+                    ));
                 }
             }
         }
@@ -756,10 +814,16 @@ impl Config {
         for (i, p) in self.pools.iter().enumerate() {
             for (j, b) in p.backups.iter().enumerate() {
                 if !by_name.contains_key(b.as_str()) {
-                    return Err(inv(format!("pools[{i}].backups[{j}]"), format!("unknown pool `{b}`")));
+                    return Err(inv(
+                        format!("pools[{i}].backups[{j}]"),
+                        format!("unknown pool `{b}`"),
+                    ));
                 }
                 if b == &p.name {
-                    return Err(inv(format!("pools[{i}].backups[{j}]"), "a pool cannot back itself up"));
+                    return Err(inv(
+                        format!("pools[{i}].backups[{j}]"),
+                        "a pool cannot back itself up",
+                    ));
                 }
                 if !by_name[b.as_str()].backups.is_empty() {
                     return Err(inv(
@@ -777,10 +841,16 @@ impl Config {
                 return Err(inv(f("name"), "must not be empty"));
             }
             if !names.insert(l.name.as_str()) {
-                return Err(inv(f("name"), format!("duplicate listener name `{}`", l.name)));
+                return Err(inv(
+                    f("name"),
+                    format!("duplicate listener name `{}`", l.name),
+                ));
             }
             if l.address.port() != 0 && !addrs.insert(l.address) {
-                return Err(inv(f("address"), format!("duplicate address {}", l.address)));
+                return Err(inv(
+                    f("address"),
+                    format!("duplicate address {}", l.address),
+                ));
             }
             if l.max_connections == 0 {
                 return Err(inv(f("max_connections"), "must be > 0"));
@@ -801,14 +871,20 @@ impl Config {
                 },
                 ListenerProtocol::Https => {
                     let (Some(c), Some(k)) = (&l.tls_cert_path, &l.tls_key_path) else {
-                        return Err(inv(f("tls_cert_path"), "https listeners need tls_cert_path and tls_key_path"));
+                        return Err(inv(
+                            f("tls_cert_path"),
+                            "https listeners need tls_cert_path and tls_key_path",
+                        ));
                     };
                     crate::tls::load_server_config(c, k).map_err(|r| inv(f("tls_cert_path"), r))?;
                 }
                 ListenerProtocol::Http => {}
             }
             if l.protocol != ListenerProtocol::Tcp && l.pool.is_some() {
-                return Err(inv(f("pool"), "only tcp listeners take a pool; http listeners use routes"));
+                return Err(inv(
+                    f("pool"),
+                    "only tcp listeners take a pool; http listeners use routes",
+                ));
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
@@ -821,7 +897,10 @@ impl Config {
             }
             for (j, s) in r.retry.retry_on_status.iter().enumerate() {
                 if !(100..=599).contains(s) {
-                    return Err(inv(format!("routes[{i}].retry.retry_on_status[{j}]"), "must be an HTTP status"));
+                    return Err(inv(
+                        format!("routes[{i}].retry.retry_on_status[{j}]"),
+                        "must be an HTTP status",
+                    ));
                 }
             }
             if r.retry.max_retries > 10 {
@@ -839,7 +918,10 @@ impl Config {
                 }
             }
         }
-        let has_http = self.listeners.iter().any(|l| l.protocol != ListenerProtocol::Tcp);
+        let has_http = self
+            .listeners
+            .iter()
+            .any(|l| l.protocol != ListenerProtocol::Tcp);
         if has_http && self.routes.is_empty() {
             return Err(inv("routes", "http listeners need at least one route"));
         }

@@ -30,8 +30,16 @@ pub fn now_ms() -> u64 {
     s.elapsed().as_millis() as u64 + 1
 }
 
-const OUTCOME_CLASSES: [&str; 8] =
-    ["1xx", "2xx", "3xx", "4xx", "5xx", "connect_error", "timeout", "reset"];
+const OUTCOME_CLASSES: [&str; 8] = [
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "connect_error",
+    "timeout",
+    "reset",
+];
 
 /// Cached metric handles of one endpoint.
 pub(crate) struct EndpointMetrics {
@@ -71,7 +79,9 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint").field("addr", &self.addr).finish()
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -83,7 +93,10 @@ impl Endpoint {
         epoch: Arc<AtomicU64>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Self> {
-        let labels = EndpointLabels { pool: pool.to_string(), endpoint: addr.to_string() };
+        let labels = EndpointLabels {
+            pool: pool.to_string(),
+            endpoint: addr.to_string(),
+        };
         let em = EndpointMetrics {
             active: metrics.endpoint_active.get_or_create(&labels).clone(),
             healthy: metrics.endpoint_healthy.get_or_create(&labels).clone(),
@@ -96,7 +109,10 @@ impl Endpoint {
         em.healthy.set(1);
         Arc::new(Endpoint {
             addr,
-            authority: addr.to_string().parse().expect("socket address is a valid authority"),
+            authority: addr
+                .to_string()
+                .parse()
+                .expect("socket address is a valid authority"),
             pool_name: pool.to_string(),
             weight: AtomicU32::new(weight),
             active: AtomicUsize::new(0),
@@ -248,7 +264,10 @@ impl Endpoint {
     }
 
     pub(crate) fn record_outcome(&self, class: &'static str) {
-        let i = OUTCOME_CLASSES.iter().position(|c| *c == class).unwrap_or(4);
+        let i = OUTCOME_CLASSES
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(4);
         self.metrics.outcomes[i]
             .get_or_init(|| {
                 let labels = crate::metrics::EndpointClassLabels {
@@ -256,7 +275,11 @@ impl Endpoint {
                     endpoint: self.metrics.labels.endpoint.clone(),
                     class: OUTCOME_CLASSES[i].to_string(),
                 };
-                self.metrics.metrics.upstream_requests.get_or_create(&labels).clone()
+                self.metrics
+                    .metrics
+                    .upstream_requests
+                    .get_or_create(&labels)
+                    .clone()
             })
             .inc();
     }

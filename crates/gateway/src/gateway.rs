@@ -37,7 +37,10 @@ impl Gateway {
             None => None,
         };
         let runtime = Runtime::build(config.clone(), None, &metrics);
-        let shared = Arc::new(Shared { runtime: RwLock::new(Arc::new(runtime)), metrics });
+        let shared = Arc::new(Shared {
+            runtime: RwLock::new(Arc::new(runtime)),
+            metrics,
+        });
         let (hard_tx, hard_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             shared: shared.clone(),
@@ -54,8 +57,11 @@ impl Gateway {
             for (cfg, s) in bound {
                 let name = cfg.name.clone();
                 let addr = cfg.address;
-                let h = listener::start(cfg, s, sc.clone())
-                    .map_err(|e| ConfigError::Bind { listener: name, address: addr, source: e })?;
+                let h = listener::start(cfg, s, sc.clone()).map_err(|e| ConfigError::Bind {
+                    listener: name,
+                    address: addr,
+                    source: e,
+                })?;
                 ls.push(h);
             }
         }
@@ -77,7 +83,11 @@ fn bind_admin(a: SocketAddr) -> Result<std::net::TcpListener, ConfigError> {
         address: a,
         source: e,
     })?;
-    s.set_nonblocking(true).map_err(|e| ConfigError::Bind { listener: "admin".into(), address: a, source: e })?;
+    s.set_nonblocking(true).map_err(|e| ConfigError::Bind {
+        listener: "admin".into(),
+        address: a,
+        source: e,
+    })?;
     Ok(s)
 }
 
@@ -93,7 +103,11 @@ struct Inner {
 
 impl Inner {
     fn serve_ctx(&self) -> ServeCtx {
-        ServeCtx { shared: self.shared.clone(), tracker: self.tracker.clone(), hard_stop: self.hard_rx.clone() }
+        ServeCtx {
+            shared: self.shared.clone(),
+            tracker: self.tracker.clone(),
+            hard_stop: self.hard_rx.clone(),
+        }
     }
 }
 
@@ -122,12 +136,20 @@ impl GatewayHandle {
 
     /// Bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.local_addrs().into_iter().find(|(n, _)| n == name).map(|(_, a)| a)
+        self.local_addrs()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
     }
 
     /// Bound address of the admin endpoint.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.inner.admin.lock().unwrap().as_ref().map(|(_, h)| h.local_addr)
+        self.inner
+            .admin
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(_, h)| h.local_addr)
     }
 
     /// The configuration in force.
@@ -225,8 +247,11 @@ impl GatewayHandle {
         for (cfg, s) in bound {
             let name = cfg.name.clone();
             let addr = cfg.address;
-            let h = listener::start(cfg, s, sc.clone())
-                .map_err(|e| ConfigError::Bind { listener: name, address: addr, source: e })?;
+            let h = listener::start(cfg, s, sc.clone()).map_err(|e| ConfigError::Bind {
+                listener: name,
+                address: addr,
+                source: e,
+            })?;
             ls.push(h);
         }
         if let Some(na) = new_admin {
@@ -234,10 +259,12 @@ impl GatewayHandle {
                 h.stop();
             }
             if let (Some(a), Some(s)) = (new.admin_listen, na) {
-                let h = crate::admin::start(s, self.inner.shared.clone()).map_err(|e| ConfigError::Bind {
-                    listener: "admin".into(),
-                    address: a,
-                    source: e,
+                let h = crate::admin::start(s, self.inner.shared.clone()).map_err(|e| {
+                    ConfigError::Bind {
+                        listener: "admin".into(),
+                        address: a,
+                        source: e,
+                    }
                 })?;
                 *admin = Some((a, h));
             }

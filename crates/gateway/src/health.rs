@@ -26,7 +26,9 @@ use crate::endpoint::Endpoint;
 use crate::pool::{Pool, UpstreamClient};
 
 pub(crate) fn spawn_checker(pool: Weak<Pool>, ep: Arc<Endpoint>) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     rt.spawn(async move {
         let mut first = true;
         loop {
@@ -47,7 +49,8 @@ pub(crate) fn spawn_checker(pool: Weak<Pool>, ep: Arc<Endpoint>) {
             };
             if !first {
                 let jitter = if hc.jitter_percent > 0 {
-                    rand::thread_rng().gen_range(0..=hc.interval_ms * hc.jitter_percent as u64 / 100)
+                    rand::thread_rng()
+                        .gen_range(0..=hc.interval_ms * hc.jitter_percent as u64 / 100)
                 } else {
                     0
                 };
@@ -83,7 +86,10 @@ async fn check(hc: &HealthCheckConfig, ep: &Endpoint, client: &UpstreamClient) -
     let t = Duration::from_millis(hc.timeout_ms);
     match hc.kind {
         HealthCheckKind::Tcp => {
-            matches!(tokio::time::timeout(t, tokio::net::TcpStream::connect(ep.addr)).await, Ok(Ok(_)))
+            matches!(
+                tokio::time::timeout(t, tokio::net::TcpStream::connect(ep.addr)).await,
+                Ok(Ok(_))
+            )
         }
         HealthCheckKind::Http => {
             let uri = format!("http://{}{}", ep.addr, hc.path);

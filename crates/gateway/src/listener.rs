@@ -92,15 +92,23 @@ pub(crate) fn bind(cfg: &ListenerConfig) -> std::io::Result<std::net::TcpListene
 }
 
 /// Start the accept loop of a bound listener.
-pub(crate) fn start(cfg: ListenerConfig, std_l: std::net::TcpListener, sc: ServeCtx) -> std::io::Result<ListenerHandle> {
+pub(crate) fn start(
+    cfg: ListenerConfig,
+    std_l: std::net::TcpListener,
+    sc: ServeCtx,
+) -> std::io::Result<ListenerHandle> {
     let l = TcpListener::from_std(std_l)?;
     let local_addr = l.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tls = match cfg.protocol {
         ListenerProtocol::Https => {
             let c = crate::tls::load_server_config(
-                cfg.tls_cert_path.as_deref().unwrap_or(std::path::Path::new("")),
-                cfg.tls_key_path.as_deref().unwrap_or(std::path::Path::new("")),
+                cfg.tls_cert_path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("")),
+                cfg.tls_key_path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("")),
             )
             .map_err(std::io::Error::other)?;
             Some(tokio_rustls::TlsAcceptor::from(c))
@@ -108,7 +116,11 @@ pub(crate) fn start(cfg: ListenerConfig, std_l: std::net::TcpListener, sc: Serve
         _ => None,
     };
     let shared_cfg = Arc::new(RwLock::new(cfg));
-    let handle = ListenerHandle { cfg: shared_cfg.clone(), local_addr, stop: stop_tx };
+    let handle = ListenerHandle {
+        cfg: shared_cfg.clone(),
+        local_addr,
+        stop: stop_tx,
+    };
     tokio::spawn(accept_loop(l, shared_cfg, tls, sc, stop_rx));
     Ok(handle)
 }
@@ -121,9 +133,21 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = cfg.read().unwrap().name.clone();
-    let labels = ListenerLabels { listener: name.clone() };
-    let open_g = sc.shared.metrics.listener_connections.get_or_create(&labels).clone();
-    let accepted = sc.shared.metrics.listener_accepted.get_or_create(&labels).clone();
+    let labels = ListenerLabels {
+        listener: name.clone(),
+    };
+    let open_g = sc
+        .shared
+        .metrics
+        .listener_connections
+        .get_or_create(&labels)
+        .clone();
+    let accepted = sc
+        .shared
+        .metrics
+        .listener_accepted
+        .get_or_create(&labels)
+        .clone();
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
@@ -145,7 +169,10 @@ async fn accept_loop(
             sc.shared
                 .metrics
                 .overload_rejections
-                .get_or_create(&crate::metrics::PoolClassLabels { pool: String::new(), class: "connections".into() })
+                .get_or_create(&crate::metrics::PoolClassLabels {
+                    pool: String::new(),
+                    class: "connections".into(),
+                })
                 .inc();
             if lcfg.protocol == ListenerProtocol::Http {
                 tokio::spawn(async move {
@@ -198,8 +225,13 @@ async fn accept_loop(
     }
 }
 
-async fn serve_http<I>(io: I, lcfg: &ListenerConfig, ctx: ConnCtx, sc: &ServeCtx, mut stop: watch::Receiver<bool>)
-where
+async fn serve_http<I>(
+    io: I,
+    lcfg: &ListenerConfig,
+    ctx: ConnCtx,
+    sc: &ServeCtx,
+    mut stop: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -230,13 +262,19 @@ where
 
 async fn serve_tcp(mut client: TcpStream, peer: SocketAddr, lcfg: &ListenerConfig, sc: &ServeCtx) {
     let rt = sc.shared.runtime();
-    let Some(pool) = lcfg.pool.as_deref() else { return };
-    let Some(tiers) = rt.tiers_for(pool) else { return };
+    let Some(pool) = lcfg.pool.as_deref() else {
+        return;
+    };
+    let Some(tiers) = rt.tiers_for(pool) else {
+        return;
+    };
     let key = crate::balance::hash64(peer.ip().to_string().as_bytes(), 0);
     let mut tried = Vec::new();
     let max_tries = 1 + tiers[0].cfg().endpoints.len().min(3);
     for _ in 0..max_tries {
-        let Some(sel) = crate::pool::select(&tiers, key, &tried) else { return };
+        let Some(sel) = crate::pool::select(&tiers, key, &tried) else {
+            return;
+        };
         let ep = sel.endpoint.clone();
         tried.push(ep.clone());
         let pcfg = sel.pool.cfg();
@@ -246,7 +284,13 @@ async fn serve_tcp(mut client: TcpStream, peer: SocketAddr, lcfg: &ListenerConfi
         match tokio::time::timeout(t, TcpStream::connect(ep.addr)).await {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
-                outlier::record(&pcfg.outlier_detection, has_hc, &ep, &peers, TryOutcome::Success);
+                outlier::record(
+                    &pcfg.outlier_detection,
+                    has_hc,
+                    &ep,
+                    &peers,
+                    TryOutcome::Success,
+                );
                 let _inflight = ep.start_request();
                 ep.record_outcome("2xx");
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
@@ -254,7 +298,13 @@ async fn serve_tcp(mut client: TcpStream, peer: SocketAddr, lcfg: &ListenerConfi
             }
             _ => {
                 ep.record_outcome("connect_error");
-                outlier::record(&pcfg.outlier_detection, has_hc, &ep, &peers, TryOutcome::ConnectFailure);
+                outlier::record(
+                    &pcfg.outlier_detection,
+                    has_hc,
+                    &ep,
+                    &peers,
+                    TryOutcome::ConnectFailure,
+                );
                 let _ = now_ms();
             }
         }

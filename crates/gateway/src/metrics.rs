@@ -105,7 +105,9 @@ impl Metrics {
             endpoint_healthy: Family::default(),
             endpoint_ejections: Family::default(),
             downstream_responses: Family::default(),
-            downstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            downstream_latency: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
             retries: Family::default(),
             budget_exhausted: Family::default(),
             breaker_rejections: Family::default(),
@@ -114,19 +116,67 @@ impl Metrics {
             listener_accepted: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
-        r.register("upstream_requests", "Upstream tries by endpoint and outcome class", m.upstream_requests.clone());
-        r.register("upstream_latency_seconds", "Upstream try latency to response headers", m.upstream_latency.clone());
-        r.register("endpoint_active_requests", "In-flight requests per endpoint", m.endpoint_active.clone());
-        r.register("endpoint_healthy", "1 when the endpoint is healthy and not ejected", m.endpoint_healthy.clone());
-        r.register("endpoint_ejections", "Passive outlier ejections", m.endpoint_ejections.clone());
-        r.register("downstream_responses", "Responses sent to clients by pool and status class", m.downstream_responses.clone());
-        r.register("downstream_latency_seconds", "Client-observed latency per pool", m.downstream_latency.clone());
+        r.register(
+            "upstream_requests",
+            "Upstream tries by endpoint and outcome class",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_latency_seconds",
+            "Upstream try latency to response headers",
+            m.upstream_latency.clone(),
+        );
+        r.register(
+            "endpoint_active_requests",
+            "In-flight requests per endpoint",
+            m.endpoint_active.clone(),
+        );
+        r.register(
+            "endpoint_healthy",
+            "1 when the endpoint is healthy and not ejected",
+            m.endpoint_healthy.clone(),
+        );
+        r.register(
+            "endpoint_ejections",
+            "Passive outlier ejections",
+            m.endpoint_ejections.clone(),
+        );
+        r.register(
+            "downstream_responses",
+            "Responses sent to clients by pool and status class",
+            m.downstream_responses.clone(),
+        );
+        r.register(
+            "downstream_latency_seconds",
+            "Client-observed latency per pool",
+            m.downstream_latency.clone(),
+        );
         r.register("retries", "Retries issued", m.retries.clone());
-        r.register("retry_budget_exhausted", "Retries denied by the retry budget", m.budget_exhausted.clone());
-        r.register("breaker_rejections", "Requests rejected by an open circuit breaker", m.breaker_rejections.clone());
-        r.register("overload_rejections", "Requests rejected by overload protection", m.overload_rejections.clone());
-        r.register("listener_active_connections", "Open client connections", m.listener_connections.clone());
-        r.register("listener_connections", "Accepted client connections", m.listener_accepted.clone());
+        r.register(
+            "retry_budget_exhausted",
+            "Retries denied by the retry budget",
+            m.budget_exhausted.clone(),
+        );
+        r.register(
+            "breaker_rejections",
+            "Requests rejected by an open circuit breaker",
+            m.breaker_rejections.clone(),
+        );
+        r.register(
+            "overload_rejections",
+            "Requests rejected by overload protection",
+            m.overload_rejections.clone(),
+        );
+        r.register(
+            "listener_active_connections",
+            "Open client connections",
+            m.listener_connections.clone(),
+        );
+        r.register(
+            "listener_connections",
+            "Accepted client connections",
+            m.listener_accepted.clone(),
+        );
         *m.registry.lock().unwrap() = r;
         Arc::new(m)
     }

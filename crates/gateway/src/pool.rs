@@ -95,7 +95,9 @@ fn client_settings_equal(a: &PoolConfig, b: &PoolConfig) -> bool {
 
 impl Pool {
     pub(crate) fn new(cfg: PoolConfig, metrics: &Arc<Metrics>) -> Arc<Pool> {
-        let l = PoolLabels { pool: cfg.name.clone() };
+        let l = PoolLabels {
+            pool: cfg.name.clone(),
+        };
         let name = cfg.name.clone();
         let pool = Arc::new(Pool {
             name: cfg.name.clone(),
@@ -114,7 +116,10 @@ impl Pool {
                 budget_exhausted: metrics.budget_exhausted.get_or_create(&l).clone(),
                 breaker_rejections: metrics.breaker_rejections.get_or_create(&l).clone(),
                 downstream: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| {
-                    let l = crate::metrics::PoolClassLabels { pool: name.clone(), class: c.into() };
+                    let l = crate::metrics::PoolClassLabels {
+                        pool: name.clone(),
+                        class: c.into(),
+                    };
                     metrics.downstream_responses.get_or_create(&l).clone()
                 }),
                 downstream_latency: metrics.downstream_latency.get_or_create(&l).clone(),
@@ -164,7 +169,13 @@ impl Pool {
                     next.push(ep);
                 }
                 None => {
-                    let ep = Endpoint::new(&self.name, addr, e.weight(), self.epoch.clone(), &self.metrics);
+                    let ep = Endpoint::new(
+                        &self.name,
+                        addr,
+                        e.weight(),
+                        self.epoch.clone(),
+                        &self.metrics,
+                    );
                     crate::health::spawn_checker(Arc::downgrade(self), ep.clone());
                     next.push(ep);
                 }
@@ -195,7 +206,11 @@ impl Pool {
         }
         let cfg = self.cfg();
         let members = self.members();
-        let healthy: Vec<_> = members.iter().filter(|e| e.is_available(now)).cloned().collect();
+        let healthy: Vec<_> = members
+            .iter()
+            .filter(|e| e.is_available(now))
+            .cloned()
+            .collect();
         let next_expiry_ms = members
             .iter()
             .map(|e| e.ejected_until())
@@ -228,7 +243,11 @@ pub(crate) struct Selected {
 /// tier, when the healthy share is below `panic_threshold_percent`, all its
 /// endpoints are candidates (panic mode). When no tier has a healthy
 /// endpoint and the primary allows panic mode, all primary endpoints are used.
-pub(crate) fn select(tiers: &[Arc<Pool>], hash_key: u64, exclude: &[Arc<Endpoint>]) -> Option<Selected> {
+pub(crate) fn select(
+    tiers: &[Arc<Pool>],
+    hash_key: u64,
+    exclude: &[Arc<Endpoint>],
+) -> Option<Selected> {
     let now = now_ms();
     for pool in tiers {
         let snap = pool.snapshot();
@@ -236,12 +255,21 @@ pub(crate) fn select(tiers: &[Arc<Pool>], hash_key: u64, exclude: &[Arc<Endpoint
         if snap.healthy.eps.is_empty() {
             continue;
         }
-        let ctx = PickCtx { hash_key, exclude, now, rr: &pool.rr };
+        let ctx = PickCtx {
+            hash_key,
+            exclude,
+            now,
+            rr: &pool.rr,
+        };
         let panic = cfg.panic_threshold_percent > 0
-            && snap.healthy.eps.len() * 100 < cfg.panic_threshold_percent as usize * snap.all.eps.len();
+            && snap.healthy.eps.len() * 100
+                < cfg.panic_threshold_percent as usize * snap.all.eps.len();
         let set = if panic { &snap.all } else { &snap.healthy };
         if let Some(e) = balance::pick(set, &cfg, &ctx) {
-            return Some(Selected { endpoint: e, pool: pool.clone() });
+            return Some(Selected {
+                endpoint: e,
+                pool: pool.clone(),
+            });
         }
         if panic {
             continue;
@@ -253,6 +281,14 @@ pub(crate) fn select(tiers: &[Arc<Pool>], hash_key: u64, exclude: &[Arc<Endpoint
         return None;
     }
     let snap = primary.snapshot();
-    let ctx = PickCtx { hash_key, exclude, now, rr: &primary.rr };
-    balance::pick(&snap.all, &cfg, &ctx).map(|e| Selected { endpoint: e, pool: primary.clone() })
+    let ctx = PickCtx {
+        hash_key,
+        exclude,
+        now,
+        rr: &primary.rr,
+    };
+    balance::pick(&snap.all, &cfg, &ctx).map(|e| Selected {
+        endpoint: e,
+        pool: primary.clone(),
+    })
 }

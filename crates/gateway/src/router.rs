@@ -85,7 +85,12 @@ impl Runtime {
             }
         }
         let prev_limiters: HashMap<String, Arc<RateLimiter>> = prev
-            .map(|p| p.routes.iter().map(|r| (route_key(&r.cfg), r.limiter.clone())).collect())
+            .map(|p| {
+                p.routes
+                    .iter()
+                    .map(|r| (route_key(&r.cfg), r.limiter.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let routes = config
             .routes
@@ -98,18 +103,27 @@ impl Runtime {
                 }
                 Route {
                     host: HostMatch::new(rc.host.as_deref()),
-                    limiter: prev_limiters.get(&route_key(rc)).cloned().unwrap_or_default(),
+                    limiter: prev_limiters
+                        .get(&route_key(rc))
+                        .cloned()
+                        .unwrap_or_default(),
                     cfg: rc.clone(),
                     tiers,
                 }
             })
             .collect();
-        Runtime { config, routes, pools }
+        Runtime {
+            config,
+            routes,
+            pools,
+        }
     }
 
     /// First route matching `host` (lowercase, no port) and `path`.
     pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.host.matches(host) && path.starts_with(&r.cfg.path_prefix))
+        self.routes
+            .iter()
+            .find(|r| r.host.matches(host) && path.starts_with(&r.cfg.path_prefix))
     }
 
     /// Tiers for a pool name (tcp listeners).

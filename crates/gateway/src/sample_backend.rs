@@ -47,7 +47,12 @@ pub struct SampleBackendOptions {
 impl SampleBackendOptions {
     /// Defaults: 200, no delay.
     pub fn new(name: &str) -> Self {
-        SampleBackendOptions { name: name.to_string(), status: 0, delay_ms: 0, hang: false }
+        SampleBackendOptions {
+            name: name.to_string(),
+            status: 0,
+            delay_ms: 0,
+            hang: false,
+        }
     }
 }
 
@@ -75,7 +80,9 @@ impl SampleControl {
     /// Make every answer, health checks included, wait `ms` first (0 = normal).
     pub fn set_slow_ms(&self, ms: u64) -> Result<(), String> {
         if ms > MAX_SLOW_MS {
-            return Err(format!("slow_ms {ms} exceeds the limit of {MAX_SLOW_MS} ms"));
+            return Err(format!(
+                "slow_ms {ms} exceeds the limit of {MAX_SLOW_MS} ms"
+            ));
         }
         self.state.slow_ms.store(ms, Ordering::Relaxed);
         Ok(())
@@ -131,7 +138,9 @@ impl SampleBackend {
     }
     /// Runtime control of this backend.
     pub fn control(&self) -> SampleControl {
-        SampleControl { state: self.state.clone() }
+        SampleControl {
+            state: self.state.clone(),
+        }
     }
     /// Close the listener and every open connection; waits until done.
     pub async fn stop(mut self) {
@@ -158,10 +167,18 @@ pub async fn spawn(addr: SocketAddr, name: &str) -> std::io::Result<SampleBacken
 }
 
 /// Start a backend with options.
-pub async fn spawn_with(addr: SocketAddr, opts: SampleBackendOptions) -> std::io::Result<SampleBackend> {
+pub async fn spawn_with(
+    addr: SocketAddr,
+    opts: SampleBackendOptions,
+) -> std::io::Result<SampleBackend> {
     let l = tokio::net::TcpListener::bind(addr).await?;
     let addr = l.local_addr()?;
-    let state = Arc::new(State { status: AtomicU16::new(opts.status), opts, requests: AtomicU64::new(0), slow_ms: AtomicU64::new(0) });
+    let state = Arc::new(State {
+        status: AtomicU16::new(opts.status),
+        opts,
+        requests: AtomicU64::new(0),
+        slow_ms: AtomicU64::new(0),
+    });
     let (tx, mut rx) = watch::channel(false);
     let st = state.clone();
     let task = tokio::spawn(async move {
@@ -184,14 +201,27 @@ pub async fn spawn_with(addr: SocketAddr, opts: SampleBackendOptions) -> std::io
         drop(l);
         conns.shutdown().await;
     });
-    Ok(SampleBackend { addr, state, stop: tx, task: Some(task) })
+    Ok(SampleBackend {
+        addr,
+        state,
+        stop: tx,
+        task: Some(task),
+    })
 }
 
 fn query_param(q: Option<&str>, k: &str) -> Option<u64> {
-    q?.split('&').filter_map(|kv| kv.split_once('=')).find(|(a, _)| *a == k)?.1.parse().ok()
+    q?.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(a, _)| *a == k)?
+        .1
+        .parse()
+        .ok()
 }
 
-async fn answer(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    st: Arc<State>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let name = st.opts.name.clone();
     let slow = st.slow_ms.load(Ordering::Relaxed);
     if slow > 0 {
@@ -220,8 +250,12 @@ async fn answer(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<F
         });
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-        r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        r.headers_mut()
+            .insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
         return Ok(r);
     }
     let q = req.uri().query().map(str::to_string);
@@ -235,14 +269,24 @@ async fn answer(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<F
     }
     let seen: Vec<(String, HeaderValue)> = ["x-forwarded-for", "x-forwarded-proto", "via", "host"]
         .iter()
-        .filter_map(|h| req.headers().get(*h).map(|v| (format!("x-seen-{}", h.trim_start_matches("x-")), v.clone())))
+        .filter_map(|h| {
+            req.headers()
+                .get(*h)
+                .map(|v| (format!("x-seen-{}", h.trim_start_matches("x-")), v.clone()))
+        })
         .collect();
     let version = format!("{:?}", req.version());
     let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
     let names = names.join(",");
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
-    *r.status_mut() = StatusCode::from_u16(if status == 0 { 200 } else { status }).unwrap_or(StatusCode::OK);
+    *r.status_mut() =
+        StatusCode::from_u16(if status == 0 { 200 } else { status }).unwrap_or(StatusCode::OK);
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&name) {
         h.insert("x-backend", v);
@@ -259,30 +303,43 @@ async fn answer(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<F
             h.insert(k, v);
         }
     }
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
     Ok(r)
 }
 
 /// Serve `GET /control` (JSON: name, slow_ms, status, requests) and
 /// `PUT /control` (JSON object with any of `slow_ms`, `status`; errors name
 /// the field) for `ctl` on `addr` until the returned task is aborted.
-pub async fn serve_control(addr: SocketAddr, ctl: SampleControl) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve_control(
+    addr: SocketAddr,
+    ctl: SampleControl,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let l = tokio::net::TcpListener::bind(addr).await?;
     let addr = l.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
             let ctl = ctl.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| control_answer(ctl.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
     Ok((addr, task))
 }
 
-async fn control_answer(ctl: SampleControl, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn control_answer(
+    ctl: SampleControl,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -294,9 +351,17 @@ async fn control_answer(ctl: SampleControl, req: Request<Incoming>) -> Result<Re
     match req.method().as_str() {
         "GET" => reply(StatusCode::OK, ctl.to_json()),
         "PUT" | "POST" => {
-            let body = match http_body_util::Limited::new(req.into_body(), MAX_CONTROL_BODY_BYTES).collect().await {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_CONTROL_BODY_BYTES)
+                .collect()
+                .await
+            {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, format!("body rejected (max {MAX_CONTROL_BODY_BYTES} bytes): {e}\n")),
+                Err(e) => {
+                    return reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("body rejected (max {MAX_CONTROL_BODY_BYTES} bytes): {e}\n"),
+                    )
+                }
             };
             match apply_control(&ctl, &body) {
                 Ok(()) => reply(StatusCode::OK, ctl.to_json()),
@@ -309,7 +374,8 @@ async fn control_answer(ctl: SampleControl, req: Request<Incoming>) -> Result<Re
 
 /// Apply a `PUT /control` body; nothing changes unless every field is valid.
 fn apply_control(ctl: &SampleControl, body: &[u8]) -> Result<(), String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let obj = v.as_object().ok_or("expected a JSON object")?;
     let mut slow = None;
     let mut status = None;
@@ -343,10 +409,18 @@ mod control_tests {
     async fn slow_mode_delays_health_checks_too_and_bad_fields_are_named() {
         let b = spawn("127.0.0.1:0".parse().unwrap(), "b").await.unwrap();
         let ctl = b.control();
-        assert!(apply_control(&ctl, br#"{"slow_ms":-1}"#).unwrap_err().contains("`slow_ms`"));
-        assert!(apply_control(&ctl, br#"{"slow_ms":600001}"#).unwrap_err().contains("`slow_ms`"));
-        assert!(apply_control(&ctl, br#"{"status":42}"#).unwrap_err().contains("`status`"));
-        assert!(apply_control(&ctl, br#"{"slowms":1}"#).unwrap_err().contains("`slowms`"));
+        assert!(apply_control(&ctl, br#"{"slow_ms":-1}"#)
+            .unwrap_err()
+            .contains("`slow_ms`"));
+        assert!(apply_control(&ctl, br#"{"slow_ms":600001}"#)
+            .unwrap_err()
+            .contains("`slow_ms`"));
+        assert!(apply_control(&ctl, br#"{"status":42}"#)
+            .unwrap_err()
+            .contains("`status`"));
+        assert!(apply_control(&ctl, br#"{"slowms":1}"#)
+            .unwrap_err()
+            .contains("`slowms`"));
         apply_control(&ctl, br#"{"slow_ms":500}"#).unwrap();
         assert_eq!(ctl.slow_ms(), 500);
         let get = |path: &'static str| {
@@ -355,7 +429,12 @@ mod control_tests {
                 let t0 = std::time::Instant::now();
                 let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+                s.write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
                 let mut out = String::new();
                 s.read_to_string(&mut out).await.unwrap();
                 assert!(out.starts_with("HTTP/1.1 200"), "{out}");

@@ -108,9 +108,20 @@ impl StoreBackedGateway {
 /// one catch-all route to a pool without endpoints (every request → 503 `no route`).
 pub fn empty_config(opts: &StoreBackedOptions) -> Config {
     let mut c = Config {
-        listeners: vec![ListenerConfig { name: LOCAL_LISTENER.into(), address: opts.listen, ..Default::default() }],
-        pools: vec![PoolConfig { name: "unconfigured".into(), panic_threshold_percent: 0, ..Default::default() }],
-        routes: vec![RouteConfig { pool: "unconfigured".into(), ..Default::default() }],
+        listeners: vec![ListenerConfig {
+            name: LOCAL_LISTENER.into(),
+            address: opts.listen,
+            ..Default::default()
+        }],
+        pools: vec![PoolConfig {
+            name: "unconfigured".into(),
+            panic_threshold_percent: 0,
+            ..Default::default()
+        }],
+        routes: vec![RouteConfig {
+            pool: "unconfigured".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     c.admin_listen = opts.admin_listen;
@@ -121,9 +132,14 @@ pub fn empty_config(opts: &StoreBackedOptions) -> Config {
 pub fn localize(mut c: Config, opts: &StoreBackedOptions) -> Config {
     match c.listeners.iter_mut().find(|l| l.name == LOCAL_LISTENER) {
         Some(l) => l.address = opts.listen,
-        None => c
-            .listeners
-            .insert(0, ListenerConfig { name: LOCAL_LISTENER.into(), address: opts.listen, ..Default::default() }),
+        None => c.listeners.insert(
+            0,
+            ListenerConfig {
+                name: LOCAL_LISTENER.into(),
+                address: opts.listen,
+                ..Default::default()
+            },
+        ),
     }
     c.admin_listen = opts.admin_listen;
     c
@@ -140,10 +156,16 @@ pub fn parse_document(text: &str, opts: &StoreBackedOptions) -> Result<Config, C
 /// Check that `text` is a valid store document (as any node would see it),
 /// then write it at `key`; returns the store revision of the write.
 pub async fn write_document(endpoints: &[String], key: &str, text: &str) -> anyhow::Result<i64> {
-    let probe = StoreBackedOptions { node_name: String::new(), listen: ([127, 0, 0, 1], 0).into(), admin_listen: None };
+    let probe = StoreBackedOptions {
+        node_name: String::new(),
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: None,
+    };
     parse_document(text, &probe).context("refusing to write an invalid gateway configuration")?;
     let mut c = connect(endpoints).await?;
-    let r = tokio::time::timeout(RPC_TIMEOUT, c.put(key, text, None)).await.context("put timed out")??;
+    let r = tokio::time::timeout(RPC_TIMEOUT, c.put(key, text, None))
+        .await
+        .context("put timed out")??;
     Ok(r.header().map(|h| h.revision()).unwrap_or(0))
 }
 
@@ -171,9 +193,14 @@ async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
 
 /// `(value, mod_revision)` of `key` (None if absent) and the store revision.
 async fn get_key(c: &mut Client, key: &str) -> anyhow::Result<(Option<(Vec<u8>, i64)>, i64)> {
-    let r = tokio::time::timeout(RPC_TIMEOUT, c.get(key, None)).await.context("get timed out")??;
+    let r = tokio::time::timeout(RPC_TIMEOUT, c.get(key, None))
+        .await
+        .context("get timed out")??;
     let rev = r.header().map(|h| h.revision()).unwrap_or(0);
-    let v = r.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+    let v = r
+        .kvs()
+        .first()
+        .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
     Ok((v, rev))
 }
 
@@ -198,7 +225,9 @@ pub async fn run_store_backed(
         error: None,
         in_force_revision: 0,
     };
-    let mut start_cfg = initial.map(|c| localize(c, &opts)).unwrap_or_else(|| empty_config(&opts));
+    let mut start_cfg = initial
+        .map(|c| localize(c, &opts))
+        .unwrap_or_else(|| empty_config(&opts));
     let mut client = None;
     let mut rev = None;
     // First read, bounded: the store may still be electing a leader.
@@ -219,7 +248,10 @@ pub async fn run_store_backed(
             }
             Some((v, mod_rev)) => {
                 st.revision = mod_rev;
-                match std::str::from_utf8(&v).map_err(|e| e.to_string()).and_then(|t| parse_document(t, &opts).map_err(|e| e.to_string())) {
+                match std::str::from_utf8(&v)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| parse_document(t, &opts).map_err(|e| e.to_string()))
+                {
                     Ok(c) => {
                         start_cfg = c;
                         st.state = "applied".into();
@@ -242,7 +274,9 @@ pub async fn run_store_backed(
             st.state = "rejected".into();
             st.error = Some(e.to_string());
             st.in_force_revision = 0;
-            Gateway::start(empty_config(&opts)).await.context("starting the gateway")?
+            Gateway::start(empty_config(&opts))
+                .await
+                .context("starting the gateway")?
         }
         Err(e) => return Err(e).context("starting the gateway"),
     };
@@ -253,9 +287,21 @@ pub async fn run_store_backed(
     }
     let (status_tx, status_rx) = watch::channel(st.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let w = Watcher { endpoints, key, opts, gateway: gateway.clone(), status: status_tx, st };
+    let w = Watcher {
+        endpoints,
+        key,
+        opts,
+        gateway: gateway.clone(),
+        status: status_tx,
+        st,
+    };
     let task = tokio::spawn(w.run(client, rev, stop_rx));
-    Ok(StoreBackedGateway { gateway, status: status_rx, stop: stop_tx, task: Mutex::new(Some(task)) })
+    Ok(StoreBackedGateway {
+        gateway,
+        status: status_rx,
+        stop: stop_tx,
+        task: Mutex::new(Some(task)),
+    })
 }
 
 async fn write_status(c: &mut Client, key: &str, st: &StoreStatus) {
@@ -282,7 +328,11 @@ impl Watcher {
     async fn apply(&mut self, c: &mut Client, value: Option<&[u8]>, rev: i64) {
         self.st.revision = rev;
         let result = match value {
-            None => self.gateway.apply_config(empty_config(&self.opts)).map_err(|e| e.to_string()).map(|_| "empty"),
+            None => self
+                .gateway
+                .apply_config(empty_config(&self.opts))
+                .map_err(|e| e.to_string())
+                .map(|_| "empty"),
             Some(v) => std::str::from_utf8(v)
                 .map_err(|e| format!("invalid configuration syntax: not UTF-8: {e}"))
                 .and_then(|t| parse_document(t, &self.opts).map_err(|e| e.to_string()))
@@ -309,13 +359,20 @@ impl Watcher {
         write_status(c, &self.key, &self.st).await;
     }
 
-    async fn run(mut self, mut client: Option<Client>, mut rev: Option<i64>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut client: Option<Client>,
+        mut rev: Option<i64>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut backoff = BACKOFF_MIN;
         loop {
             if *stop.borrow() {
                 return;
             }
-            let step = self.session(&mut client, &mut rev, &mut stop, &mut backoff).await;
+            let step = self
+                .session(&mut client, &mut rev, &mut stop, &mut backoff)
+                .await;
             if let Err(e) = step {
                 tracing::debug!(key = %self.key, error = %format!("{e:#}"), "store watch interrupted; reconnecting");
                 client = None;
@@ -355,7 +412,10 @@ impl Watcher {
         let start = rev.unwrap() + 1;
         let mut stream = tokio::time::timeout(
             RPC_TIMEOUT,
-            c.watch(self.key.as_str(), Some(WatchOptions::new().with_start_revision(start))),
+            c.watch(
+                self.key.as_str(),
+                Some(WatchOptions::new().with_start_revision(start)),
+            ),
         )
         .await
         .context("creating the watch timed out")??;
@@ -364,7 +424,9 @@ impl Watcher {
                 m = stream.message() => m?,
                 _ = stop.changed() => return Ok(()),
             };
-            let Some(resp) = msg else { anyhow::bail!("watch stream ended") };
+            let Some(resp) = msg else {
+                anyhow::bail!("watch stream ended")
+            };
             if resp.created() {
                 *backoff = BACKOFF_MIN;
             }
@@ -373,7 +435,11 @@ impl Watcher {
                     // History was compacted past our revision: read the key again.
                     *rev = None;
                 }
-                anyhow::bail!("watch canceled: {} (compact revision {})", resp.cancel_reason(), resp.compact_revision());
+                anyhow::bail!(
+                    "watch canceled: {} (compact revision {})",
+                    resp.cancel_reason(),
+                    resp.compact_revision()
+                );
             }
             // Only the last change of a batch matters, but each one is a
             // configuration an operator wrote: apply them in order.
@@ -453,7 +519,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("pools[0].endpoints[0].weight"), "{e}");
-        let e = parse_document("[[pools]\n", &opts()).unwrap_err().to_string();
+        let e = parse_document("[[pools]\n", &opts())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("syntax"), "{e}");
         empty_config(&opts()).validate().unwrap();
     }

@@ -12,7 +12,11 @@ use gateway::Gateway;
 async fn backends(n: usize) -> Vec<SampleBackend> {
     let mut v = Vec::new();
     for i in 0..n {
-        v.push(sample_backend::spawn(any_addr(), &format!("b{i}")).await.unwrap());
+        v.push(
+            sample_backend::spawn(any_addr(), &format!("b{i}"))
+                .await
+                .unwrap(),
+        );
     }
     v
 }
@@ -47,14 +51,21 @@ fn share(m: &HashMap<String, usize>, k: &str, n: usize) -> f64 {
 #[tokio::test]
 async fn weighted_round_robin_honours_weights() {
     let bs = backends(3).await;
-    let cfg = config_with(&pool_cfg("weighted-round-robin", &weighted_eps(&bs, &[1, 2, 3]), ""));
+    let cfg = config_with(&pool_cfg(
+        "weighted-round-robin",
+        &weighted_eps(&bs, &[1, 2, 3]),
+        "",
+    ));
     let gw = Gateway::start(cfg).await.unwrap();
     let c = client();
     let n = 600;
     let m = distribution(&c, &format!("http://{}/", gw.local_addr()), n).await;
     for (k, want) in [("b0", 1.0 / 6.0), ("b1", 2.0 / 6.0), ("b2", 3.0 / 6.0)] {
         let got = share(&m, k, n);
-        assert!((got - want).abs() < 0.03, "{k}: got {got:.3} want {want:.3} ({m:?})");
+        assert!(
+            (got - want).abs() < 0.03,
+            "{k}: got {got:.3} want {want:.3} ({m:?})"
+        );
     }
     gw.shutdown().await;
 }
@@ -64,21 +75,40 @@ async fn random_weighted_and_round_robin_and_p2c_distribute() {
     let bs = backends(2).await;
     let c = client();
     // weighted random 1:3
-    let gw = Gateway::start(config_with(&pool_cfg("random", &weighted_eps(&bs, &[1, 3]), ""))).await.unwrap();
+    let gw = Gateway::start(config_with(&pool_cfg(
+        "random",
+        &weighted_eps(&bs, &[1, 3]),
+        "",
+    )))
+    .await
+    .unwrap();
     let n = 2000;
     let m = distribution(&c, &format!("http://{}/", gw.local_addr()), n).await;
     let got = share(&m, "b1", n);
-    assert!((got - 0.75).abs() < 0.05, "random b1 share {got:.3} ({m:?})");
+    assert!(
+        (got - 0.75).abs() < 0.05,
+        "random b1 share {got:.3} ({m:?})"
+    );
     gw.shutdown().await;
     // plain round robin: exactly alternating
-    let gw = Gateway::start(config_with(&pool_cfg("round-robin", &weighted_eps(&bs, &[1, 3]), ""))).await.unwrap();
+    let gw = Gateway::start(config_with(&pool_cfg(
+        "round-robin",
+        &weighted_eps(&bs, &[1, 3]),
+        "",
+    )))
+    .await
+    .unwrap();
     let m = distribution(&c, &format!("http://{}/", gw.local_addr()), 100).await;
     assert_eq!(m.get("b0"), Some(&50), "{m:?}");
     gw.shutdown().await;
     // least request (p2c, peak EWMA): both serve traffic
-    let gw = Gateway::start(config_with(&pool_cfg("least-request", &weighted_eps(&bs, &[1, 1]), "peak_ewma = true")))
-        .await
-        .unwrap();
+    let gw = Gateway::start(config_with(&pool_cfg(
+        "least-request",
+        &weighted_eps(&bs, &[1, 1]),
+        "peak_ewma = true",
+    )))
+    .await
+    .unwrap();
     let m = distribution(&c, &format!("http://{}/", gw.local_addr()), 200).await;
     assert_eq!(m.values().sum::<usize>(), 200);
     gw.shutdown().await;
@@ -87,7 +117,13 @@ async fn random_weighted_and_round_robin_and_p2c_distribute() {
 #[tokio::test]
 async fn least_conn_prefers_idle_endpoint() {
     let bs = backends(2).await;
-    let gw = Gateway::start(config_with(&pool_cfg("least-conn", &weighted_eps(&bs, &[1, 1]), ""))).await.unwrap();
+    let gw = Gateway::start(config_with(&pool_cfg(
+        "least-conn",
+        &weighted_eps(&bs, &[1, 1]),
+        "",
+    )))
+    .await
+    .unwrap();
     let url = format!("http://{}/", gw.local_addr());
     let c = client();
     // One long request occupies one endpoint.
@@ -107,9 +143,16 @@ async fn least_conn_prefers_idle_endpoint() {
     })
     .await;
     let m = distribution(&c, &url, 20).await;
-    assert_eq!(m.len(), 1, "all short requests go to the idle endpoint: {m:?}");
+    assert_eq!(
+        m.len(),
+        1,
+        "all short requests go to the idle endpoint: {m:?}"
+    );
     let busy = slow.await.unwrap();
-    assert!(!m.contains_key(&busy), "idle endpoint chosen, busy was {busy}: {m:?}");
+    assert!(
+        !m.contains_key(&busy),
+        "idle endpoint chosen, busy was {busy}: {m:?}"
+    );
     gw.shutdown().await;
 }
 
@@ -137,7 +180,9 @@ async fn check_consistent_hash(method: &str, cookie: bool) -> f64 {
     } else {
         format!("hash = {{ key = \"header\", name = \"x-user\", method = \"{method}\" }}")
     };
-    let gw = Gateway::start(config_with(&pool_cfg("consistent-hash", &eps, &hash))).await.unwrap();
+    let gw = Gateway::start(config_with(&pool_cfg("consistent-hash", &eps, &hash)))
+        .await
+        .unwrap();
     let url = format!("http://{}/", gw.local_addr());
     let c = client();
     let keys = 500;
@@ -148,23 +193,34 @@ async fn check_consistent_hash(method: &str, cookie: bool) -> f64 {
     assert_eq!(used.len(), 5, "all endpoints get keys");
     // Remove b2 live.
     let eps4 = weighted_eps_refs(&[&bs[0], &bs[1], &bs[3], &bs[4]], &[1, 1, 1, 1]);
-    gw.apply_config(config_with(&pool_cfg("consistent-hash", &eps4, &hash))).unwrap();
+    gw.apply_config(config_with(&pool_cfg("consistent-hash", &eps4, &hash)))
+        .unwrap();
     let after = hash_mapping(&c, &url, keys, cookie).await;
     let moved = first.iter().zip(&after).filter(|(a, b)| a != b).count();
-    let moved_off_survivors = first.iter().zip(&after).filter(|(a, b)| a != b && *a != "b2").count();
+    let moved_off_survivors = first
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| a != b && *a != "b2")
+        .count();
     assert!(after.iter().all(|b| b != "b2"));
     let frac = moved as f64 / keys as f64;
     let extra = moved_off_survivors as f64 / keys as f64;
     eprintln!("{method}: fraction of keys remapped when 1 of 5 endpoints leaves = {frac:.3} (ideal 0.200), extra = {extra:.3}");
     assert!(frac < 0.30, "{method} remapped {frac}");
-    assert!(extra < 0.06, "{method} moved keys of surviving endpoints: {extra}");
+    assert!(
+        extra < 0.06,
+        "{method} moved keys of surviving endpoints: {extra}"
+    );
     gw.shutdown().await;
     frac
 }
 
 fn weighted_eps_refs(bs: &[&SampleBackend], w: &[u32]) -> String {
-    let v: Vec<String> =
-        bs.iter().zip(w).map(|(b, w)| format!("{{ address = \"{}\", weight = {w} }}", b.local_addr())).collect();
+    let v: Vec<String> = bs
+        .iter()
+        .zip(w)
+        .map(|(b, w)| format!("{{ address = \"{}\", weight = {w} }}", b.local_addr()))
+        .collect();
     format!("[{}]", v.join(", "))
 }
 
@@ -181,9 +237,13 @@ async fn consistent_hash_ring_cookie_stable_minimal_remap() {
 #[tokio::test]
 async fn consistent_hash_client_ip_sticks() {
     let bs = backends(3).await;
-    let gw = Gateway::start(config_with(&pool_cfg("consistent-hash", &weighted_eps(&bs, &[1, 1, 1]), "")))
-        .await
-        .unwrap();
+    let gw = Gateway::start(config_with(&pool_cfg(
+        "consistent-hash",
+        &weighted_eps(&bs, &[1, 1, 1]),
+        "",
+    )))
+    .await
+    .unwrap();
     let m = distribution(&client(), &format!("http://{}/", gw.local_addr()), 50).await;
     assert_eq!(m.len(), 1, "one client IP → one endpoint: {m:?}");
     gw.shutdown().await;

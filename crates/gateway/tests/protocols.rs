@@ -24,7 +24,9 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(format!("http://{authority}/"))
         .version(http::Version::HTTP_2)
@@ -49,7 +51,9 @@ async fn http2_cleartext_h2c_both_sides() {
     assert_eq!(h["x-seen-via"], "2.0 phalanx");
     gw.shutdown().await;
     // h2c to the backend too.
-    let gw = Gateway::start(simple(b.local_addr(), "protocol = \"h2c\"")).await.unwrap();
+    let gw = Gateway::start(simple(b.local_addr(), "protocol = \"h2c\""))
+        .await
+        .unwrap();
     let s = TcpStream::connect(gw.local_addr()).await.unwrap();
     let (st, _, h) = h2_get(s, &gw.local_addr().to_string()).await;
     assert_eq!(st, 200);
@@ -88,12 +92,20 @@ pool = "p"
     let gw = Gateway::start(cfg).await.unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    for (alpn, want_h2) in [(vec![b"h2".to_vec(), b"http/1.1".to_vec()], true), (vec![b"http/1.1".to_vec()], false)] {
-        let mut cc = rustls::ClientConfig::builder().with_root_certificates(roots.clone()).with_no_client_auth();
+    for (alpn, want_h2) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], true),
+        (vec![b"http/1.1".to_vec()], false),
+    ] {
+        let mut cc = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
         cc.alpn_protocols = alpn;
         let conn = tokio_rustls::TlsConnector::from(Arc::new(cc));
         let tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
-        let tls = conn.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+        let tls = conn
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
         let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
         if want_h2 {
             assert_eq!(negotiated.as_deref(), Some(&b"h2"[..]));
@@ -102,9 +114,14 @@ pool = "p"
             assert_eq!(h["x-seen-forwarded-proto"], "https");
         } else {
             assert_eq!(negotiated.as_deref(), Some(&b"http/1.1"[..]));
-            let (mut send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+            let (mut send, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
             tokio::spawn(c);
-            let req = http::Request::get("/").header("host", "localhost").body(Empty::<Bytes>::new()).unwrap();
+            let req = http::Request::get("/")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
             let r = send.send_request(req).await.unwrap();
             assert_eq!(r.status(), 200);
             assert_eq!(r.headers()["x-seen-forwarded-proto"], "https");
@@ -142,10 +159,18 @@ endpoints = ["{dead}", "{}"]
     let gw = Gateway::start(cfg).await.unwrap();
     for _ in 0..4 {
         let mut s = TcpStream::connect(gw.local_addr()).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.unwrap().unwrap();
-        assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("tcp-b\n"), "{out}");
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("tcp-b\n"),
+            "{out}"
+        );
     }
     gw.shutdown().await;
 }
@@ -154,7 +179,10 @@ async fn read_head(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
     let mut b = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
         if n == 0 {
             break;
         }
@@ -175,11 +203,17 @@ async fn websocket_upgrade_passes_through() {
     .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
     for msg in [&b"hello"[..], &b"second frame"[..]] {
         s.write_all(msg).await.unwrap();
         let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, msg);
     }
     gw.shutdown().await;
@@ -193,7 +227,12 @@ async fn proxy_headers_and_hop_by_hop() {
     let r = get_with(
         &c,
         &format!("http://{}/", gw.local_addr()),
-        &[("x-forwarded-for", "10.1.2.3"), ("connection", "x-secret"), ("x-secret", "1"), ("keep-alive", "timeout=5")],
+        &[
+            ("x-forwarded-for", "10.1.2.3"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+        ],
     )
     .await
     .unwrap();
@@ -202,8 +241,14 @@ async fn proxy_headers_and_hop_by_hop() {
     assert_eq!(r.headers["x-seen-forwarded-proto"], "http");
     assert_eq!(r.headers["x-seen-via"], "1.1 phalanx");
     assert_eq!(r.headers["via"], "1.1 phalanx");
-    let names = r.headers["x-seen-header-names"].to_str().unwrap().to_string();
-    assert!(!names.contains("x-secret") && !names.contains("keep-alive"), "{names}");
+    let names = r.headers["x-seen-header-names"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !names.contains("x-secret") && !names.contains("keep-alive"),
+        "{names}"
+    );
     gw.shutdown().await;
 }
 
@@ -214,7 +259,13 @@ async fn admin_endpoint_serves_metrics_and_pools() {
     cfg.admin_listen = Some(any_addr());
     let gw = Gateway::start(cfg).await.unwrap();
     let c = client();
-    assert_eq!(get(&c, &format!("http://{}/", gw.local_addr())).await.unwrap().status, 200);
+    assert_eq!(
+        get(&c, &format!("http://{}/", gw.local_addr()))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let admin = gw.admin_addr().unwrap();
     let m = get(&c, &format!("http://{admin}/metrics")).await.unwrap();
     assert_eq!(m.status, 200);
@@ -233,7 +284,10 @@ async fn admin_endpoint_serves_metrics_and_pools() {
     }
     let p = get(&c, &format!("http://{admin}/pools")).await.unwrap();
     let j: serde_json::Value = serde_json::from_str(&p.body).unwrap();
-    assert_eq!(j["pools"][0]["endpoints"][0]["address"], b.local_addr().to_string());
+    assert_eq!(
+        j["pools"][0]["endpoints"][0]["address"],
+        b.local_addr().to_string()
+    );
     assert_eq!(j["pools"][0]["endpoints"][0]["healthy"], true);
     gw.shutdown().await;
 }
@@ -248,7 +302,9 @@ async fn bad_input_is_rejected_and_others_are_served() {
 
     // Slowloris: an incomplete head is cut after header_read_timeout_ms (1 s).
     let mut slow = TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
     let t0 = Instant::now();
 
     // Malformed request line → 400.
@@ -273,7 +329,10 @@ async fn bad_input_is_rejected_and_others_are_served() {
     assert!(r.is_ok(), "slowloris connection closed");
     let el = t0.elapsed();
     assert!(el < Duration::from_millis(3000), "closed after {el:?}");
-    assert!(buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"), "{buf:?}");
+    assert!(
+        buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{buf:?}"
+    );
     assert_eq!(get(&c, &url).await.unwrap().body, "ok");
     gw.shutdown().await;
 }
@@ -291,7 +350,9 @@ async fn invalid_configuration_names_field_and_reason() {
         ("[[pools]]\nname = \"p\"\nalgorithm = \"fastest\"\n[[routes]]\npool = \"p\"\n", "fastest"),
     ];
     for (t, field) in cases {
-        let e = Config::from_toml_str(&format!("{base}{t}")).unwrap_err().to_string();
+        let e = Config::from_toml_str(&format!("{base}{t}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(field), "expected `{field}` in: {e}");
     }
     // The gateway refuses to start on an invalid config, and a running one keeps its config.
@@ -304,6 +365,12 @@ async fn invalid_configuration_names_field_and_reason() {
     let e = gw.apply_config(bad).unwrap_err().to_string();
     assert!(e.contains("pools[0].max_concurrent_requests"), "{e}");
     assert_eq!(gw.config(), good);
-    assert_eq!(get(&client(), &format!("http://{}/", gw.local_addr())).await.unwrap().body, "ok");
+    assert_eq!(
+        get(&client(), &format!("http://{}/", gw.local_addr()))
+            .await
+            .unwrap()
+            .body,
+        "ok"
+    );
     gw.shutdown().await;
 }

@@ -36,8 +36,14 @@ impl Load {
         let c = client();
         let tasks = (0..workers)
             .map(|_| {
-                let (stop, ok, errors, by, c, url) =
-                    (stop.clone(), ok.clone(), errors.clone(), by_backend.clone(), c.clone(), url.clone());
+                let (stop, ok, errors, by, c, url) = (
+                    stop.clone(),
+                    ok.clone(),
+                    errors.clone(),
+                    by_backend.clone(),
+                    c.clone(),
+                    url.clone(),
+                );
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         match get(&c, &url).await {
@@ -45,14 +51,23 @@ impl Load {
                                 ok.fetch_add(1, Ordering::Relaxed);
                                 *by.lock().unwrap().entry(r.body).or_insert(0) += 1;
                             }
-                            Ok(r) => errors.lock().unwrap().push(format!("status {} {}", r.status, r.body)),
+                            Ok(r) => errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("status {} {}", r.status, r.body)),
                             Err(e) => errors.lock().unwrap().push(e),
                         }
                     }
                 })
             })
             .collect();
-        Load { stop, ok, errors, by_backend, tasks }
+        Load {
+            stop,
+            ok,
+            errors,
+            by_backend,
+            tasks,
+        }
     }
     fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
@@ -86,11 +101,24 @@ fn endpoint_json(gw: &GatewayHandle, pool: &str, addr: std::net::SocketAddr) -> 
         .unwrap()
         .iter()
         .find(|p| p["name"] == pool)
-        .and_then(|p| p["endpoints"].as_array().unwrap().iter().find(|e| e["address"] == addr.to_string()).cloned())
+        .and_then(|p| {
+            p["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["address"] == addr.to_string())
+                .cloned()
+        })
         .unwrap_or(serde_json::Value::Null)
 }
 
-async fn wait_available(gw: &GatewayHandle, pool: &str, addr: std::net::SocketAddr, want: bool, t: Duration) {
+async fn wait_available(
+    gw: &GatewayHandle,
+    pool: &str,
+    addr: std::net::SocketAddr,
+    want: bool,
+    t: Duration,
+) {
     let gw = gw.clone();
     let pool = pool.to_string();
     wait_until(t, &format!("{addr} available={want}"), || {
@@ -125,21 +153,41 @@ pool = "p"
     bs[1].kill().await;
     wait_available(&gw, "p", addrs[1], false, Duration::from_secs(5)).await;
     let ep = endpoint_json(&gw, "p", addrs[1]);
-    assert_eq!(ep["ejections"], 1, "ejected by its first connect failure: {ep}");
+    assert_eq!(
+        ep["ejections"], 1,
+        "ejected by its first connect failure: {ep}"
+    );
     let m = gw.metrics_text();
-    let failed = metric_sum(&m, "gateway_upstream_requests_total", &[&addrs[1].to_string(), "connect_error"])
-        + metric_sum(&m, "gateway_upstream_requests_total", &[&addrs[1].to_string(), "reset"]);
+    let failed = metric_sum(
+        &m,
+        "gateway_upstream_requests_total",
+        &[&addrs[1].to_string(), "connect_error"],
+    ) + metric_sum(
+        &m,
+        "gateway_upstream_requests_total",
+        &[&addrs[1].to_string(), "reset"],
+    );
     // At most one failure per concurrent client raced the ejection.
-    assert!((1.0..=4.0).contains(&failed), "failed tries before ejection: {failed}\n{m}");
+    assert!(
+        (1.0..=4.0).contains(&failed),
+        "failed tries before ejection: {failed}\n{m}"
+    );
     load.wait_more(200).await;
     let before = load.served_by("b1");
     // Bring it back: re-admitted after `rise` good health checks.
     bs[1] = ProcBackend::start(addrs[1], "b1").await;
     wait_available(&gw, "p", addrs[1], true, Duration::from_secs(5)).await;
     let l = &load;
-    wait_until(Duration::from_secs(10), "b1 serves again", || async move { l.served_by("b1") > before + 10 }).await;
+    wait_until(Duration::from_secs(10), "b1 serves again", || async move {
+        l.served_by("b1") > before + 10
+    })
+    .await;
     let errors = load.finish().await;
-    assert!(errors.is_empty(), "client-visible errors: {:?}", &errors[..errors.len().min(5)]);
+    assert!(
+        errors.is_empty(),
+        "client-visible errors: {:?}",
+        &errors[..errors.len().min(5)]
+    );
     gw.shutdown().await;
 }
 
@@ -170,7 +218,13 @@ retry = {{ per_try_timeout_ms = 150, max_retries = 2 }}
     assert!(hang.requests() >= 1, "the hanging backend was tried");
     assert!(t0.elapsed() < Duration::from_secs(10));
     let mt = gw.metrics_text();
-    assert!(metric_sum(&mt, "gateway_upstream_requests_total", &[&hang.local_addr().to_string(), "timeout"]) >= 1.0);
+    assert!(
+        metric_sum(
+            &mt,
+            "gateway_upstream_requests_total",
+            &[&hang.local_addr().to_string(), "timeout"]
+        ) >= 1.0
+    );
     gw.shutdown().await;
 }
 
@@ -206,9 +260,15 @@ pool = "main"
     p0.stop().await;
     p1.stop().await;
     let l = &load;
-    wait_until(Duration::from_secs(5), "backup serves", || async move { l.served_by("backup") > 0 }).await;
+    wait_until(Duration::from_secs(5), "backup serves", || async move {
+        l.served_by("backup") > 0
+    })
+    .await;
     let switch = t_down.elapsed();
-    assert!(switch < Duration::from_millis(interval + 100), "moved to backup after {switch:?}");
+    assert!(
+        switch < Duration::from_millis(interval + 100),
+        "moved to backup after {switch:?}"
+    );
     load.wait_more(100).await;
     // Recovery: fail back to the primaries.
     let _p0 = sample_backend::spawn(pa[0], "primary0").await.unwrap();
@@ -218,9 +278,17 @@ pool = "main"
     let b = load.served_by("backup");
     load.wait_more(100).await;
     let b2 = load.served_by("backup");
-    assert!(b2 - b <= 2, "failed back to primaries (backup served {} more)", b2 - b);
+    assert!(
+        b2 - b <= 2,
+        "failed back to primaries (backup served {} more)",
+        b2 - b
+    );
     let errors = load.finish().await;
-    assert!(errors.is_empty(), "client-visible errors: {:?}", &errors[..errors.len().min(5)]);
+    assert!(
+        errors.is_empty(),
+        "client-visible errors: {:?}",
+        &errors[..errors.len().min(5)]
+    );
     gw.shutdown().await;
 }
 
@@ -228,7 +296,9 @@ pool = "main"
 async fn retries_stay_within_budget_on_503() {
     let mut o = SampleBackendOptions::new("bad");
     o.status = 503;
-    let b0 = sample_backend::spawn_with(any_addr(), o.clone()).await.unwrap();
+    let b0 = sample_backend::spawn_with(any_addr(), o.clone())
+        .await
+        .unwrap();
     let b1 = sample_backend::spawn_with(any_addr(), o).await.unwrap();
     let cfg = config_with(&format!(
         r#"
@@ -256,11 +326,16 @@ retry = {{ max_retries = 2, backoff_base_ms = 0, backoff_max_ms = 0 }}
     let retries = metric_sum(&m, "gateway_retries_total", &[]) as u64;
     let exhausted = metric_sum(&m, "gateway_retry_budget_exhausted_total", &[]) as u64;
     let upstream = b0.requests() + b1.requests();
-    eprintln!("requests {n}, retries {retries}, budget exhausted {exhausted}, upstream tries {upstream}");
+    eprintln!(
+        "requests {n}, retries {retries}, budget exhausted {exhausted}, upstream tries {upstream}"
+    );
     assert!(retries <= n / 10, "retries {retries} exceed 10% budget");
     assert!(retries >= n / 10 - 2, "budget was used: {retries}");
     assert_eq!(upstream, n + retries, "every retry reached a backend once");
-    assert!(exhausted >= n - retries, "denied retries counted: {exhausted}");
+    assert!(
+        exhausted >= n - retries,
+        "denied retries counted: {exhausted}"
+    );
     gw.shutdown().await;
 }
 
@@ -342,19 +417,33 @@ async fn live_reconfiguration_add_and_remove_under_load() {
     load.wait_more(100).await;
     gw.apply_config(mk(&[0, 1, 2])).unwrap();
     let l = &load;
-    wait_until(Duration::from_secs(5), "b2 gets traffic", || async move { l.served_by("b2") > 20 }).await;
+    wait_until(Duration::from_secs(5), "b2 gets traffic", || async move {
+        l.served_by("b2") > 20
+    })
+    .await;
     // An invalid configuration is rejected and the one in force stays.
     let mut bad = mk(&[0, 1, 2]);
     bad.routes[0].pool = "nope".into();
     let e = gw.apply_config(bad).unwrap_err().to_string();
-    assert!(e.contains("routes[0].pool") && e.contains("unknown pool"), "{e}");
+    assert!(
+        e.contains("routes[0].pool") && e.contains("unknown pool"),
+        "{e}"
+    );
     gw.apply_config(mk(&[1, 2])).unwrap();
     load.wait_more(50).await;
     let b0_after_removal = load.served_by("b0");
     load.wait_more(200).await;
-    assert_eq!(load.served_by("b0"), b0_after_removal, "removed endpoint gets no new requests");
+    assert_eq!(
+        load.served_by("b0"),
+        b0_after_removal,
+        "removed endpoint gets no new requests"
+    );
     let errors = load.finish().await;
-    assert!(errors.is_empty(), "client-visible errors: {:?}", &errors[..errors.len().min(5)]);
+    assert!(
+        errors.is_empty(),
+        "client-visible errors: {:?}",
+        &errors[..errors.len().min(5)]
+    );
     assert_eq!(gw.config().pools[0].endpoints.len(), 2);
     gw.shutdown().await;
 }
@@ -386,14 +475,20 @@ pool = "p"
     assert_eq!(r.status, 503);
     assert!(r.body.contains("circuit breaker open"));
     assert_eq!(b.requests(), 3);
-    assert_eq!(metric_sum(&gw.metrics_text(), "gateway_breaker_rejections_total", &[]), 1.0);
+    assert_eq!(
+        metric_sum(&gw.metrics_text(), "gateway_breaker_rejections_total", &[]),
+        1.0
+    );
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let b = sample_backend::spawn(any_addr(), "b").await.unwrap();
-    let cfg = config_with(&format!("[[pools]]\nname = \"p\"\nendpoints = [\"{}\"]\n[[routes]]\npool = \"p\"\n", b.local_addr()));
+    let cfg = config_with(&format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [\"{}\"]\n[[routes]]\npool = \"p\"\n",
+        b.local_addr()
+    ));
     let gw = Gateway::start(cfg).await.unwrap();
     let addr = gw.local_addr();
     let c = client();
@@ -408,5 +503,8 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     gw.shutdown().await;
     let r = inflight.await.unwrap().unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "b"));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }

@@ -9,14 +9,23 @@ use linearizability::{check, History, Limits, Outcome};
 
 fn main() {
     for keys in [1usize, 10] {
-        let cfg = SimConfig { clients: 16, operations: 10_000, keys, info_percent: 1, seed: 7 };
+        let cfg = SimConfig {
+            clients: 16,
+            operations: 10_000,
+            keys,
+            info_percent: 1,
+            seed: 7,
+        };
         let text = generate(&cfg);
         let t0 = Instant::now();
         let history = History::parse_str(&text).expect("generated history parses");
         let parsed = t0.elapsed();
         let outcome = check(&history, &Limits::default());
         let total = t0.elapsed();
-        assert!(matches!(outcome, Outcome::Linearizable), "generated history must be linearizable");
+        assert!(
+            matches!(outcome, Outcome::Linearizable),
+            "generated history must be linearizable"
+        );
         println!(
             "10k ops / 16 clients / {keys} key(s): parse {:.1} ms, parse+check {:.1} ms",
             parsed.as_secs_f64() * 1e3,

@@ -85,7 +85,11 @@ pub enum Outcome {
     /// At least one key is not linearizable (all offending keys, sorted).
     NotLinearizable(Vec<Violation>),
     /// The limit ran out before a decision; `key` is where it happened.
-    Unknown { key: String, checked_keys: usize, total_keys: usize },
+    Unknown {
+        key: String,
+        checked_keys: usize,
+        total_keys: usize,
+    },
 }
 
 /// Register value, interned: 0 = absent, otherwise index+1 into the value table.
@@ -146,7 +150,11 @@ pub fn check(history: &History, limits: &Limits) -> Outcome {
         // Checked per key too, so an exhausted budget stops promptly even
         // when every key is small.
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        let result = if expired { KeyResult::Timeout } else { check_key(key, &ops, deadline) };
+        let result = if expired {
+            KeyResult::Timeout
+        } else {
+            check_key(key, &ops, deadline)
+        };
         match result {
             KeyResult::Ok => {}
             KeyResult::Violation(v) => violations.push(*v),
@@ -154,7 +162,11 @@ pub fn check(history: &History, limits: &Limits) -> Outcome {
                 // A violation found so far is a definite answer; report it
                 // rather than "unknown".
                 if violations.is_empty() {
-                    return Outcome::Unknown { key: key.to_string(), checked_keys: i, total_keys };
+                    return Outcome::Unknown {
+                        key: key.to_string(),
+                        checked_keys: i,
+                        total_keys,
+                    };
                 }
                 break;
             }
@@ -197,7 +209,13 @@ impl Linearized {
     fn new(slot: Vec<(bool, usize)>) -> Self {
         let fins = slot.iter().filter(|s| !s.0).count();
         let infs = slot.len() - fins;
-        Linearized { slot, fin: vec![0; fins.div_ceil(64)], inf: vec![0; infs.div_ceil(64)], full: 0, end: 0 }
+        Linearized {
+            slot,
+            fin: vec![0; fins.div_ceil(64)],
+            inf: vec![0; infs.div_ceil(64)],
+            full: 0,
+            end: 0,
+        }
     }
 
     fn set(&mut self, i: usize) {
@@ -268,7 +286,9 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
     let mut steps: Vec<Step> = Vec::new();
     for op in all {
         let step = match (&op.data, op.status) {
-            (OpData::Read { observed }, Status::Ok) => Step::Read(interner.get(observed.as_deref())),
+            (OpData::Read { observed }, Status::Ok) => {
+                Step::Read(interner.get(observed.as_deref()))
+            }
             // A read without a result constrains nothing.
             (OpData::Read { .. }, _) => continue,
             // Failed writes/deletes did not take effect.
@@ -438,7 +458,10 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
                 }
             }
         }
-        debug_assert!(entry != tail, "a return precedes the tail while required ops remain");
+        debug_assert!(
+            entry != tail,
+            "a return precedes the tail while required ops remain"
+        );
         let candidate = (entry % 2 == 0).then_some(entry);
         // Set when an applicable pure candidate was already explored from
         // here: this whole configuration is then a dead end.
@@ -449,7 +472,10 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
             let applied = steps[i].apply(state).filter(|&new_state| {
                 let own = u32::from(produces(steps[i]) == Some(state));
                 let info = ops[i].ret.is_none();
-                if info && (new_state == state || (wants[new_state as usize] == 0 && unequal[state as usize] == 0)) {
+                if info
+                    && (new_state == state
+                        || (wants[new_state as usize] == 0 && unequal[state as usize] == 0))
+                {
                     return false;
                 }
                 new_state == state
@@ -524,7 +550,13 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
                 total: n,
                 linearized: prefix.len(),
                 state: interner.name(st),
-                prefix_tail: prefix.iter().rev().take(5).rev().map(|&i| ops[i].clone()).collect(),
+                prefix_tail: prefix
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .rev()
+                    .map(|&i| ops[i].clone())
+                    .collect(),
                 stuck,
             }));
         };

@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{check, check_leases, check_watch, History, HistoryError, LeaseOptions, Limits, Outcome};
+use crate::{
+    check, check_leases, check_watch, History, HistoryError, LeaseOptions, Limits, Outcome,
+};
 
 /// Exit code: the history is correct.
 pub const EXIT_OK: i32 = 0;
@@ -21,8 +23,10 @@ pub const EXIT_UNKNOWN: i32 = 3;
 
 /// Arguments of `phalanx check`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Exit status: 0 correct, 1 violation, 2 malformed input, 3 unknown (limit exceeded).\n\
-Formats: docs/history-format.md")]
+#[command(
+    after_help = "Exit status: 0 correct, 1 violation, 2 malformed input, 3 unknown (limit exceeded).\n\
+Formats: docs/history-format.md"
+)]
 pub struct CheckArgs {
     /// History file (JSON lines); `-` reads standard input.
     #[arg(value_name = "FILE")]
@@ -70,12 +74,24 @@ fn run_inner(args: &CheckArgs) -> Result<i32, HistoryError> {
         return Ok(report(&v, "watch streams are correct"));
     }
     if args.leases {
-        let v = check_leases(input, LeaseOptions { grace_ms: args.lease_grace_ms as i64 })?;
+        let v = check_leases(
+            input,
+            LeaseOptions {
+                grace_ms: args.lease_grace_ms as i64,
+            },
+        )?;
         return Ok(report(&v, "leases are safe"));
     }
     let history = History::parse(input)?;
-    let limits = Limits { timeout: (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms)) };
-    let keys = history.ops.iter().map(|o| o.key.as_str()).collect::<std::collections::HashSet<_>>().len();
+    let limits = Limits {
+        timeout: (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms)),
+    };
+    let keys = history
+        .ops
+        .iter()
+        .map(|o| o.key.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     match check(&history, &limits) {
         Outcome::Linearizable => {
             println!(
@@ -93,7 +109,11 @@ fn run_inner(args: &CheckArgs) -> Result<i32, HistoryError> {
             }
             Ok(EXIT_VIOLATION)
         }
-        Outcome::Unknown { key, checked_keys, total_keys } => {
+        Outcome::Unknown {
+            key,
+            checked_keys,
+            total_keys,
+        } => {
             println!(
                 "unknown: time limit of {} ms exceeded while checking key {key:?} ({checked_keys} of {total_keys} keys done)",
                 args.timeout_ms

@@ -25,7 +25,10 @@ pub enum HistoryError {
 
 impl HistoryError {
     pub(crate) fn at(line: usize, reason: impl Into<String>) -> Self {
-        HistoryError::Malformed { line, reason: reason.into() }
+        HistoryError::Malformed {
+            line,
+            reason: reason.into(),
+        }
     }
 
     /// Line number the error refers to, if any.
@@ -85,10 +88,17 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpData {
     /// A read; `observed` is only meaningful when the status is `Ok`.
-    Read { observed: Option<String> },
-    Write { value: String },
+    Read {
+        observed: Option<String>,
+    },
+    Write {
+        value: String,
+    },
     Delete,
-    Cas { expected: Option<String>, new: String },
+    Cas {
+        expected: Option<String>,
+        new: String,
+    },
 }
 
 /// One invocation paired with its completion.
@@ -136,9 +146,18 @@ impl std::fmt::Display for Operation {
             Status::Fail => "fail",
             Status::Info => "info",
         };
-        write!(f, "line {}: process {} {} {:?} ", self.call_line, self.process, self.function(), self.key)?;
+        write!(
+            f,
+            "line {}: process {} {} {:?} ",
+            self.call_line,
+            self.process,
+            self.function(),
+            self.key
+        )?;
         match &self.data {
-            OpData::Read { observed } if self.status == Status::Ok => write!(f, "-> {}", show(observed))?,
+            OpData::Read { observed } if self.status == Status::Ok => {
+                write!(f, "-> {}", show(observed))?
+            }
             OpData::Read { .. } => write!(f, "-> ?")?,
             OpData::Write { value } => write!(f, "{value:?}")?,
             OpData::Delete => {}
@@ -173,14 +192,22 @@ struct RawEvent {
 
 /// Values are strings; integers are accepted and compared by their decimal
 /// text because many test harnesses write counters as numbers.
-fn scalar(line: usize, v: &Value, what: &str, allow_null: bool) -> Result<Option<String>, HistoryError> {
+fn scalar(
+    line: usize,
+    v: &Value,
+    what: &str,
+    allow_null: bool,
+) -> Result<Option<String>, HistoryError> {
     match v {
         Value::String(s) => Ok(Some(s.clone())),
         Value::Number(n) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
         Value::Null if allow_null => Ok(None),
         other => Err(HistoryError::at(
             line,
-            format!("{what} must be a string{}, got {other}", if allow_null { " or null" } else { "" }),
+            format!(
+                "{what} must be a string{}, got {other}",
+                if allow_null { " or null" } else { "" }
+            ),
         )),
     }
 }
@@ -209,7 +236,10 @@ impl History {
                 if ev.time < *prev {
                     return Err(HistoryError::at(
                         line_no,
-                        format!("time {} is before the previous event of process {} (time {prev})", ev.time, ev.process),
+                        format!(
+                            "time {} is before the previous event of process {} (time {prev})",
+                            ev.time, ev.process
+                        ),
                     ));
                 }
             }
@@ -231,7 +261,8 @@ impl History {
                     let data = match ev.f {
                         Function::Read => OpData::Read { observed: None },
                         Function::Write => OpData::Write {
-                            value: scalar(line_no, &ev.value, "write value", false)?.unwrap_or_default(),
+                            value: scalar(line_no, &ev.value, "write value", false)?
+                                .unwrap_or_default(),
                         },
                         Function::Delete => {
                             if !ev.value.is_null() {
@@ -240,12 +271,23 @@ impl History {
                             OpData::Delete
                         }
                         Function::Cas => {
-                            let arr = ev.value.as_array().filter(|a| a.len() == 2).ok_or_else(|| {
-                                HistoryError::at(line_no, format!("cas value must be [expected, new], got {}", ev.value))
-                            })?;
+                            let arr =
+                                ev.value
+                                    .as_array()
+                                    .filter(|a| a.len() == 2)
+                                    .ok_or_else(|| {
+                                        HistoryError::at(
+                                            line_no,
+                                            format!(
+                                                "cas value must be [expected, new], got {}",
+                                                ev.value
+                                            ),
+                                        )
+                                    })?;
                             OpData::Cas {
                                 expected: scalar(line_no, &arr[0], "cas expected value", true)?,
-                                new: scalar(line_no, &arr[1], "cas new value", false)?.unwrap_or_default(),
+                                new: scalar(line_no, &arr[1], "cas new value", false)?
+                                    .unwrap_or_default(),
                             }
                         }
                     };
@@ -265,13 +307,22 @@ impl History {
                 }
                 kind => {
                     let o = open.remove(&ev.process).ok_or_else(|| {
-                        HistoryError::at(line_no, format!("process {} completes an operation it never invoked", ev.process))
+                        HistoryError::at(
+                            line_no,
+                            format!(
+                                "process {} completes an operation it never invoked",
+                                ev.process
+                            ),
+                        )
                     })?;
                     let op = &mut ops[o.op];
                     if o.f != ev.f {
                         return Err(HistoryError::at(
                             line_no,
-                            format!("completion f={} does not match the {} invoked on line {}", ev.f, o.f, op.call_line),
+                            format!(
+                                "completion f={} does not match the {} invoked on line {}",
+                                ev.f, o.f, op.call_line
+                            ),
                         ));
                     }
                     if let Some(k) = &ev.key {

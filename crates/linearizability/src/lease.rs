@@ -28,12 +28,43 @@ use crate::history::HistoryError;
 #[derive(Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum Record {
-    Grant { lease: i64, ttl_ms: i64, sent: Option<i64>, time: i64 },
-    Keepalive { lease: i64, ttl_ms: i64, sent: Option<i64>, time: Option<i64> },
-    Revoke { lease: i64, sent: i64, time: Option<i64> },
-    Put { key: String, #[serde(default)] lease: i64, sent: i64, time: Option<i64> },
-    Delete { key: String, sent: i64, time: Option<i64> },
-    Read { key: String, sent: i64, time: i64, present: bool, #[serde(default)] lease: i64 },
+    Grant {
+        lease: i64,
+        ttl_ms: i64,
+        sent: Option<i64>,
+        time: i64,
+    },
+    Keepalive {
+        lease: i64,
+        ttl_ms: i64,
+        sent: Option<i64>,
+        time: Option<i64>,
+    },
+    Revoke {
+        lease: i64,
+        sent: i64,
+        time: Option<i64>,
+    },
+    Put {
+        key: String,
+        #[serde(default)]
+        lease: i64,
+        sent: i64,
+        time: Option<i64>,
+    },
+    Delete {
+        key: String,
+        sent: i64,
+        time: Option<i64>,
+    },
+    Read {
+        key: String,
+        sent: i64,
+        time: i64,
+        present: bool,
+        #[serde(default)]
+        lease: i64,
+    },
 }
 
 /// Which lease property was broken.
@@ -57,7 +88,11 @@ pub struct LeaseViolation {
 
 impl std::fmt::Display for LeaseViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: {:?}: key {:?} lease {}: {}", self.line, self.kind, self.key, self.lease, self.detail)
+        write!(
+            f,
+            "line {}: {:?}: key {:?} lease {}: {}",
+            self.line, self.kind, self.key, self.lease, self.detail
+        )
     }
 }
 
@@ -102,7 +137,10 @@ struct Read {
 
 /// Checks a lease log. Returns the violations (empty = safe), or an error for
 /// malformed input.
-pub fn check_leases<R: BufRead>(reader: R, opts: LeaseOptions) -> Result<Vec<LeaseViolation>, HistoryError> {
+pub fn check_leases<R: BufRead>(
+    reader: R,
+    opts: LeaseOptions,
+) -> Result<Vec<LeaseViolation>, HistoryError> {
     let mut leases: HashMap<i64, Lease> = HashMap::new();
     let mut writes: HashMap<String, Vec<Write>> = HashMap::new();
     let mut reads: Vec<Read> = Vec::new();
@@ -115,19 +153,38 @@ pub fn check_leases<R: BufRead>(reader: R, opts: LeaseOptions) -> Result<Vec<Lea
         let rec: Record = serde_json::from_str(&line)
             .map_err(|e| HistoryError::at(line_no, format!("invalid lease-log record: {e}")))?;
         let order = |sent: i64, time: Option<i64>| match time {
-            Some(t) if t < sent => Err(HistoryError::at(line_no, format!("time {t} is before sent {sent}"))),
+            Some(t) if t < sent => Err(HistoryError::at(
+                line_no,
+                format!("time {t} is before sent {sent}"),
+            )),
             _ => Ok(()),
         };
         match rec {
-            Record::Grant { lease, ttl_ms, sent, time } => {
+            Record::Grant {
+                lease,
+                ttl_ms,
+                sent,
+                time,
+            } => {
                 order(sent.unwrap_or(time), Some(time))?;
                 if ttl_ms <= 0 {
                     return Err(HistoryError::at(line_no, "grant ttl_ms must be positive"));
                 }
-                leases.entry(lease).or_default().renewals.push((sent.unwrap_or(time), time, ttl_ms));
+                leases.entry(lease).or_default().renewals.push((
+                    sent.unwrap_or(time),
+                    time,
+                    ttl_ms,
+                ));
             }
-            Record::Keepalive { lease, ttl_ms, sent, time } => {
-                let sent = sent.or(time).ok_or_else(|| HistoryError::at(line_no, "keepalive needs \"sent\" or \"time\""))?;
+            Record::Keepalive {
+                lease,
+                ttl_ms,
+                sent,
+                time,
+            } => {
+                let sent = sent.or(time).ok_or_else(|| {
+                    HistoryError::at(line_no, "keepalive needs \"sent\" or \"time\"")
+                })?;
                 order(sent, time)?;
                 let l = leases.entry(lease).or_default();
                 match time {
@@ -141,20 +198,51 @@ pub fn check_leases<R: BufRead>(reader: R, opts: LeaseOptions) -> Result<Vec<Lea
                 order(sent, time)?;
                 leases.entry(lease).or_default().revokes.push((sent, time));
             }
-            Record::Put { key, lease, sent, time } => {
+            Record::Put {
+                key,
+                lease,
+                sent,
+                time,
+            } => {
                 order(sent, time)?;
-                writes.entry(key).or_default().push(Write { line: line_no, lease, sent, time });
+                writes.entry(key).or_default().push(Write {
+                    line: line_no,
+                    lease,
+                    sent,
+                    time,
+                });
             }
             Record::Delete { key, sent, time } => {
                 order(sent, time)?;
-                writes.entry(key).or_default().push(Write { line: line_no, lease: 0, sent, time });
+                writes.entry(key).or_default().push(Write {
+                    line: line_no,
+                    lease: 0,
+                    sent,
+                    time,
+                });
             }
-            Record::Read { key, sent, time, present, lease } => {
+            Record::Read {
+                key,
+                sent,
+                time,
+                present,
+                lease,
+            } => {
                 order(sent, Some(time))?;
                 if !present && lease != 0 {
-                    return Err(HistoryError::at(line_no, "an absent key cannot carry a lease"));
+                    return Err(HistoryError::at(
+                        line_no,
+                        "an absent key cannot carry a lease",
+                    ));
                 }
-                reads.push(Read { line: line_no, key, sent, time, present, lease });
+                reads.push(Read {
+                    line: line_no,
+                    key,
+                    sent,
+                    time,
+                    present,
+                    lease,
+                });
             }
         }
     }
@@ -164,7 +252,12 @@ pub fn check_leases<R: BufRead>(reader: R, opts: LeaseOptions) -> Result<Vec<Lea
     for r in &reads {
         if r.present && r.lease != 0 {
             let l = leases.get(&r.lease).unwrap_or(&empty);
-            if let Some((_, ack)) = l.revokes.iter().filter_map(|(s, a)| a.map(|a| (*s, a))).find(|(_, a)| *a < r.sent) {
+            if let Some((_, ack)) = l
+                .revokes
+                .iter()
+                .filter_map(|(s, a)| a.map(|a| (*s, a)))
+                .find(|(_, a)| *a < r.sent)
+            {
                 out.push(LeaseViolation {
                     kind: LeaseViolationKind::Lingered,
                     key: r.key.clone(),
@@ -180,7 +273,12 @@ pub fn check_leases<R: BufRead>(reader: R, opts: LeaseOptions) -> Result<Vec<Lea
             if l.unacked.iter().any(|s| *s < r.time) {
                 continue;
             }
-            let latest = l.renewals.iter().filter(|(s, _, _)| *s < r.time).map(|(_, a, ttl)| a + ttl).max();
+            let latest = l
+                .renewals
+                .iter()
+                .filter(|(s, _, _)| *s < r.time)
+                .map(|(_, a, ttl)| a + ttl)
+                .max();
             if let Some(expiry) = latest {
                 if r.sent > expiry + opts.grace_ms {
                     out.push(LeaseViolation {
@@ -196,7 +294,9 @@ pub fn check_leases<R: BufRead>(reader: R, opts: LeaseOptions) -> Result<Vec<Lea
                 }
             }
         } else if !r.present {
-            let Some(ws) = writes.get(&r.key) else { continue };
+            let Some(ws) = writes.get(&r.key) else {
+                continue;
+            };
             // The lease put this read should observe: acknowledged before the
             // read was sent, latest such.
             let Some(p) = ws

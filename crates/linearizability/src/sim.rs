@@ -6,8 +6,8 @@
 //! and returns later, so concurrent operations overlap in arbitrary ways
 //! while the history stays linearizable by construction.
 
-use std::collections::{BTreeMap, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// Parameters of a simulated run.
 #[derive(Debug, Clone)]
@@ -23,7 +23,13 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { clients: 16, operations: 10_000, keys: 1, info_percent: 1, seed: 1 }
+        SimConfig {
+            clients: 16,
+            operations: 10_000,
+            keys: 1,
+            info_percent: 1,
+            seed: 1,
+        }
     }
 }
 
@@ -78,7 +84,13 @@ pub fn generate(cfg: &SimConfig) -> String {
     for c in 0..cfg.clients {
         queue.push(Reverse((rng.below(10), c, Phase::Invoke)));
     }
-    let event = |out: &mut String, c: usize, kind: &str, f: &str, key: &str, v: &serde_json::Value, t: u64| {
+    let event = |out: &mut String,
+                 c: usize,
+                 kind: &str,
+                 f: &str,
+                 key: &str,
+                 v: &serde_json::Value,
+                 t: u64| {
         let line = serde_json::json!({"process": c, "type": kind, "f": f, "key": key, "value": v, "time": t});
         out.push_str(&line.to_string());
         out.push('\n');
@@ -136,7 +148,10 @@ pub fn generate(cfg: &SimConfig) -> String {
                         _ => {
                             let exp = p.input[0].as_str().map(str::to_string);
                             if store.get(&p.key).cloned() == exp {
-                                store.insert(p.key.clone(), p.input[1].as_str().unwrap().to_string());
+                                store.insert(
+                                    p.key.clone(),
+                                    p.input[1].as_str().unwrap().to_string(),
+                                );
                             } else if p.outcome == "ok" {
                                 p.outcome = "fail";
                             }

@@ -146,12 +146,23 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
         let rec: Record = serde_json::from_str(&line)
             .map_err(|e| HistoryError::at(line_no, format!("invalid watch-log record: {e}")))?;
         match rec {
-            Record::Commit { revision, key, change, value } => {
+            Record::Commit {
+                revision,
+                key,
+                change,
+                value,
+            } => {
                 if revision <= 0 {
-                    return Err(HistoryError::at(line_no, "commit revision must be positive"));
+                    return Err(HistoryError::at(
+                        line_no,
+                        "commit revision must be positive",
+                    ));
                 }
                 check_value(line_no, change, &value)?;
-                if commits.insert((revision, key.clone()), Commit { change, value }).is_some() {
+                if commits
+                    .insert((revision, key.clone()), Commit { change, value })
+                    .is_some()
+                {
                     return Err(HistoryError::at(
                         line_no,
                         format!("key {key:?} committed twice at revision {revision}"),
@@ -163,7 +174,12 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
     }
     for (line_no, rec) in stream {
         match rec {
-            Record::Watch { watch, key, prefix, start_revision } => {
+            Record::Watch {
+                watch,
+                key,
+                prefix,
+                start_revision,
+            } => {
                 let filter = Filter { key, prefix };
                 match watchers.get_mut(&watch) {
                     None => {
@@ -194,10 +210,19 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
                     }
                 }
             }
-            Record::Event { watch, revision, key, change, value } => {
+            Record::Event {
+                watch,
+                revision,
+                key,
+                change,
+                value,
+            } => {
                 check_value(line_no, change, &value)?;
                 let w = watchers.get_mut(&watch).ok_or_else(|| {
-                    HistoryError::at(line_no, format!("event for watch {watch:?} before its \"watch\" record"))
+                    HistoryError::at(
+                        line_no,
+                        format!("event for watch {watch:?} before its \"watch\" record"),
+                    )
                 })?;
                 let v = |kind, detail: String| WatchViolation {
                     watch: watch.clone(),
@@ -208,18 +233,27 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
                     detail,
                 };
                 if !w.filter.matches(&key) {
-                    violations.push(v(WatchViolationKind::OutOfRange, "key is outside the watched range".into()));
+                    violations.push(v(
+                        WatchViolationKind::OutOfRange,
+                        "key is outside the watched range".into(),
+                    ));
                     continue;
                 }
                 if revision < w.session_start {
                     violations.push(v(
                         WatchViolationKind::OutOfRange,
-                        format!("revision is below the session's start revision {}", w.session_start),
+                        format!(
+                            "revision is below the session's start revision {}",
+                            w.session_start
+                        ),
                     ));
                 }
                 match commits.get(&(revision, key.clone())) {
                     None => {
-                        violations.push(v(WatchViolationKind::Phantom, "no such change was committed".into()));
+                        violations.push(v(
+                            WatchViolationKind::Phantom,
+                            "no such change was committed".into(),
+                        ));
                         continue;
                     }
                     Some(c) if c.change != change || c.value != value => {
@@ -236,7 +270,10 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
                 }
                 let pos = (revision, key.clone());
                 if !w.delivered.insert(pos.clone()) {
-                    violations.push(v(WatchViolationKind::Duplicate, "change delivered more than once".into()));
+                    violations.push(v(
+                        WatchViolationKind::Duplicate,
+                        "change delivered more than once".into(),
+                    ));
                     continue;
                 }
                 // Within one revision (one transaction) keys may arrive in
@@ -256,7 +293,10 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
             }
             Record::Progress { watch, revision } => {
                 let w = watchers.get_mut(&watch).ok_or_else(|| {
-                    HistoryError::at(line_no, format!("progress for watch {watch:?} before its \"watch\" record"))
+                    HistoryError::at(
+                        line_no,
+                        format!("progress for watch {watch:?} before its \"watch\" record"),
+                    )
                 })?;
                 w.horizon = w.horizon.max(revision);
             }
@@ -277,7 +317,10 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
                     revision: *rev,
                     key: key.clone(),
                     line: w.session_line,
-                    detail: format!("committed but never delivered although the watcher reached revision {}", w.horizon),
+                    detail: format!(
+                        "committed but never delivered although the watcher reached revision {}",
+                        w.horizon
+                    ),
                 });
             }
         }
@@ -286,10 +329,16 @@ pub fn check_watch<R: BufRead>(reader: R) -> Result<Vec<WatchViolation>, History
     Ok(violations)
 }
 
-fn check_value(line: usize, change: ChangeType, value: &Option<String>) -> Result<(), HistoryError> {
+fn check_value(
+    line: usize,
+    change: ChangeType,
+    value: &Option<String>,
+) -> Result<(), HistoryError> {
     match (change, value) {
         (ChangeType::Put, None) => Err(HistoryError::at(line, "put needs a string \"value\"")),
-        (ChangeType::Delete, Some(_)) => Err(HistoryError::at(line, "delete must not carry a value")),
+        (ChangeType::Delete, Some(_)) => {
+            Err(HistoryError::at(line, "delete must not carry a value"))
+        }
         _ => Ok(()),
     }
 }

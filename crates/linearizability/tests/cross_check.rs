@@ -66,8 +66,18 @@ fn brute_check(h: &History) -> bool {
             .ops
             .iter()
             .filter(|o| o.key == *k)
-            .filter(|o| !matches!((&o.data, o.status), (OpData::Read { .. }, Status::Fail | Status::Info)))
-            .filter(|o| !matches!((&o.data, o.status), (OpData::Write { .. } | OpData::Delete, Status::Fail)))
+            .filter(|o| {
+                !matches!(
+                    (&o.data, o.status),
+                    (OpData::Read { .. }, Status::Fail | Status::Info)
+                )
+            })
+            .filter(|o| {
+                !matches!(
+                    (&o.data, o.status),
+                    (OpData::Write { .. } | OpData::Delete, Status::Fail)
+                )
+            })
             .collect();
         brute(&ops, &mut vec![false; ops.len()], None)
     })
@@ -78,9 +88,18 @@ fn optimised_search_agrees_with_brute_force() {
     let mut rng = Rng::new(99);
     let (mut lin, mut non) = (0, 0);
     for seed in 0..1500 {
-        let cfg = SimConfig { clients: 4, operations: 11, keys: 1, info_percent: 15, seed };
+        let cfg = SimConfig {
+            clients: 4,
+            operations: 11,
+            keys: 1,
+            info_percent: 15,
+            seed,
+        };
         let text = generate(&cfg);
-        let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let mut lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         // Corrupt most histories: swap a value for another seen one, or
         // flip an outcome.
         if seed % 4 != 0 {
@@ -92,7 +111,11 @@ fn optimised_search_agrees_with_brute_force() {
                 if rng.below(2) == 0 && lines[i]["f"] == "read" {
                     // Any value in the history's small value range, or absent.
                     let v = rng.below(6);
-                    lines[i]["value"] = if v == 0 { serde_json::Value::Null } else { v.to_string().into() };
+                    lines[i]["value"] = if v == 0 {
+                        serde_json::Value::Null
+                    } else {
+                        v.to_string().into()
+                    };
                 } else {
                     lines[i]["type"] = ["ok", "fail", "info"][rng.below(3) as usize].into();
                 }
@@ -106,8 +129,15 @@ fn optimised_search_agrees_with_brute_force() {
             Outcome::NotLinearizable(_) => false,
             Outcome::Unknown { .. } => panic!("no limit was set"),
         };
-        assert_eq!(got, expected, "seed {seed}: checker says {got}, brute force {expected}\n{text}");
-        if expected { lin += 1 } else { non += 1 }
+        assert_eq!(
+            got, expected,
+            "seed {seed}: checker says {got}, brute force {expected}\n{text}"
+        );
+        if expected {
+            lin += 1
+        } else {
+            non += 1
+        }
     }
     // The corpus must exercise both verdicts.
     assert!(lin > 50 && non > 50, "lin {lin} non {non}");

@@ -208,15 +208,27 @@ fn only_the_bad_key_is_reported() {
         ev(0, "invoke", "read", "bad", "null", 4),
         ev(0, "ok", "read", "bad", "null", 5),
     ]) {
-        Outcome::NotLinearizable(v) => assert_eq!(v.iter().map(|v| v.key.as_str()).collect::<Vec<_>>(), ["bad"]),
+        Outcome::NotLinearizable(v) => assert_eq!(
+            v.iter().map(|v| v.key.as_str()).collect::<Vec<_>>(),
+            ["bad"]
+        ),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
 fn exhausted_time_limit_reports_unknown() {
-    let h = History::parse_str(&generate(&SimConfig { operations: 200, ..SimConfig::default() })).unwrap();
-    match check(&h, &Limits { timeout: Some(Duration::ZERO) }) {
+    let h = History::parse_str(&generate(&SimConfig {
+        operations: 200,
+        ..SimConfig::default()
+    }))
+    .unwrap();
+    match check(
+        &h,
+        &Limits {
+            timeout: Some(Duration::ZERO),
+        },
+    ) {
         Outcome::Unknown { .. } => {}
         other => panic!("expected unknown, got {other:?}"),
     }
@@ -225,17 +237,38 @@ fn exhausted_time_limit_reports_unknown() {
 #[test]
 fn generated_10k_history_from_16_clients_is_linearizable() {
     for keys in [1, 10] {
-        let text = generate(&SimConfig { clients: 16, operations: 10_000, keys, info_percent: 1, seed: 42 });
+        let text = generate(&SimConfig {
+            clients: 16,
+            operations: 10_000,
+            keys,
+            info_percent: 1,
+            seed: 42,
+        });
         let h = History::parse_str(&text).unwrap();
         assert_eq!(h.ops.len(), 10_000);
         // Real overlap, or the test proves little.
         let max_open = {
-            let mut ev: Vec<(i64, i32)> = h.ops.iter().flat_map(|o| [(o.call, 1), (o.ret.unwrap_or(i64::MAX), -1)]).collect();
+            let mut ev: Vec<(i64, i32)> = h
+                .ops
+                .iter()
+                .flat_map(|o| [(o.call, 1), (o.ret.unwrap_or(i64::MAX), -1)])
+                .collect();
             ev.sort();
-            ev.iter().scan(0, |c, (_, d)| { *c += d; Some(*c) }).max().unwrap()
+            ev.iter()
+                .scan(0, |c, (_, d)| {
+                    *c += d;
+                    Some(*c)
+                })
+                .max()
+                .unwrap()
         };
         assert!(max_open >= 8, "only {max_open} concurrent operations");
-        match check(&h, &Limits { timeout: Some(Duration::from_secs(120)) }) {
+        match check(
+            &h,
+            &Limits {
+                timeout: Some(Duration::from_secs(120)),
+            },
+        ) {
             Outcome::Linearizable => {}
             other => panic!("{keys} keys: {other:?}"),
         }
@@ -245,7 +278,13 @@ fn generated_10k_history_from_16_clients_is_linearizable() {
 #[test]
 fn corrupted_generated_history_is_caught() {
     // Flip one successful read to a value nobody wrote.
-    let text = generate(&SimConfig { clients: 16, operations: 2_000, keys: 1, info_percent: 0, seed: 3 });
+    let text = generate(&SimConfig {
+        clients: 16,
+        operations: 2_000,
+        keys: 1,
+        info_percent: 0,
+        seed: 3,
+    });
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let i = lines
         .iter()
@@ -289,8 +328,14 @@ fn malformed_inputs_name_their_line() {
         (ev(1, "ok", "read", "x", "null", 1), "never invoked"),
         (ev(0, "ok", "read", "x", "null", 1), "does not match"),
         (ev(0, "ok", "write", "y", r#""1""#, 1), "does not match"),
-        (ev(0, "ok", "write", "x", r#""1""#, -1), "before the previous event"),
-        (r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null}"#.into(), "missing field `time`"),
+        (
+            ev(0, "ok", "write", "x", r#""1""#, -1),
+            "before the previous event",
+        ),
+        (
+            r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null}"#.into(),
+            "missing field `time`",
+        ),
     ];
     for (bad, why) in cases {
         let (line, msg) = malformed(&[ok.clone(), bad.clone()]);

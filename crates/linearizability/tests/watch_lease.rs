@@ -12,13 +12,18 @@ const COMMITS: &str = r#"{"kind":"commit","revision":2,"key":"a","type":"put","v
 
 fn watch(extra: &str) -> Vec<WatchViolationKind> {
     let log = format!("{COMMITS}{extra}");
-    check_watch(log.as_bytes()).expect("well-formed").into_iter().map(|v| v.kind).collect()
+    check_watch(log.as_bytes())
+        .expect("well-formed")
+        .into_iter()
+        .map(|v| v.kind)
+        .collect()
 }
 
 const START: &str = "{\"kind\":\"watch\",\"watch\":\"w\",\"key\":\"a\",\"start_revision\":2}\n";
 const E2: &str = "{\"kind\":\"event\",\"watch\":\"w\",\"revision\":2,\"key\":\"a\",\"type\":\"put\",\"value\":\"1\"}\n";
 const E4: &str = "{\"kind\":\"event\",\"watch\":\"w\",\"revision\":4,\"key\":\"a\",\"type\":\"put\",\"value\":\"2\"}\n";
-const E5: &str = "{\"kind\":\"event\",\"watch\":\"w\",\"revision\":5,\"key\":\"a\",\"type\":\"delete\"}\n";
+const E5: &str =
+    "{\"kind\":\"event\",\"watch\":\"w\",\"revision\":5,\"key\":\"a\",\"type\":\"delete\"}\n";
 
 #[test]
 fn complete_ordered_stream_passes() {
@@ -33,34 +38,54 @@ fn resumed_stream_passes() {
 
 #[test]
 fn prefix_watch_sees_all_keys() {
-    let start = "{\"kind\":\"watch\",\"watch\":\"p\",\"key\":\"\",\"prefix\":true,\"start_revision\":3}\n";
+    let start =
+        "{\"kind\":\"watch\",\"watch\":\"p\",\"key\":\"\",\"prefix\":true,\"start_revision\":3}\n";
     let ev = |r: i64, k: &str, v: &str| {
         format!("{{\"kind\":\"event\",\"watch\":\"p\",\"revision\":{r},\"key\":\"{k}\",\"type\":\"put\",\"value\":\"{v}\"}}\n")
     };
     let progress = "{\"kind\":\"progress\",\"watch\":\"p\",\"revision\":5}\n";
     // Revision 5 (delete of a) is covered by the progress mark: lost.
-    assert_eq!(watch(&format!("{start}{}{}{progress}", ev(3, "b", "x"), ev(4, "a", "2"))), [WatchViolationKind::Loss]);
+    assert_eq!(
+        watch(&format!(
+            "{start}{}{}{progress}",
+            ev(3, "b", "x"),
+            ev(4, "a", "2")
+        )),
+        [WatchViolationKind::Loss]
+    );
 }
 
 #[test]
 fn lost_event_is_caught() {
-    assert_eq!(watch(&format!("{START}{E2}{E5}")), [WatchViolationKind::Loss]);
+    assert_eq!(
+        watch(&format!("{START}{E2}{E5}")),
+        [WatchViolationKind::Loss]
+    );
 }
 
 #[test]
 fn duplicate_event_is_caught() {
-    assert_eq!(watch(&format!("{START}{E2}{E4}{E4}{E5}")), [WatchViolationKind::Duplicate]);
+    assert_eq!(
+        watch(&format!("{START}{E2}{E4}{E4}{E5}")),
+        [WatchViolationKind::Duplicate]
+    );
 }
 
 #[test]
 fn reordered_event_is_caught() {
-    assert_eq!(watch(&format!("{START}{E2}{E5}{E4}")), [WatchViolationKind::Reorder]);
+    assert_eq!(
+        watch(&format!("{START}{E2}{E5}{E4}")),
+        [WatchViolationKind::Reorder]
+    );
 }
 
 #[test]
 fn resume_past_a_gap_is_caught() {
     let resume = "{\"kind\":\"watch\",\"watch\":\"w\",\"key\":\"a\",\"start_revision\":5}\n";
-    assert_eq!(watch(&format!("{START}{E2}{resume}{E5}")), [WatchViolationKind::Loss]);
+    assert_eq!(
+        watch(&format!("{START}{E2}{resume}{E5}")),
+        [WatchViolationKind::Loss]
+    );
 }
 
 #[test]
@@ -83,7 +108,11 @@ fn malformed_watch_log_names_line() {
 }
 
 fn leases(log: &str) -> Vec<LeaseViolationKind> {
-    check_leases(log.as_bytes(), LeaseOptions { grace_ms: 500 }).expect("well-formed").into_iter().map(|v| v.kind).collect()
+    check_leases(log.as_bytes(), LeaseOptions { grace_ms: 500 })
+        .expect("well-formed")
+        .into_iter()
+        .map(|v| v.kind)
+        .collect()
 }
 
 const GRANT: &str = "{\"kind\":\"grant\",\"lease\":7,\"ttl_ms\":5000,\"sent\":0,\"time\":10}\n";
@@ -140,7 +169,9 @@ fn key_of_expired_lease_is_caught() {
 
 #[test]
 fn malformed_lease_log_names_line() {
-    let log = format!("{GRANT}{{\"kind\":\"read\",\"key\":\"k\",\"sent\":5,\"time\":1,\"present\":false}}\n");
+    let log = format!(
+        "{GRANT}{{\"kind\":\"read\",\"key\":\"k\",\"sent\":5,\"time\":1,\"present\":false}}\n"
+    );
     match check_leases(log.as_bytes(), LeaseOptions::default()) {
         Err(e) => assert_eq!(e.line(), Some(2), "{e}"),
         other => panic!("{other:?}"),

@@ -63,13 +63,13 @@ pub use validate::{
     validate_delete_range, validate_put, validate_range, validate_txn, DEFAULT_MAX_TXN_OPS,
 };
 
+pub use etcd_client::proto::{PbAlarmMember, PbAlarmResponse};
 pub use etcd_client::proto::{
     PbCompactionResponse, PbCompare, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue,
     PbLeaseGrantResponse, PbLeaseRevokeResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
     PbRangeResponse, PbResponseHeader, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest,
     PbTxnRequestOp, PbTxnResponse,
 };
-pub use etcd_client::proto::{PbAlarmMember, PbAlarmResponse};
 
 use prost::Message;
 use serde::{Deserialize, Serialize};

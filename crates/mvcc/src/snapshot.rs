@@ -78,7 +78,12 @@ impl Store {
         out.bytes(&SNAP_VERSION.to_le_bytes())?;
 
         let meta = rtx.open_table(META).map_err(db("open meta"))?;
-        for name in [META_REV, META_COMPACT, META_APPLIED, crate::codec::META_ALARMS] {
+        for name in [
+            META_REV,
+            META_COMPACT,
+            META_APPLIED,
+            crate::codec::META_ALARMS,
+        ] {
             if let Some(v) = get_meta(&meta, name)? {
                 out.record(T_META, &[name.as_bytes()], &v)?;
             }
@@ -157,7 +162,9 @@ impl Store {
             let mut f: Box<dyn Write + '_> = if self.spool_in_memory {
                 Box::new(&mut spooled)
             } else {
-                Box::new(BufWriter::new(File::create(&tmp_path).map_err(io("create snapshot spool file"))?))
+                Box::new(BufWriter::new(
+                    File::create(&tmp_path).map_err(io("create snapshot spool file"))?,
+                ))
             };
             let mut buf = vec![0u8; 1 << 16];
             loop {

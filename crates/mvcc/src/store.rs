@@ -1,5 +1,6 @@
 //! The [`Store`]: apply path (writer) and read paths.
 
+use crate::codec::META_ALARMS;
 use crate::codec::{
     decode_i64, render_key, rev_key_bytes, seal, unseal, IndexEntry, RevRecord, FORMAT_MAGIC,
     FORMAT_VERSION, KEY_INDEX, KEY_REV, LEASE, LEASE_KEY, META, META_APPLIED, META_COMPACT,
@@ -9,12 +10,11 @@ use crate::consts::*;
 use crate::error::{db, EtcdError, MvccError};
 use crate::layout::*;
 use crate::validate::{validate_delete_range, validate_put, validate_range, validate_txn};
-use crate::codec::META_ALARMS;
 use crate::{
-    Applied, ApplyResponse, Command, PbAlarmMember, PbAlarmResponse, PbCompactionResponse, PbCompare, PbDeleteRequest,
-    PbDeleteResponse, PbEvent, PbKeyValue, PbLeaseGrantResponse, PbLeaseRevokeResponse,
-    PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp,
-    PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
+    Applied, ApplyResponse, Command, PbAlarmMember, PbAlarmResponse, PbCompactionResponse,
+    PbCompare, PbDeleteRequest, PbDeleteResponse, PbEvent, PbKeyValue, PbLeaseGrantResponse,
+    PbLeaseRevokeResponse, PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse,
+    PbResponseHeader, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
 };
 use etcd_client::proto::PbTargetUnion;
 use prost::Message;
@@ -83,7 +83,10 @@ const ALARM_DEACTIVATE: i32 = 2;
 fn decode_alarms(bytes: Option<&[u8]>) -> Result<Vec<(u64, i32)>, MvccError> {
     match bytes {
         None => Ok(Vec::new()),
-        Some(b) => postcard::from_bytes(b).map_err(|e| MvccError::Decode { what: "alarms", detail: e.to_string() }),
+        Some(b) => postcard::from_bytes(b).map_err(|e| MvccError::Decode {
+            what: "alarms",
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -1006,7 +1009,11 @@ impl<'t> Writer<'t> {
                     header: header(p.read_rev()),
                 }))
             }
-            Command::Alarm { action, member_id, alarm } => {
+            Command::Alarm {
+                action,
+                member_id,
+                alarm,
+            } => {
                 let mut alarms = decode_alarms(get_meta(&self.meta, META_ALARMS)?.as_deref())?;
                 match *action {
                     ALARM_ACTIVATE if *alarm != 0 => {
@@ -1026,7 +1033,10 @@ impl<'t> Writer<'t> {
                     header: header(self.cur_rev),
                     alarms: alarms
                         .iter()
-                        .map(|(m, a)| PbAlarmMember { member_id: *m, alarm: *a })
+                        .map(|(m, a)| PbAlarmMember {
+                            member_id: *m,
+                            alarm: *a,
+                        })
                         .collect(),
                 }))
             }
@@ -1128,20 +1138,29 @@ impl Store {
     /// Open or create `path` (a redb file). Refuses files that are not Phalanx mvcc stores or
     /// whose metadata fails checksum verification.
     pub fn open(path: &Path) -> Result<Store, MvccError> {
-        let db_ = redb::Builder::new().set_cache_size(STORE_CACHE_BYTES).create(path).map_err(|source| MvccError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let db_ = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+            .map_err(|source| MvccError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::from_db(db_, path, false)
     }
 
     /// Open or create a store on any redb storage backend (the simulator's
     /// in-memory disk); `label` stands in for the path in errors.
-    pub fn open_backend(backend: impl redb::StorageBackend, label: &Path) -> Result<Store, MvccError> {
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        label: &Path,
+    ) -> Result<Store, MvccError> {
         let db_ = redb::Builder::new()
             .set_cache_size(STORE_CACHE_BYTES)
             .create_with_backend(backend)
-            .map_err(|source| MvccError::Open { path: label.to_path_buf(), source })?;
+            .map_err(|source| MvccError::Open {
+                path: label.to_path_buf(),
+                source,
+            })?;
         Self::from_db(db_, label, true)
     }
 

@@ -48,19 +48,28 @@ pub struct SampleBackendArgs {
 
 /// Run a sample backend until SIGTERM / Ctrl-C.
 pub fn run_sample_backend(args: SampleBackendArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let b = gateway::sample_backend::spawn(args.listen, &args.name)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        eprintln!("sample backend {} listening on http://{}", args.name, b.local_addr());
+        eprintln!(
+            "sample backend {} listening on http://{}",
+            args.name,
+            b.local_addr()
+        );
         let _control = match args.control_listen {
             Some(a) => {
                 let (addr, task) = gateway::sample_backend::serve_control(a, b.control())
                     .await
                     .with_context(|| format!("binding the control listener {a}"))?;
-                eprintln!("sample backend {} control on http://{addr}/control", args.name);
+                eprintln!(
+                    "sample backend {} control on http://{addr}/control",
+                    args.name
+                );
                 Some(task)
             }
             None => None,
@@ -77,7 +86,10 @@ pub fn run_sample_backend(args: SampleBackendArgs) -> anyhow::Result<()> {
 const GATEWAY_KEY: &str = "/phalanx/gateway/config";
 
 fn gateway_toml(backends: &[u16]) -> String {
-    let eps: Vec<String> = backends.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let eps: Vec<String> = backends
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
     format!(
         "# Gateway configuration shared by every member (phalanx node --gateway-listen).\n\
          # The `default` listener is each member's own --gateway-listen address.\n\
@@ -97,11 +109,22 @@ fn gateway_toml(backends: &[u16]) -> String {
 fn http_get_body(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(2500))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, buf.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string()))
+    Some((
+        status,
+        buf.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    ))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -111,7 +134,11 @@ fn free_port() -> anyhow::Result<u16> {
 fn http_get_status(addr: &str, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(2500))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
@@ -139,7 +166,10 @@ impl Drop for Members {
 }
 
 fn unsafe_kill(pid: i32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -153,9 +183,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let exe = std::env::current_exe().context("locating the phalanx binary")?;
     // Signals are caught from the start, so an early Ctrl-C still stops the children.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut term = rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) })?;
-    let mut int = rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut term = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    })?;
+    let mut int = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    })?;
     let gateways = args.backends > 0;
 
     struct Plan {
@@ -177,7 +213,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             gateway_admin: free_port()?,
         });
     }
-    let initial_cluster: Vec<String> = plans.iter().map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer)).collect();
+    let initial_cluster: Vec<String> = plans
+        .iter()
+        .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer))
+        .collect();
     let initial_cluster = initial_cluster.join(",");
 
     let mut members = Members(Vec::new());
@@ -205,17 +244,35 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         cmd.arg("node");
         if gateways {
             cmd.args(["--gateway-listen", &format!("127.0.0.1:{}", p.gateway)])
-                .args(["--gateway-admin-listen", &format!("127.0.0.1:{}", p.gateway_admin)]);
+                .args([
+                    "--gateway-admin-listen",
+                    &format!("127.0.0.1:{}", p.gateway_admin),
+                ]);
         }
         let child = cmd
             .args(["--name", &p.name])
             .arg("--data-dir")
             .arg(base.join(&p.name))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", p.client)])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", p.client)])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", p.peer)])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", p.peer)])
-            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", p.metrics)])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", p.client),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", p.client),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", p.peer),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", p.peer),
+            ])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", p.metrics),
+            ])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "phalanx-demo"])
@@ -232,18 +289,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{}", p.metrics);
         while http_get_status(&addr, "/health") != Some(200) {
             if Instant::now() > deadline {
-                bail!("member {} did not become healthy within {} s; see {}", p.name, args.ready_timeout_secs, base.join(format!("{}.log", p.name)).display());
+                bail!(
+                    "member {} did not become healthy within {} s; see {}",
+                    p.name,
+                    args.ready_timeout_secs,
+                    base.join(format!("{}.log", p.name)).display()
+                );
             }
             for c in &mut members.0 {
                 if let Ok(Some(status)) = c.try_wait() {
-                    bail!("a member exited early ({status}); see the logs in {}", base.display());
+                    bail!(
+                        "a member exited early ({status}); see the logs in {}",
+                        base.display()
+                    );
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    let endpoint_list: Vec<String> = plans.iter().map(|p| format!("http://127.0.0.1:{}", p.client)).collect();
+    let endpoint_list: Vec<String> = plans
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{}", p.client))
+        .collect();
     let endpoints = endpoint_list.join(",");
 
     if gateways {
@@ -251,10 +319,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             let addr = format!("127.0.0.1:{port}");
             while http_get_status(&addr, "/healthz") != Some(200) {
                 if Instant::now() > deadline {
-                    bail!("backend-{} did not start within {} s; see {}", i + 1, args.ready_timeout_secs, base.join(format!("backend-{}.log", i + 1)).display());
+                    bail!(
+                        "backend-{} did not start within {} s; see {}",
+                        i + 1,
+                        args.ready_timeout_secs,
+                        base.join(format!("backend-{}.log", i + 1)).display()
+                    );
                 }
                 if let Ok(Some(status)) = backends.0[i].try_wait() {
-                    bail!("backend-{} exited early ({status}); see {}", i + 1, base.join(format!("backend-{}.log", i + 1)).display());
+                    bail!(
+                        "backend-{} exited early ({status}); see {}",
+                        i + 1,
+                        base.join(format!("backend-{}.log", i + 1)).display()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -263,17 +340,24 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::write(base.join("gateway.toml"), &doc)?;
         loop {
             let r = rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), gateway::store_config::write_document(&endpoint_list, GATEWAY_KEY, &doc)).await
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    gateway::store_config::write_document(&endpoint_list, GATEWAY_KEY, &doc),
+                )
+                .await
             });
             match r {
                 Ok(Ok(_)) => break,
-                _ if Instant::now() > deadline => bail!("could not write the gateway configuration into the store: {r:?}"),
+                _ if Instant::now() > deadline => {
+                    bail!("could not write the gateway configuration into the store: {r:?}")
+                }
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
         }
         for p in &plans {
             let addr = format!("127.0.0.1:{}", p.gateway);
-            while !matches!(http_get_body(&addr, "/"), Some((200, b)) if b.starts_with("backend-")) {
+            while !matches!(http_get_body(&addr, "/"), Some((200, b)) if b.starts_with("backend-"))
+            {
                 if Instant::now() > deadline {
                     bail!("the gateway of {} ({addr}) did not route to the backends within {} s; see {}", p.name, args.ready_timeout_secs, base.join(format!("{}.log", p.name)).display());
                 }
@@ -298,11 +382,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!();
         println!("Sample backends:");
         for (i, (port, c)) in backend_ports.iter().zip(&backends.0).enumerate() {
-            println!("  backend-{}  pid {:<7} http://127.0.0.1:{port}", i + 1, c.id());
+            println!(
+                "  backend-{}  pid {:<7} http://127.0.0.1:{port}",
+                i + 1,
+                c.id()
+            );
         }
-        println!("Gateways (one per member; configuration at store key {GATEWAY_KEY}, also in {}):", base.join("gateway.toml").display());
+        println!(
+            "Gateways (one per member; configuration at store key {GATEWAY_KEY}, also in {}):",
+            base.join("gateway.toml").display()
+        );
         for p in &plans {
-            println!("  curl http://127.0.0.1:{}/      # gateway of {}, admin http://127.0.0.1:{}/pools", p.gateway, p.name, p.gateway_admin);
+            println!(
+                "  curl http://127.0.0.1:{}/      # gateway of {}, admin http://127.0.0.1:{}/pools",
+                p.gateway, p.name, p.gateway_admin
+            );
         }
     }
     println!();
@@ -314,7 +408,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if gateways {
         let g = plans[0].gateway;
         println!("  for i in $(seq 6); do curl -s http://127.0.0.1:{g}/; done   # round robin over the backends");
-        println!("  kill {}   # stop backend-1; repeat the curl loop: traffic moves to the others", backends.0[0].id());
+        println!(
+            "  kill {}   # stop backend-1; repeat the curl loop: traffic moves to the others",
+            backends.0[0].id()
+        );
         println!(
             "  ETCDCTL_API=3 etcdctl --endpoints={endpoints} put {GATEWAY_KEY} \"$(cat {})\"   # edit and apply live on every gateway",
             base.join("gateway.toml").display()

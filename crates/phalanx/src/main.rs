@@ -7,7 +7,11 @@ mod demo;
 mod node_cmd;
 
 #[derive(Parser)]
-#[command(name = "phalanx", version, about = "Phalanx: a high-availability platform in one binary")]
+#[command(
+    name = "phalanx",
+    version,
+    about = "Phalanx: a high-availability platform in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,8 +60,21 @@ fn run() -> anyhow::Result<()> {
         Command::Drill(args) => std::process::exit(drill::run_blocking(args)),
         Command::Check(args) => std::process::exit(linearizability::cli::run(args)),
         Command::Bench(args) => bench::run_blocking(args),
-        Command::Node(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(node_cmd::run(args)),
+        Command::Node(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(node_cmd::run(args)),
         Command::Demo(args) => demo::run(args),
-        Command::Gateway(args) => { let mut rt = if args.worker_threads == Some(1) { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() }; if let Some(n) = args.worker_threads.filter(|n| *n > 1) { rt.worker_threads(n); } rt.enable_all().build()?.block_on(gateway::run(args)) }
+        Command::Gateway(args) => {
+            let mut rt = if args.worker_threads == Some(1) {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+            };
+            if let Some(n) = args.worker_threads.filter(|n| *n > 1) {
+                rt.worker_threads(n);
+            }
+            rt.enable_all().build()?.block_on(gateway::run(args))
+        }
     }
 }

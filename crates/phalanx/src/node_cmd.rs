@@ -109,20 +109,49 @@ macro_rules! merge {
 
 impl NodeArgs {
     fn with_file(mut self) -> anyhow::Result<Self> {
-        let Some(path) = self.config_file.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading --config-file {}", path.display()))?;
-        let file: NodeArgs = toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
-        merge!(self, file, name, data_dir, listen_client_urls, advertise_client_urls, listen_peer_urls,
-            initial_advertise_peer_urls, initial_cluster, initial_cluster_state, initial_cluster_token,
-            listen_metrics_urls, heartbeat_interval, election_timeout, snapshot_count, quota_backend_bytes,
-            max_request_bytes, max_txn_ops, request_timeout_ms, log_level, logger, enable_fault_injection,
-            gateway_listen, gateway_config_key, gateway_admin_listen);
+        let Some(path) = self.config_file.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading --config-file {}", path.display()))?;
+        let file: NodeArgs = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        merge!(
+            self,
+            file,
+            name,
+            data_dir,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token,
+            listen_metrics_urls,
+            heartbeat_interval,
+            election_timeout,
+            snapshot_count,
+            quota_backend_bytes,
+            max_request_bytes,
+            max_txn_ops,
+            request_timeout_ms,
+            log_level,
+            logger,
+            enable_fault_injection,
+            gateway_listen,
+            gateway_config_key,
+            gateway_admin_listen
+        );
         Ok(self)
     }
 }
 
 fn split_urls(s: &str) -> Vec<String> {
-    s.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect()
+    s.split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// `http://host:port` → a socket address to bind.
@@ -135,8 +164,14 @@ fn bind_addr(flag: &str, url: &str) -> anyhow::Result<SocketAddr> {
         bail!("--{flag}: {url:?} is not a URL; expected http://HOST:PORT");
     };
     let hostport = rest.trim_end_matches('/');
-    let hostport = if let Some(p) = hostport.strip_prefix("localhost:") { format!("127.0.0.1:{p}") } else { hostport.to_string() };
-    hostport.parse().with_context(|| format!("--{flag}: {url:?}: expected http://IP:PORT"))
+    let hostport = if let Some(p) = hostport.strip_prefix("localhost:") {
+        format!("127.0.0.1:{p}")
+    } else {
+        hostport.to_string()
+    };
+    hostport
+        .parse()
+        .with_context(|| format!("--{flag}: {url:?}: expected http://IP:PORT"))
 }
 
 /// Parse `--initial-cluster`.
@@ -161,14 +196,33 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, Vec<String>
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let args = args.with_file()?;
     let name = args.name.clone().unwrap_or_else(|| "default".into());
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.etcd")));
-    let listen_client = split_urls(args.listen_client_urls.as_deref().unwrap_or("http://localhost:2379"));
-    let advertise_client = split_urls(args.advertise_client_urls.as_deref().unwrap_or("http://localhost:2379"));
-    let listen_peer = split_urls(args.listen_peer_urls.as_deref().unwrap_or("http://localhost:2380"));
-    let advertise_peer = split_urls(args.initial_advertise_peer_urls.as_deref().unwrap_or("http://localhost:2380"));
-    let initial_cluster = parse_initial_cluster(
-        args.initial_cluster.as_deref().unwrap_or(&format!("{name}={}", advertise_peer.join(&format!(",{name}=")))),
-    )?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{name}.etcd")));
+    let listen_client = split_urls(
+        args.listen_client_urls
+            .as_deref()
+            .unwrap_or("http://localhost:2379"),
+    );
+    let advertise_client = split_urls(
+        args.advertise_client_urls
+            .as_deref()
+            .unwrap_or("http://localhost:2379"),
+    );
+    let listen_peer = split_urls(
+        args.listen_peer_urls
+            .as_deref()
+            .unwrap_or("http://localhost:2380"),
+    );
+    let advertise_peer = split_urls(
+        args.initial_advertise_peer_urls
+            .as_deref()
+            .unwrap_or("http://localhost:2380"),
+    );
+    let initial_cluster = parse_initial_cluster(args.initial_cluster.as_deref().unwrap_or(
+        &format!("{name}={}", advertise_peer.join(&format!(",{name}="))),
+    ))?;
     let state = match args.initial_cluster_state.as_deref().unwrap_or("new") {
         "new" => ClusterState::New,
         "existing" => ClusterState::Existing,
@@ -207,8 +261,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     config.enable_fault_injection = args.enable_fault_injection.unwrap_or(false);
     if let Some(bug) = &args.unsafe_planted_bug {
-        config.planted_bug = Some(bug.parse().map_err(|e: String| anyhow::anyhow!("--unsafe-planted-bug: {e}"))?);
-        eprintln!("WARNING: planted bug {bug} is active: this member violates its guarantees on purpose");
+        config.planted_bug = Some(
+            bug.parse()
+                .map_err(|e: String| anyhow::anyhow!("--unsafe-planted-bug: {e}"))?,
+        );
+        eprintln!(
+            "WARNING: planted bug {bug} is active: this member violates its guarantees on purpose"
+        );
     }
     let mut limits = ApiLimits::default();
     if let Some(v) = args.quota_backend_bytes {
@@ -226,23 +285,38 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
     // Bind everything first: a port conflict fails before any state changes.
     let peer_addr = bind_addr("listen-peer-urls", &listen_peer[0])?;
-    let peer_listener = tokio::net::TcpListener::bind(peer_addr).await.with_context(|| format!("binding peer listener {peer_addr}"))?;
+    let peer_listener = tokio::net::TcpListener::bind(peer_addr)
+        .await
+        .with_context(|| format!("binding peer listener {peer_addr}"))?;
     let mut client_listeners = Vec::new();
     for u in &listen_client {
         let a = bind_addr("listen-client-urls", u)?;
-        client_listeners.push(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding client listener {a}"))?);
+        client_listeners.push(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding client listener {a}"))?,
+        );
     }
     let mut metrics_listeners = Vec::new();
     if let Some(m) = &args.listen_metrics_urls {
         for u in split_urls(m) {
             let a = bind_addr("listen-metrics-urls", &u)?;
-            metrics_listeners.push(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding metrics listener {a}"))?);
+            metrics_listeners.push(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding metrics listener {a}"))?,
+            );
         }
     }
 
     let node = consensus::Node::start(config, peer_listener)
         .await
-        .with_context(|| format!("member {name:?} (data dir {}) refused to start", data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "member {name:?} (data dir {}) refused to start",
+                data_dir.display()
+            )
+        })?;
     let metrics = Arc::new(etcd_api::metrics::Metrics::new());
     let api = etcd_api::EtcdApi::new(node.clone(), limits, metrics.clone());
 
@@ -259,7 +333,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }));
     }
     for l in metrics_listeners {
-        tokio::spawn(etcd_api::admin::serve_admin(l, node.clone(), metrics.clone()));
+        tokio::spawn(etcd_api::admin::serve_admin(
+            l,
+            node.clone(),
+            metrics.clone(),
+        ));
     }
     eprintln!(
         "phalanx node {name} (member {:x}, cluster {:x}) serving clients on {}",
@@ -308,7 +386,10 @@ async fn start_gateway(
         }
         endpoints.push(format!("http://{a}"));
     }
-    let key = args.gateway_config_key.clone().unwrap_or_else(|| gateway::store_config::DEFAULT_KEY.to_string());
+    let key = args
+        .gateway_config_key
+        .clone()
+        .unwrap_or_else(|| gateway::store_config::DEFAULT_KEY.to_string());
     let opts = gateway::store_config::StoreBackedOptions {
         node_name: name.to_string(),
         listen,

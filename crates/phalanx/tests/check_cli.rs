@@ -4,8 +4,16 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_phalanx")).arg("check").args(args).output().expect("run phalanx");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("run phalanx");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().expect("exited normally"), text)
 }
 
@@ -48,7 +56,11 @@ fn check_exit_codes() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("line 2"), "{out}");
 
-    let (code, out) = run(&[&write(dir.path(), "junk.jsonl", "{\"process\":0}\nnot json\n")]);
+    let (code, out) = run(&[&write(
+        dir.path(),
+        "junk.jsonl",
+        "{\"process\":0}\nnot json\n",
+    )]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("line 1"), "{out}");
 
@@ -62,10 +74,20 @@ fn check_watch_and_leases_flags() {
     let commits = "{\"kind\":\"commit\",\"revision\":2,\"key\":\"a\",\"type\":\"put\",\"value\":\"1\"}\n\
                    {\"kind\":\"commit\",\"revision\":3,\"key\":\"a\",\"type\":\"put\",\"value\":\"2\"}\n\
                    {\"kind\":\"watch\",\"watch\":\"w\",\"key\":\"a\",\"start_revision\":2}\n";
-    let e = |r: i64, v: &str| format!("{{\"kind\":\"event\",\"watch\":\"w\",\"revision\":{r},\"key\":\"a\",\"type\":\"put\",\"value\":\"{v}\"}}\n");
-    let ok = write(dir.path(), "w1.jsonl", &format!("{commits}{}{}", e(2, "1"), e(3, "2")));
+    let e = |r: i64, v: &str| {
+        format!("{{\"kind\":\"event\",\"watch\":\"w\",\"revision\":{r},\"key\":\"a\",\"type\":\"put\",\"value\":\"{v}\"}}\n")
+    };
+    let ok = write(
+        dir.path(),
+        "w1.jsonl",
+        &format!("{commits}{}{}", e(2, "1"), e(3, "2")),
+    );
     assert_eq!(run(&["--watch", &ok]).0, 0);
-    let dup = write(dir.path(), "w2.jsonl", &format!("{commits}{}{}{}", e(2, "1"), e(2, "1"), e(3, "2")));
+    let dup = write(
+        dir.path(),
+        "w2.jsonl",
+        &format!("{commits}{}{}{}", e(2, "1"), e(2, "1"), e(3, "2")),
+    );
     let (code, out) = run(&["--watch", &dup]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("Duplicate"), "{out}");
@@ -74,7 +96,13 @@ fn check_watch_and_leases_flags() {
                  {\"kind\":\"put\",\"key\":\"k\",\"lease\":1,\"sent\":2,\"time\":3}\n";
     let ok = write(dir.path(), "l1.jsonl", &format!("{lease}{{\"kind\":\"read\",\"key\":\"k\",\"sent\":4,\"time\":5,\"present\":true,\"lease\":1}}\n"));
     assert_eq!(run(&["--leases", &ok]).0, 0);
-    let bad = write(dir.path(), "l2.jsonl", &format!("{lease}{{\"kind\":\"read\",\"key\":\"k\",\"sent\":4,\"time\":5,\"present\":false}}\n"));
+    let bad = write(
+        dir.path(),
+        "l2.jsonl",
+        &format!(
+            "{lease}{{\"kind\":\"read\",\"key\":\"k\",\"sent\":4,\"time\":5,\"present\":false}}\n"
+        ),
+    );
     assert_eq!(run(&["--leases", &bad]).0, 1);
     let junk = write(dir.path(), "l3.jsonl", "{\"kind\":\"nope\"}\n");
     assert_eq!(run(&["--leases", &junk]).0, 2);

@@ -39,40 +39,78 @@ election-timeout = 300
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the configured member to become healthy", Duration::from_secs(30), || {
-        matches!(http_get(metrics, "/health"), Some((200, _))).then_some(())
-    });
+    wait_for(
+        "the configured member to become healthy",
+        Duration::from_secs(30),
+        || matches!(http_get(metrics, "/health"), Some((200, _))).then_some(()),
+    );
     let out = Command::new(etcdctl_path())
         .env("ETCDCTL_API", "3")
-        .args([&format!("--endpoints=http://127.0.0.1:{client}"), "put", "k", "v"])
+        .args([
+            &format!("--endpoints=http://127.0.0.1:{client}"),
+            "put",
+            "k",
+            "v",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = child.kill();
     let _ = child.wait();
 
     // Unknown key: named in the error.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"x\"\nelection-timout = 300\n").unwrap();
-    let out = Command::new(BIN).args(["node", "--config-file", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--config-file", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("election-timout") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("election-timout") && err.contains("bad.toml"),
+        "{err}"
+    );
 
     // Inconsistent timing: refused with both values.
     let out = Command::new(BIN)
-        .args(["node", "--config-file", cfg.to_str().unwrap(), "--heartbeat-interval", "200", "--election-timeout", "300"])
+        .args([
+            "node",
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--heartbeat-interval",
+            "200",
+            "--election-timeout",
+            "300",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--election-timeout (300 ms)") && err.contains("--heartbeat-interval (200 ms)"), "{err}");
+    assert!(
+        err.contains("--election-timeout (300 ms)")
+            && err.contains("--heartbeat-interval (200 ms)"),
+        "{err}"
+    );
 
     // A URL that is not http: refused, naming the flag.
     let out = Command::new(BIN)
-        .args(["node", "--config-file", cfg.to_str().unwrap(), "--listen-client-urls", "https://127.0.0.1:1"])
+        .args([
+            "node",
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--listen-client-urls",
+            "https://127.0.0.1:1",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--listen-client-urls"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--listen-client-urls"),
+        "{err}"
+    );
 }

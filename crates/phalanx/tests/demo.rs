@@ -34,7 +34,12 @@ fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => false,
         // Field 3 (after the parenthesised command name) is the state.
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
     }
 }
 
@@ -50,7 +55,10 @@ fn demo_starts_gateways_and_stops_every_child() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut demo = Demo { child, pids: Vec::new() };
+    let mut demo = Demo {
+        child,
+        pids: Vec::new(),
+    };
     let (tx, rx) = mpsc::channel::<String>();
     let out = demo.child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -90,8 +98,16 @@ fn demo_starts_gateways_and_stops_every_child() {
     }
     println!("{transcript}");
     let endpoints = endpoints.expect("ENDPOINTS line");
-    assert_eq!(gateways.len(), 3, "one curl line per gateway:\n{transcript}");
-    assert_eq!(demo.pids.len(), 6, "3 members + 3 backends with pids:\n{transcript}");
+    assert_eq!(
+        gateways.len(),
+        3,
+        "one curl line per gateway:\n{transcript}"
+    );
+    assert_eq!(
+        demo.pids.len(),
+        6,
+        "3 members + 3 backends with pids:\n{transcript}"
+    );
     assert!(demo.pids.iter().all(|p| alive(*p)));
 
     // etcdctl put / get through the printed endpoints.
@@ -103,11 +119,18 @@ fn demo_starts_gateways_and_stops_every_child() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(ctl(&["put", "greeting", "hello"]).trim(), "OK");
-    assert_eq!(ctl(&["get", "greeting", "--print-value-only"]).trim(), "hello");
+    assert_eq!(
+        ctl(&["get", "greeting", "--print-value-only"]).trim(),
+        "hello"
+    );
     assert!(ctl(&["get", "/phalanx/gateway/config", "--print-value-only"]).contains("[[pools]]"));
 
     // HTTP through every gateway, round robin over the three backends.
@@ -118,7 +141,11 @@ fn demo_starts_gateways_and_stops_every_child() {
             assert_eq!(status, 200, "gateway :{g}: {body}");
             seen.insert(body.trim().to_string());
         }
-        assert_eq!(seen.len(), 3, "gateway :{g} should round-robin over 3 backends: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            3,
+            "gateway :{g} should round-robin over 3 backends: {seen:?}"
+        );
     }
 
     // Kill backend-1 as the demo suggests: traffic moves to the others, no error.
@@ -128,25 +155,46 @@ fn demo_starts_gateways_and_stops_every_child() {
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|p| p.parse().ok())
         .expect("backend-1 pid line");
-    assert!(Command::new("kill").args(["-9", &b1.to_string()]).status().unwrap().success());
-    wait_for("backend-1 gone", Duration::from_secs(10), || (!alive(b1)).then_some(()));
+    assert!(Command::new("kill")
+        .args(["-9", &b1.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("backend-1 gone", Duration::from_secs(10), || {
+        (!alive(b1)).then_some(())
+    });
     for &g in &gateways {
         for _ in 0..6 {
             let (status, body) = http_get(g, "/").expect("gateway answers");
-            assert_eq!(status, 200, "gateway :{g} after backend-1 was killed: {body}");
+            assert_eq!(
+                status, 200,
+                "gateway :{g} after backend-1 was killed: {body}"
+            );
             assert_ne!(body.trim(), "backend-1");
         }
     }
 
     // SIGTERM: the demo exits and takes every child with it.
     let demo_pid = demo.child.id();
-    assert!(Command::new("kill").args(["-15", &demo_pid.to_string()]).status().unwrap().success());
-    let status = wait_for("demo to exit after SIGTERM", Duration::from_secs(30), || demo.child.try_wait().unwrap());
+    assert!(Command::new("kill")
+        .args(["-15", &demo_pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_for(
+        "demo to exit after SIGTERM",
+        Duration::from_secs(30),
+        || demo.child.try_wait().unwrap(),
+    );
     assert!(status.success(), "demo exit status {status}");
-    let leftover = wait_for("every child of the demo to exit", Duration::from_secs(10), || {
-        let l: Vec<u32> = demo.pids.iter().copied().filter(|p| alive(*p)).collect();
-        l.is_empty().then_some(l)
-    });
+    let leftover = wait_for(
+        "every child of the demo to exit",
+        Duration::from_secs(10),
+        || {
+            let l: Vec<u32> = demo.pids.iter().copied().filter(|p| alive(*p)).collect();
+            l.is_empty().then_some(l)
+        },
+    );
     assert!(leftover.is_empty());
     println!("demo stopped; pids {:?} all exited", demo.pids);
 }

@@ -13,20 +13,37 @@ static SERIAL: Mutex<()> = Mutex::new(());
 #[test]
 fn drill_kill_partition_pause_passes_and_writes_a_report() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--local", "3", "--faults", "kill-leader,partition-leader,pause-follower", "--duration", "20s"]);
+    let r = drill(&[
+        "--local",
+        "3",
+        "--faults",
+        "kill-leader,partition-leader,pause-follower",
+        "--duration",
+        "20s",
+    ]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let s = summary(&r.dir);
     for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
         assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
     }
-    assert!(s["total"]["ok"].as_u64().unwrap() > 100, "too few successful operations: {}", explain(&r));
+    assert!(
+        s["total"]["ok"].as_u64().unwrap() > 100,
+        "too few successful operations: {}",
+        explain(&r)
+    );
     assert!(s["acknowledged_writes"].as_u64().unwrap() > 10);
     assert!(s["watch_events"].as_u64().unwrap() > 10);
     let windows = s["windows"].as_array().unwrap();
-    let kinds: Vec<&str> = windows.iter().map(|w| w["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = windows
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["kill-leader", "partition-leader", "pause-follower"]);
     for w in windows {
-        assert!(w["end_ms"].as_u64().unwrap() > w["start_ms"].as_u64().unwrap(), "empty window {w}");
+        assert!(
+            w["end_ms"].as_u64().unwrap() > w["start_ms"].as_u64().unwrap(),
+            "empty window {w}"
+        );
         assert!(w["note"].is_null(), "fault not injected cleanly: {w}");
     }
     // Killing or isolating the leader must elect another one.
@@ -40,12 +57,25 @@ fn drill_kill_partition_pause_passes_and_writes_a_report() {
     let h = linearizability_parse(&history);
     assert!(h > 100, "parsed {h} operations");
     let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
-    for needle in ["**Overall: PASS**", "## Fault windows", "| 1 | kill-leader |", "| 2 | partition-leader |", "| 3 | pause-follower |", "availability"] {
+    for needle in [
+        "**Overall: PASS**",
+        "## Fault windows",
+        "| 1 | kill-leader |",
+        "| 2 | partition-leader |",
+        "| 3 | pause-follower |",
+        "availability",
+    ] {
         assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
     }
     let svg = std::fs::read_to_string(r.dir.join("timeline.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    for needle in ["kill-leader", "partition-leader", "pause-follower", "p99 latency", "<path d=\"M"] {
+    for needle in [
+        "kill-leader",
+        "partition-leader",
+        "pause-follower",
+        "p99 latency",
+        "<path d=\"M",
+    ] {
         assert!(svg.contains(needle), "timeline.svg lacks {needle:?}");
     }
     assert!(r.stdout.contains("drill: kill-leader,partition-leader,pause-follower: linearizable=PASS watch=PASS leases=PASS lost_writes=0"), "{}", r.stdout);
@@ -53,32 +83,77 @@ fn drill_kill_partition_pause_passes_and_writes_a_report() {
 
 /// Count of invocations (the check itself is done by the drill).
 fn linearizability_parse(history: &str) -> usize {
-    history.lines().filter(|l| l.contains("\"type\":\"invoke\"")).count()
+    history
+        .lines()
+        .filter(|l| l.contains("\"type\":\"invoke\""))
+        .count()
 }
 
 #[test]
 fn drill_catches_planted_stale_reads_under_leader_partition() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--local", "3", "--faults", "partition-leader", "--duration", "8s", "--unsafe-planted-bug", "skip-read-index"]);
-    assert_eq!(r.code, 1, "the planted stale-read bug went unnoticed: {}", explain(&r));
+    let r = drill(&[
+        "--local",
+        "3",
+        "--faults",
+        "partition-leader",
+        "--duration",
+        "8s",
+        "--unsafe-planted-bug",
+        "skip-read-index",
+    ]);
+    assert_eq!(
+        r.code,
+        1,
+        "the planted stale-read bug went unnoticed: {}",
+        explain(&r)
+    );
     let s = summary(&r.dir);
     assert_eq!(s["linearizable"], "FAIL", "{}", explain(&r));
-    assert!(s["linearizable_detail"].as_str().unwrap().contains("not linearizable"));
+    assert!(s["linearizable_detail"]
+        .as_str()
+        .unwrap()
+        .contains("not linearizable"));
 }
 
 #[test]
 fn drill_catches_planted_ack_before_fsync_under_kill_all() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--local", "3", "--faults", "kill-all", "--duration", "8s", "--unsafe-planted-bug", "ack-before-fsync"]);
-    assert_eq!(r.code, 1, "acknowledged writes survived a kill-all although fsync was skipped: {}", explain(&r));
+    let r = drill(&[
+        "--local",
+        "3",
+        "--faults",
+        "kill-all",
+        "--duration",
+        "8s",
+        "--unsafe-planted-bug",
+        "ack-before-fsync",
+    ]);
+    assert_eq!(
+        r.code,
+        1,
+        "acknowledged writes survived a kill-all although fsync was skipped: {}",
+        explain(&r)
+    );
     let s = summary(&r.dir);
-    assert!(s["lost_writes"].as_array().is_none_or(|l| !l.is_empty()) || s["linearizable"] == "FAIL", "{}", explain(&r));
+    assert!(
+        s["lost_writes"].as_array().is_none_or(|l| !l.is_empty()) || s["linearizable"] == "FAIL",
+        "{}",
+        explain(&r)
+    );
 }
 
 #[test]
 fn drill_kill_follower_and_kill_all_without_bug_pass() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--local", "3", "--faults", "kill-follower,kill-all", "--duration", "10s"]);
+    let r = drill(&[
+        "--local",
+        "3",
+        "--faults",
+        "kill-follower,kill-all",
+        "--duration",
+        "10s",
+    ]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let s = summary(&r.dir);
     for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
@@ -87,7 +162,11 @@ fn drill_kill_follower_and_kill_all_without_bug_pass() {
     assert_eq!(s["lost_writes"].as_array().map(|l| l.len()), Some(0));
     let w = &s["windows"][0];
     assert_eq!(w["kind"], "kill-follower", "{}", explain(&r));
-    assert!(w["note"].is_null(), "fault not injected cleanly: {}", explain(&r));
+    assert!(
+        w["note"].is_null(),
+        "fault not injected cleanly: {}",
+        explain(&r)
+    );
     // The killed member was a follower, not the leader of the moment.
     let target = w["targets"][0].as_str().expect("one target");
     assert_ne!(Some(target), w["leader_before"].as_str(), "{}", explain(&r));
@@ -103,7 +182,20 @@ fn drill_kill_follower_and_kill_all_without_bug_pass() {
 #[test]
 fn drill_delay_with_jitter_passes_and_slows_writes() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--local", "3", "--faults", "delay", "--delay-ms", "25", "--jitter-ms", "15", "--duration", "8s", "--fault-window-ms", "3000"]);
+    let r = drill(&[
+        "--local",
+        "3",
+        "--faults",
+        "delay",
+        "--delay-ms",
+        "25",
+        "--jitter-ms",
+        "15",
+        "--duration",
+        "8s",
+        "--fault-window-ms",
+        "3000",
+    ]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let s = summary(&r.dir);
     for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
@@ -111,14 +203,30 @@ fn drill_delay_with_jitter_passes_and_slows_writes() {
     }
     let w = &s["windows"][0];
     assert_eq!(w["kind"], "delay", "{}", explain(&r));
-    assert!(w["note"].is_null(), "fault not injected cleanly: {}", explain(&r));
-    let inside = w["write_latency_p50_ms"].as_f64().unwrap_or_else(|| panic!("no write completed inside the delay window: {}", explain(&r)));
-    let outside = s["write_latency_p50_ms_outside_windows"].as_f64().expect("writes outside the window");
-    eprintln!("median write latency: {inside:.1} ms inside the delay window, {outside:.1} ms outside");
+    assert!(
+        w["note"].is_null(),
+        "fault not injected cleanly: {}",
+        explain(&r)
+    );
+    let inside = w["write_latency_p50_ms"].as_f64().unwrap_or_else(|| {
+        panic!(
+            "no write completed inside the delay window: {}",
+            explain(&r)
+        )
+    });
+    let outside = s["write_latency_p50_ms_outside_windows"]
+        .as_f64()
+        .expect("writes outside the window");
+    eprintln!(
+        "median write latency: {inside:.1} ms inside the delay window, {outside:.1} ms outside"
+    );
     assert!(inside >= 25.0, "median write latency {inside} ms inside the window is below the injected 25 ms: the delay was not in force\n{}", explain(&r));
     assert!(inside > outside, "median write latency inside the window ({inside} ms) is not above the one outside ({outside} ms)\n{}", explain(&r));
     let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
-    assert!(md.contains("delayed 25..=40 ms"), "report.md lacks the delay setting:\n{md}");
+    assert!(
+        md.contains("delayed 25..=40 ms"),
+        "report.md lacks the delay setting:\n{md}"
+    );
     // Bad input names the option.
     let r = drill(&["--local", "3", "--faults", "delay", "--jitter-ms", "60001"]);
     assert_eq!(r.code, 2, "{}", explain(&r));
@@ -128,10 +236,27 @@ fn drill_delay_with_jitter_passes_and_slows_writes() {
 #[test]
 fn drill_usage_errors_exit_2() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&["--endpoints", "http://127.0.0.1:1", "--admin-endpoints", "http://127.0.0.1:2", "--faults", "kill-leader"]);
+    let r = drill(&[
+        "--endpoints",
+        "http://127.0.0.1:1",
+        "--admin-endpoints",
+        "http://127.0.0.1:2",
+        "--faults",
+        "kill-leader",
+    ]);
     assert_eq!(r.code, 2, "{}", explain(&r));
-    assert!(r.stderr.contains("cannot be injected into a remote cluster"), "{}", r.stderr);
-    let r = drill(&["--endpoints", "http://127.0.0.1:1", "--faults", "pause-follower"]);
+    assert!(
+        r.stderr
+            .contains("cannot be injected into a remote cluster"),
+        "{}",
+        r.stderr
+    );
+    let r = drill(&[
+        "--endpoints",
+        "http://127.0.0.1:1",
+        "--faults",
+        "pause-follower",
+    ]);
     assert_eq!(r.code, 2, "{}", explain(&r));
     let r = drill(&["--local", "3", "--faults", "unplug-the-rack"]);
     assert_eq!(r.code, 2, "{}", explain(&r));

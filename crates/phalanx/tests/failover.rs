@@ -16,7 +16,9 @@ fn leader_kill_under_writes_loses_nothing() {
     let killed_at = Instant::now();
     let remaining: Vec<String> = c.endpoint_list();
     *w.endpoints.lock().unwrap() = remaining.clone();
-    let new = wait_for("a new leader", Duration::from_secs(20), || c.leader().filter(|l| *l != old));
+    let new = wait_for("a new leader", Duration::from_secs(20), || {
+        c.leader().filter(|l| *l != old)
+    });
     let before = w.acked_count();
     w.wait_acked(before + 200, Duration::from_secs(30));
     let acked = w.stop();
@@ -53,5 +55,8 @@ fn kill_all_members_then_restart_loses_nothing() {
     c.wait_healthy(&[0, 1, 2]);
     assert_all_present(c.endpoint_list(), "ka", &acked);
     assert_hashes_agree(&c);
-    println!("kill -9 of all members: {} acknowledged writes, all present after restart; HashKV agrees", acked.len());
+    println!(
+        "kill -9 of all members: {} acknowledged writes, all present after restart; HashKV agrees",
+        acked.len()
+    );
 }

@@ -29,7 +29,10 @@ fn start_cluster_with_gateways(n: usize) -> (Cluster, Vec<u16>) {
 }
 
 fn config_toml(backends: &[&SampleBackend]) -> String {
-    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.local_addr())).collect();
+    let eps: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.local_addr()))
+        .collect();
     format!(
         "[[pools]]\nname = \"web\"\nendpoints = [{}]\n\n[[routes]]\npath_prefix = \"/\"\npool = \"web\"\n",
         eps.join(", ")
@@ -45,7 +48,12 @@ fn put(c: &Cluster, value: &str) -> i64 {
 
 /// Status documents of all gateways, by node name.
 fn statuses(c: &Cluster) -> std::collections::HashMap<String, serde_json::Value> {
-    let out = c.etcdctl(&["get", "--prefix", &format!("{KEY}/status/"), "--print-value-only"]);
+    let out = c.etcdctl(&[
+        "get",
+        "--prefix",
+        &format!("{KEY}/status/"),
+        "--print-value-only",
+    ]);
     if !out.status.success() {
         return Default::default();
     }
@@ -59,29 +67,37 @@ fn statuses(c: &Cluster) -> std::collections::HashMap<String, serde_json::Value>
 
 /// Wait until the gateways of `nodes` report a status about revision `rev` with `state`.
 fn wait_status(c: &Cluster, nodes: &[usize], rev: i64, state: &str) -> Vec<serde_json::Value> {
-    wait_for(&format!("gateway status {state} at revision {rev}"), Duration::from_secs(30), || {
-        let st = statuses(c);
-        let mut out = Vec::new();
-        for &i in nodes {
-            let s = st.get(&c.members[i].name)?;
-            if s["revision"].as_i64()? != rev || s["state"].as_str()? != state {
-                return None;
+    wait_for(
+        &format!("gateway status {state} at revision {rev}"),
+        Duration::from_secs(30),
+        || {
+            let st = statuses(c);
+            let mut out = Vec::new();
+            for &i in nodes {
+                let s = st.get(&c.members[i].name)?;
+                if s["revision"].as_i64()? != rev || s["state"].as_str()? != state {
+                    return None;
+                }
+                out.push(s.clone());
             }
-            out.push(s.clone());
-        }
-        Some(out)
-    })
+            Some(out)
+        },
+    )
 }
 
 /// Wait until GETs through the gateway on `port` have been answered by every backend named.
 fn wait_backends_seen(port: u16, names: &[&str]) {
     let mut seen = std::collections::HashSet::new();
-    wait_for(&format!("gateway :{port} to route to {names:?}"), Duration::from_secs(30), || {
-        if let Some((200, body)) = http_get(port, "/") {
-            seen.insert(body.trim().to_string());
-        }
-        names.iter().all(|n| seen.contains(*n)).then_some(())
-    });
+    wait_for(
+        &format!("gateway :{port} to route to {names:?}"),
+        Duration::from_secs(30),
+        || {
+            if let Some((200, body)) = http_get(port, "/") {
+                seen.insert(body.trim().to_string());
+            }
+            names.iter().all(|n| seen.contains(*n)).then_some(())
+        },
+    );
 }
 
 /// Background HTTP load through the given gateways; counts non-200 answers.
@@ -99,7 +115,8 @@ impl Load {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..threads)
             .map(|t| {
-                let (stop, ok, errors, ports) = (stop.clone(), ok.clone(), errors.clone(), ports.clone());
+                let (stop, ok, errors, ports) =
+                    (stop.clone(), ok.clone(), errors.clone(), ports.clone());
                 std::thread::spawn(move || {
                     let mut i = t;
                     while !stop.load(Ordering::Relaxed) {
@@ -109,20 +126,30 @@ impl Load {
                             Some((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            other => errors.lock().unwrap().push(format!("gateway :{port}: {other:?}")),
+                            other => errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("gateway :{port}: {other:?}")),
                         }
                     }
                 })
             })
             .collect();
-        Load { stop, ok, errors, threads }
+        Load {
+            stop,
+            ok,
+            errors,
+            threads,
+        }
     }
 
     fn wait_ok(&self, more: u64) {
         let target = self.ok.load(Ordering::Relaxed) + more;
-        wait_for(&format!("{more} more successful requests"), Duration::from_secs(30), || {
-            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
-        });
+        wait_for(
+            &format!("{more} more successful requests"),
+            Duration::from_secs(30),
+            || (self.ok.load(Ordering::Relaxed) >= target).then_some(()),
+        );
     }
 
     /// Stop; returns (successes, errors).
@@ -131,7 +158,10 @@ impl Load {
         for t in self.threads.drain(..) {
             t.join().unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.errors.lock().unwrap().clone())
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.errors.lock().unwrap().clone(),
+        )
     }
 }
 
@@ -145,16 +175,27 @@ impl Drop for Load {
 fn store_backed_gateways_follow_the_store_on_every_node() {
     let (mut c, gw) = start_cluster_with_gateways(3);
     // Backends live in this test's runtime (its worker thread serves them).
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let spawn = |name: &str| rt.block_on(sample_backend::spawn("127.0.0.1:0".parse().unwrap(), name)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spawn = |name: &str| {
+        rt.block_on(sample_backend::spawn("127.0.0.1:0".parse().unwrap(), name))
+            .unwrap()
+    };
     let (a, b) = (spawn("a"), spawn("b"));
 
     // Key absent: every gateway answers 503 "no route".
     for &p in &gw {
-        wait_for(&format!("gateway :{p} answering 503"), Duration::from_secs(30), || match http_get(p, "/") {
-            Some((503, body)) if body.contains("no route") => Some(()),
-            _ => None,
-        });
+        wait_for(
+            &format!("gateway :{p} answering 503"),
+            Duration::from_secs(30),
+            || match http_get(p, "/") {
+                Some((503, body)) if body.contains("no route") => Some(()),
+                _ => None,
+            },
+        );
     }
 
     // Write the configuration: every gateway routes to both backends.
@@ -185,13 +226,25 @@ fn store_backed_gateways_follow_the_store_on_every_node() {
         if b.requests() == before {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "removed endpoint b kept receiving requests for 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "removed endpoint b kept receiving requests for 10 s"
+        );
     }
     let b_before = b.requests();
     load.wait_ok(200);
-    assert_eq!(b.requests(), b_before, "removed endpoint b still receives requests");
+    assert_eq!(
+        b.requests(),
+        b_before,
+        "removed endpoint b still receives requests"
+    );
     let (ok, errors) = load.stop();
-    assert!(errors.is_empty(), "{} errors during add/remove under load ({ok} ok), e.g. {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(
+        errors.is_empty(),
+        "{} errors during add/remove under load ({ok} ok), e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
     println!("add/remove endpoint under load: {ok} requests, 0 errors");
 
     // Invalid configurations are rejected with a reason; the old one keeps serving.
@@ -208,7 +261,10 @@ fn store_backed_gateways_follow_the_store_on_every_node() {
     let st = wait_status(&c, &[0, 1, 2], rev, "rejected");
     for s in &st {
         let e = s["error"].as_str().unwrap();
-        assert!(e.contains("pools[0].endpoints[0].weight") && e.contains("between 1 and 10000"), "unclear rejection reason: {e}");
+        assert!(
+            e.contains("pools[0].endpoints[0].weight") && e.contains("between 1 and 10000"),
+            "unclear rejection reason: {e}"
+        );
         assert!(s["in_force_revision"].as_i64().unwrap() < rev);
     }
     println!("rejection visible in the store: {}", st[0]);
@@ -231,17 +287,29 @@ fn store_backed_gateways_follow_the_store_on_every_node() {
     load.wait_ok(100);
     c.members[leader].kill9();
     load.wait_ok(300);
-    let rev = wait_for("a write after the leader kill", Duration::from_secs(30), || {
-        let out = c.etcdctl(&["put", KEY, &config_toml(&[&a, &b]), "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["header"]["revision"].as_i64()
-    });
+    let rev = wait_for(
+        "a write after the leader kill",
+        Duration::from_secs(30),
+        || {
+            let out = c.etcdctl(&["put", KEY, &config_toml(&[&a, &b]), "-w", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["header"]["revision"].as_i64()
+        },
+    );
     wait_status(&c, &survivors, rev, "applied");
     for &i in &survivors {
         wait_backends_seen(gw[i], &["a", "b"]);
     }
     load.wait_ok(100);
     let (ok, errors) = load.stop();
-    assert!(errors.is_empty(), "{} errors through surviving gateways ({ok} ok), e.g. {:?}", errors.len(), &errors[..errors.len().min(5)]);
-    println!("kill -9 of the leader {}: {ok} requests through the other gateways, 0 errors", c.members[leader].name);
+    assert!(
+        errors.is_empty(),
+        "{} errors through surviving gateways ({ok} ok), e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    println!(
+        "kill -9 of the leader {}: {ok} requests through the other gateways, 0 errors",
+        c.members[leader].name
+    );
 }

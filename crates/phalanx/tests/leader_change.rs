@@ -9,7 +9,11 @@ use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use support::*;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -24,11 +28,22 @@ fn watch_delivers_every_change_once_in_order_across_leader_kill() {
     let watch_url = follower_url.clone();
     rt.spawn(async move {
         let mut cl = Client::connect(vec![watch_url], None).await.unwrap();
-        let mut stream = cl.watch("wl-", Some(WatchOptions::new().with_prefix().with_start_revision(1))).await.unwrap();
+        let mut stream = cl
+            .watch(
+                "wl-",
+                Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+            )
+            .await
+            .unwrap();
         while let Ok(Some(resp)) = stream.message().await {
             for ev in resp.events() {
                 let kv = ev.kv().unwrap();
-                let _ = events_tx.send((kv.mod_revision(), ev.event_type() == EventType::Put, kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()));
+                let _ = events_tx.send((
+                    kv.mod_revision(),
+                    ev.event_type() == EventType::Put,
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                ));
             }
         }
     });
@@ -36,40 +51,88 @@ fn watch_delivers_every_change_once_in_order_across_leader_kill() {
     w.wait_acked(100, Duration::from_secs(30));
     c.members[leader].kill9();
     *w.endpoints.lock().unwrap() = c.endpoint_list();
-    wait_for("a new leader", Duration::from_secs(20), || c.leader().filter(|l| *l != leader));
+    wait_for("a new leader", Duration::from_secs(20), || {
+        c.leader().filter(|l| *l != leader)
+    });
     let n = w.acked_count();
     w.wait_acked(n + 100, Duration::from_secs(30));
     let acked = w.stop();
 
     // Final state, read linearizably: every committed write to the prefix.
     let (final_rev, committed) = rt.block_on(async {
-        let mut cl = Client::connect(vec![follower_url.clone()], None).await.unwrap();
-        let r = cl.get("wl-", Some(GetOptions::new().with_prefix())).await.unwrap();
-        let committed: BTreeMap<i64, (String, String)> =
-            r.kvs().iter().map(|kv| (kv.mod_revision(), (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))).collect();
+        let mut cl = Client::connect(vec![follower_url.clone()], None)
+            .await
+            .unwrap();
+        let r = cl
+            .get("wl-", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let committed: BTreeMap<i64, (String, String)> = r
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.mod_revision(),
+                    (
+                        kv.key_str().unwrap().to_string(),
+                        kv.value_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect();
         (r.header().unwrap().revision(), committed)
     });
     let mut seen: Vec<(i64, bool, String, String)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.last().map_or(true, |e| e.0 < *committed.keys().last().unwrap()) {
+    while seen
+        .last()
+        .map_or(true, |e| e.0 < *committed.keys().last().unwrap())
+    {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "watch did not deliver up to revision {final_rev}; got {} events", seen.len());
-        if let Ok(Some(e)) = rt.block_on(async { tokio::time::timeout(left, events_rx.recv()).await }) {
+        assert!(
+            !left.is_zero(),
+            "watch did not deliver up to revision {final_rev}; got {} events",
+            seen.len()
+        );
+        if let Ok(Some(e)) =
+            rt.block_on(async { tokio::time::timeout(left, events_rx.recv()).await })
+        {
             seen.push(e);
         }
     }
     // In revision order, no duplicates.
-    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "watch events out of order or duplicated");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "watch events out of order or duplicated"
+    );
     // Every committed write (each key written once) was delivered, with its value.
-    let delivered: BTreeMap<i64, (String, String)> = seen.iter().filter(|e| e.1).map(|e| (e.0, (e.2.clone(), e.3.clone()))).collect();
+    let delivered: BTreeMap<i64, (String, String)> = seen
+        .iter()
+        .filter(|e| e.1)
+        .map(|e| (e.0, (e.2.clone(), e.3.clone())))
+        .collect();
     for (rev, kv) in &committed {
-        assert_eq!(delivered.get(rev), Some(kv), "committed write at revision {rev} missing from the watch");
+        assert_eq!(
+            delivered.get(rev),
+            Some(kv),
+            "committed write at revision {rev} missing from the watch"
+        );
     }
-    assert_eq!(delivered.len(), committed.len(), "watch delivered writes that are not committed");
+    assert_eq!(
+        delivered.len(),
+        committed.len(),
+        "watch delivered writes that are not committed"
+    );
     for (n, _) in &acked {
-        assert!(committed.values().any(|(k, _)| *k == format!("wl-{n:08}")), "acknowledged write {n} lost");
+        assert!(
+            committed.values().any(|(k, _)| *k == format!("wl-{n:08}")),
+            "acknowledged write {n} lost"
+        );
     }
-    println!("watch across leader kill: {} events, in order, none lost or duplicated", seen.len());
+    println!(
+        "watch across leader kill: {} events, in order, none lost or duplicated",
+        seen.len()
+    );
 }
 
 #[test]
@@ -81,7 +144,9 @@ fn kept_alive_lease_survives_leader_kill_and_expires_after() {
     let id = rt.block_on(async {
         let mut cl = Client::connect(eps.clone(), None).await.unwrap();
         let id = cl.lease_grant(ttl, None).await.unwrap().id();
-        cl.put("leased-key", "v", Some(PutOptions::new().with_lease(id))).await.unwrap();
+        cl.put("leased-key", "v", Some(PutOptions::new().with_lease(id)))
+            .await
+            .unwrap();
         id
     });
     // Keep the lease alive every second, reconnecting across failures.
@@ -107,7 +172,9 @@ fn kept_alive_lease_survives_leader_kill_and_expires_after() {
     });
     let leader = c.wait_leader();
     c.members[leader].kill9();
-    wait_for("a new leader", Duration::from_secs(20), || c.leader().filter(|l| *l != leader));
+    wait_for("a new leader", Duration::from_secs(20), || {
+        c.leader().filter(|l| *l != leader)
+    });
     let live: Vec<String> = c.endpoint_list();
     // Two full TTLs after the kill, the key is still there.
     let until = Instant::now() + Duration::from_secs(2 * ttl as u64);
@@ -115,21 +182,32 @@ fn kept_alive_lease_survives_leader_kill_and_expires_after() {
         let mut cl = Client::connect(live.clone(), None).await.unwrap();
         while Instant::now() < until {
             let r = cl.get("leased-key", None).await.unwrap();
-            assert_eq!(r.kvs().len(), 1, "a kept-alive lease expired early after a leader change");
+            assert_eq!(
+                r.kvs().len(),
+                1,
+                "a kept-alive lease expired early after a leader change"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     rt.block_on(keeper).unwrap();
     let stopped = Instant::now();
-    wait_for("the lease to expire once no longer kept alive", Duration::from_secs(20), || {
-        rt.block_on(async {
-            let mut cl = Client::connect(live.clone(), None).await.ok()?;
-            let r = cl.get("leased-key", None).await.ok()?;
-            r.kvs().is_empty().then_some(())
-        })
-    });
+    wait_for(
+        "the lease to expire once no longer kept alive",
+        Duration::from_secs(20),
+        || {
+            rt.block_on(async {
+                let mut cl = Client::connect(live.clone(), None).await.ok()?;
+                let r = cl.get("leased-key", None).await.ok()?;
+                r.kvs().is_empty().then_some(())
+            })
+        },
+    );
     let took = stopped.elapsed();
-    assert!(took >= Duration::from_secs(ttl as u64 - 2), "lease expired {took:?} after the last keep-alive, before its TTL");
+    assert!(
+        took >= Duration::from_secs(ttl as u64 - 2),
+        "lease expired {took:?} after the last keep-alive, before its TTL"
+    );
     println!("lease across leader kill: kept alive for {}s past the kill; expired {} ms after keep-alives stopped (TTL {ttl}s)", 2 * ttl, took.as_millis());
 }

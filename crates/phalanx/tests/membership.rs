@@ -14,7 +14,10 @@ fn add_member(c: &mut Cluster, name: &str) -> usize {
     // etcdctl prints the ETCD_INITIAL_CLUSTER line the new member must use.
     let ic = out
         .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\"").map(|s| s.trim_end_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("ETCD_INITIAL_CLUSTER=\"")
+                .map(|s| s.trim_end_matches('"').to_string())
+        })
         .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out}"));
     c.members[idx].initial_cluster = ic;
     let token = c.token.clone();
@@ -24,8 +27,14 @@ fn add_member(c: &mut Cluster, name: &str) -> usize {
 }
 
 fn voters(c: &Cluster) -> usize {
-    let v: serde_json::Value = serde_json::from_str(&c.ctl(&["member", "list", "-w", "json"])).unwrap();
-    v["members"].as_array().unwrap().iter().filter(|m| !m["isLearner"].as_bool().unwrap_or(false)).count()
+    let v: serde_json::Value =
+        serde_json::from_str(&c.ctl(&["member", "list", "-w", "json"])).unwrap();
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| !m["isLearner"].as_bool().unwrap_or(false))
+        .count()
 }
 
 #[test]
@@ -42,12 +51,22 @@ fn grow_from_one_to_three_then_replace_a_member_under_writes() {
     *w.endpoints.lock().unwrap() = c.endpoint_list();
     let n = w.acked_count();
     w.wait_acked(n + 50, Duration::from_secs(30));
-    wait_for("3 voters", Duration::from_secs(30), || (voters(&c) == 3).then_some(()));
+    wait_for("3 voters", Duration::from_secs(30), || {
+        (voters(&c) == 3).then_some(())
+    });
 
     // Replace n1 (the original member, possibly the leader) with a fresh n4.
-    let list: serde_json::Value = serde_json::from_str(&c.ctl(&["member", "list", "-w", "json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&c.ctl(&["member", "list", "-w", "json"])).unwrap();
     let n1_peer = c.members[0].peer_url();
-    let n1_id = list["members"].as_array().unwrap().iter().find(|m| m["peerURLs"][0] == n1_peer.as_str()).unwrap()["ID"].as_u64().unwrap();
+    let n1_id = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["peerURLs"][0] == n1_peer.as_str())
+        .unwrap()["ID"]
+        .as_u64()
+        .unwrap();
     *w.endpoints.lock().unwrap() = vec![c.members[n2].client_url(), c.members[n3].client_url()];
     c.ctl(&["member", "remove", &format!("{n1_id:x}")]);
     c.members[0].kill9();
@@ -55,10 +74,19 @@ fn grow_from_one_to_three_then_replace_a_member_under_writes() {
     *w.endpoints.lock().unwrap() = c.endpoint_list();
     let n = w.acked_count();
     w.wait_acked(n + 50, Duration::from_secs(30));
-    wait_for("3 voters", Duration::from_secs(30), || (voters(&c) == 3).then_some(()));
+    wait_for("3 voters", Duration::from_secs(30), || {
+        (voters(&c) == 3).then_some(())
+    });
     let acked = w.stop();
-    let eps = vec![c.members[n2].client_url(), c.members[n3].client_url(), c.members[n4].client_url()];
+    let eps = vec![
+        c.members[n2].client_url(),
+        c.members[n3].client_url(),
+        c.members[n4].client_url(),
+    ];
     assert_all_present(eps, "mb", &acked);
     assert_hashes_agree(&c);
-    println!("membership: 1 -> 3 members, then n1 replaced by n4; {} writes acknowledged, none lost", acked.len());
+    println!(
+        "membership: 1 -> 3 members, then n1 replaced by n4; {} writes acknowledged, none lost",
+        acked.len()
+    );
 }

@@ -14,7 +14,9 @@ fn lagging_follower_catches_up_by_snapshot() {
     let follower = (leader + 1) % 3;
     let token = c.token.clone();
     c.members[follower].kill9();
-    let applied_at_kill = c.members[leader].metric("phalanx_raft_applied_index").unwrap();
+    let applied_at_kill = c.members[leader]
+        .metric("phalanx_raft_applied_index")
+        .unwrap();
 
     let live: Vec<String> = c.endpoint_list();
     let mut w = Writer::start("sn", live.clone());
@@ -28,11 +30,15 @@ fn lagging_follower_catches_up_by_snapshot() {
 
     c.members[follower].spawn(&token);
     c.wait_healthy(&[follower]);
-    let leader_applied = c.members[leader].metric("phalanx_raft_applied_index").unwrap();
+    let leader_applied = c.members[leader]
+        .metric("phalanx_raft_applied_index")
+        .unwrap();
     wait_for("follower to catch up", Duration::from_secs(30), || {
         (c.members[follower].metric("phalanx_raft_applied_index")? >= leader_applied).then_some(())
     });
-    let snap = c.members[follower].metric("phalanx_raft_snapshot_index").unwrap();
+    let snap = c.members[follower]
+        .metric("phalanx_raft_snapshot_index")
+        .unwrap();
     assert!(snap > applied_at_kill, "follower snapshot index {snap} should come from the leader's snapshot (> {applied_at_kill})");
     // Serve from the follower alone, serializable (its own data).
     assert_all_present(vec![c.members[follower].client_url()], "sn", &acked);

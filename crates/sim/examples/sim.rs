@@ -19,7 +19,11 @@ use std::process::ExitCode;
 use consensus::PlantedBug;
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>, String> {
-    let num = |t: &str| t.trim().parse::<u64>().map_err(|e| format!("bad seed {t:?}: {e}"));
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("bad seed {t:?}: {e}"))
+    };
     if let Some((a, b)) = s.split_once("..=") {
         return Ok((num(a)?..=num(b)?).collect());
     }
@@ -56,7 +60,13 @@ fn main() -> ExitCode {
                         _ => keys = Some(n as usize),
                     }
                 }
-                "--planted" => planted = Some(val("--planted")?.parse().map_err(|e| format!("--planted: {e}"))?),
+                "--planted" => {
+                    planted = Some(
+                        val("--planted")?
+                            .parse()
+                            .map_err(|e| format!("--planted: {e}"))?,
+                    )
+                }
                 "--no-faults" => faults = false,
                 "--verbose" => verbose = true,
                 "-h" | "--help" => {

@@ -46,7 +46,12 @@ impl SimFile {
     /// member's leftover tasks; nothing of that reaches the new file).
     pub fn after_crash(&self) -> SimFile {
         let synced = self.lock().synced.clone();
-        SimFile(Arc::new(Mutex::new(Images { visible: synced.clone(), synced, dirty: BTreeSet::new(), syncs: 0 })))
+        SimFile(Arc::new(Mutex::new(Images {
+            visible: synced.clone(),
+            synced,
+            dirty: BTreeSet::new(),
+            syncs: 0,
+        })))
     }
 
     /// Bytes written but not yet synced (lost by a crash now).
@@ -61,7 +66,12 @@ impl SimFile {
 }
 
 fn out_of_range(what: &str, offset: u64, len: usize, file_len: usize) -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, format!("sim disk: {what} of {len} bytes at {offset} beyond end of file ({file_len} bytes)"))
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "sim disk: {what} of {len} bytes at {offset} beyond end of file ({file_len} bytes)"
+        ),
+    )
 }
 
 impl StorageBackend for SimFile {
@@ -72,8 +82,12 @@ impl StorageBackend for SimFile {
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
         let img = self.lock();
         let start = offset as usize;
-        let end = start.checked_add(out.len()).filter(|&e| e <= img.visible.len());
-        let Some(end) = end else { return Err(out_of_range("read", offset, out.len(), img.visible.len())) };
+        let end = start
+            .checked_add(out.len())
+            .filter(|&e| e <= img.visible.len());
+        let Some(end) = end else {
+            return Err(out_of_range("read", offset, out.len(), img.visible.len()));
+        };
         out.copy_from_slice(&img.visible[start..end]);
         Ok(())
     }
@@ -92,7 +106,12 @@ impl StorageBackend for SimFile {
 
     fn sync_data(&self) -> Result<(), io::Error> {
         let mut img = self.lock();
-        let Images { visible, synced, dirty, syncs } = &mut *img;
+        let Images {
+            visible,
+            synced,
+            dirty,
+            syncs,
+        } = &mut *img;
         synced.resize(visible.len(), 0);
         for &p in dirty.iter() {
             let start = (p * PAGE_BYTES) as usize;
@@ -177,6 +196,10 @@ mod tests {
         let r = db.begin_read().unwrap();
         let t = r.open_table(T).unwrap();
         assert_eq!(t.get(1).unwrap().map(|v| v.value()), Some(10));
-        assert_eq!(t.get(2).unwrap().map(|v| v.value()), None, "a non-durable commit survived a crash");
+        assert_eq!(
+            t.get(2).unwrap().map(|v| v.value()),
+            None,
+            "a non-durable commit survived a crash"
+        );
     }
 }

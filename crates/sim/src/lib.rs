@@ -44,25 +44,27 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use consensus::network::{
+    decode_request, encode, PeerCallError, PeerHandler, PeerRequest, PeerTransport,
+};
 use consensus::runtime::MemberClock;
 use consensus::types::Raft;
-use consensus::network::{decode_request, encode, PeerCallError, PeerHandler, PeerRequest, PeerTransport};
 use consensus::{
-    Applier, Faults, IoMode, Lessor, LogStore, LogStoreOptions, Member, Node, NodeConfig, NodeError, NodeId, NodeParts,
-    PlantedBug, TypeConfig,
+    Applier, Faults, IoMode, Lessor, LogStore, LogStoreOptions, Member, Node, NodeConfig,
+    NodeError, NodeId, NodeParts, PlantedBug, TypeConfig,
 };
 use etcd_client::proto::PbTargetUnion;
 use mvcc::{
-    consts, ApplyResponse, Command, PbCompare, PbPutRequest, PbRangeRequest, PbTxnOpRequest, PbTxnRequest,
-    PbTxnRequestOp, Store,
+    consts, ApplyResponse, Command, PbCompare, PbPutRequest, PbRangeRequest, PbTxnOpRequest,
+    PbTxnRequest, PbTxnRequestOp, Store,
 };
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::ServerState;
 use rand::rngs::StdRng;
@@ -156,12 +158,22 @@ pub enum SimError {
 /// Errors the simulated network hands to openraft (wrapped in `Unreachable`).
 #[derive(Debug, thiserror::Error)]
 pub enum SimNetError {
-    #[error("message {from}->{to} dropped (loss or partition); sender timed out after {waited_ms} ms")]
-    Dropped { from: NodeId, to: NodeId, waited_ms: u64 },
+    #[error(
+        "message {from}->{to} dropped (loss or partition); sender timed out after {waited_ms} ms"
+    )]
+    Dropped {
+        from: NodeId,
+        to: NodeId,
+        waited_ms: u64,
+    },
     #[error("member {to} is down")]
     Down { to: NodeId },
     #[error("rpc {from}->{to} timed out after {waited_ms} ms")]
-    Timeout { from: NodeId, to: NodeId, waited_ms: u64 },
+    Timeout {
+        from: NodeId,
+        to: NodeId,
+        waited_ms: u64,
+    },
 }
 
 // ---------------------------------------------------------------- faults
@@ -236,7 +248,13 @@ impl FaultSchedule {
         let mut order: Vec<NodeId> = (1..=cfg.members as u64).collect();
         order.shuffle(&mut rng);
         if !cfg.faults {
-            return FaultSchedule { loss_percent: 0, min_delay_ms: 0, max_delay_ms: 1, order, episodes: Vec::new() };
+            return FaultSchedule {
+                loss_percent: 0,
+                min_delay_ms: 0,
+                max_delay_ms: 1,
+                order,
+                episodes: Vec::new(),
+            };
         }
         let loss_percent = rng.gen_range(0..=5);
         let min_delay_ms = rng.gen_range(0..=2);
@@ -249,21 +267,50 @@ impl FaultSchedule {
             if t + len_ms + 500 > cfg.duration_ms {
                 break;
             }
-            let pick = if rng.gen_bool(0.5) { Pick::Leader } else { Pick::Node(rng.gen_range(1..=n as u64)) };
+            let pick = if rng.gen_bool(0.5) {
+                Pick::Leader
+            } else {
+                Pick::Node(rng.gen_range(1..=n as u64))
+            };
             let fault = match rng.gen_range(0..7) {
-                0 => Fault::Partition { pick, size: rng.gen_range(1..=n / 2) },
-                1 => Fault::OneWay { pick, outgoing: rng.gen_bool(0.5) },
+                0 => Fault::Partition {
+                    pick,
+                    size: rng.gen_range(1..=n / 2),
+                },
+                1 => Fault::OneWay {
+                    pick,
+                    outgoing: rng.gen_bool(0.5),
+                },
                 2 => Fault::Bridge { pick },
                 3 => Fault::Crash { pick },
-                4 => Fault::LossBurst { percent: rng.gen_range(20..=50) },
+                4 => Fault::LossBurst {
+                    percent: rng.gen_range(20..=50),
+                },
                 5 => Fault::PowerLoss,
-                _ => Fault::ClockJump { pick, ms: rng.gen_range(CLOCK_JUMP_MIN_MS..=CLOCK_JUMP_MAX_MS) },
+                _ => Fault::ClockJump {
+                    pick,
+                    ms: rng.gen_range(CLOCK_JUMP_MIN_MS..=CLOCK_JUMP_MAX_MS),
+                },
             };
-            let len_ms = if matches!(fault, Fault::ClockJump { .. }) { 0 } else { len_ms };
-            episodes.push(Episode { at_ms: t, len_ms, fault });
+            let len_ms = if matches!(fault, Fault::ClockJump { .. }) {
+                0
+            } else {
+                len_ms
+            };
+            episodes.push(Episode {
+                at_ms: t,
+                len_ms,
+                fault,
+            });
             t += len_ms + rng.gen_range(200..=1_500);
         }
-        FaultSchedule { loss_percent, min_delay_ms, max_delay_ms, order, episodes }
+        FaultSchedule {
+            loss_percent,
+            min_delay_ms,
+            max_delay_ms,
+            order,
+            episodes,
+        }
     }
 }
 
@@ -271,8 +318,14 @@ impl fmt::Display for Episode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.fault {
             Fault::Partition { pick, size } => write!(f, "partition({pick}+{})", size - 1)?,
-            Fault::OneWay { pick, outgoing: true } => write!(f, "mute({pick}->*)")?,
-            Fault::OneWay { pick, outgoing: false } => write!(f, "deaf(*->{pick})")?,
+            Fault::OneWay {
+                pick,
+                outgoing: true,
+            } => write!(f, "mute({pick}->*)")?,
+            Fault::OneWay {
+                pick,
+                outgoing: false,
+            } => write!(f, "deaf(*->{pick})")?,
             Fault::Bridge { pick } => write!(f, "bridge({pick})")?,
             Fault::Crash { pick } => write!(f, "crash({pick})")?,
             Fault::PowerLoss => write!(f, "powerloss(all)")?,
@@ -285,7 +338,11 @@ impl fmt::Display for Episode {
 
 impl fmt::Display for FaultSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "loss={}% delay={}..{}ms", self.loss_percent, self.min_delay_ms, self.max_delay_ms)?;
+        write!(
+            f,
+            "loss={}% delay={}..{}ms",
+            self.loss_percent, self.min_delay_ms, self.max_delay_ms
+        )?;
         for e in &self.episodes {
             write!(f, " {e}")?;
         }
@@ -348,27 +405,50 @@ impl Net {
     }
 
     fn get(&self, id: NodeId) -> Option<Live> {
-        self.live.lock().expect("net live poisoned").get(&id).cloned()
+        self.live
+            .lock()
+            .expect("net live poisoned")
+            .get(&id)
+            .cloned()
     }
 
     fn all(&self) -> Vec<(NodeId, Live)> {
-        self.live.lock().expect("net live poisoned").iter().map(|(k, v)| (*k, v.clone())).collect()
+        self.live
+            .lock()
+            .expect("net live poisoned")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     fn leaders(&self) -> Vec<(NodeId, Live)> {
-        self.all().into_iter().filter(|(_, l)| l.raft.metrics().borrow().state == ServerState::Leader).collect()
+        self.all()
+            .into_iter()
+            .filter(|(_, l)| l.raft.metrics().borrow().state == ServerState::Leader)
+            .collect()
     }
 
     fn block(&self, from: NodeId, to: NodeId) {
-        self.faults.lock().expect("net faults poisoned").blocked.insert((from, to));
+        self.faults
+            .lock()
+            .expect("net faults poisoned")
+            .blocked
+            .insert((from, to));
     }
 
     fn heal(&self) {
-        self.faults.lock().expect("net faults poisoned").blocked.clear();
+        self.faults
+            .lock()
+            .expect("net faults poisoned")
+            .blocked
+            .clear();
     }
 
     fn set_loss(&self, percent: u32) {
-        self.faults.lock().expect("net faults poisoned").loss_percent = percent;
+        self.faults
+            .lock()
+            .expect("net faults poisoned")
+            .loss_percent = percent;
     }
 }
 
@@ -389,7 +469,11 @@ impl RaftNetworkFactory<TypeConfig> for SimNetwork {
     type Network = SimPeer;
 
     async fn new_client(&mut self, target: NodeId, _node: &Member) -> SimPeer {
-        SimPeer { from: self.from, target, net: self.net.clone() }
+        SimPeer {
+            from: self.from,
+            target,
+            net: self.net.clone(),
+        }
     }
 }
 
@@ -405,11 +489,19 @@ impl SimPeer {
         F: FnOnce(Raft) -> Fut,
         Fut: std::future::Future<Output = Result<T, RaftError<NodeId, E>>>,
     {
-        let ttl = option.hard_ttl().max(Duration::from_millis(RPC_MIN_TIMEOUT_MS));
+        let ttl = option
+            .hard_ttl()
+            .max(Duration::from_millis(RPC_MIN_TIMEOUT_MS));
         let deadline = Instant::now() + ttl;
         let waited_ms = ttl.as_millis() as u64;
         let (from, to) = (self.from, self.target);
-        let dropped = || RPCError::Unreachable(Unreachable::new(&SimNetError::Dropped { from, to, waited_ms }));
+        let dropped = || {
+            RPCError::Unreachable(Unreachable::new(&SimNetError::Dropped {
+                from,
+                to,
+                waited_ms,
+            }))
+        };
         match self.net.fate(from, to) {
             None => {
                 tokio::time::sleep_until(deadline).await;
@@ -419,12 +511,18 @@ impl SimPeer {
         }
         let Some(live) = self.net.get(to) else {
             tokio::time::sleep_until(deadline).await;
-            return Err(RPCError::Unreachable(Unreachable::new(&SimNetError::Down { to })));
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &SimNetError::Down { to },
+            )));
         };
         let answer = match tokio::time::timeout_at(deadline, call(live.raft)).await {
             Ok(a) => a,
             Err(_) => {
-                let e = SimNetError::Timeout { from, to, waited_ms };
+                let e = SimNetError::Timeout {
+                    from,
+                    to,
+                    waited_ms,
+                };
                 return Err(RPCError::Network(NetworkError::new(&e)));
             }
         };
@@ -447,7 +545,11 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.deliver(&option, |raft| async move { raft.append_entries(rpc).await }).await
+        self.deliver(
+            &option,
+            |raft| async move { raft.append_entries(rpc).await },
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -455,7 +557,11 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.deliver(&option, |raft| async move { raft.install_snapshot(rpc).await }).await
+        self.deliver(
+            &option,
+            |raft| async move { raft.install_snapshot(rpc).await },
+        )
+        .await
     }
 
     async fn vote(
@@ -463,7 +569,8 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.deliver(&option, |raft| async move { raft.vote(rpc).await }).await
+        self.deliver(&option, |raft| async move { raft.vote(rpc).await })
+            .await
     }
 }
 
@@ -484,10 +591,15 @@ impl PeerTransport for SimTransport {
         timeout: Option<Duration>,
     ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PeerCallError>> {
         Box::pin(async move {
-            let ttl = timeout.unwrap_or(Duration::from_millis(OP_TIMEOUT_MS)).max(Duration::from_millis(RPC_MIN_TIMEOUT_MS));
+            let ttl = timeout
+                .unwrap_or(Duration::from_millis(OP_TIMEOUT_MS))
+                .max(Duration::from_millis(RPC_MIN_TIMEOUT_MS));
             let deadline = Instant::now() + ttl;
             let from = self.from;
-            let lost = |what: &str| PeerCallError::Unreachable { target, detail: format!("{what} {from}->{target} lost (loss or partition)") };
+            let lost = |what: &str| PeerCallError::Unreachable {
+                target,
+                detail: format!("{what} {from}->{target} lost (loss or partition)"),
+            };
             let bytes = encode(req);
             match self.net.fate(from, target) {
                 None => {
@@ -498,12 +610,20 @@ impl PeerTransport for SimTransport {
             }
             let Some(live) = self.net.get(target) else {
                 // Connection refused: certainly not delivered.
-                return Err(PeerCallError::NotSent { target, detail: "member is down".into() });
+                return Err(PeerCallError::NotSent {
+                    target,
+                    detail: "member is down".into(),
+                });
             };
             let req = decode_request(&bytes).expect("a request encoded here decodes");
             let answer = match tokio::time::timeout_at(deadline, live.node.handle(req)).await {
                 Ok(a) => a,
-                Err(_) => return Err(PeerCallError::Unreachable { target, detail: format!("timed out after {} ms", ttl.as_millis()) }),
+                Err(_) => {
+                    return Err(PeerCallError::Unreachable {
+                        target,
+                        detail: format!("timed out after {} ms", ttl.as_millis()),
+                    })
+                }
             };
             match self.net.fate(target, from) {
                 None => {
@@ -522,7 +642,12 @@ impl PeerTransport for SimTransport {
 // ---------------------------------------------------------------- members
 
 fn member_desc(id: NodeId) -> Member {
-    Member { name: format!("n{id}"), peer_urls: vec![format!("sim://n{id}")], client_urls: Vec::new(), auto_promote: false }
+    Member {
+        name: format!("n{id}"),
+        peer_urls: vec![format!("sim://n{id}")],
+        client_urls: Vec::new(),
+        auto_promote: false,
+    }
 }
 
 /// A member's two files on the simulated disk.
@@ -535,17 +660,37 @@ struct MemberDisks {
 impl MemberDisks {
     /// What a power cut leaves: the synced images, as fresh files.
     fn after_crash(&self) -> MemberDisks {
-        MemberDisks { log: self.log.after_crash(), kv: self.kv.after_crash() }
+        MemberDisks {
+            log: self.log.after_crash(),
+            kv: self.kv.after_crash(),
+        }
     }
 }
 
 /// Start member `id` on `disks` (formatted if empty), on its own `clock`.
-async fn start_member(id: NodeId, disks: &MemberDisks, clock: &MemberClock, net: &Arc<Net>, planted: Option<PlantedBug>) -> Result<Live, SimError> {
+async fn start_member(
+    id: NodeId,
+    disks: &MemberDisks,
+    clock: &MemberClock,
+    net: &Arc<Net>,
+    planted: Option<PlantedBug>,
+) -> Result<Live, SimError> {
     let start_err = |detail: String| SimError::Start { id, detail };
-    let options = LogStoreOptions { io: IoMode::Inline, unsafe_no_fsync: planted == Some(PlantedBug::AckBeforeFsync) };
-    let log = LogStore::open_backend(disks.log.clone(), &format!("sim://n{id}/raft.redb"), options).map_err(|e| start_err(e.to_string()))?;
+    let options = LogStoreOptions {
+        io: IoMode::Inline,
+        unsafe_no_fsync: planted == Some(PlantedBug::AckBeforeFsync),
+    };
+    let log = LogStore::open_backend(
+        disks.log.clone(),
+        &format!("sim://n{id}/raft.redb"),
+        options,
+    )
+    .map_err(|e| start_err(e.to_string()))?;
     let kv_label = format!("sim://n{id}/kv.redb");
-    let store = Arc::new(Store::open_backend(disks.kv.clone(), Path::new(&kv_label)).map_err(|e| start_err(e.to_string()))?);
+    let store = Arc::new(
+        Store::open_backend(disks.kv.clone(), Path::new(&kv_label))
+            .map_err(|e| start_err(e.to_string()))?,
+    );
     let lessor = Arc::new(Lessor::new());
     lessor.reload(&store);
     let applier = Applier::new(store.clone(), lessor.clone()).with_io(IoMode::Inline);
@@ -562,14 +707,24 @@ async fn start_member(id: NodeId, disks: &MemberDisks, clock: &MemberClock, net:
     }
     .validate()
     .map_err(|e| start_err(format!("raft config: {e}")))?;
-    let network = SimNetwork { from: id, net: net.clone() };
+    let network = SimNetwork {
+        from: id,
+        net: net.clone(),
+    };
     // Every task openraft spawns for this member inherits its clock.
     let raft = clock
         .clone()
-        .scope(Raft::new(id, Arc::new(config), network, log, applier.clone()))
+        .scope(Raft::new(
+            id,
+            Arc::new(config),
+            network,
+            log,
+            applier.clone(),
+        ))
         .await
         .map_err(|e| start_err(e.to_string()))?;
-    let mut node_config = NodeConfig::with_defaults(&format!("n{id}"), format!("sim://n{id}").into());
+    let mut node_config =
+        NodeConfig::with_defaults(&format!("n{id}"), format!("sim://n{id}").into());
     node_config.request_timeout_ms = OP_TIMEOUT_MS;
     node_config.planted_bug = planted;
     let node = Node::from_parts(NodeParts {
@@ -579,7 +734,10 @@ async fn start_member(id: NodeId, disks: &MemberDisks, clock: &MemberClock, net:
         raft: raft.clone(),
         applier,
         lessor,
-        transport: Arc::new(SimTransport { from: id, net: net.clone() }),
+        transport: Arc::new(SimTransport {
+            from: id,
+            net: net.clone(),
+        }),
         faults: Arc::new(Faults::new(false)),
     });
     Ok(Live { node, raft, store })
@@ -595,16 +753,28 @@ struct Cluster {
 
 impl Cluster {
     async fn start(&self, id: NodeId) -> Result<(), SimError> {
-        let disks = self.disks.lock().expect("disks poisoned").entry(id).or_default().clone();
+        let disks = self
+            .disks
+            .lock()
+            .expect("disks poisoned")
+            .entry(id)
+            .or_default()
+            .clone();
         let live = start_member(id, &disks, &self.clocks[&id], &self.net, self.planted).await?;
-        self.net.live.lock().expect("net live poisoned").insert(id, live);
+        self.net
+            .live
+            .lock()
+            .expect("net live poisoned")
+            .insert(id, live);
         Ok(())
     }
 
     /// Power cut: the member vanishes from the network and its disks keep
     /// only what was synced at this instant.
     async fn crash(&self, id: NodeId) -> bool {
-        let Some(live) = self.net.live.lock().expect("net live poisoned").remove(&id) else { return false };
+        let Some(live) = self.net.live.lock().expect("net live poisoned").remove(&id) else {
+            return false;
+        };
         {
             let mut disks = self.disks.lock().expect("disks poisoned");
             let d = disks.get_mut(&id).expect("a live member has disks");
@@ -628,7 +798,13 @@ impl Cluster {
 }
 
 /// Applies the schedule; returns the episodes as applied (with `leader` resolved).
-async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usize, seed: u64, t0: Instant) -> Result<Vec<String>, SimError> {
+async fn run_faults(
+    cluster: Arc<Cluster>,
+    schedule: FaultSchedule,
+    members: usize,
+    seed: u64,
+    t0: Instant,
+) -> Result<Vec<String>, SimError> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7e50_1e00_0003);
     let mut applied = Vec::new();
     let ids: Vec<NodeId> = (1..=members as u64).collect();
@@ -648,7 +824,9 @@ async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usi
         let mut crashed = Vec::new();
         match &ep.fault {
             Fault::Partition { size, .. } => {
-                let side: BTreeSet<NodeId> = std::iter::once(t).chain(others.iter().copied().take(size - 1)).collect();
+                let side: BTreeSet<NodeId> = std::iter::once(t)
+                    .chain(others.iter().copied().take(size - 1))
+                    .collect();
                 for &a in &ids {
                     for &b in &ids {
                         if side.contains(&a) != side.contains(&b) {
@@ -659,7 +837,11 @@ async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usi
             }
             Fault::OneWay { outgoing, .. } => {
                 for &o in &others {
-                    if *outgoing { cluster.net.block(t, o) } else { cluster.net.block(o, t) }
+                    if *outgoing {
+                        cluster.net.block(t, o)
+                    } else {
+                        cluster.net.block(o, t)
+                    }
                 }
             }
             Fault::Bridge { .. } => {
@@ -687,7 +869,9 @@ async fn run_faults(cluster: Arc<Cluster>, schedule: FaultSchedule, members: usi
                 }
             }
             Fault::LossBurst { percent } => cluster.net.set_loss(*percent),
-            Fault::ClockJump { ms, .. } => cluster.clocks[&t].jump_forward(Duration::from_millis(*ms)),
+            Fault::ClockJump { ms, .. } => {
+                cluster.clocks[&t].jump_forward(Duration::from_millis(*ms))
+            }
         }
         applied.push(match target {
             Some(t) => format!("{ep}=n{t}"),
@@ -729,7 +913,10 @@ impl Recorder {
 
     fn event(&self, process: u64, ty: &str, f: &str, key: &str, value: serde_json::Value) {
         let line = serde_json::json!({"process": process, "type": ty, "f": f, "key": key, "value": value, "time": self.now_us()});
-        self.lines.lock().expect("recorder poisoned").push(line.to_string());
+        self.lines
+            .lock()
+            .expect("recorder poisoned")
+            .push(line.to_string());
         let mut c = self.counts.lock().expect("recorder poisoned");
         match ty {
             "ok" => c.ok += 1,
@@ -768,9 +955,18 @@ async fn propose(node: &Node, cmd: Command) -> WriteOutcome {
 }
 
 fn read_value(store: &Store, key: &str, revision: i64) -> Option<(String, i64)> {
-    let req = PbRangeRequest { key: key.as_bytes().to_vec(), revision, ..Default::default() };
+    let req = PbRangeRequest {
+        key: key.as_bytes().to_vec(),
+        revision,
+        ..Default::default()
+    };
     let resp = store.range(&req).ok()?;
-    resp.kvs.first().map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision))
+    resp.kvs.first().map(|kv| {
+        (
+            String::from_utf8_lossy(&kv.value).into_owned(),
+            kv.mod_revision,
+        )
+    })
 }
 
 struct ClientCtx {
@@ -806,8 +1002,16 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                 return;
             }
             let to_leader = route.gen_bool(0.5);
-            let leaders = if to_leader { ctx.net.leaders() } else { Vec::new() };
-            let pool = if leaders.is_empty() { ctx.net.all() } else { leaders };
+            let leaders = if to_leader {
+                ctx.net.leaders()
+            } else {
+                Vec::new()
+            };
+            let pool = if leaders.is_empty() {
+                ctx.net.all()
+            } else {
+                leaders
+            };
             if let Some(t) = pool.choose(&mut route) {
                 break t.1.clone();
             }
@@ -815,36 +1019,69 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
         };
         match kind {
             OpKind::Read => {
-                ctx.rec.event(pid, "invoke", "read", &key, serde_json::Value::Null);
+                ctx.rec
+                    .event(pid, "invoke", "read", &key, serde_json::Value::Null);
                 // The etcd KV service's linearizable read: the member's
                 // ReadIndex barrier (skipped by the planted SkipReadIndex),
                 // then its own store.
                 let ok = target.node.read_barrier().await.is_ok();
-                match ok.then(|| target.store.range(&PbRangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })) {
+                match ok.then(|| {
+                    target.store.range(&PbRangeRequest {
+                        key: key.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                }) {
                     Some(Ok(resp)) => {
-                        let v = resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-                        ctx.rec.event(pid, "ok", "read", &key, v.clone().map_or(serde_json::Value::Null, Into::into));
+                        let v = resp
+                            .kvs
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                        ctx.rec.event(
+                            pid,
+                            "ok",
+                            "read",
+                            &key,
+                            v.clone().map_or(serde_json::Value::Null, Into::into),
+                        );
                         seen.insert(key.clone(), v);
                     }
-                    _ => ctx.rec.event(pid, "fail", "read", &key, serde_json::Value::Null),
+                    _ => ctx
+                        .rec
+                        .event(pid, "fail", "read", &key, serde_json::Value::Null),
                 }
             }
             OpKind::Write => {
-                ctx.rec.event(pid, "invoke", "write", &key, value.clone().into());
-                let put = PbPutRequest { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), ..Default::default() };
+                ctx.rec
+                    .event(pid, "invoke", "write", &key, value.clone().into());
+                let put = PbPutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                };
                 match propose(&target.node, Command::put(&put)).await {
                     WriteOutcome::Applied(ApplyResponse::Put(r)) => {
-                        ctx.rec.event(pid, "ok", "write", &key, value.clone().into());
+                        ctx.rec
+                            .event(pid, "ok", "write", &key, value.clone().into());
                         let rev = r.header.map_or(0, |h| h.revision);
-                        ctx.rec.acked.lock().expect("recorder poisoned").push((key.clone(), value.clone(), rev));
+                        ctx.rec.acked.lock().expect("recorder poisoned").push((
+                            key.clone(),
+                            value.clone(),
+                            rev,
+                        ));
                         seen.insert(key.clone(), Some(value));
                     }
-                    WriteOutcome::NotSent => ctx.rec.event(pid, "fail", "write", &key, value.into()),
+                    WriteOutcome::NotSent => {
+                        ctx.rec.event(pid, "fail", "write", &key, value.into())
+                    }
                     _ => ctx.rec.event(pid, "info", "write", &key, value.into()),
                 }
             }
             OpKind::Cas => {
-                let expected = if expect_absent { None } else { seen.get(&key).cloned().flatten() };
+                let expected = if expect_absent {
+                    None
+                } else {
+                    seen.get(&key).cloned().flatten()
+                };
                 let args = serde_json::json!([expected.clone(), value.clone()]);
                 ctx.rec.event(pid, "invoke", "cas", &key, args.clone());
                 let compare = match &expected {
@@ -863,20 +1100,32 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                         ..Default::default()
                     },
                 };
-                let put = PbPutRequest { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), ..Default::default() };
+                let put = PbPutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                };
                 let txn = PbTxnRequest {
                     compare: vec![compare],
-                    success: vec![PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put)) }],
+                    success: vec![PbTxnRequestOp {
+                        request: Some(PbTxnOpRequest::RequestPut(put)),
+                    }],
                     failure: vec![],
                 };
                 match propose(&target.node, Command::txn(&txn)).await {
                     WriteOutcome::Applied(ApplyResponse::Txn(r)) if r.succeeded => {
                         ctx.rec.event(pid, "ok", "cas", &key, args);
                         let rev = r.header.map_or(0, |h| h.revision);
-                        ctx.rec.acked.lock().expect("recorder poisoned").push((key.clone(), value.clone(), rev));
+                        ctx.rec.acked.lock().expect("recorder poisoned").push((
+                            key.clone(),
+                            value.clone(),
+                            rev,
+                        ));
                         seen.insert(key.clone(), Some(value));
                     }
-                    WriteOutcome::Applied(ApplyResponse::Txn(_)) => ctx.rec.event(pid, "fail", "cas", &key, args),
+                    WriteOutcome::Applied(ApplyResponse::Txn(_)) => {
+                        ctx.rec.event(pid, "fail", "cas", &key, args)
+                    }
                     // A cas that certainly did not run still cannot be `fail`:
                     // in the history format that asserts the comparison failed.
                     _ => ctx.rec.event(pid, "info", "cas", &key, args),
@@ -942,7 +1191,10 @@ impl SimReport {
     /// Correct: linearizable (or undecided), recovered after the faults were
     /// healed, and nothing acknowledged lost.
     pub fn passed(&self) -> bool {
-        !self.verdict.is_fail() && self.final_check && self.lost.is_empty() && self.panics.is_empty()
+        !self.verdict.is_fail()
+            && self.final_check
+            && self.lost.is_empty()
+            && self.panics.is_empty()
     }
 
     /// Digest of everything the run did (applied faults, the whole history
@@ -1006,10 +1258,15 @@ impl fmt::Display for SimReport {
 /// call it from a plain thread (not from inside a tokio runtime).
 pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     if !(3..=MAX_MEMBERS).contains(&cfg.members) {
-        return Err(SimError::Config(format!("members must be 3..={MAX_MEMBERS}, got {}", cfg.members)));
+        return Err(SimError::Config(format!(
+            "members must be 3..={MAX_MEMBERS}, got {}",
+            cfg.members
+        )));
     }
     if cfg.clients == 0 || cfg.keys == 0 {
-        return Err(SimError::Config("need at least one client and one key".into()));
+        return Err(SimError::Config(
+            "need at least one client and one key".into(),
+        ));
     }
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_time().start_paused(true);
@@ -1054,7 +1311,9 @@ fn capture_panics_on_this_thread(on: bool) -> Vec<String> {
             }
         }));
     });
-    PANICS.with(|p| std::mem::replace(&mut *p.borrow_mut(), on.then(Vec::new))).unwrap_or_default()
+    PANICS
+        .with(|p| std::mem::replace(&mut *p.borrow_mut(), on.then(Vec::new)))
+        .unwrap_or_default()
 }
 
 async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
@@ -1070,14 +1329,20 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
     for &id in &ids {
         cluster.start(id).await?;
     }
-    let membership: BTreeMap<NodeId, Member> = ids.iter().map(|&id| (id, member_desc(id))).collect();
+    let membership: BTreeMap<NodeId, Member> =
+        ids.iter().map(|&id| (id, member_desc(id))).collect();
     for (_, live) in net.all() {
         // Identical membership on every member; losing races is fine.
         let _ = live.raft.initialize(membership.clone()).await;
     }
 
     let t0 = Instant::now();
-    let rec = Arc::new(Recorder { t0, lines: Mutex::new(Vec::new()), acked: Mutex::new(Vec::new()), counts: Mutex::default() });
+    let rec = Arc::new(Recorder {
+        t0,
+        lines: Mutex::new(Vec::new()),
+        acked: Mutex::new(Vec::new()),
+        counts: Mutex::default(),
+    });
     let keys: Vec<String> = (0..cfg.keys).map(|k| format!("k{k}")).collect();
     let ctx = Arc::new(ClientCtx {
         net: net.clone(),
@@ -1086,8 +1351,16 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         end: t0 + Duration::from_millis(cfg.duration_ms),
         max_think_ms: cfg.max_think_ms,
     });
-    let faults = tokio::spawn(run_faults(cluster.clone(), schedule.clone(), cfg.members, cfg.seed, t0));
-    let clients: Vec<_> = (0..cfg.clients as u64).map(|pid| tokio::spawn(client(ctx.clone(), pid, cfg.seed))).collect();
+    let faults = tokio::spawn(run_faults(
+        cluster.clone(),
+        schedule.clone(),
+        cfg.members,
+        cfg.seed,
+        t0,
+    ));
+    let clients: Vec<_> = (0..cfg.clients as u64)
+        .map(|pid| tokio::spawn(client(ctx.clone(), pid, cfg.seed)))
+        .collect();
     for c in clients {
         let _ = c.await;
     }
@@ -1104,7 +1377,10 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
     let mut leader: Option<Live> = None;
     while leader.is_none() && Instant::now() < final_deadline {
         for (_, l) in net.leaders() {
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1_000), l.raft.ensure_linearizable()).await {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(1_000), l.raft.ensure_linearizable())
+                    .await
+            {
                 leader = Some(l);
                 break;
             }
@@ -1121,7 +1397,13 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         for key in &keys {
             rec.event(final_pid, "invoke", "read", key, serde_json::Value::Null);
             let v = read_value(&l.store, key, 0).map(|(v, _)| v);
-            rec.event(final_pid, "ok", "read", key, v.map_or(serde_json::Value::Null, Into::into));
+            rec.event(
+                final_pid,
+                "ok",
+                "read",
+                key,
+                v.map_or(serde_json::Value::Null, Into::into),
+            );
         }
         // No compaction ever runs, so every acknowledged write must be
         // readable at the revision it was acknowledged with.
@@ -1140,10 +1422,14 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
 
     let history = rec.lines.lock().expect("recorder poisoned").join("\n");
     let parsed = linearizability::History::parse_str(&history)?;
-    let limits = linearizability::Limits { timeout: Some(Duration::from_millis(CHECK_WALL_TIMEOUT_MS)) };
+    let limits = linearizability::Limits {
+        timeout: Some(Duration::from_millis(CHECK_WALL_TIMEOUT_MS)),
+    };
     let verdict = match linearizability::check(&parsed, &limits) {
         linearizability::Outcome::Linearizable => Verdict::Pass,
-        linearizability::Outcome::NotLinearizable(v) => Verdict::Fail(v.iter().map(|v| v.to_string()).collect()),
+        linearizability::Outcome::NotLinearizable(v) => {
+            Verdict::Fail(v.iter().map(|v| v.to_string()).collect())
+        }
         linearizability::Outcome::Unknown { .. } => Verdict::Unknown,
     };
     let counts = *rec.counts.lock().expect("recorder poisoned");
@@ -1174,9 +1460,16 @@ mod tests {
     /// heartbeats never stopped.
     #[test]
     fn a_clock_jump_makes_that_member_campaign() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let schedule = FaultSchedule::generate(&SimConfig { faults: false, ..SimConfig::new(1) });
+            let schedule = FaultSchedule::generate(&SimConfig {
+                faults: false,
+                ..SimConfig::new(1)
+            });
             let net = Net::new(&schedule, 1);
             let ids = [1u64, 2, 3];
             let cluster = Cluster {
@@ -1188,7 +1481,8 @@ mod tests {
             for id in ids {
                 cluster.start(id).await.unwrap();
             }
-            let membership: BTreeMap<NodeId, Member> = ids.iter().map(|&id| (id, member_desc(id))).collect();
+            let membership: BTreeMap<NodeId, Member> =
+                ids.iter().map(|&id| (id, member_desc(id))).collect();
             for (_, live) in net.all() {
                 let _ = live.raft.initialize(membership.clone()).await;
             }
@@ -1204,10 +1498,17 @@ mod tests {
             let follower = ids.into_iter().find(|&i| i != leader).unwrap();
             let before = term(follower);
             tokio::time::sleep(Duration::from_secs(2)).await;
-            assert_eq!(term(follower), before, "follower campaigned without a clock jump");
+            assert_eq!(
+                term(follower),
+                before,
+                "follower campaigned without a clock jump"
+            );
             cluster.clocks[&follower].jump_forward(Duration::from_secs(2));
             tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_INTERVAL_MS)).await;
-            assert!(term(follower) > before, "the jumped follower did not campaign (term still {before})");
+            assert!(
+                term(follower) > before,
+                "the jumped follower did not campaign (term still {before})"
+            );
             for (_, l) in net.all() {
                 l.node.shutdown().await;
             }
@@ -1221,8 +1522,14 @@ mod tests {
         assert_eq!(a, b);
         assert!(!a.episodes.is_empty());
         for w in a.episodes.windows(2) {
-            assert!(w[0].at_ms + w[0].len_ms < w[1].at_ms, "episodes overlap: {a}");
+            assert!(
+                w[0].at_ms + w[0].len_ms < w[1].at_ms,
+                "episodes overlap: {a}"
+            );
         }
-        assert!(a.episodes.last().is_some_and(|e| e.at_ms + e.len_ms <= 20_000));
+        assert!(a
+            .episodes
+            .last()
+            .is_some_and(|e| e.at_ms + e.len_ms <= 20_000));
     }
 }

@@ -46,14 +46,18 @@ fn ci_seeds_are_linearizable_recover_and_lose_no_acknowledged_write() {
             bad.push(seed);
         }
     }
-    assert!(bad.is_empty(), "seeds {bad:?} failed (replay: cargo run -p sim --example sim -- --seeds N)");
+    assert!(
+        bad.is_empty(),
+        "seeds {bad:?} failed (replay: cargo run -p sim --example sim -- --seeds N)"
+    );
     assert!(ok_ops > 0, "no operation succeeded on any seed");
 }
 
 /// Runs the CI seeds with `bug` planted until one fails; returns it.
 fn first_seed_catching(bug: PlantedBug) -> Option<(u64, SimReport)> {
     for seed in CI_SEEDS {
-        let report = run(&config(seed, Some(bug))).unwrap_or_else(|e| panic!("sim seed={seed}: {e}"));
+        let report =
+            run(&config(seed, Some(bug))).unwrap_or_else(|e| panic!("sim seed={seed}: {e}"));
         println!("{report}");
         if !report.passed() {
             return Some((seed, report));
@@ -66,8 +70,15 @@ fn first_seed_catching(bug: PlantedBug) -> Option<(u64, SimReport)> {
 fn planted_skip_read_index_is_caught_by_the_ci_seeds() {
     let (seed, report) = first_seed_catching(PlantedBug::SkipReadIndex)
         .expect("reads served without ReadIndex (from followers / deposed leaders) went undetected on every CI seed");
-    assert!(report.verdict.is_fail(), "seed {seed} failed, but not on linearizability:\n{}", explain(&report));
-    println!("planted skip-read-index caught by seed {seed}:\n{}", explain(&report));
+    assert!(
+        report.verdict.is_fail(),
+        "seed {seed} failed, but not on linearizability:\n{}",
+        explain(&report)
+    );
+    println!(
+        "planted skip-read-index caught by seed {seed}:\n{}",
+        explain(&report)
+    );
 }
 
 #[test]
@@ -77,13 +88,22 @@ fn planted_ack_before_fsync_is_caught_by_the_ci_seeds() {
     let power_cuts = CI_SEEDS
         .iter()
         .filter(|&&s| {
-            sim::FaultSchedule::generate(&config(s, None)).episodes.iter().any(|e| matches!(e.fault, Fault::PowerLoss))
+            sim::FaultSchedule::generate(&config(s, None))
+                .episodes
+                .iter()
+                .any(|e| matches!(e.fault, Fault::PowerLoss))
         })
         .count();
-    assert!(power_cuts >= 3, "only {power_cuts} CI seeds cut power to the whole cluster");
+    assert!(
+        power_cuts >= 3,
+        "only {power_cuts} CI seeds cut power to the whole cluster"
+    );
     let (seed, report) = first_seed_catching(PlantedBug::AckBeforeFsync)
         .expect("appends acknowledged before fsync went undetected on every CI seed");
-    println!("planted ack-before-fsync caught by seed {seed}:\n{}", explain(&report));
+    println!(
+        "planted ack-before-fsync caught by seed {seed}:\n{}",
+        explain(&report)
+    );
 }
 
 /// Seeds that once failed, with the bug they found (full 20-simulated-second
@@ -98,7 +118,11 @@ fn regression_seeds_pass() {
     for (seed, bug) in REGRESSION_SEEDS {
         let report = run(&SimConfig::new(seed)).unwrap_or_else(|e| panic!("sim seed={seed}: {e}"));
         println!("{report}");
-        assert!(report.passed(), "regression seed {seed} ({bug}) fails again:\n{}", explain(&report));
+        assert!(
+            report.passed(),
+            "regression seed {seed} ({bug}) fails again:\n{}",
+            explain(&report)
+        );
     }
 }
 
@@ -110,15 +134,36 @@ fn a_seed_replays_its_run_exactly() {
     let cfg = SimConfig::new(1);
     let first = run(&cfg).expect("first run");
     let second = run(&cfg).expect("second run");
-    assert!(first.reproducible, "built without --cfg tokio_unstable (.cargo/config.toml): runs cannot replay exactly");
-    let kinds: Vec<String> = first.schedule.episodes.iter().map(|e| e.to_string()).collect();
+    assert!(
+        first.reproducible,
+        "built without --cfg tokio_unstable (.cargo/config.toml): runs cannot replay exactly"
+    );
+    let kinds: Vec<String> = first
+        .schedule
+        .episodes
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     for kind in ["crash(", "powerloss(", "clockjump("] {
-        assert!(kinds.iter().any(|k| k.starts_with(kind)), "seed 1 no longer has a {kind}..) episode: {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k.starts_with(kind)),
+            "seed 1 no longer has a {kind}..) episode: {kinds:?}"
+        );
     }
-    assert_eq!(first.applied_faults, second.applied_faults, "faults hit different members");
+    assert_eq!(
+        first.applied_faults, second.applied_faults,
+        "faults hit different members"
+    );
     if first.history != second.history {
-        let (a, b): (Vec<&str>, Vec<&str>) = (first.history.lines().collect(), second.history.lines().collect());
-        let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+        let (a, b): (Vec<&str>, Vec<&str>) = (
+            first.history.lines().collect(),
+            second.history.lines().collect(),
+        );
+        let at = a
+            .iter()
+            .zip(&b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
         panic!(
             "same seed, different histories ({} vs {} events); first difference at event {at}:\n  {}\n  {}",
             a.len(),
@@ -128,6 +173,9 @@ fn a_seed_replays_its_run_exactly() {
         );
     }
     assert_eq!(first.trace(), second.trace());
-    assert!(first.counts.ok > 100, "too little happened to prove anything: {first}");
+    assert!(
+        first.counts.ok > 100,
+        "too little happened to prove anything: {first}"
+    );
     println!("replayed exactly: {first}");
 }

@@ -52,7 +52,12 @@ impl Admission {
             if cur >= max {
                 return None;
             }
-            match self.in_flight.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Some(Permit(self.clone())),
                 Err(c) => cur = c,
             }

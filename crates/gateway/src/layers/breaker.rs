@@ -38,7 +38,9 @@ pub struct Ticket {
 
 impl Default for Breaker {
     fn default() -> Self {
-        Breaker { state: Mutex::new(State::Closed { failures: 0 }) }
+        Breaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
     }
 }
 
@@ -75,17 +77,25 @@ impl Breaker {
             (State::Closed { failures }, false) => {
                 if failures + 1 >= cfg.consecutive_failures {
                     tracing::warn!("circuit breaker opened");
-                    *s = State::Open { until_ms: now_ms() + cfg.open_ms };
+                    *s = State::Open {
+                        until_ms: now_ms() + cfg.open_ms,
+                    };
                 } else {
-                    *s = State::Closed { failures: failures + 1 };
+                    *s = State::Closed {
+                        failures: failures + 1,
+                    };
                 }
             }
             (State::HalfOpen { .. }, true) if t.probe => *s = State::Closed { failures: 0 },
             (State::HalfOpen { .. }, false) if t.probe => {
-                *s = State::Open { until_ms: now_ms() + cfg.open_ms }
+                *s = State::Open {
+                    until_ms: now_ms() + cfg.open_ms,
+                }
             }
             (State::HalfOpen { probes }, _) if t.probe => {
-                *s = State::HalfOpen { probes: probes.saturating_sub(1) }
+                *s = State::HalfOpen {
+                    probes: probes.saturating_sub(1),
+                }
             }
             _ => {}
         }
@@ -95,7 +105,9 @@ impl Breaker {
     pub fn record_neutral(&self, _cfg: &BreakerConfig, t: Ticket) {
         let mut s = self.state.lock().unwrap();
         if let (State::HalfOpen { probes }, true) = (*s, t.probe) {
-            *s = State::HalfOpen { probes: probes.saturating_sub(1) };
+            *s = State::HalfOpen {
+                probes: probes.saturating_sub(1),
+            };
         }
     }
 
@@ -114,7 +126,11 @@ mod tests {
     use super::*;
     #[test]
     fn opens_and_recovers() {
-        let cfg = BreakerConfig { consecutive_failures: 2, open_ms: 1, half_open_max_requests: 1 };
+        let cfg = BreakerConfig {
+            consecutive_failures: 2,
+            open_ms: 1,
+            half_open_max_requests: 1,
+        };
         let b = Breaker::default();
         let t = b.admit(&cfg).unwrap();
         b.record(&cfg, t, false);

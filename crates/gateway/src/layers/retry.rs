@@ -36,7 +36,10 @@ use crate::endpoint::now_ms;
 
 /// Whether a method may be replayed safely.
 pub fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// Full-jitter exponential backoff for retry number `n` (1-based).
@@ -44,7 +47,9 @@ pub fn backoff(n: u32, base_ms: u64, max_ms: u64) -> Duration {
     if base_ms == 0 {
         return Duration::ZERO;
     }
-    let cap = base_ms.saturating_mul(1u64 << (n.saturating_sub(1)).min(20)).min(max_ms);
+    let cap = base_ms
+        .saturating_mul(1u64 << (n.saturating_sub(1)).min(20))
+        .min(max_ms);
     Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
 }
 
@@ -64,7 +69,11 @@ struct Window {
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        RetryBudget { inner: Mutex::new(Window { buckets: [(0, 0, 0); BUCKETS] }) }
+        RetryBudget {
+            inner: Mutex::new(Window {
+                buckets: [(0, 0, 0); BUCKETS],
+            }),
+        }
     }
 }
 
@@ -104,7 +113,8 @@ impl RetryBudget {
         let now = now_ms();
         let mut w = self.inner.lock().unwrap();
         let (reqs, retries) = w.totals(now, cfg.window_ms);
-        let allowed = cfg.ratio * reqs as f64 + cfg.min_retries_per_s as f64 * cfg.window_ms as f64 / 1000.0;
+        let allowed =
+            cfg.ratio * reqs as f64 + cfg.min_retries_per_s as f64 * cfg.window_ms as f64 / 1000.0;
         if (retries + 1) as f64 <= allowed {
             let i = w.slot(now, cfg.window_ms);
             w.buckets[i].2 += 1;
@@ -120,7 +130,11 @@ mod tests {
     use super::*;
     #[test]
     fn budget_bounds_retries() {
-        let cfg = RetryBudgetConfig { ratio: 0.1, min_retries_per_s: 0, window_ms: 10_000 };
+        let cfg = RetryBudgetConfig {
+            ratio: 0.1,
+            min_retries_per_s: 0,
+            window_ms: 10_000,
+        };
         let b = RetryBudget::default();
         let mut granted = 0;
         for _ in 0..100 {

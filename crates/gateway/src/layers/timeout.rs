@@ -25,7 +25,10 @@ pub fn try_budget(per_try_ms: u64, deadline: Option<Instant>) -> Option<Option<D
 }
 
 /// Run `fut` under an optional timeout; `Err(())` when it expired.
-pub async fn with_timeout<F: std::future::Future>(t: Option<Duration>, fut: F) -> Result<F::Output, ()> {
+pub async fn with_timeout<F: std::future::Future>(
+    t: Option<Duration>,
+    fut: F,
+) -> Result<F::Output, ()> {
     match t {
         None => Ok(fut.await),
         Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| ()),

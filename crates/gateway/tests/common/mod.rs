@@ -15,7 +15,9 @@ use hyper_util::rt::TokioExecutor;
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http()
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build_http()
 }
 
 /// A free port on 127.0.0.1 (bind :0, read, release).
@@ -73,8 +75,17 @@ pub async fn send(c: &HttpClient, req: http::Request<Full<Bytes>>) -> Result<Res
         .map_err(|e| format!("{e:?}"))?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    let body = r.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Resp { status, body: String::from_utf8_lossy(&body).trim().to_string(), headers })
+    let body = r
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        body: String::from_utf8_lossy(&body).trim().to_string(),
+        headers,
+    })
 }
 
 /// Gateway config TOML with one http listener on port 0 and the given pool sections.
@@ -108,17 +119,28 @@ impl ProcBackend {
     pub async fn start(addr: SocketAddr, name: &str) -> ProcBackend {
         let exe = std::env::current_exe().unwrap();
         let child = Command::new(exe)
-            .args(["--exact", "backend_process_entry", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "backend_process_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("PHALANX_TEST_BACKEND_ADDR", addr.to_string())
             .env("PHALANX_TEST_BACKEND_NAME", name)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let b = ProcBackend { addr, name: name.to_string(), child: Some(child) };
-        wait_until(Duration::from_secs(20), "backend process listening", || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
+        let b = ProcBackend {
+            addr,
+            name: name.to_string(),
+            child: Some(child),
+        };
+        wait_until(
+            Duration::from_secs(20),
+            "backend process listening",
+            || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+        )
         .await;
         b
     }
@@ -130,9 +152,11 @@ impl ProcBackend {
             let _ = c.wait();
         }
         let addr = self.addr;
-        wait_until(Duration::from_secs(10), "backend port closed", || async move {
-            tokio::net::TcpStream::connect(addr).await.is_err()
-        })
+        wait_until(
+            Duration::from_secs(10),
+            "backend port closed",
+            || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
+        )
         .await;
     }
 }
@@ -155,15 +179,24 @@ pub fn backend_process_entry() {
     ) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let _b = gateway::sample_backend::spawn(addr.parse().unwrap(), &name).await.unwrap();
+        let _b = gateway::sample_backend::spawn(addr.parse().unwrap(), &name)
+            .await
+            .unwrap();
         std::future::pending::<()>().await;
     });
 }
 
 /// Count responses by body over `n` sequential GETs.
-pub async fn distribution(c: &HttpClient, url: &str, n: usize) -> std::collections::HashMap<String, usize> {
+pub async fn distribution(
+    c: &HttpClient,
+    url: &str,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
     let mut m = std::collections::HashMap::new();
     for _ in 0..n {
         let r = get(c, url).await.expect("request failed");

@@ -20,7 +20,13 @@ pub struct Run {
 pub fn drill(args: &[&str]) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("report");
-    let out = Command::new(BIN).arg("drill").args(args).arg("--report").arg(&dir).output().expect("running phalanx drill");
+    let out = Command::new(BIN)
+        .arg("drill")
+        .args(args)
+        .arg("--report")
+        .arg(&dir)
+        .output()
+        .expect("running phalanx drill");
     let r = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -24,7 +24,11 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `f` until it returns Some, or panic with `what` after `timeout`.
@@ -42,9 +46,17 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_millis(500)).ok()?;
+    let mut s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(500),
+    )
+    .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
@@ -84,7 +96,11 @@ impl Member {
 
     pub fn spawn(&mut self, token: &str) {
         assert!(self.child.is_none(), "member {} already running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(BIN)
             .arg("node")
             .args(["--name", &self.name])
@@ -94,7 +110,10 @@ impl Member {
             .args(["--advertise-client-urls", &self.client_url()])
             .args(["--listen-peer-urls", &self.peer_url()])
             .args(["--initial-advertise-peer-urls", &self.peer_url()])
-            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.metrics_port)])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", self.metrics_port),
+            ])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", self.state])
             .args(["--initial-cluster-token", token])
@@ -132,7 +151,9 @@ impl Member {
         if status != 200 {
             return None;
         }
-        body.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
     }
 
     pub fn healthy(&self) -> bool {
@@ -175,13 +196,20 @@ impl Cluster {
                 log: dir.path().join(format!("n{i}.log")),
             })
             .collect();
-        let ic: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect();
+        let ic: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
         let ic = ic.join(",");
         for m in &mut members {
             m.initial_cluster = ic.clone();
             m.spawn(&token);
         }
-        let c = Cluster { dir, members, token };
+        let c = Cluster {
+            dir,
+            members,
+            token,
+        };
         c.wait_healthy(&(0..n).collect::<Vec<_>>());
         c
     }
@@ -190,24 +218,37 @@ impl Cluster {
         for &i in which {
             let m = &self.members[i];
             let log = m.log.clone();
-            wait_for(&format!("member {} healthy (log: {})", m.name, log.display()), Duration::from_secs(30), || {
-                m.healthy().then_some(())
-            });
+            wait_for(
+                &format!("member {} healthy (log: {})", m.name, log.display()),
+                Duration::from_secs(30),
+                || m.healthy().then_some(()),
+            );
         }
     }
 
     pub fn endpoints(&self) -> String {
-        let v: Vec<String> = self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url()).collect();
+        let v: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url())
+            .collect();
         v.join(",")
     }
 
     pub fn endpoint_list(&self) -> Vec<String> {
-        self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url()).collect()
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url())
+            .collect()
     }
 
     /// Index of the member that reports itself leader.
     pub fn leader(&self) -> Option<usize> {
-        self.members.iter().position(|m| m.child.is_some() && m.metric("phalanx_server_is_leader") == Some(1.0))
+        self.members
+            .iter()
+            .position(|m| m.child.is_some() && m.metric("phalanx_server_is_leader") == Some(1.0))
     }
 
     pub fn wait_leader(&self) -> usize {
@@ -249,7 +290,11 @@ impl Cluster {
             metrics_port: free_port(),
             data_dir: self.dir.path().join(name),
             child: None,
-            extra_args: self.members.first().map(|m| m.extra_args.clone()).unwrap_or_default(),
+            extra_args: self
+                .members
+                .first()
+                .map(|m| m.extra_args.clone())
+                .unwrap_or_default(),
             initial_cluster: String::new(),
             state: "existing",
             log: self.dir.path().join(format!("{name}.log")),
@@ -259,7 +304,11 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.members.iter().map(|m| format!("==== {} ====\n{}", m.name, m.log_text())).collect::<Vec<_>>().join("\n")
+        self.members
+            .iter()
+            .map(|m| format!("==== {} ====\n{}", m.name, m.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -299,9 +348,18 @@ impl Writer {
         let endpoints = Arc::new(Mutex::new(endpoints));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(AtomicU64::new(0));
-        let (s, e, a, er, p) = (stop.clone(), endpoints.clone(), acked.clone(), errors.clone(), prefix.to_string());
+        let (s, e, a, er, p) = (
+            stop.clone(),
+            endpoints.clone(),
+            acked.clone(),
+            errors.clone(),
+            prefix.to_string(),
+        );
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let mut n = 0u64;
                 let mut client: Option<etcd_client::Client> = None;
@@ -311,7 +369,12 @@ impl Writer {
                         let opts = etcd_client::ConnectOptions::new()
                             .with_connect_timeout(Duration::from_millis(500))
                             .with_timeout(Duration::from_millis(WRITER_REQUEST_TIMEOUT_MS));
-                        match tokio::time::timeout(Duration::from_secs(2), etcd_client::Client::connect(eps, Some(opts))).await {
+                        match tokio::time::timeout(
+                            Duration::from_secs(2),
+                            etcd_client::Client::connect(eps, Some(opts)),
+                        )
+                        .await
+                        {
                             Ok(Ok(c)) => client = Some(c),
                             _ => {
                                 er.fetch_add(1, Ordering::Relaxed);
@@ -338,7 +401,14 @@ impl Writer {
                 }
             });
         });
-        Writer { stop, endpoints, acked, errors, thread: Some(thread), prefix: prefix.to_string() }
+        Writer {
+            stop,
+            endpoints,
+            acked,
+            errors,
+            thread: Some(thread),
+            prefix: prefix.to_string(),
+        }
     }
 
     pub fn acked_count(&self) -> usize {
@@ -346,7 +416,9 @@ impl Writer {
     }
 
     pub fn wait_acked(&self, n: usize, timeout: Duration) {
-        wait_for(&format!("{n} acknowledged writes"), timeout, || (self.acked_count() >= n).then_some(()));
+        wait_for(&format!("{n} acknowledged writes"), timeout, || {
+            (self.acked_count() >= n).then_some(())
+        });
     }
 
     pub fn stop(&mut self) -> Vec<(u64, Instant)> {
@@ -368,19 +440,38 @@ impl Drop for Writer {
 pub fn longest_gap(acked: &[(u64, Instant)], after: Instant) -> Duration {
     let mut times: Vec<Instant> = acked.iter().map(|(_, t)| *t).collect();
     times.sort();
-    times.windows(2).filter(|w| w[1] >= after).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    times
+        .windows(2)
+        .filter(|w| w[1] >= after)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
 }
 
 /// Every acknowledged key must be readable with its value (linearizable reads).
 pub fn assert_all_present(endpoints: Vec<String>, prefix: &str, acked: &[(u64, Instant)]) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut c = etcd_client::Client::connect(endpoints, None).await.unwrap();
-        let resp = c.get(format!("{prefix}-"), Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+        let resp = c
+            .get(
+                format!("{prefix}-"),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
         let present: std::collections::HashMap<String, String> = resp
             .kvs()
             .iter()
-            .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                )
+            })
             .collect();
         let mut missing = Vec::new();
         for (n, _) in acked {
@@ -389,24 +480,42 @@ pub fn assert_all_present(endpoints: Vec<String>, prefix: &str, acked: &[(u64, I
                 missing.push(key);
             }
         }
-        assert!(missing.is_empty(), "{} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "{} acknowledged writes lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
     });
 }
 
 /// HashKV of every running member at the same revision must agree.
 pub fn assert_hashes_agree(c: &Cluster) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let eps = c.endpoint_list();
-        let mut first = etcd_client::Client::connect(vec![eps[0].clone()], None).await.unwrap();
+        let mut first = etcd_client::Client::connect(vec![eps[0].clone()], None)
+            .await
+            .unwrap();
         let rev = first.status().await.unwrap().header().unwrap().revision();
         let mut hashes = Vec::new();
         for ep in &eps {
-            let mut cl = etcd_client::Client::connect(vec![ep.clone()], None).await.unwrap();
+            let mut cl = etcd_client::Client::connect(vec![ep.clone()], None)
+                .await
+                .unwrap();
             // Wait until this member has applied `rev`.
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                let r = cl.get("x", Some(etcd_client::GetOptions::new().with_serializable())).await.unwrap();
+                let r = cl
+                    .get(
+                        "x",
+                        Some(etcd_client::GetOptions::new().with_serializable()),
+                    )
+                    .await
+                    .unwrap();
                 if r.header().unwrap().revision() >= rev || Instant::now() > deadline {
                     break;
                 }
@@ -415,6 +524,9 @@ pub fn assert_hashes_agree(c: &Cluster) {
             let h = cl.hash_kv(rev).await.unwrap();
             hashes.push((ep.clone(), h.hash()));
         }
-        assert!(hashes.windows(2).all(|w| w[0].1 == w[1].1), "HashKV differs across members at revision {rev}: {hashes:?}");
+        assert!(
+            hashes.windows(2).all(|w| w[0].1 == w[1].1),
+            "HashKV differs across members at revision {rev}: {hashes:?}"
+        );
     });
 }
