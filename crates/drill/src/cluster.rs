@@ -4,7 +4,6 @@
 //! owned by the drill so it can SIGKILL, restart, SIGSTOP and SIGCONT them.
 //! Dropping it stops every member (SIGCONT first, then SIGKILL).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,24 +57,10 @@ pub struct LocalCluster {
     pub members: Vec<LocalMember>,
 }
 
-/// A port that is free now, below the kernel's ephemeral range (32768+) so
-/// no outgoing connection can take it while a killed member is down, from a
-/// block of 200 chosen by pid so concurrent drills do not collide.
+/// A free port for a member or backend to listen on; see [`crate::ports`].
 pub(crate) fn free_port() -> Result<u16, DrillError> {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 12_000 + (std::process::id() % 100) as u16 * 200;
-    for _ in 0..200 {
-        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 200;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))?;
-    Ok(l.local_addr()
-        .map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))?
-        .port())
+    crate::ports::free_local_port()
+        .map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))
 }
 
 /// Send `sig` (a name such as `STOP`) to `pid` with kill(1).

@@ -44,6 +44,7 @@ pub mod backends;
 pub mod cluster;
 pub mod faults;
 pub mod http_load;
+pub mod ports;
 pub mod recorder;
 pub mod report;
 pub mod workload;

@@ -7,7 +7,7 @@
 //! the commands to try, and stops every child on Ctrl-C / SIGTERM.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -127,8 +127,17 @@ fn http_get_body(addr: &str, path: &str) -> Option<(u16, String)> {
     ))
 }
 
+/// The last `lines` lines of a child's log, for an error message.
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Outside the ephemeral range, so a member's outgoing connection cannot
+/// take a port before the member that owns it binds it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    drill::ports::free_local_port().context("choosing a port for the demo")
 }
 
 fn http_get_status(addr: &str, path: &str) -> Option<u16> {
@@ -296,11 +305,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                     base.join(format!("{}.log", p.name)).display()
                 );
             }
-            for c in &mut members.0 {
+            for (q, c) in plans.iter().zip(&mut members.0) {
                 if let Ok(Some(status)) = c.try_wait() {
+                    let log = base.join(format!("{}.log", q.name));
                     bail!(
-                        "a member exited early ({status}); see the logs in {}",
-                        base.display()
+                        "member {} exited early ({status}); the end of {}:\n{}",
+                        q.name,
+                        log.display(),
+                        log_tail(&log, 15)
                     );
                 }
             }
@@ -327,10 +339,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                     );
                 }
                 if let Ok(Some(status)) = backends.0[i].try_wait() {
+                    let log = base.join(format!("backend-{}.log", i + 1));
                     bail!(
-                        "backend-{} exited early ({status}); see {}",
+                        "backend-{} exited early ({status}); the end of {}:\n{}",
                         i + 1,
-                        base.join(format!("backend-{}.log", i + 1)).display()
+                        log.display(),
+                        log_tail(&log, 15)
                     );
                 }
                 std::thread::sleep(Duration::from_millis(50));

@@ -3,32 +3,16 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
 
-/// A port that is free now, chosen below the kernel's ephemeral range
-/// (32768+) so outgoing connections can never take it before the member
-/// binds it, and from a block of 100 per test process (by pid) so parallel
-/// test binaries do not hand out the same ports.
+/// A free port for a test's member to listen on; see `drill::ports`.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 10_000 + (std::process::id() % 220) as u16 * 100;
-    for _ in 0..100 {
-        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    drill::ports::free_local_port().expect("a free local port")
 }
 
 /// Poll `f` until it returns Some, or panic with `what` after `timeout`.
