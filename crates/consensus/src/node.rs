@@ -1190,8 +1190,24 @@ impl Node {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     openraft::error::ChangeMembershipError::InProgress(_),
                 ))) if Instant::now() < deadline => {
+                    // Retry once the change in progress has been applied (so it
+                    // is committed), not on every metrics tick: each refused
+                    // attempt is logged by openraft at ERROR, and at start-up,
+                    // when every member publishes its client URLs at once, that
+                    // was a hundred lines of noise per member.
+                    let settled = |m: &openraft::RaftMetrics<NodeId, Member>| {
+                        let pending = m.membership_config.log_id().map(|l| l.index);
+                        m.last_applied.map(|l| l.index) >= pending
+                            || m.state != openraft::ServerState::Leader
+                    };
+                    let _ =
+                        tokio::time::timeout_at(deadline.into(), metrics.wait_for(settled)).await;
+                    // And at least one metrics change between attempts, so a
+                    // refusal that outlives the condition above cannot spin.
                     let _ = tokio::time::timeout_at(
-                        deadline.min(Instant::now() + Duration::from_millis(50)),
+                        deadline
+                            .min(Instant::now() + Duration::from_millis(50))
+                            .into(),
                         metrics.changed(),
                     )
                     .await;
