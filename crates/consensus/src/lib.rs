@@ -34,6 +34,8 @@ pub mod types;
 pub use faults::{Faults, NetworkFaults, PlantedBug};
 pub use lessor::Lessor;
 pub use log_store::{IoMode, LogStore, LogStoreOptions};
-pub use node::{ClusterState, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError};
+pub use node::{
+    ClusterState, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError, WriteBatchStats,
+};
 pub use state_machine::{Applier, StoreChange};
 pub use types::{ApplyOutcome, Member, NodeId, TypeConfig};

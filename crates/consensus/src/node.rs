@@ -62,6 +62,17 @@ pub struct NodeConfig {
     pub raft_rpc_min_timeout_ms: u64,
     /// A learner may be promoted only when it lags the leader by at most this many entries.
     pub max_learner_lag_entries: u64,
+    /// Most client writes a member folds into one Raft entry. Concurrent
+    /// writes are batched: under load one forwarding round trip, one entry,
+    /// one log append and one replication slot carry many writes; a lone
+    /// write goes alone at once.
+    pub max_write_batch_commands: usize,
+    /// Most bytes of commands in one batched entry (a single larger command
+    /// still goes, alone).
+    pub max_write_batch_bytes: usize,
+    /// Batched entries a member keeps proposed but not yet answered; writes
+    /// arriving while this many are in flight wait and form the next batch.
+    pub max_write_batches_in_flight: usize,
     /// Serve the fault-injection admin API (drills only).
     pub enable_fault_injection: bool,
     /// A deliberate bug, for proving the checkers catch it. Never in production.
@@ -87,6 +98,9 @@ impl NodeConfig {
             peer_connect_timeout_ms: 1_000,
             raft_rpc_min_timeout_ms: 2_000,
             max_learner_lag_entries: 1_000,
+            max_write_batch_commands: 256,
+            max_write_batch_bytes: 1024 * 1024,
+            max_write_batches_in_flight: 2,
             enable_fault_injection: false,
             planted_bug: None,
         }
@@ -206,6 +220,9 @@ pub struct Node {
     transport: Arc<dyn PeerTransport>,
     faults: Arc<Faults>,
     read_batch: std::sync::Mutex<ReadBatch>,
+    /// This node, for spawning tasks from `&self` methods (the peer handler).
+    me: std::sync::Weak<Node>,
+    write_batch: std::sync::Mutex<WriteBatch>,
     /// Serialises membership decisions on the leader.
     membership_lock: tokio::sync::Mutex<()>,
     /// Set while handing leadership over (until the deadline).
@@ -227,6 +244,29 @@ pub struct NodeParts {
 
 /// Upper bound on an election pause or delayed campaign a peer may ask for.
 pub const MAX_ELECTION_PAUSE_MS: u64 = 10_000;
+
+/// How this member's proposals were batched (see [`Node::write_batch_stats`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteBatchStats {
+    /// Raft entries this member proposed for client writes.
+    pub entries: u64,
+    /// Client writes those entries carried (`commands / entries` is the mean batch size).
+    pub commands: u64,
+    /// The most writes one entry carried.
+    pub largest: u64,
+}
+
+/// Client writes waiting on this member to be proposed as one batch.
+#[derive(Default)]
+struct WriteBatch {
+    stats: WriteBatchStats,
+    /// Proposer tasks running (at most `max_write_batches_in_flight`).
+    proposers: usize,
+    waiting: std::collections::VecDeque<(
+        Command,
+        tokio::sync::oneshot::Sender<Result<ApplyOutcome, NodeError>>,
+    )>,
+}
 
 /// Readers waiting for the next ReadIndex round.
 #[derive(Default)]
@@ -451,7 +491,8 @@ impl Node {
             faults,
         } = parts;
         let (shutdown_tx, _) = watch::channel(false);
-        Arc::new(Node {
+        Arc::new_cyclic(|me| Node {
+            me: me.clone(),
             id,
             cluster_id,
             config,
@@ -461,6 +502,7 @@ impl Node {
             transport,
             faults,
             read_batch: Default::default(),
+            write_batch: Default::default(),
             transferring: Default::default(),
             membership_lock: Default::default(),
             shutdown_tx,
@@ -673,15 +715,28 @@ impl Node {
     }
 
     /// Replicate `cmd` and wait until it is applied here; returns the outcome.
+    ///
+    /// Concurrent proposals on this member are batched (see
+    /// [`Node::write_batched`]): one leader round trip and one Raft entry
+    /// carry them all, each still applied at its own revision.
     pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, NodeError> {
-        match self.leader_call(LeaderRequest::Write(cmd)).await? {
-            LeaderResponse::Written(outcome) => {
-                // The write is applied on the leader; make it visible here too
-                // before answering, so a client reading from this member next
-                // sees its own write.
-                self.wait_applied_revision(outcome.revision).await?;
-                Ok(outcome)
-            }
+        let outcome = self.write_batched(cmd).await?;
+        // The write is applied on the leader; make it visible here too
+        // before answering, so a client reading from this member next sees
+        // its own write.
+        self.wait_applied_revision(outcome.revision).await?;
+        Ok(outcome)
+    }
+
+    /// How the client writes proposed on this member were batched so far.
+    pub fn write_batch_stats(&self) -> WriteBatchStats {
+        self.write_batch.lock().expect("write batch poisoned").stats
+    }
+
+    /// Send one entry (a command or a batch) to the leader.
+    async fn propose_entry(&self, entry: Command) -> Result<ApplyOutcome, NodeError> {
+        match self.leader_call(LeaderRequest::Write(entry)).await? {
+            LeaderResponse::Written(outcome) => Ok(outcome),
             other => Err(NodeError::Internal(format!(
                 "unexpected leader answer {other:?}"
             ))),
@@ -937,6 +992,95 @@ impl Node {
                 LeaderError::Rejected(c.to_string())
             }
             other => LeaderError::Rejected(other.to_string()),
+        }
+    }
+
+    /// Propose `cmd`, batched with the writes proposed concurrently on this
+    /// member.
+    ///
+    /// State machine: a write joins the queue; if fewer than
+    /// `max_write_batches_in_flight` proposer tasks run, one more starts.
+    /// A proposer takes everything queued (up to the batch limits) as one
+    /// Raft entry (a lone command stays a plain entry), waits for it to be
+    /// applied, hands each writer its own outcome, and repeats until the
+    /// queue is empty, then ends. So a lone write is proposed at once, and
+    /// under load each entry carries every write that arrived while the
+    /// previous ones were in flight.
+    async fn write_batched(&self, cmd: Command) -> Result<ApplyOutcome, NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut b = self.write_batch.lock().expect("write batch poisoned");
+            b.waiting.push_back((cmd, tx));
+            let start = b.proposers < self.config.max_write_batches_in_flight.max(1);
+            if start {
+                b.proposers += 1;
+            }
+            start
+        };
+        if start {
+            // The node outlives every request it serves, so `me` upgrades.
+            let node = self.me.upgrade().expect("a node serving requests is alive");
+            tokio::spawn(async move { node.propose_write_batches().await });
+        }
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// One proposer task of [`Node::write_batched`].
+    async fn propose_write_batches(self: Arc<Self>) {
+        loop {
+            let batch: Vec<_> = {
+                let mut b = self.write_batch.lock().expect("write batch poisoned");
+                let mut bytes = 0;
+                let mut n = 0;
+                for (cmd, _) in &b.waiting {
+                    if n == self.config.max_write_batch_commands.max(1)
+                        || (n > 0 && bytes + cmd.approx_len() > self.config.max_write_batch_bytes)
+                    {
+                        break;
+                    }
+                    bytes += cmd.approx_len();
+                    n += 1;
+                }
+                if n == 0 {
+                    b.proposers -= 1;
+                    return;
+                }
+                b.stats.entries += 1;
+                b.stats.commands += n as u64;
+                b.stats.largest = b.stats.largest.max(n as u64);
+                b.waiting.drain(..n).collect()
+            };
+            let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let single = cmds.len() == 1;
+            let entry = if single {
+                cmds.into_iter().next().expect("one command")
+            } else {
+                Command::Batch(cmds)
+            };
+            match self.propose_entry(entry).await {
+                Ok(outcome) if single => {
+                    let _ = replies
+                        .into_iter()
+                        .next()
+                        .expect("one writer")
+                        .send(Ok(outcome));
+                }
+                Ok(outcome) => {
+                    assert_eq!(
+                        outcome.batch.len(),
+                        replies.len(),
+                        "an outcome per batched write"
+                    );
+                    for (reply, outcome) in replies.into_iter().zip(outcome.batch) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 

@@ -110,6 +110,9 @@ impl Applier {
         let _guard = self.apply_lock.lock().expect("apply lock poisoned");
         let mut meta = self.read_meta()?;
         let mut items: Vec<Option<Command>> = Vec::with_capacity(entries.len());
+        // Per entry, how many consecutive items it became: a batch entry
+        // becomes one item per command, every other entry one item.
+        let mut batch_len: Vec<Option<usize>> = Vec::with_capacity(entries.len());
         for e in &entries {
             let log_id = *e.get_log_id();
             // Raft hands entries over in order, exactly once.
@@ -120,6 +123,11 @@ impl Applier {
             );
             meta.last_applied = Some(log_id);
             match &e.payload {
+                EntryPayload::Normal(Command::Batch(cmds)) => {
+                    items.extend(cmds.iter().cloned().map(Some));
+                    batch_len.push(Some(cmds.len()));
+                    continue;
+                }
                 EntryPayload::Blank => items.push(None),
                 EntryPayload::Normal(cmd) => items.push(Some(cmd.clone())),
                 EntryPayload::Membership(m) => {
@@ -127,6 +135,7 @@ impl Applier {
                     items.push(None);
                 }
             }
+            batch_len.push(None);
         }
         let meta_bytes = postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
         // Not fsynced: the Raft log already holds these entries durably, and
@@ -149,7 +158,7 @@ impl Applier {
             match result {
                 None => outcomes.push(ApplyOutcome {
                     revision: self.store.current_revision(),
-                    response: Vec::new(),
+                    ..Default::default()
                 }),
                 Some(a) => {
                     match (&a.response, item) {
@@ -165,10 +174,13 @@ impl Applier {
                     outcomes.push(ApplyOutcome {
                         revision: a.revision,
                         response: a.response.encode(),
+                        batch: Vec::new(),
                     });
                 }
             }
         }
+        let outcomes = regroup_batches(outcomes, &batch_len);
+        assert_eq!(outcomes.len(), entries.len(), "one outcome per entry");
         if !events.is_empty() {
             // No receivers is fine: nobody watches.
             let _ = self.changes.send(StoreChange::Events {
@@ -308,4 +320,29 @@ impl RaftStateMachine<TypeConfig> for Applier {
             snapshot: Box::new(Cursor::new((*data).clone())),
         }))
     }
+}
+
+/// Fold the per-command outcomes of batch entries back into one outcome per
+/// entry: `batch_len[i]` is `Some(n)` if entry `i` was a batch of `n`
+/// commands (its outcome carries theirs, and the revision of the last).
+fn regroup_batches(items: Vec<ApplyOutcome>, batch_len: &[Option<usize>]) -> Vec<ApplyOutcome> {
+    let mut items = items.into_iter();
+    let mut out = Vec::with_capacity(batch_len.len());
+    for len in batch_len {
+        match len {
+            None => out.push(items.next().expect("an outcome per item")),
+            Some(n) => {
+                let batch: Vec<ApplyOutcome> = items.by_ref().take(*n).collect();
+                assert_eq!(batch.len(), *n, "an outcome per batched command");
+                let revision = batch.last().map(|o| o.revision).unwrap_or_default();
+                out.push(ApplyOutcome {
+                    revision,
+                    response: Vec::new(),
+                    batch,
+                });
+            }
+        }
+    }
+    assert!(items.next().is_none(), "every item's outcome was regrouped");
+    out
 }

@@ -43,6 +43,9 @@ pub struct ApplyOutcome {
     /// Encoded `mvcc::ApplyResponse`; empty for entries that carry no command.
     #[serde(with = "serde_bytes")]
     pub response: Vec<u8>,
+    /// For an entry carrying `mvcc::Command::Batch`: one outcome per command
+    /// of the batch, in order (`response` is then empty). Empty otherwise.
+    pub batch: Vec<ApplyOutcome>,
 }
 
 openraft::declare_raft_types!(

@@ -27,6 +27,9 @@ pub struct Metrics {
     purged_index: Gauge<u64, AtomicU64>,
     revision: Gauge,
     db_size_bytes: Gauge,
+    batched_entries: Counter,
+    batched_commands: Counter,
+    largest_batch: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,8 +93,29 @@ impl Metrics {
             "Backend file size",
             db_size_bytes.clone(),
         );
+        let batched_entries = Counter::default();
+        registry.register(
+            "server_proposal_entries",
+            "Raft entries this member proposed for client writes (concurrent writes share an entry)",
+            batched_entries.clone(),
+        );
+        let batched_commands = Counter::default();
+        registry.register(
+            "server_proposal_commands",
+            "Client writes carried by those entries; commands / entries is the mean batch size",
+            batched_commands.clone(),
+        );
+        let largest_batch = Gauge::default();
+        registry.register(
+            "server_proposal_largest_batch",
+            "The most client writes one proposed entry carried",
+            largest_batch.clone(),
+        );
         Metrics {
             registry: std::sync::Mutex::new(registry),
+            batched_entries,
+            batched_commands,
+            largest_batch,
             proposals,
             proposal_seconds,
             has_leader,
@@ -125,6 +149,14 @@ impl Metrics {
         self.purged_index.set(st.purged_index);
         self.revision.set(node.store().current_revision());
         self.db_size_bytes.set(node.store().db_size_bytes() as i64);
+        // The node keeps running totals; counters only move forward, so add
+        // what is new since the last scrape.
+        let b = node.write_batch_stats();
+        self.batched_entries
+            .inc_by(b.entries.saturating_sub(self.batched_entries.get()));
+        self.batched_commands
+            .inc_by(b.commands.saturating_sub(self.batched_commands.get()));
+        self.largest_batch.set(b.largest as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(
             &mut out,

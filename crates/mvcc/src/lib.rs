@@ -134,6 +134,12 @@ pub enum Command {
         member_id: u64,
         alarm: i32,
     },
+    /// Several client commands proposed together as one Raft entry (the
+    /// leader batches concurrent writes). The state machine applies them in
+    /// order, each at its own revision with its own response, exactly as if
+    /// they were consecutive entries. Never nested; never empty. Last in the
+    /// enum so entries written before batching existed still decode.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -145,6 +151,14 @@ impl Command {
     }
     pub fn txn(req: &PbTxnRequest) -> Self {
         Command::Txn(req.encode_to_vec())
+    }
+    /// Approximate encoded size in bytes, for bounding write batches.
+    pub fn approx_len(&self) -> usize {
+        match self {
+            Command::Put(b) | Command::DeleteRange(b) | Command::Txn(b) => b.len() + 8,
+            Command::Batch(cmds) => cmds.iter().map(Command::approx_len).sum::<usize>() + 8,
+            _ => 32,
+        }
     }
     /// postcard encoding (convenience for log storage).
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -1009,6 +1009,13 @@ impl<'t> Writer<'t> {
                     header: header(p.read_rev()),
                 }))
             }
+            // The state machine flattens batches into their commands before
+            // applying; a batch here is a nested one, which no proposer
+            // writes. Fatal, and the same on every member.
+            Command::Batch(_) => Err(Fail::Fatal(MvccError::Decode {
+                what: "Command",
+                detail: "a batch nested inside a batch".into(),
+            })),
             Command::Alarm {
                 action,
                 member_id,

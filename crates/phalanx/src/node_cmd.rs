@@ -70,6 +70,15 @@ pub struct NodeArgs {
     /// Bound (ms) on waiting for a leader, a commit or a read index.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Most concurrent client writes a member folds into one Raft entry (default 256).
+    #[arg(long)]
+    pub max_write_batch_commands: Option<usize>,
+    /// Most bytes of client writes in one Raft entry (default 1048576); a larger single write goes alone.
+    #[arg(long)]
+    pub max_write_batch_bytes: Option<usize>,
+    /// Batched Raft entries a member keeps in flight before further writes wait to form the next batch (default 2).
+    #[arg(long)]
+    pub max_write_batches_in_flight: Option<usize>,
     /// Serve the fault-injection admin API (PUT/DELETE /fault on the metrics listener). For drills only.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(default)]
@@ -136,6 +145,9 @@ impl NodeArgs {
             max_request_bytes,
             max_txn_ops,
             request_timeout_ms,
+            max_write_batch_commands,
+            max_write_batch_bytes,
+            max_write_batches_in_flight,
             log_level,
             logger,
             enable_fault_injection,
@@ -258,6 +270,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.request_timeout_ms {
         config.request_timeout_ms = v;
+    }
+    for (flag, value, field) in [
+        (
+            "--max-write-batch-commands",
+            args.max_write_batch_commands,
+            &mut config.max_write_batch_commands,
+        ),
+        (
+            "--max-write-batch-bytes",
+            args.max_write_batch_bytes,
+            &mut config.max_write_batch_bytes,
+        ),
+        (
+            "--max-write-batches-in-flight",
+            args.max_write_batches_in_flight,
+            &mut config.max_write_batches_in_flight,
+        ),
+    ] {
+        match value {
+            Some(0) => bail!("{flag} must be at least 1"),
+            Some(v) => *field = v,
+            None => {}
+        }
     }
     config.enable_fault_injection = args.enable_fault_injection.unwrap_or(false);
     if let Some(bug) = &args.unsafe_planted_bug {
