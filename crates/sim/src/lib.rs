@@ -51,7 +51,7 @@ use consensus::runtime::MemberClock;
 use consensus::types::Raft;
 use consensus::{
     Applier, Faults, IoMode, Lessor, LogStore, LogStoreOptions, Member, Node, NodeConfig,
-    NodeError, NodeId, NodeParts, PlantedBug, TypeConfig,
+    NodeError, NodeId, NodeParts, PlantedBug, TypeConfig, WriteBatchStats,
 };
 use etcd_client::proto::PbTargetUnion;
 use mvcc::{
@@ -374,12 +374,27 @@ struct NetFaults {
 pub struct Net {
     live: Mutex<BTreeMap<NodeId, Live>>,
     faults: Mutex<NetFaults>,
+    /// Write batching of every member incarnation stopped so far.
+    batches: Mutex<WriteBatchStats>,
 }
 
 impl Net {
+    /// Stop a member incarnation, keeping its batching figures.
+    async fn retire(&self, live: &Live) {
+        let b = live.node.write_batch_stats();
+        {
+            let mut total = self.batches.lock().expect("batches poisoned");
+            total.entries += b.entries;
+            total.commands += b.commands;
+            total.largest = total.largest.max(b.largest);
+        }
+        live.node.shutdown().await;
+    }
+
     fn new(schedule: &FaultSchedule, seed: u64) -> Arc<Net> {
         Arc::new(Net {
             live: Mutex::new(BTreeMap::new()),
+            batches: Mutex::new(WriteBatchStats::default()),
             faults: Mutex::new(NetFaults {
                 blocked: BTreeSet::new(),
                 loss_percent: schedule.loss_percent,
@@ -782,7 +797,7 @@ impl Cluster {
         }
         // Stop the dead member's tasks; whatever they still write goes to the
         // old files, which nothing reads again.
-        live.node.shutdown().await;
+        self.net.retire(&live).await;
         true
     }
 
@@ -1164,6 +1179,8 @@ pub struct SimReport {
     /// Episodes as applied, `leader` resolved to a member (`...=n2`).
     pub applied_faults: Vec<String>,
     pub counts: Counts,
+    /// How the members batched client writes into Raft entries.
+    pub batches: WriteBatchStats,
     pub verdict: Verdict,
     /// Acknowledged writes whose value is not in the healed leader's store
     /// at the revision they were acknowledged with.
@@ -1232,7 +1249,7 @@ impl fmt::Display for SimReport {
         };
         write!(
             f,
-            "sim seed={} members={}{} faults=[{}] ops={} ok={} fail={} info={} linearizable={} lost={}{} trace={:016x}{}",
+            "sim seed={} members={}{} faults=[{}] ops={} ok={} fail={} info={} batched={}/{}(max {}) linearizable={} lost={}{} trace={:016x}{}",
             self.seed,
             self.members,
             match self.planted {
@@ -1245,6 +1262,9 @@ impl fmt::Display for SimReport {
             self.counts.ok,
             self.counts.fail,
             self.counts.info,
+            self.batches.commands,
+            self.batches.entries,
+            self.batches.largest,
             verdict,
             if self.final_check { self.lost.len().to_string() } else { "unchecked(NOT RECOVERED: no leader after heal)".into() },
             if self.panics.is_empty() { String::new() } else { format!(" PANICS={}", self.panics.len()) },
@@ -1416,8 +1436,9 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
     }
     let simulated_ms = (Instant::now() - t0).as_millis() as u64;
     for (_, l) in net.all() {
-        l.node.shutdown().await;
+        net.retire(&l).await;
     }
+    let batches = *net.batches.lock().expect("batches poisoned");
     net.live.lock().expect("net live poisoned").clear();
 
     let history = rec.lines.lock().expect("recorder poisoned").join("\n");
@@ -1440,6 +1461,7 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         schedule,
         applied_faults,
         counts,
+        batches,
         verdict,
         lost,
         acked_writes: acked.len(),
