@@ -781,6 +781,7 @@ impl Node {
         }
         let index = rx.await.map_err(|_| NodeError::Stopped)??;
         let Some(index) = index else { return Ok(()) };
+        tracing::debug!("read barrier: waiting to apply index {index}");
         self.raft
             .wait(Some(Duration::from_millis(self.config.request_timeout_ms)))
             .applied_index_at_least(Some(index), "read barrier")
@@ -803,6 +804,7 @@ impl Node {
                 }
                 std::mem::take(&mut b.waiting)
             };
+            let started = Instant::now();
             let result = match self.leader_call(LeaderRequest::ReadIndex).await {
                 Ok(LeaderResponse::ReadIndex(log_id)) => Ok(log_id.map(|l| l.index)),
                 Ok(other) => Err(NodeError::Internal(format!(
@@ -810,6 +812,11 @@ impl Node {
                 ))),
                 Err(e) => Err(e),
             };
+            tracing::debug!(
+                "read index round for {} readers: {result:?} in {} ms",
+                waiting.len(),
+                started.elapsed().as_millis()
+            );
             for w in waiting {
                 let _ = w.send(result.clone());
             }
@@ -1113,7 +1120,10 @@ impl Node {
             },
             LeaderRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read, _applied)) => Ok(LeaderResponse::ReadIndex(read)),
-                Err(RaftError::APIError(_)) => Err(self.not_leader()),
+                Err(RaftError::APIError(e)) => {
+                    tracing::debug!("read index refused: {e}");
+                    Err(self.not_leader())
+                }
                 Err(RaftError::Fatal(f)) => Err(LeaderError::Stopped(f.to_string())),
             },
             LeaderRequest::LeaseKeepAlive { id } => {

@@ -102,7 +102,12 @@ impl Member {
             .args(["--initial-cluster-state", self.state])
             .args(["--initial-cluster-token", token])
             .args(&self.extra_args)
-            .env("PHALANX_LOG", "warn")
+            // PHALANX_TEST_LOG (a tracing filter) raises the members' log
+            // level when a failure needs diagnosing.
+            .env(
+                "PHALANX_LOG",
+                std::env::var("PHALANX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
