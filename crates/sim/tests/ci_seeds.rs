@@ -62,6 +62,34 @@ fn ci_seeds_are_linearizable_recover_and_lose_no_acknowledged_write() {
     );
 }
 
+/// With many clients, entries carry large batches of writes; crashes,
+/// partitions and leader changes hit them mid-flight, and the history must
+/// still be linearizable with nothing acknowledged lost.
+#[test]
+fn many_clients_form_large_batches_and_stay_linearizable() {
+    let mut largest_batch = 0;
+    let mut bad = Vec::new();
+    for seed in [1, 2, 3] {
+        let mut cfg = config(seed, None);
+        cfg.clients = 16;
+        let report = run(&cfg).unwrap_or_else(|e| panic!("sim seed={seed} clients=16: {e}"));
+        println!("{report}");
+        largest_batch = largest_batch.max(report.batches.largest);
+        if !report.passed() {
+            println!("{}", explain(&report));
+            bad.push(seed);
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "seeds {bad:?} failed with 16 clients (replay: cargo run -p sim --example sim -- --clients 16 --duration-ms {CI_DURATION_MS} --seeds N)"
+    );
+    assert!(
+        largest_batch >= 4,
+        "16 clients never put more than {largest_batch} writes in one entry"
+    );
+}
+
 /// Runs the CI seeds with `bug` planted until one fails; returns it.
 fn first_seed_catching(bug: PlantedBug) -> Option<(u64, SimReport)> {
     for seed in CI_SEEDS {
