@@ -293,3 +293,32 @@ fn corrupted_store_file_refuses_to_start() {
         "{log}"
     );
 }
+
+#[test]
+fn write_batch_limits_of_zero_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in [
+        "--max-write-batch-commands",
+        "--max-write-batch-bytes",
+        "--max-write-batches-in-flight",
+    ] {
+        let err = start_err(&["--data-dir", dir.path().to_str().unwrap(), flag, "0"]);
+        assert!(
+            err.contains(&format!("{flag} must be at least 1")),
+            "{flag}: {err}"
+        );
+    }
+    // The same limit from a config file names the same setting.
+    let cfg = dir.path().join("member.toml");
+    std::fs::write(&cfg, "max-write-batches-in-flight = 0\n").unwrap();
+    let err = start_err(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--config-file",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("--max-write-batches-in-flight must be at least 1"),
+        "{err}"
+    );
+}
