@@ -33,31 +33,50 @@ fn explain(report: &SimReport) -> String {
     out
 }
 
-#[test]
-fn ci_seeds_are_linearizable_recover_and_lose_no_acknowledged_write() {
-    let mut ok_ops = 0;
-    let mut largest_batch = 0;
-    let mut bad = Vec::new();
-    for seed in CI_SEEDS {
-        let report = run(&config(seed, None)).unwrap_or_else(|e| panic!("sim seed={seed}: {e}"));
+/// What a set of seeds did, summed over the seeds.
+struct SeedsRun {
+    ok_ops: u64,
+    largest_batch: u64,
+    /// Seeds whose run did not pass (their reports are printed).
+    failed: Vec<u64>,
+}
+
+/// Run every configuration, printing each verdict line (and the details of
+/// a failing seed).
+fn run_seeds(configs: impl IntoIterator<Item = SimConfig>) -> SeedsRun {
+    let mut out = SeedsRun {
+        ok_ops: 0,
+        largest_batch: 0,
+        failed: Vec::new(),
+    };
+    for cfg in configs {
+        let report = run(&cfg)
+            .unwrap_or_else(|e| panic!("sim seed={} clients={}: {e}", cfg.seed, cfg.clients));
         println!("{report}");
-        ok_ops += report.counts.ok;
-        largest_batch = largest_batch.max(report.batches.largest);
+        out.ok_ops += report.counts.ok;
+        out.largest_batch = out.largest_batch.max(report.batches.largest);
         if !report.passed() {
             println!("{}", explain(&report));
-            bad.push(seed);
+            out.failed.push(cfg.seed);
         }
     }
+    out
+}
+
+#[test]
+fn ci_seeds_are_linearizable_recover_and_lose_no_acknowledged_write() {
+    let r = run_seeds(CI_SEEDS.map(|seed| config(seed, None)));
     assert!(
-        bad.is_empty(),
-        "seeds {bad:?} failed (replay: cargo run -p sim --example sim -- --seeds N)"
+        r.failed.is_empty(),
+        "seeds {:?} failed (replay: cargo run -p sim --example sim -- --seeds N)",
+        r.failed
     );
-    assert!(ok_ops > 0, "no operation succeeded on any seed");
+    assert!(r.ok_ops > 0, "no operation succeeded on any seed");
     // Concurrent writes to one member share a Raft entry; the checks above
     // then covered batched entries too (crashes, leader changes and lost
     // messages in the middle of a batch included).
     assert!(
-        largest_batch > 1,
+        r.largest_batch > 1,
         "no Raft entry carried more than one write on any seed"
     );
 }
@@ -67,26 +86,19 @@ fn ci_seeds_are_linearizable_recover_and_lose_no_acknowledged_write() {
 /// still be linearizable with nothing acknowledged lost.
 #[test]
 fn many_clients_form_large_batches_and_stay_linearizable() {
-    let mut largest_batch = 0;
-    let mut bad = Vec::new();
-    for seed in [1, 2, 3] {
-        let mut cfg = config(seed, None);
-        cfg.clients = 16;
-        let report = run(&cfg).unwrap_or_else(|e| panic!("sim seed={seed} clients=16: {e}"));
-        println!("{report}");
-        largest_batch = largest_batch.max(report.batches.largest);
-        if !report.passed() {
-            println!("{}", explain(&report));
-            bad.push(seed);
-        }
-    }
+    let r = run_seeds([1, 2, 3].map(|seed| SimConfig {
+        clients: 16,
+        ..config(seed, None)
+    }));
     assert!(
-        bad.is_empty(),
-        "seeds {bad:?} failed with 16 clients (replay: cargo run -p sim --example sim -- --clients 16 --duration-ms {CI_DURATION_MS} --seeds N)"
+        r.failed.is_empty(),
+        "seeds {:?} failed with 16 clients (replay: cargo run -p sim --example sim -- --clients 16 --duration-ms {CI_DURATION_MS} --seeds N)",
+        r.failed
     );
     assert!(
-        largest_batch >= 4,
-        "16 clients never put more than {largest_batch} writes in one entry"
+        r.largest_batch >= 4,
+        "16 clients never put more than {} writes in one entry",
+        r.largest_batch
     );
 }
 
