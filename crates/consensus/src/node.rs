@@ -220,8 +220,6 @@ pub struct Node {
     transport: Arc<dyn PeerTransport>,
     faults: Arc<Faults>,
     read_batch: std::sync::Mutex<ReadBatch>,
-    /// This node, for spawning tasks from `&self` methods (the peer handler).
-    me: std::sync::Weak<Node>,
     write_batch: std::sync::Mutex<WriteBatch>,
     /// Serialises membership decisions on the leader.
     membership_lock: tokio::sync::Mutex<()>,
@@ -491,8 +489,7 @@ impl Node {
             faults,
         } = parts;
         let (shutdown_tx, _) = watch::channel(false);
-        Arc::new_cyclic(|me| Node {
-            me: me.clone(),
+        Arc::new(Node {
             id,
             cluster_id,
             config,
@@ -719,7 +716,7 @@ impl Node {
     /// Concurrent proposals on this member are batched (see
     /// [`Node::write_batched`]): one leader round trip and one Raft entry
     /// carry them all, each still applied at its own revision.
-    pub async fn propose(&self, cmd: Command) -> Result<ApplyOutcome, NodeError> {
+    pub async fn propose(self: &Arc<Self>, cmd: Command) -> Result<ApplyOutcome, NodeError> {
         let outcome = self.write_batched(cmd).await?;
         // The write is applied on the leader; make it visible here too
         // before answering, so a client reading from this member next sees
@@ -1013,7 +1010,7 @@ impl Node {
     /// queue is empty, then ends. So a lone write is proposed at once, and
     /// under load each entry carries every write that arrived while the
     /// previous ones were in flight.
-    async fn write_batched(&self, cmd: Command) -> Result<ApplyOutcome, NodeError> {
+    async fn write_batched(self: &Arc<Self>, cmd: Command) -> Result<ApplyOutcome, NodeError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut b = self.write_batch.lock().expect("write batch poisoned");
@@ -1025,8 +1022,7 @@ impl Node {
             start
         };
         if start {
-            // The node outlives every request it serves, so `me` upgrades.
-            let node = self.me.upgrade().expect("a node serving requests is alive");
+            let node = self.clone();
             tokio::spawn(async move { node.propose_write_batches().await });
         }
         rx.await.map_err(|_| NodeError::Stopped)?

@@ -268,18 +268,7 @@ impl SampleBackends {
         if b.child.is_some() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&b.log)
-            .map_err(|e| DrillError::Io {
-                what: format!("opening {}", b.log.display()),
-                source: e,
-            })?;
-        let log2 = log.try_clone().map_err(|e| DrillError::Io {
-            what: "duplicating a log handle".into(),
-            source: e,
-        })?;
+        let (log, log2) = cluster::open_child_log(&b.log)?;
         let child = Command::new(&self.exe)
             .arg("sample-backend")
             .args(["--listen", &format!("127.0.0.1:{}", b.port)])

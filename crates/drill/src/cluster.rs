@@ -63,6 +63,26 @@ pub(crate) fn free_port() -> Result<u16, DrillError> {
         .map_err(|e| DrillError::Cluster(format!("finding a free port: {e}")))
 }
 
+/// A child process's log, opened for appending (it survives restarts), as
+/// two handles: one for its stdout, one for its stderr.
+pub(crate) fn open_child_log(
+    path: &std::path::Path,
+) -> Result<(std::fs::File, std::fs::File), DrillError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| DrillError::Io {
+            what: format!("opening {}", path.display()),
+            source: e,
+        })?;
+    let log2 = log.try_clone().map_err(|e| DrillError::Io {
+        what: format!("duplicating the handle of {}", path.display()),
+        source: e,
+    })?;
+    Ok((log, log2))
+}
+
 /// Send `sig` (a name such as `STOP`) to `pid` with kill(1).
 pub fn signal(pid: u32, sig: &str) -> Result<(), DrillError> {
     let st = Command::new("kill")
@@ -156,18 +176,7 @@ impl LocalCluster {
         if m.child.is_some() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .map_err(|e| DrillError::Io {
-                what: format!("opening {}", m.log.display()),
-                source: e,
-            })?;
-        let log2 = log.try_clone().map_err(|e| DrillError::Io {
-            what: "duplicating a log handle".into(),
-            source: e,
-        })?;
+        let (log, log2) = open_child_log(&m.log)?;
         let gateway: Vec<String> = m
             .gateway_port
             .map(|p| vec!["--gateway-listen".into(), format!("127.0.0.1:{p}")])

@@ -218,6 +218,16 @@ struct Plan {
     pids: Option<Vec<u32>>,
 }
 
+/// `value` must be in `1..=max`; the error names the flag.
+fn within(flag: &str, value: u64, max: u64) -> Result<(), DrillError> {
+    if value == 0 || value > max {
+        return Err(DrillError::Usage(format!(
+            "{flag} must be between 1 and {max}"
+        )));
+    }
+    Ok(())
+}
+
 fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     let u = |s: String| DrillError::Usage(s);
     let faults = faults::parse_faults(&args.faults).map_err(|e| u(format!("--faults: {e}")))?;
@@ -226,12 +236,8 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
             "--duration must be at least {MIN_DURATION_MS} ms"
         )));
     }
-    if args.clients == 0 || args.clients > MAX_CLIENTS {
-        return Err(u(format!("--clients must be between 1 and {MAX_CLIENTS}")));
-    }
-    if args.keys == 0 || args.keys > MAX_KEYS {
-        return Err(u(format!("--keys must be between 1 and {MAX_KEYS}")));
-    }
+    within("--clients", args.clients as u64, MAX_CLIENTS as u64)?;
+    within("--keys", args.keys as u64, MAX_KEYS as u64)?;
     if args.op_timeout_ms == 0 {
         return Err(u("--op-timeout-ms must be positive".into()));
     }
@@ -250,26 +256,22 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
             args.loss_percent
         )));
     }
-    if args.backends == 0 || args.backends > MAX_BACKENDS {
-        return Err(u(format!(
-            "--backends must be between 1 and {MAX_BACKENDS}"
-        )));
-    }
-    if args.backend_delay_ms == 0 || args.backend_delay_ms > MAX_BACKEND_DELAY_MS {
-        return Err(u(format!(
-            "--backend-delay-ms must be between 1 and {MAX_BACKEND_DELAY_MS}"
-        )));
-    }
-    if args.http_clients == 0 || args.http_clients > MAX_HTTP_CLIENTS {
-        return Err(u(format!(
-            "--http-clients must be between 1 and {MAX_HTTP_CLIENTS}"
-        )));
-    }
-    if args.http_timeout_ms == 0 || args.http_timeout_ms > MAX_HTTP_TIMEOUT_MS {
-        return Err(u(format!(
-            "--http-timeout-ms must be between 1 and {MAX_HTTP_TIMEOUT_MS}"
-        )));
-    }
+    within("--backends", args.backends as u64, MAX_BACKENDS as u64)?;
+    within(
+        "--backend-delay-ms",
+        args.backend_delay_ms as u64,
+        MAX_BACKEND_DELAY_MS as u64,
+    )?;
+    within(
+        "--http-clients",
+        args.http_clients as u64,
+        MAX_HTTP_CLIENTS as u64,
+    )?;
+    within(
+        "--http-timeout-ms",
+        args.http_timeout_ms as u64,
+        MAX_HTTP_TIMEOUT_MS as u64,
+    )?;
     if !(0.0..=100.0).contains(&args.max_gateway_error_percent) {
         return Err(u(format!(
             "--max-gateway-error-percent must be between 0 and 100 (got {})",

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 #[path = "support/drill.rs"]
 mod drill_support;
+mod support;
 use drill_support::{drill, explain, summary, Run};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -359,17 +360,16 @@ fn drill_gateway_interrupted_cleans_up_its_rule_and_processes() {
         )
         .into_owned()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !rules().contains(&tag) {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("the drill exited ({st}) before partitioning a backend");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no iptables rule {tag}* within 60 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    support::wait_for(
+        &format!("an iptables rule {tag}*"),
+        std::time::Duration::from_secs(60),
+        || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("the drill exited ({st}) before partitioning a backend");
+            }
+            rules().contains(&tag).then_some(())
+        },
+    );
     let doc = std::fs::read_to_string(tmp.path().join("report/gateway.toml"))
         .expect("gateway.toml written before the faults");
     assert!(Command::new("kill")
@@ -377,17 +377,11 @@ fn drill_gateway_interrupted_cleans_up_its_rule_and_processes() {
         .status()
         .unwrap()
         .success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the drill did not exit within 30 s of SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = support::wait_for(
+        "the drill to exit after SIGTERM",
+        std::time::Duration::from_secs(30),
+        || child.try_wait().unwrap(),
+    );
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");

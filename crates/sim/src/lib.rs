@@ -958,7 +958,7 @@ enum WriteOutcome {
 
 /// A write through the member's API layer (forwarded to the leader if
 /// needed), as the etcd KV service does it.
-async fn propose(node: &Node, cmd: Command) -> WriteOutcome {
+async fn propose(node: &Arc<Node>, cmd: Command) -> WriteOutcome {
     match node.propose(cmd).await {
         Ok(outcome) => match ApplyResponse::decode(&outcome.response) {
             Ok(r) => WriteOutcome::Applied(r),
