@@ -5,7 +5,7 @@
 #   CARGO_TARGET_DIR=/work/target-gw cargo build --release -p phalanx
 #   PHALANX=/work/target-gw/release/phalanx bench/gateway.sh
 #
-# Needs: nginx, haproxy, wrk, taskset (util-linux), curl, awk. Installs nothing.
+# Needs: nginx, haproxy, wrk, taskset (util-linux), curl, awk: `bash bench/install` installs them.
 # Layout: all proxies and backends pinned to core 0, wrk pinned to core 1.
 set -euo pipefail
 ulimit -n 65536 2>/dev/null || true
@@ -19,7 +19,7 @@ WORK=$(mktemp -d /tmp/gwbench.XXXXXX)
 PIDS=()
 
 for t in nginx haproxy wrk taskset curl awk; do
-  command -v "$t" >/dev/null || { echo "missing tool: $t (apt-get install nginx haproxy wrk util-linux curl gawk)"; exit 1; }
+  command -v "$t" >/dev/null || { echo "missing tool: $t (run: bash bench/install)"; exit 1; }
 done
 [ -x "$PHALANX" ] || { echo "phalanx binary not found at $PHALANX (build with cargo build --release -p phalanx)"; exit 1; }
 
