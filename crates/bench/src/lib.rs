@@ -2,9 +2,8 @@
 //!
 //! # Main types
 //!
-//! * [`BenchArgs`] / [`BenchCommand`] — the `phalanx bench` command line
-//!   (`kv`, plus `status`, a leader finder used by `bench/kv.sh`).
-//! * [`KvArgs`] — `phalanx bench kv`: N clients, each with its own gRPC
+//! * [`KvArgs`] — the settings of `phalanx bench kv` (the binary owns the
+//!   command line and converts it into these): N clients, each with its own gRPC
 //!   connection to one endpoint (round-robin over `--endpoints`), issue
 //!   back-to-back requests of a [`Workload`] for a fixed duration.
 //! * [`KvReport`] — throughput, latency percentiles (HdrHistogram,
@@ -12,43 +11,48 @@
 //!   the longest window without a successful put (what a client sees while
 //!   a leader is replaced). Printed as text or, with `--json`, as JSON.
 //!
-//! Entry points: [`run_kv`] (async) and [`run_blocking`] (builds its own
-//! tokio runtime, used by the synchronous `main`).
+//! * [`StatusArgs`] / [`endpoint_status`] — `phalanx bench status`, a leader
+//!   finder used by `bench/kv.sh`.
+//!
+//! Entry point: [`run_kv`] (async). Errors are [`BenchError`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// `phalanx bench`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-}
-
-/// Benchmarks available under `phalanx bench`.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum BenchCommand {
-    /// Drive an etcd-v3 KV endpoint set and report ops/s, latency, errors
-    Kv(KvArgs),
-    /// Print one JSON line per endpoint: member id, leader id, is_leader
-    /// (what `etcdctl endpoint status` shows; used by bench/kv.sh to find
-    /// the leader when etcdctl cannot talk to an endpoint)
-    Status(StatusArgs),
+/// Why `bench kv` could not run (request failures during a run are counted
+/// in the report instead).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A setting is unusable; the message names the flag.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A client could not connect before the run started.
+    #[error("client {client}: cannot connect to {endpoint}: {source}")]
+    Connect {
+        client: usize,
+        endpoint: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Latency histograms could not be built or merged (a bug in the load
+    /// generator: every histogram has the same bounds).
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+    /// A client task panicked (a bug in the load generator).
+    #[error("client task panicked: {0}")]
+    ClientPanicked(String),
 }
 
 /// `phalanx bench status`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct StatusArgs {
     /// Comma-separated client URLs.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub endpoints: Vec<String>,
     /// Per-endpoint timeout in milliseconds (connect plus request).
-    #[arg(long, default_value_t = 2_000)]
     pub timeout_ms: u64,
 }
 
@@ -76,7 +80,7 @@ pub async fn endpoint_status(args: &StatusArgs) -> Vec<serde_json::Value> {
 }
 
 /// What each client does in a loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// Put a random key.
@@ -94,47 +98,34 @@ pub enum Workload {
 }
 
 /// `phalanx bench kv`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct KvArgs {
     /// Comma-separated client URLs; clients are assigned round-robin.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub endpoints: Vec<String>,
     /// Concurrent clients, each with its own gRPC connection.
-    #[arg(long, default_value_t = 1)]
     pub clients: usize,
     /// How long to run, e.g. `10s`, `500ms`, `1m`.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    #[arg(long, value_enum, default_value_t = Workload::Put)]
     pub workload: Workload,
     /// Size of each written value, in bytes.
-    #[arg(long, default_value_t = 256)]
     pub value_bytes: usize,
     /// Number of distinct keys (`bench/00000000` ...) chosen uniformly.
-    #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
     /// Fill workload: puts per transaction (etcd's default limit is 128).
-    #[arg(long, default_value_t = 100)]
     pub fill_txn_ops: u64,
     /// Mixed workload: percentage (0-100) of operations that are puts.
-    #[arg(long, default_value_t = 50)]
     pub put_percent: u8,
     /// Per-request timeout in milliseconds; a timed-out request counts as
     /// an error.
-    #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
     /// Timeout for establishing each client's connection, in milliseconds.
-    #[arg(long, default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
     /// Pause after a failed request, in milliseconds, so a dead endpoint
     /// does not turn into a busy loop of instant errors.
-    #[arg(long, default_value_t = 10)]
     pub error_backoff_ms: u64,
     /// Record the longest window (ms) without any successful put.
-    #[arg(long)]
     pub report_gaps: bool,
     /// Print the report as JSON.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -203,29 +194,6 @@ impl std::fmt::Display for KvReport {
     }
 }
 
-/// Builds a runtime, runs the chosen benchmark and prints its report.
-pub fn run_blocking(args: BenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    match args.command {
-        BenchCommand::Status(st) => {
-            for line in rt.block_on(endpoint_status(&st)) {
-                println!("{line}");
-            }
-        }
-        BenchCommand::Kv(kv) => {
-            let report = rt.block_on(run_kv(&kv))?;
-            if kv.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-        }
-    }
-    Ok(())
-}
-
 struct ClientResult {
     hist: Histogram<u64>,
     errors: BTreeMap<String, u64>,
@@ -249,11 +217,20 @@ impl XorShift {
 
 /// Runs `bench kv`. Fails only if the arguments are unusable or a client
 /// cannot connect; request failures during the run are counted instead.
-pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
-    anyhow::ensure!(!args.endpoints.is_empty(), "--endpoints is empty");
-    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
-    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
-    anyhow::ensure!(args.put_percent <= 100, "--put-percent must be 0..=100");
+pub async fn run_kv(args: &KvArgs) -> Result<KvReport, BenchError> {
+    let invalid = |s: &str| Err(BenchError::InvalidArgument(s.to_string()));
+    if args.endpoints.is_empty() {
+        return invalid("--endpoints is empty");
+    }
+    if args.clients == 0 {
+        return invalid("--clients must be at least 1");
+    }
+    if args.keys == 0 {
+        return invalid("--keys must be at least 1");
+    }
+    if args.put_percent > 100 {
+        return invalid("--put-percent must be 0..=100");
+    }
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(args.connect_timeout_ms))
         .with_timeout(Duration::from_millis(args.request_timeout_ms));
@@ -264,7 +241,11 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
         let ep = &args.endpoints[i % args.endpoints.len()];
         let c = Client::connect([ep.as_str()], Some(opts.clone()))
             .await
-            .with_context(|| format!("client {i}: cannot connect to {ep}"))?;
+            .map_err(|source| BenchError::Connect {
+                client: i,
+                endpoint: ep.clone(),
+                source,
+            })?;
         clients.push(c);
     }
     let value = vec![b'v'; args.value_bytes];
@@ -349,12 +330,14 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<KvReport> {
             res
         }));
     }
-    let mut hist: Histogram<u64> = Histogram::new_with_bounds(1, 120_000_000, 3)?;
+    let mut hist: Histogram<u64> = Histogram::new_with_bounds(1, 120_000_000, 3)
+        .map_err(|e| BenchError::Histogram(e.to_string()))?;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut put_times = Vec::new();
     for t in tasks {
-        let r = t.await.context("client task panicked")?;
-        hist.add(&r.hist)?;
+        let r = t.await.map_err(|e| BenchError::ClientPanicked(e.to_string()))?;
+        hist.add(&r.hist)
+            .map_err(|e| BenchError::Histogram(e.to_string()))?;
         for (k, v) in r.errors {
             *errors.entry(k).or_default() += v;
         }

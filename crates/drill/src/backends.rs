@@ -40,7 +40,7 @@ pub const BACKEND_START_TIMEOUT_MS: u64 = 10_000;
 pub const POOL: &str = "drill";
 
 /// Gateway configuration profile the drill writes into the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayProfile {
     /// Up to 2 retries on another backend (connect failure, reset, 250 ms per-try timeout, 502/503/504),
     /// health checks every 200 ms, outlier ejection: one failing backend should cost no client request.

@@ -20,14 +20,12 @@
 //! * [`check_leases`] — checks lease safety: keys never vanish while their
 //!   lease is provably alive, and never outlive a revoked or expired lease
 //!   ([`LeaseViolation`]).
-//! * [`cli`] — the `phalanx check` subcommand.
 //! * [`sim`] — a deterministic generator of linearizable histories, used
 //!   by tests and benchmarks.
 //!
 //! All formats are documented in `docs/history-format.md`.
 
 pub mod checker;
-pub mod cli;
 pub mod history;
 pub mod lease;
 pub mod sim;

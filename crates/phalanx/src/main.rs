@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod cli;
 mod demo;
 mod node_cmd;
 
@@ -24,11 +25,11 @@ enum Command {
     #[command(hide = true)]
     SampleBackend(demo::SampleBackendArgs),
     /// Inject faults into a cluster under load and judge the result
-    Drill(drill::DrillArgs),
+    Drill(cli::drill::DrillArgs),
     /// Check a history for linearizability (or --watch / --leases logs)
-    Check(linearizability::cli::CheckArgs),
+    Check(cli::check::CheckArgs),
     /// Benchmark an etcd-v3 endpoint set (real etcd or phalanx)
-    Bench(bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Run one member of a replicated store cluster (takes etcd's flags)
     Node(node_cmd::NodeArgs),
     /// Start a local 3-member cluster and print how to use it
@@ -57,9 +58,9 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
         Command::SampleBackend(args) => demo::run_sample_backend(args),
-        Command::Drill(args) => std::process::exit(drill::run_blocking(args)),
-        Command::Check(args) => std::process::exit(linearizability::cli::run(args)),
-        Command::Bench(args) => bench::run_blocking(args),
+        Command::Drill(args) => std::process::exit(drill::run_blocking(args.into())),
+        Command::Check(args) => std::process::exit(cli::check::run(args)),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Node(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

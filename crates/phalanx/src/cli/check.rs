@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{
+use linearizability::{
     check, check_leases, check_watch, History, HistoryError, LeaseOptions, Limits, Outcome,
 };
 

@@ -1,0 +1,7 @@
+//! The command lines of the library crates' entry points. Libraries take
+//! plain settings structs; only this binary knows clap (ARCHITECTURE.md,
+//! "Boundaries").
+
+pub mod bench;
+pub mod check;
+pub mod drill;
