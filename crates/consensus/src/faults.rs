@@ -6,7 +6,10 @@
 //!
 //! Planted bugs ([`PlantedBug`]) exist only so the proof-under-failure suite
 //! can show that its checks catch real violations; they are set at start-up
-//! by a hidden flag and never by the API.
+//! by a hidden flag and never by the API, and they are compiled only into
+//! test builds: the cargo feature `planted-bugs`, which the test suites turn
+//! on through their dev-dependencies and a release build never does
+//! ([`PLANTED_BUGS_COMPILED`]).
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
@@ -25,9 +28,28 @@ pub enum PlantedBug {
     AckBeforeFsync,
 }
 
+/// Whether this build carries the planted bugs (cargo feature
+/// `planted-bugs`). False in release builds, where every
+/// [`PlantedBug::is_active`] is a constant false and the bugs' code paths
+/// are compiled out.
+pub const PLANTED_BUGS_COMPILED: bool = cfg!(feature = "planted-bugs");
+
+impl PlantedBug {
+    /// True when `planted` is this bug and this build carries planted bugs.
+    pub fn is_active(self, planted: Option<PlantedBug>) -> bool {
+        PLANTED_BUGS_COMPILED && planted == Some(self)
+    }
+}
+
 impl std::str::FromStr for PlantedBug {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if !PLANTED_BUGS_COMPILED {
+            return Err(format!(
+                "planted bug {s:?}: this build has no planted bugs; they exist only in test \
+                 builds (cargo feature `planted-bugs` of the consensus crate, which `cargo test` turns on)"
+            ));
+        }
         match s {
             "skip-read-index" => Ok(PlantedBug::SkipReadIndex),
             "ack-before-fsync" => Ok(PlantedBug::AckBeforeFsync),

@@ -31,11 +31,36 @@ pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
-pub use faults::{Faults, NetworkFaults, PlantedBug};
+pub use faults::{Faults, NetworkFaults, PlantedBug, PLANTED_BUGS_COMPILED};
 pub use lessor::Lessor;
+pub use log_store::LogStoreError;
 pub use log_store::{IoMode, LogStore, LogStoreOptions};
 pub use node::{
-    ClusterState, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError, WriteBatchStats,
+    ClusterState, Fatal, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError,
+    WriteBatchStats,
 };
 pub use state_machine::{Applier, StoreChange};
 pub use types::{ApplyOutcome, Member, NodeId, TypeConfig};
+
+/// Make every panic outside a guarded section ([`mvcc::guard`]) stop the
+/// process with exit code [`PANIC_EXIT_CODE`]: a panic is a broken
+/// invariant or a storage engine that hit damaged data, and a member that
+/// lost one of its tasks to it must not go on serving. The default hook
+/// runs first, so the message and location are printed.
+pub fn install_fail_stop_panic_hook(member: &str) {
+    let member = member.to_string();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if mvcc::guard::in_guarded_section() {
+            // Caught by the caller and reported as an error naming the file.
+            return;
+        }
+        default(info);
+        tracing::error!("member {member:?}: a panic stops this member: {info}");
+        eprintln!("phalanx node {member}: stopping after a panic (exit code {PANIC_EXIT_CODE})");
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
+}
+
+/// Exit code of a member stopped by a panic.
+pub const PANIC_EXIT_CODE: i32 = 70;

@@ -226,10 +226,7 @@ pub fn iptables_usable() -> Result<(), String> {
 impl SampleBackends {
     /// Start `k` backends (logs in `log_dir`) and wait until each answers `/healthz`.
     pub async fn start(k: usize, exe: &Path, log_dir: &Path) -> Result<SampleBackends, DrillError> {
-        std::fs::create_dir_all(log_dir).map_err(|e| DrillError::Io {
-            what: format!("creating {}", log_dir.display()),
-            source: e,
-        })?;
+        cluster::create_dir(log_dir)?;
         let mut b = SampleBackends {
             exe: exe.to_path_buf(),
             backends: Vec::new(),
@@ -269,21 +266,20 @@ impl SampleBackends {
             return Ok(());
         }
         let (log, log2) = cluster::open_child_log(&b.log)?;
-        let child = Command::new(&self.exe)
-            .arg("sample-backend")
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("sample-backend")
             .args(["--listen", &format!("127.0.0.1:{}", b.port)])
             .args(["--control-listen", &format!("127.0.0.1:{}", b.control_port)])
             .args(["--name", &b.name])
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| {
-                DrillError::Cluster(format!(
-                    "starting {} sample-backend: {e}",
-                    self.exe.display()
-                ))
-            })?;
+            .stderr(log2);
+        let child = cluster::exit_with_parent(&mut cmd).spawn().map_err(|e| {
+            DrillError::Cluster(format!(
+                "starting {} sample-backend: {e}",
+                self.exe.display()
+            ))
+        })?;
         b.child = Some(child);
         b.paused = false;
         Ok(())
@@ -304,15 +300,8 @@ impl SampleBackends {
                 return Ok(());
             }
             let b = &mut self.backends[i];
-            if let Some(c) = b.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    b.child = None;
-                    return Err(DrillError::Cluster(format!(
-                        "{} exited ({st}) while starting; see {}",
-                        b.name,
-                        b.log.display()
-                    )));
-                }
+            if let Some(e) = cluster::reap(&mut b.child, &b.name, &b.log) {
+                return Err(DrillError::Cluster(format!("while starting, {e}")));
             }
             if Instant::now() > deadline {
                 return Err(DrillError::Cluster(format!(
@@ -323,6 +312,32 @@ impl SampleBackends {
             }
             tokio::time::sleep(Duration::from_millis(cluster::POLL_INTERVAL_MS)).await;
         }
+    }
+
+    pub fn pid_of(&self, i: usize) -> Option<u32> {
+        self.backends[i].child.as_ref().map(|c| c.id())
+    }
+
+    /// Backends that exited on their own since the last call (one stopped
+    /// by a `backend-kill` fault is not reported).
+    pub fn reap_exited(&mut self) -> Vec<cluster::Exited> {
+        self.backends
+            .iter_mut()
+            .filter_map(|b| cluster::reap(&mut b.child, &b.name, &b.log))
+            .collect()
+    }
+
+    /// Stop every backend cleanly: SIGTERM, SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let children = self
+            .backends
+            .iter_mut()
+            .filter_map(|b| {
+                b.paused = false;
+                b.child.take()
+            })
+            .collect();
+        cluster::stop_gracefully(children, grace);
     }
 
     fn kill(&mut self, i: usize) {
@@ -501,12 +516,12 @@ mod tests {
     fn both_profiles_are_valid_store_documents() {
         for p in [GatewayProfile::Resilient, GatewayProfile::Bare] {
             let doc = gateway_document(&[12001, 12002, 12003], p);
-            let opts = gateway::store_config::StoreBackedOptions {
+            let opts = gateway_store::StoreBackedOptions {
                 node_name: "n1".into(),
                 listen: ([127, 0, 0, 1], 0).into(),
                 admin_listen: None,
             };
-            let cfg = gateway::store_config::parse_document(&doc, &opts)
+            let cfg = gateway_store::parse_document(&doc, &opts)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{doc}", p.name()));
             assert_eq!(cfg.pools[0].endpoints.len(), 3);
             assert_eq!(

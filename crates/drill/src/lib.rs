@@ -448,7 +448,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
                 samples =
                     Some(SampleBackends::start(args.backends, &exe, &dir.join("logs")).await?);
             }
-            let key = with_gateway.then_some(gateway::store_config::DEFAULT_KEY);
+            let key = with_gateway.then_some(gateway_store::DEFAULT_KEY);
             let c = cluster::LocalCluster::start(
                 n,
                 &exe,
@@ -657,11 +657,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
 
     let watch_log = watch_log(&recd);
     write_file(&dir, "watch.jsonl", &watch_log)?;
-    summary.watch_events = recd
-        .watch
-        .iter()
-        .filter(|l| l.contains("\"kind\":\"event\""))
-        .count() as u64;
+    summary.watch_events = recd.watch_events;
     match linearizability::check_watch(watch_log.as_bytes()) {
         Ok(v) if v.is_empty() && watch_caught_up => {
             summary.watch = Verdict::Pass;
@@ -697,11 +693,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
 
     let lease_log = recd.leases.join("\n") + "\n";
     write_file(&dir, "leases.jsonl", &lease_log)?;
-    summary.lease_reads = recd
-        .leases
-        .iter()
-        .filter(|l| l.contains("\"kind\":\"read\""))
-        .count() as u64;
+    summary.lease_reads = recd.lease_reads;
     match linearizability::check_leases(
         lease_log.as_bytes(),
         linearizability::LeaseOptions::default(),
@@ -859,9 +851,9 @@ async fn configure_gateways(
     gateways: &[std::net::SocketAddr],
 ) -> Result<(), DrillError> {
     let deadline = Instant::now() + Duration::from_millis(GATEWAY_READY_TIMEOUT_MS);
-    let key = gateway::store_config::DEFAULT_KEY;
+    let key = gateway_store::DEFAULT_KEY;
     loop {
-        match gateway::store_config::write_document(endpoints, key, doc).await {
+        match gateway_store::write_document(endpoints, key, doc).await {
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => {
                 return Err(DrillError::Cluster(format!(

@@ -5,7 +5,8 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use linearizability::{Event, EventType, Function};
+use serde_json::Value;
 
 /// The operation kinds of the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -26,6 +27,16 @@ impl Func {
     }
 }
 
+impl From<Func> for Function {
+    fn from(f: Func) -> Function {
+        match f {
+            Func::Read => Function::Read,
+            Func::Write => Function::Write,
+            Func::Cas => Function::Cas,
+        }
+    }
+}
+
 /// How an operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +52,16 @@ impl OpStatus {
             OpStatus::Ok => "ok",
             OpStatus::Fail => "fail",
             OpStatus::Info => "info",
+        }
+    }
+}
+
+impl From<OpStatus> for EventType {
+    fn from(s: OpStatus) -> EventType {
+        match s {
+            OpStatus::Ok => EventType::Ok,
+            OpStatus::Fail => EventType::Fail,
+            OpStatus::Info => EventType::Info,
         }
     }
 }
@@ -68,6 +89,8 @@ struct Inner {
     ops: Vec<OpRecord>,
     watch: Vec<String>,
     leases: Vec<String>,
+    watch_events: u64,
+    lease_reads: u64,
 }
 
 /// Thread-safe recorder; the clock is read under the lock so file order and
@@ -84,6 +107,10 @@ pub struct Recorded {
     pub ops: Vec<OpRecord>,
     pub watch: Vec<String>,
     pub leases: Vec<String>,
+    /// Watch-log lines of kind `event` (changes delivered).
+    pub watch_events: u64,
+    /// Lease-log lines of kind `read`.
+    pub lease_reads: u64,
 }
 
 impl Recorder {
@@ -116,7 +143,8 @@ impl Recorder {
     pub fn invoke(&self, process: i64, f: Func, key: &str, value: Value) -> u64 {
         let mut g = self.lock();
         let t = self.now_us();
-        g.history.push(json!({"process": process, "type": "invoke", "f": f.name(), "key": key, "value": value, "time": t}).to_string());
+        g.history
+            .push(Event::new(process, EventType::Invoke, f.into(), key, value, t as i64).to_line());
         t
     }
 
@@ -136,7 +164,8 @@ impl Recorder {
     ) -> u64 {
         let mut g = self.lock();
         let t = self.now_us();
-        g.history.push(json!({"process": process, "type": status.name(), "f": f.name(), "key": key, "value": value, "time": t}).to_string());
+        g.history
+            .push(Event::new(process, status.into(), f.into(), key, value, t as i64).to_line());
         g.ops.push(OpRecord {
             process,
             member,
@@ -151,12 +180,22 @@ impl Recorder {
         t
     }
 
+    /// Record a watch-log line (docs/history-format.md §2).
     pub fn watch_line(&self, v: Value) {
-        self.lock().watch.push(v.to_string());
+        let mut g = self.lock();
+        if v["kind"] == "event" {
+            g.watch_events += 1;
+        }
+        g.watch.push(v.to_string());
     }
 
+    /// Record a lease-log line (docs/history-format.md §3).
     pub fn lease_line(&self, v: Value) {
-        self.lock().leases.push(v.to_string());
+        let mut g = self.lock();
+        if v["kind"] == "read" {
+            g.lease_reads += 1;
+        }
+        g.leases.push(v.to_string());
     }
 
     /// Highest revision of a successful write/cas so far (0 if none).
@@ -176,6 +215,8 @@ impl Recorder {
             ops: std::mem::take(&mut g.ops),
             watch: std::mem::take(&mut g.watch),
             leases: std::mem::take(&mut g.leases),
+            watch_events: std::mem::take(&mut g.watch_events),
+            lease_reads: std::mem::take(&mut g.lease_reads),
         }
     }
 }

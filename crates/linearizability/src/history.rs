@@ -1,4 +1,7 @@
-//! Parsing of operation histories (JSON lines) into paired [`Operation`]s.
+//! Operation histories (JSON lines): one [`Event`] per line, written with
+//! [`Event::to_line`] (the simulator, drills and the generator in
+//! [`crate::sim`] all write through it) and parsed into paired
+//! [`Operation`]s by [`History::parse`].
 //!
 //! The format is documented in `docs/history-format.md`. Parsing is strict:
 //! anything the checker would have to guess about is reported as a
@@ -8,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Why a history could not be parsed. Every variant except [`HistoryError::Io`]
@@ -41,7 +44,7 @@ impl HistoryError {
 }
 
 /// The event type of one history line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
     Invoke,
@@ -51,7 +54,7 @@ pub enum EventType {
 }
 
 /// The operation a history line is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Function {
     Read,
@@ -176,18 +179,58 @@ pub struct History {
     pub ops: Vec<Operation>,
 }
 
-#[derive(Deserialize)]
+/// One line of an operation history, exactly as written and read (see
+/// `docs/history-format.md` for what `value` holds per function).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawEvent {
-    process: i64,
+pub struct Event {
+    /// A sequential client.
+    pub process: i64,
     #[serde(rename = "type")]
-    kind: EventType,
-    f: Function,
+    pub kind: EventType,
+    pub f: Function,
+    /// Required on `invoke`; optional on the completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    value: Value,
-    time: i64,
+    pub value: Value,
+    /// Monotonic per process, one unit per file.
+    pub time: i64,
+}
+
+impl Event {
+    /// An event of `process` on `key`.
+    pub fn new(
+        process: i64,
+        kind: EventType,
+        f: Function,
+        key: &str,
+        value: Value,
+        time: i64,
+    ) -> Event {
+        Event {
+            process,
+            kind,
+            f,
+            key: Some(key.to_string()),
+            value,
+            time,
+        }
+    }
+
+    /// The `value` of a cas: `[expected, new]`, `expected` null when the key
+    /// must be absent.
+    pub fn cas_value(expected: Option<&str>, new: &str) -> Value {
+        Value::Array(vec![
+            expected.map_or(Value::Null, |e| Value::String(e.to_string())),
+            Value::String(new.to_string()),
+        ])
+    }
+
+    /// The JSON line (without the newline) that [`History::parse`] reads.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("a history event always serializes")
+    }
 }
 
 /// Values are strings; integers are accepted and compared by their decimal
@@ -230,7 +273,7 @@ impl History {
             if line.trim().is_empty() {
                 continue;
             }
-            let ev: RawEvent = serde_json::from_str(&line)
+            let ev: Event = serde_json::from_str(&line)
                 .map_err(|e| HistoryError::at(line_no, format!("invalid event: {e}")))?;
             if let Some(prev) = last_time.get(&ev.process) {
                 if ev.time < *prev {

@@ -9,6 +9,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
+use crate::history::{Event, EventType, Function};
+
 /// Parameters of a simulated run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -62,11 +64,11 @@ enum Phase {
 }
 
 struct Pending {
-    f: &'static str,
+    f: Function,
     key: String,
     input: serde_json::Value,
     output: serde_json::Value,
-    outcome: &'static str,
+    outcome: EventType,
     drop_effect: bool,
 }
 
@@ -86,13 +88,12 @@ pub fn generate(cfg: &SimConfig) -> String {
     }
     let event = |out: &mut String,
                  c: usize,
-                 kind: &str,
-                 f: &str,
+                 kind: EventType,
+                 f: Function,
                  key: &str,
                  v: &serde_json::Value,
                  t: u64| {
-        let line = serde_json::json!({"process": c, "type": kind, "f": f, "key": key, "value": v, "time": t});
-        out.push_str(&line.to_string());
+        out.push_str(&Event::new(c as i64, kind, f, key, v.clone(), t as i64).to_line());
         out.push('\n');
     };
     while let Some(Reverse((t, c, phase))) = queue.pop() {
@@ -104,12 +105,12 @@ pub fn generate(cfg: &SimConfig) -> String {
                 invoked += 1;
                 let key = format!("k{}", rng.below(cfg.keys as u64));
                 let (f, input) = match rng.below(10) {
-                    0..=3 => ("read", serde_json::Value::Null),
+                    0..=3 => (Function::Read, serde_json::Value::Null),
                     4..=6 => {
                         next_value += 1;
-                        ("write", serde_json::json!(next_value.to_string()))
+                        (Function::Write, serde_json::json!(next_value.to_string()))
                     }
-                    7 => ("delete", serde_json::Value::Null),
+                    7 => (Function::Delete, serde_json::Value::Null),
                     _ => {
                         next_value += 1;
                         // Expect the current value half the time so both
@@ -119,17 +120,20 @@ pub fn generate(cfg: &SimConfig) -> String {
                         } else {
                             Some((next_value / 2).to_string())
                         };
-                        ("cas", serde_json::json!([expected, next_value.to_string()]))
+                        (
+                            Function::Cas,
+                            Event::cas_value(expected.as_deref(), &next_value.to_string()),
+                        )
                     }
                 };
-                event(&mut out, c, "invoke", f, &key, &input, t);
+                event(&mut out, c, EventType::Invoke, f, &key, &input, t);
                 let info = rng.below(100) < cfg.info_percent as u64;
                 pending[c] = Some(Pending {
                     f,
                     key,
                     input,
                     output: serde_json::Value::Null,
-                    outcome: if info { "info" } else { "ok" },
+                    outcome: if info { EventType::Info } else { EventType::Ok },
                     drop_effect: info && rng.below(2) == 0,
                 });
                 queue.push(Reverse((t + 1 + rng.below(50), c, Phase::Effect)));
@@ -138,22 +142,22 @@ pub fn generate(cfg: &SimConfig) -> String {
                 let p = pending[c].as_mut().expect("effect of a pending op");
                 if !p.drop_effect {
                     match p.f {
-                        "read" => p.output = store.get(&p.key).cloned().into(),
-                        "write" => {
+                        Function::Read => p.output = store.get(&p.key).cloned().into(),
+                        Function::Write => {
                             store.insert(p.key.clone(), p.input.as_str().unwrap().to_string());
                         }
-                        "delete" => {
+                        Function::Delete => {
                             store.remove(&p.key);
                         }
-                        _ => {
+                        Function::Cas => {
                             let exp = p.input[0].as_str().map(str::to_string);
                             if store.get(&p.key).cloned() == exp {
                                 store.insert(
                                     p.key.clone(),
                                     p.input[1].as_str().unwrap().to_string(),
                                 );
-                            } else if p.outcome == "ok" {
-                                p.outcome = "fail";
+                            } else if p.outcome == EventType::Ok {
+                                p.outcome = EventType::Fail;
                             }
                         }
                     }
@@ -162,7 +166,11 @@ pub fn generate(cfg: &SimConfig) -> String {
             }
             Phase::Return => {
                 let p = pending[c].take().expect("return of a pending op");
-                let v = if p.f == "read" { p.output } else { p.input };
+                let v = if p.f == Function::Read {
+                    p.output
+                } else {
+                    p.input
+                };
                 event(&mut out, c, p.outcome, p.f, &p.key, &v, t);
                 queue.push(Reverse((t + 1 + rng.below(20), c, Phase::Invoke)));
             }

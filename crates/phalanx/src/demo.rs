@@ -4,16 +4,24 @@
 //! three sample HTTP backends run as `phalanx sample-backend` child
 //! processes, and the gateway configuration pointing at them is written into
 //! the store. The demo prints the endpoints, a `curl` line per gateway and
-//! the commands to try, and stops every child on Ctrl-C / SIGTERM.
+//! the commands to try; it reports a child that exits (with the end of its
+//! log), stops every child on SIGINT / SIGTERM / SIGHUP, and its children
+//! die with it even when it is SIGKILLed. Logs are kept unless
+//! `--remove-logs-on-exit`.
+//!
+//! This is wiring only: the cluster and the backends are started by the
+//! drill's launchers (`drill::cluster::LocalCluster`,
+//! `drill::backends::SampleBackends`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use drill::backends::SampleBackends;
+use drill::cluster::{ClusterOptions, LocalCluster};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -29,6 +37,10 @@ pub struct DemoArgs {
     /// Number of sample HTTP backends behind the gateways (0 = no gateways).
     #[arg(long, default_value_t = 3)]
     pub backends: usize,
+    /// Delete the data and logs on exit (by default they are kept for reading; a --data-dir
+    /// you named is never deleted, only what the demo wrote into it).
+    #[arg(long)]
+    pub remove_logs_on_exit: bool,
 }
 
 /// `phalanx sample-backend` (hidden): a tiny HTTP server answering with its name.
@@ -106,311 +118,243 @@ fn gateway_toml(backends: &[u16]) -> String {
     )
 }
 
-fn http_get_body(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(2500))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        status,
-        buf.split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_string(),
-    ))
+/// How long stopping children may take before they are SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the demo looks for children that exited.
+const REAP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Bound on one HTTP request of the demo to a gateway.
+const HTTP_TIMEOUT: Duration = Duration::from_millis(2_500);
+
+/// SIGINT, SIGTERM and SIGHUP (a closed terminal): each stops the demo cleanly.
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
 }
 
-/// The last `lines` lines of a child's log, for an error message.
-fn log_tail(path: &std::path::Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        let on =
+            |kind: SignalKind, name: &str| signal(kind).with_context(|| format!("handling {name}"));
+        Ok(StopSignals {
+            int: on(SignalKind::interrupt(), "SIGINT")?,
+            term: on(SignalKind::terminate(), "SIGTERM")?,
+            hup: on(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
 
-/// Outside the ephemeral range, so a member's outgoing connection cannot
-/// take a port before the member that owns it binds it.
-fn free_port() -> anyhow::Result<u16> {
-    drill::ports::free_local_port().context("choosing a port for the demo")
-}
-
-fn http_get_status(addr: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(2500))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
-}
-
-struct Members(Vec<Child>);
-impl Drop for Members {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SIGTERM first so members shut down cleanly; then make sure.
-            unsafe_kill(c.id() as i32, 15);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for c in &mut self.0 {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+    /// The name of the first of them to arrive.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }
 
-fn unsafe_kill(pid: i32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+/// The demo's children, once started.
+struct Children {
+    cluster: LocalCluster,
+    backends: Option<SampleBackends>,
+}
+
+impl Children {
+    /// Print every child that exited since the last call.
+    fn report_exits(&mut self) {
+        for e in self.cluster.reap_exited() {
+            println!("member {e}");
+        }
+        for e in self.backends.iter_mut().flat_map(|b| b.reap_exited()) {
+            println!("sample backend {e}");
+        }
+    }
+
+    fn stop(mut self) {
+        self.cluster.stop(STOP_GRACE);
+        if let Some(b) = &mut self.backends {
+            b.stop(STOP_GRACE);
+        }
+    }
+}
+
+/// Start the backends, the members, and the gateway configuration.
+async fn start(args: &DemoArgs, base: &Path, exe: &Path) -> anyhow::Result<Children> {
+    let gateways = args.backends > 0;
+    let backends = if gateways {
+        Some(SampleBackends::start(args.backends, exe, base).await?)
+    } else {
+        None
+    };
+    let mut o = ClusterOptions::new(args.members, exe, base);
+    o.data_dir = Some(base.to_path_buf());
+    o.gateways = gateways;
+    o.gateway_admin = true;
+    o.token_prefix = "phalanx-demo".into();
+    o.start_timeout = Duration::from_secs(args.ready_timeout_secs);
+    let cluster = LocalCluster::launch(o).await?;
+    if let Some(b) = &backends {
+        let deadline = Instant::now() + Duration::from_secs(args.ready_timeout_secs);
+        let doc = gateway_toml(&b.ports());
+        let path = base.join("gateway.toml");
+        std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        let endpoints = cluster.client_urls();
+        loop {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                gateway_store::write_document(&endpoints, GATEWAY_KEY, &doc),
+            )
+            .await;
+            match r {
+                Ok(Ok(_)) => break,
+                _ if Instant::now() > deadline => {
+                    bail!("could not write the gateway configuration into the store: {r:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        for m in &cluster.members {
+            let Some(addr) = m.gateway_addr() else {
+                continue;
+            };
+            let addr = addr.to_string();
+            loop {
+                let r = drill::admin::exchange(&addr, "GET", "/", None, HTTP_TIMEOUT).await;
+                if matches!(&r, Ok((200, body)) if body.starts_with("backend-")) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "the gateway of {} ({addr}) did not route to the backends within {} s; see {}",
+                        m.name,
+                        args.ready_timeout_secs,
+                        m.log.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(Children { cluster, backends })
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.members == 0 || args.members > 9 {
         bail!("--members must be between 1 and 9");
     }
-    let base = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("phalanx-demo-{}", std::process::id())),
+    let (base, created) = match &args.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("phalanx-demo-{}", std::process::id())),
+            true,
+        ),
     };
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let exe = std::env::current_exe().context("locating the phalanx binary")?;
-    // Signals are caught from the start, so an early Ctrl-C still stops the children.
+    // A current-thread runtime: every child is spawned from this (the main)
+    // thread, which lives as long as the demo, so the children's
+    // parent-death signal fires when the demo dies, not before.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut term = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    })?;
-    let mut int = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-    })?;
-    let gateways = args.backends > 0;
-
-    struct Plan {
-        name: String,
-        client: u16,
-        peer: u16,
-        metrics: u16,
-        gateway: u16,
-        gateway_admin: u16,
-    }
-    let mut plans = Vec::new();
-    for i in 1..=args.members {
-        plans.push(Plan {
-            name: format!("n{i}"),
-            client: free_port()?,
-            peer: free_port()?,
-            metrics: free_port()?,
-            gateway: free_port()?,
-            gateway_admin: free_port()?,
-        });
-    }
-    let initial_cluster: Vec<String> = plans
-        .iter()
-        .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.peer))
-        .collect();
-    let initial_cluster = initial_cluster.join(",");
-
-    let mut members = Members(Vec::new());
-    // Sample backends: real processes, so one can be killed by pid.
-    let mut backends = Members(Vec::new());
-    let mut backend_ports = Vec::new();
-    for i in 1..=args.backends {
-        let port = free_port()?;
-        let name = format!("backend-{i}");
-        let log = std::fs::File::create(base.join(format!("{name}.log")))?;
-        let child = Command::new(&exe)
-            .arg("sample-backend")
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--name", &name])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        backends.0.push(child);
-        backend_ports.push(port);
-    }
-    for p in &plans {
-        let log = std::fs::File::create(base.join(format!("{}.log", p.name)))?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("node");
-        if gateways {
-            cmd.args(["--gateway-listen", &format!("127.0.0.1:{}", p.gateway)])
-                .args([
-                    "--gateway-admin-listen",
-                    &format!("127.0.0.1:{}", p.gateway_admin),
-                ]);
-        }
-        let child = cmd
-            .args(["--name", &p.name])
-            .arg("--data-dir")
-            .arg(base.join(&p.name))
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", p.client),
-            ])
-            .args([
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", p.client),
-            ])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", p.peer),
-            ])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{}", p.peer),
-            ])
-            .args([
-                "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{}", p.metrics),
-            ])
-            .args(["--initial-cluster", &initial_cluster])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", "phalanx-demo"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting member {}", p.name))?;
-        members.0.push(child);
-    }
-
-    let deadline = Instant::now() + Duration::from_secs(args.ready_timeout_secs);
-    for p in &plans {
-        let addr = format!("127.0.0.1:{}", p.metrics);
-        while http_get_status(&addr, "/health") != Some(200) {
-            if Instant::now() > deadline {
-                bail!(
-                    "member {} did not become healthy within {} s; see {}",
-                    p.name,
-                    args.ready_timeout_secs,
-                    base.join(format!("{}.log", p.name)).display()
-                );
-            }
-            for (q, c) in plans.iter().zip(&mut members.0) {
-                if let Ok(Some(status)) = c.try_wait() {
-                    let log = base.join(format!("{}.log", q.name));
-                    bail!(
-                        "member {} exited early ({status}); the end of {}:\n{}",
-                        q.name,
-                        log.display(),
-                        log_tail(&log, 15)
-                    );
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    let endpoint_list: Vec<String> = plans
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{}", p.client))
-        .collect();
-    let endpoints = endpoint_list.join(",");
-
-    if gateways {
-        for (i, port) in backend_ports.iter().enumerate() {
-            let addr = format!("127.0.0.1:{port}");
-            while http_get_status(&addr, "/healthz") != Some(200) {
-                if Instant::now() > deadline {
-                    bail!(
-                        "backend-{} did not start within {} s; see {}",
-                        i + 1,
-                        args.ready_timeout_secs,
-                        base.join(format!("backend-{}.log", i + 1)).display()
-                    );
-                }
-                if let Ok(Some(status)) = backends.0[i].try_wait() {
-                    let log = base.join(format!("backend-{}.log", i + 1));
-                    bail!(
-                        "backend-{} exited early ({status}); the end of {}:\n{}",
-                        i + 1,
-                        log.display(),
-                        log_tail(&log, 15)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    // Signals are caught from the start, so an early Ctrl-C still stops the
+    // children (dropping the start-up future drops what it started).
+    let mut signals = rt.block_on(async { StopSignals::install() })?;
+    let started = rt.block_on(async {
+        tokio::select! {
+            r = start(&args, &base, &exe) => r.map(Some),
+            s = signals.recv() => {
+                println!("{s} while starting: stopped the members and backends");
+                Ok(None)
             }
         }
-        let doc = gateway_toml(&backend_ports);
-        std::fs::write(base.join("gateway.toml"), &doc)?;
-        loop {
-            let r = rt.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    gateway::store_config::write_document(&endpoint_list, GATEWAY_KEY, &doc),
-                )
-                .await
+    });
+    let outcome = match started {
+        Ok(Some(mut children)) => {
+            print_usage(&children, &base);
+            let s = rt.block_on(async {
+                loop {
+                    tokio::select! {
+                        s = signals.recv() => break s,
+                        _ = tokio::time::sleep(REAP_INTERVAL) => children.report_exits(),
+                    }
+                }
             });
-            match r {
-                Ok(Ok(_)) => break,
-                _ if Instant::now() > deadline => {
-                    bail!("could not write the gateway configuration into the store: {r:?}")
-                }
-                _ => std::thread::sleep(Duration::from_millis(200)),
-            }
+            println!("{s}: stopping members and backends");
+            children.stop();
+            Ok(())
         }
-        for p in &plans {
-            let addr = format!("127.0.0.1:{}", p.gateway);
-            while !matches!(http_get_body(&addr, "/"), Some((200, b)) if b.starts_with("backend-"))
-            {
-                if Instant::now() > deadline {
-                    bail!("the gateway of {} ({addr}) did not route to the backends within {} s; see {}", p.name, args.ready_timeout_secs, base.join(format!("{}.log", p.name)).display());
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    finish(&args, &base, created);
+    outcome
+}
 
-    println!("Phalanx demo: {} members are up.", plans.len());
-    for (p, c) in plans.iter().zip(&members.0) {
+/// Keep the logs (and say where), or remove what the demo wrote.
+fn finish(args: &DemoArgs, base: &Path, created: bool) {
+    if !args.remove_logs_on_exit {
+        println!("Data and logs kept in {}", base.display());
+        return;
+    }
+    if created {
+        let _ = std::fs::remove_dir_all(base);
+        return;
+    }
+    // A directory the user named: only what the demo wrote into it.
+    for i in 1..=args.members {
+        let _ = std::fs::remove_dir_all(base.join(format!("n{i}")));
+        let _ = std::fs::remove_file(base.join(format!("n{i}.log")));
+    }
+    for i in 1..=args.backends {
+        let _ = std::fs::remove_file(base.join(format!("backend-{i}.log")));
+    }
+    let _ = std::fs::remove_file(base.join("gateway.toml"));
+}
+
+fn print_usage(children: &Children, base: &Path) {
+    let cluster = &children.cluster;
+    let endpoints = cluster.client_urls().join(",");
+    println!(
+        "Phalanx demo: {} members are up (pid of the demo: {}).",
+        cluster.members.len(),
+        std::process::id()
+    );
+    for m in &cluster.members {
         println!(
-            "  {}  pid {:<7} client http://127.0.0.1:{}  peer http://127.0.0.1:{}  metrics http://127.0.0.1:{}/metrics",
-            p.name,
-            c.id(),
-            p.client,
-            p.peer,
-            p.metrics
+            "  {}  pid {:<7} client {}  peer {}  metrics {}/metrics",
+            m.name,
+            m.pid().unwrap_or(0),
+            m.client_url(),
+            m.peer_url(),
+            m.admin_url()
         );
     }
     println!("ENDPOINTS={endpoints}");
-    if gateways {
+    if let Some(b) = &children.backends {
         println!();
         println!("Sample backends:");
-        for (i, (port, c)) in backend_ports.iter().zip(&backends.0).enumerate() {
+        for (i, s) in b.backends.iter().enumerate() {
             println!(
-                "  backend-{}  pid {:<7} http://127.0.0.1:{port}",
-                i + 1,
-                c.id()
+                "  {}  pid {:<7} {}",
+                s.name,
+                b.pid_of(i).unwrap_or(0),
+                s.url()
             );
         }
         println!(
             "Gateways (one per member; configuration at store key {GATEWAY_KEY}, also in {}):",
             base.join("gateway.toml").display()
         );
-        for p in &plans {
-            println!(
-                "  curl http://127.0.0.1:{}/      # gateway of {}, admin http://127.0.0.1:{}/pools",
-                p.gateway, p.name, p.gateway_admin
-            );
+        for m in &cluster.members {
+            if let (Some(g), Some(a)) = (m.gateway_port, m.gateway_admin_port) {
+                println!(
+                    "  curl http://127.0.0.1:{g}/      # gateway of {}, admin http://127.0.0.1:{a}/pools",
+                    m.name
+                );
+            }
         }
     }
     println!();
@@ -419,12 +363,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  ETCDCTL_API=3 etcdctl --endpoints={endpoints} get greeting");
     println!("  ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table");
     println!("  kill -9 <pid of the leader>   # the others elect a new leader within a second");
-    if gateways {
-        let g = plans[0].gateway;
+    if let (Some(b), Some(g)) = (&children.backends, cluster.members[0].gateway_port) {
         println!("  for i in $(seq 6); do curl -s http://127.0.0.1:{g}/; done   # round robin over the backends");
         println!(
             "  kill {}   # stop backend-1; repeat the curl loop: traffic moves to the others",
-            backends.0[0].id()
+            b.pid_of(0).unwrap_or(0)
         );
         println!(
             "  ETCDCTL_API=3 etcdctl --endpoints={endpoints} put {GATEWAY_KEY} \"$(cat {})\"   # edit and apply live on every gateway",
@@ -432,21 +375,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         println!("  ETCDCTL_API=3 etcdctl --endpoints={endpoints} get --prefix {GATEWAY_KEY}/status/   # per-member outcome (applied / rejected + reason)");
     }
-    println!("Data and logs: {}", base.display());
+    println!(
+        "Data and logs: {} (kept when the demo exits; --remove-logs-on-exit deletes them)",
+        base.display()
+    );
+    println!("A child that exits is reported here, with the end of its log.");
     println!("Press Ctrl-C to stop.");
-    std::io::stdout().flush()?;
-
-    rt.block_on(async {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-    });
-    println!("stopping members and backends");
-    drop(members);
-    drop(backends);
-    if args.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&base);
-    }
-    Ok(())
+    let _ = std::io::stdout().flush();
 }

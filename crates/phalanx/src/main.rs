@@ -26,6 +26,11 @@ enum Command {
     SampleBackend(demo::SampleBackendArgs),
     /// Inject faults into a cluster under load and judge the result
     Drill(cli::drill::DrillArgs),
+    /// Detect anomalies in time series, or score detectors by the NAB method
+    #[command(subcommand)]
+    Anomaly(cli::anomaly::AnomalyCommand),
+    /// Run the deterministic cluster simulator over many seeds
+    Sim(cli::sim::SimArgs),
     /// Check a history for linearizability (or --watch / --leases logs)
     Check(cli::check::CheckArgs),
     /// Benchmark an etcd-v3 endpoint set (real etcd or phalanx)
@@ -35,7 +40,7 @@ enum Command {
     /// Start a local 3-member cluster and print how to use it
     Demo(demo::DemoArgs),
     /// Run an HTTP/TCP load balancer
-    Gateway(gateway::GatewayArgs),
+    Gateway(cli::gateway::GatewayArgs),
 }
 
 fn main() {
@@ -47,18 +52,25 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    // A child of `phalanx demo`, a drill or a test dies with its launcher
+    // (drill::cluster::exit_with_parent); first, before any thread starts.
+    drill::cluster::exit_with_parent_if_asked()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PHALANX_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a member's stderr is often a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
         Command::SampleBackend(args) => demo::run_sample_backend(args),
         Command::Drill(args) => std::process::exit(drill::run_blocking(args.into())),
+        Command::Anomaly(cmd) => cli::anomaly::run(cmd),
+        Command::Sim(args) => std::process::exit(cli::sim::run(args)),
         Command::Check(args) => std::process::exit(cli::check::run(args)),
         Command::Bench(args) => cli::bench::run(args),
         Command::Node(args) => tokio::runtime::Builder::new_multi_thread()
@@ -75,7 +87,7 @@ fn run() -> anyhow::Result<()> {
             if let Some(n) = args.worker_threads.filter(|n| *n > 1) {
                 rt.worker_threads(n);
             }
-            rt.enable_all().build()?.block_on(gateway::run(args))
+            rt.enable_all().build()?.block_on(cli::gateway::run(args))
         }
     }
 }

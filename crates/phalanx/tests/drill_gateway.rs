@@ -372,11 +372,7 @@ fn drill_gateway_interrupted_cleans_up_its_rule_and_processes() {
     );
     let doc = std::fs::read_to_string(tmp.path().join("report/gateway.toml"))
         .expect("gateway.toml written before the faults");
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    drill::cluster::signal(child.id(), "TERM").expect("SIGTERM the drill");
     let status = support::wait_for(
         "the drill to exit after SIGTERM",
         std::time::Duration::from_secs(30),

@@ -236,10 +236,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(c.id().to_string())
-                .status();
+            let _ = drill::cluster::signal(c.id(), "CONT");
             let _ = c.kill();
             let _ = c.wait();
         }

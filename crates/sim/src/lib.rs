@@ -54,6 +54,7 @@ use consensus::{
     NodeError, NodeId, NodeParts, PlantedBug, TypeConfig, WriteBatchStats,
 };
 use etcd_client::proto::PbTargetUnion;
+use linearizability::{Event, EventType, Function};
 use mvcc::{
     consts, ApplyResponse, Command, PbCompare, PbPutRequest, PbRangeRequest, PbTxnOpRequest,
     PbTxnRequest, PbTxnRequestOp, Store,
@@ -693,7 +694,7 @@ async fn start_member(
     let start_err = |detail: String| SimError::Start { id, detail };
     let options = LogStoreOptions {
         io: IoMode::Inline,
-        unsafe_no_fsync: planted == Some(PlantedBug::AckBeforeFsync),
+        unsafe_no_fsync: PlantedBug::AckBeforeFsync.is_active(planted),
     };
     let log = LogStore::open_backend(
         disks.log.clone(),
@@ -926,18 +927,15 @@ impl Recorder {
         (Instant::now() - self.t0).as_micros() as i64
     }
 
-    fn event(&self, process: u64, ty: &str, f: &str, key: &str, value: serde_json::Value) {
-        let line = serde_json::json!({"process": process, "type": ty, "f": f, "key": key, "value": value, "time": self.now_us()});
-        self.lines
-            .lock()
-            .expect("recorder poisoned")
-            .push(line.to_string());
+    fn event(&self, process: u64, ty: EventType, f: Function, key: &str, value: serde_json::Value) {
+        let line = Event::new(process as i64, ty, f, key, value, self.now_us()).to_line();
+        self.lines.lock().expect("recorder poisoned").push(line);
         let mut c = self.counts.lock().expect("recorder poisoned");
         match ty {
-            "ok" => c.ok += 1,
-            "fail" => c.fail += 1,
-            "info" => c.info += 1,
-            _ => {}
+            EventType::Ok => c.ok += 1,
+            EventType::Fail => c.fail += 1,
+            EventType::Info => c.info += 1,
+            EventType::Invoke => {}
         }
     }
 }
@@ -1034,8 +1032,13 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
         };
         match kind {
             OpKind::Read => {
-                ctx.rec
-                    .event(pid, "invoke", "read", &key, serde_json::Value::Null);
+                ctx.rec.event(
+                    pid,
+                    EventType::Invoke,
+                    Function::Read,
+                    &key,
+                    serde_json::Value::Null,
+                );
                 // The etcd KV service's linearizable read: the member's
                 // ReadIndex barrier (skipped by the planted SkipReadIndex),
                 // then its own store.
@@ -1053,21 +1056,30 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
                         ctx.rec.event(
                             pid,
-                            "ok",
-                            "read",
+                            EventType::Ok,
+                            Function::Read,
                             &key,
                             v.clone().map_or(serde_json::Value::Null, Into::into),
                         );
                         seen.insert(key.clone(), v);
                     }
-                    _ => ctx
-                        .rec
-                        .event(pid, "fail", "read", &key, serde_json::Value::Null),
+                    _ => ctx.rec.event(
+                        pid,
+                        EventType::Fail,
+                        Function::Read,
+                        &key,
+                        serde_json::Value::Null,
+                    ),
                 }
             }
             OpKind::Write => {
-                ctx.rec
-                    .event(pid, "invoke", "write", &key, value.clone().into());
+                ctx.rec.event(
+                    pid,
+                    EventType::Invoke,
+                    Function::Write,
+                    &key,
+                    value.clone().into(),
+                );
                 let put = PbPutRequest {
                     key: key.as_bytes().to_vec(),
                     value: value.as_bytes().to_vec(),
@@ -1075,8 +1087,13 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                 };
                 match propose(&target.node, Command::put(&put)).await {
                     WriteOutcome::Applied(ApplyResponse::Put(r)) => {
-                        ctx.rec
-                            .event(pid, "ok", "write", &key, value.clone().into());
+                        ctx.rec.event(
+                            pid,
+                            EventType::Ok,
+                            Function::Write,
+                            &key,
+                            value.clone().into(),
+                        );
                         let rev = r.header.map_or(0, |h| h.revision);
                         ctx.rec.acked.lock().expect("recorder poisoned").push((
                             key.clone(),
@@ -1086,9 +1103,12 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                         seen.insert(key.clone(), Some(value));
                     }
                     WriteOutcome::NotSent => {
-                        ctx.rec.event(pid, "fail", "write", &key, value.into())
+                        ctx.rec
+                            .event(pid, EventType::Fail, Function::Write, &key, value.into())
                     }
-                    _ => ctx.rec.event(pid, "info", "write", &key, value.into()),
+                    _ => ctx
+                        .rec
+                        .event(pid, EventType::Info, Function::Write, &key, value.into()),
                 }
             }
             OpKind::Cas => {
@@ -1097,8 +1117,9 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                 } else {
                     seen.get(&key).cloned().flatten()
                 };
-                let args = serde_json::json!([expected.clone(), value.clone()]);
-                ctx.rec.event(pid, "invoke", "cas", &key, args.clone());
+                let args = Event::cas_value(expected.as_deref(), &value);
+                ctx.rec
+                    .event(pid, EventType::Invoke, Function::Cas, &key, args.clone());
                 let compare = match &expected {
                     Some(v) => PbCompare {
                         result: consts::CMP_EQUAL,
@@ -1129,7 +1150,7 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                 };
                 match propose(&target.node, Command::txn(&txn)).await {
                     WriteOutcome::Applied(ApplyResponse::Txn(r)) if r.succeeded => {
-                        ctx.rec.event(pid, "ok", "cas", &key, args);
+                        ctx.rec.event(pid, EventType::Ok, Function::Cas, &key, args);
                         let rev = r.header.map_or(0, |h| h.revision);
                         ctx.rec.acked.lock().expect("recorder poisoned").push((
                             key.clone(),
@@ -1139,11 +1160,14 @@ async fn client(ctx: Arc<ClientCtx>, pid: u64, seed: u64) {
                         seen.insert(key.clone(), Some(value));
                     }
                     WriteOutcome::Applied(ApplyResponse::Txn(_)) => {
-                        ctx.rec.event(pid, "fail", "cas", &key, args)
+                        ctx.rec
+                            .event(pid, EventType::Fail, Function::Cas, &key, args)
                     }
                     // A cas that certainly did not run still cannot be `fail`:
                     // in the history format that asserts the comparison failed.
-                    _ => ctx.rec.event(pid, "info", "cas", &key, args),
+                    _ => ctx
+                        .rec
+                        .event(pid, EventType::Info, Function::Cas, &key, args),
                 }
             }
         }
@@ -1415,12 +1439,18 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         // Final reads, recorded as one more client.
         let final_pid = cfg.clients as u64 + 1_000;
         for key in &keys {
-            rec.event(final_pid, "invoke", "read", key, serde_json::Value::Null);
+            rec.event(
+                final_pid,
+                EventType::Invoke,
+                Function::Read,
+                key,
+                serde_json::Value::Null,
+            );
             let v = read_value(&l.store, key, 0).map(|(v, _)| v);
             rec.event(
                 final_pid,
-                "ok",
-                "read",
+                EventType::Ok,
+                Function::Read,
                 key,
                 v.map_or(serde_json::Value::Null, Into::into),
             );

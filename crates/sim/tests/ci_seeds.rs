@@ -68,7 +68,7 @@ fn ci_seeds_are_linearizable_recover_and_lose_no_acknowledged_write() {
     let r = run_seeds(CI_SEEDS.map(|seed| config(seed, None)));
     assert!(
         r.failed.is_empty(),
-        "seeds {:?} failed (replay: cargo run -p sim --example sim -- --seeds N)",
+        "seeds {:?} failed (replay: cargo run -p phalanx --features consensus/planted-bugs -- sim --seeds N)",
         r.failed
     );
     assert!(r.ok_ops > 0, "no operation succeeded on any seed");
@@ -92,7 +92,7 @@ fn many_clients_form_large_batches_and_stay_linearizable() {
     }));
     assert!(
         r.failed.is_empty(),
-        "seeds {:?} failed with 16 clients (replay: cargo run -p sim --example sim -- --clients 16 --duration-ms {CI_DURATION_MS} --seeds N)",
+        "seeds {:?} failed with 16 clients (replay: cargo run -p phalanx -- sim --clients 16 --duration-ms {CI_DURATION_MS} --seeds N)",
         r.failed
     );
     assert!(

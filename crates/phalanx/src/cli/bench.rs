@@ -97,8 +97,8 @@ pub struct KvArgs {
 impl From<StatusArgs> for bench::StatusArgs {
     fn from(a: StatusArgs) -> Self {
         Self {
-            endpoints: a.endpoints.into(),
-            timeout_ms: a.timeout_ms.into(),
+            endpoints: a.endpoints,
+            timeout_ms: a.timeout_ms,
         }
     }
 }
@@ -118,19 +118,19 @@ impl From<Workload> for bench::Workload {
 impl From<KvArgs> for bench::KvArgs {
     fn from(a: KvArgs) -> Self {
         Self {
-            endpoints: a.endpoints.into(),
-            clients: a.clients.into(),
-            duration: a.duration.into(),
+            endpoints: a.endpoints,
+            clients: a.clients,
+            duration: a.duration,
             workload: a.workload.into(),
-            value_bytes: a.value_bytes.into(),
-            keys: a.keys.into(),
-            fill_txn_ops: a.fill_txn_ops.into(),
-            put_percent: a.put_percent.into(),
-            request_timeout_ms: a.request_timeout_ms.into(),
-            connect_timeout_ms: a.connect_timeout_ms.into(),
-            error_backoff_ms: a.error_backoff_ms.into(),
-            report_gaps: a.report_gaps.into(),
-            json: a.json.into(),
+            value_bytes: a.value_bytes,
+            keys: a.keys,
+            fill_txn_ops: a.fill_txn_ops,
+            put_percent: a.put_percent,
+            request_timeout_ms: a.request_timeout_ms,
+            connect_timeout_ms: a.connect_timeout_ms,
+            error_backoff_ms: a.error_backoff_ms,
+            report_gaps: a.report_gaps,
+            json: a.json,
         }
     }
 }

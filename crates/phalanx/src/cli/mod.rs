@@ -5,3 +5,6 @@
 pub mod bench;
 pub mod check;
 pub mod drill;
+pub mod sim;
+pub mod gateway;
+pub mod anomaly;

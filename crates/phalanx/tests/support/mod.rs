@@ -2,10 +2,8 @@
 //! `etcdctl`, and helpers that wait on conditions with deadlines.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
@@ -29,23 +27,9 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `GET path` on 127.0.0.1:`port` (drill's one HTTP client), 5 s at most.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_millis(500),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((status, body))
+    drill::admin::get_blocking(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5)).ok()
 }
 
 pub fn etcdctl_path() -> &'static str {
@@ -78,41 +62,30 @@ impl Member {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
+    /// Start the member (drill's launcher writes the command line; the
+    /// process dies with the test's thread even if the test binary is killed).
     pub fn spawn(&mut self, token: &str) {
         assert!(self.child.is_none(), "member {} already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("node")
-            .args(["--name", &self.name])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--listen-client-urls", &self.client_url()])
-            .args(["--advertise-client-urls", &self.client_url()])
-            .args(["--listen-peer-urls", &self.peer_url()])
-            .args(["--initial-advertise-peer-urls", &self.peer_url()])
-            .args([
-                "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{}", self.metrics_port),
-            ])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-state", self.state])
-            .args(["--initial-cluster-token", token])
-            .args(&self.extra_args)
-            // PHALANX_TEST_LOG (a tracing filter) raises the members' log
-            // level when a failure needs diagnosing.
-            .env(
-                "PHALANX_LOG",
-                std::env::var("PHALANX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawning phalanx node");
+        // PHALANX_TEST_LOG (a tracing filter) raises the members' log
+        // level when a failure needs diagnosing.
+        let level = std::env::var("PHALANX_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let child = drill::cluster::spawn_node(
+            std::path::Path::new(BIN),
+            &drill::cluster::NodeSpec {
+                name: &self.name,
+                data_dir: &self.data_dir,
+                client_port: self.client_port,
+                peer_port: self.peer_port,
+                metrics_port: self.metrics_port,
+                initial_cluster: &self.initial_cluster,
+                initial_cluster_state: self.state,
+                token,
+                extra_args: &self.extra_args,
+                env: &[("PHALANX_LOG".into(), level)],
+                log: &self.log,
+            },
+        )
+        .expect("spawning phalanx node");
         self.child = Some(child);
     }
 
@@ -140,9 +113,7 @@ impl Member {
         if status != 200 {
             return None;
         }
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        drill::admin::metric_value(&body, name)
     }
 
     pub fn healthy(&self) -> bool {

@@ -1,12 +1,13 @@
-//! Command line (`phalanx gateway ...`) and the [`run`] entry point.
+//! `phalanx gateway`: the command line of the `gateway` library and its
+//! [`run`] entry point (signals: SIGHUP reloads, SIGTERM/SIGINT drain).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::config::{Algorithm, Config};
-use crate::gateway::Gateway;
+use gateway::config::{Algorithm, Config};
+use gateway::Gateway;
 
 /// `phalanx gateway` flags.
 ///

@@ -1,5 +1,10 @@
-//! Gateway configuration kept in the replicated store (etcd v3 API), applied
-//! live on every node.
+//! `gateway-store`: gateway configuration kept in the replicated store (etcd
+//! v3 API), applied live on every node. It joins the `gateway` crate (which
+//! knows nothing of the store) to an etcd v3 client.
+//!
+//! Main types: [`StoreBackedGateway`] (a running gateway and its watcher,
+//! from [`run_store_backed`]), [`StoreBackedOptions`] (node-local settings),
+//! [`StoreConfigError`]; [`write_document`] validates and writes a document.
 //!
 //! One key (default `/phalanx/gateway/config`) holds a TOML document with the
 //! schema of [`Config`]. Every node running a store-backed gateway gets the
@@ -35,12 +40,45 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use etcd_client::{Client, ConnectOptions, EventType, WatchOptions};
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, ListenerConfig, PoolConfig, RouteConfig};
-use crate::gateway::{Gateway, GatewayHandle};
+use gateway::config::{Config, ConfigError, ListenerConfig, PoolConfig, RouteConfig};
+use gateway::{Gateway, GatewayHandle};
+
+/// Why a store-backed gateway could not start, or a watch session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreConfigError {
+    /// The document does not parse or validate; nothing was written.
+    #[error("refusing to write an invalid gateway configuration: {0}")]
+    Invalid(#[source] ConfigError),
+    /// A store request did not answer within its bound.
+    #[error("{0} timed out after {RPC_TIMEOUT:?}: is a store member reachable at the endpoints given?")]
+    Timeout(&'static str),
+    /// The store answered with an error.
+    #[error("store: {0}")]
+    Store(#[from] etcd_client::Error),
+    /// The gateway could not start (e.g. a bind error).
+    #[error("starting the gateway: {0}")]
+    Start(#[source] ConfigError),
+    /// The watch stream ended without error; the watcher reconnects.
+    #[error("watch stream ended")]
+    WatchEnded,
+    /// The store canceled the watch; the watcher reconnects (and reads the
+    /// key again if history was compacted).
+    #[error("watch canceled: {reason} (compact revision {compact_revision})")]
+    WatchCanceled { reason: String, compact_revision: i64 },
+}
+
+/// A bounded store request: `what` names it in the timeout error.
+async fn bounded<T>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreConfigError> {
+    Ok(tokio::time::timeout(RPC_TIMEOUT, f)
+        .await
+        .map_err(|_| StoreConfigError::Timeout(what))??)
+}
 
 /// Default key of the shared gateway configuration.
 pub const DEFAULT_KEY: &str = "/phalanx/gateway/config";
@@ -155,17 +193,19 @@ pub fn parse_document(text: &str, opts: &StoreBackedOptions) -> Result<Config, C
 
 /// Check that `text` is a valid store document (as any node would see it),
 /// then write it at `key`; returns the store revision of the write.
-pub async fn write_document(endpoints: &[String], key: &str, text: &str) -> anyhow::Result<i64> {
+pub async fn write_document(
+    endpoints: &[String],
+    key: &str,
+    text: &str,
+) -> Result<i64, StoreConfigError> {
     let probe = StoreBackedOptions {
         node_name: String::new(),
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: None,
     };
-    parse_document(text, &probe).context("refusing to write an invalid gateway configuration")?;
+    parse_document(text, &probe).map_err(StoreConfigError::Invalid)?;
     let mut c = connect(endpoints).await?;
-    let r = tokio::time::timeout(RPC_TIMEOUT, c.put(key, text, None))
-        .await
-        .context("put timed out")??;
+    let r = bounded("put", c.put(key, text, None)).await?;
     Ok(r.header().map(|h| h.revision()).unwrap_or(0))
 }
 
@@ -177,7 +217,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+async fn connect(endpoints: &[String]) -> Result<Client, StoreConfigError> {
     // No per-request timeout on the channel: it would end the watch stream.
     // Unary calls are bounded with tokio timeouts instead; keep-alive pings
     // detect a dead connection under an idle watch.
@@ -185,17 +225,15 @@ async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
-    let c = tokio::time::timeout(RPC_TIMEOUT, Client::connect(endpoints, Some(opts)))
-        .await
-        .context("connecting to the store timed out")??;
-    Ok(c)
+    bounded("connecting to the store", Client::connect(endpoints, Some(opts))).await
 }
 
 /// `(value, mod_revision)` of `key` (None if absent) and the store revision.
-async fn get_key(c: &mut Client, key: &str) -> anyhow::Result<(Option<(Vec<u8>, i64)>, i64)> {
-    let r = tokio::time::timeout(RPC_TIMEOUT, c.get(key, None))
-        .await
-        .context("get timed out")??;
+async fn get_key(
+    c: &mut Client,
+    key: &str,
+) -> Result<(Option<(Vec<u8>, i64)>, i64), StoreConfigError> {
+    let r = bounded("get", c.get(key, None)).await?;
     let rev = r.header().map(|h| h.revision()).unwrap_or(0);
     let v = r
         .kvs()
@@ -217,7 +255,7 @@ pub async fn run_store_backed(
     key: String,
     initial: Option<Config>,
     opts: StoreBackedOptions,
-) -> anyhow::Result<StoreBackedGateway> {
+) -> Result<StoreBackedGateway, StoreConfigError> {
     let mut st = StoreStatus {
         node: opts.node_name.clone(),
         state: "starting".into(),
@@ -234,7 +272,7 @@ pub async fn run_store_backed(
     let first = tokio::time::timeout(Duration::from_secs(5), async {
         let mut c = connect(&endpoints).await?;
         let r = get_key(&mut c, &key).await?;
-        anyhow::Ok((c, r))
+        Ok::<_, StoreConfigError>((c, r))
     })
     .await;
     if let Ok(Ok((c, (value, header_rev)))) = first {
@@ -276,9 +314,9 @@ pub async fn run_store_backed(
             st.in_force_revision = 0;
             Gateway::start(empty_config(&opts))
                 .await
-                .context("starting the gateway")?
+                .map_err(StoreConfigError::Start)?
         }
-        Err(e) => return Err(e).context("starting the gateway"),
+        Err(e) => return Err(StoreConfigError::Start(e)),
     };
     if let Some(c) = client.as_mut() {
         if st.state != "starting" {
@@ -396,7 +434,7 @@ impl Watcher {
         rev: &mut Option<i64>,
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreConfigError> {
         if client.is_none() {
             *client = Some(connect(&self.endpoints).await?);
         }
@@ -410,22 +448,21 @@ impl Watcher {
             *rev = Some(header_rev);
         }
         let start = rev.unwrap() + 1;
-        let mut stream = tokio::time::timeout(
-            RPC_TIMEOUT,
+        let mut stream = bounded(
+            "creating the watch",
             c.watch(
                 self.key.as_str(),
                 Some(WatchOptions::new().with_start_revision(start)),
             ),
         )
-        .await
-        .context("creating the watch timed out")??;
+        .await?;
         loop {
             let msg = tokio::select! {
                 m = stream.message() => m?,
                 _ = stop.changed() => return Ok(()),
             };
             let Some(resp) = msg else {
-                anyhow::bail!("watch stream ended")
+                return Err(StoreConfigError::WatchEnded);
             };
             if resp.created() {
                 *backoff = BACKOFF_MIN;
@@ -435,11 +472,10 @@ impl Watcher {
                     // History was compacted past our revision: read the key again.
                     *rev = None;
                 }
-                anyhow::bail!(
-                    "watch canceled: {} (compact revision {})",
-                    resp.cancel_reason(),
-                    resp.compact_revision()
-                );
+                return Err(StoreConfigError::WatchCanceled {
+                    reason: resp.cancel_reason().to_string(),
+                    compact_revision: resp.compact_revision(),
+                });
             }
             // Only the last change of a batch matters, but each one is a
             // configuration an operator wrote: apply them in order.
