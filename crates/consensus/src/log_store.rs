@@ -48,7 +48,9 @@ pub enum LogStoreError {
     },
     #[error("raft log: {0}")]
     Db(String),
-    #[error("raft log: checksum mismatch in {what}: the file is corrupted; restore this member from a snapshot or remove it and re-add it with an empty data dir")]
+    #[error("raft log {path} is corrupted: {detail}. This member must not start from it: remove the member with `etcdctl member remove` and re-add it with an empty --data-dir, or restore the file from a backup")]
+    CorruptFile { path: String, detail: String },
+    #[error("raft log: checksum mismatch in {what}: the file is corrupted; remove this member with `etcdctl member remove` and re-add it with an empty data dir, or restore the file from a backup")]
     Corrupted { what: String },
     #[error("raft log {path}")]
     InFile {
@@ -67,10 +69,12 @@ fn db_err(e: impl std::fmt::Display) -> LogStoreError {
 fn open_error(path: &str, source: redb::DatabaseError) -> LogStoreError {
     let hint = match &source {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
-            " (the file is corrupted: restore this member from a snapshot, or remove it from the cluster and re-add it with an empty data dir)"
+            " (the file is corrupted: remove this member with `etcdctl member remove` and re-add it with an empty data dir, or restore the file from a backup)"
         }
         redb::DatabaseError::DatabaseAlreadyOpen => " (another process uses this data dir: stop it first)",
-        _ => "",
+        // Anything else that keeps redb from opening the file means it is
+        // damaged (or not a raft log at all).
+        _ => " (the file is damaged or not a raft log: remove this member with `etcdctl member remove` and re-add it with an empty data dir, or restore the file from a backup)",
     };
     LogStoreError::Open {
         path: path.to_string(),
@@ -154,6 +158,9 @@ pub struct LogStore {
     pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>>,
     /// Queue to the group-commit writer thread.
     writer: tokio::sync::mpsc::Sender<WriteOp>,
+    /// Set, with the error, once an append failed: the log is not trusted
+    /// again and the member must stop (see [`LogStore::write_failure`]).
+    failure: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// Work for the writer thread.
@@ -174,19 +181,45 @@ pub const MAX_APPENDS_PER_COMMIT: usize = 256;
 
 impl LogStore {
     /// Open or create the log file at `path` (production: [`IoMode::Threads`]).
+    ///
+    /// Every page checksum is verified (redb's `check_integrity`) and then
+    /// every record's; a damaged file is refused with an error naming it,
+    /// never a panic (redb panics on some malformed pages: caught here).
     pub fn open(path: &Path, unsafe_no_fsync: bool) -> Result<Self, LogStoreError> {
-        let db = redb::Builder::new()
-            .set_cache_size(LOG_CACHE_BYTES)
-            .create(path)
-            .map_err(|source| open_error(&path.display().to_string(), source))?;
-        Self::from_db(
-            db,
-            &path.display().to_string(),
-            LogStoreOptions {
-                io: IoMode::Threads,
-                unsafe_no_fsync,
-            },
-        )
+        let label = path.display().to_string();
+        let corrupt = |detail: String| LogStoreError::CorruptFile {
+            path: label.clone(),
+            detail,
+        };
+        let opened = mvcc::guard::catch_panics(|| {
+            let mut db = redb::Builder::new()
+                .set_cache_size(LOG_CACHE_BYTES)
+                .create(path)
+                .map_err(|source| open_error(&label, source))?;
+            match db.check_integrity() {
+                Ok(true) => {}
+                // A repair rolls the log back to an older commit: entries
+                // (or a vote) this member acknowledged may be gone.
+                Ok(false) => {
+                    return Err(corrupt(
+                        "page checksums failed; redb could only repair it by rolling it back, which may lose acknowledged entries or the vote".into(),
+                    ))
+                }
+                Err(e) => return Err(corrupt(format!("integrity check failed: {e}"))),
+            }
+            Self::from_db(
+                db,
+                &label,
+                LogStoreOptions {
+                    io: IoMode::Threads,
+                    unsafe_no_fsync,
+                },
+            )
+        });
+        match opened {
+            Ok(r) => r,
+            Err(panic) => Err(corrupt(format!("redb panicked reading it: {panic}"))),
+        }
     }
 
     /// Open or create a log on `backend`; `label` names it in errors.
@@ -218,6 +251,7 @@ impl LogStore {
             unsafe_no_fsync,
             pending: Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new())),
             writer: tx,
+            failure: Arc::new(tokio::sync::watch::channel(None).0),
         };
         // Verify every record once at start-up: a corrupted log refuses to
         // start rather than failing later in the middle of replication.
@@ -232,6 +266,8 @@ impl LogStore {
             db: store.db.clone(),
             pending: store.pending.clone(),
             unsafe_no_fsync,
+            failure: store.failure.clone(),
+            label: label.to_string(),
         };
         match io {
             IoMode::Threads => {
@@ -247,6 +283,26 @@ impl LogStore {
             }
         }
         Ok(store)
+    }
+
+    /// Becomes `Some(error)` when an append failed (disk full, I/O error).
+    /// openraft 0.9 does not always stop on a failed append callback, so
+    /// the member watches this and stops itself rather than lingering.
+    pub fn write_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.subscribe()
+    }
+
+    /// Whether the log holds no entry and no purge marker, and whether a
+    /// vote was ever saved: a member with an identity must have both (see
+    /// `Node::start`). Also the term of the last entry.
+    pub fn durable_state(&self) -> Result<DurableState, LogStoreError> {
+        let purged: Option<LogId> = self.get_meta::<Option<LogId>>(KEY_PURGED)?.flatten();
+        let last = self.last_entry_id()?.or(purged);
+        let vote: Option<Vote> = self.get_meta(KEY_VOTE)?;
+        Ok(DurableState {
+            last_log_id: last,
+            has_vote: vote.is_some(),
+        })
     }
 
     /// Wait until everything queued so far is on disk.
@@ -421,11 +477,21 @@ impl LogStore {
     }
 }
 
+/// What the log file holds at start-up (see [`LogStore::durable_state`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DurableState {
+    pub last_log_id: Option<LogId>,
+    pub has_vote: bool,
+}
+
 /// The group-commit writer thread's state.
 struct LogWriter {
     db: Arc<Database>,
     pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>>,
     unsafe_no_fsync: bool,
+    failure: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// The file, for error messages.
+    label: String,
 }
 
 impl LogWriter {
@@ -476,7 +542,17 @@ impl LogWriter {
         if let Err(e) = &result {
             // A log that failed to write is not trusted again: every later
             // append fails too, which stops the Raft core.
-            tracing::error!("raft log write failed: {e}");
+            if failed.is_none() {
+                tracing::error!("raft log write to {} failed: {e}", self.label);
+                let detail = format!("writing the raft log {} failed: {e}", self.label);
+                self.failure.send_if_modified(|f| {
+                    let first = f.is_none();
+                    if first {
+                        *f = Some(detail);
+                    }
+                    first
+                });
+            }
             *failed = Some(e.clone());
         } else {
             let mut pending = self.pending.lock().expect("pending poisoned");

@@ -19,6 +19,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::faults::Faults;
@@ -135,7 +136,20 @@ pub struct JoinAnswer {
 pub trait PeerHandler: Send + Sync + 'static {
     /// Returns the postcard-encoded response matching the request variant.
     async fn handle(&self, req: PeerRequest) -> Vec<u8>;
+
+    /// Whether requests from member `from` (0: a member that does not know
+    /// its id yet) are served at all. `Err` says why not: the sender was
+    /// removed from the cluster. It is answered with [`REMOVED_MARKER`]
+    /// instead of a Raft answer, so the sender learns it must stop rather
+    /// than campaigning with ever-higher terms.
+    fn admit(&self, _from: NodeId) -> Result<(), String> {
+        Ok(())
+    }
 }
+
+/// Prefix of the gRPC status message a member sends to a member it knows
+/// was removed from the cluster (code `FailedPrecondition`).
+pub const REMOVED_MARKER: &str = "phalanx: sender removed from cluster";
 
 /// The tonic service wrapping a [`PeerHandler`].
 pub struct PeerService<H> {
@@ -163,15 +177,18 @@ impl<H: PeerHandler> pb::peer_server::Peer for PeerService<H> {
         &self,
         request: tonic::Request<pb::Envelope>,
     ) -> Result<tonic::Response<pb::Envelope>, tonic::Status> {
-        if self.faults.enabled() {
-            let from = request
-                .metadata()
-                .get(FROM_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<NodeId>().ok());
-            if from.is_some_and(|f| self.faults.blocks(f)) {
-                return Err(tonic::Status::unavailable("injected partition"));
-            }
+        let from = request
+            .metadata()
+            .get(FROM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<NodeId>().ok());
+        if self.faults.enabled() && from.is_some_and(|f| self.faults.blocks(f)) {
+            return Err(tonic::Status::unavailable("injected partition"));
+        }
+        if let Err(why) = self.handler.admit(from.unwrap_or(0)) {
+            return Err(tonic::Status::failed_precondition(format!(
+                "{REMOVED_MARKER}: {why}"
+            )));
         }
         let env = request.into_inner();
         let req: PeerRequest = postcard::from_bytes(&env.payload).map_err(|e| {
@@ -212,6 +229,9 @@ pub struct PeerClient {
     channel: Channel,
     timeouts: PeerTimeouts,
     faults: Arc<Faults>,
+    /// Set (with the peer's explanation) when a peer answers that this
+    /// member was removed from the cluster.
+    removed: Arc<watch::Sender<Option<String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +244,9 @@ pub enum PeerCallError {
     Unreachable { target: NodeId, detail: String },
     #[error("member {target} sent an undecodable answer: {detail}")]
     Decode { target: NodeId, detail: String },
+    /// The peer knows this member was removed from the cluster.
+    #[error("member {target} refused this member: {detail}")]
+    Removed { target: NodeId, detail: String },
 }
 
 impl PeerClient {
@@ -233,6 +256,24 @@ impl PeerClient {
         url: &str,
         timeouts: PeerTimeouts,
         faults: Arc<Faults>,
+    ) -> Result<Self, PeerCallError> {
+        Self::with_removed_signal(
+            from,
+            target,
+            url,
+            timeouts,
+            faults,
+            Arc::new(watch::channel(None).0),
+        )
+    }
+
+    fn with_removed_signal(
+        from: NodeId,
+        target: NodeId,
+        url: &str,
+        timeouts: PeerTimeouts,
+        faults: Arc<Faults>,
+        removed: Arc<watch::Sender<Option<String>>>,
     ) -> Result<Self, PeerCallError> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| PeerCallError::Unreachable {
@@ -249,6 +290,7 @@ impl PeerClient {
             channel: endpoint.connect_lazy(),
             timeouts,
             faults,
+            removed,
         })
     }
 
@@ -311,13 +353,26 @@ impl PeerClient {
                 .expect("digits are valid metadata"),
         );
         let target = self.target;
-        let resp = client
-            .call(request)
-            .await
-            .map_err(|s| PeerCallError::Unreachable {
-                target,
-                detail: format!("{}: {}", s.code(), s.message()),
-            })?;
+        let resp = client.call(request).await.map_err(|s| {
+            if s.code() == tonic::Code::FailedPrecondition
+                && s.message().starts_with(REMOVED_MARKER)
+            {
+                let detail = format!("member {target:x} answered: {}", s.message());
+                self.removed.send_if_modified(|r| {
+                    let first = r.is_none();
+                    if first {
+                        *r = Some(detail.clone());
+                    }
+                    first
+                });
+                PeerCallError::Removed { target, detail }
+            } else {
+                PeerCallError::Unreachable {
+                    target,
+                    detail: format!("{}: {}", s.code(), s.message()),
+                }
+            }
+        })?;
         Ok(resp.into_inner().payload)
     }
 }
@@ -391,6 +446,7 @@ pub struct PeerNetwork {
     clients: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
     timeouts: PeerTimeouts,
     faults: Arc<Faults>,
+    removed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl PeerNetwork {
@@ -400,7 +456,14 @@ impl PeerNetwork {
             clients: Arc::new(Mutex::new(HashMap::new())),
             timeouts,
             faults,
+            removed: Arc::new(watch::channel(None).0),
         }
+    }
+
+    /// Becomes `Some(explanation)` once a peer answers that this member was
+    /// removed from the cluster.
+    pub fn removed_signal(&self) -> watch::Receiver<Option<String>> {
+        self.removed.subscribe()
     }
 
     pub fn client(&self, target: NodeId, member: &Member) -> Result<PeerClient, PeerCallError> {
@@ -416,12 +479,13 @@ impl PeerNetwork {
         if let Some(c) = clients.get(&(target, url.clone())) {
             return Ok(c.clone());
         }
-        let c = PeerClient::new(
+        let c = PeerClient::with_removed_signal(
             self.local_id,
             target,
             &url,
             self.timeouts,
             self.faults.clone(),
+            self.removed.clone(),
         )?;
         clients.insert((target, url), c.clone());
         Ok(c)
@@ -468,9 +532,9 @@ impl RaftPeer {
             )
             .await
             .map_err(|e| match e {
-                PeerCallError::Unreachable { .. } | PeerCallError::NotSent { .. } => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
+                PeerCallError::Unreachable { .. }
+                | PeerCallError::NotSent { .. }
+                | PeerCallError::Removed { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 PeerCallError::Decode { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

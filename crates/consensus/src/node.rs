@@ -129,6 +129,29 @@ pub enum NodeError {
     PeerUrlExists,
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// This member stopped for good (removed from the cluster, or a
+    /// storage fault): answered at once instead of after a timeout.
+    #[error("etcdserver: {0}")]
+    Halted(Fatal),
+}
+
+/// Why a member stopped serving for good. The process exits on it (see
+/// [`Node::halted`]); until then every client request is answered with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Fatal {
+    #[error("the member has been permanently removed from the cluster: member {name:?} (id {id:x}) of cluster {cluster:x} {how}. It stops for good; to bring it back, run `etcdctl member add` and start it with an empty --data-dir and --initial-cluster-state existing")]
+    Removed {
+        name: String,
+        id: NodeId,
+        cluster: u64,
+        how: String,
+    },
+    #[error("server stopped: member {name:?} (id {id:x}) hit a storage fault and stops rather than serve from a store it cannot trust: {what}. Fix the fault (free disk space, replace the disk) and restart the member; if a file is corrupted, remove the member with `etcdctl member remove` and re-add it with an empty --data-dir")]
+    Storage {
+        name: String,
+        id: NodeId,
+        what: String,
+    },
 }
 
 impl NodeError {
@@ -144,6 +167,7 @@ impl NodeError {
                 Code::FailedPrecondition
             }
             NodeError::Internal(_) => Code::Internal,
+            NodeError::Halted(_) => Code::Unavailable,
         }
     }
 }
@@ -193,6 +217,28 @@ pub enum StartError {
     Store { path: PathBuf, detail: String },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("data dir {data_dir} holds the identity of member {name:?} (id {id:x}) but {file} {what}: this member's state was lost, and starting would let it vote twice in a term or forget acknowledged writes. Remove the member with `etcdctl member remove {id:x}`, then `etcdctl member add {name} --peer-urls=...`, and start it with an empty --data-dir and --initial-cluster-state existing")]
+    LostState {
+        data_dir: PathBuf,
+        name: String,
+        id: NodeId,
+        file: PathBuf,
+        what: &'static str,
+    },
+    #[error("member {name:?} (id {id:x}) has already been bootstrapped: peer {peer} knows it as a started member of cluster {cluster:x}, but its data dir {data_dir} is empty, so its Raft log and vote were lost. A member must never rejoin under its old id without its state (it could vote twice in a term). Remove it with `etcdctl member remove {id:x}`, then `etcdctl member add {name} --peer-urls=...`, and start it with an empty --data-dir and --initial-cluster-state existing")]
+    AlreadyBootstrapped {
+        name: String,
+        id: NodeId,
+        cluster: u64,
+        peer: String,
+        data_dir: PathBuf,
+    },
+    #[error("member {name:?} (data dir {data_dir}) was removed from the cluster earlier ({marker} exists): a removed member never rejoins under its old id. Run `etcdctl member add` and start it with an empty --data-dir and --initial-cluster-state existing")]
+    WasRemoved {
+        name: String,
+        data_dir: PathBuf,
+        marker: PathBuf,
+    },
 }
 
 /// Status figures for `Maintenance.Status`.
@@ -226,7 +272,26 @@ pub struct Node {
     /// Set while handing leadership over (until the deadline).
     transferring: std::sync::Mutex<Option<Instant>>,
     shutdown_tx: watch::Sender<bool>,
+    /// Set once this member stops for good; see [`Node::halted`].
+    fatal: watch::Sender<Option<Fatal>>,
+    /// Members seen in applied membership configurations, to tell a
+    /// removed member (answered "removed") from one added by an entry this
+    /// member has not applied yet (served normally).
+    membership_history: std::sync::Mutex<MembershipHistory>,
+    /// Identity to write once the Raft log holds something (see
+    /// [`Node::start`]), with the member dir.
+    pending_identity: std::sync::Mutex<Option<(PathBuf, Identity)>>,
 }
+
+#[derive(Default)]
+struct MembershipHistory {
+    ever: BTreeSet<NodeId>,
+    removed: BTreeSet<NodeId>,
+}
+
+/// File in `<data-dir>/member` recording that this member learned it was
+/// removed from the cluster; a member finding it refuses to start.
+pub const REMOVED_MARKER_FILE: &str = "removed";
 
 /// What [`Node::from_parts`] assembles a member from.
 pub struct NodeParts {
@@ -242,6 +307,10 @@ pub struct NodeParts {
 
 /// Upper bound on an election pause or delayed campaign a peer may ask for.
 pub const MAX_ELECTION_PAUSE_MS: u64 = 10_000;
+
+/// Bound on asking one peer, at a first start, whether it already knows
+/// this member as bootstrapped (see `Node::refuse_if_bootstrapped`).
+pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 1_000;
 
 /// How this member's proposals were batched (see [`Node::write_batch_stats`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -388,10 +457,59 @@ impl Node {
         };
         let network = PeerNetwork::new(identity.member_id, timeouts, faults.clone());
 
+        let marker = member_dir.join(REMOVED_MARKER_FILE);
+        if marker.exists() {
+            return Err(StartError::WasRemoved {
+                name: config.name.clone(),
+                data_dir: config.data_dir.clone(),
+                marker,
+            });
+        }
+        let raft_path = member_dir.join("raft.redb");
         let log = LogStore::open(
-            &member_dir.join("raft.redb"),
-            config.planted_bug == Some(PlantedBug::AckBeforeFsync),
+            &raft_path,
+            PlantedBug::AckBeforeFsync.is_active(config.planted_bug),
         )?;
+        let durable = log.durable_state()?;
+        if existing_identity.is_some() {
+            // The identity is written only once the log holds an entry (see
+            // below), so an identity without a log means the log was lost.
+            let lost = match durable.last_log_id {
+                None => Some("holds no Raft log"),
+                // Entries of a term above 0 came from an elected leader, and
+                // a member saves the leader's vote before accepting them.
+                Some(l) if l.leader_id.term > 0 && !durable.has_vote => Some("holds no saved vote"),
+                _ => None,
+            };
+            if let Some(what) = lost {
+                return Err(StartError::LostState {
+                    data_dir: config.data_dir.clone(),
+                    name: identity.name.clone(),
+                    id: identity.member_id,
+                    file: raft_path,
+                    what,
+                });
+            }
+            // kv.redb is created (and its tables committed durably) before
+            // the identity is written, so it must exist. A missing one would
+            // be rebuilt from a log whose head may have been purged.
+            let kv_path = member_dir.join("kv.redb");
+            if std::fs::metadata(&kv_path).map(|m| m.len()).unwrap_or(0) == 0 {
+                return Err(StartError::LostState {
+                    data_dir: config.data_dir.clone(),
+                    name: identity.name.clone(),
+                    id: identity.member_id,
+                    file: kv_path,
+                    what: "is missing or empty",
+                });
+            }
+        } else if durable.last_log_id.is_none() {
+            // A fresh data dir: if the cluster already runs and knows this
+            // member as started, its state was lost.
+            Self::refuse_if_bootstrapped(&config, &identity, faults.clone()).await?;
+        }
+        let log_failure = log.write_failure();
+        let removed_signal = network.removed_signal();
         let kv_path = member_dir.join("kv.redb");
         let store = Arc::new(Store::open(&kv_path).map_err(|e| StartError::Store {
             path: kv_path.clone(),
@@ -440,7 +558,26 @@ impl Node {
             faults,
         });
 
-        // Serve peers before initializing, so others can reach us at once.
+        if let Some(members) = initial_members {
+            if !node
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?
+            {
+                // Every initial member initializes with the same membership;
+                // openraft accepts this (the entries are identical). Before
+                // peers are served: a peer's vote request handled between
+                // the check above and `initialize` would make openraft
+                // refuse it and log an ERROR on a normal bootstrap. Peers
+                // connecting meanwhile wait in the listen backlog.
+                if let Err(e) = node.raft.initialize(members).await {
+                    tracing::info!("initialize: {e} (another member initialized first)");
+                }
+            }
+        }
+
+        // Serve peers (the listener is bound already).
         let service = PeerService::new(node.clone(), node.faults.clone());
         let mut shutdown_rx = node.shutdown_tx.subscribe();
         let incoming = tokio_stream_listener(peer_listener);
@@ -457,21 +594,52 @@ impl Node {
             }
         });
 
-        if let Some(members) = initial_members {
-            if !node
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?
-            {
-                // Every initial member initializes with the same membership;
-                // openraft accepts this (the entries are identical).
-                if let Err(e) = node.raft.initialize(members).await {
-                    tracing::info!("initialize: {e} (another member initialized first)");
+        // The identity is written once the Raft log holds an entry (at
+        // once after `initialize`; for a joining member, once the leader
+        // has replicated to it): so a data dir with an identity always has
+        // a log, and a missing log is detected as lost state above.
+        *node
+            .pending_identity
+            .lock()
+            .expect("pending identity poisoned") = Some((member_dir.clone(), identity));
+        node.store_identity_if_logged()?;
+
+        // Stop for good when the log cannot be written or a peer says this
+        // member was removed.
+        {
+            let n = node.clone();
+            let mut log_failure = log_failure;
+            let mut removed_signal = removed_signal;
+            tokio::spawn(async move {
+                tokio::select! {
+                    r = log_failure.wait_for(|f| f.is_some()) => {
+                        if let Ok(f) = r {
+                            let what = f.clone().unwrap_or_default();
+                            n.halt(Fatal::Storage { name: n.config.name.clone(), id: n.id, what });
+                        }
+                    }
+                    r = removed_signal.wait_for(|f| f.is_some()) => {
+                        if let Ok(f) = r {
+                            let how = format!("(a peer refused it: {})", f.clone().unwrap_or_default());
+                            n.halt_removed(how);
+                        }
+                    }
                 }
-            }
+            });
         }
-        identity::store(&member_dir, &identity)?;
+        {
+            // Corruption found by a read at run time stops the member too.
+            let n = Arc::downgrade(&node);
+            node.store().on_corruption(Box::new(move |what: String| {
+                if let Some(n) = n.upgrade() {
+                    n.halt(Fatal::Storage {
+                        name: n.config.name.clone(),
+                        id: n.id,
+                        what,
+                    });
+                }
+            }));
+        }
 
         node.clone().spawn_background();
         Ok(node)
@@ -503,6 +671,9 @@ impl Node {
             transferring: Default::default(),
             membership_lock: Default::default(),
             shutdown_tx,
+            fatal: watch::channel(None).0,
+            membership_history: Default::default(),
+            pending_identity: Default::default(),
         })
     }
 
@@ -516,6 +687,172 @@ impl Node {
         let node = Node::assemble(parts);
         node.clone().spawn_background();
         node
+    }
+
+    /// Write the identity if it is pending and the Raft log holds an entry.
+    fn store_identity_if_logged(&self) -> Result<(), identity::IdentityError> {
+        let mut pending = self
+            .pending_identity
+            .lock()
+            .expect("pending identity poisoned");
+        if pending.is_some() && self.raft.metrics().borrow().last_log_index.is_some() {
+            let (dir, id) = pending.take().expect("checked above");
+            identity::store(&dir, &id)?;
+        }
+        Ok(())
+    }
+
+    /// etcd's `isMemberBootstrapped`: a member with an empty data dir asks
+    /// its peers (once each, briefly: at a first bootstrap they may not run
+    /// yet) whether they know it as a started member, i.e. one that has
+    /// published its client URLs. If one does, its state was lost.
+    async fn refuse_if_bootstrapped(
+        config: &NodeConfig,
+        me: &Identity,
+        faults: Arc<Faults>,
+    ) -> Result<(), StartError> {
+        let timeouts = PeerTimeouts {
+            connect_timeout_ms: config
+                .peer_connect_timeout_ms
+                .min(BOOTSTRAP_PROBE_TIMEOUT_MS),
+            request_timeout_ms: BOOTSTRAP_PROBE_TIMEOUT_MS,
+            raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms,
+        };
+        let probes = config
+            .initial_cluster
+            .iter()
+            .filter(|(n, _)| *n != config.name)
+            .flat_map(|(_, urls)| urls.first().cloned())
+            .map(|url| {
+                let faults = faults.clone();
+                let req = PeerRequest::Join {
+                    peer_urls: config.advertise_peer_urls.clone(),
+                };
+                async move {
+                    let client = PeerClient::new(0, 0, &url, timeouts, faults).ok()?;
+                    let answer = client
+                        .call::<Result<JoinAnswer, String>>(&req, None)
+                        .await
+                        .ok()?
+                        .ok()?;
+                    Some((url, answer))
+                }
+            });
+        for (url, answer) in futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            let started = answer
+                .members
+                .iter()
+                .any(|(id, m)| *id == me.member_id && !m.client_urls.is_empty());
+            if started {
+                return Err(StartError::AlreadyBootstrapped {
+                    name: config.name.clone(),
+                    id: me.member_id,
+                    cluster: answer.cluster_id,
+                    peer: url,
+                    data_dir: config.data_dir.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop serving for good: every later request fails at once with
+    /// `f`, Raft stops, and [`Node::halted`] resolves (the binary exits).
+    pub fn halt(&self, f: Fatal) {
+        let first = self.fatal.send_if_modified(|cur| {
+            let first = cur.is_none();
+            if first {
+                *cur = Some(f.clone());
+            }
+            first
+        });
+        if !first {
+            return;
+        }
+        tracing::error!("{f}");
+        if let Fatal::Removed { .. } = f {
+            // A restart must not bring the removed member back silently.
+            let marker = self
+                .config
+                .data_dir
+                .join("member")
+                .join(REMOVED_MARKER_FILE);
+            if let Err(e) = std::fs::write(&marker, f.to_string()) {
+                tracing::error!("cannot write {}: {e}", marker.display());
+            }
+        }
+        let _ = self.shutdown_tx.send(true);
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.shutdown().await;
+        });
+    }
+
+    fn halt_removed(&self, how: String) {
+        self.halt(Fatal::Removed {
+            name: self.config.name.clone(),
+            id: self.id,
+            cluster: self.cluster_id,
+            how,
+        });
+    }
+
+    /// Why this member stopped for good, if it did.
+    pub fn fatal(&self) -> Option<Fatal> {
+        self.fatal.borrow().clone()
+    }
+
+    /// Resolves once this member stopped for good (removed, storage fault,
+    /// Raft core stopped); the caller should exit non-zero.
+    pub async fn halted(&self) -> Fatal {
+        let mut rx = self.fatal.subscribe();
+        let f = rx
+            .wait_for(|f| f.is_some())
+            .await
+            .expect("the sender lives as long as the node")
+            .clone();
+        f.expect("waited for Some")
+    }
+
+    /// `Err` once this member stopped for good.
+    pub fn check_serving(&self) -> Result<(), NodeError> {
+        match &*self.fatal.borrow() {
+            Some(f) => Err(NodeError::Halted(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Track applied membership: which members were removed (peers answer
+    /// them "removed"), and whether this member itself was.
+    fn observe_membership(&self, m: &openraft::RaftMetrics<NodeId, Member>) {
+        let cfg = &m.membership_config;
+        // Only an applied (so committed) configuration counts: an
+        // uncommitted one may still be truncated away.
+        if cfg.log_id().is_none() || m.last_applied < *cfg.log_id() {
+            return;
+        }
+        let current: BTreeSet<NodeId> = cfg.membership().nodes().map(|(id, _)| *id).collect();
+        let self_removed = {
+            let mut h = self
+                .membership_history
+                .lock()
+                .expect("membership history poisoned");
+            let was_member = h.ever.contains(&self.id);
+            h.ever.extend(current.iter().copied());
+            let removed: BTreeSet<NodeId> = h.ever.difference(&current).copied().collect();
+            h.removed = removed;
+            was_member && !current.contains(&self.id)
+        };
+        if self_removed {
+            self.halt_removed(format!(
+                "(it applied the membership change at log index {} that removes it)",
+                cfg.log_id().map(|l| l.index).unwrap_or(0)
+            ));
+        }
     }
 
     async fn join(config: &NodeConfig, faults: Arc<Faults>) -> Result<Identity, StartError> {
@@ -577,6 +914,26 @@ impl Node {
             let mut last_publish: Option<Instant> = None;
             let mut shutdown = node.shutdown_tx.subscribe();
             loop {
+                {
+                    let m = metrics.borrow_and_update().clone();
+                    if let Err(f) = &m.running_state {
+                        node.halt(Fatal::Storage {
+                            name: node.config.name.clone(),
+                            id: node.id,
+                            what: format!("the Raft core stopped: {f}"),
+                        });
+                        return;
+                    }
+                    node.observe_membership(&m);
+                    if let Err(e) = node.store_identity_if_logged() {
+                        node.halt(Fatal::Storage {
+                            name: node.config.name.clone(),
+                            id: node.id,
+                            what: e.to_string(),
+                        });
+                        return;
+                    }
+                }
                 let (state, term, leader, my_urls) = {
                     let m = metrics.borrow_and_update();
                     let me = m.membership_config.membership().get_node(&node.id).cloned();
@@ -613,7 +970,17 @@ impl Node {
                     }
                 }
                 tokio::select! {
-                    r = metrics.changed() => if r.is_err() { return },
+                    r = metrics.changed() => if r.is_err() {
+                        // The Raft core ended without being asked to.
+                        if !*node.shutdown_tx.borrow() {
+                            node.halt(Fatal::Storage {
+                                name: node.config.name.clone(),
+                                id: node.id,
+                                what: "the Raft core stopped unexpectedly".into(),
+                            });
+                        }
+                        return
+                    },
                     _ = shutdown.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)), if !published => {}
                 }
@@ -685,8 +1052,11 @@ impl Node {
             .membership()
             .voter_ids()
             .any(|v| v == self.id);
+        let halted = self.fatal.borrow().is_some() || m.running_state.is_err();
         NodeStatus {
-            leader: m.current_leader,
+            // A stopped Raft core's metrics are frozen: never report a
+            // leader (least of all itself) from them.
+            leader: if halted { None } else { m.current_leader },
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
@@ -717,6 +1087,7 @@ impl Node {
     /// [`Node::write_batched`]): one leader round trip and one Raft entry
     /// carry them all, each still applied at its own revision.
     pub async fn propose(self: &Arc<Self>, cmd: Command) -> Result<ApplyOutcome, NodeError> {
+        self.check_serving()?;
         let outcome = self.write_batched(cmd).await?;
         // The write is applied on the leader; make it visible here too
         // before answering, so a client reading from this member next sees
@@ -763,7 +1134,8 @@ impl Node {
     /// predate the call), so at most one round per member is in flight and
     /// a burst of N reads costs two rounds, not N.
     pub async fn read_barrier(self: &Arc<Self>) -> Result<(), NodeError> {
-        if self.config.planted_bug == Some(PlantedBug::SkipReadIndex) {
+        self.check_serving()?;
+        if PlantedBug::SkipReadIndex.is_active(self.config.planted_bug) {
             return Ok(());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -894,7 +1266,9 @@ impl Node {
         let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
         let mut metrics = self.raft.metrics();
         let mut hint: Option<(NodeId, Member)> = None;
+        let mut halted = self.fatal.subscribe();
         loop {
+            self.check_serving()?;
             let leader = {
                 let m = metrics.borrow_and_update();
                 match m.current_leader {
@@ -941,6 +1315,11 @@ impl Node {
                         Err(PeerCallError::Decode { detail, .. }) => {
                             return Err(NodeError::Internal(detail))
                         }
+                        Err(PeerCallError::Removed { detail, .. }) => {
+                            self.halt_removed(format!("(a peer refused it: {detail})"));
+                            self.check_serving()?;
+                            return Err(NodeError::Stopped);
+                        }
                     }
                 }
             };
@@ -967,8 +1346,14 @@ impl Node {
             if hint.is_none() {
                 // Wait for a leader change (or a short back-off), bounded by the deadline.
                 let wait = deadline.min(Instant::now() + Duration::from_millis(20));
-                if let Ok(Err(_)) = tokio::time::timeout_at(wait, metrics.changed()).await {
-                    return Err(NodeError::Stopped);
+                tokio::select! {
+                    r = tokio::time::timeout_at(wait, metrics.changed()) => {
+                        if let Ok(Err(_)) = r {
+                            self.check_serving()?;
+                            return Err(NodeError::Stopped);
+                        }
+                    }
+                    _ = halted.wait_for(|f| f.is_some()) => {}
                 }
             }
         }
@@ -1335,29 +1720,31 @@ impl Node {
     > {
         let deadline = Instant::now() + Duration::from_millis(self.config.request_timeout_ms);
         let mut metrics = self.raft.metrics();
+        // Every change waits until the last one has been applied (so it is
+        // committed): openraft refuses a change while one is uncommitted and
+        // logs each refusal at ERROR ("the cluster is already undergoing a
+        // configuration change"). Before this wait also preceded the first
+        // attempt, every normal bootstrap logged one: members publish their
+        // client URLs as soon as a leader is elected, before the leader has
+        // committed the configuration it inherited.
+        let settled = |m: &openraft::RaftMetrics<NodeId, Member>| {
+            let pending = m.membership_config.log_id().map(|l| l.index);
+            m.last_applied.map(|l| l.index) >= pending || m.state != openraft::ServerState::Leader
+        };
+        let _ = tokio::time::timeout_at(deadline, metrics.wait_for(settled)).await;
         loop {
             match self.raft.change_membership(change.clone(), retain).await {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     openraft::error::ChangeMembershipError::InProgress(_),
                 ))) if Instant::now() < deadline => {
-                    // Retry once the change in progress has been applied (so it
-                    // is committed), not on every metrics tick: each refused
-                    // attempt is logged by openraft at ERROR, and at start-up,
-                    // when every member publishes its client URLs at once, that
-                    // was a hundred lines of noise per member.
-                    let settled = |m: &openraft::RaftMetrics<NodeId, Member>| {
-                        let pending = m.membership_config.log_id().map(|l| l.index);
-                        m.last_applied.map(|l| l.index) >= pending
-                            || m.state != openraft::ServerState::Leader
-                    };
-                    let _ =
-                        tokio::time::timeout_at(deadline.into(), metrics.wait_for(settled)).await;
+                    // Refused all the same (the metrics lag the Raft core):
+                    // retry once the change in progress has been applied, not
+                    // on every metrics tick, so the ERROR lines stay rare.
+                    let _ = tokio::time::timeout_at(deadline, metrics.wait_for(settled)).await;
                     // And at least one metrics change between attempts, so a
                     // refusal that outlives the condition above cannot spin.
                     let _ = tokio::time::timeout_at(
-                        deadline
-                            .min(Instant::now() + Duration::from_millis(50))
-                            .into(),
+                        deadline.min(Instant::now() + Duration::from_millis(50)),
                         metrics.changed(),
                     )
                     .await;
@@ -1412,6 +1799,20 @@ impl Node {
 
 #[tonic::async_trait]
 impl PeerHandler for Node {
+    fn admit(&self, from: NodeId) -> Result<(), String> {
+        let h = self
+            .membership_history
+            .lock()
+            .expect("membership history poisoned");
+        if h.removed.contains(&from) {
+            return Err(format!(
+                "member {from:x} was removed from cluster {:x} (member {:x} {:?} applied its removal)",
+                self.cluster_id, self.id, self.config.name
+            ));
+        }
+        Ok(())
+    }
+
     async fn handle(&self, req: PeerRequest) -> Vec<u8> {
         match req {
             PeerRequest::AppendEntries(r) => encode(&self.raft.append_entries(r).await),

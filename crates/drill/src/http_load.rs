@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::faults::FaultWindow;
-use crate::report::Verdict;
+use crate::verdict::Verdict;
 
 /// Pause of each HTTP client between two requests, in ms.
 pub const HTTP_THINK_MS: u64 = 10;

@@ -47,6 +47,7 @@ pub mod http_load;
 pub mod ports;
 pub mod recorder;
 pub mod report;
+pub mod verdict;
 pub mod workload;
 
 use std::collections::{HashMap, HashSet};
@@ -427,6 +428,48 @@ fn ms(d: Duration) -> u64 {
 /// Run a drill and judge it (files are written to `args.report`).
 pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     let plan = validate(&args)?;
+    let mut stage = set_up(&args, &plan).await?;
+    let execution = execute(&args, &plan, &mut stage).await;
+    judge(&args, &plan, stage, execution)
+}
+
+/// A drill's environment, built by [`set_up`]: the cluster under test, the
+/// sample backends and gateways (backend faults only), and the workload's
+/// settings. Dropping it stops every child process the drill started.
+struct Stage {
+    dir: PathBuf,
+    start: Instant,
+    rec: Arc<Recorder>,
+    backend: Backend,
+    samples: Option<SampleBackends>,
+    names: Vec<String>,
+    endpoints: Vec<String>,
+    cfg: Arc<WorkloadConfig>,
+    /// First revision the watcher must deliver.
+    start_rev: i64,
+    /// The members' gateways, when backend faults run.
+    gateways: Vec<std::net::SocketAddr>,
+}
+
+/// What the workload, the faults and the final phase produced ([`execute`]).
+struct Execution {
+    windows: Vec<FaultWindow>,
+    workload_start_us: u64,
+    workload_end_us: u64,
+    /// Final value of every key read after the faults healed.
+    finals: HashMap<String, Option<String>>,
+    /// The lease client's closing revoke-and-read check held.
+    lease_final_ok: bool,
+    /// Highest acknowledged revision, which the watcher must reach.
+    target_rev: i64,
+    /// Highest revision the watcher delivered.
+    watched_rev: i64,
+    http: Vec<http_load::HttpRecord>,
+}
+
+/// Plan → stage: starts (or attaches to) the cluster, sample backends and
+/// gateways, waits for a leader and reads the starting revision.
+async fn set_up(args: &DrillArgs, plan: &Plan) -> Result<Stage, DrillError> {
     let dir = args.report.clone();
     std::fs::create_dir_all(&dir).map_err(|e| DrillError::Io {
         what: format!("creating {}", dir.display()),
@@ -438,7 +481,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     // Backend faults: sample backends, and a gateway on every member.
     let with_gateway = plan.faults.iter().any(|k| k.backend_fault().is_some());
     let mut samples: Option<SampleBackends> = None;
-    let mut backend = match args.local {
+    let backend = match args.local {
         Some(n) => {
             let exe = std::env::current_exe().map_err(|e| DrillError::Io {
                 what: "locating the phalanx binary".into(),
@@ -532,8 +575,26 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         }
         _ => Vec::new(),
     };
+    Ok(Stage {
+        dir,
+        start,
+        rec,
+        backend,
+        samples,
+        names,
+        endpoints,
+        cfg,
+        start_rev,
+        gateways,
+    })
+}
 
-    // Workload.
+/// Stage → execution: runs the workload (KV clients, watcher, lease client,
+/// HTTP clients) for the drill's duration while the faults are injected,
+/// heals everything, then runs the final phase (final reads, watch
+/// catch-up, lease revoke), bounded by [`FINAL_PHASE_TIMEOUT_MS`].
+async fn execute(args: &DrillArgs, plan: &Plan, stage: &mut Stage) -> Execution {
+    let (rec, cfg) = (&stage.rec, &stage.cfg);
     let stop_clients = Arc::new(AtomicBool::new(false));
     let stop_lease = Arc::new(AtomicBool::new(false));
     let stop_watch = Arc::new(AtomicBool::new(false));
@@ -550,7 +611,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     }
     let watcher = tokio::spawn(workload::run_watcher(
         cfg.clone(),
-        start_rev,
+        stage.start_rev,
         rec.clone(),
         progress.clone(),
         stop_watch.clone(),
@@ -561,11 +622,11 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
         stop_lease.clone(),
         Duration::from_millis(FINAL_PHASE_TIMEOUT_MS / 2),
     ));
-    let http_rec = Arc::new(HttpRecorder::new(start));
+    let http_rec = Arc::new(HttpRecorder::new(stage.start));
     let stop_http = Arc::new(AtomicBool::new(false));
     let mut http_clients = Vec::new();
-    if !gateways.is_empty() {
-        let gws = Arc::new(gateways.clone());
+    if !stage.gateways.is_empty() {
+        let gws = Arc::new(stage.gateways.clone());
         for i in 0..args.http_clients {
             let t = Duration::from_millis(args.http_timeout_ms);
             http_clients.push(tokio::spawn(http_load::run_http_client(
@@ -580,16 +641,16 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
 
     // Faults.
     let windows = run_faults(
-        &mut backend,
-        samples.as_mut(),
+        &mut stage.backend,
+        stage.samples.as_mut(),
         &plan.faults,
-        &args,
-        &rec,
+        args,
+        rec,
         workload_start_us,
     )
     .await;
     let run_end = Duration::from_micros(workload_start_us) + args.duration;
-    if let Some(rest) = run_end.checked_sub(start.elapsed()) {
+    if let Some(rest) = run_end.checked_sub(stage.start.elapsed()) {
         tokio::time::sleep(rest).await;
     }
     let workload_end_us = rec.now_us();
@@ -597,11 +658,11 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     for c in http_clients {
         let _ = c.await;
     }
-    if let Some(sb) = samples.as_mut() {
+    if let Some(sb) = stage.samples.as_mut() {
         sb.heal_everything().await;
     }
-    backend.heal_everything().await;
-    if let Backend::Local(c) = &mut backend {
+    stage.backend.heal_everything().await;
+    if let Backend::Local(c) = &mut stage.backend {
         for i in 0..c.members.len() {
             let _ = c.wait_healthy(i).await;
         }
@@ -615,7 +676,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     // Final phase.
     let final_deadline =
         tokio::time::Instant::now() + Duration::from_millis(FINAL_PHASE_TIMEOUT_MS);
-    let finals = workload::final_reads(&cfg, &rec, final_deadline).await;
+    let finals = workload::final_reads(cfg, rec, final_deadline).await;
     let lease_final_ok = lease.await.unwrap_or(false);
     let target_rev = rec.max_revision();
     while progress.last_revision.load(Ordering::Relaxed) < target_rev
@@ -623,14 +684,33 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let watch_caught_up = progress.last_revision.load(Ordering::Relaxed) >= target_rev;
     stop_watch.store(true, Ordering::Relaxed);
     watcher.abort();
     let _ = watcher.await;
+    Execution {
+        windows,
+        workload_start_us,
+        workload_end_us,
+        finals,
+        lease_final_ok,
+        target_rev,
+        watched_rev: progress.last_revision.load(Ordering::Relaxed),
+        http: http_rec.take(),
+    }
+}
 
-    // Judge.
-    let recd = rec.take();
-    let finals_complete = (0..cfg.keys).all(|i| finals.contains_key(&cfg.key(i)));
+/// Execution → summary: checks the history, the watch log and the lease
+/// log, judges the gateway's error budget, and writes the report files.
+fn judge(
+    args: &DrillArgs,
+    plan: &Plan,
+    stage: Stage,
+    ex: Execution,
+) -> Result<Summary, DrillError> {
+    let dir = &stage.dir;
+    let cfg = &stage.cfg;
+    let recd = stage.rec.take();
+    let finals_complete = (0..cfg.keys).all(|i| ex.finals.contains_key(&cfg.key(i)));
     let scenario = if plan.faults.is_empty() {
         "none".to_string()
     } else {
@@ -642,101 +722,75 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     };
     let mut summary = report::analyze(&report::Inputs {
         scenario,
-        members: names.clone(),
+        members: stage.names.clone(),
         ops: &recd.ops,
-        workload_start_us,
-        workload_end_us,
-        windows: windows.clone(),
-        finals: finals_complete.then_some(finals.clone()),
+        workload_start_us: ex.workload_start_us,
+        workload_end_us: ex.workload_end_us,
+        windows: ex.windows.clone(),
+        finals: finals_complete.then_some(ex.finals.clone()),
         keys: (0..cfg.keys).map(|i| cfg.key(i)).collect(),
     });
 
     let history = recd.history.join("\n") + "\n";
-    write_file(&dir, "history.jsonl", &history)?;
-    judge_history(&history, &args, &mut summary);
+    write_file(dir, "history.jsonl", &history)?;
+    judge_history(&history, args, &mut summary);
 
     let watch_log = watch_log(&recd);
-    write_file(&dir, "watch.jsonl", &watch_log)?;
+    write_file(dir, "watch.jsonl", &watch_log)?;
     summary.watch_events = recd.watch_events;
-    match linearizability::check_watch(watch_log.as_bytes()) {
-        Ok(v) if v.is_empty() && watch_caught_up => {
-            summary.watch = Verdict::Pass;
-            summary.watch_detail = format!(
+    (summary.watch, summary.watch_detail) = match linearizability::check_watch(watch_log.as_bytes()) {
+        Ok(v) if v.is_empty() && ex.watched_rev >= ex.target_rev => (
+            Verdict::Pass,
+            format!(
                 "{} events; every acknowledged change delivered once, in order",
                 summary.watch_events
-            );
-        }
-        Ok(v) if v.is_empty() => {
-            summary.watch = Verdict::Fail;
-            summary.watch_detail = format!(
-                "the watcher did not catch up: delivered up to revision {} but revision {target_rev} was acknowledged",
-                progress.last_revision.load(Ordering::Relaxed)
-            );
-        }
-        Ok(v) => {
-            summary.watch = Verdict::Fail;
-            summary.watch_detail = format!(
-                "{} violations\n{}",
-                v.len(),
-                v.iter()
-                    .take(20)
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        Err(e) => {
-            summary.watch = Verdict::Unknown;
-            summary.watch_detail = format!("watch log malformed: {e}");
-        }
-    }
+            ),
+        ),
+        Ok(v) if v.is_empty() => (
+            Verdict::Fail,
+            format!(
+                "the watcher did not catch up: delivered up to revision {} but revision {} was acknowledged",
+                ex.watched_rev, ex.target_rev
+            ),
+        ),
+        Ok(v) => violations_verdict(&v),
+        Err(e) => (Verdict::Unknown, format!("watch log malformed: {e}")),
+    };
 
     let lease_log = recd.leases.join("\n") + "\n";
-    write_file(&dir, "leases.jsonl", &lease_log)?;
+    write_file(dir, "leases.jsonl", &lease_log)?;
     summary.lease_reads = recd.lease_reads;
-    match linearizability::check_leases(
+    (summary.leases, summary.leases_detail) = match linearizability::check_leases(
         lease_log.as_bytes(),
         linearizability::LeaseOptions::default(),
     ) {
-        Ok(v) if v.is_empty() && lease_final_ok && summary.lease_reads > 0 => {
-            summary.leases = Verdict::Pass;
-            summary.leases_detail = format!(
+        Ok(v) if v.is_empty() && ex.lease_final_ok && summary.lease_reads > 0 => (
+            Verdict::Pass,
+            format!(
                 "{} reads; key present while kept alive, gone after revoke",
                 summary.lease_reads
-            );
-        }
-        Ok(v) if v.is_empty() => {
-            summary.leases = Verdict::Unknown;
-            summary.leases_detail =
-                "no violation seen, but the final revoke-and-read check could not be made".into();
-        }
-        Ok(v) => {
-            summary.leases = Verdict::Fail;
-            summary.leases_detail = format!(
-                "{} violations\n{}",
-                v.len(),
-                v.iter()
-                    .take(20)
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        Err(e) => {
-            summary.leases = Verdict::Unknown;
-            summary.leases_detail = format!("lease log malformed: {e}");
-        }
-    }
+            ),
+        ),
+        Ok(v) if v.is_empty() => (
+            Verdict::Unknown,
+            "no violation seen, but the final revoke-and-read check could not be made".into(),
+        ),
+        Ok(v) => violations_verdict(&v),
+        Err(e) => (Verdict::Unknown, format!("lease log malformed: {e}")),
+    };
 
-    let http_records = http_rec.take();
-    if let Some(sb) = &samples {
+    if let Some(sb) = &stage.samples {
         summary.gateway = Some(http_load::analyze(
-            &http_records,
-            &windows,
+            &ex.http,
+            &ex.windows,
             GatewaySetup {
                 profile: args.gateway_profile.name().into(),
                 backends: sb.names(),
-                gateways: gateways.iter().map(|a| format!("http://{a}")).collect(),
+                gateways: stage
+                    .gateways
+                    .iter()
+                    .map(|a| format!("http://{a}"))
+                    .collect(),
                 http_clients: args.http_clients,
                 http_timeout_ms: args.http_timeout_ms,
                 max_error_percent: args.max_gateway_error_percent,
@@ -752,12 +806,57 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
     .into_iter()
     .chain(summary.gateway.as_ref().map(|g| g.verdict))
     .all(|v| v == Verdict::Pass);
+    let settings = report_settings(args, plan, &stage);
+    write_file(
+        dir,
+        "report.md",
+        &report::render_markdown(&summary, &settings),
+    )?;
+    let http_for_svg = stage.samples.is_some().then_some(&ex.http[..]);
+    write_file(
+        dir,
+        "timeline.svg",
+        &report::render_svg(
+            &recd.ops,
+            http_for_svg,
+            &ex.windows,
+            ex.workload_end_us,
+            &format!("phalanx drill: {}", summary.scenario),
+        ),
+    )?;
+    write_file(
+        dir,
+        "summary.json",
+        &serde_json::to_string_pretty(&summary).unwrap_or_default(),
+    )?;
+    Ok(summary)
+}
+
+/// The one verdict for a checker's violations: FAIL, with the count and the
+/// first 20 of them.
+fn violations_verdict<V: std::fmt::Display>(v: &[V]) -> (Verdict, String) {
+    (
+        Verdict::Fail,
+        format!(
+            "{} violations\n{}",
+            v.len(),
+            v.iter()
+                .take(20)
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    )
+}
+
+/// The settings table at the top of report.md.
+fn report_settings(args: &DrillArgs, plan: &Plan, stage: &Stage) -> Vec<(String, String)> {
     let mut settings = vec![
         (
             "cluster".to_string(),
             match args.local {
                 Some(n) => format!("local, {n} members (child processes)"),
-                None => format!("live: {}", endpoints.join(", ")),
+                None => format!("live: {}", stage.endpoints.join(", ")),
             },
         ),
         ("faults".into(), args.faults.clone()),
@@ -779,7 +878,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
                 .unwrap_or_else(|| "none".into()),
         ),
     ];
-    if let Some(sb) = &samples {
+    if let Some(sb) = &stage.samples {
         settings.push((
             "gateways".into(),
             format!(
@@ -815,31 +914,7 @@ pub async fn run(args: DrillArgs) -> Result<Summary, DrillError> {
             ),
         ));
     }
-    write_file(
-        &dir,
-        "report.md",
-        &report::render_markdown(&summary, &settings),
-    )?;
-    let http_for_svg = samples.is_some().then_some(&http_records[..]);
-    write_file(
-        &dir,
-        "timeline.svg",
-        &report::render_svg(
-            &recd.ops,
-            http_for_svg,
-            &windows,
-            workload_end_us,
-            &format!("phalanx drill: {}", summary.scenario),
-        ),
-    )?;
-    write_file(
-        &dir,
-        "summary.json",
-        &serde_json::to_string_pretty(&summary).unwrap_or_default(),
-    )?;
-    drop(backend);
-    drop(samples);
-    Ok(summary)
+    settings
 }
 
 /// Write the gateway document into the store (at the members' config key,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::faults::FaultWindow;
 use crate::http_load::{GatewaySummary, HttpOutcome, HttpRecord};
 use crate::recorder::{Func, OpRecord, OpStatus};
+pub use crate::verdict::Verdict;
 
 /// Availability bucket: a bucket is available if at least one operation
 /// completed successfully in it, in ms.
@@ -18,27 +19,6 @@ pub const AVAILABILITY_BUCKET_MS: u64 = 100;
 
 /// Timeline bucket (throughput and p99 latency), in ms.
 pub const TIMELINE_BUCKET_MS: u64 = 250;
-
-/// Verdict of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Verdict {
-    #[serde(rename = "PASS")]
-    Pass,
-    #[serde(rename = "FAIL")]
-    Fail,
-    #[serde(rename = "UNKNOWN")]
-    Unknown,
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Verdict::Pass => "PASS",
-            Verdict::Fail => "FAIL",
-            Verdict::Unknown => "UNKNOWN",
-        })
-    }
-}
 
 /// Counts per operation kind.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -38,6 +38,11 @@ async fn handle(
     };
     match req.uri().path() {
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics.render(&node)),
+        "/health" | "/ready" if node.fatal().is_some() => {
+            let key = if req.uri().path() == "/health" { "health" } else { "ready" };
+            let reason = node.fatal().map(|f| f.to_string()).unwrap_or_default();
+            reply(StatusCode::SERVICE_UNAVAILABLE, "application/json", serde_json::json!({key:"false","reason":reason}).to_string())
+        }
         "/health" => {
             let r = tokio::time::timeout(Duration::from_millis(HEALTH_READ_TIMEOUT_MS), node.read_barrier()).await;
             match r {

@@ -160,6 +160,9 @@ impl EtcdApi {
 
     /// Serve a gRPC request that needs a linearizable view.
     pub(crate) async fn barrier(&self, serializable: bool) -> Result<(), Status> {
+        // A serializable read is local, but a member that stopped for good
+        // (removed, storage fault) must not serve even that: its data is stale.
+        self.node().check_serving().map_err(node_status)?;
         if !serializable {
             self.node().read_barrier().await.map_err(node_status)?;
         }

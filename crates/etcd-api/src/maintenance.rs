@@ -89,8 +89,16 @@ impl PbMaintenanceService for EtcdApi {
         _request: Request<PbStatusRequest>,
     ) -> Result<Response<PbStatusResponse>, Status> {
         let node = self.node();
+        // A member that stopped for good answers with why, never with the
+        // frozen figures of its stopped Raft core (which may say "leader").
+        node.check_serving().map_err(crate::node_status)?;
         let st = node.status();
-        let db_size = node.store().db_size_bytes() as i64;
+        let store = node.store().clone();
+        let size = tokio::task::spawn_blocking(move || store.db_size())
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: status task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        let db_size = size.file_bytes as i64;
         let errors = node
             .store()
             .alarms()
@@ -116,7 +124,7 @@ impl PbMaintenanceService for EtcdApi {
             raft_term: st.term,
             raft_applied_index: st.applied_index,
             errors,
-            db_size_in_use: db_size,
+            db_size_in_use: size.in_use_bytes as i64,
             is_learner: st.is_learner,
             storage_version: String::new(),
             db_size_quota: self.limits().quota_backend_bytes as i64,
@@ -128,9 +136,23 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         _request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
-        Err(Status::unimplemented(
-            "etcdserver: defragment is not supported by phalanx: its storage reuses freed pages",
-        ))
+        // etcd defragments only the member it is sent to (etcdctl sends it
+        // to each endpoint); so does this.
+        self.node().check_serving().map_err(crate::node_status)?;
+        let store = self.node().store().clone();
+        let report = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: defragment task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        tracing::info!(
+            "defragmented {}: {} -> {} bytes",
+            self.node().store().path().display(),
+            report.file_bytes_before,
+            report.file_bytes_after
+        );
+        Ok(Response::new(PbDefragmentResponse {
+            header: Some(self.current_header()),
+        }))
     }
 
     async fn hash(

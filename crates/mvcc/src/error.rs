@@ -146,7 +146,7 @@ impl From<EtcdError> for tonic::Status {
 #[derive(Debug, thiserror::Error)]
 pub enum MvccError {
     /// redb refused to open/create the file (not a redb file, locked by another process, I/O).
-    #[error("cannot open mvcc store {path}: {source}. If this is not a Phalanx data file, point the data directory elsewhere; if it is locked, stop the other process using it")]
+    #[error("cannot open mvcc store {path}: {source}. If it is locked, stop the other process using it; if it is damaged, remove the member with `etcdctl member remove` and re-add it with an empty --data-dir, or restore the file from a backup; if it is not a Phalanx data file, point the data directory elsewhere")]
     Open {
         path: PathBuf,
         #[source]
@@ -164,8 +164,15 @@ pub enum MvccError {
     },
     /// A stored record failed checksum verification (or an internal cross-check).
     /// We never serve such data.
-    #[error("corrupted record in table `{table}` at key {key}: checksum mismatch. The data file is damaged; restore this member from a snapshot (remove its data and let it rejoin)")]
+    #[error("corrupted record in table `{table}` at key {key}: checksum mismatch. The data file is damaged: remove this member with `etcdctl member remove` and re-add it with an empty --data-dir, or restore the file from a backup")]
     Corrupted { table: &'static str, key: String },
+    /// The file failed its integrity check at open (page or record
+    /// checksums, or redb could not read it).
+    #[error("{path} is corrupted: {detail}. This member must not serve from it: remove the member with `etcdctl member remove` and re-add it with an empty --data-dir (it copies the data from the others), or restore the file from a backup")]
+    CorruptFile { path: PathBuf, detail: String },
+    /// Defragmentation failed; the store is unchanged.
+    #[error("defragmenting {path} failed: {detail}")]
+    Defrag { path: PathBuf, detail: String },
     /// A record passed its checksum but could not be decoded (format bug or foreign data).
     #[error("cannot decode {what}: {detail}")]
     Decode { what: &'static str, detail: String },
@@ -193,6 +200,19 @@ pub enum MvccError {
 }
 
 impl MvccError {
+    /// Whether this error means stored data is damaged.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            MvccError::Corrupted { .. }
+            | MvccError::Decode { .. }
+            | MvccError::CorruptFile { .. } => true,
+            MvccError::Storage { source, .. } => {
+                matches!(source, redb::Error::Corrupted(_) | redb::Error::Io(_))
+            }
+            _ => false,
+        }
+    }
+
     /// Map to a client-visible error for read paths.
     pub fn to_etcd(&self) -> EtcdError {
         match self {

@@ -53,12 +53,13 @@
 
 mod codec;
 mod error;
+pub mod guard;
 mod snapshot;
 mod store;
 mod validate;
 
 pub use error::{EtcdError, MvccError};
-pub use store::{LeaseInfo, Store};
+pub use store::{DbSize, DefragReport, LeaseInfo, Store, DEFRAG_WAIT_FOR_READERS_MS};
 pub use validate::{
     validate_delete_range, validate_put, validate_range, validate_txn, DEFAULT_MAX_TXN_OPS,
 };

@@ -20,7 +20,7 @@ use crate::codec::{
 use crate::error::{db, MvccError};
 use crate::layout::*;
 use crate::store::{get_meta, Store};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableTable};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::sync::atomic::Ordering;
@@ -68,6 +68,10 @@ impl Store {
     /// Stream the full state (history since compaction, key index, leases, counters,
     /// applied_meta) from one consistent read transaction.
     pub fn write_snapshot(&self, w: &mut dyn Write) -> Result<(), MvccError> {
+        self.write_snapshot_unnoted(w).map_err(|e| self.noted(e))
+    }
+
+    fn write_snapshot_unnoted(&self, w: &mut dyn Write) -> Result<(), MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
         let mut out = CrcWriter {
             inner: BufWriter::with_capacity(1 << 16, w),

@@ -37,7 +37,7 @@ pub struct LeaseInfo {
 
 /// etcd's MVCC store on a redb file. `Send + Sync`; all methods take `&self`.
 pub struct Store {
-    pub(crate) db: Database,
+    pub(crate) db: Db,
     pub(crate) path: PathBuf,
     /// Where an incoming snapshot is spooled before it is verified: a file
     /// next to `path`, or (for a store on a non-file backend) memory.
@@ -48,6 +48,63 @@ pub struct Store {
     /// Cached committed current revision / compact revision (authoritative copy in `meta`).
     pub(crate) rev: AtomicI64,
     pub(crate) compact: AtomicI64,
+    /// Told (once) when a read finds corrupted data, so the member stops
+    /// instead of answering `DataLoss` forever while reporting healthy.
+    pub(crate) corruption_hook: CorruptionHook,
+}
+
+/// See [`Store::on_corruption`].
+#[derive(Default)]
+pub(crate) struct CorruptionHook {
+    hook: Mutex<Option<Box<dyn Fn(String) + Send + Sync>>>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+/// The database behind a lock that only [`Store::defragment`] takes
+/// exclusively: redb's `compact` needs `&mut Database` and no transaction
+/// open, everything else begins its transactions under a shared lock.
+pub(crate) struct Db {
+    inner: std::sync::RwLock<Database>,
+}
+
+impl Db {
+    fn new(db: Database) -> Self {
+        Db {
+            inner: std::sync::RwLock::new(db),
+        }
+    }
+    fn shared(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        // A panic while holding the lock already stops the member (the
+        // binary's panic hook); the database itself stays consistent.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        self.shared().begin_read()
+    }
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, redb::TransactionError> {
+        self.shared().begin_write()
+    }
+}
+
+/// How long [`Store::defragment`] waits for open read transactions (a
+/// snapshot being streamed, a long range) to end before giving up.
+pub const DEFRAG_WAIT_FOR_READERS_MS: u64 = 10_000;
+
+/// What [`Store::defragment`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct DefragReport {
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+}
+
+/// Size figures of the store (etcd's `dbSize` and `dbSizeInUse`).
+#[derive(Debug, Clone, Copy)]
+pub struct DbSize {
+    /// Length of the file.
+    pub file_bytes: u64,
+    /// Bytes of the pages holding live data (the rest is free space that
+    /// a defragmentation returns to the file system).
+    pub in_use_bytes: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1144,15 +1201,175 @@ pub(crate) fn lease_keys(t: &impl LeaseKeyT, id: i64) -> Result<Vec<Vec<u8>>, Mv
 impl Store {
     /// Open or create `path` (a redb file). Refuses files that are not Phalanx mvcc stores or
     /// whose metadata fails checksum verification.
+    ///
+    /// Every page checksum is verified first (redb's `check_integrity`),
+    /// then every record's own checksum ([`Store::verify_all`]); a damaged
+    /// file is refused with [`MvccError::CorruptFile`] naming it, never a
+    /// panic: redb panics on some malformed pages, and those panics are
+    /// caught here and reported the same way.
     pub fn open(path: &Path) -> Result<Store, MvccError> {
-        let db_ = redb::Builder::new()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(path)
-            .map_err(|source| MvccError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Self::from_db(db_, path, false)
+        let corrupt = |detail: String| MvccError::CorruptFile {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let opened = crate::guard::catch_panics(|| {
+            let mut db_ = redb::Builder::new()
+                .set_cache_size(STORE_CACHE_BYTES)
+                .create(path)
+                .map_err(|source| match source {
+                    redb::DatabaseError::Storage(redb::StorageError::Corrupted(c)) => {
+                        corrupt(format!("redb refused the file: {c}"))
+                    }
+                    source => MvccError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                })?;
+            match db_.check_integrity() {
+                Ok(true) => {}
+                // Repaired: redb rolled the file back to an older commit or
+                // rebuilt its allocator. The data may be older than what
+                // this member acknowledged to Raft, so it is not trusted.
+                Ok(false) => {
+                    return Err(corrupt(
+                        "page checksums failed; redb could only repair it by rolling it back"
+                            .into(),
+                    ))
+                }
+                Err(e) => return Err(corrupt(format!("integrity check failed: {e}"))),
+            }
+            let store = Self::from_db(db_, path, false)?;
+            store.verify_all().map_err(|e| corrupt(e.to_string()))?;
+            Ok(store)
+        });
+        match opened {
+            Ok(r) => r,
+            Err(panic) => Err(corrupt(format!("redb panicked reading it: {panic}"))),
+        }
+    }
+
+    /// Read every record of every table and verify its checksum.
+    pub fn verify_all(&self) -> Result<(), MvccError> {
+        let rtx = self.db.begin_read().map_err(db("begin read"))?;
+        {
+            let t = rtx.open_table(META).map_err(db("open meta"))?;
+            for item in t.iter().map_err(db("scan meta"))? {
+                let (k, v) = item.map_err(db("scan meta"))?;
+                unseal(META_TABLE, &[k.value().as_bytes()], v.value())?;
+            }
+        }
+        {
+            let t = rtx.open_table(REV).map_err(db("open rev"))?;
+            for item in t.iter().map_err(db("scan rev"))? {
+                let (k, v) = item.map_err(db("scan rev"))?;
+                let (m, s) = k.value();
+                RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
+            }
+        }
+        {
+            let t = rtx.open_table(LEASE).map_err(db("open lease"))?;
+            for item in t.iter().map_err(db("scan lease"))? {
+                let (k, v) = item.map_err(db("scan lease"))?;
+                unseal(LEASE_TABLE, &[&k.value().to_be_bytes()], v.value())?;
+            }
+        }
+        {
+            let t = rtx.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
+            for item in t.iter().map_err(db("scan lease_key"))? {
+                let (k, v) = item.map_err(db("scan lease_key"))?;
+                let (id, key) = k.value();
+                unseal(LEASE_KEY_TABLE, &[&id.to_be_bytes(), key], v.value())?;
+            }
+        }
+        {
+            let t = rtx.open_table(KEY_INDEX).map_err(db("open key_index"))?;
+            for item in t.iter().map_err(db("scan key_index"))? {
+                let (k, v) = item.map_err(db("scan key_index"))?;
+                IndexEntry::decode(unseal(KEY_INDEX_TABLE, &[k.value()], v.value())?)?;
+            }
+            let t = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
+            for item in t.iter().map_err(db("scan key_rev"))? {
+                let (k, v) = item.map_err(db("scan key_rev"))?;
+                let (key, m, s) = k.value();
+                decode_key_rev_flag(key, m, s, v.value())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Call `hook` (once) when a read finds corrupted data; the member
+    /// stops on it. Until it does, the read is refused with `DataLoss`.
+    pub fn on_corruption(&self, hook: Box<dyn Fn(String) + Send + Sync>) {
+        *self
+            .corruption_hook
+            .hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Pass `e` through, telling the corruption hook if it is corruption.
+    pub(crate) fn noted(&self, e: MvccError) -> MvccError {
+        if e.is_corruption() && !self.corruption_hook.fired.swap(true, Ordering::AcqRel) {
+            let what = format!("reading {} failed: {e}", self.path.display());
+            if let Some(h) = &*self
+                .corruption_hook
+                .hook
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+            {
+                h(what);
+            }
+        }
+        e
+    }
+
+    /// File size and bytes in use. The in-use figure walks redb's page
+    /// tables: call it for Status, not per request.
+    pub fn db_size(&self) -> Result<DbSize, MvccError> {
+        let file_bytes = self.db_size_bytes();
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_write().map_err(db("begin write"))?;
+        let stats = txn.stats().map_err(db("stats"))?;
+        txn.abort().map_err(db("abort"))?;
+        Ok(DbSize {
+            file_bytes,
+            in_use_bytes: stats.allocated_pages() * stats.page_size() as u64,
+        })
+    }
+
+    /// etcd's Defragment: give the free space back to the file system
+    /// (redb `compact`, which moves pages down and truncates the file).
+    /// Writes wait meanwhile; open reads are waited for, up to
+    /// [`DEFRAG_WAIT_FOR_READERS_MS`].
+    pub fn defragment(&self) -> Result<DefragReport, MvccError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let file_bytes_before = self.db_size_bytes();
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(DEFRAG_WAIT_FOR_READERS_MS);
+        let mut dbw = self.db.inner.write().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match dbw.compact() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(redb::CompactionError::TransactionInProgress)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    // A reader began before the exclusive lock was taken.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(self.noted(MvccError::Defrag {
+                        path: self.path.clone(),
+                        detail: e.to_string(),
+                    }))
+                }
+            }
+        }
+        drop(dbw);
+        Ok(DefragReport {
+            file_bytes_before,
+            file_bytes_after: self.db_size_bytes(),
+        })
     }
 
     /// Open or create a store on any redb storage backend (the simulator's
@@ -1237,12 +1454,13 @@ impl Store {
             txn.abort().map_err(db("abort"))?;
         }
         Ok(Store {
-            db: db_,
+            db: Db::new(db_),
             path: path.to_path_buf(),
             spool_in_memory,
             writer: Mutex::new(()),
             rev: AtomicI64::new(rev),
             compact: AtomicI64::new(compact),
+            corruption_hook: CorruptionHook::default(),
         })
     }
 
@@ -1296,6 +1514,10 @@ impl Store {
 
     /// The last `applied_meta` stored by [`Store::apply_batch`] / a snapshot.
     pub fn applied_meta(&self) -> Result<Option<Vec<u8>>, MvccError> {
+        self.applied_meta_unnoted().map_err(|e| self.noted(e))
+    }
+
+    fn applied_meta_unnoted(&self) -> Result<Option<Vec<u8>>, MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
         let meta = rtx.open_table(META).map_err(db("open meta"))?;
         get_meta(&meta, META_APPLIED)
@@ -1305,7 +1527,7 @@ impl Store {
     /// revision at read time); the caller fills the rest.
     pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, EtcdError> {
         validate_range(req)?;
-        self.range_inner(req).map_err(|e| e.to_etcd())?
+        self.range_inner(req).map_err(|e| self.noted(e).to_etcd())?
     }
 
     fn range_inner(
@@ -1341,6 +1563,19 @@ impl Store {
     /// `Err(MvccError::Etcd(EtcdError::Compacted))` if `start_rev < compact_revision()`
     /// (etcd's watch rule: a watcher may start exactly at the compact revision).
     pub fn events(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        start_rev: i64,
+        end_rev: i64,
+        prev_kv: bool,
+        max_events: usize,
+    ) -> Result<Vec<PbEvent>, MvccError> {
+        self.events_unnoted(key, range_end, start_rev, end_rev, prev_kv, max_events)
+            .map_err(|e| self.noted(e))
+    }
+
+    fn events_unnoted(
         &self,
         key: &[u8],
         range_end: &[u8],
@@ -1418,6 +1653,10 @@ impl Store {
 
     /// Active alarms as (member id, alarm type), sorted.
     pub fn alarms(&self) -> Result<Vec<(u64, i32)>, MvccError> {
+        self.alarms_unnoted().map_err(|e| self.noted(e))
+    }
+
+    fn alarms_unnoted(&self) -> Result<Vec<(u64, i32)>, MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
         let meta = rtx.open_table(META).map_err(db("open meta"))?;
         decode_alarms(get_meta(&meta, META_ALARMS)?.as_deref())
@@ -1431,6 +1670,10 @@ impl Store {
 
     /// Fallible variant of [`Store::lease`].
     pub fn try_lease(&self, id: i64) -> Result<Option<LeaseInfo>, MvccError> {
+        self.try_lease_unnoted(id).map_err(|e| self.noted(e))
+    }
+
+    fn try_lease_unnoted(&self, id: i64) -> Result<Option<LeaseInfo>, MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
         let lt = rtx.open_table(LEASE).map_err(db("open lease"))?;
         let lk = rtx.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
@@ -1446,6 +1689,10 @@ impl Store {
 
     /// Fallible variant of [`Store::leases`].
     pub fn try_leases(&self) -> Result<Vec<LeaseInfo>, MvccError> {
+        self.try_leases_unnoted().map_err(|e| self.noted(e))
+    }
+
+    fn try_leases_unnoted(&self) -> Result<Vec<LeaseInfo>, MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
         let lt = rtx.open_table(LEASE).map_err(db("open lease"))?;
         let lk = rtx.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
@@ -1471,7 +1718,8 @@ impl Store {
     /// sequences (or a snapshot copy) give identical hashes.
     /// Returns (hash, compact_revision, hash_revision).
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), EtcdError> {
-        self.hash_kv_inner(revision).map_err(|e| e.to_etcd())?
+        self.hash_kv_inner(revision)
+            .map_err(|e| self.noted(e).to_etcd())?
     }
 
     fn hash_kv_inner(

@@ -162,8 +162,18 @@ fn corrupted_value_detected() {
         }
         tx.commit().unwrap();
     }
-    let s = Store::open(&path).unwrap();
+    assert_open_refuses(&path);
+    let s = open_unverified(&path);
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let t = told.clone();
+    s.on_corruption(Box::new(move |what| t.lock().unwrap().push(what)));
     assert_eq!(s.range(&range_req("a", "")), Err(EtcdError::Corrupt));
+    {
+        // The member stops on this (once), naming the file.
+        let told = told.lock().unwrap();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].contains(&path.display().to_string()), "{told:?}");
+    }
     assert_eq!(get(&s, "b").unwrap().value, b"world");
     match s.events(b"\0", b"\0", 1, 10, false, 10) {
         Err(MvccError::Corrupted { table, key }) => {
@@ -208,7 +218,8 @@ fn corrupted_index_detected() {
         }
         tx.commit().unwrap();
     }
-    let s = Store::open(&path).unwrap();
+    assert_open_refuses(&path);
+    let s = open_unverified(&path);
     assert_eq!(s.range(&range_req("a", "")), Err(EtcdError::Corrupt));
     let err = s
         .apply_batch(&[Some(Command::put(&put_req("a", "x")))], b"m", true)
@@ -242,4 +253,29 @@ fn refuses_foreign_files() {
     let err = Store::open(&garbage).err().unwrap();
     assert!(matches!(err, MvccError::Open { .. }), "{err}");
     assert!(err.to_string().contains("garbage"));
+}
+
+/// `Store::open` verifies every record: a damaged file is refused by name,
+/// saying what to do.
+fn assert_open_refuses(path: &std::path::Path) {
+    match Store::open(path) {
+        Err(e @ MvccError::CorruptFile { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("etcdctl member remove"), "{msg}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a damaged store was opened"),
+    }
+}
+
+/// Open without the start-up verification (as if the damage happened after
+/// the member started), to see how reads and writes meet it.
+fn open_unverified(path: &std::path::Path) -> Store {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    Store::open_backend(redb::backends::FileBackend::new(file).unwrap(), path).unwrap()
 }

@@ -97,7 +97,7 @@ pub struct NodeArgs {
     /// Accepted for etcd compatibility (logs go to stderr).
     #[arg(long)]
     pub logger: Option<String>,
-    // --- gateway (store-backed; see crates/gateway/src/store_config.rs) ---
+    // --- gateway (store-backed; see crates/gateway-store/src/lib.rs) ---
     /// Run an HTTP gateway on this address; its configuration is read and
     /// watched in the replicated store at --gateway-config-key.
     #[arg(long)]
@@ -205,9 +205,20 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, Vec<String>
     Ok(out)
 }
 
+/// Exit code of a member that stopped for good while running (removed from
+/// the cluster, storage fault); 1 is a refusal to start, 70 a panic.
+pub const HALTED_EXIT_CODE: i32 = 2;
+
+/// Bound on draining client connections when a member halts (watch streams
+/// never end by themselves).
+const HALT_DRAIN_TIMEOUT_MS: u64 = 1_000;
+
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let args = args.with_file()?;
     let name = args.name.clone().unwrap_or_else(|| "default".into());
+    // A panic anywhere (a broken invariant, redb on a damaged page) stops
+    // the member instead of leaving it serving without the task that died.
+    consensus::install_fail_stop_panic_hook(&name);
     let data_dir = args
         .data_dir
         .clone()
@@ -392,6 +403,22 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+        fatal = node.halted() => {
+            // Removed from the cluster or a storage fault: the node already
+            // refuses every request with the reason; exit non-zero so a
+            // supervisor sees it (and, for a fault, restarts it).
+            eprintln!("ERROR phalanx node {name} (member {:x}) stops: {fatal}", node.id());
+            let _ = stop_tx.send(true);
+            let drain = std::time::Duration::from_millis(HALT_DRAIN_TIMEOUT_MS);
+            let _ = tokio::time::timeout(drain, async {
+                for s in servers {
+                    let _ = s.await;
+                }
+            })
+            .await;
+            let _ = tokio::time::timeout(drain, node.shutdown()).await;
+            std::process::exit(HALTED_EXIT_CODE);
+        }
     }
     eprintln!("phalanx node {name}: shutting down");
     if let Some(g) = gateway {
@@ -412,7 +439,7 @@ async fn start_gateway(
     name: &str,
     listen: SocketAddr,
     listen_client: &[String],
-) -> anyhow::Result<gateway::store_config::StoreBackedGateway> {
+) -> anyhow::Result<gateway_store::StoreBackedGateway> {
     let mut endpoints = Vec::new();
     for u in listen_client {
         let mut a = bind_addr("listen-client-urls", u)?;
@@ -424,13 +451,13 @@ async fn start_gateway(
     let key = args
         .gateway_config_key
         .clone()
-        .unwrap_or_else(|| gateway::store_config::DEFAULT_KEY.to_string());
-    let opts = gateway::store_config::StoreBackedOptions {
+        .unwrap_or_else(|| gateway_store::DEFAULT_KEY.to_string());
+    let opts = gateway_store::StoreBackedOptions {
         node_name: name.to_string(),
         listen,
         admin_listen: args.gateway_admin_listen,
     };
-    let g = gateway::store_config::run_store_backed(endpoints, key.clone(), None, opts)
+    let g = gateway_store::run_store_backed(endpoints, key.clone(), None, opts)
         .await
         .with_context(|| format!("starting the gateway on {listen}"))?;
     eprintln!("phalanx node {name}: gateway listening on {listen} (configuration at store key {key}, state {})", g.status().state);
