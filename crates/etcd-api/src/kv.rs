@@ -1,5 +1,6 @@
 //! KV service: Range, Put, DeleteRange, Txn, Compact.
 
+use crate::status::ToStatus;
 use std::time::Instant;
 
 use etcd_client::proto::PbRangeResponse;

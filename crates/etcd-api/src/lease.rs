@@ -2,6 +2,7 @@
 //! time-to-live questions go to the leader, whose clock decides expiry (see
 //! `consensus::lessor`).
 
+use crate::status::ToStatus;
 use std::pin::Pin;
 
 use etcd_client::proto::{

@@ -21,8 +21,10 @@ mod kv;
 mod lease;
 mod maintenance;
 pub mod metrics;
+pub mod status;
 mod watch;
 
+use crate::status::ToStatus;
 use std::sync::Arc;
 
 use consensus::{Node, NodeError};

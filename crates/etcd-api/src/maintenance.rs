@@ -11,6 +11,7 @@
 //! sha256         of everything before it
 //! ```
 
+use crate::status::ToStatus;
 use std::pin::Pin;
 
 use etcd_client::proto::{

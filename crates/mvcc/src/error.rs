@@ -66,28 +66,6 @@ impl EtcdError {
         EtcdError::StorageFailure,
     ];
 
-    /// The gRPC status code etcd uses for this error.
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            EtcdError::Compacted | EtcdError::FutureRevision | EtcdError::TtlTooLarge => {
-                Code::OutOfRange
-            }
-            EtcdError::EmptyKey
-            | EtcdError::KeyNotFound
-            | EtcdError::DuplicateKey
-            | EtcdError::TooManyOps
-            | EtcdError::ValueProvided
-            | EtcdError::LeaseProvided
-            | EtcdError::InvalidSortOption => Code::InvalidArgument,
-            EtcdError::LeaseNotFound => Code::NotFound,
-            EtcdError::LeaseExists => Code::FailedPrecondition,
-            EtcdError::NoSpace => Code::ResourceExhausted,
-            EtcdError::Corrupt => Code::DataLoss,
-            EtcdError::StorageFailure => Code::Internal,
-        }
-    }
-
     /// etcd's exact message string.
     pub fn message(&self) -> &'static str {
         match self {
@@ -107,11 +85,6 @@ impl EtcdError {
             EtcdError::Corrupt => "etcdserver: corrupt cluster",
             EtcdError::StorageFailure => "etcdserver: storage failure",
         }
-    }
-
-    /// A ready-made gRPC status (code + etcd message).
-    pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.code(), self.message())
     }
 
     /// Stable one-byte tag used in [`crate::ApplyResponse::encode`].
@@ -135,12 +108,6 @@ impl std::fmt::Display for EtcdError {
 }
 
 impl std::error::Error for EtcdError {}
-
-impl From<EtcdError> for tonic::Status {
-    fn from(e: EtcdError) -> Self {
-        e.to_status()
-    }
-}
 
 /// Fatal storage errors. None of these are part of the replicated state machine's output.
 #[derive(Debug, thiserror::Error)]
