@@ -36,7 +36,7 @@ pub use lessor::Lessor;
 pub use log_store::LogStoreError;
 pub use log_store::{IoMode, LogStore, LogStoreOptions};
 pub use node::{
-    ClusterState, Fatal, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError,
+    Changes, ClusterState, Fatal, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError,
     WriteBatchStats,
 };
 pub use state_machine::{Applier, StoreChange};

@@ -111,28 +111,39 @@ impl NodeConfig {
 /// clients match on them.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
-    #[error("etcdserver: no leader")]
+    #[error("no leader")]
     NoLeader,
-    #[error("etcdserver: request timed out")]
+    #[error("request timed out")]
     Timeout,
-    #[error("etcdserver: leader changed")]
+    #[error("leader changed")]
     LeaderChanged,
-    #[error("etcdserver: server stopped")]
+    #[error("server stopped")]
     Stopped,
-    #[error("etcdserver: member not found")]
+    #[error("member not found")]
     MemberNotFound,
-    #[error("etcdserver: can only promote a learner member")]
+    #[error("can only promote a learner member")]
     MemberNotLearner,
-    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    #[error("can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
-    #[error("etcdserver: Peer URLs already exists")]
+    #[error("Peer URLs already exists")]
     PeerUrlExists,
-    #[error("etcdserver: {0}")]
+    #[error("{0}")]
     Internal(String),
     /// This member stopped for good (removed from the cluster, or a
     /// storage fault): answered at once instead of after a timeout.
-    #[error("etcdserver: {0}")]
+    #[error("{0}")]
     Halted(Fatal),
+}
+
+/// See [`Node::changes`].
+pub struct Changes(tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>);
+
+impl Changes {
+    /// Waits for the next change. False when the Raft core has stopped: no
+    /// change will ever come, so a caller must not wait again.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
 }
 
 /// Why a member stopped serving for good. The process exits on it (see
@@ -152,24 +163,6 @@ pub enum Fatal {
         id: NodeId,
         what: String,
     },
-}
-
-impl NodeError {
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            NodeError::NoLeader
-            | NodeError::Timeout
-            | NodeError::LeaderChanged
-            | NodeError::Stopped => Code::Unavailable,
-            NodeError::MemberNotFound => Code::NotFound,
-            NodeError::MemberNotLearner | NodeError::LearnerNotReady | NodeError::PeerUrlExists => {
-                Code::FailedPrecondition
-            }
-            NodeError::Internal(_) => Code::Internal,
-            NodeError::Halted(_) => Code::Unavailable,
-        }
-    }
 }
 
 /// Why a member refused to start. Each says what is wrong and what to do.
@@ -1032,8 +1025,12 @@ impl Node {
     pub fn applier(&self) -> &Applier {
         &self.applier
     }
-    pub fn raft(&self) -> &Raft {
-        &self.raft
+    /// Wakes on every change of this member's view of the cluster (leader,
+    /// term, membership, applied index): what callers that wait for a
+    /// membership change to reach this member need, without reaching into
+    /// Raft.
+    pub fn changes(&self) -> Changes {
+        Changes(self.raft.metrics())
     }
     /// Fault injection state (inert unless enabled at start).
     pub fn faults(&self) -> &Arc<Faults> {
@@ -1633,7 +1630,7 @@ impl Node {
         };
         if learner {
             return Err(LeaderError::Rejected(
-                "etcdserver: cannot transfer leadership to a learner".into(),
+                "cannot transfer leadership to a learner".into(),
             ));
         }
         {
@@ -1646,7 +1643,7 @@ impl Node {
                 .map(|l| l.index)
                 .unwrap_or(0);
             if last.saturating_sub(matched) > self.config.max_learner_lag_entries {
-                return Err(LeaderError::Rejected(format!("etcdserver: member {target:x} is {} entries behind; retry once it has caught up", last - matched)));
+                return Err(LeaderError::Rejected(format!("member {target:x} is {} entries behind; retry once it has caught up", last - matched)));
             }
         }
         let lease_ms = self.config.election_timeout_ms * 3 / 2;
@@ -1669,7 +1666,7 @@ impl Node {
             .await;
         }
         let mut result = Err(LeaderError::Rejected(format!(
-            "etcdserver: leadership transfer to {target:x} timed out"
+            "leadership transfer to {target:x} timed out"
         )));
         let elect = PeerRequest::ElectAfter { ms: lease_ms + 50 };
         if peer_call::<()>(

@@ -11,7 +11,7 @@
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
-use etcd_client::proto::PbEvent;
+use mvcc::PbEvent;
 use mvcc::{ApplyResponse, Command, Store};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AsyncRuntime, EntryPayload, OptionalSend, RaftLogId, StorageIOError};

@@ -32,15 +32,15 @@ impl EtcdApi {
     async fn await_membership(&self, pred: impl Fn(&[PbMember]) -> bool) -> Vec<PbMember> {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.node().config().request_timeout_ms);
-        let mut metrics = self.node().raft().metrics();
+        let mut changes = self.node().changes();
         loop {
             let list = self.member_list();
             // Stop at the deadline, and also when the Raft core stopped (its
             // metrics never change again; `changed()` would return at once).
             if pred(&list)
                 || !matches!(
-                    tokio::time::timeout_at(deadline, metrics.changed()).await,
-                    Ok(Ok(()))
+                    tokio::time::timeout_at(deadline, changes.changed()).await,
+                    Ok(true)
                 )
             {
                 return list;

@@ -173,7 +173,7 @@ impl EtcdApi {
 }
 
 pub(crate) fn node_status(e: NodeError) -> Status {
-    Status::new(e.code(), e.to_string())
+    status::node_status(&e)
 }
 
 /// Serve the etcd API on `listener` until `shutdown` resolves.

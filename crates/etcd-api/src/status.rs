@@ -1,10 +1,35 @@
-//! etcd's gRPC status codes for the errors the MVCC state machine returns.
-//! The messages (`EtcdError::message`) belong to mvcc, which implements
-//! etcd's semantics; how they travel over gRPC belongs here, so mvcc needs no
-//! gRPC library (ARCHITECTURE.md, dependency rules).
+//! How errors travel to etcd clients: etcd's gRPC status codes and message
+//! prefixes for the errors of the MVCC state machine (`mvcc::EtcdError`,
+//! whose messages are etcd's, since mvcc implements etcd's semantics) and of
+//! a member (`consensus::NodeError`, which knows nothing of etcd's wire
+//! format). Neither mvcc nor consensus needs a gRPC library for this
+//! (ARCHITECTURE.md, dependency rules).
 
+use consensus::NodeError;
 use mvcc::EtcdError;
 use tonic::{Code, Status};
+
+/// The gRPC status code etcd uses for a member-level error.
+pub fn node_code(e: &NodeError) -> Code {
+    match e {
+        NodeError::NoLeader
+        | NodeError::Timeout
+        | NodeError::LeaderChanged
+        | NodeError::Stopped
+        | NodeError::Halted(_) => Code::Unavailable,
+        NodeError::MemberNotFound => Code::NotFound,
+        NodeError::MemberNotLearner | NodeError::LearnerNotReady | NodeError::PeerUrlExists => {
+            Code::FailedPrecondition
+        }
+        NodeError::Internal(_) => Code::Internal,
+    }
+}
+
+/// The gRPC status etcd sends for a member-level error: etcd's code and its
+/// message, which etcd prefixes with `etcdserver: ` (clients match on it).
+pub fn node_status(e: &NodeError) -> Status {
+    Status::new(node_code(e), format!("etcdserver: {e}"))
+}
 
 /// The gRPC status code etcd uses for `e`.
 pub fn code(e: &EtcdError) -> Code {
@@ -53,6 +78,8 @@ mod tests {
         assert_eq!(code(&EtcdError::LeaseNotFound), Code::NotFound);
         assert_eq!(code(&EtcdError::LeaseExists), Code::FailedPrecondition);
         assert_eq!(code(&EtcdError::NoSpace), Code::ResourceExhausted);
+        assert_eq!(node_status(&NodeError::NoLeader).message(), "etcdserver: no leader");
+        assert_eq!(node_code(&NodeError::NoLeader), Code::Unavailable);
         let st = status(&EtcdError::EmptyKey);
         assert_eq!(st.code(), Code::InvalidArgument);
         assert_eq!(st.message(), "etcdserver: key is not provided");

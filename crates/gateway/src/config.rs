@@ -118,9 +118,21 @@ pub struct ListenerConfig {
     pub tls_key_path: Option<PathBuf>,
     /// Target pool for `tcp` listeners.
     pub pool: Option<String>,
-    /// Maximum concurrently open client connections; excess get a 503 and are closed.
+    /// Maximum concurrently open client connections. At the limit a new
+    /// connection evicts the oldest one that has not sent a byte yet (else the
+    /// longest-idle keep-alive one); when none is evictable it gets a 503 and is closed.
     pub max_connections: usize,
-    /// Time allowed to receive a complete request head (and the TLS handshake).
+    /// Maximum concurrently open connections from one client IP address;
+    /// excess get a 503 and are closed. 0 = no per-IP limit.
+    pub max_connections_per_client_ip: usize,
+    /// Time from accept to the first byte from the client (HTTP/HTTPS);
+    /// a connection that stays silent longer is closed.
+    pub client_first_byte_timeout_ms: u64,
+    /// Time a keep-alive connection may stay idle (no request in flight, no
+    /// new request started) before it is closed (HTTP/1.1 and HTTP/2).
+    pub client_keepalive_idle_timeout_ms: u64,
+    /// Time from the first byte of a request head to its end (slowloris
+    /// guard); for HTTPS it also covers the TLS handshake.
     pub header_read_timeout_ms: u64,
     /// Maximum size of a request head (request line + headers), HTTP/1.1.
     pub max_header_bytes: usize,
@@ -140,6 +152,9 @@ impl Default for ListenerConfig {
             tls_key_path: None,
             pool: None,
             max_connections: 10_000,
+            max_connections_per_client_ip: 1_000,
+            client_first_byte_timeout_ms: 10_000,
+            client_keepalive_idle_timeout_ms: 60_000,
             header_read_timeout_ms: 10_000,
             max_header_bytes: 65_536,
             http2_max_concurrent_streams: 256,
@@ -611,6 +626,13 @@ impl Default for PoolConfig {
 impl Config {
     /// Parse and validate a TOML document.
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        // Numbers are range-checked on the untyped document first: a value
+        // that does not fit the field's type (a negative weight, say) would
+        // otherwise surface as a serde type error without the field's path,
+        // or as "data did not match any variant" inside untagged enums.
+        let raw: toml::Table = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let tree = serde_json::to_value(&raw).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        ranges::check(&tree)?;
         let cfg: Config = toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
@@ -657,6 +679,10 @@ impl Config {
 
     /// Check every semantic constraint; returns the first violation.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // The same numeric ranges as for TOML text (configurations built in
+        // code go through here only).
+        let tree = serde_json::to_value(self).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        ranges::check(&tree)?;
         if self.listeners.is_empty() {
             return Err(inv("listeners", "at least one listener is required"));
         }
@@ -680,24 +706,6 @@ impl Config {
                         format!("duplicate endpoint {addr}"),
                     ));
                 }
-                if e.weight() == 0 || e.weight() > 10_000 {
-                    return Err(inv(
-                        format!("pools[{i}].endpoints[{j}].weight"),
-                        "must be between 1 and 10000",
-                    ));
-                }
-            }
-            if p.connect_timeout_ms == 0 {
-                return Err(inv(f("connect_timeout_ms"), "must be > 0"));
-            }
-            if p.panic_threshold_percent > 100 {
-                return Err(inv(
-                    f("panic_threshold_percent"),
-                    "must be between 0 and 100",
-                ));
-            }
-            if p.max_concurrent_requests == 0 {
-                return Err(inv(f("max_concurrent_requests"), "must be > 0"));
             }
             if p.algorithm == Algorithm::ConsistentHash {
                 if p.hash.key != HashKey::ClientIp
@@ -723,54 +731,13 @@ impl Config {
                         ));
                     }
                 }
-                if p.hash.method == HashMethod::Ring
-                    && !(1..=10_000).contains(&p.hash.ring_vnodes_per_weight)
-                {
-                    return Err(inv(
-                        f("hash.ring_vnodes_per_weight"),
-                        "must be between 1 and 10000",
-                    ));
-                }
-            }
-            if p.peak_ewma && p.ewma_decay_ms == 0 {
-                return Err(inv(f("ewma_decay_ms"), "must be > 0"));
             }
             if let Some(h) = &p.health_check {
-                if h.interval_ms == 0 {
-                    return Err(inv(f("health_check.interval_ms"), "must be > 0"));
-                }
-                if h.timeout_ms == 0 {
-                    return Err(inv(f("health_check.timeout_ms"), "must be > 0"));
-                }
-                if h.rise == 0 {
-                    return Err(inv(f("health_check.rise"), "must be >= 1"));
-                }
-                if h.fall == 0 {
-                    return Err(inv(f("health_check.fall"), "must be >= 1"));
-                }
-                if !(100..=599).contains(&h.expected_status) {
-                    return Err(inv(
-                        f("health_check.expected_status"),
-                        "must be an HTTP status (100-599)",
-                    ));
-                }
                 if h.kind == HealthCheckKind::Http && !h.path.starts_with('/') {
                     return Err(inv(f("health_check.path"), "must start with `/`"));
                 }
-                if h.jitter_percent > 100 {
-                    return Err(inv(
-                        f("health_check.jitter_percent"),
-                        "must be between 0 and 100",
-                    ));
-                }
             }
             let o = &p.outlier_detection;
-            if o.max_ejection_percent > 100 {
-                return Err(inv(
-                    f("outlier_detection.max_ejection_percent"),
-                    "must be between 0 and 100",
-                ));
-            }
             if o.enabled && o.base_ejection_ms == 0 {
                 return Err(inv(f("outlier_detection.base_ejection_ms"), "must be > 0"));
             }
@@ -779,33 +746,6 @@ impl Config {
                     f("outlier_detection.max_ejection_ms"),
                     "must be >= base_ejection_ms",
                 ));
-            }
-            let b = &p.retry_budget;
-            if !(0.0..=1000.0).contains(&b.ratio) || b.ratio.is_nan() {
-                return Err(inv(f("retry_budget.ratio"), "must be between 0 and 1000"));
-            }
-            if b.window_ms < 1_000 || b.window_ms > 600_000 {
-                return Err(inv(
-                    f("retry_budget.window_ms"),
-                    "must be between 1000 and 600000",
-                ));
-            }
-            if let Some(cb) = &p.circuit_breaker {
-                if cb.consecutive_failures == 0 {
-                    return Err(inv(
-                        f("circuit_breaker.consecutive_failures"),
-                        "must be >= 1",
-                    ));
-                }
-                if cb.open_ms == 0 {
-                    return Err(inv(f("circuit_breaker.open_ms"), "must be > 0"));
-                }
-                if cb.half_open_max_requests == 0 {
-                    return Err(inv(
-                        f("circuit_breaker.half_open_max_requests"),
-                        "must be >= 1",
-                    ));
-                }
             }
         }
         // Backups: must exist, not self, no cycles.
@@ -852,15 +792,6 @@ impl Config {
                     format!("duplicate address {}", l.address),
                 ));
             }
-            if l.max_connections == 0 {
-                return Err(inv(f("max_connections"), "must be > 0"));
-            }
-            if l.header_read_timeout_ms == 0 {
-                return Err(inv(f("header_read_timeout_ms"), "must be > 0"));
-            }
-            if l.max_header_bytes < 8_192 {
-                return Err(inv(f("max_header_bytes"), "must be >= 8192"));
-            }
             match l.protocol {
                 ListenerProtocol::Tcp => match &l.pool {
                     None => return Err(inv(f("pool"), "required for tcp listeners")),
@@ -895,27 +826,8 @@ impl Config {
             if !r.path_prefix.starts_with('/') {
                 return Err(inv(f("path_prefix"), "must start with `/`"));
             }
-            for (j, s) in r.retry.retry_on_status.iter().enumerate() {
-                if !(100..=599).contains(s) {
-                    return Err(inv(
-                        format!("routes[{i}].retry.retry_on_status[{j}]"),
-                        "must be an HTTP status",
-                    ));
-                }
-            }
-            if r.retry.max_retries > 10 {
-                return Err(inv(f("retry.max_retries"), "must be <= 10"));
-            }
             if r.retry.backoff_max_ms < r.retry.backoff_base_ms {
                 return Err(inv(f("retry.backoff_max_ms"), "must be >= backoff_base_ms"));
-            }
-            if let Some(rl) = &r.rate_limit {
-                if !(rl.requests_per_s > 0.0) {
-                    return Err(inv(f("rate_limit.requests_per_s"), "must be > 0"));
-                }
-                if rl.burst == 0 {
-                    return Err(inv(f("rate_limit.burst"), "must be >= 1"));
-                }
             }
         }
         let has_http = self
@@ -924,6 +836,232 @@ impl Config {
             .any(|l| l.protocol != ListenerProtocol::Tcp);
         if has_http && self.routes.is_empty() {
             return Err(inv("routes", "http listeners need at least one route"));
+        }
+        Ok(())
+    }
+}
+
+/// Allowed ranges of every numeric setting, checked on the configuration as
+/// an untyped tree (TOML text, or a typed `Config` serialized), so that an
+/// out-of-range value is reported with its field path, its owner (pool,
+/// endpoint, listener, route) and the allowed range, whatever its type.
+mod ranges {
+    use super::{inv, ConfigError};
+    use serde_json::Value;
+
+    #[derive(Clone, Copy)]
+    enum R {
+        /// Integer in [min, max].
+        Int(i128, i128),
+        /// Number in [min, max].
+        Float(f64, f64),
+        /// Number in (0, max].
+        PositiveFloat(f64),
+    }
+    use R::*;
+
+    const HOUR_MS: i128 = 3_600_000;
+    const DAY_MS: i128 = 86_400_000;
+    const MILLION: i128 = 1_000_000;
+
+    const TOP: &[(&str, R)] = &[("drain_timeout_ms", Int(0, HOUR_MS))];
+    const LISTENER: &[(&str, R)] = &[
+        ("max_connections", Int(1, MILLION)),
+        ("max_connections_per_client_ip", Int(0, MILLION)),
+        ("client_first_byte_timeout_ms", Int(1, HOUR_MS)),
+        ("client_keepalive_idle_timeout_ms", Int(1, DAY_MS)),
+        ("header_read_timeout_ms", Int(1, HOUR_MS)),
+        ("max_header_bytes", Int(8_192, 1_048_576)),
+        ("http2_max_concurrent_streams", Int(1, 100_000)),
+        ("tcp_connect_timeout_ms", Int(1, 600_000)),
+    ];
+    const ROUTE: &[(&str, R)] = &[
+        ("timeout_ms", Int(0, DAY_MS)),
+        // Chunked bodies are buffered in memory up to this size.
+        ("max_request_body_bytes", Int(0, 1 << 30)),
+    ];
+    const RETRY: &[(&str, R)] = &[
+        ("max_retries", Int(0, 10)),
+        ("per_try_timeout_ms", Int(0, DAY_MS)),
+        ("backoff_base_ms", Int(0, 60_000)),
+        ("backoff_max_ms", Int(0, 600_000)),
+        ("max_replay_body_bytes", Int(0, 64 << 20)),
+    ];
+    const RATE_LIMIT: &[(&str, R)] = &[
+        ("requests_per_s", PositiveFloat(1e6)),
+        ("burst", Int(1, MILLION)),
+    ];
+    const POOL: &[(&str, R)] = &[
+        ("ewma_decay_ms", Int(1, HOUR_MS)),
+        ("connect_timeout_ms", Int(1, 600_000)),
+        ("idle_connection_timeout_ms", Int(1, DAY_MS)),
+        ("max_idle_connections_per_endpoint", Int(0, 100_000)),
+        ("panic_threshold_percent", Int(0, 100)),
+        ("slow_start_ms", Int(0, HOUR_MS)),
+        ("max_concurrent_requests", Int(1, MILLION)),
+        ("max_pending_requests", Int(0, MILLION)),
+        ("pending_timeout_ms", Int(0, 600_000)),
+    ];
+    const ENDPOINT: &[(&str, R)] = &[("weight", Int(1, 10_000))];
+    const HASH: &[(&str, R)] = &[
+        ("maglev_table_size", Int(7, 10_000_019)),
+        ("ring_vnodes_per_weight", Int(1, 10_000)),
+    ];
+    const HEALTH: &[(&str, R)] = &[
+        ("expected_status", Int(100, 599)),
+        ("interval_ms", Int(1, HOUR_MS)),
+        ("timeout_ms", Int(1, 600_000)),
+        ("rise", Int(1, 1_000)),
+        ("fall", Int(1, 1_000)),
+        ("jitter_percent", Int(0, 100)),
+    ];
+    const OUTLIER: &[(&str, R)] = &[
+        ("consecutive_5xx", Int(0, MILLION)),
+        ("consecutive_connect_failures", Int(0, MILLION)),
+        ("consecutive_timeouts", Int(0, MILLION)),
+        ("base_ejection_ms", Int(0, DAY_MS)),
+        ("max_ejection_ms", Int(0, DAY_MS)),
+        ("max_ejection_percent", Int(0, 100)),
+    ];
+    const BUDGET: &[(&str, R)] = &[
+        ("ratio", Float(0.0, 1000.0)),
+        ("min_retries_per_s", Int(0, MILLION)),
+        ("window_ms", Int(1_000, 600_000)),
+    ];
+    const BREAKER: &[(&str, R)] = &[
+        ("consecutive_failures", Int(1, MILLION)),
+        ("open_ms", Int(1, DAY_MS)),
+        ("half_open_max_requests", Int(1, MILLION)),
+    ];
+
+    fn describe(v: &Value) -> String {
+        match v {
+            Value::Null => "a non-finite number".into(),
+            Value::String(s) => format!("the string {s:?}"),
+            Value::Bool(b) => format!("the boolean {b}"),
+            Value::Array(_) => "an array".into(),
+            Value::Object(_) => "a table".into(),
+            Value::Number(n) => n.to_string(),
+        }
+    }
+
+    fn one(path: &str, owner: &str, v: &Value, r: R) -> Result<(), ConfigError> {
+        let (ok, want) = match r {
+            Int(lo, hi) => {
+                let n = v
+                    .as_i64()
+                    .map(i128::from)
+                    .or_else(|| v.as_u64().map(i128::from));
+                (
+                    n.is_some_and(|n| (lo..=hi).contains(&n)),
+                    format!("an integer between {lo} and {hi}"),
+                )
+            }
+            Float(lo, hi) => (
+                v.as_f64().is_some_and(|x| x >= lo && x <= hi),
+                format!("a number between {lo} and {hi}"),
+            ),
+            PositiveFloat(hi) => (
+                v.as_f64().is_some_and(|x| x > 0.0 && x <= hi),
+                format!("a number greater than 0 and at most {hi}"),
+            ),
+        };
+        if ok {
+            return Ok(());
+        }
+        let owner = if owner.is_empty() {
+            String::new()
+        } else {
+            format!(" ({owner})")
+        };
+        Err(inv(
+            path,
+            format!("must be {want}, got {}{owner}", describe(v)),
+        ))
+    }
+
+    /// Check the listed keys of `table` (absent keys and non-tables are left
+    /// to the typed parser, which names unknown keys and wrong structure).
+    fn keys(
+        table: &Value,
+        prefix: &str,
+        owner: &str,
+        spec: &[(&str, R)],
+    ) -> Result<(), ConfigError> {
+        let Some(t) = table.as_object() else {
+            return Ok(());
+        };
+        for (k, r) in spec {
+            if let Some(v) = t.get(*k) {
+                one(&format!("{prefix}{k}"), owner, v, *r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn name_of(v: &Value, key: &str) -> Option<String> {
+        v.get(key).and_then(Value::as_str).map(str::to_string)
+    }
+
+    fn items(v: &Value, key: &str) -> Vec<Value> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(super) fn check(root: &Value) -> Result<(), ConfigError> {
+        keys(root, "", "", TOP)?;
+        for (i, l) in items(root, "listeners").iter().enumerate() {
+            let owner = name_of(l, "name")
+                .map(|n| format!("listener `{n}`"))
+                .unwrap_or_default();
+            keys(l, &format!("listeners[{i}]."), &owner, LISTENER)?;
+        }
+        for (i, r) in items(root, "routes").iter().enumerate() {
+            let owner = name_of(r, "pool")
+                .map(|p| format!("route to pool `{p}`"))
+                .unwrap_or_default();
+            let p = format!("routes[{i}].");
+            keys(r, &p, &owner, ROUTE)?;
+            if let Some(rt) = r.get("retry") {
+                keys(rt, &format!("{p}retry."), &owner, RETRY)?;
+                for (j, s) in items(rt, "retry_on_status").iter().enumerate() {
+                    one(
+                        &format!("{p}retry.retry_on_status[{j}]"),
+                        &owner,
+                        s,
+                        Int(100, 599),
+                    )?;
+                }
+            }
+            if let Some(rl) = r.get("rate_limit") {
+                keys(rl, &format!("{p}rate_limit."), &owner, RATE_LIMIT)?;
+            }
+        }
+        for (i, pool) in items(root, "pools").iter().enumerate() {
+            let pname = name_of(pool, "name").unwrap_or_default();
+            let owner = format!("pool `{pname}`");
+            let p = format!("pools[{i}].");
+            keys(pool, &p, &owner, POOL)?;
+            for (j, e) in items(pool, "endpoints").iter().enumerate() {
+                let eo = match name_of(e, "address") {
+                    Some(a) => format!("pool `{pname}`, endpoint `{a}`"),
+                    None => owner.clone(),
+                };
+                keys(e, &format!("{p}endpoints[{j}]."), &eo, ENDPOINT)?;
+            }
+            for (sub, spec) in [
+                ("hash", HASH),
+                ("health_check", HEALTH),
+                ("outlier_detection", OUTLIER),
+                ("retry_budget", BUDGET),
+                ("circuit_breaker", BREAKER),
+            ] {
+                if let Some(t) = pool.get(sub) {
+                    keys(t, &format!("{p}{sub}."), &owner, spec)?;
+                }
+            }
         }
         Ok(())
     }

@@ -9,10 +9,10 @@
 //! * [`GatewayHandle`] — `local_addr(s)`, `admin_addr`, `apply_config` (live
 //!   reconfiguration without dropping connections), `shutdown` (graceful
 //!   drain), `metrics_text`, `pools_json`.
-//! * [`GatewayArgs`] + [`run`] — the `phalanx gateway` subcommand.
 //! * [`sample_backend`] — a tiny HTTP server answering with its name.
-//! * [`store_config::run_store_backed`] — a gateway whose configuration lives
-//!   in the replicated store (etcd v3 API), applied live on every change.
+//!
+//! The gateway knows nothing of the replicated store: the `gateway-store`
+//! crate runs it from a configuration document kept there.
 //!
 //! Architecture (linkerd2-proxy style: small layers, each a documented state
 //! machine, see [`layers`]):
@@ -25,7 +25,7 @@
 //!
 //! Embedding example:
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use gateway::{Config, Gateway, sample_backend};
 //! let a = sample_backend::spawn("127.0.0.1:0".parse()?, "a").await?;
 //! let b = sample_backend::spawn("127.0.0.1:0".parse()?, "b").await?;
@@ -44,8 +44,8 @@
 
 pub mod admin;
 pub mod balance;
-mod cli;
 pub mod config;
+mod conn;
 pub mod endpoint;
 mod gateway;
 pub mod health;
@@ -56,9 +56,7 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod sample_backend;
-pub mod store_config;
 pub mod tls;
 
-pub use cli::{run, GatewayArgs};
 pub use config::{Algorithm, Config, ConfigError};
 pub use gateway::{Gateway, GatewayHandle};

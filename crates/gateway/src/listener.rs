@@ -20,10 +20,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
+use http_body_util::BodyExt;
+
 use crate::config::{ListenerConfig, ListenerProtocol};
+use crate::conn::{
+    AdmitRequest, CloseReason, Conn, ConnTable, EndOnDrop, Refusal, Timeouts, TrackedIo,
+};
 use crate::endpoint::now_ms;
 use crate::layers::outlier::{self, TryOutcome};
-use crate::metrics::ListenerLabels;
+use crate::metrics::{ListenerLabels, ListenerReasonLabels};
 use crate::proxy::{handle, ConnCtx, Shared};
 
 /// Resolves once the watch value is `true` (or the sender is gone).
@@ -148,7 +153,8 @@ async fn accept_loop(
         .listener_accepted
         .get_or_create(&labels)
         .clone();
-    let open = Arc::new(AtomicUsize::new(0));
+    // Per-listener connection table: limits, fair admission, eviction.
+    let table = Arc::new(ConnTable::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = crate::listener::stopped(&mut stop) => break,
@@ -165,51 +171,82 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         accepted.inc();
         let lcfg = cfg.read().unwrap().clone();
-        if open.load(Ordering::Acquire) >= lcfg.max_connections {
-            sc.shared
-                .metrics
-                .overload_rejections
-                .get_or_create(&crate::metrics::PoolClassLabels {
-                    pool: String::new(),
-                    class: "connections".into(),
-                })
-                .inc();
-            if lcfg.protocol == ListenerProtocol::Http {
-                tokio::spawn(async move {
-                    let mut s = stream;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\ntoo many connections, try again\n",
-                    )).await;
-                    let _ = s.shutdown().await;
-                });
+        let http = lcfg.protocol != ListenerProtocol::Tcp;
+        let admitted = table.admit(AdmitRequest {
+            ip: peer.ip(),
+            max_connections: lcfg.max_connections,
+            max_per_ip: lcfg.max_connections_per_client_ip,
+            http,
+            detect_h2c: lcfg.protocol == ListenerProtocol::Http,
+        });
+        let conn = match admitted {
+            // An evicted connection is counted by its own task (watchdog reason).
+            Ok(c) => c,
+            Err(refusal) => {
+                let (class, body) = match refusal {
+                    Refusal::Total => ("connections", "too many connections, try again\n"),
+                    Refusal::PerIp => (
+                        "connections_per_ip",
+                        "too many connections from your address, try again\n",
+                    ),
+                };
+                let msg = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sc.shared
+                    .metrics
+                    .overload_rejections
+                    .get_or_create(&crate::metrics::PoolClassLabels {
+                        pool: String::new(),
+                        class: class.into(),
+                    })
+                    .inc();
+                if lcfg.protocol == ListenerProtocol::Http {
+                    tokio::spawn(async move {
+                        let mut s = stream;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            s.write_all(msg.as_bytes()),
+                        )
+                        .await;
+                        let _ = s.shutdown().await;
+                    });
+                }
+                continue;
             }
-            continue;
-        }
-        open.fetch_add(1, Ordering::AcqRel);
+        };
         open_g.inc();
         let guard = sc.tracker.track();
         let sc2 = sc.clone();
         let stop2 = stop.clone();
-        let open2 = open.clone();
         let open_g2 = open_g.clone();
         let tls2 = tls.clone();
+        let name2 = name.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let mut hard = sc2.hard_stop.clone();
+            let timeouts = Timeouts {
+                first_byte: Duration::from_millis(lcfg.client_first_byte_timeout_ms),
+                header_read: Duration::from_millis(lcfg.header_read_timeout_ms),
+                keepalive_idle: Duration::from_millis(lcfg.client_keepalive_idle_timeout_ms),
+            };
             let work = async {
                 match lcfg.protocol {
                     ListenerProtocol::Http => {
-                        serve_http(stream, &lcfg, ConnCtx { peer, tls: false }, &sc2, stop2).await
+                        let io = TrackedIo::new(stream, conn.clone());
+                        serve_http(io, &lcfg, ConnCtx { peer, tls: false }, &conn, &sc2, stop2)
+                            .await
                     }
                     ListenerProtocol::Https => {
                         let acc = tls2.expect("tls acceptor");
-                        let hs = tokio::time::timeout(
-                            Duration::from_millis(lcfg.header_read_timeout_ms),
-                            acc.accept(stream),
-                        )
-                        .await;
-                        if let Ok(Ok(s)) = hs {
-                            serve_http(s, &lcfg, ConnCtx { peer, tls: true }, &sc2, stop2).await
+                        // The handshake is bounded by the connection watchdog
+                        // (first byte, then header_read_timeout_ms).
+                        let io = TrackedIo::new(stream, conn.clone());
+                        if let Ok(s) = acc.accept(io).await {
+                            conn.tls_established(s.get_ref().1.alpn_protocol() == Some(b"h2"));
+                            serve_http(s, &lcfg, ConnCtx { peer, tls: true }, &conn, &sc2, stop2)
+                                .await
                         }
                     }
                     ListenerProtocol::Tcp => serve_tcp(stream, peer, &lcfg, &sc2).await,
@@ -217,34 +254,74 @@ async fn accept_loop(
             };
             tokio::select! {
                 _ = work => {}
+                reason = conn.watchdog(timeouts), if http => {
+                    tracing::debug!(%peer, reason = reason.label(), "closing client connection");
+                    closes(&sc2, &name2, reason).inc();
+                }
                 _ = crate::listener::stopped(&mut hard) => {}
             }
-            open2.fetch_sub(1, Ordering::AcqRel);
             open_g2.dec();
         });
     }
+}
+
+fn closes(
+    sc: &ServeCtx,
+    listener: &str,
+    reason: CloseReason,
+) -> prometheus_client::metrics::counter::Counter {
+    sc.shared
+        .metrics
+        .listener_closes
+        .get_or_create(&ListenerReasonLabels {
+            listener: listener.to_string(),
+            reason: reason.label().to_string(),
+        })
+        .clone()
 }
 
 async fn serve_http<I>(
     io: I,
     lcfg: &ListenerConfig,
     ctx: ConnCtx,
+    conn: &Arc<Conn>,
     sc: &ServeCtx,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timer is off: it would also run while a keep-alive
+    // connection waits for its next request, cutting idle connections at
+    // header_read_timeout_ms. The connection watchdog (crate::conn) times the
+    // head from its first byte and the idle wait separately.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(lcfg.header_read_timeout_ms))
+        .header_read_timeout(None)
         .max_buf_size(lcfg.max_header_bytes.max(8192))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lcfg.http2_max_concurrent_streams);
     let shared = sc.shared.clone();
-    let svc = service_fn(move |req| handle(shared.clone(), ctx, req));
+    let conn = conn.clone();
+    let svc = service_fn(move |req| {
+        let guard = conn.request_started();
+        let shared = shared.clone();
+        async move {
+            let resp = handle(shared, ctx, req).await?;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                guard.upgraded();
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                EndOnDrop {
+                    inner: b,
+                    guard: Some(guard),
+                }
+                .boxed_unsync()
+            }))
+        }
+    });
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

@@ -54,6 +54,15 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+/// Labels of per-listener series with a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    /// Listener name.
+    pub listener: String,
+    /// `first_byte_timeout`, `header_timeout`, `keepalive_idle_timeout`, `evicted`.
+    pub reason: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -92,6 +101,8 @@ pub struct Metrics {
     pub listener_connections: Family<ListenerLabels, Gauge>,
     /// Accepted client connections per listener.
     pub listener_accepted: Family<ListenerLabels, Counter>,
+    /// Client connections closed by the gateway (timeouts, eviction) per listener and reason.
+    pub listener_closes: Family<ListenerReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -114,6 +125,7 @@ impl Metrics {
             overload_rejections: Family::default(),
             listener_connections: Family::default(),
             listener_accepted: Family::default(),
+            listener_closes: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -176,6 +188,11 @@ impl Metrics {
             "listener_connections",
             "Accepted client connections",
             m.listener_accepted.clone(),
+        );
+        r.register(
+            "listener_closed_connections",
+            "Client connections closed by the gateway: timeouts and evictions",
+            m.listener_closes.clone(),
         );
         *m.registry.lock().unwrap() = r;
         Arc::new(m)

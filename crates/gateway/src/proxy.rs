@@ -9,7 +9,8 @@
 //!   │
 //! Admission ─queue full / pending timeout─▶ 503 + Retry-After
 //!   │
-//! Body ─larger than max_request_body_bytes─▶ 413 ; ≤ max_replay_body_bytes: buffered (replayable)
+//! Body ─larger than max_request_body_bytes─▶ 413 (chunked: counted while buffered, before
+//!   anything is forwarded) ; ≤ max_replay_body_bytes: buffered (replayable)
 //!   │
 //! Retry loop: Select (tiers, balance, exclude tried) ─none─▶ 503 no healthy upstream
 //!   │           Try (timeout) ─▶ classify ─▶ outlier.record ─▶ retry? (see layers::retry)
@@ -222,41 +223,6 @@ impl ReqBody {
     }
 }
 
-/// Incoming body with an already-read prefix in front.
-struct Prefixed {
-    prefix: Option<Bytes>,
-    rest: Incoming,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(p) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(p))));
-        }
-        Pin::new(&mut this.rest).poll_frame(cx).map_err(Into::into)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.rest.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        let mut h = self.rest.size_hint();
-        if let Some(p) = &self.prefix {
-            let n = p.len() as u64;
-            h.set_lower(h.lower() + n);
-            if let Some(u) = h.upper() {
-                h.set_upper(u + n);
-            }
-        }
-        h
-    }
-}
-
 /// Response body that holds the pool slot and the endpoint in-flight count
 /// until it is fully sent.
 struct Guarded {
@@ -325,12 +291,16 @@ async fn prepare_body(
         let b = Limited::new(body, max_body as usize).boxed_unsync();
         return Ok(ReqBody::Stream(Some(b)));
     }
-    // Unknown length: read up to the replay limit.
+    // Unknown length (chunked, or HTTP/2 without content-length): buffer the
+    // whole body before forwarding, so the limit is enforced before the
+    // upstream sees a byte (streaming would forward up to the limit and then
+    // cut the request off mid-body, and the client would get a 502, not a
+    // 413). Memory per request is bounded by max_request_body_bytes.
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
     loop {
         match body.frame().await {
-            None => return Ok(ReqBody::Buffered(buf.freeze())),
+            None => break,
             Some(Err(_)) => {
                 return Err(local_response(
                     StatusCode::BAD_REQUEST,
@@ -340,22 +310,21 @@ async fn prepare_body(
             }
             Some(Ok(f)) => {
                 if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
-                    if buf.len() as u64 > max_body {
+                    if (buf.len() + d.len()) as u64 > max_body {
                         return Err(too_large());
                     }
-                    if buf.len() as u64 > replay_limit {
-                        let p = Prefixed {
-                            prefix: Some(buf.freeze()),
-                            rest: body,
-                        };
-                        return Ok(ReqBody::Stream(Some(
-                            Limited::new(p, max_body as usize).boxed_unsync(),
-                        )));
-                    }
+                    buf.extend_from_slice(&d);
                 }
             }
         }
+    }
+    let buf = buf.freeze();
+    if buf.len() as u64 <= replay_limit {
+        Ok(ReqBody::Buffered(buf))
+    } else {
+        // Larger than the replay limit: sent once, never retried (as documented
+        // for max_replay_body_bytes), although it is in memory.
+        Ok(ReqBody::Stream(Some(full(buf))))
     }
 }
 
@@ -401,6 +370,7 @@ pub(crate) async fn handle(
             "pool": info.pool,
             "endpoint": info.endpoint,
             "tries": info.tries,
+            "upstream_error": info.upstream_error,
             "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
         });
         use std::io::Write;
@@ -414,6 +384,72 @@ struct LogInfo {
     pool: Option<String>,
     endpoint: Option<String>,
     tries: u32,
+    /// Why the last failed try failed (`timeout`, `invalid status line`, ...);
+    /// None when the response came from an upstream.
+    upstream_error: Option<&'static str>,
+}
+
+/// Short, stable reason of a failed upstream try (access log `upstream_error`).
+fn upstream_error_reason(e: &hyper_util::client::legacy::Error) -> &'static str {
+    if e.is_connect() {
+        return "connect failure";
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(x) = src {
+        if let Some(h) = x.downcast_ref::<hyper::Error>() {
+            return if h.is_parse_too_large() {
+                "response head too large"
+            } else if h.is_parse_status() {
+                "invalid status line"
+            } else if h.is_parse() {
+                // hyper exposes the parse error kind only through Display;
+                // a bad version is a malformed status line (garbage bytes).
+                if h.to_string().contains("version") {
+                    "invalid status line"
+                } else {
+                    "invalid response head"
+                }
+            } else if h.is_incomplete_message() {
+                "connection closed before response"
+            } else if h.is_timeout() {
+                "timeout"
+            } else if h.is_canceled() || h.is_closed() {
+                "connection closed"
+            } else {
+                "protocol error"
+            };
+        }
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionReset {
+                return "connection reset";
+            }
+        }
+        src = x.source();
+    }
+    "protocol error"
+}
+
+/// The gateway's answer when no try produced a response: 504 after a
+/// timeout, 503 when no endpoint could be connected, 502 for an upstream
+/// that answered with something other than a valid HTTP response.
+fn failed_try_response(outcome: TryOutcome, reason: &str) -> Response<ProxyBody> {
+    match outcome {
+        TryOutcome::Timeout => local_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream request timeout",
+            None,
+        ),
+        TryOutcome::ConnectFailure => local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect failure",
+            Some(1),
+        ),
+        _ => local_response(
+            StatusCode::BAD_GATEWAY,
+            &format!("bad upstream response: {reason}"),
+            None,
+        ),
+    }
 }
 
 async fn proxy(
@@ -555,11 +591,17 @@ async fn proxy(
     let mut retries = 0u32;
     let mut last: Option<Response<ProxyBody>> = None;
     let mut breaker_ok = false;
+    // Outcome of the last try that produced no response: when no endpoint
+    // is left to retry on, the client gets the status that failure deserves
+    // (502/503/504), not "no healthy upstream".
+    let mut last_err: Option<TryOutcome> = None;
 
     let result = loop {
         let Some(sel) = select(&route.tiers, hash_key, &tried) else {
             break last.take().unwrap_or_else(|| {
-                if route.tiers.iter().all(|p| p.members().is_empty()) {
+                if let Some(o) = last_err {
+                    failed_try_response(o, info.upstream_error.unwrap_or("protocol error"))
+                } else if route.tiers.iter().all(|p| p.members().is_empty()) {
                     local_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no route: no upstream endpoints configured",
@@ -576,6 +618,7 @@ async fn proxy(
         };
         let Some(try_t) = timeout::try_budget(retry.per_try_timeout_ms, deadline) else {
             break last.take().unwrap_or_else(|| {
+                info.upstream_error.get_or_insert("timeout");
                 local_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream request timeout",
@@ -630,6 +673,7 @@ async fn proxy(
                 )
             }
             Ok(Err(e)) => {
+                info.upstream_error = Some(upstream_error_reason(&e));
                 if e.is_connect() {
                     ep.record_outcome("connect_error");
                     (TryOutcome::ConnectFailure, None)
@@ -640,10 +684,17 @@ async fn proxy(
                 }
             }
             Err(()) => {
+                info.upstream_error = Some("timeout");
                 ep.record_outcome("timeout");
                 (TryOutcome::Timeout, None)
             }
         };
+        if resp.is_some() {
+            info.upstream_error = None;
+            last_err = None;
+        } else {
+            last_err = Some(outcome);
+        }
         outlier::record(&spcfg.outlier_detection, has_hc, &ep, &peers, outcome);
 
         let retryable = match (&outcome, &resp) {
@@ -688,22 +739,11 @@ async fn proxy(
                 }
                 None => {
                     drop(inflight);
-                    break last.take().unwrap_or_else(|| match outcome {
-                        TryOutcome::Timeout => local_response(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "upstream request timeout",
-                            None,
-                        ),
-                        TryOutcome::ConnectFailure => local_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "upstream connect failure",
-                            Some(1),
-                        ),
-                        _ => local_response(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream connection reset",
-                            None,
-                        ),
+                    break last.take().unwrap_or_else(|| {
+                        failed_try_response(
+                            outcome,
+                            info.upstream_error.unwrap_or("protocol error"),
+                        )
                     });
                 }
             }
@@ -715,10 +755,9 @@ async fn proxy(
                 primary.pm.budget_exhausted.inc();
                 break match resp {
                     Some(r) => finish_plain(r),
-                    None => local_response(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream failed (retry budget exhausted)",
-                        None,
+                    None => failed_try_response(
+                        outcome,
+                        info.upstream_error.unwrap_or("protocol error"),
                     ),
                 };
             }
