@@ -53,7 +53,9 @@ pub enum StoreConfigError {
     #[error("refusing to write an invalid gateway configuration: {0}")]
     Invalid(#[source] ConfigError),
     /// A store request did not answer within its bound.
-    #[error("{0} timed out after {RPC_TIMEOUT:?}: is a store member reachable at the endpoints given?")]
+    #[error(
+        "{0} timed out after {RPC_TIMEOUT:?}: is a store member reachable at the endpoints given?"
+    )]
     Timeout(&'static str),
     /// The store answered with an error.
     #[error("store: {0}")]
@@ -67,7 +69,10 @@ pub enum StoreConfigError {
     /// The store canceled the watch; the watcher reconnects (and reads the
     /// key again if history was compacted).
     #[error("watch canceled: {reason} (compact revision {compact_revision})")]
-    WatchCanceled { reason: String, compact_revision: i64 },
+    WatchCanceled {
+        reason: String,
+        compact_revision: i64,
+    },
 }
 
 /// A bounded store request: `what` names it in the timeout error.
@@ -213,8 +218,11 @@ fn status_key(key: &str, node: &str) -> String {
     format!("{key}/status/{node}")
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect backoff: the first retry after about this long, in ms ...
+const BACKOFF_BASE_MS: u64 = 100;
+/// ... doubling up to this, in ms (the gateway's own full-jitter backoff,
+/// `gateway::layers::retry::backoff`).
+const BACKOFF_MAX_MS: u64 = 5_000;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn connect(endpoints: &[String]) -> Result<Client, StoreConfigError> {
@@ -225,7 +233,11 @@ async fn connect(endpoints: &[String]) -> Result<Client, StoreConfigError> {
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
-    bounded("connecting to the store", Client::connect(endpoints, Some(opts))).await
+    bounded(
+        "connecting to the store",
+        Client::connect(endpoints, Some(opts)),
+    )
+    .await
 }
 
 /// `(value, mod_revision)` of `key` (None if absent) and the store revision.
@@ -403,13 +415,14 @@ impl Watcher {
         mut rev: Option<i64>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut backoff = BACKOFF_MIN;
+        // Failed sessions in a row; a watch that gets created resets it.
+        let mut failures: u32 = 0;
         loop {
             if *stop.borrow() {
                 return;
             }
             let step = self
-                .session(&mut client, &mut rev, &mut stop, &mut backoff)
+                .session(&mut client, &mut rev, &mut stop, &mut failures)
                 .await;
             if let Err(e) = step {
                 tracing::debug!(key = %self.key, error = %format!("{e:#}"), "store watch interrupted; reconnecting");
@@ -418,11 +431,12 @@ impl Watcher {
             if *stop.borrow() {
                 return;
             }
+            failures = failures.saturating_add(1);
+            let pause = gateway::layers::retry::backoff(failures, BACKOFF_BASE_MS, BACKOFF_MAX_MS);
             tokio::select! {
-                _ = tokio::time::sleep(jitter(backoff)) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => return,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -433,7 +447,7 @@ impl Watcher {
         client: &mut Option<Client>,
         rev: &mut Option<i64>,
         stop: &mut watch::Receiver<bool>,
-        backoff: &mut Duration,
+        failures: &mut u32,
     ) -> Result<(), StoreConfigError> {
         if client.is_none() {
             *client = Some(connect(&self.endpoints).await?);
@@ -465,7 +479,7 @@ impl Watcher {
                 return Err(StoreConfigError::WatchEnded);
             };
             if resp.created() {
-                *backoff = BACKOFF_MIN;
+                *failures = 0;
             }
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
@@ -499,12 +513,6 @@ impl Watcher {
             }
         }
     }
-}
-
-fn jitter(d: Duration) -> Duration {
-    use rand::Rng;
-    let ms = d.as_millis() as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
 }
 
 #[cfg(test)]

@@ -23,9 +23,16 @@ use rand::Rng;
 
 use crate::config::{HealthCheckConfig, HealthCheckKind};
 use crate::endpoint::Endpoint;
-use crate::pool::{Pool, UpstreamClient};
+use crate::upstream::UpstreamClient;
 
-pub(crate) fn spawn_checker(pool: Weak<Pool>, ep: Arc<Endpoint>) {
+/// What a health checker needs from its pool: the current check settings
+/// (None: checks are off) and the upstream client. Implemented by `Pool`.
+pub(crate) trait CheckTarget: Send + Sync {
+    fn health_check(&self) -> Option<HealthCheckConfig>;
+    fn client(&self) -> Arc<UpstreamClient>;
+}
+
+pub(crate) fn spawn_checker(pool: Weak<dyn CheckTarget>, ep: Arc<Endpoint>) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -36,7 +43,7 @@ pub(crate) fn spawn_checker(pool: Weak<Pool>, ep: Arc<Endpoint>) {
                 return;
             }
             let (cfg, client) = match pool.upgrade() {
-                Some(p) => (p.cfg().health_check.clone(), p.client()),
+                Some(p) => (p.health_check(), p.client()),
                 None => return,
             };
             let Some(hc) = cfg else {

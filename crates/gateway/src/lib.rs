@@ -57,6 +57,7 @@ pub mod proxy;
 pub mod router;
 pub mod sample_backend;
 pub mod tls;
+mod upstream;
 
 pub use config::{Algorithm, Config, ConfigError};
 pub use gateway::{Gateway, GatewayHandle};

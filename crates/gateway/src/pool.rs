@@ -10,29 +10,19 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::balance::{self, PickCtx, Set};
-use crate::config::{PoolConfig, UpstreamProtocol};
+use crate::config::PoolConfig;
 use crate::endpoint::{now_ms, Endpoint};
 use crate::layers::admission::Admission;
 use crate::layers::breaker::Breaker;
 use crate::layers::retry::RetryBudget;
 use crate::metrics::{Metrics, PoolLabels};
 
-/// Boxed error type used for bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Body type sent upstream and to clients.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-/// Upstream HTTP client.
-pub(crate) type UpstreamClient = Client<HttpConnector, ProxyBody>;
+use crate::upstream::{build_client, UpstreamClient};
+pub use crate::upstream::{BoxError, ProxyBody};
 
 /// Candidate sets derived from the membership at one availability epoch.
 pub(crate) struct Snapshot {
@@ -67,23 +57,6 @@ pub struct Pool {
     client: RwLock<Arc<UpstreamClient>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pm: PoolMetrics,
-}
-
-pub(crate) fn build_client(cfg: &PoolConfig) -> UpstreamClient {
-    let mut conn = HttpConnector::new();
-    conn.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-    conn.set_nodelay(true);
-    conn.enforce_http(true);
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_millis(cfg.idle_connection_timeout_ms))
-        .pool_max_idle_per_host(cfg.max_idle_connections_per_endpoint)
-        .set_host(false);
-    if cfg.protocol == UpstreamProtocol::H2c {
-        b.http2_only(true);
-    }
-    b.build(conn)
 }
 
 fn client_settings_equal(a: &PoolConfig, b: &PoolConfig) -> bool {
@@ -176,7 +149,10 @@ impl Pool {
                         self.epoch.clone(),
                         &self.metrics,
                     );
-                    crate::health::spawn_checker(Arc::downgrade(self), ep.clone());
+                    crate::health::spawn_checker(
+                        Arc::downgrade(self) as std::sync::Weak<dyn crate::health::CheckTarget>,
+                        ep.clone(),
+                    );
                     next.push(ep);
                 }
             }
@@ -291,4 +267,15 @@ pub(crate) fn select(
         endpoint: e,
         pool: primary.clone(),
     })
+}
+
+/// Health checks read the pool's current check settings and client through
+/// this (health.rs does not know pools).
+impl crate::health::CheckTarget for Pool {
+    fn health_check(&self) -> Option<crate::config::HealthCheckConfig> {
+        self.cfg().health_check.clone()
+    }
+    fn client(&self) -> Arc<UpstreamClient> {
+        Pool::client(self)
+    }
 }

@@ -36,7 +36,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::balance::hash64;
 use crate::config::{Algorithm, HashKey, UpstreamProtocol};
-use crate::endpoint::InFlight;
+use crate::endpoint::{now_ms, InFlight};
 use crate::layers::admission::{Permit, Rejection};
 use crate::layers::outlier::{self, TryOutcome};
 use crate::layers::retry::{backoff, is_idempotent};
@@ -467,59 +467,9 @@ async fn proxy(
     info.pool = Some(primary.name.clone());
     let pcfg = primary.cfg();
     let rcfg = &route.cfg;
-
-    // Rate limit.
-    if let Some(rl) = &rcfg.rate_limit {
-        if let Err(after) = route.limiter.check(rl, ctx.peer.ip()) {
-            reject_metric(&shared.metrics, &primary.name, "rate_limit");
-            return local_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate limit exceeded",
-                Some(after),
-            );
-        }
-    }
-    // Circuit breaker.
-    let ticket = match &pcfg.circuit_breaker {
-        Some(cb) => match primary.breaker.admit(cb) {
-            Some(t) => Some(t),
-            None => {
-                primary.pm.breaker_rejections.inc();
-                return local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "circuit breaker open",
-                    Some(1),
-                );
-            }
-        },
-        None => None,
-    };
-    // Admission.
-    let permit = match primary
-        .admission
-        .admit(
-            pcfg.max_concurrent_requests,
-            pcfg.max_pending_requests,
-            Duration::from_millis(pcfg.pending_timeout_ms),
-        )
-        .await
-    {
-        Ok(p) => p,
-        Err(r) => {
-            let reason = match r {
-                Rejection::QueueFull => "concurrency",
-                Rejection::PendingTimeout => "pending_timeout",
-            };
-            reject_metric(&shared.metrics, &primary.name, reason);
-            if let (Some(cb), Some(t)) = (&pcfg.circuit_breaker, ticket) {
-                primary.breaker.record_neutral(cb, t);
-            }
-            return local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded: too many concurrent requests for this upstream pool",
-                Some(1),
-            );
-        }
+    let (ticket, permit) = match admit(shared, &route, &primary, &ctx).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
     };
 
     let upgrade = is_upgrade_request(&req);
@@ -540,8 +490,203 @@ async fn proxy(
         Ok(b) => b,
         Err(r) => return r,
     };
+    let headers = upstream_headers(&parts, &ctx, upgrade);
+    let path_q = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let hash_key = hash_key(&pcfg, &parts.headers, &ctx);
 
-    // Headers sent upstream.
+    primary.budget.deposit(&pcfg.retry_budget);
+    let retry = &rcfg.retry;
+    let deadline =
+        (rcfg.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(rcfg.timeout_ms));
+    let may_retry_app = (is_idempotent(&parts.method) || retry.retry_non_idempotent) && !upgrade;
+    let mut tried: Vec<Arc<crate::endpoint::Endpoint>> = Vec::new();
+    let mut retries = 0u32;
+    let mut last: Option<Response<ProxyBody>> = None;
+    let mut breaker_ok = false;
+    // Outcome of the last try that produced no response: when no endpoint
+    // is left to retry on, the client gets the status that failure deserves
+    // (502/503/504), not "no healthy upstream".
+    let mut last_err: Option<TryOutcome> = None;
+    // The admission permit travels with the response body (or the upgraded
+    // connection) so the pool's concurrency limit covers the whole exchange.
+    let mut permit = Some(permit);
+    let mut client_upgrade = client_upgrade;
+
+    let result = loop {
+        let Some(sel) = select(&route.tiers, hash_key, &tried) else {
+            break last
+                .take()
+                .unwrap_or_else(|| no_endpoint_left(&route.tiers, last_err, info));
+        };
+        let Some(try_t) = timeout::try_budget(retry.per_try_timeout_ms, deadline) else {
+            break last.take().unwrap_or_else(|| {
+                info.upstream_error.get_or_insert("timeout");
+                local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    None,
+                )
+            });
+        };
+        let ep = sel.endpoint.clone();
+        tried.push(ep.clone());
+        info.tries += 1;
+        info.endpoint = Some(ep.addr.to_string());
+        let Some(req_body) = body.take() else {
+            break last.take().unwrap_or_else(|| {
+                local_response(StatusCode::BAD_GATEWAY, "upstream failed", None)
+            });
+        };
+        let uri: Uri = match format!("http://{}{}", ep.authority, path_q).parse() {
+            Ok(u) => u,
+            Err(_) => break local_response(StatusCode::BAD_REQUEST, "bad request target", None),
+        };
+        let mut up = Request::new(req_body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers.clone();
+        let inflight = ep.start_request();
+        let (outcome, resp) = try_once(&sel, up, try_t, info).await;
+        if resp.is_some() {
+            info.upstream_error = None;
+            last_err = None;
+        } else {
+            last_err = Some(outcome);
+        }
+
+        let retryable = match (&outcome, &resp) {
+            (TryOutcome::ConnectFailure, _) => true,
+            (TryOutcome::Reset, _) => may_retry_app && retry.retry_on_reset,
+            (TryOutcome::Timeout, _) => may_retry_app && retry.retry_on_timeout,
+            (_, Some(r)) => may_retry_app && retry.retry_on_status.contains(&r.status().as_u16()),
+            _ => false,
+        };
+        let can_retry = retryable && retries < retry.max_retries && body.replayable();
+        if !can_retry {
+            match resp {
+                Some(r) => {
+                    breaker_ok = outcome == TryOutcome::Success;
+                    let guard = (inflight, permit.take().expect("one final response"));
+                    break relay_response(r, upgrade, client_upgrade.take(), guard);
+                }
+                None => {
+                    drop(inflight);
+                    break last.take().unwrap_or_else(|| {
+                        failed_try_response(
+                            outcome,
+                            info.upstream_error.unwrap_or("protocol error"),
+                        )
+                    });
+                }
+            }
+        }
+        drop(inflight);
+        // Retry (budget applies except to connect failures).
+        if outcome != TryOutcome::ConnectFailure && !primary.budget.withdraw(&pcfg.retry_budget) {
+            primary.pm.budget_exhausted.inc();
+            break match resp {
+                Some(r) => finish_plain(r),
+                None => {
+                    failed_try_response(outcome, info.upstream_error.unwrap_or("protocol error"))
+                }
+            };
+        }
+        // Keep this response in case nothing else is available.
+        last = resp.map(finish_plain);
+        retries += 1;
+        primary.pm.retries.inc();
+        if outcome != TryOutcome::ConnectFailure {
+            let mut d = backoff(retries, retry.backoff_base_ms, retry.backoff_max_ms);
+            if let Some(dl) = deadline {
+                d = d.min(dl.saturating_duration_since(Instant::now()));
+            }
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
+        }
+    };
+    if let (Some(cb), Some(t)) = (&pcfg.circuit_breaker, ticket) {
+        primary.breaker.record(
+            cb,
+            t,
+            breaker_ok || result.status().as_u16() < 500,
+            now_ms(),
+        );
+    }
+    result
+}
+
+/// The admission layers, in order: per-client rate limit (429), the pool's
+/// circuit breaker (503 while open), the pool's concurrency limit and pending
+/// queue (503 when full or after `pending_timeout_ms`). On success: the
+/// breaker ticket to settle with the outcome, and the concurrency permit.
+async fn admit(
+    shared: &Arc<Shared>,
+    route: &crate::router::Route,
+    primary: &Arc<crate::pool::Pool>,
+    ctx: &ConnCtx,
+) -> Result<(Option<crate::layers::breaker::Ticket>, Permit), Response<ProxyBody>> {
+    let pcfg = primary.cfg();
+    if let Some(rl) = &route.cfg.rate_limit {
+        if let Err(after) = route.limiter.check(rl, ctx.peer.ip(), now_ms()) {
+            reject_metric(&shared.metrics, &primary.name, "rate_limit");
+            return Err(local_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded",
+                Some(after),
+            ));
+        }
+    }
+    let ticket = match &pcfg.circuit_breaker {
+        Some(cb) => match primary.breaker.admit(cb, now_ms()) {
+            Some(t) => Some(t),
+            None => {
+                primary.pm.breaker_rejections.inc();
+                return Err(local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit breaker open",
+                    Some(1),
+                ));
+            }
+        },
+        None => None,
+    };
+    match primary
+        .admission
+        .admit(
+            pcfg.max_concurrent_requests,
+            pcfg.max_pending_requests,
+            Duration::from_millis(pcfg.pending_timeout_ms),
+        )
+        .await
+    {
+        Ok(p) => Ok((ticket, p)),
+        Err(r) => {
+            let reason = match r {
+                Rejection::QueueFull => "concurrency",
+                Rejection::PendingTimeout => "pending_timeout",
+            };
+            reject_metric(&shared.metrics, &primary.name, reason);
+            if let (Some(cb), Some(t)) = (&pcfg.circuit_breaker, ticket) {
+                primary.breaker.record_neutral(cb, t);
+            }
+            Err(local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded: too many concurrent requests for this upstream pool",
+                Some(1),
+            ))
+        }
+    }
+}
+
+/// The request headers sent upstream: Host kept (or taken from the
+/// authority), hop-by-hop headers stripped, X-Forwarded-For/-Proto and Via
+/// added.
+fn upstream_headers(parts: &http::request::Parts, ctx: &ConnCtx, upgrade: bool) -> HeaderMap {
     let mut headers = parts.headers.clone();
     if !headers.contains_key(header::HOST) {
         if let Some(a) = parts.uri.authority() {
@@ -564,224 +709,145 @@ async fn proxy(
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
     append_via(&mut headers, parts.version);
-    let path_q = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    headers
+}
 
-    let hash_key = if pcfg.algorithm == Algorithm::ConsistentHash {
-        let name = pcfg.hash.name.as_deref().unwrap_or("");
-        let v = match pcfg.hash.key {
-            HashKey::ClientIp => None,
-            HashKey::Header => parts.headers.get(name).map(|v| v.as_bytes().to_vec()),
-            HashKey::Cookie => cookie_value(&parts.headers, name).map(|v| v.as_bytes().to_vec()),
-        };
-        hash64(&v.unwrap_or_else(|| ip_bytes(ctx.peer.ip())), 0)
-    } else {
-        0
-    };
-
-    primary.budget.deposit(&pcfg.retry_budget);
-    let retry = &rcfg.retry;
-    let deadline =
-        (rcfg.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(rcfg.timeout_ms));
-    let may_retry_app = (is_idempotent(&parts.method) || retry.retry_non_idempotent) && !upgrade;
-    let mut tried: Vec<Arc<crate::endpoint::Endpoint>> = Vec::new();
-    let mut retries = 0u32;
-    let mut last: Option<Response<ProxyBody>> = None;
-    let mut breaker_ok = false;
-    // Outcome of the last try that produced no response: when no endpoint
-    // is left to retry on, the client gets the status that failure deserves
-    // (502/503/504), not "no healthy upstream".
-    let mut last_err: Option<TryOutcome> = None;
-
-    let result = loop {
-        let Some(sel) = select(&route.tiers, hash_key, &tried) else {
-            break last.take().unwrap_or_else(|| {
-                if let Some(o) = last_err {
-                    failed_try_response(o, info.upstream_error.unwrap_or("protocol error"))
-                } else if route.tiers.iter().all(|p| p.members().is_empty()) {
-                    local_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no route: no upstream endpoints configured",
-                        Some(1),
-                    )
-                } else {
-                    local_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no healthy upstream",
-                        Some(1),
-                    )
-                }
-            });
-        };
-        let Some(try_t) = timeout::try_budget(retry.per_try_timeout_ms, deadline) else {
-            break last.take().unwrap_or_else(|| {
-                info.upstream_error.get_or_insert("timeout");
-                local_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout",
-                    None,
-                )
-            });
-        };
-        let ep = sel.endpoint.clone();
-        tried.push(ep.clone());
-        info.tries += 1;
-        info.endpoint = Some(ep.addr.to_string());
-        let spcfg = sel.pool.cfg();
-        let Some(req_body) = body.take() else {
-            break last.take().unwrap_or_else(|| {
-                local_response(StatusCode::BAD_GATEWAY, "upstream failed", None)
-            });
-        };
-        let uri: Uri = match format!("http://{}{}", ep.authority, path_q).parse() {
-            Ok(u) => u,
-            Err(_) => break local_response(StatusCode::BAD_REQUEST, "bad request target", None),
-        };
-        let mut up = Request::new(req_body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.version_mut() = match spcfg.protocol {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::H2c => Version::HTTP_2,
-        };
-        *up.headers_mut() = headers.clone();
-        let client = sel.pool.client();
-        let inflight = ep.start_request();
-        let t0 = Instant::now();
-        let res = timeout::with_timeout(try_t, client.request(up)).await;
-        let elapsed = t0.elapsed();
-        let peers = sel.pool.members();
-        let has_hc = spcfg.health_check.is_some();
-        let (outcome, resp) = match res {
-            Ok(Ok(resp)) => {
-                let st = resp.status().as_u16();
-                ep.metrics.latency.observe(elapsed.as_secs_f64());
-                if spcfg.peak_ewma {
-                    ep.observe_latency(elapsed.as_secs_f64() * 1000.0, spcfg.ewma_decay_ms);
-                }
-                ep.record_outcome(class_of(st));
-                (
-                    if st >= 500 {
-                        TryOutcome::ServerError
-                    } else {
-                        TryOutcome::Success
-                    },
-                    Some(resp),
-                )
-            }
-            Ok(Err(e)) => {
-                info.upstream_error = Some(upstream_error_reason(&e));
-                if e.is_connect() {
-                    ep.record_outcome("connect_error");
-                    (TryOutcome::ConnectFailure, None)
-                } else {
-                    tracing::debug!(endpoint = %ep.addr, error = %e, "upstream error");
-                    ep.record_outcome("reset");
-                    (TryOutcome::Reset, None)
-                }
-            }
-            Err(()) => {
-                info.upstream_error = Some("timeout");
-                ep.record_outcome("timeout");
-                (TryOutcome::Timeout, None)
-            }
-        };
-        if resp.is_some() {
-            info.upstream_error = None;
-            last_err = None;
-        } else {
-            last_err = Some(outcome);
-        }
-        outlier::record(&spcfg.outlier_detection, has_hc, &ep, &peers, outcome);
-
-        let retryable = match (&outcome, &resp) {
-            (TryOutcome::ConnectFailure, _) => true,
-            (TryOutcome::Reset, _) => may_retry_app && retry.retry_on_reset,
-            (TryOutcome::Timeout, _) => may_retry_app && retry.retry_on_timeout,
-            (_, Some(r)) => may_retry_app && retry.retry_on_status.contains(&r.status().as_u16()),
-            _ => false,
-        };
-        let can_retry = retryable && retries < retry.max_retries && body.replayable();
-        if !can_retry {
-            match resp {
-                Some(mut r) => {
-                    breaker_ok = outcome == TryOutcome::Success;
-                    if r.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
-                        let up_server = hyper::upgrade::on(&mut r);
-                        if let Some(up_client) = client_upgrade {
-                            let guard = (inflight, permit);
-                            tokio::spawn(async move {
-                                let _g = guard;
-                                if let (Ok(a), Ok(b)) = (up_client.await, up_server.await) {
-                                    let mut a = TokioIo::new(a);
-                                    let mut b = TokioIo::new(b);
-                                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                                }
-                            });
-                        }
-                        let (mut p, _b) = r.into_parts();
-                        strip_hop_by_hop(&mut p.headers, true);
-                        append_via(&mut p.headers, p.version);
-                        break Response::from_parts(p, full(Bytes::new()));
-                    }
-                    let (mut p, b) = r.into_parts();
-                    strip_hop_by_hop(&mut p.headers, false);
-                    append_via(&mut p.headers, p.version);
-                    let body = Guarded {
-                        inner: b,
-                        _permit: Some(permit),
-                        _inflight: Some(inflight),
-                    };
-                    break Response::from_parts(p, body.boxed_unsync());
-                }
-                None => {
-                    drop(inflight);
-                    break last.take().unwrap_or_else(|| {
-                        failed_try_response(
-                            outcome,
-                            info.upstream_error.unwrap_or("protocol error"),
-                        )
-                    });
-                }
-            }
-        }
-        drop(inflight);
-        // Retry (budget applies except to connect failures).
-        if outcome != TryOutcome::ConnectFailure {
-            if !primary.budget.withdraw(&pcfg.retry_budget) {
-                primary.pm.budget_exhausted.inc();
-                break match resp {
-                    Some(r) => finish_plain(r),
-                    None => failed_try_response(
-                        outcome,
-                        info.upstream_error.unwrap_or("protocol error"),
-                    ),
-                };
-            }
-        }
-        // Keep this response in case nothing else is available.
-        last = resp.map(finish_plain);
-        retries += 1;
-        primary.pm.retries.inc();
-        if outcome != TryOutcome::ConnectFailure {
-            let mut d = backoff(retries, retry.backoff_base_ms, retry.backoff_max_ms);
-            if let Some(dl) = deadline {
-                d = d.min(dl.saturating_duration_since(Instant::now()));
-            }
-            if !d.is_zero() {
-                tokio::time::sleep(d).await;
-            }
-        }
-    };
-    if let (Some(cb), Some(t)) = (&pcfg.circuit_breaker, ticket) {
-        primary
-            .breaker
-            .record(cb, t, breaker_ok || result.status().as_u16() < 500);
+/// The consistent-hashing key of a request (0 for other algorithms).
+fn hash_key(pcfg: &crate::config::PoolConfig, headers: &HeaderMap, ctx: &ConnCtx) -> u64 {
+    if pcfg.algorithm != Algorithm::ConsistentHash {
+        return 0;
     }
-    result
+    let name = pcfg.hash.name.as_deref().unwrap_or("");
+    let v = match pcfg.hash.key {
+        HashKey::ClientIp => None,
+        HashKey::Header => headers.get(name).map(|v| v.as_bytes().to_vec()),
+        HashKey::Cookie => cookie_value(headers, name).map(|v| v.as_bytes().to_vec()),
+    };
+    hash64(&v.unwrap_or_else(|| ip_bytes(ctx.peer.ip())), 0)
+}
+
+/// The answer when no endpoint is left to try: the status the last failure
+/// deserves, or 503 when nothing is configured or healthy.
+fn no_endpoint_left(
+    tiers: &[Arc<crate::pool::Pool>],
+    last_err: Option<TryOutcome>,
+    info: &LogInfo,
+) -> Response<ProxyBody> {
+    if let Some(o) = last_err {
+        failed_try_response(o, info.upstream_error.unwrap_or("protocol error"))
+    } else if tiers.iter().all(|p| p.members().is_empty()) {
+        local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no route: no upstream endpoints configured",
+            Some(1),
+        )
+    } else {
+        local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            Some(1),
+        )
+    }
+}
+
+/// One try against the selected endpoint, bounded by `try_t`: records the
+/// endpoint's latency, outcome class and outlier state; returns the outcome
+/// and the response if one came.
+async fn try_once(
+    sel: &crate::pool::Selected,
+    mut up: Request<ProxyBody>,
+    try_t: Option<Duration>,
+    info: &mut LogInfo,
+) -> (TryOutcome, Option<Response<Incoming>>) {
+    let ep = &sel.endpoint;
+    let spcfg = sel.pool.cfg();
+    *up.version_mut() = match spcfg.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    let client = sel.pool.client();
+    let t0 = Instant::now();
+    let res = timeout::with_timeout(try_t, client.request(up)).await;
+    let elapsed = t0.elapsed();
+    let (outcome, resp) = match res {
+        Ok(Ok(resp)) => {
+            let st = resp.status().as_u16();
+            ep.metrics.latency.observe(elapsed.as_secs_f64());
+            if spcfg.peak_ewma {
+                ep.observe_latency(elapsed.as_secs_f64() * 1000.0, spcfg.ewma_decay_ms);
+            }
+            ep.record_outcome(class_of(st));
+            let outcome = if st >= 500 {
+                TryOutcome::ServerError
+            } else {
+                TryOutcome::Success
+            };
+            (outcome, Some(resp))
+        }
+        Ok(Err(e)) => {
+            info.upstream_error = Some(upstream_error_reason(&e));
+            if e.is_connect() {
+                ep.record_outcome("connect_error");
+                (TryOutcome::ConnectFailure, None)
+            } else {
+                tracing::debug!(endpoint = %ep.addr, error = %e, "upstream error");
+                ep.record_outcome("reset");
+                (TryOutcome::Reset, None)
+            }
+        }
+        Err(()) => {
+            info.upstream_error = Some("timeout");
+            ep.record_outcome("timeout");
+            (TryOutcome::Timeout, None)
+        }
+    };
+    let has_hc = spcfg.health_check.is_some();
+    outlier::record(
+        &spcfg.outlier_detection,
+        has_hc,
+        ep,
+        &sel.pool.members(),
+        outcome,
+    );
+    (outcome, resp)
+}
+
+/// The final upstream response, relayed to the client: an upgrade (101) is
+/// spliced both ways on a task holding `guard`; any other response streams
+/// its body with `guard` released when the body ends.
+fn relay_response(
+    mut r: Response<Incoming>,
+    upgrade: bool,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    guard: (InFlight, Permit),
+) -> Response<ProxyBody> {
+    if r.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+        let up_server = hyper::upgrade::on(&mut r);
+        if let Some(up_client) = client_upgrade {
+            tokio::spawn(async move {
+                let _g = guard;
+                if let (Ok(a), Ok(b)) = (up_client.await, up_server.await) {
+                    let mut a = TokioIo::new(a);
+                    let mut b = TokioIo::new(b);
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+        let (mut p, _b) = r.into_parts();
+        strip_hop_by_hop(&mut p.headers, true);
+        append_via(&mut p.headers, p.version);
+        return Response::from_parts(p, full(Bytes::new()));
+    }
+    let (inflight, permit) = guard;
+    let (mut p, b) = r.into_parts();
+    strip_hop_by_hop(&mut p.headers, false);
+    append_via(&mut p.headers, p.version);
+    let body = Guarded {
+        inner: b,
+        _permit: Some(permit),
+        _inflight: Some(inflight),
+    };
+    Response::from_parts(p, body.boxed_unsync())
 }
 
 fn finish_plain(r: Response<Incoming>) -> Response<ProxyBody> {

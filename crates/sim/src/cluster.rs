@@ -45,7 +45,8 @@ pub(crate) async fn start_member(
         Store::open_backend(disks.kv.clone(), Path::new(&kv_label))
             .map_err(|e| start_err(e.to_string()))?,
     );
-    let lessor = Arc::new(Lessor::new());
+    // Leases expire by this member's clock, jumps included.
+    let lessor = Arc::new(Lessor::new(clock.clone()));
     lessor.reload(&store);
     let applier = Applier::new(store.clone(), lessor.clone()).with_io(IoMode::Inline);
     let config = openraft::Config {

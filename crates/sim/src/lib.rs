@@ -438,6 +438,79 @@ mod tests {
         });
     }
 
+    /// Leases expire by the leader's member clock, and a jump of that clock
+    /// within the simulator's bounds (at most `CLOCK_JUMP_MAX_MS`) never
+    /// expires a lease that is kept alive: the remaining TTL drops by the
+    /// jump, the next keep-alive restores it. Once keep-alives stop, the
+    /// lease does expire, through consensus.
+    #[test]
+    fn a_leader_clock_jump_expires_no_live_lease() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let schedule = FaultSchedule::generate(&SimConfig {
+                faults: false,
+                ..SimConfig::new(2)
+            });
+            let net = Net::new(&schedule, 2);
+            let ids = [1u64, 2, 3];
+            let cluster = Cluster {
+                net: net.clone(),
+                planted: None,
+                disks: Mutex::new(BTreeMap::new()),
+                clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
+            };
+            for id in ids {
+                cluster.start(id).await.unwrap();
+            }
+            let membership: BTreeMap<NodeId, Member> =
+                ids.iter().map(|&id| (id, member_desc(id))).collect();
+            for (_, live) in net.all() {
+                let _ = live.raft.initialize(membership.clone()).await;
+            }
+            let leader = loop {
+                if let Some((id, _)) = net.leaders().first() {
+                    break *id;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let node = net.get(leader).unwrap().node.clone();
+            const LEASE: i64 = 0x1ea5e;
+            const TTL_S: i64 = 5;
+            node.propose(Command::LeaseGrant {
+                id: LEASE,
+                ttl_seconds: TTL_S,
+            })
+            .await
+            .expect("lease granted");
+            let exists = || net.get(leader).unwrap().store.lease(LEASE).is_some();
+            // Keep the lease alive every second for 20 s; the leader's clock
+            // jumps by the simulator's largest jump three times meanwhile.
+            for second in 0..20u64 {
+                if second % 6 == 3 {
+                    cluster.clocks[&leader].jump_forward(Duration::from_millis(CLOCK_JUMP_MAX_MS));
+                    let (_, left) = node.lease_time_to_live(LEASE).await.unwrap().unwrap();
+                    assert!(
+                        left <= TTL_S - (CLOCK_JUMP_MAX_MS / 1000) as i64,
+                        "the jump did not reach the lease clock: {left} s left"
+                    );
+                }
+                assert_eq!(node.lease_keep_alive(LEASE).await.unwrap(), Some(TTL_S));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                assert!(exists(), "a kept-alive lease expired at second {second}");
+            }
+            // No keep-alives: it expires within its TTL plus a revoke pass.
+            tokio::time::sleep(Duration::from_secs(TTL_S as u64 + 2)).await;
+            assert!(!exists(), "the lease outlived its TTL without keep-alives");
+            for (_, l) in net.all() {
+                l.node.shutdown().await;
+            }
+        });
+    }
+
     #[test]
     fn schedule_is_a_function_of_the_seed() {
         let a = FaultSchedule::generate(&SimConfig::new(7));

@@ -170,7 +170,8 @@ impl Node {
             path: kv_path.clone(),
             detail: e.to_string(),
         })?);
-        let lessor = Arc::new(Lessor::new());
+        // Production members run on the process clock (no offset).
+        let lessor = Arc::new(Lessor::new(crate::runtime::MemberClock::new()));
         lessor.reload(&store);
         let applier = Applier::new(store, lessor.clone());
 

@@ -11,11 +11,14 @@
 //! Closed: everything passes; a success resets the failure count.
 //! Open: requests are rejected at once with 503 (`breaker_rejections`).
 //! HalfOpen: up to `half_open_max_requests` probes in flight; others rejected.
+//!
+//! Time comes in as an argument (`now_ms`, the gateway's monotonic
+//! milliseconds from `endpoint::now_ms` in production), so the state machine
+//! is tested alone on a synthetic clock, without sleeping.
 
 use std::sync::Mutex;
 
 use crate::config::BreakerConfig;
-use crate::endpoint::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -46,12 +49,12 @@ impl Default for Breaker {
 
 impl Breaker {
     /// Ask to pass; None = rejected.
-    pub fn admit(&self, cfg: &BreakerConfig) -> Option<Ticket> {
+    pub fn admit(&self, cfg: &BreakerConfig, now_ms: u64) -> Option<Ticket> {
         let mut s = self.state.lock().unwrap();
         match *s {
             State::Closed { .. } => Some(Ticket { probe: false }),
             State::Open { until_ms } => {
-                if now_ms() >= until_ms {
+                if now_ms >= until_ms {
                     *s = State::HalfOpen { probes: 1 };
                     Some(Ticket { probe: true })
                 } else {
@@ -70,7 +73,7 @@ impl Breaker {
     }
 
     /// Record the final outcome of an admitted request.
-    pub fn record(&self, cfg: &BreakerConfig, t: Ticket, success: bool) {
+    pub fn record(&self, cfg: &BreakerConfig, t: Ticket, success: bool, now_ms: u64) {
         let mut s = self.state.lock().unwrap();
         match (*s, success) {
             (State::Closed { .. }, true) => *s = State::Closed { failures: 0 },
@@ -78,7 +81,7 @@ impl Breaker {
                 if failures + 1 >= cfg.consecutive_failures {
                     tracing::warn!("circuit breaker opened");
                     *s = State::Open {
-                        until_ms: now_ms() + cfg.open_ms,
+                        until_ms: now_ms + cfg.open_ms,
                     };
                 } else {
                     *s = State::Closed {
@@ -89,7 +92,7 @@ impl Breaker {
             (State::HalfOpen { .. }, true) if t.probe => *s = State::Closed { failures: 0 },
             (State::HalfOpen { .. }, false) if t.probe => {
                 *s = State::Open {
-                    until_ms: now_ms() + cfg.open_ms,
+                    until_ms: now_ms + cfg.open_ms,
                 }
             }
             (State::HalfOpen { probes }, _) if t.probe => {
@@ -124,22 +127,59 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[test]
-    fn opens_and_recovers() {
-        let cfg = BreakerConfig {
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig {
             consecutive_failures: 2,
-            open_ms: 1,
+            open_ms: 1_000,
             half_open_max_requests: 1,
-        };
-        let b = Breaker::default();
-        let t = b.admit(&cfg).unwrap();
-        b.record(&cfg, t, false);
-        b.record(&cfg, t, false);
-        assert_eq!(b.state_name(), "open");
-        std::thread::sleep(std::time::Duration::from_millis(3));
-        let p = b.admit(&cfg).unwrap();
-        assert!(b.admit(&cfg).is_none());
-        b.record(&cfg, p, true);
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_recovers_through_a_probe() {
+        let (cfg, b) = (cfg(), Breaker::default());
+        let t = b.admit(&cfg, 0).unwrap();
+        b.record(&cfg, t, false, 10);
         assert_eq!(b.state_name(), "closed");
+        b.record(&cfg, t, false, 20);
+        assert_eq!(b.state_name(), "open");
+        assert!(b.admit(&cfg, 500).is_none(), "open until 1,020 ms");
+        assert!(b.admit(&cfg, 1_019).is_none());
+        let p = b.admit(&cfg, 1_020).expect("half-open probe");
+        assert_eq!(b.state_name(), "half_open");
+        assert!(b.admit(&cfg, 1_021).is_none(), "one probe at a time");
+        b.record(&cfg, p, true, 1_030);
+        assert_eq!(b.state_name(), "closed");
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_for_a_full_open_period() {
+        let (cfg, b) = (cfg(), Breaker::default());
+        let t = b.admit(&cfg, 0).unwrap();
+        b.record(&cfg, t, false, 0);
+        b.record(&cfg, t, false, 0);
+        let p = b.admit(&cfg, 1_000).unwrap();
+        b.record(&cfg, p, false, 1_500);
+        assert_eq!(b.state_name(), "open");
+        assert!(b.admit(&cfg, 2_499).is_none());
+        assert!(b.admit(&cfg, 2_500).is_some());
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count_and_neutral_releases_a_probe() {
+        let (cfg, b) = (cfg(), Breaker::default());
+        let t = b.admit(&cfg, 0).unwrap();
+        b.record(&cfg, t, false, 0);
+        b.record(&cfg, t, true, 0);
+        b.record(&cfg, t, false, 0);
+        assert_eq!(b.state_name(), "closed", "failures were not consecutive");
+        b.record(&cfg, t, false, 0);
+        let p = b.admit(&cfg, 1_000).unwrap();
+        b.record_neutral(&cfg, p);
+        assert!(
+            b.admit(&cfg, 1_001).is_some(),
+            "the released probe slot is free"
+        );
     }
 }
