@@ -131,18 +131,29 @@ pub struct JoinAnswer {
     pub members: Vec<(NodeId, Member)>,
 }
 
+/// Why a peer message was not served (see [`PeerHandler::admit`]).
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The sender was removed from the cluster: answered with
+    /// [`REMOVED_MARKER`], so it stops rather than campaigning with
+    /// ever-higher terms.
+    Removed(String),
+    /// Any other refusal (foreign cluster, not a member, a control message
+    /// not from the leader or over the rate limit): answered with
+    /// [`REFUSED_MARKER`] and code `PermissionDenied`. `reason` is the
+    /// `phalanx_peer_rejected_total{reason}` label.
+    Refused { reason: &'static str, detail: String },
+}
+
 /// Serves peer requests; implemented by `Node`.
 #[tonic::async_trait]
 pub trait PeerHandler: Send + Sync + 'static {
     /// Returns the postcard-encoded response matching the request variant.
     async fn handle(&self, req: PeerRequest) -> Vec<u8>;
 
-    /// Whether requests from member `from` (0: a member that does not know
-    /// its id yet) are served at all. `Err` says why not: the sender was
-    /// removed from the cluster. It is answered with [`REMOVED_MARKER`]
-    /// instead of a Raft answer, so the sender learns it must stop rather
-    /// than campaigning with ever-higher terms.
-    fn admit(&self, _from: NodeId) -> Result<(), String> {
+    /// Whether `req` from member `from` (0: a member that does not know its
+    /// id yet) of cluster `cluster` (0: unknown yet) is served at all.
+    fn admit(&self, _from: NodeId, _cluster: u64, _req: &PeerRequest) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -151,14 +162,20 @@ pub trait PeerHandler: Send + Sync + 'static {
 /// was removed from the cluster (code `FailedPrecondition`).
 pub const REMOVED_MARKER: &str = "phalanx: sender removed from cluster";
 
+/// Prefix of the gRPC status message (code `PermissionDenied`) refusing a
+/// peer message for any other reason ([`Refusal::Refused`]).
+pub const REFUSED_MARKER: &str = "phalanx: peer message refused";
+
 /// The tonic service wrapping a [`PeerHandler`].
 pub struct PeerService<H> {
     handler: Arc<H>,
     faults: Arc<Faults>,
 }
 
-/// gRPC metadata naming the sending member, for fault injection.
+/// gRPC metadata naming the sending member (fault injection, admission).
 const FROM_HEADER: &str = "x-phalanx-from";
+/// gRPC metadata naming the sender's cluster (hex; absent or 0: unknown yet).
+const CLUSTER_HEADER: &str = "x-phalanx-cluster";
 
 impl<H: PeerHandler> PeerService<H> {
     pub fn new(handler: Arc<H>, faults: Arc<Faults>) -> pb::peer_server::PeerServer<Self> {
@@ -182,18 +199,32 @@ impl<H: PeerHandler> pb::peer_server::Peer for PeerService<H> {
             .get(FROM_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<NodeId>().ok());
+        let cluster = request
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0);
         if self.faults.enabled() && from.is_some_and(|f| self.faults.blocks(f)) {
             return Err(tonic::Status::unavailable("injected partition"));
-        }
-        if let Err(why) = self.handler.admit(from.unwrap_or(0)) {
-            return Err(tonic::Status::failed_precondition(format!(
-                "{REMOVED_MARKER}: {why}"
-            )));
         }
         let env = request.into_inner();
         let req: PeerRequest = postcard::from_bytes(&env.payload).map_err(|e| {
             tonic::Status::invalid_argument(format!("undecodable peer request: {e}"))
         })?;
+        match self.handler.admit(from.unwrap_or(0), cluster, &req) {
+            Ok(()) => {}
+            Err(Refusal::Removed(why)) => {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "{REMOVED_MARKER}: {why}"
+                )))
+            }
+            Err(Refusal::Refused { reason, detail }) => {
+                return Err(tonic::Status::permission_denied(format!(
+                    "{REFUSED_MARKER} ({reason}): {detail}"
+                )))
+            }
+        }
         let payload = self.handler.handle(req).await;
         Ok(tonic::Response::new(pb::Envelope {
             kind: env.kind,
@@ -224,8 +255,10 @@ pub struct PeerTimeouts {
 #[derive(Clone)]
 pub struct PeerClient {
     target: NodeId,
-    /// This member's id, sent along for fault injection (0: unknown yet).
+    /// This member's id, sent along for admission and fault injection (0: unknown yet).
     from: NodeId,
+    /// This member's cluster, sent along for admission (0: unknown yet).
+    cluster_id: u64,
     channel: Channel,
     timeouts: PeerTimeouts,
     faults: Arc<Faults>,
@@ -250,12 +283,15 @@ pub enum PeerCallError {
 }
 
 impl PeerClient {
+    /// A client for the peer at `url`; `https://` URLs need `tls` (the peer
+    /// client's CA and certificate).
     pub fn new(
         from: NodeId,
         target: NodeId,
         url: &str,
         timeouts: PeerTimeouts,
         faults: Arc<Faults>,
+        tls: Option<&tls::ClientTls>,
     ) -> Result<Self, PeerCallError> {
         Self::with_removed_signal(
             from,
@@ -264,7 +300,14 @@ impl PeerClient {
             timeouts,
             faults,
             Arc::new(watch::channel(None).0),
+            tls,
         )
+    }
+
+    /// Send `cluster_id` along with every request (a member that knows its cluster).
+    pub fn with_cluster(mut self, cluster_id: u64) -> Self {
+        self.cluster_id = cluster_id;
+        self
     }
 
     fn with_removed_signal(
@@ -274,8 +317,23 @@ impl PeerClient {
         timeouts: PeerTimeouts,
         faults: Arc<Faults>,
         removed: Arc<watch::Sender<Option<String>>>,
+        tls: Option<&tls::ClientTls>,
     ) -> Result<Self, PeerCallError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
+        // The connector does TLS itself (by the URL's scheme), so tonic is
+        // always given http://.
+        let (plain_url, tls) = match url.strip_prefix("https://") {
+            Some(rest) => match tls {
+                Some(t) => (format!("http://{rest}"), Some(t.clone())),
+                None => {
+                    return Err(PeerCallError::NotSent {
+                        target,
+                        detail: format!("peer URL {url} is https:// but this member has no peer TLS settings (--peer-trusted-ca-file with --peer-cert-file/--peer-key-file, or --peer-auto-tls)"),
+                    })
+                }
+            },
+            None => (url.to_string(), None),
+        };
+        let endpoint = Endpoint::from_shared(plain_url)
             .map_err(|e| PeerCallError::Unreachable {
                 target,
                 detail: format!("bad peer URL {url}: {e}"),
@@ -284,10 +342,12 @@ impl PeerClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_with_connector_lazy(tls::Connector::new(url, tls));
         Ok(PeerClient {
             target,
             from,
-            channel: endpoint.connect_lazy(),
+            cluster_id: 0,
+            channel,
             timeouts,
             faults,
             removed,
@@ -352,6 +412,14 @@ impl PeerClient {
                 .parse()
                 .expect("digits are valid metadata"),
         );
+        if self.cluster_id != 0 {
+            request.metadata_mut().insert(
+                CLUSTER_HEADER,
+                format!("{:x}", self.cluster_id)
+                    .parse()
+                    .expect("hex digits are valid metadata"),
+            );
+        }
         let target = self.target;
         let resp = client.call(request).await.map_err(|s| {
             if s.code() == tonic::Code::FailedPrecondition
@@ -367,10 +435,19 @@ impl PeerClient {
                 });
                 PeerCallError::Removed { target, detail }
             } else {
-                PeerCallError::Unreachable {
-                    target,
-                    detail: format!("{}: {}", s.code(), s.message()),
+                // The transport's own errors (a TLS handshake refused, a
+                // connection reset) are in the source chain, not the message.
+                let mut detail = format!("{}: {}", s.code(), s.message());
+                let mut src = std::error::Error::source(&s);
+                while let Some(e) = src {
+                    let text = e.to_string();
+                    if !detail.contains(&text) {
+                        detail.push_str(": ");
+                        detail.push_str(&text);
+                    }
+                    src = e.source();
                 }
+                PeerCallError::Unreachable { target, detail }
             }
         })?;
         Ok(resp.into_inner().payload)
@@ -443,6 +520,8 @@ impl PeerTransport for PeerNetwork {
 #[derive(Clone)]
 pub struct PeerNetwork {
     local_id: NodeId,
+    cluster_id: u64,
+    tls: Option<tls::ClientTls>,
     clients: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
     timeouts: PeerTimeouts,
     faults: Arc<Faults>,
@@ -450,9 +529,17 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    pub fn new(local_id: NodeId, timeouts: PeerTimeouts, faults: Arc<Faults>) -> Self {
+    pub fn new(
+        local_id: NodeId,
+        cluster_id: u64,
+        timeouts: PeerTimeouts,
+        faults: Arc<Faults>,
+        tls: Option<tls::ClientTls>,
+    ) -> Self {
         PeerNetwork {
             local_id,
+            cluster_id,
+            tls,
             clients: Arc::new(Mutex::new(HashMap::new())),
             timeouts,
             faults,
@@ -486,7 +573,9 @@ impl PeerNetwork {
             self.timeouts,
             self.faults.clone(),
             self.removed.clone(),
-        )?;
+            self.tls.as_ref(),
+        )?
+        .with_cluster(self.cluster_id);
         clients.insert((target, url), c.clone());
         Ok(c)
     }

@@ -128,14 +128,26 @@ pub fn parse_fault_spec(body: &[u8]) -> Result<consensus::NetworkFaults, String>
     serde_json::from_value(v).map_err(|e| e.to_string())
 }
 
-/// Serve the admin endpoints on `listener` forever.
+/// Serve the admin endpoints on `listener` (plain HTTP) forever.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     node: Arc<consensus::Node>,
     metrics: Arc<Metrics>,
 ) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
+    serve_admin_incoming(tls::incoming(listener, None), node, metrics).await
+}
+
+/// Serve the admin endpoints on accepted connections, plain or TLS
+/// (`tls::incoming` with the metrics listener's TLS), until the stream ends.
+pub async fn serve_admin_incoming(
+    incoming: impl futures::Stream<Item = std::io::Result<tls::TlsOrPlain>> + Send + 'static,
+    node: Arc<consensus::Node>,
+    metrics: Arc<Metrics>,
+) {
+    use futures::StreamExt;
+    let mut incoming = std::pin::pin!(incoming);
+    while let Some(stream) = incoming.next().await {
+        let Ok(stream) = stream else {
             continue;
         };
         let node = node.clone();

@@ -55,6 +55,7 @@ impl PbClusterService for EtcdApi {
         &self,
         request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
+        self.check_admin(request.metadata())?;
         let req = request.into_inner();
         if req.peer_ur_ls.is_empty() {
             return Err(Status::invalid_argument(
@@ -94,6 +95,7 @@ impl PbClusterService for EtcdApi {
         &self,
         request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        self.check_admin(request.metadata())?;
         let id = request.into_inner().id;
         self.node().member_remove(id).await.map_err(node_status)?;
         let members = self
@@ -109,6 +111,7 @@ impl PbClusterService for EtcdApi {
         &self,
         request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        self.check_admin(request.metadata())?;
         let req = request.into_inner();
         self.node()
             .member_update(req.id, req.peer_ur_ls.clone())
@@ -140,6 +143,7 @@ impl PbClusterService for EtcdApi {
         &self,
         request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        self.check_admin(request.metadata())?;
         let id = request.into_inner().id;
         self.node().member_promote(id).await.map_err(node_status)?;
         let members = self

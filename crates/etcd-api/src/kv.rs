@@ -14,6 +14,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::{node_status, EtcdApi};
+use auth::PermKind;
 
 impl EtcdApi {
     /// Propose a command and decode its deterministic outcome.
@@ -55,6 +56,8 @@ impl PbKvService for EtcdApi {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
+        let r = request.get_ref();
+        self.check_range(request.metadata(), &r.key, &r.range_end, PermKind::Read)?;
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         Ok(Response::new(self.do_range(&req).await?))
@@ -67,6 +70,8 @@ impl PbKvService for EtcdApi {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        let r = request.get_ref();
+        self.check_range(request.metadata(), &r.key, &r.range_end, PermKind::Read)?;
         let req = request.into_inner();
         let resp = self.do_range(&req).await?;
         Ok(Response::new(futures::stream::once(
@@ -77,6 +82,11 @@ impl PbKvService for EtcdApi {
     }
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let r = request.get_ref();
+        self.check_range(request.metadata(), &r.key, &[], PermKind::Write)?;
+        if r.prev_kv {
+            self.check_range(request.metadata(), &r.key, &[], PermKind::Read)?;
+        }
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_put(&req).map_err(|e| e.to_status())?;
@@ -95,6 +105,11 @@ impl PbKvService for EtcdApi {
         &self,
         request: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
+        let r = request.get_ref();
+        self.check_range(request.metadata(), &r.key, &r.range_end, PermKind::Write)?;
+        if r.prev_kv {
+            self.check_range(request.metadata(), &r.key, &r.range_end, PermKind::Read)?;
+        }
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_delete_range(&req).map_err(|e| e.to_status())?;
@@ -109,6 +124,7 @@ impl PbKvService for EtcdApi {
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        self.check_txn(request.metadata(), request.get_ref())?;
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_txn(&req, self.limits().max_txn_ops).map_err(|e| e.to_status())?;
@@ -129,6 +145,8 @@ impl PbKvService for EtcdApi {
         &self,
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
+        // Compaction destroys history for every user: root only (auth.rs).
+        self.check_admin(request.metadata())?;
         let req = request.into_inner();
         match self
             .propose(Command::Compact {

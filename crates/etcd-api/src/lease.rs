@@ -29,6 +29,7 @@ impl PbLeaseService for EtcdApi {
         &self,
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        self.check_authenticated(request.metadata())?;
         let req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL_SECONDS {
             return Err(EtcdError::TtlTooLarge.to_status());
@@ -68,6 +69,12 @@ impl PbLeaseService for EtcdApi {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        // etcd: revoking deletes the attached keys, so it needs WRITE on each.
+        if let Some(info) = self.node().store().lease(request.get_ref().id) {
+            self.check_keys(request.metadata(), &info.keys, auth::PermKind::Write)?;
+        } else {
+            self.check_authenticated(request.metadata())?;
+        }
         let req = request.into_inner();
         match self.propose(Command::LeaseRevoke { id: req.id }).await? {
             ApplyResponse::LeaseRevoke(mut r) => {
@@ -91,6 +98,7 @@ impl PbLeaseService for EtcdApi {
         &self,
         request: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.check_authenticated(request.metadata())?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let api = self.clone();
@@ -118,6 +126,13 @@ impl PbLeaseService for EtcdApi {
         &self,
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let r = request.get_ref();
+        match self.node().store().lease(r.id) {
+            Some(info) if r.keys => {
+                self.check_keys(request.metadata(), &info.keys, auth::PermKind::Read)?
+            }
+            _ => self.check_authenticated(request.metadata())?,
+        }
         let req = request.into_inner();
         let remaining = self
             .node()
@@ -148,6 +163,7 @@ impl PbLeaseService for EtcdApi {
         &self,
         _request: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        self.check_authenticated(_request.metadata())?;
         self.barrier(false).await?;
         let leases = self
             .node()

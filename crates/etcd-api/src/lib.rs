@@ -15,12 +15,14 @@
 //! exact gRPC codes and messages, since clients match on them.
 
 pub mod admin;
+pub mod auth;
 pub mod authority_fix;
 mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
 pub mod metrics;
+mod pb;
 pub mod status;
 mod watch;
 
@@ -84,6 +86,7 @@ struct Inner {
     node: Arc<Node>,
     limits: ApiLimits,
     metrics: Arc<metrics::Metrics>,
+    auth: auth::AuthRuntime,
 }
 
 pub(crate) const ALARM_NOSPACE: i32 = 1;
@@ -92,13 +95,26 @@ pub(crate) const ERR_REQUEST_TOO_LARGE: &str = "etcdserver: request is too large
 
 impl EtcdApi {
     pub fn new(node: Arc<Node>, limits: ApiLimits, metrics: Arc<metrics::Metrics>) -> Self {
-        EtcdApi {
+        Self::with_auth(node, limits, metrics, &auth::AuthSettings::default())
+            .expect("the default auth settings are valid")
+    }
+
+    /// [`EtcdApi::new`] with auth settings (`--auth-token`, `--bcrypt-cost`);
+    /// fails on a bad setting or an unreadable JWT key, naming it.
+    pub fn with_auth(
+        node: Arc<Node>,
+        limits: ApiLimits,
+        metrics: Arc<metrics::Metrics>,
+        auth: &auth::AuthSettings,
+    ) -> Result<Self, String> {
+        Ok(EtcdApi {
             inner: Arc::new(Inner {
                 node,
                 limits,
                 metrics,
+                auth: auth::AuthRuntime::new(auth)?,
             }),
-        }
+        })
     }
 
     pub(crate) fn node(&self) -> &Arc<Node> {
@@ -176,12 +192,25 @@ pub(crate) fn node_status(e: NodeError) -> Status {
     status::node_status(&e)
 }
 
-/// Serve the etcd API on `listener` until `shutdown` resolves.
+/// Serve the etcd API on `listener` (plain TCP) until `shutdown` resolves.
 pub async fn serve(
     api: EtcdApi,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_incoming(api, tls::incoming(listener, None), shutdown).await
+}
+
+/// Serve the etcd API on accepted connections, plain or TLS (the seam for a
+/// client port: `tls::incoming(listener, Some(server_tls))` for an
+/// `https://` listener; each connection's [`tls::ConnInfo`] — TLS or not,
+/// the client certificate's CN — is in the requests' extensions).
+pub async fn serve_incoming(
+    api: EtcdApi,
+    incoming: impl futures::Stream<Item = std::io::Result<tls::TlsOrPlain>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    use futures::StreamExt;
     use etcd_client::proto::{
         PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
     };
@@ -199,6 +228,11 @@ pub async fn serve(
         .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(authority_fix::wrap_incoming(listener), shutdown)
+        // Auth service (auth.rs).
+        .add_service(pb::etcdserverpb::auth_server::AuthServer::new(api.clone()).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(
+            incoming.map(|c| c.map(authority_fix::AuthorityFix::new)),
+            shutdown,
+        )
         .await
 }

@@ -27,7 +27,9 @@ use tonic::{Request, Response, Status};
 use crate::EtcdApi;
 
 /// API version reported by Status: the etcd v3 API level this server speaks.
-pub const REPORTED_VERSION: &str = "3.5.0";
+/// Phalanx implements etcd's 3.4 API (the `etcdctl` 3.4 it is tested with);
+/// Phalanx's own version is on `/version` as `phalanx`.
+pub const REPORTED_VERSION: &str = "3.4.0";
 
 /// Snapshot files are padded to a multiple of this, as etcd's are.
 const SNAPSHOT_ALIGN_BYTES: usize = 512;
@@ -44,6 +46,10 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         request: Request<PbAlarmRequest>,
     ) -> Result<Response<PbAlarmResponse>, Status> {
+        // Listing alarms is open (as in etcd); raising or clearing them is root's.
+        if request.get_ref().action != ALARM_GET {
+            self.check_admin(request.metadata())?;
+        }
         let req = request.into_inner();
         match req.action {
             ALARM_GET => {
@@ -137,6 +143,7 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         _request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        self.check_admin(_request.metadata())?;
         // etcd defragments only the member it is sent to (etcdctl sends it
         // to each endpoint); so does this.
         self.node().check_serving().map_err(crate::node_status)?;
@@ -160,6 +167,7 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         _request: Request<PbHashRequest>,
     ) -> Result<Response<PbHashResponse>, Status> {
+        self.check_admin(_request.metadata())?;
         let (hash, _, _) = self.node().store().hash_kv(0).map_err(|e| e.to_status())?;
         Ok(Response::new(PbHashResponse {
             header: Some(self.current_header()),
@@ -171,6 +179,7 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         request: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        self.check_admin(request.metadata())?;
         let rev = request.into_inner().revision;
         let (hash, compact_revision, hash_revision) = self
             .node()
@@ -191,6 +200,7 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         _request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin(_request.metadata())?;
         let store = self.node().store().clone();
         let data = tokio::task::spawn_blocking(move || {
             let mut data = Vec::new();
@@ -227,6 +237,7 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        self.check_admin(request.metadata())?;
         let target = request.into_inner().target_id;
         self.node()
             .move_leader(target)
@@ -241,6 +252,7 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         _request: Request<PbDowngradeRequest>,
     ) -> Result<Response<PbDowngradeResponse>, Status> {
+        self.check_admin(_request.metadata())?;
         Err(Status::unimplemented(
             "etcdserver: downgrade is not supported by phalanx",
         ))

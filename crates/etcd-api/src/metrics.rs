@@ -15,6 +15,16 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: std::sync::Mutex<Registry>,
     proposals: Family<ResultLabel, Counter>,
@@ -30,6 +40,9 @@ pub struct Metrics {
     batched_entries: Counter,
     batched_commands: Counter,
     largest_batch: Gauge,
+    tls_expiry: Family<ListenerLabel, Gauge>,
+    tls_handshake_failures: Family<ListenerLabel, Counter>,
+    peer_rejected: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,7 +124,28 @@ impl Metrics {
             "The most client writes one proposed entry carried",
             largest_batch.clone(),
         );
+        let tls_expiry = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "notAfter (Unix seconds) of the certificate a TLS listener (client, peer, metrics) or the peer client (peer-client) uses now; alert on it minus time()",
+            tls_expiry.clone(),
+        );
+        let tls_handshake_failures = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Connections refused by a TLS listener's handshake (not TLS, no or untrusted client certificate, timeout)",
+            tls_handshake_failures.clone(),
+        );
+        let peer_rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "peer_rejected",
+            "Peer messages refused: foreign_cluster, not_member, removed, control_not_from_leader, control_rate_limited",
+            peer_rejected.clone(),
+        );
         Metrics {
+            tls_expiry,
+            tls_handshake_failures,
+            peer_rejected,
             registry: std::sync::Mutex::new(registry),
             batched_entries,
             batched_commands,
@@ -157,6 +191,19 @@ impl Metrics {
         self.batched_commands
             .inc_by(b.commands.saturating_sub(self.batched_commands.get()));
         self.largest_batch.set(b.largest as i64);
+        for (listener, not_after) in tls::certificate_expiries() {
+            self.tls_expiry
+                .get_or_create(&ListenerLabel { listener })
+                .set(not_after);
+        }
+        for (listener, n) in tls::handshake_failures() {
+            let c = self.tls_handshake_failures.get_or_create(&ListenerLabel { listener });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        for (reason, n) in node.peer_rejections() {
+            let c = self.peer_rejected.get_or_create(&ReasonLabel { reason });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(
             &mut out,

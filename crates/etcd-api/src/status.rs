@@ -49,6 +49,7 @@ pub fn code(e: &EtcdError) -> Code {
         EtcdError::NoSpace => Code::ResourceExhausted,
         EtcdError::Corrupt => Code::DataLoss,
         EtcdError::StorageFailure => Code::Internal,
+        EtcdError::Auth(a) => Code::from_i32(a.grpc_code()),
     }
 }
 

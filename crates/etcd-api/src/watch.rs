@@ -80,6 +80,8 @@ impl PbWatchService for EtcdApi {
         &self,
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // The stream's token, checked (auth.rs) at every watch creation.
+        let md = request.metadata().clone();
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(self.limits().watch_stream_buffer_responses);
         let api = self.clone();
@@ -89,6 +91,7 @@ impl PbWatchService for EtcdApi {
                 tx,
                 watchers: BTreeMap::new(),
                 next_id: 0,
+                md,
             };
             if let Err(e) = session.run(input).await {
                 tracing::debug!("watch stream ended: {e}");
@@ -103,6 +106,8 @@ struct Session {
     tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// The stream's request metadata (its auth token).
+    md: tonic::metadata::MetadataMap,
 }
 
 #[derive(Debug)]
@@ -159,6 +164,22 @@ impl Session {
             Some(PbWatchRequestUnion::CreateRequest(c)) => {
                 let store = self.api.node().store();
                 let current = store.current_revision();
+                if let Err(st) =
+                    self.api
+                        .check_range(&self.md, &c.key, &c.range_end, auth::PermKind::Read)
+                {
+                    // etcd answers a refused watch with a created-and-canceled
+                    // response whose reason is the gRPC error's text.
+                    let mut r = self.response(c.watch_id, current);
+                    r.created = true;
+                    r.canceled = true;
+                    r.cancel_reason = format!(
+                        "rpc error: code = {:?} desc = {}",
+                        st.code(),
+                        st.message()
+                    );
+                    return self.send(r).await;
+                }
                 if self.watchers.len() >= self.api.limits().max_watches_per_stream {
                     let mut r = self.response(-1, current);
                     r.created = true;

@@ -32,6 +32,8 @@ pub(crate) const META_COMPACT: &str = "compact_rev";
 pub(crate) const META_APPLIED: &str = "applied_meta";
 /// Active alarms: postcard `Vec<(member_id u64, alarm i32)>`, sorted.
 pub(crate) const META_ALARMS: &str = "alarms";
+/// postcard `auth::AuthState` (absent until the first auth change).
+pub(crate) const META_AUTH: &str = "auth";
 
 /// Content of the `format` meta entry: identifies a Phalanx mvcc store.
 pub(crate) const FORMAT_MAGIC: &[u8] = b"phalanx-mvcc";

@@ -44,11 +44,13 @@ pub enum EtcdError {
     Corrupt,
     /// Internal "etcdserver: storage failure" — a local read failed with an I/O-level error.
     StorageFailure,
+    /// An auth error (users, roles, permissions), etcd's message and code.
+    Auth(auth::AuthError),
 }
 
 impl EtcdError {
     /// All variants, in their wire-tag order (index = tag used by [`EtcdError::to_tag`]).
-    const ALL: [EtcdError; 15] = [
+    const ALL: [EtcdError; 32] = [
         EtcdError::Compacted,
         EtcdError::FutureRevision,
         EtcdError::EmptyKey,
@@ -64,11 +66,30 @@ impl EtcdError {
         EtcdError::NoSpace,
         EtcdError::Corrupt,
         EtcdError::StorageFailure,
+        // Appended: tags of the variants above are stable.
+        EtcdError::Auth(auth::AuthError::RootUserNotExist),
+        EtcdError::Auth(auth::AuthError::RootRoleNotExist),
+        EtcdError::Auth(auth::AuthError::UserAlreadyExist),
+        EtcdError::Auth(auth::AuthError::UserEmpty),
+        EtcdError::Auth(auth::AuthError::UserNotFound),
+        EtcdError::Auth(auth::AuthError::RoleAlreadyExist),
+        EtcdError::Auth(auth::AuthError::RoleNotFound),
+        EtcdError::Auth(auth::AuthError::RoleEmpty),
+        EtcdError::Auth(auth::AuthError::AuthFailed),
+        EtcdError::Auth(auth::AuthError::PermissionDenied),
+        EtcdError::Auth(auth::AuthError::RoleNotGranted),
+        EtcdError::Auth(auth::AuthError::PermissionNotGranted),
+        EtcdError::Auth(auth::AuthError::AuthNotEnabled),
+        EtcdError::Auth(auth::AuthError::InvalidAuthToken),
+        EtcdError::Auth(auth::AuthError::InvalidAuthMgmt),
+        EtcdError::Auth(auth::AuthError::AuthOldRevision),
+        EtcdError::Auth(auth::AuthError::LimitExceeded),
     ];
 
     /// etcd's exact message string.
     pub fn message(&self) -> &'static str {
         match self {
+            EtcdError::Auth(a) => auth_message(*a),
             EtcdError::Compacted => "etcdserver: mvcc: required revision has been compacted",
             EtcdError::FutureRevision => "etcdserver: mvcc: required revision is a future revision",
             EtcdError::EmptyKey => "etcdserver: key is not provided",
@@ -98,6 +119,37 @@ impl EtcdError {
     /// Inverse of [`EtcdError::to_tag`].
     pub fn from_tag(tag: u8) -> Option<EtcdError> {
         Self::ALL.get(tag as usize).copied()
+    }
+}
+
+fn auth_message(a: auth::AuthError) -> &'static str {
+    use auth::AuthError as A;
+    match a {
+        A::RootUserNotExist => "etcdserver: root user does not exist",
+        A::RootRoleNotExist => "etcdserver: root user does not have root role",
+        A::UserAlreadyExist => "etcdserver: user name already exists",
+        A::UserEmpty => "etcdserver: user name is empty",
+        A::UserNotFound => "etcdserver: user name not found",
+        A::RoleAlreadyExist => "etcdserver: role name already exists",
+        A::RoleNotFound => "etcdserver: role name not found",
+        A::RoleEmpty => "etcdserver: role name is empty",
+        A::AuthFailed => "etcdserver: authentication failed, invalid user ID or password",
+        A::PermissionDenied => "etcdserver: permission denied",
+        A::RoleNotGranted => "etcdserver: role is not granted to the user",
+        A::PermissionNotGranted => "etcdserver: permission is not granted to the role",
+        A::AuthNotEnabled => "etcdserver: authentication is not enabled",
+        A::InvalidAuthToken => "etcdserver: invalid auth token",
+        A::InvalidAuthMgmt => "etcdserver: invalid auth management",
+        A::AuthOldRevision => "etcdserver: revision of auth store is old",
+        A::LimitExceeded => {
+            "etcdserver: too many users, roles or permissions, or a name or key too long"
+        }
+    }
+}
+
+impl From<auth::AuthError> for EtcdError {
+    fn from(e: auth::AuthError) -> Self {
+        EtcdError::Auth(e)
     }
 }
 

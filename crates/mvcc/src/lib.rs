@@ -40,6 +40,11 @@
 //! | `lease`     | lease id (i64)           | granted TTL (i64 LE)                                |
 //! | `lease_key` | `(lease id, key)`        | empty — keys attached to a lease                    |
 //!
+//! The auth state (users, bcrypt hashes, roles, permissions, enabled flag; crate `auth`) is
+//! the `meta` entry `auth`: one postcard-encoded `auth::AuthState`, rewritten by each
+//! [`Command::Auth`], included in snapshots; read through [`Store::auth_state`], which caches
+//! it until the next auth change.
+//!
 //! A put costs one lookup in `key_index` (plus one in `rev` for the previous value, needed
 //! for prev_kv in events) and three inserts; no scans. Reads at the current revision come
 //! straight from `key_index`; past reads do one reverse seek per key in `key_rev`.
@@ -141,6 +146,10 @@ pub enum Command {
     /// they were consecutive entries. Never nested; never empty. Last in the
     /// enum so entries written before batching existed still decode.
     Batch(Vec<Command>),
+    /// A change to the replicated auth state (users, roles, permissions,
+    /// enabled). Appended after `Batch` so every earlier entry still decodes.
+    /// Does not change the key-value revision (as in etcd).
+    Auth(auth::AuthCommand),
 }
 
 impl Command {
@@ -184,6 +193,8 @@ pub enum ApplyResponse {
     LeaseRevoke(PbLeaseRevokeResponse),
     Alarm(PbAlarmResponse),
     Error(EtcdError),
+    /// A successful [`Command::Auth`]: the auth revision after it.
+    Auth { auth_revision: u64 },
 }
 
 const TAG_PUT: u8 = 1;
@@ -194,6 +205,7 @@ const TAG_LEASE_GRANT: u8 = 5;
 const TAG_LEASE_REVOKE: u8 = 6;
 const TAG_ERROR: u8 = 7;
 const TAG_ALARM: u8 = 8;
+const TAG_AUTH: u8 = 9;
 
 impl ApplyResponse {
     /// Tag byte followed by the prost encoding (or the error tag byte).
@@ -213,6 +225,11 @@ impl ApplyResponse {
             ApplyResponse::LeaseRevoke(m) => tagged(TAG_LEASE_REVOKE, m),
             ApplyResponse::Alarm(m) => tagged(TAG_ALARM, m),
             ApplyResponse::Error(e) => vec![TAG_ERROR, e.to_tag()],
+            ApplyResponse::Auth { auth_revision } => {
+                let mut out = vec![TAG_AUTH];
+                out.extend_from_slice(&auth_revision.to_le_bytes());
+                out
+            }
         }
     }
 
@@ -243,6 +260,12 @@ impl ApplyResponse {
                     EtcdError::from_tag(t).ok_or_else(|| err(format!("unknown error tag {t}")))?,
                 )
             }
+            TAG_AUTH => ApplyResponse::Auth {
+                auth_revision: u64::from_le_bytes(
+                    body.try_into()
+                        .map_err(|_| err("auth revision is not 8 bytes".into()))?,
+                ),
+            },
             t => return Err(err(format!("unknown tag {t}"))),
         })
     }
@@ -257,7 +280,7 @@ impl ApplyResponse {
             ApplyResponse::LeaseGrant(m) => m.header.as_ref(),
             ApplyResponse::LeaseRevoke(m) => m.header.as_ref(),
             ApplyResponse::Alarm(m) => m.header.as_ref(),
-            ApplyResponse::Error(_) => None,
+            ApplyResponse::Error(_) | ApplyResponse::Auth { .. } => None,
         };
         h.map(|h| h.revision)
     }

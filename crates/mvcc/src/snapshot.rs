@@ -87,6 +87,7 @@ impl Store {
             META_COMPACT,
             META_APPLIED,
             crate::codec::META_ALARMS,
+            crate::codec::META_AUTH,
         ] {
             if let Some(v) = get_meta(&meta, name)? {
                 out.record(T_META, &[name.as_bytes()], &v)?;
@@ -284,6 +285,7 @@ impl Store {
                             b"compact_rev" => META_COMPACT,
                             b"applied_meta" => META_APPLIED,
                             b"alarms" => crate::codec::META_ALARMS,
+                            b"auth" => crate::codec::META_AUTH,
                             _ => return Err(bad("unknown meta entry")),
                         };
                         if name == META_REV || name == META_COMPACT {
@@ -355,6 +357,7 @@ impl Store {
         txn.commit().map_err(db("commit snapshot"))?;
         self.rev.store(rev, Ordering::Release);
         self.compact.store(compact, Ordering::Release);
+        self.auth_changed();
         Ok(())
     }
 }

@@ -21,6 +21,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // SUBCOMMANDS (each helper adds its own line here)
+    /// Alerting: rules, notification configuration, silences, alerts (docs/alerting.md)
+    #[command(subcommand)]
+    Alerting(cli::alerting::AlertingCommand),
+    /// Print the event timeline (leader changes, members down/up, alerts, silences, config changes)
+    Events(cli::alerting::EventsArgs),
+    /// Back up the replicated store (file://, s3://); list and verify backups
+    #[command(subcommand)]
+    Backup(cli::backup::BackupCommand),
+    /// Write a new member's data dir from a backup (etcdutl snapshot restore's flags)
+    Restore(cli::backup::RestoreArgs),
     /// Run a sample HTTP backend answering with its name (used by the demo)
     #[command(hide = true)]
     SampleBackend(demo::SampleBackendArgs),
@@ -67,6 +77,10 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
+        Command::Alerting(cmd) => cli::alerting::run(cmd),
+        Command::Events(args) => cli::alerting::run_events(args),
+        Command::Backup(cmd) => cli::backup::run(cmd),
+        Command::Restore(args) => cli::backup::run_restore(args),
         Command::SampleBackend(args) => demo::run_sample_backend(args),
         Command::Drill(args) => std::process::exit(drill::run_blocking(args.into())),
         Command::Anomaly(cmd) => cli::anomaly::run(cmd),

@@ -13,6 +13,8 @@ use consensus::{ClusterState, NodeConfig};
 use etcd_api::ApiLimits;
 use serde::Deserialize;
 
+mod tls_flags;
+
 #[derive(Args, Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeArgs {
@@ -108,6 +110,88 @@ pub struct NodeArgs {
     /// Admin endpoint of this node's gateway (/metrics, /pools, /config).
     #[arg(long)]
     pub gateway_admin_listen: Option<SocketAddr>,
+    // --- auth (see docs/security.md, "Authentication") ---
+    /// Token type: `simple` (default), or
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|ES256|...,ttl=5m` (etcd's syntax).
+    #[arg(long)]
+    pub auth_token: Option<String>,
+    /// Lifetime (seconds) of a `simple` token, pushed ahead on each use (default 300).
+    #[arg(long)]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost (log2 rounds, 4..=31, default 10) of stored password hashes.
+    #[arg(long)]
+    pub bcrypt_cost: Option<u32>,
+    // --- TLS and peer authentication (see docs/security.md; node_cmd/tls_flags.rs) ---
+    /// Client TLS: certificate (PEM) for https:// client URLs; re-read when the file changes.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS: private key (PEM) of --cert-file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Client TLS: CA bundle that verifies client certificates.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client TLS: require a client certificate signed by --trusted-ca-file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub client_cert_auth: Option<bool>,
+    /// Client TLS: generate a self-signed certificate (in <data-dir>/fixtures/client) when none is given.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub auto_tls: Option<bool>,
+    /// Peer TLS: this member's certificate (PEM), served and presented to peers.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS: private key (PEM) of --peer-cert-file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer TLS: CA bundle that verifies the peers' certificates.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS: require peers to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Peer TLS: self-signed peer certificate (in <data-dir>/fixtures/peer); peers are then not verified.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub peer_auto_tls: Option<bool>,
+    /// Peer TLS: accept only peer certificates with this subject CN.
+    #[arg(long)]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Metrics TLS: certificate for https:// --listen-metrics-urls (default: the client's --cert-file).
+    #[arg(long)]
+    pub metrics_cert_file: Option<PathBuf>,
+    /// Metrics TLS: private key of --metrics-cert-file.
+    #[arg(long)]
+    pub metrics_key_file: Option<PathBuf>,
+    /// Metrics TLS: CA bundle verifying scrapers' certificates.
+    #[arg(long)]
+    pub metrics_trusted_ca_file: Option<PathBuf>,
+    /// Metrics TLS: require a scraper certificate signed by --metrics-trusted-ca-file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub metrics_client_cert_auth: Option<bool>,
+    /// TLS 1.2 cipher suites allowed (comma-separated, Go/etcd names); TLS 1.3's are always on.
+    #[arg(long)]
+    pub cipher_suites: Option<String>,
+    /// Lowest TLS version accepted: TLS1.2 (default) or TLS1.3.
+    #[arg(long)]
+    pub tls_min_version: Option<String>,
+    /// How often (ms, at most) a handshake checks whether certificate files changed (default 1000).
+    #[arg(long)]
+    pub tls_reload_check_interval_ms: Option<u64>,
+    /// Bound (ms) on one TLS handshake of an accepted connection (default 10000).
+    #[arg(long)]
+    pub tls_handshake_timeout_ms: Option<u64>,
+    /// Most leadership-transfer control messages from the leader obeyed per second (default 10).
+    #[arg(long)]
+    pub max_control_messages_per_s: Option<u32>,
+    // --- TLS (end) ---
+    // --- alerting: metrics history, rules, notifications (flags only; see docs/alerting.md) ---
+    #[command(flatten)]
+    #[serde(skip)]
+    pub alerting: crate::cli::alerting::NodeAlertingArgs,
 }
 
 macro_rules! merge {
@@ -153,7 +237,35 @@ impl NodeArgs {
             enable_fault_injection,
             gateway_listen,
             gateway_config_key,
-            gateway_admin_listen
+            gateway_admin_listen,
+            auth_token,
+            auth_token_ttl,
+            bcrypt_cost
+        );
+        // TLS and peer authentication
+        merge!(
+            self,
+            file,
+            cert_file,
+            key_file,
+            trusted_ca_file,
+            client_cert_auth,
+            auto_tls,
+            peer_cert_file,
+            peer_key_file,
+            peer_trusted_ca_file,
+            peer_client_cert_auth,
+            peer_auto_tls,
+            peer_cert_allowed_cn,
+            metrics_cert_file,
+            metrics_key_file,
+            metrics_trusted_ca_file,
+            metrics_client_cert_auth,
+            cipher_suites,
+            tls_min_version,
+            tls_reload_check_interval_ms,
+            tls_handshake_timeout_ms,
+            max_control_messages_per_s
         );
         Ok(self)
     }
@@ -166,14 +278,17 @@ fn split_urls(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// `http://host:port` → a socket address to bind.
+/// `http://host:port` or `https://host:port` → a socket address to bind.
 fn bind_addr(flag: &str, url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
+    let rest = if let Some(r) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    {
         r
-    } else if url.starts_with("https://") || url.starts_with("unix") {
-        bail!("--{flag}: {url:?}: only http:// URLs are supported by this version (TLS is not implemented yet)");
+    } else if url.starts_with("unix") {
+        bail!("--{flag}: {url:?}: unix sockets are not supported; use http://HOST:PORT or https://HOST:PORT");
     } else {
-        bail!("--{flag}: {url:?} is not a URL; expected http://HOST:PORT");
+        bail!("--{flag}: {url:?} is not a URL; expected http://HOST:PORT or https://HOST:PORT");
     };
     let hostport = rest.trim_end_matches('/');
     let hostport = if let Some(p) = hostport.strip_prefix("localhost:") {
@@ -315,6 +430,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             "WARNING: planted bug {bug} is active: this member violates its guarantees on purpose"
         );
     }
+    let listen_metrics = args
+        .listen_metrics_urls
+        .as_deref()
+        .map(split_urls)
+        .unwrap_or_default();
+    let tls_setup = tls_flags::setup(
+        &args,
+        &data_dir,
+        &listen_client,
+        &config.advertise_client_urls,
+        &listen_peer,
+        &config.advertise_peer_urls,
+        &config.initial_cluster,
+        &listen_metrics,
+    )?;
+    config.peer_server_tls = tls_setup.peer_server.clone();
+    config.peer_client_tls = tls_setup.peer_client.clone();
+    if let Some(v) = args.max_control_messages_per_s {
+        if v == 0 {
+            bail!("--max-control-messages-per-s must be at least 1 (leadership transfer needs it)");
+        }
+        config.max_control_messages_per_s = v;
+    }
     let mut limits = ApiLimits::default();
     if let Some(v) = args.quota_backend_bytes {
         limits.quota_backend_bytes = v;
@@ -329,6 +467,23 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         limits.max_txn_ops = v;
     }
 
+    // Auth settings are checked (and JWT keys read) before anything binds.
+    let auth_settings = {
+        let ttl = std::time::Duration::from_secs(args.auth_token_ttl.unwrap_or(300));
+        let token = etcd_api::auth::TokenConfig::parse(
+            args.auth_token.as_deref().unwrap_or("simple"),
+            ttl,
+        )
+        .map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?;
+        let settings = etcd_api::auth::AuthSettings {
+            token,
+            bcrypt_cost: args.bcrypt_cost.unwrap_or(10),
+        };
+        // Fails early on an unreadable or mismatched JWT key.
+        etcd_api::auth::validate(&settings).map_err(|e| anyhow::anyhow!("auth settings: {e}"))?;
+        settings
+    };
+
     // Bind everything first: a port conflict fails before any state changes.
     let peer_addr = bind_addr("listen-peer-urls", &listen_peer[0])?;
     let peer_listener = tokio::net::TcpListener::bind(peer_addr)
@@ -337,22 +492,22 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut client_listeners = Vec::new();
     for u in &listen_client {
         let a = bind_addr("listen-client-urls", u)?;
-        client_listeners.push(
+        client_listeners.push((
             tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding client listener {a}"))?,
-        );
+            tls_flags::is_https(u).then(|| tls_setup.client.clone()).flatten(),
+        ));
     }
     let mut metrics_listeners = Vec::new();
-    if let Some(m) = &args.listen_metrics_urls {
-        for u in split_urls(m) {
-            let a = bind_addr("listen-metrics-urls", &u)?;
-            metrics_listeners.push(
-                tokio::net::TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("binding metrics listener {a}"))?,
-            );
-        }
+    for u in &listen_metrics {
+        let a = bind_addr("listen-metrics-urls", u)?;
+        metrics_listeners.push((
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding metrics listener {a}"))?,
+            tls_flags::is_https(u).then(|| tls_setup.metrics.clone()).flatten(),
+        ));
     }
 
     let node = consensus::Node::start(config, peer_listener)
@@ -364,23 +519,24 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             )
         })?;
     let metrics = Arc::new(etcd_api::metrics::Metrics::new());
-    let api = etcd_api::EtcdApi::new(node.clone(), limits, metrics.clone());
+    let api = etcd_api::EtcdApi::with_auth(node.clone(), limits, metrics.clone(), &auth_settings)
+        .map_err(|e| anyhow::anyhow!("auth settings: {e}"))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
-    for l in client_listeners {
+    for (l, tls) in client_listeners {
         let mut rx = stop_rx.clone();
         let api = api.clone();
         servers.push(tokio::spawn(async move {
-            etcd_api::serve(api, l, async move {
+            etcd_api::serve_incoming(api, tls::incoming(l, tls), async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await
         }));
     }
-    for l in metrics_listeners {
-        tokio::spawn(etcd_api::admin::serve_admin(
-            l,
+    for (l, tls) in metrics_listeners {
+        tokio::spawn(etcd_api::admin::serve_admin_incoming(
+            tls::incoming(l, tls),
             node.clone(),
             metrics.clone(),
         ));
@@ -398,6 +554,23 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     // --- gateway (end) ---
+
+    // --- alerting (begin) ---
+    let _alerting = crate::cli::alerting::start_for_node(
+        &args.alerting,
+        &name,
+        listen_client
+            .iter()
+            .map(|u| u.replace("://0.0.0.0:", "://127.0.0.1:"))
+            .collect(),
+        args.listen_metrics_urls.as_deref(),
+        args.quota_backend_bytes
+            .unwrap_or(ApiLimits::default().quota_backend_bytes),
+        node.clone(),
+        metrics.clone(),
+    )
+    .await?;
+    // --- alerting (end) ---
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -56,6 +56,13 @@ pub struct NodeConfig {
     pub enable_fault_injection: bool,
     /// A deliberate bug, for proving the checkers catch it. Never in production.
     pub planted_bug: Option<PlantedBug>,
+    /// TLS of the peer listener (`https://` in `--listen-peer-urls`).
+    pub peer_server_tls: Option<tls::ServerTls>,
+    /// TLS of this member's peer client (for `https://` peer URLs).
+    pub peer_client_tls: Option<tls::ClientTls>,
+    /// Most leadership-transfer control messages (`PauseElections`,
+    /// `ElectAfter`) this member obeys per second, even from the leader.
+    pub max_control_messages_per_s: u32,
 }
 
 impl NodeConfig {
@@ -82,6 +89,9 @@ impl NodeConfig {
             max_write_batches_in_flight: 2,
             enable_fault_injection: false,
             planted_bug: None,
+            peer_server_tls: None,
+            peer_client_tls: None,
+            max_control_messages_per_s: 10,
         }
     }
 }

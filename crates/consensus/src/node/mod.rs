@@ -25,6 +25,7 @@ use crate::log_store::LogStore;
 use crate::network::{
     encode, peer_call, JoinAnswer, LeaderError, LeaderRequest, LeaderResponse, PeerCallError,
     PeerClient, PeerHandler, PeerNetwork, PeerRequest, PeerService, PeerTimeouts, PeerTransport,
+    Refusal,
 };
 use crate::state_machine::Applier;
 use crate::types::{cluster_id, initial_member_id, ApplyOutcome, Member, NodeId, Raft};
@@ -87,6 +88,10 @@ pub struct Node {
     /// Identity to write once the Raft log holds something (see
     /// [`Node::start`]), with the member dir.
     pending_identity: std::sync::Mutex<Option<(PathBuf, Identity)>>,
+    /// Peer messages refused, by reason (`phalanx_peer_rejected_total`).
+    peer_rejections: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+    /// Token bucket of control messages: (tokens, last refill).
+    control_tokens: std::sync::Mutex<Option<(f64, Instant)>>,
 }
 
 /// What [`Node::from_parts`] assembles a member from.
@@ -155,6 +160,8 @@ impl Node {
             fatal: watch::channel(None).0,
             membership_history: Default::default(),
             pending_identity: Default::default(),
+            peer_rejections: Default::default(),
+            control_tokens: Default::default(),
         })
     }
 

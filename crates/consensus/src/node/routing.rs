@@ -17,16 +17,74 @@ pub(super) fn is_not_leader<E>(
 
 #[tonic::async_trait]
 impl PeerHandler for Node {
-    fn admit(&self, from: NodeId) -> Result<(), String> {
-        let h = self
-            .membership_history
-            .lock()
-            .expect("membership history poisoned");
-        if h.removed.contains(&from) {
-            return Err(format!(
-                "member {from:x} was removed from cluster {:x} (member {:x} {:?} applied its removal)",
-                self.cluster_id, self.id, self.config.name
+    fn admit(&self, from: NodeId, cluster: u64, req: &PeerRequest) -> Result<(), Refusal> {
+        // "Which member am I?" comes from members that know neither their
+        // id nor the cluster's yet; the answer only describes the membership.
+        if matches!(req, PeerRequest::Join { .. }) {
+            return Ok(());
+        }
+        if cluster != self.cluster_id {
+            return Err(self.refuse(
+                "foreign_cluster",
+                format!(
+                    "message from member {from:x} of cluster {cluster:x}; this is member {:x} of cluster {:x}",
+                    self.id, self.cluster_id
+                ),
             ));
+        }
+        {
+            let h = self
+                .membership_history
+                .lock()
+                .expect("membership history poisoned");
+            if h.removed.contains(&from) {
+                drop(h);
+                self.count_rejection("removed");
+                return Err(Refusal::Removed(format!(
+                    "member {from:x} was removed from cluster {:x} (member {:x} {:?} applied its removal)",
+                    self.cluster_id, self.id, self.config.name
+                )));
+            }
+        }
+        let (known, leader) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let members = m.membership_config.membership();
+            // A member that has not received any membership yet (a joining
+            // learner) cannot tell members apart; the cluster id still counts.
+            let known = members.nodes().next().is_none() || members.get_node(&from).is_some();
+            (known, m.current_leader)
+        };
+        if !known {
+            return Err(self.refuse(
+                "not_member",
+                format!(
+                    "{from:x} is not a member of cluster {:x}",
+                    self.cluster_id
+                ),
+            ));
+        }
+        if matches!(
+            req,
+            PeerRequest::PauseElections { .. } | PeerRequest::ElectAfter { .. }
+        ) {
+            if leader != Some(from) {
+                return Err(self.refuse(
+                    "control_not_from_leader",
+                    format!(
+                        "leadership-transfer message from member {from:x}, which is not the leader (leader: {leader:?})"
+                    ),
+                ));
+            }
+            if !self.take_control_token() {
+                return Err(self.refuse(
+                    "control_rate_limited",
+                    format!(
+                        "more than max_control_messages_per_s={} leadership-transfer messages per second",
+                        self.config.max_control_messages_per_s
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -73,6 +131,50 @@ impl PeerHandler for Node {
                 encode(&answer)
             }
         }
+    }
+}
+
+impl Node {
+    fn count_rejection(&self, reason: &'static str) {
+        *self
+            .peer_rejections
+            .lock()
+            .expect("peer rejections poisoned")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    fn refuse(&self, reason: &'static str, detail: String) -> Refusal {
+        self.count_rejection(reason);
+        tracing::debug!("peer message refused ({reason}): {detail}");
+        Refusal::Refused { reason, detail }
+    }
+
+    /// Take one control-message token; the bucket holds at most
+    /// `max_control_messages_per_s` and refills at that rate.
+    fn take_control_token(&self) -> bool {
+        let rate = f64::from(self.config.max_control_messages_per_s);
+        let now = Instant::now();
+        let mut b = self.control_tokens.lock().expect("control tokens poisoned");
+        let (tokens, last) = b.get_or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Peer messages refused so far, by reason.
+    pub fn peer_rejections(&self) -> Vec<(&'static str, u64)> {
+        self.peer_rejections
+            .lock()
+            .expect("peer rejections poisoned")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 }
 

@@ -110,7 +110,13 @@ impl Node {
             }
             (None, ClusterState::Existing) => Self::join(&config, faults.clone()).await?,
         };
-        let network = PeerNetwork::new(identity.member_id, timeouts, faults.clone());
+        let network = PeerNetwork::new(
+            identity.member_id,
+            identity.cluster_id,
+            timeouts,
+            faults.clone(),
+            config.peer_client_tls.clone(),
+        );
 
         let marker = member_dir.join(REMOVED_MARKER_FILE);
         if marker.exists() {
@@ -236,7 +242,7 @@ impl Node {
         // Serve peers (the listener is bound already).
         let service = PeerService::new(node.clone(), node.faults.clone());
         let mut shutdown_rx = node.shutdown_tx.subscribe();
-        let incoming = tokio_stream_listener(peer_listener);
+        let incoming = tls::incoming(peer_listener, config.peer_server_tls.clone());
         tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -337,11 +343,13 @@ impl Node {
             .flat_map(|(_, urls)| urls.first().cloned())
             .map(|url| {
                 let faults = faults.clone();
+                let tls = config.peer_client_tls.clone();
                 let req = PeerRequest::Join {
                     peer_urls: config.advertise_peer_urls.clone(),
                 };
                 async move {
-                    let client = PeerClient::new(0, 0, &url, timeouts, faults).ok()?;
+                    let client =
+                        PeerClient::new(0, 0, &url, timeouts, faults, tls.as_ref()).ok()?;
                     let answer = client
                         .call::<Result<JoinAnswer, String>>(&req, None)
                         .await
@@ -391,7 +399,14 @@ impl Node {
                     request_timeout_ms: 2_000,
                     raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms,
                 };
-                let client = match PeerClient::new(0, 0, url, timeouts, faults.clone()) {
+                let client = match PeerClient::new(
+                    0,
+                    0,
+                    url,
+                    timeouts,
+                    faults.clone(),
+                    config.peer_client_tls.as_ref(),
+                ) {
                     Ok(c) => c,
                     Err(e) => {
                         last_err = e.to_string();

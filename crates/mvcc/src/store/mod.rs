@@ -61,6 +61,10 @@ pub struct Store {
     /// Told (once) when a read finds corrupted data, so the member stops
     /// instead of answering `DataLoss` forever while reporting healthy.
     pub(crate) corruption_hook: CorruptionHook,
+    /// Bumped after every commit that changed the auth state (see [`Store::auth_state`]).
+    pub(crate) auth_gen: std::sync::atomic::AtomicU64,
+    /// The auth state as of generation `.0`.
+    pub(crate) auth_cache: Mutex<Option<(u64, std::sync::Arc<auth::AuthState>)>>,
 }
 
 /// See [`Store::on_corruption`].
@@ -152,6 +156,16 @@ fn decode_alarms(bytes: Option<&[u8]>) -> Result<Vec<(u64, i32)>, MvccError> {
         None => Ok(Vec::new()),
         Some(b) => postcard::from_bytes(b).map_err(|e| MvccError::Decode {
             what: "alarms",
+            detail: e.to_string(),
+        }),
+    }
+}
+
+pub(crate) fn decode_auth(bytes: Option<&[u8]>) -> Result<auth::AuthState, MvccError> {
+    match bytes {
+        None => Ok(auth::AuthState::default()),
+        Some(b) => postcard::from_bytes(b).map_err(|e| MvccError::Decode {
+            what: "auth state",
             detail: e.to_string(),
         }),
     }
@@ -436,6 +450,8 @@ impl Store {
             rev: AtomicI64::new(rev),
             compact: AtomicI64::new(compact),
             corruption_hook: CorruptionHook::default(),
+            auth_gen: std::sync::atomic::AtomicU64::new(0),
+            auth_cache: Mutex::new(None),
         })
     }
 
@@ -461,6 +477,7 @@ impl Store {
         })
         .map_err(db("set durability"))?;
         let mut out = Vec::with_capacity(items.len());
+        let auth_changed = items.iter().any(|c| matches!(c, Some(Command::Auth(_))));
         let (rev, compact);
         {
             let mut w = Writer::open(&txn)?;
@@ -484,7 +501,38 @@ impl Store {
         assert!(rev >= self.rev.load(Ordering::Acquire) && compact <= rev);
         self.rev.store(rev, Ordering::Release);
         self.compact.store(compact, Ordering::Release);
+        if auth_changed {
+            self.auth_changed();
+        }
         Ok(out)
+    }
+
+    pub(crate) fn auth_changed(&self) {
+        self.auth_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The replicated auth state as of the last applied entry (cached: the
+    /// cache is dropped after each commit that changes it, so this is cheap on
+    /// the per-request path).
+    pub fn auth_state(&self) -> Result<std::sync::Arc<auth::AuthState>, MvccError> {
+        let gen = self.auth_gen.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((g, s)) = &*self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *g == gen {
+                return Ok(s.clone());
+            }
+        }
+        // Read after loading `gen`: a commit in between makes this entry
+        // stale at once (its generation is already behind), never wrong.
+        let rtx = self.db.begin_read().map_err(db("begin read"))?;
+        let meta = rtx.open_table(META).map_err(db("open meta"))?;
+        let state = std::sync::Arc::new(decode_auth(
+            get_meta(&meta, crate::codec::META_AUTH)
+                .map_err(|e| self.noted(e))?
+                .as_deref(),
+        )?);
+        *self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((gen, state.clone()));
+        Ok(state)
     }
 
     /// The last `applied_meta` stored by [`Store::apply_batch`] / a snapshot.

@@ -601,6 +601,16 @@ impl<'t> Writer<'t> {
                 what: "Command",
                 detail: "a batch nested inside a batch".into(),
             })),
+            Command::Auth(cmd) => {
+                let mut state =
+                    decode_auth(get_meta(&self.meta, crate::codec::META_AUTH)?.as_deref())?;
+                state.apply(cmd).map_err(EtcdError::Auth)?;
+                let bytes = postcard::to_allocvec(&state).expect("encoding auth state cannot fail");
+                self.put_meta(crate::codec::META_AUTH, &bytes)?;
+                Ok(ApplyResponse::Auth {
+                    auth_revision: state.revision,
+                })
+            }
             Command::Alarm {
                 action,
                 member_id,

@@ -8,3 +8,5 @@ pub mod drill;
 pub mod sim;
 pub mod gateway;
 pub mod anomaly;
+pub mod backup;
+pub mod alerting;

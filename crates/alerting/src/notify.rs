@@ -1,0 +1,947 @@
+//! Notifications as Alertmanager does them (sans-I/O): the alertmanager.yml
+//! subset ([`AmConfig`]: route tree, receivers with `webhook_configs`,
+//! inhibit rules), silences, and the [`Dispatcher`] that groups alerts,
+//! applies `group_wait`/`group_interval`/`repeat_interval` against the
+//! notification log, and produces webhook payloads (version 4).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration;
+use crate::rules::{fingerprint, Alert, AlertStatus};
+use crate::tsdb::Labels;
+use crate::ConfigError;
+
+/// A label matcher: `name="v"`, `name!="v"`, `name=~"re"`, `name!~"re"`.
+#[derive(Debug, Clone)]
+pub struct LabelMatcher {
+    pub name: String,
+    pub op: MatchKind,
+    pub value: String,
+    re: Option<regex::Regex>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    Eq,
+    Ne,
+    Re,
+    NotRe,
+}
+
+impl LabelMatcher {
+    pub fn new(name: &str, op: MatchKind, value: &str) -> Result<Self, String> {
+        let re = match op {
+            MatchKind::Re | MatchKind::NotRe => Some(
+                regex::Regex::new(&format!("^(?:{value})$"))
+                    .map_err(|e| format!("bad regex {value:?}: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(LabelMatcher {
+            name: name.to_string(),
+            op,
+            value: value.to_string(),
+            re,
+        })
+    }
+
+    /// Parse `name="value"` (quotes optional).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s
+            .trim()
+            .trim_start_matches('{')
+            .trim_end_matches('}')
+            .trim();
+        let pos = s.find(['=', '!']).ok_or_else(|| format!("matcher {s:?}: expected name=\"value\", name!=\"value\", name=~\"regex\" or name!~\"regex\""))?;
+        let name = s[..pos].trim();
+        let rest = &s[pos..];
+        let (op, v) = if let Some(v) = rest.strip_prefix("=~") {
+            (MatchKind::Re, v)
+        } else if let Some(v) = rest.strip_prefix("!~") {
+            (MatchKind::NotRe, v)
+        } else if let Some(v) = rest.strip_prefix("!=") {
+            (MatchKind::Ne, v)
+        } else if let Some(v) = rest.strip_prefix('=') {
+            (MatchKind::Eq, v)
+        } else {
+            return Err(format!("matcher {s:?}: unknown operator"));
+        };
+        if name.is_empty() {
+            return Err(format!("matcher {s:?}: missing label name"));
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .unwrap_or(v);
+        Self::new(name, op, &v.replace("\\\"", "\""))
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let v = labels.get(&self.name).map(String::as_str).unwrap_or("");
+        match self.op {
+            MatchKind::Eq => v == self.value,
+            MatchKind::Ne => v != self.value,
+            MatchKind::Re => self.re.as_ref().is_some_and(|r| r.is_match(v)),
+            MatchKind::NotRe => !self.re.as_ref().is_some_and(|r| r.is_match(v)),
+        }
+    }
+}
+
+impl std::fmt::Display for LabelMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match self.op {
+            MatchKind::Eq => "=",
+            MatchKind::Ne => "!=",
+            MatchKind::Re => "=~",
+            MatchKind::NotRe => "!~",
+        };
+        write!(f, "{}{op}{:?}", self.name, self.value)
+    }
+}
+
+// ---- alertmanager.yml ----
+
+/// Builds a [`ConfigError`] from (field path, line anchor, reason).
+type ErrFn<'a> = dyn Fn(&str, Option<(&str, &str)>, String) -> ConfigError + 'a;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmDoc {
+    #[serde(default)]
+    global: Option<GlobalDoc>,
+    route: RouteDoc,
+    #[serde(default)]
+    receivers: Vec<ReceiverDoc>,
+    #[serde(default)]
+    inhibit_rules: Vec<InhibitDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GlobalDoc {
+    #[serde(default)]
+    resolve_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RouteDoc {
+    #[serde(default)]
+    receiver: Option<String>,
+    #[serde(default)]
+    group_by: Option<Vec<String>>,
+    #[serde(default)]
+    group_wait: Option<String>,
+    #[serde(default)]
+    group_interval: Option<String>,
+    #[serde(default)]
+    repeat_interval: Option<String>,
+    #[serde(default)]
+    matchers: Vec<String>,
+    #[serde(default, rename = "match")]
+    match_: BTreeMap<String, String>,
+    #[serde(default)]
+    match_re: BTreeMap<String, String>,
+    #[serde(default, rename = "continue")]
+    continue_: bool,
+    #[serde(default)]
+    routes: Vec<RouteDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiverDoc {
+    name: String,
+    #[serde(default)]
+    webhook_configs: Vec<WebhookDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookDoc {
+    url: String,
+    #[serde(default)]
+    send_resolved: Option<bool>,
+    #[serde(default)]
+    max_alerts: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InhibitDoc {
+    #[serde(default)]
+    source_matchers: Vec<String>,
+    #[serde(default)]
+    target_matchers: Vec<String>,
+    #[serde(default)]
+    source_match: BTreeMap<String, String>,
+    #[serde(default)]
+    target_match: BTreeMap<String, String>,
+    #[serde(default)]
+    equal: Vec<String>,
+}
+
+/// A webhook endpoint of a receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    pub url: String,
+    pub send_resolved: bool,
+    /// 0 = all.
+    pub max_alerts: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub name: String,
+    pub webhooks: Vec<Webhook>,
+}
+
+/// A node of the route tree, with inherited settings resolved.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Alertmanager's route key: `{}` for the root, `{}/{matchers}` below.
+    pub key: String,
+    pub receiver: String,
+    /// None = `...` (group by all labels).
+    pub group_by: Option<Vec<String>>,
+    pub group_wait_ms: i64,
+    pub group_interval_ms: i64,
+    pub repeat_interval_ms: i64,
+    pub matchers: Vec<LabelMatcher>,
+    pub continue_: bool,
+    pub routes: Vec<Route>,
+}
+
+impl Route {
+    /// The routes an alert goes to (Alertmanager's `Route.Match`).
+    pub fn find(&self, labels: &Labels) -> Vec<&Route> {
+        if !self.matchers.iter().all(|m| m.matches(labels)) {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        for c in &self.routes {
+            let m = c.find(labels);
+            let matched = !m.is_empty();
+            out.extend(m);
+            if matched && !c.continue_ {
+                break;
+            }
+        }
+        if out.is_empty() {
+            out.push(self);
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InhibitRule {
+    pub source: Vec<LabelMatcher>,
+    pub target: Vec<LabelMatcher>,
+    pub equal: Vec<String>,
+}
+
+/// A validated alertmanager.yml.
+#[derive(Debug, Clone)]
+pub struct AmConfig {
+    pub route: Route,
+    pub receivers: BTreeMap<String, Receiver>,
+    pub inhibit_rules: Vec<InhibitRule>,
+}
+
+pub const DEFAULT_GROUP_WAIT_MS: i64 = 30_000;
+pub const DEFAULT_GROUP_INTERVAL_MS: i64 = 5 * 60_000;
+pub const DEFAULT_REPEAT_INTERVAL_MS: i64 = 4 * 3_600_000;
+
+impl AmConfig {
+    /// The configuration in force when none is stored: one receiver without
+    /// endpoints (alerts are evaluated, kept and listed, nothing is sent).
+    pub fn empty() -> Self {
+        parse_am_config(
+            "<default>",
+            "route:\n  receiver: none\nreceivers:\n- name: none\n",
+        )
+        .expect("valid")
+    }
+}
+
+/// Parse and validate an alertmanager.yml; `file` names it in errors.
+pub fn parse_am_config(file: &str, text: &str) -> Result<AmConfig, ConfigError> {
+    let doc: AmDoc = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::yaml(file, &e))?;
+    let err = |field: &str, anchor: Option<(&str, &str)>, reason: String| ConfigError {
+        file: file.to_string(),
+        line: crate::rules::locate(text, anchor, field.rsplit('.').next().unwrap_or(field)),
+        field: field.to_string(),
+        reason,
+    };
+    if let Some(g) = &doc.global {
+        if let Some(r) = &g.resolve_timeout {
+            duration::parse_ms(r).map_err(|e| err("global.resolve_timeout", None, e))?;
+        }
+    }
+    let mut receivers = BTreeMap::new();
+    for r in doc.receivers {
+        let mut webhooks = Vec::new();
+        for w in r.webhook_configs {
+            if !w.url.starts_with("http://") {
+                return Err(err(
+                    &format!("receivers[{}].webhook_configs.url", r.name),
+                    Some(("name", &r.name)),
+                    format!(
+                        "{:?}: only http:// webhook URLs are supported by this version",
+                        w.url
+                    ),
+                ));
+            }
+            webhooks.push(Webhook {
+                url: w.url,
+                send_resolved: w.send_resolved.unwrap_or(true),
+                max_alerts: w.max_alerts.unwrap_or(0),
+            });
+        }
+        if receivers
+            .insert(
+                r.name.clone(),
+                Receiver {
+                    name: r.name.clone(),
+                    webhooks,
+                },
+            )
+            .is_some()
+        {
+            return Err(err(
+                "receivers.name",
+                Some(("name", &r.name)),
+                format!("duplicate receiver {:?}", r.name),
+            ));
+        }
+    }
+    fn build(
+        d: RouteDoc,
+        parent: Option<&Route>,
+        receivers: &BTreeMap<String, Receiver>,
+        path: &str,
+        err: &ErrFn,
+    ) -> Result<Route, ConfigError> {
+        let dur = |v: &Option<String>, name: &str, inherited: i64| -> Result<i64, ConfigError> {
+            match v {
+                None => Ok(inherited),
+                Some(s) => duration::parse_ms(s)
+                    .map(|x| x as i64)
+                    .map_err(|e| err(&format!("{path}.{name}"), None, e)),
+            }
+        };
+        let receiver = match (&d.receiver, parent) {
+            (Some(r), _) => r.clone(),
+            (None, Some(p)) => p.receiver.clone(),
+            (None, None) => {
+                return Err(err(
+                    "route.receiver",
+                    None,
+                    "the root route needs a receiver".into(),
+                ))
+            }
+        };
+        if !receivers.contains_key(&receiver) {
+            return Err(err(
+                &format!("{path}.receiver"),
+                Some(("receiver", &receiver)),
+                format!("receiver {receiver:?} is not defined under `receivers`"),
+            ));
+        }
+        let mut matchers = Vec::new();
+        for m in &d.matchers {
+            matchers.push(
+                LabelMatcher::parse(m).map_err(|e| err(&format!("{path}.matchers"), None, e))?,
+            );
+        }
+        for (k, v) in &d.match_ {
+            matchers.push(
+                LabelMatcher::new(k, MatchKind::Eq, v)
+                    .map_err(|e| err(&format!("{path}.match"), None, e))?,
+            );
+        }
+        for (k, v) in &d.match_re {
+            matchers.push(
+                LabelMatcher::new(k, MatchKind::Re, v)
+                    .map_err(|e| err(&format!("{path}.match_re"), None, e))?,
+            );
+        }
+        let group_by = match &d.group_by {
+            Some(g) if g.iter().any(|x| x == "...") => None,
+            Some(g) => Some(g.clone()),
+            None => parent.map(|p| p.group_by.clone()).unwrap_or(Some(vec![])),
+        };
+        let pkey = parent.map(|p| p.key.clone());
+        let key = match pkey {
+            None => "{}".to_string(),
+            Some(k) => format!(
+                "{k}/{{{}}}",
+                matchers
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        let mut r = Route {
+            key,
+            receiver,
+            group_by,
+            group_wait_ms: dur(
+                &d.group_wait,
+                "group_wait",
+                parent.map_or(DEFAULT_GROUP_WAIT_MS, |p| p.group_wait_ms),
+            )?,
+            group_interval_ms: dur(
+                &d.group_interval,
+                "group_interval",
+                parent.map_or(DEFAULT_GROUP_INTERVAL_MS, |p| p.group_interval_ms),
+            )?,
+            repeat_interval_ms: dur(
+                &d.repeat_interval,
+                "repeat_interval",
+                parent.map_or(DEFAULT_REPEAT_INTERVAL_MS, |p| p.repeat_interval_ms),
+            )?,
+            matchers,
+            continue_: d.continue_,
+            routes: vec![],
+        };
+        if r.group_interval_ms <= 0 {
+            return Err(err(
+                &format!("{path}.group_interval"),
+                None,
+                "must be positive".into(),
+            ));
+        }
+        let mut children = Vec::new();
+        for (i, c) in d.routes.into_iter().enumerate() {
+            children.push(build(
+                c,
+                Some(&r),
+                receivers,
+                &format!("{path}.routes[{i}]"),
+                err,
+            )?);
+        }
+        r.routes = children;
+        Ok(r)
+    }
+    let route = build(doc.route, None, &receivers, "route", &err)?;
+    let mut inhibit_rules = Vec::new();
+    for (i, r) in doc.inhibit_rules.into_iter().enumerate() {
+        let mut source = Vec::new();
+        let mut target = Vec::new();
+        for m in &r.source_matchers {
+            source.push(
+                LabelMatcher::parse(m)
+                    .map_err(|e| err(&format!("inhibit_rules[{i}].source_matchers"), None, e))?,
+            );
+        }
+        for m in &r.target_matchers {
+            target.push(
+                LabelMatcher::parse(m)
+                    .map_err(|e| err(&format!("inhibit_rules[{i}].target_matchers"), None, e))?,
+            );
+        }
+        for (k, v) in &r.source_match {
+            source.push(LabelMatcher::new(k, MatchKind::Eq, v).expect("equality"));
+        }
+        for (k, v) in &r.target_match {
+            target.push(LabelMatcher::new(k, MatchKind::Eq, v).expect("equality"));
+        }
+        inhibit_rules.push(InhibitRule {
+            source,
+            target,
+            equal: r.equal,
+        });
+    }
+    Ok(AmConfig {
+        route,
+        receivers,
+        inhibit_rules,
+    })
+}
+
+// ---- silences ----
+
+/// A silence, as kept in the replicated store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: String,
+    /// Matchers as text (`name="value"` …).
+    pub matchers: Vec<String>,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub created_by: String,
+    pub comment: String,
+}
+
+impl Silence {
+    pub fn validate(&self) -> Result<Vec<LabelMatcher>, String> {
+        if self.matchers.is_empty() {
+            return Err("a silence needs at least one matcher".into());
+        }
+        if self.created_by.trim().is_empty() {
+            return Err("a silence needs a creator (created_by)".into());
+        }
+        if self.comment.trim().is_empty() {
+            return Err("a silence needs a comment".into());
+        }
+        if self.ends_at_ms <= self.starts_at_ms {
+            return Err("a silence must end after it starts".into());
+        }
+        self.matchers
+            .iter()
+            .map(|m| LabelMatcher::parse(m))
+            .collect()
+    }
+
+    pub fn active(&self, now_ms: i64) -> bool {
+        self.starts_at_ms <= now_ms && now_ms < self.ends_at_ms
+    }
+
+    pub fn state(&self, now_ms: i64) -> &'static str {
+        if now_ms < self.starts_at_ms {
+            "pending"
+        } else if now_ms < self.ends_at_ms {
+            "active"
+        } else {
+            "expired"
+        }
+    }
+
+    pub fn silences(&self, labels: &Labels, now_ms: i64) -> bool {
+        self.active(now_ms)
+            && self
+                .matchers
+                .iter()
+                .all(|m| LabelMatcher::parse(m).is_ok_and(|m| m.matches(labels)))
+    }
+}
+
+/// Whether `target` is inhibited by a firing alert under `rules`.
+pub fn inhibited(rules: &[InhibitRule], target: &Labels, firing: &[&Labels]) -> bool {
+    rules.iter().any(|r| {
+        r.target.iter().all(|m| m.matches(target))
+            && firing.iter().any(|src| {
+                *src != target
+                    && r.source.iter().all(|m| m.matches(src))
+                    && r.equal.iter().all(|l| src.get(l) == target.get(l))
+            })
+    })
+}
+
+// ---- dispatcher + notification log ----
+
+/// What the notification log remembers of a group's last notification to one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NflogEntry {
+    pub group_key: String,
+    pub receiver: String,
+    pub timestamp_ms: i64,
+    pub firing: BTreeSet<String>,
+    pub resolved: BTreeSet<String>,
+}
+
+/// Alertmanager's `DedupStage.needsUpdate`.
+pub fn needs_update(
+    entry: Option<&NflogEntry>,
+    firing: &BTreeSet<String>,
+    resolved: &BTreeSet<String>,
+    send_resolved: bool,
+    repeat_ms: i64,
+    now_ms: i64,
+) -> bool {
+    let Some(e) = entry else {
+        return !firing.is_empty();
+    };
+    if !firing.is_subset(&e.firing) {
+        return true;
+    }
+    if firing.is_empty() {
+        return !e.firing.is_empty();
+    }
+    if send_resolved && !resolved.is_subset(&e.resolved) {
+        return true;
+    }
+    e.timestamp_ms + repeat_ms < now_ms
+}
+
+/// One notification to deliver to one webhook.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// Key of this (group, receiver, endpoint) in the notification log.
+    pub nflog_key: String,
+    pub entry: NflogEntry,
+    pub url: String,
+    /// None: nothing to send (e.g. only resolved alerts and `send_resolved: false`): only log it.
+    pub payload: Option<serde_json::Value>,
+    /// Alert count, for logs.
+    pub alerts: usize,
+}
+
+#[derive(Debug)]
+struct AggGroup {
+    next_flush_ms: i64,
+    flushed: bool,
+}
+
+/// Groups alerts and decides what to send, as Alertmanager's dispatcher,
+/// against a notification log that survives leader changes.
+#[derive(Debug, Default)]
+pub struct Dispatcher {
+    groups: BTreeMap<String, AggGroup>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// An alert as Alertmanager's webhook sends it.
+pub fn alert_json(a: &Alert, status: &str, generator_url: &str) -> serde_json::Value {
+    serde_json::json!({
+        "status": status,
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "startsAt": rfc3339(a.active_at_ms),
+        "endsAt": match a.resolved_at_ms { Some(r) if status == "resolved" => rfc3339(r), _ => "0001-01-01T00:00:00Z".to_string() },
+        "generatorURL": generator_url,
+        "fingerprint": fingerprint(&a.labels),
+    })
+}
+
+/// Key of an nflog entry: stable, store-key safe.
+pub fn nflog_key(group_key: &str, receiver: &str, idx: usize) -> String {
+    let mut l = Labels::new();
+    l.insert("g".into(), group_key.into());
+    l.insert("r".into(), receiver.into());
+    l.insert("i".into(), idx.to_string());
+    fingerprint(&l)
+}
+
+impl Dispatcher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of aggregation groups.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Decide what to send at `now_ms`. `busy` are nflog keys with a send
+    /// still in flight (their group waits for the next interval).
+    #[allow(clippy::too_many_arguments)] // each input is a separate piece of leader state
+    pub fn tick(
+        &mut self,
+        cfg: &AmConfig,
+        alerts: &[Alert],
+        silences: &[Silence],
+        nflog: &BTreeMap<String, NflogEntry>,
+        busy: &BTreeSet<String>,
+        now_ms: i64,
+        external_url: &str,
+    ) -> Vec<Notification> {
+        let firing_labels: Vec<&Labels> = alerts
+            .iter()
+            .filter(|a| a.state == AlertStatus::Firing)
+            .map(|a| &a.labels)
+            .collect();
+        // group key -> (route, group labels, alerts)
+        let mut grouped: BTreeMap<String, (&Route, Labels, Vec<&Alert>)> = BTreeMap::new();
+        for a in alerts.iter().filter(|a| a.state != AlertStatus::Pending) {
+            for r in cfg.route.find(&a.labels) {
+                let gl: Labels = match &r.group_by {
+                    None => a.labels.clone(),
+                    Some(g) => a
+                        .labels
+                        .iter()
+                        .filter(|(k, _)| g.contains(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                };
+                let gk = format!(
+                    "{}:{{{}}}",
+                    r.key,
+                    gl.iter()
+                        .map(|(k, v)| format!("{k}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                grouped
+                    .entry(gk)
+                    .or_insert_with(|| (r, gl.clone(), vec![]))
+                    .2
+                    .push(a);
+            }
+        }
+        self.groups.retain(|k, _| grouped.contains_key(k));
+        let mut out = Vec::new();
+        for (gk, (route, group_labels, members)) in grouped {
+            let g = self.groups.entry(gk.clone()).or_insert_with(|| {
+                // Alertmanager flushes at once a group whose alerts are older than group_wait.
+                let oldest = members
+                    .iter()
+                    .map(|a| a.active_at_ms)
+                    .min()
+                    .unwrap_or(now_ms);
+                let wait_end = if oldest + route.group_wait_ms <= now_ms {
+                    now_ms
+                } else {
+                    now_ms + route.group_wait_ms
+                };
+                AggGroup {
+                    next_flush_ms: wait_end,
+                    flushed: false,
+                }
+            });
+            if now_ms < g.next_flush_ms {
+                continue;
+            }
+            let Some(receiver) = cfg.receivers.get(&route.receiver) else {
+                continue;
+            };
+            let muted = |a: &Alert| {
+                silences.iter().any(|s| s.silences(&a.labels, now_ms))
+                    || inhibited(&cfg.inhibit_rules, &a.labels, &firing_labels)
+            };
+            let firing: Vec<&Alert> = members
+                .iter()
+                .copied()
+                .filter(|a| a.state == AlertStatus::Firing && !muted(a))
+                .collect();
+            let resolved: Vec<&Alert> = members
+                .iter()
+                .copied()
+                .filter(|a| a.state == AlertStatus::Inactive)
+                .collect();
+            let firing_fp: BTreeSet<String> =
+                firing.iter().map(|a| fingerprint(&a.labels)).collect();
+            let resolved_fp: BTreeSet<String> =
+                resolved.iter().map(|a| fingerprint(&a.labels)).collect();
+            let mut any_busy = false;
+            for (i, w) in receiver.webhooks.iter().enumerate() {
+                let key = nflog_key(&gk, &receiver.name, i);
+                if busy.contains(&key) {
+                    any_busy = true;
+                    continue;
+                }
+                if !needs_update(
+                    nflog.get(&key),
+                    &firing_fp,
+                    &resolved_fp,
+                    w.send_resolved,
+                    route.repeat_interval_ms,
+                    now_ms,
+                ) {
+                    continue;
+                }
+                let mut list: Vec<serde_json::Value> = firing
+                    .iter()
+                    .map(|a| alert_json(a, "firing", external_url))
+                    .collect();
+                if w.send_resolved {
+                    list.extend(
+                        resolved
+                            .iter()
+                            .map(|a| alert_json(a, "resolved", external_url)),
+                    );
+                }
+                let total = list.len();
+                let truncated = if w.max_alerts > 0 && total > w.max_alerts {
+                    total - w.max_alerts
+                } else {
+                    0
+                };
+                list.truncate(total - truncated);
+                let common =
+                    |f: &dyn Fn(&Alert) -> &BTreeMap<String, String>| -> BTreeMap<String, String> {
+                        let sent: Vec<&Alert> = firing
+                            .iter()
+                            .copied()
+                            .chain(resolved.iter().copied().filter(|_| w.send_resolved))
+                            .collect();
+                        let mut c = sent.first().map(|a| f(a).clone()).unwrap_or_default();
+                        c.retain(|k, v| sent.iter().all(|a| f(a).get(k) == Some(v)));
+                        c
+                    };
+                let payload = (!list.is_empty()).then(|| {
+                    serde_json::json!({
+                        "version": "4",
+                        "groupKey": gk,
+                        "truncatedAlerts": truncated,
+                        "status": if firing.is_empty() { "resolved" } else { "firing" },
+                        "receiver": receiver.name,
+                        "groupLabels": group_labels,
+                        "commonLabels": common(&|a| &a.labels),
+                        "commonAnnotations": common(&|a| &a.annotations),
+                        "externalURL": external_url,
+                        "alerts": list,
+                    })
+                });
+                out.push(Notification {
+                    nflog_key: key,
+                    entry: NflogEntry {
+                        group_key: gk.clone(),
+                        receiver: receiver.name.clone(),
+                        timestamp_ms: now_ms,
+                        firing: firing_fp.clone(),
+                        resolved: resolved_fp.clone(),
+                    },
+                    url: w.url.clone(),
+                    payload,
+                    alerts: total - truncated,
+                });
+            }
+            // A group with a send in flight is looked at again next tick.
+            if !any_busy {
+                g.next_flush_ms = now_ms + route.group_interval_ms;
+                g.flushed = true;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(name: &str, member: &str, state: AlertStatus, at: i64) -> Alert {
+        let mut labels = Labels::new();
+        labels.insert("alertname".into(), name.into());
+        labels.insert("member".into(), member.into());
+        labels.insert("severity".into(), "critical".into());
+        Alert {
+            labels,
+            annotations: BTreeMap::new(),
+            state,
+            active_at_ms: at,
+            fired_at_ms: Some(at),
+            resolved_at_ms: (state == AlertStatus::Inactive).then_some(at + 1),
+            last_seen_ms: at,
+            keep_firing_since_ms: None,
+            value: 0.0,
+        }
+    }
+
+    const CFG: &str = "route:\n  receiver: hook\n  group_by: [alertname, member]\n  group_wait: 1s\n  group_interval: 2s\n  repeat_interval: 1h\n  routes:\n  - matchers: ['severity=\"info\"']\n    receiver: other\nreceivers:\n- name: hook\n  webhook_configs:\n  - url: http://127.0.0.1:1/x\n- name: other\ninhibit_rules:\n- source_matchers: [alertname=\"NoQuorum\"]\n  target_matchers: [alertname=\"Down\"]\n";
+
+    #[test]
+    fn groups_wait_dedup_repeat_and_resolve() {
+        let cfg = parse_am_config("am.yml", CFG).unwrap();
+        let mut d = Dispatcher::new();
+        let mut log = BTreeMap::new();
+        let none = BTreeSet::new();
+        let firing = vec![alert("Down", "n2", AlertStatus::Firing, 10_000)];
+        assert!(
+            d.tick(&cfg, &firing, &[], &log, &none, 10_000, "")
+                .is_empty(),
+            "group_wait"
+        );
+        let n = d.tick(&cfg, &firing, &[], &log, &none, 11_000, "");
+        assert_eq!(n.len(), 1);
+        let p = n[0].payload.as_ref().unwrap();
+        assert_eq!(p["version"], "4");
+        assert_eq!(p["status"], "firing");
+        assert_eq!(p["groupLabels"]["member"], "n2");
+        log.insert(n[0].nflog_key.clone(), n[0].entry.clone());
+        // nothing new within repeat_interval, even for a new dispatcher (a new leader)
+        assert!(d
+            .tick(&cfg, &firing, &[], &log, &none, 14_000, "")
+            .is_empty());
+        let mut d2 = Dispatcher::new();
+        assert!(d2
+            .tick(&cfg, &firing, &[], &log, &none, 20_000, "")
+            .is_empty());
+        // repeat
+        assert_eq!(
+            d2.tick(&cfg, &firing, &[], &log, &none, 11_000 + 3_600_001, "")
+                .len(),
+            1
+        );
+        // resolved: sent once
+        let resolved = vec![alert("Down", "n2", AlertStatus::Inactive, 10_000)];
+        let n = d.tick(&cfg, &resolved, &[], &log, &none, 30_000, "");
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].payload.as_ref().unwrap()["status"], "resolved");
+        log.insert(n[0].nflog_key.clone(), n[0].entry.clone());
+        assert!(d
+            .tick(&cfg, &resolved, &[], &log, &none, 40_000, "")
+            .is_empty());
+    }
+
+    #[test]
+    fn silences_and_inhibition_mute() {
+        let cfg = parse_am_config("am.yml", CFG).unwrap();
+        let log = BTreeMap::new();
+        let none = BTreeSet::new();
+        let firing = vec![alert("Down", "n2", AlertStatus::Firing, 0)];
+        let s = Silence {
+            id: "1".into(),
+            matchers: vec!["member=\"n2\"".into()],
+            starts_at_ms: 0,
+            ends_at_ms: 100_000,
+            created_by: "me".into(),
+            comment: "maintenance".into(),
+        };
+        assert!(Dispatcher::new()
+            .tick(
+                &cfg,
+                &firing,
+                std::slice::from_ref(&s),
+                &log,
+                &none,
+                50_000,
+                ""
+            )
+            .is_empty());
+        assert_eq!(
+            Dispatcher::new()
+                .tick(&cfg, &firing, &[s], &log, &none, 100_000, "")
+                .len(),
+            1
+        );
+        let mut both = firing.clone();
+        both.push(alert("NoQuorum", "n1", AlertStatus::Firing, 0));
+        let n = Dispatcher::new().tick(&cfg, &both, &[], &log, &none, 50_000, "");
+        assert_eq!(n.len(), 1);
+        assert_eq!(
+            n[0].payload.as_ref().unwrap()["groupLabels"]["alertname"],
+            "NoQuorum"
+        );
+    }
+
+    #[test]
+    fn bad_config_names_field_and_line() {
+        let e = parse_am_config(
+            "am.yml",
+            "route:\n  receiver: nope\nreceivers:\n- name: hook\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("nope") && e.line == Some(2), "{e}");
+        let e = parse_am_config(
+            "am.yml",
+            "route:\n  receiver: hook\n  group_wait: soon\nreceivers:\n- name: hook\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("group_wait") && e.line == Some(3),
+            "{e}"
+        );
+        let e = parse_am_config(
+            "am.yml",
+            "route:\n  receiver: hook\nreceivers:\n- name: hook\n  email_configs:\n  - to: a@b\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("email_configs") && e.line == Some(5),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,624 @@
+//! `backup now`: one snapshot stream, chunked once, uploaded to every destination
+//! independently.
+//!
+//! Pipeline (memory bounded by `upload_concurrency` × `chunk_max_bytes` plus a few
+//! snapshot messages):
+//! ```text
+//! member Snapshot stream ─▶ mpsc(source_queue_messages) ─▶ [blocking thread]
+//!   Normalizer (checks CRC32/SHA-256, drops Raft bookkeeping) ─▶ FastCDC ─▶ SHA-256
+//!   ─▶ mpsc(2) ─▶ [async] per destination: known chunk? reuse : zstd+age once, upload
+//!   (≤ upload_concurrency in flight, bounded retries) ─▶ summary.json ─▶ manifest.age (LAST)
+//! ```
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::dest::{Destination, RetrySettings, S3Settings};
+use crate::error::BackupError;
+use crate::format::*;
+use crate::snapstream::{ChannelReader, Normalizer, StreamInfo};
+
+/// Settings of `backup now`. Limits carry their unit in their name.
+#[derive(Clone, Debug)]
+pub struct BackupSettings {
+    pub destinations: Vec<String>,
+    /// age X25519 public keys (`age1…`); at least one.
+    pub recipients: Vec<String>,
+    pub s3: S3Settings,
+    pub retry: RetrySettings,
+    /// Used when a destination holds no repository yet; an existing repository keeps its own.
+    pub chunker: ChunkerSettings,
+    pub zstd_level: i32,
+    /// Chunk uploads in flight at once (over all destinations).
+    pub upload_concurrency: usize,
+    /// Snapshot messages buffered between the member and the chunker.
+    pub source_queue_messages: usize,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            destinations: Vec::new(),
+            recipients: Vec::new(),
+            s3: S3Settings::default(),
+            retry: RetrySettings::default(),
+            chunker: ChunkerSettings::default(),
+            zstd_level: 3,
+            upload_concurrency: 4,
+            source_queue_messages: 8,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Where the snapshot comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A member's Maintenance.Snapshot (the first endpoint that answers).
+    Endpoints(Vec<String>),
+    /// A snapshot file saved from a Phalanx member by `etcdctl snapshot save`.
+    File(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct DestinationOutcome {
+    pub url: String,
+    pub error: Option<BackupError>,
+    pub new_chunks: u64,
+    pub uploaded_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct BackupOutcome {
+    pub id: String,
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub snapshot_bytes: u64,
+    pub chunks: u64,
+    pub elapsed: Duration,
+    pub destinations: Vec<DestinationOutcome>,
+}
+
+impl BackupOutcome {
+    /// Error when any destination failed (the others still hold a complete backup).
+    pub fn into_result(self) -> Result<BackupOutcome, BackupError> {
+        let failed: Vec<String> = self
+            .destinations
+            .iter()
+            .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.url)))
+            .collect();
+        if failed.is_empty() {
+            Ok(self)
+        } else {
+            Err(BackupError::SomeDestinationsFailed {
+                failed: failed.len(),
+                total: self.destinations.len(),
+                details: failed.join("; "),
+            })
+        }
+    }
+}
+
+struct DestState {
+    dest: Option<Destination>,
+    url: String,
+    error: Option<BackupError>,
+    /// plaintext sha256 → (object sha256, object size)
+    known: HashMap<String, (String, u64)>,
+    chunks: Vec<ChunkRef>,
+    new_chunks: u64,
+    uploaded_bytes: u64,
+    stored_bytes: u64,
+}
+
+impl DestState {
+    fn ok(&self) -> bool {
+        self.error.is_none() && self.dest.is_some()
+    }
+}
+
+async fn prepare(
+    d: &Destination,
+    chunker: ChunkerSettings,
+) -> Result<(RepoConfig, HashMap<String, (String, u64)>), BackupError> {
+    let cfg = match d.get(CONFIG_KEY).await? {
+        Some(b) => {
+            let cfg: RepoConfig =
+                serde_json::from_slice(&b).map_err(|e| BackupError::CorruptObject {
+                    url: d.url.clone(),
+                    object: CONFIG_KEY.into(),
+                    detail: e.to_string(),
+                })?;
+            if cfg.format != "phalanx-backup" || cfg.version != FORMAT_VERSION {
+                return Err(BackupError::CorruptObject {
+                    url: d.url.clone(),
+                    object: CONFIG_KEY.into(),
+                    detail: format!(
+                        "format {:?} version {} is not one this phalanx writes",
+                        cfg.format, cfg.version
+                    ),
+                });
+            }
+            cfg
+        }
+        None => {
+            let cfg = RepoConfig {
+                format: "phalanx-backup".into(),
+                version: FORMAT_VERSION,
+                chunker,
+                created_at: now_rfc3339().0,
+            };
+            d.put(
+                CONFIG_KEY,
+                Bytes::from(serde_json::to_vec_pretty(&cfg).expect("json")),
+            )
+            .await?;
+            cfg
+        }
+    };
+    let mut known = HashMap::new();
+    for (key, size) in d.list(CHUNKS_PREFIX).await? {
+        if let Some((p, o)) = parse_chunk_key(&key) {
+            known.insert(p, (o, size));
+        }
+    }
+    Ok((cfg, known))
+}
+
+struct Taken {
+    endpoint: String,
+    cluster_id: u64,
+    member_id: u64,
+    client: Option<etcd_client::Client>,
+}
+
+/// Start the source: spawn a task pumping its bytes into `tx`.
+async fn open_source(
+    source: &Source,
+    settings: &BackupSettings,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<Taken, BackupError> {
+    match source {
+        Source::File(path) => {
+            let mut f =
+                std::fs::File::open(path).map_err(BackupError::io("open snapshot file", path))?;
+            tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match f.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if tx
+                                .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            break;
+                        }
+                    }
+                }
+            });
+            Ok(Taken {
+                endpoint: path.display().to_string(),
+                cluster_id: 0,
+                member_id: 0,
+                client: None,
+            })
+        }
+        Source::Endpoints(eps) => {
+            let mut last = String::from("no endpoints given");
+            for ep in eps {
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+                let client = match etcd_client::Client::connect([ep.as_str()], Some(opts)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = format!("{ep}: {e}");
+                        continue;
+                    }
+                };
+                let mut stream = match client.maintenance_client().snapshot().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = format!("{ep}: {e}");
+                        continue;
+                    }
+                };
+                let first = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        last = format!("{ep}: empty snapshot stream");
+                        continue;
+                    }
+                    Err(e) => {
+                        last = format!("{ep}: {e}");
+                        continue;
+                    }
+                };
+                let (cluster_id, member_id) = first
+                    .header()
+                    .map(|h| (h.cluster_id(), h.member_id()))
+                    .unwrap_or((0, 0));
+                let first_blob = Bytes::copy_from_slice(first.blob());
+                let ep2 = ep.clone();
+                tokio::spawn(async move {
+                    if tx.send(Ok(first_blob)).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(m)) => {
+                                if tx.send(Ok(Bytes::copy_from_slice(m.blob()))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => return,
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Err(std::io::Error::other(format!(
+                                        "{ep2}: snapshot stream broke: {e}"
+                                    ))))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                });
+                return Ok(Taken {
+                    endpoint: ep.clone(),
+                    cluster_id,
+                    member_id,
+                    client: Some(client),
+                });
+            }
+            Err(BackupError::Source {
+                endpoints: eps.clone(),
+                detail: last,
+            })
+        }
+    }
+}
+
+/// HashKV at `revision` of a normalized stream, by installing it into a scratch store.
+pub(crate) fn hash_kv_of_stream(
+    r: &mut dyn Read,
+    revision: i64,
+    scratch: &std::path::Path,
+) -> Result<u32, BackupError> {
+    let path = scratch.join("kv.redb");
+    let store = mvcc::Store::open(&path).map_err(|e| BackupError::Store {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    store.install_snapshot(r).map_err(|e| BackupError::Store {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    let (h, _, _) = store.hash_kv(revision).map_err(|e| BackupError::Store {
+        path,
+        detail: format!("HashKV at {revision}: {e}"),
+    })?;
+    Ok(h)
+}
+
+type Upload =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Result<(), BackupError>)> + Send>>;
+
+/// Take one full backup from `source` to every destination of `settings`.
+/// Destinations are independent: the outcome reports each one; call
+/// [`BackupOutcome::into_result`] to turn any failure into an error.
+pub async fn backup_now(
+    source: &Source,
+    settings: &BackupSettings,
+) -> Result<BackupOutcome, BackupError> {
+    let started = std::time::Instant::now();
+    let recipients = parse_recipients(&settings.recipients)?;
+    if settings.destinations.is_empty() {
+        return Err(BackupError::BadDestination {
+            url: String::new(),
+            detail: "no destination given (pass --to URL)".into(),
+        });
+    }
+    // Open and prepare every destination; one failing never stops the others.
+    let mut dests: Vec<DestState> = Vec::new();
+    let mut chunker: Option<ChunkerSettings> = None;
+    for url in &settings.destinations {
+        let mut st = DestState {
+            dest: None,
+            url: url.clone(),
+            error: None,
+            known: HashMap::new(),
+            chunks: Vec::new(),
+            new_chunks: 0,
+            uploaded_bytes: 0,
+            stored_bytes: 0,
+        };
+        match Destination::open(url, &settings.s3, &settings.retry) {
+            Err(e) => st.error = Some(e),
+            Ok(d) => match prepare(&d, settings.chunker).await {
+                Ok((cfg, known)) => {
+                    if let Some(c) = chunker {
+                        if c != cfg.chunker {
+                            tracing::warn!("destination {url} was created with other chunk sizes ({:?}); dedup there is reduced", cfg.chunker);
+                        }
+                    } else {
+                        chunker = Some(cfg.chunker);
+                    }
+                    st.known = known;
+                    st.dest = Some(d);
+                }
+                Err(e) => st.error = Some(e),
+            },
+        }
+        dests.push(st);
+    }
+    if !dests.iter().any(DestState::ok) {
+        return Ok(finish_outcome(String::new(), 0, 0, 0, 0, started, dests));
+    }
+    let chunker = chunker.unwrap_or(settings.chunker);
+
+    // Source → blocking chunker thread → async uploader.
+    let (src_tx, src_rx) = tokio::sync::mpsc::channel(settings.source_queue_messages.max(1));
+    let taken = open_source(source, settings, src_tx).await?;
+    let etcd_trailer = true;
+    let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(2);
+    let endpoint = taken.endpoint.clone();
+    let chunk_thread =
+        tokio::task::spawn_blocking(move || -> Result<StreamInfo, std::io::Error> {
+            let (norm, info) = Normalizer::new(ChannelReader::new(src_rx), etcd_trailer);
+            let cdc = fastcdc::v2020::StreamCDC::new(
+                norm,
+                chunker.chunk_min_bytes,
+                chunker.chunk_avg_bytes,
+                chunker.chunk_max_bytes,
+            );
+            for c in cdc {
+                let c = c.map_err(|e| match e {
+                    fastcdc::v2020::Error::IoError(e) => e,
+                    e => std::io::Error::other(e.to_string()),
+                })?;
+                let sha = hex(&Sha256::digest(&c.data));
+                if chunk_tx.blocking_send((sha, Bytes::from(c.data))).is_err() {
+                    return Err(std::io::Error::other("uploader stopped"));
+                }
+            }
+            let i = info.lock().expect("info").clone();
+            Ok(i)
+        });
+
+    let mut uploads: FuturesUnordered<Upload> = FuturesUnordered::new();
+    let mut chunks = 0u64;
+    while let Some((sha, data)) = chunk_rx.recv().await {
+        chunks += 1;
+        let needing: Vec<usize> = (0..dests.len())
+            .filter(|&i| dests[i].ok() && !dests[i].known.contains_key(&sha))
+            .collect();
+        let mut sealed: Option<(String, Bytes)> = None;
+        if !needing.is_empty() {
+            let recips = recipients.clone();
+            let level = settings.zstd_level;
+            let d2 = data.clone();
+            let obj = tokio::task::spawn_blocking(move || seal(&d2, &recips, level))
+                .await
+                .expect("seal task")
+                .map_err(|e| BackupError::Snapshot {
+                    endpoint: endpoint.clone(),
+                    detail: format!("encrypting a chunk: {e}"),
+                })?;
+            sealed = Some((sha256_hex(&obj), Bytes::from(obj)));
+        }
+        for (i, st) in dests.iter_mut().enumerate() {
+            if !st.ok() {
+                continue;
+            }
+            let (osha, size) = match st.known.get(&sha) {
+                Some((o, s)) => (o.clone(), *s),
+                None => {
+                    let (osha, obj) = sealed.clone().expect("sealed when needed");
+                    let size = obj.len() as u64;
+                    st.known.insert(sha.clone(), (osha.clone(), size));
+                    st.new_chunks += 1;
+                    st.uploaded_bytes += size;
+                    let d = st.dest.clone().expect("ok dest");
+                    let key = chunk_key(&sha, &osha);
+                    uploads.push(Box::pin(async move { (i, d.put(&key, obj).await) }));
+                    (osha, size)
+                }
+            };
+            st.stored_bytes += size;
+            st.chunks.push(ChunkRef {
+                sha256: sha.clone(),
+                object_sha256: osha,
+                len: data.len() as u32,
+            });
+        }
+        while uploads.len() >= settings.upload_concurrency.max(1) {
+            if let Some((i, Err(e))) = uploads.next().await {
+                dests[i].error.get_or_insert(e);
+            }
+        }
+    }
+    while let Some((i, r)) = uploads.next().await {
+        if let Err(e) = r {
+            dests[i].error.get_or_insert(e);
+        }
+    }
+    let info = chunk_thread
+        .await
+        .expect("chunker thread")
+        .map_err(|e| BackupError::Snapshot {
+            endpoint: taken.endpoint.clone(),
+            detail: e.to_string(),
+        })?;
+    let (Some(revision), Some(compact_revision)) = (info.revision, info.compact_revision) else {
+        return Err(BackupError::Snapshot {
+            endpoint: taken.endpoint.clone(),
+            detail: "no revision counters in the snapshot".into(),
+        });
+    };
+
+    // HashKV at the backup revision, from the member itself (or computed for a file).
+    let hash_kv = match taken.client.clone() {
+        Some(c) => c
+            .maintenance_client()
+            .hash_kv(revision)
+            .await
+            .map_err(|e| BackupError::Snapshot {
+                endpoint: taken.endpoint.clone(),
+                detail: format!("HashKV at revision {revision}: {e}"),
+            })?
+            .hash(),
+        None => {
+            let Source::File(path) = source else {
+                unreachable!("no client only for files")
+            };
+            let path = path.clone();
+            let ep = taken.endpoint.clone();
+            tokio::task::spawn_blocking(move || -> Result<u32, BackupError> {
+                let f = std::fs::File::open(&path)
+                    .map_err(BackupError::io("open snapshot file", &path))?;
+                let (mut norm, _) = Normalizer::new(std::io::BufReader::new(f), true);
+                let dir = tempfile::tempdir()
+                    .map_err(BackupError::io("create scratch dir", std::env::temp_dir()))?;
+                hash_kv_of_stream(&mut norm, revision, dir.path()).map_err(|e| {
+                    BackupError::Snapshot {
+                        endpoint: ep,
+                        detail: e.to_string(),
+                    }
+                })
+            })
+            .await
+            .expect("hash task")?
+        }
+    };
+
+    let (created_at, created_unix_ms) = now_rfc3339();
+    let id = format!(
+        "{created_unix_ms:013}-r{revision}-{:08x}",
+        rand::random::<u32>()
+    );
+    let cluster_id = format!("{:x}", taken.cluster_id);
+    for st in dests.iter_mut().filter(|s| s.ok()) {
+        let d = st.dest.clone().expect("ok");
+        let manifest = Manifest {
+            format: "phalanx-backup-manifest".into(),
+            version: FORMAT_VERSION,
+            id: id.clone(),
+            created_at: created_at.clone(),
+            created_unix_ms,
+            phalanx_version: env!("CARGO_PKG_VERSION").into(),
+            cluster_id: cluster_id.clone(),
+            member_id: format!("{:x}", taken.member_id),
+            source_endpoint: taken.endpoint.clone(),
+            revision,
+            compact_revision,
+            hash_kv,
+            snapshot_bytes: info.bytes_out,
+            snapshot_sha256: info.sha256_out.clone(),
+            snapshot_records: info.records_out,
+            chunker,
+            chunks: std::mem::take(&mut st.chunks),
+        };
+        let json = serde_json::to_vec(&manifest).expect("json");
+        let obj = match seal(&json, &recipients, settings.zstd_level) {
+            Ok(o) => o,
+            Err(e) => {
+                st.error = Some(BackupError::Manifest {
+                    url: st.url.clone(),
+                    backup: id.clone(),
+                    detail: format!("encrypting: {e}"),
+                });
+                continue;
+            }
+        };
+        st.stored_bytes += obj.len() as u64;
+        st.uploaded_bytes += obj.len() as u64;
+        let mut summary = Summary {
+            format: "phalanx-backup-summary".into(),
+            version: FORMAT_VERSION,
+            id: id.clone(),
+            created_at: created_at.clone(),
+            created_unix_ms,
+            revision,
+            compact_revision,
+            cluster_id: cluster_id.clone(),
+            phalanx_version: env!("CARGO_PKG_VERSION").into(),
+            recipients: settings
+                .recipients
+                .iter()
+                .map(|r| r.trim().to_string())
+                .collect(),
+            snapshot_bytes: info.bytes_out,
+            chunks,
+            new_chunks: st.new_chunks,
+            stored_bytes: st.stored_bytes,
+            uploaded_bytes: st.uploaded_bytes,
+            manifest_sha256: sha256_hex(&obj),
+        };
+        let summary_len = serde_json::to_vec_pretty(&summary).expect("json").len() as u64;
+        summary.uploaded_bytes += summary_len;
+        st.uploaded_bytes = summary.uploaded_bytes;
+        let sj = serde_json::to_vec_pretty(&summary).expect("json");
+        // The summary first, the manifest LAST: a backup exists once its manifest does.
+        let r = async {
+            d.put(&backup_key(&id, SUMMARY_NAME), Bytes::from(sj))
+                .await?;
+            d.put(&backup_key(&id, MANIFEST_NAME), Bytes::from(obj))
+                .await
+        }
+        .await;
+        if let Err(e) = r {
+            st.error = Some(e);
+        }
+    }
+    Ok(finish_outcome(
+        id,
+        revision,
+        compact_revision,
+        info.bytes_out,
+        chunks,
+        started,
+        dests,
+    ))
+}
+
+fn finish_outcome(
+    id: String,
+    revision: i64,
+    compact_revision: i64,
+    snapshot_bytes: u64,
+    chunks: u64,
+    started: std::time::Instant,
+    dests: Vec<DestState>,
+) -> BackupOutcome {
+    BackupOutcome {
+        id,
+        revision,
+        compact_revision,
+        snapshot_bytes,
+        chunks,
+        elapsed: started.elapsed(),
+        destinations: dests
+            .into_iter()
+            .map(|s| DestinationOutcome {
+                url: s.url,
+                error: s.error,
+                new_chunks: s.new_chunks,
+                uploaded_bytes: s.uploaded_bytes,
+                stored_bytes: s.stored_bytes,
+            })
+            .collect(),
+    }
+}

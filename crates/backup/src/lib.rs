@@ -1,0 +1,36 @@
+//! # backup — Phalanx backups and disaster recovery
+//!
+//! A backup is one member's Maintenance.Snapshot (the whole MVCC state, including the
+//! history since the last compaction, read in one transaction: consistent across keys,
+//! leases and revisions), cut into content-defined chunks (FastCDC), each addressed by
+//! the SHA-256 of its plaintext, zstd-compressed and encrypted to age X25519
+//! recipients, uploaded to one or more destinations (`file://`, `s3://`) through
+//! `object_store`. An encrypted JSON manifest, written last, makes the backup exist.
+//! Format: docs/backup-format.md; operations: docs/backup.md.
+//!
+//! * [`backup_now`] — take a backup (a host with only the public key can).
+//! * [`list_backups`] — complete backups at a destination.
+//! * [`verify`] — read and check every object, replay into a scratch store, compare
+//!   HashKV at the backup revision.
+//! * [`restore()`] — write a new member's data dir at a revision or time.
+//!
+//! Memory stays bounded: the snapshot streams through the chunker; at most
+//! `upload_concurrency` chunks of at most `chunk_max_bytes` are in flight.
+
+mod backup;
+mod dest;
+mod error;
+pub mod format;
+mod repo;
+mod restore;
+pub mod snapstream;
+
+pub use backup::{backup_now, BackupOutcome, BackupSettings, DestinationOutcome, Source};
+pub use dest::{Destination, RetrySettings, S3Settings};
+pub use error::BackupError;
+pub use format::ChunkerSettings;
+pub use repo::{list_backups, BackupEntry};
+pub use restore::{
+    choose, restore, verify, ReadSettings, RestoreReport, RestoreSettings, Target, VerifyReport,
+    DEFAULT_BUMP_REVISION,
+};

@@ -1,0 +1,304 @@
+//! The member's snapshot stream, read record by record with bounded memory.
+//!
+//! A member's Maintenance.Snapshot stream is an mvcc snapshot stream (see
+//! `crates/mvcc/src/snapshot.rs`: magic, version, tagged records, end marker, record
+//! count, CRC32) followed by etcd's trailer (zero padding to a multiple of 512 bytes whose
+//! last 8 bytes are the payload length, then SHA-256 of everything before it).
+//!
+//! [`Normalizer`] checks all of it while it passes through (CRC32, record count, payload
+//! length, SHA-256) and yields the *normalized* stream that a backup stores: the same
+//! mvcc snapshot format without the Raft bookkeeping record (`applied_meta`) and without
+//! etcd's trailer, with a recomputed count and CRC32. So two backups of an unchanged store
+//! are byte-identical (dedup), and the stored stream installs directly with
+//! `mvcc::Store::install_snapshot`.
+
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+pub const MAGIC: &[u8; 8] = b"PHXMVCC\0";
+pub const SNAP_VERSION: u32 = 1;
+pub const T_META: u8 = 1;
+pub const T_REV: u8 = 2;
+pub const T_INDEX: u8 = 3;
+pub const T_KEY_REV: u8 = 4;
+pub const T_LEASE: u8 = 5;
+pub const T_LEASE_KEY: u8 = 6;
+pub const T_END: u8 = 0xFF;
+/// Largest record key/value accepted while parsing (etcd's limits are far below).
+pub const MAX_RECORD_PART_BYTES: usize = 256 * 1024 * 1024;
+/// etcd's trailer is at most 512 bytes of padding + 8 + 32.
+const MAX_TRAILER_BYTES: usize = 512 + 8 + 32;
+
+/// What the stream said about itself; complete once the stream has been read to its end.
+#[derive(Clone, Debug, Default)]
+pub struct StreamInfo {
+    pub revision: Option<i64>,
+    pub compact_revision: Option<i64>,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub bytes_out: u64,
+    pub sha256_out: String,
+    pub finished: bool,
+}
+
+enum State {
+    Header,
+    Records,
+    Done,
+}
+
+/// Read adapter: member snapshot stream in, normalized stream out.
+pub struct Normalizer<R: Read> {
+    inner: R,
+    state: State,
+    /// Bytes ready to be returned by `read`.
+    out: Vec<u8>,
+    out_pos: usize,
+    crc_in: crc32fast::Hasher,
+    crc_out: crc32fast::Hasher,
+    sha_in: Sha256,
+    sha_out: Sha256,
+    payload_in: u64,
+    info: Arc<Mutex<StreamInfo>>,
+    /// Whether the input carries etcd's trailer (a member's Maintenance.Snapshot or an
+    /// `etcdctl snapshot save` file) or is already a bare mvcc stream.
+    etcd_trailer: bool,
+}
+
+fn bad(detail: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, detail.into())
+}
+
+impl<R: Read> Normalizer<R> {
+    pub fn new(inner: R, etcd_trailer: bool) -> (Self, Arc<Mutex<StreamInfo>>) {
+        let info = Arc::new(Mutex::new(StreamInfo::default()));
+        (
+            Normalizer {
+                inner,
+                state: State::Header,
+                out: Vec::with_capacity(1 << 16),
+                out_pos: 0,
+                crc_in: crc32fast::Hasher::new(),
+                crc_out: crc32fast::Hasher::new(),
+                sha_in: Sha256::new(),
+                sha_out: Sha256::new(),
+                payload_in: 0,
+                info: info.clone(),
+                etcd_trailer,
+            },
+            info,
+        )
+    }
+
+    /// Read exactly `buf.len()` payload bytes, feeding the input checksums.
+    fn take(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                bad(format!("stream truncated after {} bytes", self.payload_in))
+            } else {
+                e
+            }
+        })?;
+        self.crc_in.update(buf);
+        self.sha_in.update(&*buf);
+        self.payload_in += buf.len() as u64;
+        Ok(())
+    }
+
+    fn take_part(&mut self) -> io::Result<Vec<u8>> {
+        let mut l = [0u8; 4];
+        self.take(&mut l)?;
+        let len = u32::from_le_bytes(l) as usize;
+        if len > MAX_RECORD_PART_BYTES {
+            return Err(bad(format!("record part of {len} bytes is too large")));
+        }
+        let mut v = vec![0u8; len];
+        self.take(&mut v)?;
+        Ok(v)
+    }
+
+    fn emit(&mut self, b: &[u8]) {
+        self.crc_out.update(b);
+        self.out.extend_from_slice(b);
+    }
+
+    fn emit_record(&mut self, tag: u8, k: &[u8], v: &[u8]) {
+        self.emit(&[tag]);
+        self.emit(&(k.len() as u32).to_le_bytes());
+        self.emit(k);
+        self.emit(&(v.len() as u32).to_le_bytes());
+        self.emit(v);
+        self.info.lock().expect("info").records_out += 1;
+    }
+
+    /// Produce the next piece of output into `self.out`.
+    fn step(&mut self) -> io::Result<()> {
+        match self.state {
+            State::Header => {
+                let mut hdr = [0u8; 12];
+                self.take(&mut hdr)?;
+                if &hdr[..8] != MAGIC {
+                    return Err(bad("not a Phalanx snapshot (bad magic): backups take snapshots from Phalanx members"));
+                }
+                let ver = u32::from_le_bytes(hdr[8..].try_into().expect("4"));
+                if ver != SNAP_VERSION {
+                    return Err(bad(format!("unsupported snapshot version {ver}")));
+                }
+                self.emit(&hdr);
+                self.state = State::Records;
+            }
+            State::Records => {
+                let mut tag = [0u8; 1];
+                self.take(&mut tag)?;
+                if tag[0] == T_END {
+                    let mut n = [0u8; 8];
+                    self.take(&mut n)?;
+                    let records_in = self.info.lock().expect("info").records_in;
+                    if u64::from_le_bytes(n) != records_in {
+                        return Err(bad(format!(
+                            "record count mismatch: trailer says {}, stream has {records_in}",
+                            u64::from_le_bytes(n)
+                        )));
+                    }
+                    let want = self.crc_in.clone().finalize();
+                    let mut c = [0u8; 4];
+                    self.inner
+                        .read_exact(&mut c)
+                        .map_err(|_| bad("stream truncated in its CRC"))?;
+                    self.sha_in.update(c);
+                    self.payload_in += 4;
+                    if u32::from_le_bytes(c) != want {
+                        return Err(bad("CRC32 mismatch: the snapshot stream is corrupted"));
+                    }
+                    if self.etcd_trailer {
+                        self.check_etcd_trailer()?;
+                    } else {
+                        let mut extra = [0u8; 1];
+                        if self.inner.read(&mut extra)? != 0 {
+                            return Err(bad("trailing bytes after the snapshot"));
+                        }
+                    }
+                    let records_out = self.info.lock().expect("info").records_out;
+                    self.emit(&[T_END]);
+                    self.emit(&records_out.to_le_bytes());
+                    let crc = self.crc_out.clone().finalize();
+                    self.out.extend_from_slice(&crc.to_le_bytes());
+                    self.state = State::Done;
+                    return Ok(());
+                }
+                let k = self.take_part()?;
+                let v = self.take_part()?;
+                let mut info = self.info.lock().expect("info");
+                info.records_in += 1;
+                if tag[0] == T_META {
+                    match k.as_slice() {
+                        b"applied_meta" => return Ok(()),
+                        b"rev" | b"compact_rev" => {
+                            let x = i64::from_le_bytes(
+                                v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
+                            );
+                            if k == b"rev" {
+                                info.revision = Some(x)
+                            } else {
+                                info.compact_revision = Some(x)
+                            }
+                        }
+                        _ => {}
+                    }
+                } else if !(T_REV..=T_LEASE_KEY).contains(&tag[0]) {
+                    return Err(bad(format!("unknown record tag {}", tag[0])));
+                }
+                drop(info);
+                self.emit_record(tag[0], &k, &v);
+            }
+            State::Done => {}
+        }
+        Ok(())
+    }
+
+    fn check_etcd_trailer(&mut self) -> io::Result<()> {
+        let mut rest = Vec::new();
+        (&mut self.inner)
+            .take(MAX_TRAILER_BYTES as u64 + 1)
+            .read_to_end(&mut rest)?;
+        if rest.len() > MAX_TRAILER_BYTES || rest.len() < 40 {
+            return Err(bad(format!(
+                "unexpected trailer of {} bytes after the snapshot",
+                rest.len()
+            )));
+        }
+        let (body, digest) = rest.split_at(rest.len() - 32);
+        let len = u64::from_le_bytes(body[body.len() - 8..].try_into().expect("8"));
+        if len != self.payload_in {
+            return Err(bad(format!(
+                "trailer says {len} payload bytes, stream had {}",
+                self.payload_in
+            )));
+        }
+        self.sha_in.update(body);
+        if self.sha_in.clone().finalize().as_slice() != digest {
+            return Err(bad(
+                "SHA-256 trailer mismatch: the snapshot stream is corrupted",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Normalizer<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.out_pos >= self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if matches!(self.state, State::Done) {
+                let mut info = self.info.lock().expect("info");
+                if !info.finished {
+                    info.finished = true;
+                    info.sha256_out = crate::format::hex(&self.sha_out.clone().finalize());
+                }
+                return Ok(0);
+            }
+            self.step()?;
+        }
+        let n = buf.len().min(self.out.len() - self.out_pos);
+        buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+        self.sha_out.update(&buf[..n]);
+        self.out_pos += n;
+        self.info.lock().expect("info").bytes_out += n as u64;
+        Ok(n)
+    }
+}
+
+/// A blocking `Read` over byte buffers sent from async code; an `Err` item ends the
+/// stream with that error.
+pub struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    cur: bytes::Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>) -> Self {
+        ChannelReader {
+            rx,
+            cur: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(b)) => self.cur = b,
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        bytes::Buf::advance(&mut self.cur, n);
+        Ok(n)
+    }
+}

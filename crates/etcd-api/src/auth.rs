@@ -1,0 +1,611 @@
+//! etcd's Auth service and the permission checks of every other service.
+//!
+//! The replicated state (users, roles, permissions, enabled) lives in
+//! `mvcc` (`Store::auth_state`) and changes only through Raft
+//! (`mvcc::Command::Auth`), so it is the same on every member and survives
+//! restarts and snapshots. Passwords are hashed (bcrypt, `--bcrypt-cost`) on
+//! the member that receives them, on a blocking thread, at most one hash per
+//! core at a time; the log carries only hashes. Tokens (`--auth-token`) are
+//! per-member state: see `auth::token`.
+//!
+//! Who may do what, as etcd 3.4 decides it:
+//! * auth disabled: everyone, everything, no token needed;
+//! * Range / Watch creation: READ on `[key, range_end)`; Put / DeleteRange:
+//!   WRITE (and READ when `prev_kv` is asked); Txn: READ for every compare
+//!   and every range, WRITE for every put and delete, recursively;
+//! * LeaseRevoke: WRITE on every key attached to the lease;
+//!   LeaseTimeToLive with `keys`: READ on them; other lease calls: any
+//!   authenticated user;
+//! * Compaction, Defragment, Snapshot, Hash, HashKV, MoveLeader, Downgrade,
+//!   alarm changes, member add/remove/update/promote and all auth management:
+//!   the `root` role only (Status, MemberList and alarm listing need nothing);
+//! * UserGet of oneself and RoleGet of a role one holds are allowed too.
+//!
+//! The token comes from the `token` gRPC metadata (etcd's clients), or
+//! `authorization` (etcd's gRPC gateway). Checks read the member's applied
+//! auth state: a change is in force on a member once applied there (at
+//! once on the member that proposed it).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use auth::token::TokenConfig;
+use auth::token::Tokens;
+use auth::{AuthCommand, AuthError, AuthState, Perm, PermKind};
+use etcd_client::proto::{PbTxnOpRequest, PbTxnRequest};
+use mvcc::{ApplyResponse, Command};
+use prost::Message;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status};
+
+use crate::pb::authpb;
+use crate::pb::etcdserverpb::auth_server::Auth;
+use crate::pb::etcdserverpb::*;
+use crate::EtcdApi;
+
+/// Auth settings of a member (`--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub token: TokenConfig,
+    pub bcrypt_cost: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            token: TokenConfig::default(),
+            bcrypt_cost: auth::password::DEFAULT_COST,
+        }
+    }
+}
+
+/// Check settings (cost bounds, JWT key files) without starting anything.
+pub fn validate(s: &AuthSettings) -> Result<(), String> {
+    AuthRuntime::new(s).map(|_| ())
+}
+
+/// The per-member half of auth: tokens and the hashing budget.
+pub(crate) struct AuthRuntime {
+    tokens: Tokens,
+    bcrypt_cost: u32,
+    hashing: Arc<tokio::sync::Semaphore>,
+}
+
+impl AuthRuntime {
+    pub(crate) fn new(s: &AuthSettings) -> Result<Self, String> {
+        auth::password::check_cost(s.bcrypt_cost).map_err(|e| e.to_string())?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(AuthRuntime {
+            tokens: Tokens::new(&s.token)?,
+            bcrypt_cost: s.bcrypt_cost,
+            hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
+        })
+    }
+}
+
+/// etcd's gRPC status for an auth error.
+pub fn auth_status(e: AuthError) -> Status {
+    Status::new(Code::from_i32(e.grpc_code()), e.to_string())
+}
+
+fn storage(e: mvcc::MvccError) -> Status {
+    crate::status::status(&e.to_etcd())
+}
+
+/// The caller, once auth is enabled.
+pub(crate) struct Caller {
+    pub user: String,
+    pub state: Arc<AuthState>,
+}
+
+impl Caller {
+    fn check(&self, key: &[u8], range_end: &[u8], want: PermKind) -> Result<(), Status> {
+        self.state
+            .check(&self.user, key, range_end, want)
+            .map_err(auth_status)
+    }
+}
+
+fn token_of(md: &MetadataMap) -> Option<&str> {
+    md.get("token")
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+}
+
+impl EtcdApi {
+    pub(crate) fn auth_rt(&self) -> &AuthRuntime {
+        &self.inner.auth
+    }
+
+    /// `None` while auth is disabled (everything allowed); else who calls,
+    /// or etcd's error for a missing or invalid token.
+    pub(crate) fn caller(&self, md: &MetadataMap) -> Result<Option<Caller>, Status> {
+        let state = self.node().store().auth_state().map_err(storage)?;
+        if !state.enabled {
+            return Ok(None);
+        }
+        let Some(token) = token_of(md) else {
+            return Err(auth_status(AuthError::UserEmpty));
+        };
+        let info = self
+            .auth_rt()
+            .tokens
+            .info(token, Instant::now())
+            .map_err(auth_status)?;
+        if !state.users.contains_key(&info.user) {
+            return Err(auth_status(AuthError::InvalidAuthToken));
+        }
+        Ok(Some(Caller {
+            user: info.user,
+            state,
+        }))
+    }
+
+    /// Any authenticated user (or auth disabled).
+    pub(crate) fn check_authenticated(&self, md: &MetadataMap) -> Result<(), Status> {
+        self.caller(md).map(|_| ())
+    }
+
+    /// The `root` role (or auth disabled).
+    pub(crate) fn check_admin(&self, md: &MetadataMap) -> Result<(), Status> {
+        match self.caller(md)? {
+            None => Ok(()),
+            Some(c) if c.state.is_admin(&c.user) => Ok(()),
+            Some(_) => Err(auth_status(AuthError::PermissionDenied)),
+        }
+    }
+
+    /// `want` on `[key, range_end)`.
+    pub(crate) fn check_range(
+        &self,
+        md: &MetadataMap,
+        key: &[u8],
+        range_end: &[u8],
+        want: PermKind,
+    ) -> Result<(), Status> {
+        match self.caller(md)? {
+            None => Ok(()),
+            Some(c) => c.check(key, range_end, want),
+        }
+    }
+
+    /// `want` on each of `keys` (a lease's attached keys).
+    pub(crate) fn check_keys(
+        &self,
+        md: &MetadataMap,
+        keys: &[Vec<u8>],
+        want: PermKind,
+    ) -> Result<(), Status> {
+        match self.caller(md)? {
+            None => Ok(()),
+            Some(c) => keys.iter().try_for_each(|k| c.check(k, &[], want)),
+        }
+    }
+
+    /// Every compare and operation of a transaction, recursively.
+    pub(crate) fn check_txn(&self, md: &MetadataMap, txn: &PbTxnRequest) -> Result<(), Status> {
+        fn walk(c: &Caller, t: &PbTxnRequest) -> Result<(), Status> {
+            for cmp in &t.compare {
+                c.check(&cmp.key, &cmp.range_end, PermKind::Read)?;
+            }
+            for op in t.success.iter().chain(t.failure.iter()) {
+                match &op.request {
+                    Some(PbTxnOpRequest::RequestRange(r)) => {
+                        c.check(&r.key, &r.range_end, PermKind::Read)?
+                    }
+                    Some(PbTxnOpRequest::RequestPut(p)) => {
+                        c.check(&p.key, &[], PermKind::Write)?;
+                        if p.prev_kv {
+                            c.check(&p.key, &[], PermKind::Read)?;
+                        }
+                    }
+                    Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
+                        c.check(&d.key, &d.range_end, PermKind::Write)?;
+                        if d.prev_kv {
+                            c.check(&d.key, &d.range_end, PermKind::Read)?;
+                        }
+                    }
+                    Some(PbTxnOpRequest::RequestTxn(t)) => walk(c, t)?,
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+        match self.caller(md)? {
+            None => Ok(()),
+            Some(c) => walk(&c, txn),
+        }
+    }
+
+    async fn propose_auth(&self, cmd: AuthCommand) -> Result<(), Status> {
+        match self.propose(Command::Auth(cmd)).await? {
+            ApplyResponse::Auth { .. } => Ok(()),
+            _ => Err(Status::internal(
+                "etcdserver: unexpected apply result for an auth change",
+            )),
+        }
+    }
+
+    /// bcrypt on a blocking thread, at most one per core at a time.
+    async fn hash_password(&self, password: String) -> Result<String, Status> {
+        let _permit = self
+            .auth_rt()
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let cost = self.auth_rt().bcrypt_cost;
+        tokio::task::spawn_blocking(move || auth::password::hash(&password, cost))
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: hashing: {e}")))?
+            .map_err(|e| Status::invalid_argument(format!("etcdserver: {e}")))
+    }
+
+    async fn verify_password(&self, password: String, hash: String) -> Result<bool, Status> {
+        let _permit = self
+            .auth_rt()
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        tokio::task::spawn_blocking(move || auth::password::verify(&password, &hash))
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: hashing: {e}")))
+    }
+
+    /// Authenticate: check the password, issue a token. Shared with the
+    /// JSON gateway.
+    pub(crate) async fn do_authenticate(
+        &self,
+        name: String,
+        password: String,
+    ) -> Result<AuthenticateResponse, Status> {
+        self.barrier(false).await?;
+        let state = self.node().store().auth_state().map_err(storage)?;
+        if !state.enabled {
+            return Err(auth_status(AuthError::AuthNotEnabled));
+        }
+        let Some(user) = state.users.get(&name) else {
+            return Err(auth_status(AuthError::AuthFailed));
+        };
+        if user.no_password
+            || !self
+                .verify_password(password, user.password_hash.clone())
+                .await?
+        {
+            return Err(auth_status(AuthError::AuthFailed));
+        }
+        let token = self
+            .auth_rt()
+            .tokens
+            .assign(&name, state.revision, Instant::now())
+            .map_err(auth_status)?;
+        Ok(AuthenticateResponse {
+            header: Some(self.current_header()),
+            token,
+        })
+    }
+
+    fn check_name_len(&self, name: &str) -> Result<(), Status> {
+        if name.len() > auth::AuthLimits::MAX_NAME_BYTES {
+            return Err(auth_status(AuthError::LimitExceeded));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for EtcdApi {
+    async fn auth_enable(
+        &self,
+        request: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        self.propose_auth(AuthCommand::Enable).await?;
+        Ok(Response::new(AuthEnableResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn auth_disable(
+        &self,
+        request: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        self.propose_auth(AuthCommand::Disable).await?;
+        Ok(Response::new(AuthDisableResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn auth_status(
+        &self,
+        request: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.check_authenticated(request.metadata())?;
+        self.barrier(false).await?;
+        let state = self.node().store().auth_state().map_err(storage)?;
+        Ok(Response::new(AuthStatusResponse {
+            header: Some(self.current_header()),
+            enabled: state.enabled,
+            auth_revision: state.revision,
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        Ok(Response::new(
+            self.do_authenticate(req.name, req.password).await?,
+        ))
+    }
+
+    async fn user_add(
+        &self,
+        request: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        if req.name.is_empty() {
+            return Err(auth_status(AuthError::UserEmpty));
+        }
+        self.check_name_len(&req.name)?;
+        let no_password = req.options.as_ref().is_some_and(|o| o.no_password);
+        let password_hash = if no_password {
+            String::new()
+        } else {
+            self.hash_password(req.password).await?
+        };
+        self.propose_auth(AuthCommand::UserAdd {
+            name: req.name,
+            password_hash,
+            no_password,
+        })
+        .await?;
+        Ok(Response::new(AuthUserAddResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn user_get(
+        &self,
+        request: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let req = request.into_inner();
+        if let Some(c) = &caller {
+            if !c.state.is_admin(&c.user) && c.user != req.name {
+                return Err(auth_status(AuthError::PermissionDenied));
+            }
+        }
+        self.barrier(false).await?;
+        let state = self.node().store().auth_state().map_err(storage)?;
+        let user = state
+            .users
+            .get(&req.name)
+            .ok_or_else(|| auth_status(AuthError::UserNotFound))?;
+        Ok(Response::new(AuthUserGetResponse {
+            header: Some(self.current_header()),
+            roles: user.roles.iter().cloned().collect(),
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        request: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        self.barrier(false).await?;
+        let state = self.node().store().auth_state().map_err(storage)?;
+        Ok(Response::new(AuthUserListResponse {
+            header: Some(self.current_header()),
+            users: state.users.keys().cloned().collect(),
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        request: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.propose_auth(AuthCommand::UserDelete {
+            name: req.name.clone(),
+        })
+        .await?;
+        self.auth_rt().tokens.invalidate_user(&req.name);
+        Ok(Response::new(AuthUserDeleteResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn user_change_password(
+        &self,
+        request: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        if req.name.is_empty() {
+            return Err(auth_status(AuthError::UserEmpty));
+        }
+        let password_hash = self.hash_password(req.password).await?;
+        self.propose_auth(AuthCommand::UserChangePassword {
+            name: req.name.clone(),
+            password_hash,
+        })
+        .await?;
+        self.auth_rt().tokens.invalidate_user(&req.name);
+        Ok(Response::new(AuthUserChangePasswordResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        request: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.propose_auth(AuthCommand::UserGrantRole {
+            user: req.user,
+            role: req.role,
+        })
+        .await?;
+        Ok(Response::new(AuthUserGrantRoleResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        request: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.propose_auth(AuthCommand::UserRevokeRole {
+            user: req.name,
+            role: req.role,
+        })
+        .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn role_add(
+        &self,
+        request: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.check_name_len(&req.name)?;
+        self.propose_auth(AuthCommand::RoleAdd { name: req.name })
+            .await?;
+        Ok(Response::new(AuthRoleAddResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn role_get(
+        &self,
+        request: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        let caller = self.caller(request.metadata())?;
+        let req = request.into_inner();
+        if let Some(c) = &caller {
+            let holds = c
+                .state
+                .users
+                .get(&c.user)
+                .is_some_and(|u| u.roles.contains(&req.role));
+            if !c.state.is_admin(&c.user) && !holds {
+                return Err(auth_status(AuthError::PermissionDenied));
+            }
+        }
+        self.barrier(false).await?;
+        let state = self.node().store().auth_state().map_err(storage)?;
+        let perm = if req.role == auth::ROOT_ROLE && !state.roles.contains_key(&req.role) {
+            // etcd's implicit root role: everything.
+            vec![authpb::Permission {
+                perm_type: PermKind::ReadWrite.to_i32(),
+                key: Vec::new(),
+                range_end: vec![0],
+            }]
+        } else {
+            state
+                .roles
+                .get(&req.role)
+                .ok_or_else(|| auth_status(AuthError::RoleNotFound))?
+                .perms
+                .iter()
+                .map(|p| authpb::Permission {
+                    perm_type: p.kind.to_i32(),
+                    key: p.key.clone(),
+                    range_end: p.range_end.clone(),
+                })
+                .collect()
+        };
+        Ok(Response::new(AuthRoleGetResponse {
+            header: Some(self.current_header()),
+            perm,
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        request: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        self.barrier(false).await?;
+        let state = self.node().store().auth_state().map_err(storage)?;
+        Ok(Response::new(AuthRoleListResponse {
+            header: Some(self.current_header()),
+            roles: state.roles.keys().cloned().collect(),
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        request: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.propose_auth(AuthCommand::RoleDelete { name: req.role })
+            .await?;
+        Ok(Response::new(AuthRoleDeleteResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        request: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        let Some(p) = req.perm else {
+            return Err(Status::invalid_argument("etcdserver: permission not given"));
+        };
+        let kind = PermKind::from_i32(p.perm_type)
+            .ok_or_else(|| Status::invalid_argument("etcdserver: invalid permission type"))?;
+        self.propose_auth(AuthCommand::RoleGrantPermission {
+            role: req.name,
+            perm: Perm {
+                kind,
+                key: p.key,
+                range_end: p.range_end,
+            },
+        })
+        .await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        request: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        self.check_admin(request.metadata())?;
+        let req = request.into_inner();
+        self.propose_auth(AuthCommand::RoleRevokePermission {
+            role: req.role,
+            key: req.key,
+            range_end: req.range_end,
+        })
+        .await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse {
+            header: Some(self.current_header()),
+        }))
+    }
+}

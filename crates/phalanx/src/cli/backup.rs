@@ -1,0 +1,355 @@
+//! `phalanx backup now|list|verify` and `phalanx restore`: the command lines of the
+//! `backup` library, converted into its settings, and the printing of reports.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// `phalanx backup`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BackupCommand {
+    /// Take a full backup now, to every --to destination (each independent)
+    Now(NowArgs),
+    /// List the complete backups at a destination
+    List(ListArgs),
+    /// Read every object of a backup, check every hash, decrypt, replay it into a
+    /// scratch store and compare HashKV with the cluster's at the backup revision
+    Verify(VerifyArgs),
+}
+
+/// Destination access shared by every command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
+    /// S3 endpoint URL (for S3-compatible servers); default: $AWS_ENDPOINT_URL, else AWS.
+    /// Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the region from
+    /// AWS_REGION (default us-east-1).
+    #[arg(long, env = "PHALANX_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Retries of one request to a destination after its first attempt.
+    #[arg(long, default_value_t = 5)]
+    pub max_upload_retries: u32,
+    /// First retry delay in milliseconds (doubling each retry).
+    #[arg(long, default_value_t = 200)]
+    pub retry_initial_backoff_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub retry_max_backoff_ms: u64,
+    /// Timeout of one request to an S3 destination, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub request_timeout_ms: u64,
+}
+
+impl StorageArgs {
+    fn s3(&self) -> backup::S3Settings {
+        backup::S3Settings {
+            endpoint: self.s3_endpoint.clone(),
+            region: None,
+        }
+    }
+    fn retry(&self) -> backup::RetrySettings {
+        backup::RetrySettings {
+            max_upload_retries: self.max_upload_retries,
+            retry_initial_backoff_ms: self.retry_initial_backoff_ms,
+            retry_max_backoff_ms: self.retry_max_backoff_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            ..Default::default()
+        }
+    }
+}
+
+/// `phalanx backup now`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NowArgs {
+    /// Comma-separated client URLs; the snapshot comes from the first that answers.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Back up a snapshot file saved from a Phalanx member by `etcdctl snapshot save`
+    /// instead of asking --endpoints.
+    #[arg(long, conflicts_with = "endpoints")]
+    pub from_snapshot_file: Option<PathBuf>,
+    /// Destination: file:///path or s3://bucket/prefix (repeatable).
+    #[arg(long = "to", required = true)]
+    pub to: Vec<String>,
+    /// age X25519 public key (age1…) to encrypt to (repeatable, at least one).
+    #[arg(long = "recipient", required = true)]
+    pub recipients: Vec<String>,
+    /// Chunk sizes of a NEW repository (an existing one keeps its own), in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub chunk_min_bytes: u32,
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub chunk_avg_bytes: u32,
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub chunk_max_bytes: u32,
+    /// zstd level of chunks and manifests.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Chunk uploads in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub upload_concurrency: usize,
+    /// Connect timeout to a member, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// `phalanx backup list`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Repository: file:///path or s3://bucket/prefix.
+    #[arg(long)]
+    pub from: String,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// `phalanx backup verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Repository: file:///path or s3://bucket/prefix.
+    #[arg(long)]
+    pub from: String,
+    /// age identity file (AGE-SECRET-KEY-… lines, as written by age-keygen); repeatable.
+    #[arg(long = "identity")]
+    pub identities: Vec<PathBuf>,
+    /// Backup id (default: the newest).
+    #[arg(long)]
+    pub backup: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// `phalanx restore` (etcdutl snapshot restore's flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// Repository: file:///path or s3://bucket/prefix.
+    #[arg(long)]
+    pub from: String,
+    /// Restore the state as of this revision (default: the newest backup's revision).
+    #[arg(long, conflicts_with = "time")]
+    pub revision: Option<i64>,
+    /// Restore the newest backup taken at or before this RFC 3339 time.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// age identity file; repeatable.
+    #[arg(long = "identity")]
+    pub identities: Vec<PathBuf>,
+    /// This member's name.
+    #[arg(long)]
+    pub name: String,
+    /// name=peer-url,… of every member of the restored cluster.
+    #[arg(long)]
+    pub initial_cluster: String,
+    /// Token of the restored cluster (use a new one).
+    #[arg(long)]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs (comma-separated), as listed in --initial-cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// The new member's data dir (must be empty or missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Revisions to add to the backup's revision, so that revisions never go backwards
+    /// for watchers (etcd's --bump-revision); the result is also marked compacted.
+    #[arg(long, default_value_t = backup::DEFAULT_BUMP_REVISION)]
+    pub bump_revision: i64,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn mib(b: u64) -> String {
+    if b < 1024 * 1024 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    }
+}
+
+pub fn run(cmd: BackupCommand) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    match cmd {
+        BackupCommand::Now(a) => rt.block_on(now(a)),
+        BackupCommand::List(a) => rt.block_on(list(a)),
+        BackupCommand::Verify(a) => rt.block_on(verify(a)),
+    }
+}
+
+async fn now(a: NowArgs) -> anyhow::Result<()> {
+    let settings = backup::BackupSettings {
+        destinations: a.to.clone(),
+        recipients: a.recipients.clone(),
+        s3: a.storage.s3(),
+        retry: a.storage.retry(),
+        chunker: backup::ChunkerSettings {
+            chunk_min_bytes: a.chunk_min_bytes,
+            chunk_avg_bytes: a.chunk_avg_bytes,
+            chunk_max_bytes: a.chunk_max_bytes,
+        },
+        zstd_level: a.zstd_level,
+        upload_concurrency: a.upload_concurrency,
+        connect_timeout_ms: a.connect_timeout_ms,
+        ..Default::default()
+    };
+    let source = match a.from_snapshot_file {
+        Some(f) => backup::Source::File(f),
+        None => backup::Source::Endpoints(a.endpoints.clone()),
+    };
+    let out = backup::backup_now(&source, &settings)
+        .await
+        .context("backup")?;
+    println!(
+        "backup {} at revision {} (compacted at {}): snapshot {} in {} chunks, {:.2}s",
+        out.id,
+        out.revision,
+        out.compact_revision,
+        mib(out.snapshot_bytes),
+        out.chunks,
+        out.elapsed.as_secs_f64()
+    );
+    for d in &out.destinations {
+        match &d.error {
+            None => println!(
+                "  {}: ok, uploaded {} ({} new chunks), stored {}",
+                d.url,
+                mib(d.uploaded_bytes),
+                d.new_chunks,
+                mib(d.stored_bytes)
+            ),
+            Some(e) => println!("  {}: FAILED: {e}", d.url),
+        }
+    }
+    out.into_result().context("backup")?;
+    Ok(())
+}
+
+async fn list(a: ListArgs) -> anyhow::Result<()> {
+    let d = backup::Destination::open(&a.from, &a.storage.s3(), &a.storage.retry())?;
+    let all = backup::list_backups(&d).await?;
+    if a.json {
+        for e in &all {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": e.id, "revision": e.summary.revision,
+                    "compact_revision": e.summary.compact_revision,
+                    "created_at": e.summary.created_at,
+                    "stored_bytes": e.summary.stored_bytes,
+                    "uploaded_bytes": e.summary.uploaded_bytes,
+                    "verified": e.verified.as_ref().map(|v| v.ok),
+                })
+            );
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:>10} {:>10} {:<24} {:>11} {:>8} VERIFIED",
+        "ID", "REVISION", "COMPACTED", "TIME", "SIZE", "DEDUP"
+    );
+    for e in &all {
+        let s = &e.summary;
+        // Dedup ratio: bytes this backup references / bytes it had to upload.
+        let dedup = s.stored_bytes as f64 / s.uploaded_bytes.max(1) as f64;
+        let verified = match &e.verified {
+            None => "never".to_string(),
+            Some(v) if v.ok => format!("ok {}", v.checked_at),
+            Some(v) => format!("FAILED {}", v.checked_at),
+        };
+        println!(
+            "{:<36} {:>10} {:>10} {:<24} {:>11} {:>7.1}x {}",
+            e.id,
+            s.revision,
+            s.compact_revision,
+            s.created_at,
+            mib(s.stored_bytes),
+            dedup,
+            verified
+        );
+    }
+    if all.is_empty() {
+        println!("(no complete backup at {})", d.url);
+    }
+    Ok(())
+}
+
+async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let settings = backup::ReadSettings {
+        from: a.from.clone(),
+        identity_files: a.identities.clone(),
+        s3: a.storage.s3(),
+        retry: a.storage.retry(),
+    };
+    let r = backup::verify(&settings, a.backup.as_deref())
+        .await
+        .context("verify")?;
+    println!(
+        "backup {} at revision {}: {} objects ({}) ok, HashKV {:#010x} matches the cluster's",
+        r.backup,
+        r.revision,
+        r.objects,
+        mib(r.bytes),
+        r.hash_kv
+    );
+    Ok(())
+}
+
+pub fn run_restore(a: RestoreArgs) -> anyhow::Result<()> {
+    let target = match (a.revision, &a.time) {
+        (Some(r), _) => backup::Target::Revision(r),
+        (None, Some(t)) => backup::Target::Time(t.clone()),
+        (None, None) => backup::Target::Newest,
+    };
+    let settings = backup::RestoreSettings {
+        read: backup::ReadSettings {
+            from: a.from.clone(),
+            identity_files: a.identities.clone(),
+            s3: a.storage.s3(),
+            retry: a.storage.retry(),
+        },
+        target,
+        name: a.name.clone(),
+        initial_cluster: a.initial_cluster.clone(),
+        initial_cluster_token: a.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
+        data_dir: a.data_dir.clone(),
+        bump_revision: a.bump_revision,
+        check_page_keys: 1000,
+    };
+    let r = runtime()?
+        .block_on(backup::restore(&settings))
+        .context("restore")?;
+    println!(
+        "restored {} keys and {} leases as of revision {} from backup {} (revision {}) into {} in {:.2}s; the store is at revision {} (compacted there: watchers re-list)",
+        r.keys,
+        r.leases,
+        r.revision,
+        r.backup,
+        r.backup_revision,
+        a.data_dir.display(),
+        r.elapsed.as_secs_f64(),
+        r.new_revision
+    );
+    if r.detached_lease_keys > 0 {
+        println!(
+            "note: {} keys were attached to leases revoked after revision {}; they were restored without a lease",
+            r.detached_lease_keys, r.revision
+        );
+    }
+    println!(
+        "start it with: phalanx node --name {} --data-dir {} --initial-cluster {} --initial-cluster-token {} --initial-advertise-peer-urls {} --initial-cluster-state new …",
+        a.name,
+        a.data_dir.display(),
+        a.initial_cluster,
+        a.initial_cluster_token,
+        a.initial_advertise_peer_urls.join(",")
+    );
+    Ok(())
+}
