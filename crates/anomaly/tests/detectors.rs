@@ -95,10 +95,20 @@ fn ensemble_flags_a_level_shift_once_and_not_the_daily_cycle() {
     }
     let out = run(by_name("ensemble").unwrap().as_mut(), &a);
     let alarms: Vec<usize> = (0..out.len()).filter(|&i| out[i] >= 0.5).collect();
-    let in_shift: Vec<usize> = alarms.iter().copied().filter(|&i| (2600..2640).contains(&i)).collect();
-    assert_eq!(in_shift.len(), 1, "one alarm early in the shift: {alarms:?}");
+    let in_shift: Vec<usize> = alarms
+        .iter()
+        .copied()
+        .filter(|&i| (2600..2640).contains(&i))
+        .collect();
+    assert_eq!(
+        in_shift.len(),
+        1,
+        "one alarm early in the shift: {alarms:?}"
+    );
     assert!(
-        alarms.iter().all(|&i| (1400..=1402).contains(&i) || (2600..2900).contains(&i)),
+        alarms
+            .iter()
+            .all(|&i| (1400..=1402).contains(&i) || (2600..2900).contains(&i)),
         "alarms outside the events: {alarms:?}"
     );
 }

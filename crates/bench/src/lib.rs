@@ -335,7 +335,9 @@ pub async fn run_kv(args: &KvArgs) -> Result<KvReport, BenchError> {
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut put_times = Vec::new();
     for t in tasks {
-        let r = t.await.map_err(|e| BenchError::ClientPanicked(e.to_string()))?;
+        let r = t
+            .await
+            .map_err(|e| BenchError::ClientPanicked(e.to_string()))?;
         hist.add(&r.hist)
             .map_err(|e| BenchError::Histogram(e.to_string()))?;
         for (k, v) in r.errors {

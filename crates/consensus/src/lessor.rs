@@ -145,13 +145,24 @@ mod tests {
         lessor.on_grant(7, 10);
         assert_eq!(lessor.remaining(7), Some((10, 10)));
         clock.jump_forward(Duration::from_secs(3));
-        assert_eq!(lessor.remaining(7), Some((10, 7)), "the jump reaches the lease");
+        assert_eq!(
+            lessor.remaining(7),
+            Some((10, 7)),
+            "the jump reaches the lease"
+        );
         assert!(lessor.expired(10).is_empty());
         assert_eq!(lessor.keep_alive(7), Some(10));
-        assert_eq!(lessor.remaining(7), Some((10, 10)), "a keep-alive restarts the TTL");
+        assert_eq!(
+            lessor.remaining(7),
+            Some((10, 10)),
+            "a keep-alive restarts the TTL"
+        );
         clock.jump_forward(Duration::from_secs(11));
         assert_eq!(lessor.expired(10), vec![7]);
         lessor.promote();
-        assert!(lessor.expired(10).is_empty(), "a new leader restarts every TTL");
+        assert!(
+            lessor.expired(10).is_empty(),
+            "a new leader restarts every TTL"
+        );
     }
 }

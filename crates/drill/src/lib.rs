@@ -232,8 +232,8 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     within("--backends", args.backends as u64, MAX_BACKENDS as u64)?;
     within(
         "--backend-delay-ms",
-        args.backend_delay_ms as u64,
-        MAX_BACKEND_DELAY_MS as u64,
+        args.backend_delay_ms,
+        MAX_BACKEND_DELAY_MS,
     )?;
     within(
         "--http-clients",
@@ -242,8 +242,8 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     )?;
     within(
         "--http-timeout-ms",
-        args.http_timeout_ms as u64,
-        MAX_HTTP_TIMEOUT_MS as u64,
+        args.http_timeout_ms,
+        MAX_HTTP_TIMEOUT_MS,
     )?;
     if !(0.0..=100.0).contains(&args.max_gateway_error_percent) {
         return Err(u(format!(

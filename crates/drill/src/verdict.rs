@@ -24,4 +24,3 @@ impl std::fmt::Display for Verdict {
         })
     }
 }
-

@@ -52,7 +52,9 @@ impl Rng {
     }
 }
 
-const INTERESTING: &[u8] = &[0, 1, 0x7f, 0x80, 0xff, b'"', b'\n', b'=', b'[', b']', b'-', b'9'];
+const INTERESTING: &[u8] = &[
+    0, 1, 0x7f, 0x80, 0xff, b'"', b'\n', b'=', b'[', b']', b'-', b'9',
+];
 
 /// Applies 1 to 8 random mutations to `input`, drawing splices from `corpus`.
 pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
@@ -192,10 +194,15 @@ fn seed() -> u64 {
 /// mutations of the seeds for the time budget. Panics (failing the test)
 /// with the input's saved path when `f` panics.
 pub fn fuzz(target: &str, seeds: &[Vec<u8>], f: impl Fn(&[u8])) -> FuzzReport {
-    assert!(!seeds.is_empty(), "fuzz target `{target}` has no seed input");
+    assert!(
+        !seeds.is_empty(),
+        "fuzz target `{target}` has no seed input"
+    );
     let regressions = regression_inputs(target);
     for (path, input) in &regressions {
-        run_one(target, input, &f, &|| format!("regression input {}", path.display()));
+        run_one(target, input, &f, &|| {
+            format!("regression input {}", path.display())
+        });
     }
     for (i, s) in seeds.iter().enumerate() {
         run_one(target, s, &f, &|| format!("seed input #{i}"));
@@ -224,8 +231,7 @@ pub fn fuzz(target: &str, seeds: &[Vec<u8>], f: impl Fn(&[u8])) -> FuzzReport {
     };
     println!(
         "fuzz {target}: {executions} inputs in {:?} (seed {seed}), {} regression inputs replayed",
-        budget,
-        report.regressions
+        budget, report.regressions
     );
     report
 }
@@ -268,10 +274,17 @@ mod tests {
         });
         // With a budget of a few ms the mutator may not produce a `z`; a
         // seed that contains one always fails.
-        let r2 = catch_unwind(|| fuzz("selftest", &[b"xyz".to_vec()], |i| assert!(!i.contains(&b'z'))));
+        let r2 = catch_unwind(|| {
+            fuzz("selftest", &[b"xyz".to_vec()], |i| {
+                assert!(!i.contains(&b'z'))
+            })
+        });
         let msg = r2.expect_err("a crashing seed must fail the run");
         let msg = msg.downcast_ref::<String>().unwrap();
-        assert!(msg.contains("seed input #0") && msg.contains("fuzz-crashes"), "{msg}");
+        assert!(
+            msg.contains("seed input #0") && msg.contains("fuzz-crashes"),
+            "{msg}"
+        );
         let _ = r;
     }
 

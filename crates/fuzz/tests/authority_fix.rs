@@ -26,9 +26,13 @@ fn seeds() -> Vec<Vec<u8>> {
     let mut whole = CLIENT_PREFACE.to_vec();
     whole.extend(frame(0x4, 0, 0, &[]));
     let mut split = whole.clone();
-    for (i, authority) in ["http://127.0.0.1:2379", "127.0.0.1:2379", "http://127.0.0.1:2379"]
-        .iter()
-        .enumerate()
+    for (i, authority) in [
+        "http://127.0.0.1:2379",
+        "127.0.0.1:2379",
+        "http://127.0.0.1:2379",
+    ]
+    .iter()
+    .enumerate()
     {
         let headers: [(&[u8], &[u8]); 5] = [
             (b":method", b"POST"),

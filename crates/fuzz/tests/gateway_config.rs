@@ -8,8 +8,11 @@ use gateway::Config;
 
 fn seeds() -> Vec<Vec<u8>> {
     // Every TOML example in docs/gateway.md.
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/gateway.md"))
-        .expect("docs/gateway.md");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/gateway.md"
+    ))
+    .expect("docs/gateway.md");
     let mut s: Vec<Vec<u8>> = doc
         .split("```toml")
         .skip(1)
@@ -44,8 +47,12 @@ fn fuzz_gateway_config() {
         let Ok(text) = std::str::from_utf8(input) else {
             return;
         };
-        let first = Config::from_toml_str(text).map(|_| ()).map_err(|e| e.to_string());
-        let second = Config::from_toml_str(text).map(|_| ()).map_err(|e| e.to_string());
+        let first = Config::from_toml_str(text)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let second = Config::from_toml_str(text)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         assert_eq!(first, second, "the same document gave two verdicts");
         if let Err(msg) = first {
             assert!(!msg.is_empty(), "a refusal must say why");

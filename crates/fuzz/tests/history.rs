@@ -20,10 +20,17 @@ const SEED_HISTORY: &str = r#"{"process":0,"type":"invoke","f":"write","key":"x"
 fn seeds() -> Vec<Vec<u8>> {
     let mut s = vec![SEED_HISTORY.as_bytes().to_vec()];
     // Every JSON-lines example in the format's documentation.
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/history-format.md"))
-        .expect("docs/history-format.md");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/history-format.md"
+    ))
+    .expect("docs/history-format.md");
     for block in doc.split("```").skip(1).step_by(2) {
-        let lines: String = block.lines().filter(|l| l.starts_with('{')).map(|l| format!("{l}\n")).collect();
+        let lines: String = block
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| format!("{l}\n"))
+            .collect();
         if !lines.is_empty() {
             s.push(lines.into_bytes());
         }
@@ -41,7 +48,12 @@ fn fuzz_history_parsers_and_checkers() {
         };
         if let Ok(h) = History::parse_str(text) {
             let started = Instant::now();
-            let _ = check(&h, &Limits { timeout: Some(limit) });
+            let _ = check(
+                &h,
+                &Limits {
+                    timeout: Some(limit),
+                },
+            );
             assert!(
                 started.elapsed() < limit * 5,
                 "check ran {:?} past its {limit:?} limit",

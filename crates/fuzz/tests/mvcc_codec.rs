@@ -11,7 +11,10 @@ use std::path::Path;
 
 fn populated_snapshot() -> Vec<u8> {
     let s = Store::open_backend(redb::backends::InMemoryBackend::new(), Path::new("seed")).unwrap();
-    let mut cmds = vec![Command::LeaseGrant { id: 7, ttl_seconds: 30 }];
+    let mut cmds = vec![Command::LeaseGrant {
+        id: 7,
+        ttl_seconds: 30,
+    }];
     for i in 0..6 {
         cmds.push(Command::put(&PbPutRequest {
             key: format!("k{i}").into_bytes(),
@@ -44,13 +47,17 @@ fn seeds() -> Vec<Vec<u8>> {
         ..Default::default()
     });
     let batch = Command::Batch(vec![put.clone(), Command::LeaseRevoke { id: 3 }]);
-    let mut s = vec![];
-    s.push([&[0u8][..], body].concat());
-    s.push([&[1u8][..], &put.to_bytes()].concat());
-    s.push([&[1u8][..], &batch.to_bytes()].concat());
-    s.push([&[2u8][..], &ApplyResponse::Put(Default::default()).encode()].concat());
-    s.push([&[2u8][..], &ApplyResponse::Error(mvcc::EtcdError::Compacted).encode()].concat());
-    s
+    vec![
+        [&[0u8][..], body].concat(),
+        [&[1u8][..], &put.to_bytes()].concat(),
+        [&[1u8][..], &batch.to_bytes()].concat(),
+        [&[2u8][..], &ApplyResponse::Put(Default::default()).encode()].concat(),
+        [
+            &[2u8][..],
+            &ApplyResponse::Error(mvcc::EtcdError::Compacted).encode(),
+        ]
+        .concat(),
+    ]
 }
 
 #[test]
@@ -63,8 +70,9 @@ fn fuzz_mvcc_codec() {
             0 => {
                 let mut sealed = body.to_vec();
                 sealed.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-                let s = Store::open_backend(redb::backends::InMemoryBackend::new(), Path::new("fuzz"))
-                    .unwrap();
+                let s =
+                    Store::open_backend(redb::backends::InMemoryBackend::new(), Path::new("fuzz"))
+                        .unwrap();
                 if s.install_snapshot(&mut sealed.as_slice()).is_ok() {
                     // An accepted snapshot must serve reads (or refuse them
                     // with an etcd error), never panic.

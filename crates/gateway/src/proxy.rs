@@ -467,7 +467,7 @@ async fn proxy(
     info.pool = Some(primary.name.clone());
     let pcfg = primary.cfg();
     let rcfg = &route.cfg;
-    let (ticket, permit) = match admit(shared, &route, &primary, &ctx).await {
+    let (ticket, permit) = match admit(shared, route, &primary, &ctx).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };

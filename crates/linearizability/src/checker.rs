@@ -319,7 +319,7 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
     let mut order: Vec<usize> = (0..2 * n).collect();
     let when = |node: usize| -> (i64, u8) {
         let op = ops[node / 2];
-        if node % 2 == 0 {
+        if node.is_multiple_of(2) {
             (op.call, 0)
         } else {
             (op.ret.unwrap_or(i64::MAX), 1)
@@ -451,7 +451,7 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
             return KeyResult::Ok;
         }
         iterations += 1;
-        if iterations % 4096 == 0 {
+        if iterations.is_multiple_of(4096) {
             if let Some(d) = deadline {
                 if Instant::now() >= d {
                     return KeyResult::Timeout;
@@ -462,7 +462,7 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
             entry != tail,
             "a return precedes the tail while required ops remain"
         );
-        let candidate = (entry % 2 == 0).then_some(entry);
+        let candidate = entry.is_multiple_of(2).then_some(entry);
         // Set when an applicable pure candidate was already explored from
         // here: this whole configuration is then a dead end.
         let mut dead = false;
@@ -510,7 +510,7 @@ fn check_key(key: &str, all: &[&Operation], deadline: Option<Instant>) -> KeyRes
             let mut stuck = vec![entry / 2];
             let mut e = next[head];
             while e != entry {
-                if e % 2 == 0 && e / 2 != entry / 2 {
+                if e.is_multiple_of(2) && e / 2 != entry / 2 {
                     stuck.push(e / 2);
                 }
                 e = next[e];

@@ -32,8 +32,6 @@ pub mod sim;
 pub mod watch;
 
 pub use checker::{check, Limits, Outcome, Violation};
-pub use history::{
-    Event, EventType, Function, History, HistoryError, OpData, Operation, Status,
-};
+pub use history::{Event, EventType, Function, History, HistoryError, OpData, Operation, Status};
 pub use lease::{check_leases, LeaseOptions, LeaseViolation, LeaseViolationKind};
 pub use watch::{check_watch, ChangeType, WatchViolation, WatchViolationKind};

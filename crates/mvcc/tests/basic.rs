@@ -223,7 +223,10 @@ fn error_codes_and_messages() {
         EtcdError::DuplicateKey.message(),
         "etcdserver: duplicate key given in txn request"
     );
-    assert_eq!(EtcdError::EmptyKey.message(), "etcdserver: key is not provided");
+    assert_eq!(
+        EtcdError::EmptyKey.message(),
+        "etcdserver: key is not provided"
+    );
 }
 
 #[test]

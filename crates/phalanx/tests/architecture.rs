@@ -59,7 +59,10 @@ fn parse_rules(doc: &str) -> Vec<Rule> {
             line: line.to_string(),
         });
     }
-    assert!(!rules.is_empty(), "no '- forbid' lines under Dependency rules");
+    assert!(
+        !rules.is_empty(),
+        "no '- forbid' lines under Dependency rules"
+    );
     rules
 }
 
@@ -135,7 +138,13 @@ fn library_crates_respect_architecture_dependency_rules() {
     let rules = parse_rules(&doc);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(workspace_root())
         .output()
         .expect("running cargo metadata");
@@ -175,15 +184,21 @@ fn a_broken_rule_is_reported() {
     }
     let broken = violations(&rules, &deps);
     assert!(
-        broken.iter().any(|b| b.starts_with("crate `mvcc` depends on `tonic`")),
+        broken
+            .iter()
+            .any(|b| b.starts_with("crate `mvcc` depends on `tonic`")),
         "{broken:?}"
     );
     assert!(
-        broken.iter().any(|b| b.starts_with("crate `bench` depends on `anyhow`")),
+        broken
+            .iter()
+            .any(|b| b.starts_with("crate `bench` depends on `anyhow`")),
         "{broken:?}"
     );
     assert!(
-        !broken.iter().any(|b| b.contains(&format!("`{BIN_CRATE}` depends"))),
+        !broken
+            .iter()
+            .any(|b| b.contains(&format!("`{BIN_CRATE}` depends"))),
         "the binary may use anyhow and clap: {broken:?}"
     );
 }

@@ -26,7 +26,14 @@ impl Recorder {
         (Instant::now() - self.t0).as_micros() as i64
     }
 
-    pub(crate) fn event(&self, process: u64, ty: EventType, f: Function, key: &str, value: serde_json::Value) {
+    pub(crate) fn event(
+        &self,
+        process: u64,
+        ty: EventType,
+        f: Function,
+        key: &str,
+        value: serde_json::Value,
+    ) {
         let line = Event::new(process as i64, ty, f, key, value, self.now_us()).to_line();
         self.lines.lock().expect("recorder poisoned").push(line);
         let mut c = self.counts.lock().expect("recorder poisoned");

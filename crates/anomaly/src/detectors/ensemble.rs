@@ -209,7 +209,7 @@ impl Ensemble {
             self.raw_sum -= old;
         }
         self.raw_sum += r;
-        if self.raw.len() == self.raw.cap() && self.n % 4096 == 0 {
+        if self.raw.len() == self.raw.cap() && self.n.is_multiple_of(4096) {
             self.raw_sum = self.raw.iter().sum(); // bound rounding drift
         }
         let a = self.raw_sum / self.raw.cap() as f64;

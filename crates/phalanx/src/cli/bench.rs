@@ -135,7 +135,6 @@ impl From<KvArgs> for bench::KvArgs {
     }
 }
 
-
 /// Builds a runtime, runs the chosen benchmark and prints its report.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()

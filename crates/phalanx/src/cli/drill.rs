@@ -145,4 +145,3 @@ impl From<DrillArgs> for drill::DrillArgs {
         }
     }
 }
-

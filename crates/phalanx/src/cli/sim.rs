@@ -10,8 +10,10 @@ use consensus::PlantedBug;
 /// the faults healed, or an acknowledged write lost), 2 on bad arguments or
 /// a run that could not be carried out.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Exit status: 0 all seeds passed, 1 a seed failed, 2 bad arguments or a run error.\n\
-See docs/simulation.md.")]
+#[command(
+    after_help = "Exit status: 0 all seeds passed, 1 a seed failed, 2 bad arguments or a run error.\n\
+See docs/simulation.md."
+)]
 pub struct SimArgs {
     /// Seeds to run: `A..B` (B excluded), `A..=B`, or a comma list `3,17,42`.
     #[arg(long, default_value = "1", value_parser = parse_seeds)]
