@@ -24,6 +24,13 @@ fn set(p: &mut EnsembleParams, k: &str, v: f64) {
         "threshold" => p.threshold = v,
         "suppress" => p.suppress = v as usize,
         "warmup" => p.warmup = v as usize,
+        "cad_threshold" => p.cad_threshold = v,
+        "cad_after" => p.cad_after = v as usize,
+        "cad" => {
+            if v == 0.0 {
+                p.cad = None
+            }
+        }
         "robust_window" => p.robust.window = v as usize,
         "f_alpha" => p.forecast.alpha = v,
         "f_beta" => p.forecast.beta = v,

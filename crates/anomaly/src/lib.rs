@@ -12,7 +12,8 @@
 //! * [`detectors`]: the methods — [`detectors::Robust`] (rolling median +
 //!   MAD), [`detectors::Seasonal`] (period found by autocorrelation, residual
 //!   against the same phase), [`detectors::Forecast`] (Holt/EWMA forecasting
-//!   band), [`detectors::ChangePoint`] (level and variance shifts) and
+//!   band), [`detectors::ChangePoint`] (level and variance shifts),
+//!   [`detectors::Cad`] (CAD OSE, contextual pattern memory) and
 //!   [`detectors::Ensemble`] (the default: all of them, an adaptive threshold
 //!   and suppression of repeated alarms). [`by_name`] builds one by name.
 //! * [`csv`]: reading NAB-style `timestamp,value` files, detector-result

@@ -1,7 +1,7 @@
 use super::window::Ring;
 use super::{
-    ChangePoint, ChangePointParams, Detector, Forecast, ForecastParams, Robust, RobustParams,
-    Seasonal, SeasonalParams,
+    Cad, CadParams, ChangePoint, ChangePointParams, Detector, Forecast, ForecastParams, Robust,
+    RobustParams, Seasonal, SeasonalParams,
 };
 
 /// Parameters of [`Ensemble`].
@@ -38,6 +38,15 @@ pub struct EnsembleParams {
     /// Samples before the first alarm can be raised (the likelihood stage
     /// learns meanwhile).
     pub warmup: usize,
+    /// The CAD OSE model run alongside (`None`: not run).
+    pub cad: Option<CadParams>,
+    /// A CAD score `c ≥ cad_threshold` is an alarm too: the output is the
+    /// larger of the likelihood score and `c` mapped to the same scale
+    /// (`[cad_threshold, 1] → [0.5, 1]`, below → `[0, 0.49)`).
+    pub cad_threshold: f64,
+    /// CAD alarms are ignored for the first `cad_after` samples (CAD needs
+    /// a few cycles of a periodic series before its novelty means much).
+    pub cad_after: usize,
 }
 
 impl Default for EnsembleParams {
@@ -76,6 +85,12 @@ impl Default for EnsembleParams {
             threshold: 0.3,
             suppress: 200,
             warmup: 300,
+            cad: Some(CadParams {
+                max_contexts: 512,
+                ..CadParams::default()
+            }),
+            cad_threshold: 0.8,
+            cad_after: 1500,
         }
     }
 }
@@ -104,6 +119,12 @@ impl Default for EnsembleParams {
 /// samples score `0.49 · ll / threshold` (below 0.5), and 0 while
 /// suppressed. So thresholding at 0.5 gives exactly the alarms.
 ///
+/// With `cad` set (the default), a [`Cad`] model runs alongside: a CAD score
+/// `c ≥ cad_threshold` (0.8) is an alarm too (mapped to `[0.5, 1]`, below
+/// to `[0, 0.49)`; the output is the larger of the two), after the first
+/// `cad_after` (1500) samples only; either model's alarm starts the common
+/// suppression window.
+///
 /// Warm-up: score 0 for the first `warmup` samples (the parts and the
 /// likelihood stage learn meanwhile). Memory: the parts plus the `avg`
 /// raw-score ring (under [`super::MAX_BYTES_PER_SERIES`] with default
@@ -116,6 +137,7 @@ pub struct Ensemble {
     seasonal: Seasonal,
     changepoint: ChangePoint,
     diff: Option<Robust>,
+    cad: Option<Cad>,
     last: Option<f64>,
     raw: Ring,
     raw_sum: f64,
@@ -158,6 +180,7 @@ impl Ensemble {
             seasonal: Seasonal::new(p.seasonal.clone()),
             changepoint: ChangePoint::new(p.changepoint),
             diff: (p.diff_gain > 0.0).then(|| Robust::new(p.robust)),
+            cad: p.cad.clone().map(Cad::new),
             last: None,
             raw: Ring::new(p.avg.max(1)),
             raw_sum: 0.0,
@@ -231,6 +254,47 @@ impl Detector for Ensemble {
         if !value.is_finite() {
             return 0.0;
         }
+        let c = match self.cad.as_mut() {
+            Some(cad) => {
+                let c = cad.observe(ts, value);
+                let t = self.p.cad_threshold.clamp(1e-6, 1.0 - 1e-6);
+                if c >= t {
+                    0.5 + 0.5 * ((c - t) / (1.0 - t)).clamp(0.0, 1.0)
+                } else {
+                    0.49 * c / t
+                }
+            }
+            None => 0.0,
+        };
+        let quiet = self.quiet > 0;
+        let l = self.likelihood_score(ts, value);
+        if quiet || self.n <= self.p.warmup.max(self.p.cad_after) {
+            // One alarm per incident, whichever model raised it.
+            return l;
+        }
+        if l < 0.5 && c >= 0.5 {
+            self.quiet = self.p.suppress;
+        }
+        l.max(c)
+    }
+    fn name(&self) -> &'static str {
+        "ensemble"
+    }
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.robust.heap_bytes()
+            + self.seasonal.heap_bytes()
+            + self.changepoint.heap_bytes()
+            + self.raw.heap_bytes()
+            + self.diff.as_ref().map_or(0, |d| d.heap_bytes())
+            + self.cad.as_ref().map_or(0, |c| c.memory_bytes())
+    }
+}
+
+impl Ensemble {
+    /// The likelihood stage's output for `value` (with the alarm
+    /// suppression).
+    fn likelihood_score(&mut self, ts: i64, value: f64) -> f64 {
         let e = self.evidence(ts, value);
         let ll = self.likelihood(e);
         if self.n <= self.p.warmup {
@@ -247,16 +311,5 @@ impl Detector for Ensemble {
         } else {
             0.49 * ll / thr
         }
-    }
-    fn name(&self) -> &'static str {
-        "ensemble"
-    }
-    fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.robust.heap_bytes()
-            + self.seasonal.heap_bytes()
-            + self.changepoint.heap_bytes()
-            + self.raw.heap_bytes()
-            + self.diff.as_ref().map_or(0, |d| d.heap_bytes())
     }
 }

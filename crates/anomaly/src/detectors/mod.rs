@@ -7,6 +7,7 @@
 //! `z` (in robust standard deviations) to `z² / (z² + 9)`, so 0.5 means
 //! "3 sigma"; while warming up they return 0 ("no evidence").
 
+mod cad;
 mod changepoint;
 mod ensemble;
 mod forecast;
@@ -14,6 +15,7 @@ mod robust;
 mod seasonal;
 pub mod window;
 
+pub use cad::{Cad, CadParams, CAD_MAX_BYTES, MAX_CONTEXTS};
 pub use changepoint::{ChangePoint, ChangePointParams};
 pub use ensemble::{Ensemble, EnsembleParams};
 pub use forecast::{Forecast, ForecastParams};
@@ -24,8 +26,10 @@ use crate::Error;
 
 /// Upper bound on the memory one detector instance (one series) uses, in
 /// bytes, for every method with its default parameters (checked by tests via
-/// [`Detector::memory_bytes`]). The largest part is the seasonal buffer.
-pub const MAX_BYTES_PER_SERIES: usize = 64 * 1024;
+/// [`Detector::memory_bytes`]). The largest parts are the CAD context
+/// memory ([`CAD_MAX_BYTES`], at most [`MAX_CONTEXTS`] contexts) and the
+/// seasonal buffer (33 KB).
+pub const MAX_BYTES_PER_SERIES: usize = 192 * 1024;
 
 /// An online anomaly detector for one series.
 pub trait Detector: Send {
@@ -45,7 +49,14 @@ pub trait Detector: Send {
 pub const DEFAULT_METHOD: &str = "ensemble";
 
 /// The method names [`by_name`] accepts.
-pub const METHODS: &[&str] = &["ensemble", "robust", "seasonal", "forecast", "changepoint"];
+pub const METHODS: &[&str] = &[
+    "ensemble",
+    "robust",
+    "seasonal",
+    "forecast",
+    "changepoint",
+    "cad",
+];
 
 /// Builds a detector with default parameters by name (see [`METHODS`]).
 pub fn by_name(name: &str) -> Result<Box<dyn Detector>, Error> {
@@ -55,6 +66,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Detector>, Error> {
         "seasonal" => Box::new(Seasonal::default()),
         "forecast" => Box::new(Forecast::default()),
         "changepoint" => Box::new(ChangePoint::default()),
+        "cad" => Box::new(Cad::default()),
         other => return Err(Error::UnknownMethod(other.to_string())),
     })
 }
