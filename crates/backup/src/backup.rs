@@ -40,7 +40,18 @@ pub struct BackupSettings {
     /// Snapshot messages buffered between the member and the chunker.
     pub source_queue_messages: usize,
     pub connect_timeout_ms: u64,
+    /// Upload bandwidth cap over all destinations, bytes per second (0: unlimited).
+    pub max_upload_bytes_per_s: u64,
+    /// A lock object older than this is ignored (its writer died), milliseconds.
+    pub lock_stale_ms: u64,
 }
+
+/// Called with the backup id just before any summary or manifest is written; `false`
+/// abandons the backup (no manifest is written anywhere, so it never exists). The
+/// scheduler uses it to make sure it is still the one member running the backup.
+pub type CommitGate = Box<
+    dyn FnOnce(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send,
+>;
 
 impl Default for BackupSettings {
     fn default() -> Self {
@@ -54,9 +65,14 @@ impl Default for BackupSettings {
             upload_concurrency: 4,
             source_queue_messages: 8,
             connect_timeout_ms: 5_000,
+            max_upload_bytes_per_s: 0,
+            lock_stale_ms: DEFAULT_LOCK_STALE_MS,
         }
     }
 }
+
+/// Default of [`BackupSettings::lock_stale_ms`].
+pub const DEFAULT_LOCK_STALE_MS: u64 = 3_600_000;
 
 /// Where the snapshot comes from.
 #[derive(Clone, Debug)]
@@ -128,6 +144,8 @@ impl DestState {
 async fn prepare(
     d: &Destination,
     chunker: ChunkerSettings,
+    lock: &str,
+    lock_stale_ms: u64,
 ) -> Result<(RepoConfig, HashMap<String, (String, u64)>), BackupError> {
     let cfg = match d.get(CONFIG_KEY).await? {
         Some(b) => {
@@ -164,7 +182,18 @@ async fn prepare(
             cfg
         }
     };
+    // Our lock first, then look for a prune: a prune running now may delete any chunk
+    // no complete backup references, so we then reuse nothing (upload every chunk).
+    d.put(lock, Bytes::from_static(b"{}")).await?;
+    let pruning = crate::prune::fresh_locks(d, "prune-", lock_stale_ms).await? > 0;
     let mut known = HashMap::new();
+    if pruning {
+        tracing::warn!(
+            "destination {}: a prune is running; this backup reuses no chunk",
+            d.url
+        );
+        return Ok((cfg, known));
+    }
     for (key, size) in d.list(CHUNKS_PREFIX).await? {
         if let Some((p, o)) = parse_chunk_key(&key) {
             known.insert(p, (o, size));
@@ -323,6 +352,33 @@ pub async fn backup_now(
     source: &Source,
     settings: &BackupSettings,
 ) -> Result<BackupOutcome, BackupError> {
+    backup_now_gated(source, settings, None).await
+}
+
+/// [`backup_now`] with a [`CommitGate`] asked before anything that makes the backup
+/// exist is written.
+pub async fn backup_now_gated(
+    source: &Source,
+    settings: &BackupSettings,
+    gate: Option<CommitGate>,
+) -> Result<BackupOutcome, BackupError> {
+    let lock = crate::prune::lock_key("backup-");
+    let r = backup_inner(source, settings, gate, &lock).await;
+    // Best effort: a lock left behind only delays chunk GC until it is stale.
+    for url in &settings.destinations {
+        if let Ok(d) = Destination::open(url, &settings.s3, &settings.retry) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), d.delete(&lock)).await;
+        }
+    }
+    r
+}
+
+async fn backup_inner(
+    source: &Source,
+    settings: &BackupSettings,
+    gate: Option<CommitGate>,
+    lock: &str,
+) -> Result<BackupOutcome, BackupError> {
     let started = std::time::Instant::now();
     let recipients = parse_recipients(&settings.recipients)?;
     if settings.destinations.is_empty() {
@@ -347,7 +403,7 @@ pub async fn backup_now(
         };
         match Destination::open(url, &settings.s3, &settings.retry) {
             Err(e) => st.error = Some(e),
-            Ok(d) => match prepare(&d, settings.chunker).await {
+            Ok(d) => match prepare(&d, settings.chunker, lock, settings.lock_stale_ms).await {
                 Ok((cfg, known)) => {
                     if let Some(c) = chunker {
                         if c != cfg.chunker {
@@ -400,6 +456,8 @@ pub async fn backup_now(
 
     let mut uploads: FuturesUnordered<Upload> = FuturesUnordered::new();
     let mut chunks = 0u64;
+    let mut paced_bytes = 0u64;
+    let pace_start = tokio::time::Instant::now();
     while let Some((sha, data)) = chunk_rx.recv().await {
         chunks += 1;
         let needing: Vec<usize> = (0..dests.len())
@@ -433,6 +491,14 @@ pub async fn backup_now(
                     st.uploaded_bytes += size;
                     let d = st.dest.clone().expect("ok dest");
                     let key = chunk_key(&sha, &osha);
+                    if settings.max_upload_bytes_per_s > 0 {
+                        paced_bytes += size;
+                        let due = pace_start
+                            + Duration::from_secs_f64(
+                                paced_bytes as f64 / settings.max_upload_bytes_per_s as f64,
+                            );
+                        tokio::time::sleep_until(due).await;
+                    }
                     uploads.push(Box::pin(async move { (i, d.put(&key, obj).await) }));
                     (osha, size)
                 }
@@ -510,6 +576,25 @@ pub async fn backup_now(
         rand::random::<u32>()
     );
     let cluster_id = format!("{:x}", taken.cluster_id);
+    if let Some(gate) = gate {
+        if !gate(id.clone()).await {
+            for st in dests.iter_mut().filter(|s| s.ok()) {
+                st.error = Some(BackupError::Abandoned {
+                    url: st.url.clone(),
+                    backup: id.clone(),
+                });
+            }
+            return Ok(finish_outcome(
+                id,
+                revision,
+                compact_revision,
+                info.bytes_out,
+                chunks,
+                started,
+                dests,
+            ));
+        }
+    }
     for st in dests.iter_mut().filter(|s| s.ok()) {
         let d = st.dest.clone().expect("ok");
         let manifest = Manifest {
@@ -531,6 +616,11 @@ pub async fn backup_now(
             chunker,
             chunks: std::mem::take(&mut st.chunks),
         };
+        let manifest_chunk_keys: Vec<String> = manifest
+            .chunks
+            .iter()
+            .map(|c| chunk_key(&c.sha256, &c.object_sha256))
+            .collect();
         let json = serde_json::to_vec(&manifest).expect("json");
         let obj = match seal(&json, &recipients, settings.zstd_level) {
             Ok(o) => o,
@@ -572,7 +662,18 @@ pub async fn backup_now(
         st.uploaded_bytes = summary.uploaded_bytes;
         let sj = serde_json::to_vec_pretty(&summary).expect("json");
         // The summary first, the manifest LAST: a backup exists once its manifest does.
+        let refs = Refs {
+            format: "phalanx-backup-refs".into(),
+            id: id.clone(),
+            revision,
+            chunks: manifest_chunk_keys.clone(),
+        };
         let r = async {
+            d.put(
+                &backup_key(&id, REFS_NAME),
+                Bytes::from(serde_json::to_vec(&refs).expect("json")),
+            )
+            .await?;
             d.put(&backup_key(&id, SUMMARY_NAME), Bytes::from(sj))
                 .await?;
             d.put(&backup_key(&id, MANIFEST_NAME), Bytes::from(obj))

@@ -126,6 +126,12 @@ pub enum BackupError {
     #[error("store {path}: {detail}")]
     Store { path: PathBuf, detail: String },
 
+    #[error("destination {url}: backup {backup} abandoned before its manifest was written: this member no longer runs the schedule (another member took over)")]
+    Abandoned { url: String, backup: String },
+
+    #[error("archive at {url}: {detail}")]
+    Archive { url: String, detail: String },
+
     #[error("backup failed at {failed} of {total} destination(s): {details}")]
     SomeDestinationsFailed {
         failed: usize,

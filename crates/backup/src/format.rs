@@ -15,6 +15,10 @@ pub const BACKUPS_PREFIX: &str = "backups";
 pub const MANIFEST_NAME: &str = "manifest.age";
 pub const SUMMARY_NAME: &str = "summary.json";
 pub const VERIFIED_NAME: &str = "verified.json";
+/// Plain list of the chunk objects a backup references (for chunk GC without the key).
+pub const REFS_NAME: &str = "refs.json";
+pub const LOCKS_PREFIX: &str = "locks";
+pub const ARCHIVE_PREFIX: &str = "archive";
 pub const FORMAT_VERSION: u32 = 1;
 
 pub fn hex(b: &[u8]) -> String {
@@ -138,6 +142,16 @@ pub struct Summary {
     pub uploaded_bytes: u64,
     /// SHA-256 of `manifest.age`, so the manifest is checkable without the key.
     pub manifest_sha256: String,
+}
+
+/// `backups/<id>/refs.json`: the chunk objects of a backup, written before its summary
+/// and manifest, so retention can tell which chunks are still referenced without the key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Refs {
+    pub format: String,
+    pub id: String,
+    pub revision: i64,
+    pub chunks: Vec<String>,
 }
 
 /// Written by `backup verify`.

@@ -12,25 +12,42 @@
 //! * [`list_backups`] — complete backups at a destination.
 //! * [`verify`] — read and check every object, replay into a scratch store, compare
 //!   HashKV at the backup revision.
-//! * [`restore()`] — write a new member's data dir at a revision or time.
+//! * [`restore()`] — write a new member's data dir at a revision or time (a backup,
+//!   then the continuous archive up to the target).
+//! * [`service`] — backups run by the cluster (leader only): schedule, archive,
+//!   retention, restore drills, metrics; the policy lives in the replicated store.
+//! * [`prune()`] — retention (restic's `forget` rules) and chunk/segment GC.
 //!
 //! Memory stays bounded: the snapshot streams through the chunker; at most
 //! `upload_concurrency` chunks of at most `chunk_max_bytes` are in flight.
 
+pub mod archive;
 mod backup;
 mod dest;
 mod error;
 pub mod format;
+pub mod prune;
 mod repo;
 mod restore;
+pub mod service;
 pub mod snapstream;
 
-pub use backup::{backup_now, BackupOutcome, BackupSettings, DestinationOutcome, Source};
+pub use backup::{
+    backup_now, backup_now_gated, BackupOutcome, BackupSettings, CommitGate, DestinationOutcome,
+    Source,
+};
 pub use dest::{Destination, RetrySettings, S3Settings};
 pub use error::BackupError;
 pub use format::ChunkerSettings;
+pub use prune::{forget, prune, PruneReport, Retention};
 pub use repo::{list_backups, BackupEntry};
 pub use restore::{
-    choose, restore, verify, ReadSettings, RestoreReport, RestoreSettings, Target, VerifyReport,
-    DEFAULT_BUMP_REVISION,
+    choose, plan, restore, verify, Plan, ReadSettings, RestoreReport, RestoreSettings, Target,
+    VerifyReport, DEFAULT_BUMP_REVISION,
 };
+pub use service::{Policy, ServiceHandle, ServiceSettings, Status};
+
+/// Default lock staleness, milliseconds (for command-line defaults).
+pub const fn backup_lock_stale_ms() -> u64 {
+    backup::DEFAULT_LOCK_STALE_MS
+}

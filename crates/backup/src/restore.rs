@@ -65,6 +65,10 @@ pub struct RestoreReport {
     pub keys: u64,
     pub leases: u64,
     pub detached_lease_keys: u64,
+    /// Archive segments replayed on top of the backup (0: the backup alone).
+    pub segments: u64,
+    /// Revisions replayed from the archive.
+    pub archived_revisions: u64,
     pub elapsed: std::time::Duration,
 }
 
@@ -172,6 +176,247 @@ async fn verify_entry(
         bytes: entry.summary.stored_bytes,
         hash_kv: found,
     })
+}
+
+/// What a restore replays: a backup, then archive segments up to `want`.
+#[derive(Debug)]
+pub struct Plan {
+    pub entry: BackupEntry,
+    pub want: i64,
+    pub segments: Vec<crate::archive::SegmentName>,
+    /// The newest revision the repository can restore (backup or archive).
+    pub newest: i64,
+}
+
+/// Choose the backup and the archive segments for `target`: a backup alone when one
+/// holds the revision; else the newest backup at or before it and the archive chain
+/// from there. `--time`: the newest revision seen applied at or before that time.
+pub async fn plan(
+    d: &Destination,
+    all: &[BackupEntry],
+    segments: &[crate::archive::SegmentName],
+    target: &Target,
+    ids: &[Box<dyn age::Identity + Send + Sync>],
+) -> Result<Plan, BackupError> {
+    use crate::archive::chain;
+    let newest_b = all
+        .last()
+        .ok_or_else(|| BackupError::NoBackups { url: d.url.clone() })?;
+    // The newest point: the furthest any backup's chain reaches.
+    let mut newest = i64::MIN;
+    let mut newest_entry = newest_b;
+    for e in all {
+        let (_, end) = chain(segments, e.summary.revision);
+        if end >= newest {
+            newest = end;
+            newest_entry = e;
+        }
+    }
+    let with_chain = |e: &BackupEntry, want: i64| {
+        let (c, _) = chain(segments, e.summary.revision);
+        let segs: Vec<_> = c
+            .into_iter()
+            .filter(|s| s.after < want || s.upto <= want)
+            .collect();
+        Plan {
+            entry: e.clone(),
+            want,
+            segments: segs,
+            newest,
+        }
+    };
+    match target {
+        Target::Newest => Ok(with_chain(newest_entry, newest)),
+        Target::Revision(r) => {
+            if let Ok((e, want)) = choose(&d.url, all, target) {
+                return Ok(Plan {
+                    entry: e.clone(),
+                    want,
+                    segments: vec![],
+                    newest,
+                });
+            }
+            if *r > newest {
+                return Err(BackupError::RevisionTooNew {
+                    url: d.url.clone(),
+                    wanted: *r,
+                    newest,
+                    backup: newest_entry.id.clone(),
+                });
+            }
+            // The newest backup at or before r whose chain reaches r.
+            for e in all.iter().rev().filter(|e| e.summary.revision <= *r) {
+                let (_, end) = chain(segments, e.summary.revision);
+                if end >= *r {
+                    return Ok(with_chain(e, *r));
+                }
+            }
+            // Not reachable: report as before (compacted or a gap).
+            choose(&d.url, all, target).map(|(e, w)| Plan {
+                entry: e.clone(),
+                want: w,
+                segments: vec![],
+                newest,
+            })
+        }
+        Target::Time(t) => {
+            let (e, _) = choose(&d.url, all, target)?;
+            let when = humantime::parse_rfc3339_weak(t).map_err(|x| BackupError::BadTime {
+                value: t.clone(),
+                detail: x.to_string(),
+            })?;
+            let ms = when
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let (c, _) = chain(segments, e.summary.revision);
+            let mut want = e.summary.revision;
+            for s in &c {
+                if s.last_ms <= ms {
+                    want = want.max(s.upto);
+                    continue;
+                }
+                // The segment straddling t: its marks say when each revision was seen.
+                let seg = crate::archive::read_segment(d, s, ids).await?;
+                for (rev, at) in &seg.marks {
+                    if *at <= ms {
+                        want = want.max(*rev);
+                    }
+                }
+                break;
+            }
+            Ok(with_chain(e, want))
+        }
+    }
+}
+
+/// Replay archive segments onto `store` (holding the backup) up to revision `want`.
+/// Returns the number of revisions replayed.
+pub(crate) fn replay(
+    store: &mvcc::Store,
+    segs: &[crate::archive::Segment],
+    want: i64,
+) -> Result<u64, String> {
+    use etcd_client::proto::{PbTxnOpRequest as Op, PbTxnRequestOp};
+    let apply = |cmd: mvcc::Command| -> Result<mvcc::Applied, String> {
+        match store.apply_batch(&[Some(cmd)], b"archive-replay", false) {
+            Ok(mut v) => v.pop().flatten().ok_or_else(|| "no result".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let mut n = 0u64;
+    for seg in segs {
+        let mut used = std::collections::HashSet::new();
+        for ev in &seg.events {
+            if let Some(kv) = &ev.kv {
+                if kv.mod_revision <= want && kv.lease != 0 {
+                    used.insert(kv.lease);
+                }
+            }
+        }
+        for (id, ttl, seen) in &seg.grants {
+            if (*seen <= want || used.contains(id)) && store.lease(*id).is_none() {
+                apply(mvcc::Command::LeaseGrant {
+                    id: *id,
+                    ttl_seconds: *ttl,
+                })?;
+            }
+        }
+        let mut i = 0;
+        while i < seg.events.len() {
+            let rev = seg.events[i]
+                .kv
+                .as_ref()
+                .map(|k| k.mod_revision)
+                .unwrap_or(0);
+            let mut j = i;
+            while j < seg.events.len()
+                && seg.events[j]
+                    .kv
+                    .as_ref()
+                    .map(|k| k.mod_revision)
+                    .unwrap_or(0)
+                    == rev
+            {
+                j += 1;
+            }
+            let group = &seg.events[i..j];
+            i = j;
+            if rev <= store.current_revision() {
+                continue; // already in the backup (overlapping segments)
+            }
+            if rev > want {
+                break;
+            }
+            if rev != store.current_revision() + 1 {
+                return Err(format!(
+                    "archive gap: next archived revision is {rev}, the store is at {}",
+                    store.current_revision()
+                ));
+            }
+            let ops: Vec<PbTxnRequestOp> = group
+                .iter()
+                .map(|ev| {
+                    let kv = ev.kv.clone().unwrap_or_default();
+                    PbTxnRequestOp {
+                        request: Some(if ev.r#type == mvcc::consts::EVENT_DELETE {
+                            Op::RequestDeleteRange(mvcc::PbDeleteRequest {
+                                key: kv.key,
+                                ..Default::default()
+                            })
+                        } else {
+                            Op::RequestPut(mvcc::PbPutRequest {
+                                key: kv.key,
+                                value: kv.value,
+                                lease: kv.lease,
+                                ..Default::default()
+                            })
+                        }),
+                    }
+                })
+                .collect();
+            let a = apply(mvcc::Command::txn(&mvcc::PbTxnRequest {
+                success: ops,
+                ..Default::default()
+            }))
+            .map_err(|e| format!("replaying revision {rev}: {e}"))?;
+            let same = a.revision == rev
+                && a.events.len() == group.len()
+                && a.events.iter().zip(group).all(|(x, y)| {
+                    let (xk, yk) = (
+                        x.kv.clone().unwrap_or_default(),
+                        y.kv.clone().unwrap_or_default(),
+                    );
+                    x.r#type == y.r#type
+                        && xk.key == yk.key
+                        && xk.mod_revision == yk.mod_revision
+                        && (y.r#type == mvcc::consts::EVENT_DELETE || xk == yk)
+                });
+            if !same {
+                return Err(format!(
+                    "replaying revision {rev} did not give the archived key-values (store at {})",
+                    a.revision
+                ));
+            }
+            n += 1;
+        }
+        for (id, seen) in &seg.revokes {
+            if *seen <= want {
+                if let Some(l) = store.lease(*id) {
+                    if l.keys.is_empty() {
+                        apply(mvcc::Command::LeaseRevoke { id: *id })?;
+                    }
+                }
+            }
+        }
+    }
+    if store.current_revision() < want {
+        return Err(format!(
+            "the archive ends at revision {}, before the target {want}",
+            store.current_revision()
+        ));
+    }
+    Ok(n)
 }
 
 /// Pick the backup for `target`.
@@ -293,8 +538,9 @@ pub async fn restore(s: &RestoreSettings) -> Result<RestoreReport, BackupError> 
     let d = Destination::open(&s.read.from, &s.read.s3, &s.read.retry)?;
     let ids = load_identities(&s.read.identity_files)?;
     let all = list_backups(&d).await?;
-    let (entry, want) = choose(&d.url, &all, &s.target)?;
-    let entry = entry.clone();
+    let segments = crate::archive::list_segments(&d).await?;
+    let plan = plan(&d, &all, &segments, &s.target, &ids).await?;
+    let (entry, want) = (plan.entry.clone(), plan.want);
     let m = read_manifest(&d, &entry, &ids).await?;
     if want < m.compact_revision.max(1) {
         return Err(BackupError::RevisionCompacted {
@@ -305,10 +551,15 @@ pub async fn restore(s: &RestoreSettings) -> Result<RestoreReport, BackupError> 
             oldest: m.compact_revision.max(1),
         });
     }
+    // Fetch (and check) the archive to replay before touching the data dir.
+    let mut segs = Vec::new();
+    for name in &plan.segments {
+        segs.push(crate::archive::read_segment(&d, name, &ids).await?);
+    }
 
     std::fs::create_dir_all(&data_dir).map_err(BackupError::io("create data dir", &data_dir))?;
     let work = data_dir.join("member.restoring");
-    let r = restore_into(&d, &entry, &m, &ids, want, s, &work).await;
+    let r = restore_into(&d, &entry, &m, &ids, want, s, &work, segs, plan.newest).await;
     match r {
         Ok(mut rep) => {
             let member = data_dir.join("member");
@@ -330,6 +581,7 @@ pub async fn restore(s: &RestoreSettings) -> Result<RestoreReport, BackupError> 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn restore_into(
     d: &Destination,
     entry: &BackupEntry,
@@ -338,6 +590,8 @@ async fn restore_into(
     want: i64,
     s: &RestoreSettings,
     work: &Path,
+    segs: Vec<crate::archive::Segment>,
+    newest: i64,
 ) -> Result<RestoreReport, BackupError> {
     let scratch = work.join("scratch");
     std::fs::create_dir_all(&scratch).map_err(BackupError::io("create scratch dir", &scratch))?;
@@ -371,7 +625,20 @@ async fn restore_into(
     }
     // 2. State at `want`, as a snapshot stream; 3. installed into the new member's store;
     // 4. cross-checked key by key against the scratch store at `want`.
-    let new_rev = m.revision + s.bump_revision;
+    // 1b. The archive replayed on top, revision by revision, up to `want`; every
+    // replayed revision must produce exactly the archived key-values.
+    let nsegs = segs.len() as u64;
+    let mut archived_revisions = 0u64;
+    if !segs.is_empty() {
+        let sdb = scratch_db.clone();
+        archived_revisions = tokio::task::spawn_blocking(move || -> Result<u64, BackupError> {
+            let store = mvcc::Store::open(&sdb).map_err(|e| store_err(&sdb)(e.to_string()))?;
+            replay(&store, &segs, want).map_err(|e| store_err(&sdb)(e))
+        })
+        .await
+        .expect("replay task")?;
+    }
+    let new_rev = m.revision.max(newest) + s.bump_revision;
     let member = work.join("member");
     std::fs::create_dir_all(&member).map_err(BackupError::io("create member dir", &member))?;
     let target_snap = scratch.join("target.snapshot");
@@ -399,6 +666,8 @@ async fn restore_into(
             keys,
             leases,
             detached_lease_keys: detached,
+            segments: 0,
+            archived_revisions: 0,
             elapsed: Default::default(),
         })
     })
@@ -406,6 +675,8 @@ async fn restore_into(
     .expect("restore task")?;
     rep.backup = m.id.clone();
     rep.backup_revision = m.revision;
+    rep.segments = nsegs;
+    rep.archived_revisions = archived_revisions;
     let prov = serde_json::json!({
         "restored_at": now_rfc3339().0,
         "from": d.url,

@@ -142,7 +142,10 @@ pub enum Refusal {
     /// not from the leader or over the rate limit): answered with
     /// [`REFUSED_MARKER`] and code `PermissionDenied`. `reason` is the
     /// `phalanx_peer_rejected_total{reason}` label.
-    Refused { reason: &'static str, detail: String },
+    Refused {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// Serves peer requests; implemented by `Node`.

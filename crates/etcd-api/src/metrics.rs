@@ -43,7 +43,13 @@ pub struct Metrics {
     tls_expiry: Family<ListenerLabel, Gauge>,
     tls_handshake_failures: Family<ListenerLabel, Counter>,
     peer_rejected: Family<ReasonLabel, Counter>,
+    /// Extra text-format series appended at every render (the alerting's
+    /// `phalanx_wall_clock_seconds` and the member's gateway series).
+    extra_text: std::sync::Mutex<Vec<TextSource>>,
 }
+
+/// A producer of Prometheus text-format lines, called at every scrape.
+pub type TextSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -143,6 +149,7 @@ impl Metrics {
             peer_rejected.clone(),
         );
         Metrics {
+            extra_text: std::sync::Mutex::new(Vec::new()),
             tls_expiry,
             tls_handshake_failures,
             peer_rejected,
@@ -210,6 +217,21 @@ impl Metrics {
             &self.registry.lock().expect("registry poisoned"),
         )
         .expect("writing to a String cannot fail");
+        let sources = self.extra_text.lock().expect("sources poisoned").clone();
+        if !sources.is_empty() {
+            // Before OpenMetrics' `# EOF` terminator, which must stay last.
+            let eof = out.rfind("# EOF").unwrap_or(out.len());
+            let mut extra = String::new();
+            for f in sources {
+                extra.push_str(&f());
+            }
+            out.insert_str(eof, &extra);
+        }
         out
+    }
+
+    /// Append `f()` (Prometheus text format, complete lines) to every render.
+    pub fn add_text_source(&self, f: TextSource) {
+        self.extra_text.lock().expect("sources poisoned").push(f);
     }
 }

@@ -192,6 +192,10 @@ pub struct NodeArgs {
     #[command(flatten)]
     #[serde(skip)]
     pub alerting: crate::cli::alerting::NodeAlertingArgs,
+    // --- backup service: schedule, archive, retention, drills (flags only; see docs/backup.md) ---
+    #[command(flatten)]
+    #[serde(skip)]
+    pub backup: crate::cli::backup::NodeBackupArgs,
 }
 
 macro_rules! merge {
@@ -470,11 +474,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // Auth settings are checked (and JWT keys read) before anything binds.
     let auth_settings = {
         let ttl = std::time::Duration::from_secs(args.auth_token_ttl.unwrap_or(300));
-        let token = etcd_api::auth::TokenConfig::parse(
-            args.auth_token.as_deref().unwrap_or("simple"),
-            ttl,
-        )
-        .map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?;
+        let token =
+            etcd_api::auth::TokenConfig::parse(args.auth_token.as_deref().unwrap_or("simple"), ttl)
+                .map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?;
         let settings = etcd_api::auth::AuthSettings {
             token,
             bcrypt_cost: args.bcrypt_cost.unwrap_or(10),
@@ -568,9 +570,23 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .unwrap_or(ApiLimits::default().quota_backend_bytes),
         node.clone(),
         metrics.clone(),
+        gateway.as_ref().map(|g| g.gateway().clone()),
     )
     .await?;
     // --- alerting (end) ---
+
+    // --- backup service (begin) ---
+    let _backup_service = crate::cli::backup::start_for_node(
+        &args.backup,
+        &name,
+        listen_client
+            .iter()
+            .map(|u| u.replace("://0.0.0.0:", "://127.0.0.1:"))
+            .collect(),
+        node.clone(),
+    )
+    .await?;
+    // --- backup service (end) ---
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -25,11 +25,19 @@ fn three_members_with_client_and_peer_tls_serve_etcdctl_and_refuse_the_rest() {
         m.extra = member_tls_flags(&ca.ca_file, &own);
     }
     let plain_port = free_port();
-    let mut c = TlsCluster { dir, members, token: format!("tls-{plain_port}") };
+    let mut c = TlsCluster {
+        dir,
+        members,
+        token: format!("tls-{plain_port}"),
+    };
     let ic = c.initial_cluster();
     let token = c.token.clone();
     for (i, m) in c.members.iter_mut().enumerate() {
-        let extra = if i == 0 { vec![format!("http://127.0.0.1:{plain_port}")] } else { vec![] };
+        let extra = if i == 0 {
+            vec![format!("http://127.0.0.1:{plain_port}")]
+        } else {
+            vec![]
+        };
         m.spawn(&ic, "new", &token, &extra);
     }
     c.wait_healthy();
@@ -62,7 +70,11 @@ fn three_members_with_client_and_peer_tls_serve_etcdctl_and_refuse_the_rest() {
     for (what, eps, args) in [
         ("no client certificate", one.as_str(), no_cert),
         ("a certificate from another CA", one.as_str(), foreign),
-        ("plain HTTP on the TLS listener", plain_on_tls.as_str(), vec![FAIL_FAST.to_string()]),
+        (
+            "plain HTTP on the TLS listener",
+            plain_on_tls.as_str(),
+            vec![FAIL_FAST.to_string()],
+        ),
     ] {
         let out = etcdctl(eps, &args, &["get", "tls-key"]);
         assert!(
@@ -70,12 +82,21 @@ fn three_members_with_client_and_peer_tls_serve_etcdctl_and_refuse_the_rest() {
             "{what}: etcdctl succeeded: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("tls-value"), "{what}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("tls-value"),
+            "{what}"
+        );
     }
 
     let page = c.members[0].metrics();
-    let failures = labelled_metric(&page, r#"phalanx_tls_handshake_failures_total{listener="client"}"#);
-    assert!(failures.unwrap_or(0.0) >= 3.0, "handshake failures: {failures:?}\n{page}");
+    let failures = labelled_metric(
+        &page,
+        r#"phalanx_tls_handshake_failures_total{listener="client"}"#,
+    );
+    assert!(
+        failures.unwrap_or(0.0) >= 3.0,
+        "handshake failures: {failures:?}\n{page}"
+    );
     for listener in ["client", "peer", "peer-client"] {
         let expiry = labelled_metric(
             &page,
@@ -86,7 +107,10 @@ fn three_members_with_client_and_peer_tls_serve_etcdctl_and_refuse_the_rest() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as f64;
-        assert!(expiry > now + 29.0 * 86_400.0 && expiry < now + 31.0 * 86_400.0, "{listener}: {expiry}");
+        assert!(
+            expiry > now + 29.0 * 86_400.0 && expiry < now + 31.0 * 86_400.0,
+            "{listener}: {expiry}"
+        );
     }
 }
 
@@ -135,7 +159,11 @@ fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into(),
     ];
     let port = m.client_port;
-    let mut c = TlsCluster { dir, members: vec![m], token: format!("rot-{port}") };
+    let mut c = TlsCluster {
+        dir,
+        members: vec![m],
+        token: format!("rot-{port}"),
+    };
     let ic = c.initial_cluster();
     let token = c.token.clone();
     c.members[0].spawn(&ic, "new", &token, &[]);
@@ -156,12 +184,17 @@ fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     let second = ca.issue("n1", 0x2a, 90);
     write_atomic(&key, &std::fs::read_to_string(&second.key).unwrap());
     write_atomic(&cert, &std::fs::read_to_string(&second.cert).unwrap());
-    wait_for("the rotated certificate (serial 2a) served", Duration::from_secs(10), || {
-        (served_serial(port, &ca.ca_file).as_deref() == Some("2a")).then_some(())
-    });
+    wait_for(
+        "the rotated certificate (serial 2a) served",
+        Duration::from_secs(10),
+        || (served_serial(port, &ca.ca_file).as_deref() == Some("2a")).then_some(()),
+    );
     ctl_ok(&eps, &args, &["put", "after", "2"]);
     let after = expiry(&c).expect("expiry metric");
-    assert!(after > before + 59.0 * 86_400.0, "expiry metric not updated: {before} -> {after}");
+    assert!(
+        after > before + 59.0 * 86_400.0,
+        "expiry metric not updated: {before} -> {after}"
+    );
 
     // A broken replacement (key of another certificate) is not used: the
     // rotated pair goes on being served, and the log says why.
@@ -169,7 +202,10 @@ fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     write_atomic(&cert, &std::fs::read_to_string(&third.cert).unwrap());
     wait_for("the mismatch logged", Duration::from_secs(10), || {
         let _ = served_serial(port, &ca.ca_file);
-        c.members[0].log_text().contains("does not match the certificate").then_some(())
+        c.members[0]
+            .log_text()
+            .contains("does not match the certificate")
+            .then_some(())
     });
     assert_eq!(served_serial(port, &ca.ca_file).as_deref(), Some("2a"));
 }
@@ -185,34 +221,89 @@ fn unusable_tls_files_stop_the_start_with_the_file_and_the_problem() {
     let missing = dir.path().join("missing.crt");
     let d = |p: &std::path::Path| p.display().to_string();
     let cases: Vec<(Vec<String>, Vec<String>)> = vec![
-        (vec!["--cert-file".into(), d(&a.cert), "--key-file".into(), d(&b.key)],
-         vec![d(&b.key), "does not match".into()]),
-        (vec!["--cert-file".into(), d(&expired.cert), "--key-file".into(), d(&expired.key)],
-         vec![d(&expired.cert), "expired".into()]),
-        (vec!["--cert-file".into(), d(&missing), "--key-file".into(), d(&a.key)],
-         vec![d(&missing), "cannot read".into()]),
-        (vec!["--cert-file".into(), d(&a.cert), "--key-file".into(), d(&a.key), "--client-cert-auth".into()],
-         vec!["--client-cert-auth needs --trusted-ca-file".into()]),
-        (vec!["--peer-cert-file".into(), d(&a.cert), "--peer-key-file".into(), d(&a.key),
-              "--peer-trusted-ca-file".into(), d(&other.ca_file)],
-         vec![d(&a.cert), "not signed by any CA".into()]),
-        (vec!["--cipher-suites".into(), "TLS_RSA_WITH_RC4_128_SHA".into(), "--cert-file".into(), d(&a.cert), "--key-file".into(), d(&a.key)],
-         vec!["--cipher-suites".into(), "not supported".into()]),
+        (
+            vec![
+                "--cert-file".into(),
+                d(&a.cert),
+                "--key-file".into(),
+                d(&b.key),
+            ],
+            vec![d(&b.key), "does not match".into()],
+        ),
+        (
+            vec![
+                "--cert-file".into(),
+                d(&expired.cert),
+                "--key-file".into(),
+                d(&expired.key),
+            ],
+            vec![d(&expired.cert), "expired".into()],
+        ),
+        (
+            vec![
+                "--cert-file".into(),
+                d(&missing),
+                "--key-file".into(),
+                d(&a.key),
+            ],
+            vec![d(&missing), "cannot read".into()],
+        ),
+        (
+            vec![
+                "--cert-file".into(),
+                d(&a.cert),
+                "--key-file".into(),
+                d(&a.key),
+                "--client-cert-auth".into(),
+            ],
+            vec!["--client-cert-auth needs --trusted-ca-file".into()],
+        ),
+        (
+            vec![
+                "--peer-cert-file".into(),
+                d(&a.cert),
+                "--peer-key-file".into(),
+                d(&a.key),
+                "--peer-trusted-ca-file".into(),
+                d(&other.ca_file),
+            ],
+            vec![d(&a.cert), "not signed by any CA".into()],
+        ),
+        (
+            vec![
+                "--cipher-suites".into(),
+                "TLS_RSA_WITH_RC4_128_SHA".into(),
+                "--cert-file".into(),
+                d(&a.cert),
+                "--key-file".into(),
+                d(&a.key),
+            ],
+            vec!["--cipher-suites".into(), "not supported".into()],
+        ),
     ];
     for (i, (flags, wanted)) in cases.into_iter().enumerate() {
-        let client = if flags.iter().any(|f| f == "--cert-file") { "https" } else { "http" };
+        let client = if flags.iter().any(|f| f == "--cert-file") {
+            "https"
+        } else {
+            "http"
+        };
         let mut m = TlsMember::new(dir.path(), &format!("bad{i}"), client, "https");
         m.extra = flags;
         let ic = format!("{}={}", m.name, m.peer_url());
         m.spawn(&ic, "new", "bad", &[]);
         let mut child = m.child.take().unwrap();
-        let status = wait_for("the member to refuse to start", Duration::from_secs(20), || {
-            child.try_wait().unwrap()
-        });
+        let status = wait_for(
+            "the member to refuse to start",
+            Duration::from_secs(20),
+            || child.try_wait().unwrap(),
+        );
         assert_eq!(status.code(), Some(1), "case {i}: {}", m.log_text());
         let log = m.log_text();
         for w in &wanted {
-            assert!(log.contains(w.as_str()), "case {i}: {w:?} missing from:\n{log}");
+            assert!(
+                log.contains(w.as_str()),
+                "case {i}: {w:?} missing from:\n{log}"
+            );
         }
     }
 }

@@ -49,7 +49,9 @@ fn tlv(buf: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
 fn expect<'a>(buf: &'a [u8], want: u8, what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
     let (tag, body, rest) = tlv(buf)?;
     if tag != want {
-        return Err(format!("expected {what} (tag {want:#x}), found tag {tag:#x}"));
+        return Err(format!(
+            "expected {what} (tag {want:#x}), found tag {tag:#x}"
+        ));
     }
     Ok((body, rest))
 }

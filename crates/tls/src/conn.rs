@@ -82,7 +82,11 @@ impl AsyncRead for TlsOrPlain {
 }
 
 impl AsyncWrite for TlsOrPlain {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             TlsOrPlain::Plain(s) => Pin::new(s).poll_write(cx, buf),
             TlsOrPlain::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
@@ -142,7 +146,9 @@ pub fn incoming(
 ) -> impl Stream<Item = io::Result<TlsOrPlain>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<TlsOrPlain>(ACCEPTED_QUEUE_CONNECTIONS);
     tokio::spawn(async move {
-        let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
         let last_log: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         loop {
             let accepted = tokio::select! {
@@ -179,12 +185,17 @@ pub fn incoming(
                 let why = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => {
                         let _ = tx
-                            .send(TlsOrPlain::Tls(Box::new(tokio_rustls::TlsStream::Server(s))))
+                            .send(TlsOrPlain::Tls(Box::new(tokio_rustls::TlsStream::Server(
+                                s,
+                            ))))
                             .await;
                         return;
                     }
                     Ok(Err(e)) => explain_server_error(&e),
-                    Err(_) => format!("no TLS handshake within {} ms (handshake_timeout_ms)", timeout.as_millis()),
+                    Err(_) => format!(
+                        "no TLS handshake within {} ms (handshake_timeout_ms)",
+                        timeout.as_millis()
+                    ),
                 };
                 let n = crate::count_handshake_failure(&listener_name);
                 let mut last = last_log.lock().expect("log clock poisoned");
@@ -200,7 +211,10 @@ pub fn incoming(
             });
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) })
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
+    )
 }
 
 fn explain_server_error(e: &io::Error) -> String {

@@ -184,13 +184,18 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Every certificate in a PEM file.
-pub fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(flag, path)?;
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
     let certs = certs.map_err(|e| TlsError::Invalid {
         flag,
         path: path.to_path_buf(),
-        problem: format!("not a PEM certificate file ({e}); expected -----BEGIN CERTIFICATE----- blocks"),
+        problem: format!(
+            "not a PEM certificate file ({e}); expected -----BEGIN CERTIFICATE----- blocks"
+        ),
     })?;
     if certs.is_empty() {
         return Err(TlsError::Invalid {
@@ -237,17 +242,18 @@ pub fn load_certified_key(
         });
     }
     let provider = rustls::crypto::ring::default_provider();
-    let ck = rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-        },
-        other => TlsError::Invalid {
-            flag: key_flag,
-            path: key.to_path_buf(),
-            problem: format!("the private key cannot be used: {other}"),
-        },
-    })?;
+    let ck =
+        rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            },
+            other => TlsError::Invalid {
+                flag: key_flag,
+                path: key.to_path_buf(),
+                problem: format!("the private key cannot be used: {other}"),
+            },
+        })?;
     Ok((Arc::new(ck), info))
 }
 
@@ -364,7 +370,9 @@ impl ServerTls {
         let provider = Arc::new(provider(&s.cipher_suites, s.min_version)?);
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions(s.min_version))
-            .map_err(|e| TlsError::Setting(format!("TLS settings of the {} listener: {e}", s.listener)))?;
+            .map_err(|e| {
+                TlsError::Setting(format!("TLS settings of the {} listener: {e}", s.listener))
+            })?;
         let builder = if s.client_cert_auth {
             let Some(ca) = &s.trusted_ca_file else {
                 return Err(TlsError::Setting(format!(
@@ -373,13 +381,14 @@ impl ServerTls {
                 )));
             };
             let roots = load_roots(s.flags.ca, ca)?;
-            let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| TlsError::Invalid {
-                    flag: s.flags.ca,
-                    path: ca.clone(),
-                    problem: format!("cannot verify client certificates with it: {e}"),
-                })?;
+            let inner =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| TlsError::Invalid {
+                        flag: s.flags.ca,
+                        path: ca.clone(),
+                        problem: format!("cannot verify client certificates with it: {e}"),
+                    })?;
             builder.with_client_cert_verifier(Arc::new(verify::ClientVerifier {
                 inner,
                 allowed_cn: s.allowed_cn.clone(),
@@ -455,13 +464,8 @@ impl ClientTls {
         };
         let (config, describe_cert) = match (&s.cert_file, &s.key_file) {
             (Some(c), Some(k)) => {
-                let cert = ReloadingCert::load(
-                    "peer-client",
-                    flags,
-                    c,
-                    k,
-                    s.reload_check_interval_ms,
-                )?;
+                let cert =
+                    ReloadingCert::load("peer-client", flags, c, k, s.reload_check_interval_ms)?;
                 (
                     builder.with_client_cert_resolver(cert),
                     format!("{} {}", flags.cert, c.display()),
@@ -570,15 +574,17 @@ pub mod gen {
         let mut p = rcgen::CertificateParams::new(hosts.to_vec())?;
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let now = rcgen::date_time_ymd(2000, 1, 1)
-            + std::time::Duration::from_secs(
-                (super::now_unix() - 946_684_800 - 3600).max(0) as u64,
-            );
+            + std::time::Duration::from_secs((super::now_unix() - 946_684_800 - 3600).max(0) as u64);
         p.not_before = now;
         p.not_after = now + std::time::Duration::from_secs((valid_days.max(0) as u64) * 86_400);
         Ok(p)
     }
 
-    pub fn self_signed(hosts: &[String], cn: &str, valid_days: i64) -> Result<Generated, rcgen::Error> {
+    pub fn self_signed(
+        hosts: &[String],
+        cn: &str,
+        valid_days: i64,
+    ) -> Result<Generated, rcgen::Error> {
         let key = rcgen::KeyPair::generate()?;
         let cert = params(hosts, cn, valid_days)?.self_signed(&key)?;
         Ok(Generated {
@@ -676,7 +682,10 @@ pub fn certificate_expiries() -> Vec<(String, i64)> {
 
 /// (listener, failed TLS handshakes so far).
 pub fn handshake_failures() -> Vec<(String, u64)> {
-    HANDSHAKE_FAILURES.lock().expect("tls registry poisoned").clone()
+    HANDSHAKE_FAILURES
+        .lock()
+        .expect("tls registry poisoned")
+        .clone()
 }
 
 #[cfg(test)]
@@ -696,22 +705,48 @@ mod tests {
         let a = ca.issue("a", &["127.0.0.1".into()], 1, 30).unwrap();
         let b = ca.issue("b", &["127.0.0.1".into()], 2, 30).unwrap();
         let old = ca.issue("old", &["127.0.0.1".into()], 3, -2).unwrap();
-        let (ac, ak) = (write(d.path(), "a.pem", &a.cert_pem), write(d.path(), "a.key", &a.key_pem));
+        let (ac, ak) = (
+            write(d.path(), "a.pem", &a.cert_pem),
+            write(d.path(), "a.key", &a.key_pem),
+        );
         let bk = write(d.path(), "b.key", &b.key_pem);
-        let (oc, ok) = (write(d.path(), "o.pem", &old.cert_pem), write(d.path(), "o.key", &old.key_pem));
+        let (oc, ok) = (
+            write(d.path(), "o.pem", &old.cert_pem),
+            write(d.path(), "o.key", &old.key_pem),
+        );
         let junk = write(d.path(), "junk.pem", "hello");
         let missing = d.path().join("missing.pem");
 
         let (_, info) = load_certified_key("--cert-file", &ac, "--key-file", &ak).unwrap();
         assert_eq!(info.serial_hex, "01");
-        let e = load_certified_key("--cert-file", &ac, "--key-file", &bk).unwrap_err().to_string();
-        assert!(e.contains("b.key") && e.contains("does not match") && e.contains("a.pem"), "{e}");
-        let e = load_certified_key("--cert-file", &oc, "--key-file", &ok).unwrap_err().to_string();
-        assert!(e.contains("o.pem") && e.contains("expired") && e.contains("renewed"), "{e}");
-        let e = load_certified_key("--cert-file", &missing, "--key-file", &ak).unwrap_err().to_string();
-        assert!(e.contains("missing.pem") && e.contains("cannot read"), "{e}");
-        let e = load_certified_key("--cert-file", &junk, "--key-file", &ak).unwrap_err().to_string();
-        assert!(e.contains("junk.pem") && e.contains("no certificate"), "{e}");
+        let e = load_certified_key("--cert-file", &ac, "--key-file", &bk)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b.key") && e.contains("does not match") && e.contains("a.pem"),
+            "{e}"
+        );
+        let e = load_certified_key("--cert-file", &oc, "--key-file", &ok)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("o.pem") && e.contains("expired") && e.contains("renewed"),
+            "{e}"
+        );
+        let e = load_certified_key("--cert-file", &missing, "--key-file", &ak)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing.pem") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = load_certified_key("--cert-file", &junk, "--key-file", &ak)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("junk.pem") && e.contains("no certificate"),
+            "{e}"
+        );
 
         let other = gen::Ca::new("other").unwrap();
         let caf = write(d.path(), "ca.pem", &ca.cert_pem());
@@ -720,7 +755,10 @@ mod tests {
         let e = check_signed_by("--peer-cert-file", &ac, "--peer-trusted-ca-file", &otherf)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("a.pem") && e.contains("other.pem") && e.contains("not signed"), "{e}");
+        assert!(
+            e.contains("a.pem") && e.contains("other.pem") && e.contains("not signed"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -730,8 +768,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.len(), 2);
-        let e = parse_cipher_suites("TLS_RSA_WITH_AES_128_CBC_SHA").unwrap_err().to_string();
-        assert!(e.contains("not supported") && e.contains("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"), "{e}");
+        let e = parse_cipher_suites("TLS_RSA_WITH_AES_128_CBC_SHA")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not supported") && e.contains("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+            "{e}"
+        );
         assert_eq!("TLS1.3".parse::<MinVersion>().unwrap(), MinVersion::Tls13);
         assert!("TLS1.1".parse::<MinVersion>().is_err());
         assert!(provider(&s, MinVersion::Tls13).is_err());

@@ -17,7 +17,9 @@ use crate::{load_certified_key, CertInfo, FlagNames};
 type Stamp = Option<(SystemTime, u64)>;
 
 fn stamp(p: &Path) -> Stamp {
-    std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+    std::fs::metadata(p)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
 }
 
 struct Current {

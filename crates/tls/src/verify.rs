@@ -37,7 +37,10 @@ impl ClientCertVerifier for ClientVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)
             .inspect_err(|e| {
-                tracing::debug!("{} listener: client certificate refused: {e}", self.listener)
+                tracing::debug!(
+                    "{} listener: client certificate refused: {e}",
+                    self.listener
+                )
             })?;
         if let Some(want) = &self.allowed_cn {
             let cn = crate::certinfo::parse(end_entity)

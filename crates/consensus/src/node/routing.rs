@@ -58,10 +58,7 @@ impl PeerHandler for Node {
         if !known {
             return Err(self.refuse(
                 "not_member",
-                format!(
-                    "{from:x} is not a member of cluster {:x}",
-                    self.cluster_id
-                ),
+                format!("{from:x} is not a member of cluster {:x}", self.cluster_id),
             ));
         }
         if matches!(

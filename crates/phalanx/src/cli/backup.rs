@@ -15,6 +15,170 @@ pub enum BackupCommand {
     /// Read every object of a backup, check every hash, decrypt, replay it into a
     /// scratch store and compare HashKV with the cluster's at the backup revision
     Verify(VerifyArgs),
+    /// The backup policy the cluster runs itself (leader only): scheduled full backups,
+    /// continuous archive, retention, restore drills
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Apply a retention policy to a repository now (restic's `forget` rules + prune)
+    Forget(ForgetArgs),
+}
+
+/// `phalanx backup schedule`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ScheduleCommand {
+    /// Store the policy in the replicated store (validated first; the leader applies it)
+    Set(ScheduleSetArgs),
+    /// Print the policy and the status the running member reports
+    Show(ScheduleShowArgs),
+    /// Remove the policy (scheduled backups and the archive stop)
+    Clear(ScheduleShowArgs),
+}
+
+/// Retention rules (restic's forget; 0 = the rule keeps nothing; all 0 = keep all).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> backup::Retention {
+        backup::Retention {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+        }
+    }
+}
+
+/// `phalanx backup schedule set`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScheduleSetArgs {
+    /// Comma-separated client URLs of the cluster.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Destination: file:///path (on every member's host) or s3://bucket/prefix (repeatable).
+    #[arg(long = "to", required = true)]
+    pub to: Vec<String>,
+    /// age X25519 public key (repeatable, at least one).
+    #[arg(long = "recipient", required = true)]
+    pub recipients: Vec<String>,
+    /// Interval between full backups, milliseconds.
+    #[arg(long, default_value_t = 86_400_000)]
+    pub backup_interval_ms: u64,
+    /// Continuous archive: revisions shipped at least this often, milliseconds (0: off).
+    #[arg(long, default_value_t = 1_000)]
+    pub archive_interval_ms: u64,
+    /// Restore drill (a full restore into a scratch dir on the running member, timed)
+    /// interval, milliseconds (0: off; needs --backup-identity-file on the members).
+    #[arg(long, default_value_t = 86_400_000)]
+    pub drill_interval_ms: u64,
+    /// Upload bandwidth cap, bytes per second (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub max_upload_bytes_per_s: u64,
+    /// Next attempt after a failed backup, milliseconds (or the interval, if shorter).
+    #[arg(long, default_value_t = 10_000)]
+    pub failed_backup_retry_ms: u64,
+    /// Chunk uploads in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub upload_concurrency: usize,
+    /// Most events in one archive segment (a revision is never split).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_segment_events: usize,
+    /// Repository locks older than this are ignored, milliseconds.
+    #[arg(long, default_value_t = backup::backup_lock_stale_ms())]
+    pub lock_stale_ms: u64,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// `phalanx backup schedule show|clear`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScheduleShowArgs {
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Print JSON (`{"policy":…, "status":…}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `phalanx backup forget`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForgetArgs {
+    /// Repository: file:///path or s3://bucket/prefix.
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Repository locks older than this are ignored, milliseconds.
+    #[arg(long, default_value_t = backup::backup_lock_stale_ms())]
+    pub lock_stale_ms: u64,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// The member's side (`phalanx node` flags): the backup service runs on every member
+/// and acts only on the leader, once a policy is stored.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeBackupArgs {
+    /// Serve the backup service's /metrics and /status on this address.
+    #[arg(long)]
+    pub backup_listen: Option<std::net::SocketAddr>,
+    /// age identity file for scheduled restore drills (repeatable; none: no drill).
+    #[arg(long = "backup-identity-file")]
+    pub backup_identity_files: Vec<PathBuf>,
+    /// How often the applied revision is sampled for `restore --time`, milliseconds.
+    #[arg(long)]
+    pub backup_archive_poll_ms: Option<u64>,
+    /// Turn the backup service off on this member.
+    #[arg(long)]
+    pub disable_backup_service: bool,
+}
+
+/// Start the member's backup service (see `backup::service`).
+pub async fn start_for_node(
+    a: &NodeBackupArgs,
+    name: &str,
+    client_endpoints: Vec<String>,
+    node: std::sync::Arc<consensus::Node>,
+) -> anyhow::Result<Option<backup::ServiceHandle>> {
+    if a.disable_backup_service {
+        return Ok(None);
+    }
+    let mut s = backup::ServiceSettings::new(name, client_endpoints);
+    s.listen = a.backup_listen;
+    s.identity_files = a.backup_identity_files.clone();
+    if let Some(v) = a.backup_archive_poll_ms {
+        anyhow::ensure!(v >= 1, "--backup-archive-poll-ms must be at least 1");
+        s.archive_poll_ms = v;
+    }
+    let n1 = node.clone();
+    let host = backup::service::Host {
+        store: node.store().clone(),
+        is_leader: std::sync::Arc::new(move || n1.status().leader == Some(n1.id())),
+    };
+    let h = backup::service::start(s, host)
+        .await
+        .context("starting the backup service")?;
+    if let Some(l) = h.listen_addr {
+        eprintln!("phalanx node {name}: backup service metrics on http://{l}/metrics");
+    }
+    Ok(Some(h))
 }
 
 /// Destination access shared by every command.
@@ -128,10 +292,12 @@ pub struct RestoreArgs {
     /// Repository: file:///path or s3://bucket/prefix.
     #[arg(long)]
     pub from: String,
-    /// Restore the state as of this revision (default: the newest backup's revision).
+    /// Restore the state as of this revision (default: the newest revision the backups
+    /// and the continuous archive hold).
     #[arg(long, conflicts_with = "time")]
     pub revision: Option<i64>,
-    /// Restore the newest backup taken at or before this RFC 3339 time.
+    /// Restore the newest revision applied at or before this RFC 3339 time (a backup,
+    /// then the continuous archive up to that time).
     #[arg(long)]
     pub time: Option<String>,
     /// age identity file; repeatable.
@@ -180,7 +346,97 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::Now(a) => rt.block_on(now(a)),
         BackupCommand::List(a) => rt.block_on(list(a)),
         BackupCommand::Verify(a) => rt.block_on(verify(a)),
+        BackupCommand::Schedule(c) => rt.block_on(schedule(c)),
+        BackupCommand::Forget(a) => rt.block_on(forget(a)),
     }
+}
+
+async fn schedule(c: ScheduleCommand) -> anyhow::Result<()> {
+    let prefix = backup::service::DEFAULT_PREFIX;
+    match c {
+        ScheduleCommand::Set(a) => {
+            let p = backup::Policy {
+                destinations: a.to.clone(),
+                recipients: a.recipients.clone(),
+                backup_interval_ms: a.backup_interval_ms,
+                archive_interval_ms: a.archive_interval_ms,
+                retention: a.retention.retention(),
+                drill_interval_ms: a.drill_interval_ms,
+                max_upload_retries: a.storage.max_upload_retries,
+                retry_initial_backoff_ms: a.storage.retry_initial_backoff_ms,
+                retry_max_backoff_ms: a.storage.retry_max_backoff_ms,
+                request_timeout_ms: a.storage.request_timeout_ms,
+                max_upload_bytes_per_s: a.max_upload_bytes_per_s,
+                upload_concurrency: a.upload_concurrency,
+                max_segment_events: a.max_segment_events,
+                lock_stale_ms: a.lock_stale_ms,
+                failed_backup_retry_ms: a.failed_backup_retry_ms,
+                s3_endpoint: a.storage.s3_endpoint.clone(),
+            };
+            p.validate()
+                .map_err(|e| anyhow::anyhow!("refused, nothing was written: {e}"))?;
+            let rev = backup::service::set_policy(&a.endpoints, prefix, &p)
+                .await
+                .context("storing the policy")?;
+            println!(
+                "backup policy stored at {prefix}/policy (revision {rev}): full backup every {} ms to {}, archive every {} ms, retention {:?}",
+                p.backup_interval_ms,
+                p.destinations.join(", "),
+                p.archive_interval_ms,
+                p.retention
+            );
+        }
+        ScheduleCommand::Show(a) => {
+            let (policy, status) = backup::service::get_policy_and_status(&a.endpoints, prefix)
+                .await
+                .context("reading the policy")?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"policy": policy, "status": status})
+                );
+            } else {
+                match &policy {
+                    None => println!("no backup policy (phalanx backup schedule set …)"),
+                    Some(p) => println!("policy:\n{}", serde_json::to_string_pretty(p)?),
+                }
+                if let Some(s) = &status {
+                    println!("status:\n{}", serde_json::to_string_pretty(s)?);
+                }
+            }
+        }
+        ScheduleCommand::Clear(a) => {
+            backup::service::clear_policy(&a.endpoints, prefix)
+                .await
+                .context("removing the policy")?;
+            println!("backup policy removed: scheduled backups and the archive stop");
+        }
+    }
+    Ok(())
+}
+
+async fn forget(a: ForgetArgs) -> anyhow::Result<()> {
+    let d = backup::Destination::open(&a.from, &a.storage.s3(), &a.storage.retry())?;
+    let r = backup::prune(&d, &a.retention.retention(), a.lock_stale_ms)
+        .await
+        .context("forget")?;
+    for id in &r.kept {
+        println!("keep   {id}");
+    }
+    for id in &r.removed {
+        println!("remove {id}");
+    }
+    println!(
+        "kept {}, removed {}, deleted {} chunks and {} archive segments{}",
+        r.kept.len(),
+        r.removed.len(),
+        r.chunks_deleted,
+        r.segments_deleted,
+        r.chunk_gc_skipped
+            .map(|s| format!(" (chunk GC skipped: {s})"))
+            .unwrap_or_default()
+    );
+    Ok(())
 }
 
 async fn now(a: NowArgs) -> anyhow::Result<()> {
@@ -327,12 +583,14 @@ pub fn run_restore(a: RestoreArgs) -> anyhow::Result<()> {
         .block_on(backup::restore(&settings))
         .context("restore")?;
     println!(
-        "restored {} keys and {} leases as of revision {} from backup {} (revision {}) into {} in {:.2}s; the store is at revision {} (compacted there: watchers re-list)",
+        "restored {} keys and {} leases as of revision {} from backup {} (revision {}) + {} archive segments ({} revisions) into {} in {:.2}s; the store is at revision {} (compacted there: watchers re-list)",
         r.keys,
         r.leases,
         r.revision,
         r.backup,
         r.backup_revision,
+        r.segments,
+        r.archived_revisions,
         a.data_dir.display(),
         r.elapsed.as_secs_f64(),
         r.new_revision

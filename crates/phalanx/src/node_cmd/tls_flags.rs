@@ -126,7 +126,10 @@ pub fn setup(
         let mut all = listen_client.to_vec();
         all.extend_from_slice(advertise_client);
         let (c, k) = tls::auto_tls(&data_dir.join("fixtures").join("client"), &hosts(&all))?;
-        eprintln!("phalanx node: --auto-tls: self-signed client certificate {}", c.display());
+        eprintln!(
+            "phalanx node: --auto-tls: self-signed client certificate {}",
+            c.display()
+        );
         (cert, key) = (Some(c), Some(k));
     }
     if on(args.client_cert_auth) && args.trusted_ca_file.is_none() {
@@ -157,46 +160,51 @@ pub fn setup(
 
     // --- metrics listeners: their own --metrics-* settings, else the client's (as etcd) ---
     if listen_metrics.iter().any(|u| is_https(u)) {
-        out.metrics = Some(if args.metrics_cert_file.is_some() || args.metrics_key_file.is_some() {
-            if on(args.metrics_client_cert_auth) && args.metrics_trusted_ca_file.is_none() {
-                bail!("--metrics-client-cert-auth needs --metrics-trusted-ca-file");
-            }
-            server(
-                "metrics",
-                tls::METRICS_FLAGS,
-                args.metrics_cert_file.as_ref(),
-                args.metrics_key_file.as_ref(),
-                args.metrics_trusted_ca_file.as_ref(),
-                on(args.metrics_client_cert_auth),
-                None,
-                both.clone(),
-                args,
-                &suites,
-                min,
-            )?
-        } else if cert.is_some() {
-            server(
-                "metrics",
-                tls::CLIENT_FLAGS,
-                cert.as_ref(),
-                key.as_ref(),
-                args.trusted_ca_file.as_ref(),
-                on(args.client_cert_auth),
-                None,
-                both.clone(),
-                args,
-                &suites,
-                min,
-            )?
-        } else {
-            bail!("--listen-metrics-urls has an https:// URL but no certificate: give --metrics-cert-file and --metrics-key-file (or the client's --cert-file and --key-file, which it then uses)");
-        });
+        out.metrics = Some(
+            if args.metrics_cert_file.is_some() || args.metrics_key_file.is_some() {
+                if on(args.metrics_client_cert_auth) && args.metrics_trusted_ca_file.is_none() {
+                    bail!("--metrics-client-cert-auth needs --metrics-trusted-ca-file");
+                }
+                server(
+                    "metrics",
+                    tls::METRICS_FLAGS,
+                    args.metrics_cert_file.as_ref(),
+                    args.metrics_key_file.as_ref(),
+                    args.metrics_trusted_ca_file.as_ref(),
+                    on(args.metrics_client_cert_auth),
+                    None,
+                    both.clone(),
+                    args,
+                    &suites,
+                    min,
+                )?
+            } else if cert.is_some() {
+                server(
+                    "metrics",
+                    tls::CLIENT_FLAGS,
+                    cert.as_ref(),
+                    key.as_ref(),
+                    args.trusted_ca_file.as_ref(),
+                    on(args.client_cert_auth),
+                    None,
+                    both.clone(),
+                    args,
+                    &suites,
+                    min,
+                )?
+            } else {
+                bail!("--listen-metrics-urls has an https:// URL but no certificate: give --metrics-cert-file and --metrics-key-file (or the client's --cert-file and --key-file, which it then uses)");
+            },
+        );
     }
 
     // --- peers ---
     let peer_https = listen_peer.iter().any(|u| is_https(u))
         || advertise_peer.iter().any(|u| is_https(u))
-        || initial_cluster.iter().flat_map(|(_, u)| u).any(|u| is_https(u));
+        || initial_cluster
+            .iter()
+            .flat_map(|(_, u)| u)
+            .any(|u| is_https(u));
     let (mut pcert, mut pkey) = (args.peer_cert_file.clone(), args.peer_key_file.clone());
     let peer_auto = on(args.peer_auto_tls) && pcert.is_none() && pkey.is_none();
     if peer_auto && peer_https {

@@ -22,7 +22,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -64,14 +67,23 @@ impl TestCa {
         let ca = tls::gen::Ca::new(name).unwrap();
         let ca_file = dir.join(format!("{name}.pem"));
         std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        TestCa { ca, ca_file, dir: dir.to_path_buf() }
+        TestCa {
+            ca,
+            ca_file,
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// A certificate for 127.0.0.1/localhost with subject CN `cn`.
     pub fn issue(&self, cn: &str, serial: u64, valid_days: i64) -> CertFiles {
         let g = self
             .ca
-            .issue(cn, &["127.0.0.1".into(), "localhost".into()], serial, valid_days)
+            .issue(
+                cn,
+                &["127.0.0.1".into(), "localhost".into()],
+                serial,
+                valid_days,
+            )
             .unwrap();
         let cert = self.dir.join(format!("{cn}-{serial}.crt"));
         let key = self.dir.join(format!("{cn}-{serial}.key"));
@@ -96,7 +108,12 @@ pub struct TlsMember {
 }
 
 impl TlsMember {
-    pub fn new(dir: &Path, name: &str, client_scheme: &'static str, peer_scheme: &'static str) -> Self {
+    pub fn new(
+        dir: &Path,
+        name: &str,
+        client_scheme: &'static str,
+        peer_scheme: &'static str,
+    ) -> Self {
         TlsMember {
             name: name.into(),
             client_port: free_port(),
@@ -119,8 +136,18 @@ impl TlsMember {
 
     /// Start `phalanx node` (the listen client URLs may be extended through
     /// `extra_client_urls`).
-    pub fn spawn(&mut self, initial_cluster: &str, state: &str, token: &str, extra_client_urls: &[String]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+    pub fn spawn(
+        &mut self,
+        initial_cluster: &str,
+        state: &str,
+        token: &str,
+        extra_client_urls: &[String],
+    ) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let log2 = log.try_clone().unwrap();
         let mut listen = vec![self.client_url()];
         listen.extend_from_slice(extra_client_urls);
@@ -133,12 +160,18 @@ impl TlsMember {
             .args(["--advertise-client-urls", &self.client_url()])
             .args(["--listen-peer-urls", &self.peer_url()])
             .args(["--initial-advertise-peer-urls", &self.peer_url()])
-            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.metrics_port)])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", self.metrics_port),
+            ])
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", token])
             .args(&self.extra)
-            .env("PHALANX_LOG", std::env::var("PHALANX_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "PHALANX_LOG",
+                std::env::var("PHALANX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -151,7 +184,9 @@ impl TlsMember {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.metrics_port, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        http_get(self.metrics_port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     pub fn log_text(&self) -> String {
@@ -225,7 +260,10 @@ impl Drop for TlsCluster {
 /// Run etcdctl (API 3) against `endpoints` with `tls_args` (e.g.
 /// `--cacert=...`), bounded by a 10 s command timeout.
 pub fn etcdctl(endpoints: &str, tls_args: &[String], args: &[&str]) -> Output {
-    assert!(Path::new(ETCDCTL).exists(), "etcdctl is missing: run `bash .ci/install`");
+    assert!(
+        Path::new(ETCDCTL).exists(),
+        "etcdctl is missing: run `bash .ci/install`"
+    );
     Command::new(ETCDCTL)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
@@ -261,14 +299,21 @@ pub fn tls_args(ca: &Path, client: Option<&CertFiles>) -> Vec<String> {
 pub fn member_tls_flags(ca: &Path, own: &CertFiles) -> Vec<String> {
     let p = |p: &Path| p.display().to_string();
     vec![
-        "--cert-file".into(), p(&own.cert),
-        "--key-file".into(), p(&own.key),
-        "--trusted-ca-file".into(), p(ca),
+        "--cert-file".into(),
+        p(&own.cert),
+        "--key-file".into(),
+        p(&own.key),
+        "--trusted-ca-file".into(),
+        p(ca),
         "--client-cert-auth".into(),
-        "--peer-cert-file".into(), p(&own.cert),
-        "--peer-key-file".into(), p(&own.key),
-        "--peer-trusted-ca-file".into(), p(ca),
+        "--peer-cert-file".into(),
+        p(&own.cert),
+        "--peer-key-file".into(),
+        p(&own.key),
+        "--peer-trusted-ca-file".into(),
+        p(ca),
         "--peer-client-cert-auth".into(),
-        "--tls-reload-check-interval-ms".into(), "100".into(),
+        "--tls-reload-check-interval-ms".into(),
+        "100".into(),
     ]
 }
