@@ -269,6 +269,11 @@ impl EtcdApi {
         if !state.enabled {
             return Err(auth_status(AuthError::AuthNotEnabled));
         }
+        if !self.auth_rt().tokens.can_issue() {
+            return Err(Status::failed_precondition(
+                "etcdserver: this member verifies JWTs but cannot issue them (no priv-key in --auth-token): authenticate on a member that has it",
+            ));
+        }
         let Some(user) = state.users.get(&name) else {
             return Err(auth_status(AuthError::AuthFailed));
         };

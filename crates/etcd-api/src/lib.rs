@@ -18,8 +18,11 @@ pub mod admin;
 pub mod auth;
 pub mod authority_fix;
 mod cluster;
+mod election;
+pub mod http1;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 pub mod metrics;
 mod pb;
@@ -210,10 +213,10 @@ pub async fn serve_incoming(
     incoming: impl futures::Stream<Item = std::io::Result<tls::TlsOrPlain>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    use futures::StreamExt;
     use etcd_client::proto::{
         PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
     };
+    use futures::StreamExt;
     let max = api.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let per_conn = api.limits().max_concurrent_requests_per_connection;
     tonic::transport::Server::builder()
@@ -228,10 +231,25 @@ pub async fn serve_incoming(
         .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))
         .add_service(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max))
-        // Auth service (auth.rs).
-        .add_service(pb::etcdserverpb::auth_server::AuthServer::new(api.clone()).max_decoding_message_size(max))
+        // Auth, Lock and Election services (auth.rs, lock.rs, election.rs).
+        .add_service(
+            pb::etcdserverpb::auth_server::AuthServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::v3lockpb::lock_server::LockServer::new(api.clone()).max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::v3electionpb::election_server::ElectionServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(
-            incoming.map(|c| c.map(authority_fix::AuthorityFix::new)),
+            // HTTP/1.1 beside gRPC on the same port (http1.rs): each
+            // connection's first bytes, read after TLS termination, send
+            // HTTP/2 (the preface) on to tonic, replayed, and serve anything
+            // else as HTTP/1.1 (/health, /version, /metrics, /v3/... JSON).
+            http1::split_incoming(api.clone(), incoming)
+                .map(|c| c.map(authority_fix::AuthorityFix::new)),
             shutdown,
         )
         .await

@@ -83,6 +83,18 @@ impl PbWatchService for EtcdApi {
         // The stream's token, checked (auth.rs) at every watch creation.
         let md = request.metadata().clone();
         let input = request.into_inner();
+        Ok(Response::new(self.watch_session(md, input)))
+    }
+}
+
+impl EtcdApi {
+    /// Run a watch session over any stream of requests (the gRPC stream, or
+    /// the JSON gateway's one request); `md` carries the caller's token.
+    pub(crate) fn watch_session(
+        &self,
+        md: tonic::metadata::MetadataMap,
+        input: impl Stream<Item = Result<PbWatchRequest, Status>> + Send + Unpin + 'static,
+    ) -> WatchStream {
         let (tx, rx) = mpsc::channel(self.limits().watch_stream_buffer_responses);
         let api = self.clone();
         tokio::spawn(async move {
@@ -97,7 +109,7 @@ impl PbWatchService for EtcdApi {
                 tracing::debug!("watch stream ended: {e}");
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Box::pin(ReceiverStream::new(rx))
     }
 }
 
@@ -131,7 +143,11 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, mut input: Streaming<PbWatchRequest>) -> Result<(), Closed> {
+    async fn run(
+        &mut self,
+        mut input: impl Stream<Item = Result<PbWatchRequest, Status>> + Unpin,
+    ) -> Result<(), Closed> {
+        use futures::StreamExt;
         let mut changes = self.api.node().applier().subscribe();
         let mut progress = tokio::time::interval(Duration::from_millis(
             self.api.limits().watch_progress_notify_interval_ms,
@@ -139,9 +155,9 @@ impl Session {
         progress.tick().await;
         loop {
             tokio::select! {
-                msg = input.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req).await?,
-                    Ok(None) | Err(_) => return Ok(()),
+                msg = input.next() => match msg {
+                    Some(Ok(req)) => self.on_request(req).await?,
+                    None | Some(Err(_)) => return Ok(()),
                 },
                 change = changes.recv() => match change {
                     Ok(StoreChange::Events { revision, events }) => self.on_events(revision, &events).await?,
@@ -173,11 +189,8 @@ impl Session {
                     let mut r = self.response(c.watch_id, current);
                     r.created = true;
                     r.canceled = true;
-                    r.cancel_reason = format!(
-                        "rpc error: code = {:?} desc = {}",
-                        st.code(),
-                        st.message()
-                    );
+                    r.cancel_reason =
+                        format!("rpc error: code = {:?} desc = {}", st.code(), st.message());
                     return self.send(r).await;
                 }
                 if self.watchers.len() >= self.api.limits().max_watches_per_stream {

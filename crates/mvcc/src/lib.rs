@@ -194,7 +194,9 @@ pub enum ApplyResponse {
     Alarm(PbAlarmResponse),
     Error(EtcdError),
     /// A successful [`Command::Auth`]: the auth revision after it.
-    Auth { auth_revision: u64 },
+    Auth {
+        auth_revision: u64,
+    },
 }
 
 const TAG_PUT: u8 = 1;

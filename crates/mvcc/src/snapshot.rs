@@ -298,6 +298,10 @@ impl Store {
                                 compact = Some(x)
                             }
                         }
+                        if name == crate::codec::META_AUTH {
+                            crate::store::decode_auth(Some(&v))
+                                .map_err(|_| bad("undecodable auth state"))?;
+                        }
                         meta.insert(name, seal(&[name.as_bytes()], &v).as_slice())
                             .map_err(db("write meta"))?;
                     }

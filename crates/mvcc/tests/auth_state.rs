@@ -53,10 +53,17 @@ fn auth_commands_apply_persist_and_travel_in_snapshots() {
             },
         },
     );
-    assert!(matches!(apply(&s, AuthCommand::Enable), ApplyResponse::Auth { .. }));
+    assert!(matches!(
+        apply(&s, AuthCommand::Enable),
+        ApplyResponse::Auth { .. }
+    ));
     let state = s.auth_state().unwrap();
     assert!(state.enabled && state.is_admin("root"));
-    assert_eq!(s.current_revision(), rev, "auth changes do not bump the KV revision");
+    assert_eq!(
+        s.current_revision(),
+        rev,
+        "auth changes do not bump the KV revision"
+    );
     // Error tags and messages round-trip through the encoded response.
     let e = ApplyResponse::Error(EtcdError::Auth(AuthError::UserAlreadyExist));
     assert_eq!(ApplyResponse::decode(&e.encode()).unwrap(), e);

@@ -217,7 +217,11 @@ fn etcdctl_users_roles_permissions_and_root_only_operations() {
         &c.members[0].client_url(),
         &[ALICE, "snapshot", "save", snap.to_str().unwrap()],
     );
-    assert!(text(&o).contains("etcdserver: permission denied"), "snapshot: {}", text(&o));
+    assert!(
+        text(&o).contains("etcdserver: permission denied"),
+        "snapshot: {}",
+        text(&o)
+    );
     // Open to everyone, as in etcd: member list and status.
     assert!(c.ctl(&[ALICE, "member", "list"]).contains("n1"));
     assert!(c.ctl(&[ALICE, "endpoint", "status"]).contains("3.4."));
@@ -341,4 +345,81 @@ fn etcdctl_users_roles_permissions_and_root_only_operations() {
     );
     c.ctl(&["put", "/other/secret", "open"]);
     c.ctl(&["compaction", "3"]);
+}
+
+/// Users, roles and permissions reach a member that catches up by snapshot.
+#[test]
+fn auth_state_travels_in_snapshots() {
+    let mut c = Cluster::start(3, &["--snapshot-count", "100", "--bcrypt-cost", "4"]);
+    let leader = c.wait_leader();
+    let follower = (leader + 1) % 3;
+    let token = c.token.clone();
+    c.members[follower].kill9();
+    let applied_at_kill = c.members[leader]
+        .metric("phalanx_raft_applied_index")
+        .unwrap();
+    c.ctl(&["user", "add", "root:rootpw"]);
+    c.ctl(&["user", "add", "bob:bobpw"]);
+    c.ctl(&["role", "add", "w"]);
+    c.ctl(&[
+        "role",
+        "grant-permission",
+        "--prefix=true",
+        "w",
+        "readwrite",
+        "sn",
+    ]);
+    c.ctl(&["user", "grant-role", "bob", "w"]);
+    let mut w = Writer::start("sn", c.endpoint_list());
+    w.wait_acked(300, std::time::Duration::from_secs(60));
+    w.stop();
+    c.ctl(&["auth", "enable"]);
+    wait_for(
+        "leader to compact its log",
+        std::time::Duration::from_secs(30),
+        || (c.members[leader].metric("phalanx_raft_purged_index")? > applied_at_kill).then_some(()),
+    );
+    c.members[follower].spawn(&token);
+    c.wait_healthy(&[follower]);
+    let leader_applied = c.members[leader]
+        .metric("phalanx_raft_applied_index")
+        .unwrap();
+    wait_for(
+        "follower to catch up",
+        std::time::Duration::from_secs(30),
+        || {
+            (c.members[follower].metric("phalanx_raft_applied_index")? >= leader_applied)
+                .then_some(())
+        },
+    );
+    let snap = c.members[follower]
+        .metric("phalanx_raft_snapshot_index")
+        .unwrap();
+    assert!(snap > applied_at_kill, "caught up by snapshot");
+    // The follower alone, serializable reads: its own auth state decides.
+    let ep = c.members[follower].client_url();
+    let o = c.etcdctl_at(
+        &ep,
+        &[
+            "--user=bob:bobpw",
+            "get",
+            "sn",
+            "--prefix",
+            "--limit=1",
+            "--consistency=s",
+        ],
+    );
+    assert!(o.status.success(), "bob on the follower: {}", text(&o));
+    let o = c.etcdctl_at(&ep, &["--user=bob:bobpw", "get", "x", "--consistency=s"]);
+    assert!(
+        text(&o).contains("etcdserver: permission denied"),
+        "{}",
+        text(&o)
+    );
+    let o = c.etcdctl_at(&ep, &["get", "sn", "--prefix", "--consistency=s"]);
+    assert!(
+        text(&o).contains("etcdserver: user name is empty"),
+        "{}",
+        text(&o)
+    );
 }

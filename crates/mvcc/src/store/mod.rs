@@ -64,7 +64,7 @@ pub struct Store {
     /// Bumped after every commit that changed the auth state (see [`Store::auth_state`]).
     pub(crate) auth_gen: std::sync::atomic::AtomicU64,
     /// The auth state as of generation `.0`.
-    pub(crate) auth_cache: Mutex<Option<(u64, std::sync::Arc<auth::AuthState>)>>,
+    pub(crate) auth_cache: std::sync::RwLock<Option<AuthCacheEntry>>,
 }
 
 /// See [`Store::on_corruption`].
@@ -160,6 +160,9 @@ fn decode_alarms(bytes: Option<&[u8]>) -> Result<Vec<(u64, i32)>, MvccError> {
         }),
     }
 }
+
+/// The auth state cached by [`Store::auth_state`], with the generation it is of.
+pub(crate) type AuthCacheEntry = (u64, std::sync::Arc<auth::AuthState>);
 
 pub(crate) fn decode_auth(bytes: Option<&[u8]>) -> Result<auth::AuthState, MvccError> {
     match bytes {
@@ -451,7 +454,7 @@ impl Store {
             compact: AtomicI64::new(compact),
             corruption_hook: CorruptionHook::default(),
             auth_gen: std::sync::atomic::AtomicU64::new(0),
-            auth_cache: Mutex::new(None),
+            auth_cache: std::sync::RwLock::new(None),
         })
     }
 
@@ -517,7 +520,7 @@ impl Store {
     /// the per-request path).
     pub fn auth_state(&self) -> Result<std::sync::Arc<auth::AuthState>, MvccError> {
         let gen = self.auth_gen.load(std::sync::atomic::Ordering::Acquire);
-        if let Some((g, s)) = &*self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some((g, s)) = &*self.auth_cache.read().unwrap_or_else(|e| e.into_inner()) {
             if *g == gen {
                 return Ok(s.clone());
             }
@@ -531,7 +534,7 @@ impl Store {
                 .map_err(|e| self.noted(e))?
                 .as_deref(),
         )?);
-        *self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((gen, state.clone()));
+        *self.auth_cache.write().unwrap_or_else(|e| e.into_inner()) = Some((gen, state.clone()));
         Ok(state)
     }
 
