@@ -108,6 +108,30 @@ impl Caller {
     }
 }
 
+/// Metadata key carrying the verified client certificate's CN. Set only by
+/// [`cert_user_interceptor`], which first removes any value a client sent,
+/// so it cannot be forged.
+pub(crate) const CERT_USER_KEY: &str = "x-phalanx-cert-user";
+
+/// Runs on every gRPC request before the services: drops a client-sent
+/// [`CERT_USER_KEY`] and, on a TLS connection whose client certificate was
+/// verified (`--client-cert-auth`), records the certificate's CN there. As
+/// in etcd, a request without a token then acts as the user named by that
+/// CN when auth is enabled.
+pub(crate) fn cert_user_interceptor(
+    mut req: tonic::Request<()>,
+) -> Result<tonic::Request<()>, Status> {
+    req.metadata_mut().remove(CERT_USER_KEY);
+    let cn = req
+        .extensions()
+        .get::<tls::ConnInfo>()
+        .and_then(|c| c.peer_cn.clone());
+    if let Some(v) = cn.and_then(|cn| cn.parse().ok()) {
+        req.metadata_mut().insert(CERT_USER_KEY, v);
+    }
+    Ok(req)
+}
+
 fn token_of(md: &MetadataMap) -> Option<&str> {
     md.get("token")
         .or_else(|| md.get("authorization"))
@@ -127,7 +151,16 @@ impl EtcdApi {
             return Ok(None);
         }
         let Some(token) = token_of(md) else {
-            return Err(auth_status(AuthError::UserEmpty));
+            // No token: the verified client certificate's CN is the user.
+            let cert_user = md.get(CERT_USER_KEY).and_then(|v| v.to_str().ok());
+            return match cert_user {
+                Some(user) if state.users.contains_key(user) => Ok(Some(Caller {
+                    user: user.to_string(),
+                    state,
+                })),
+                Some(_) => Err(auth_status(AuthError::PermissionDenied)),
+                None => Err(auth_status(AuthError::UserEmpty)),
+            };
         };
         let info = self
             .auth_rt()
@@ -612,5 +645,34 @@ impl Auth for EtcdApi {
         Ok(Response::new(AuthRoleRevokePermissionResponse {
             header: Some(self.current_header()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod cert_user_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_cannot_forge_the_certificate_user() {
+        let mut req = tonic::Request::new(());
+        req.metadata_mut()
+            .insert(CERT_USER_KEY, "root".parse().unwrap());
+        let req = cert_user_interceptor(req).unwrap();
+        assert!(req.metadata().get(CERT_USER_KEY).is_none());
+    }
+
+    #[test]
+    fn a_verified_certificate_names_the_user() {
+        let mut req = tonic::Request::new(());
+        req.metadata_mut()
+            .insert(CERT_USER_KEY, "root".parse().unwrap());
+        req.extensions_mut().insert(tls::ConnInfo {
+            remote_addr: None,
+            tls: true,
+            peer_cn: Some("alice".into()),
+            alpn: None,
+        });
+        let req = cert_user_interceptor(req).unwrap();
+        assert_eq!(req.metadata().get(CERT_USER_KEY).unwrap(), "alice");
     }
 }

@@ -222,6 +222,10 @@ pub async fn serve_incoming(
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(per_conn)
+        // Client-certificate CN as the user (auth.rs): before every service.
+        .layer(tonic::service::InterceptorLayer::new(
+            auth::cert_user_interceptor,
+        ))
         .add_service(
             PbKvServer::new(api.clone())
                 .max_decoding_message_size(max)
