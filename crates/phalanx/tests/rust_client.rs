@@ -160,9 +160,26 @@ fn etcd_client_crate_kv_txn_watch_lease_cluster_maintenance() {
             .unwrap();
         let id = added.member().unwrap().id();
         assert!(added.member().unwrap().is_learner());
-        assert_eq!(cl.member_list().await.unwrap().members().len(), 4);
+        // The client round-robins over the members and a member list is
+        // served from the answering member's applied state (serializable, as
+        // in etcd 3.4): another member may apply the change a moment later.
+        let probe = cl.clone();
+        let sees = |n: usize| {
+            let mut cl = probe.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let got = cl.member_list().await.unwrap().members().len();
+                    if got == n || tokio::time::Instant::now() > deadline {
+                        return got;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        assert_eq!(sees(4).await, 4);
         cl.member_remove(id).await.unwrap();
-        assert_eq!(cl.member_list().await.unwrap().members().len(), 3);
+        assert_eq!(sees(3).await, 3);
         // maintenance
         for ep in &eps {
             let mut one = Client::connect(vec![ep.clone()], None).await.unwrap();

@@ -217,12 +217,31 @@ impl Node {
         // attempt, every normal bootstrap logged one: members publish their
         // client URLs as soon as a leader is elected, before the leader has
         // committed the configuration it inherited.
+        // Settled means applied here, whatever this member's role: a member's
+        // published role lags its Raft core, so "not leader" is no proof (a
+        // member just elected still reports Candidate, tries at once and is
+        // refused while the inherited configuration is uncommitted).
         let settled = |m: &openraft::RaftMetrics<NodeId, Member>| {
             let pending = m.membership_config.log_id().map(|l| l.index);
-            m.last_applied.map(|l| l.index) >= pending || m.state != openraft::ServerState::Leader
+            m.last_applied.map(|l| l.index) >= pending
         };
         let _ = tokio::time::timeout_at(deadline, metrics.wait_for(settled)).await;
         loop {
+            // Leadership may have moved while we waited (bootstrap elections
+            // often split a vote): a non-leader answers "forward" itself
+            // instead of asking openraft, which logs each refusal at ERROR.
+            let now = metrics.borrow().clone();
+            if now.state != openraft::ServerState::Leader {
+                let leader_node = now
+                    .current_leader
+                    .and_then(|l| now.membership_config.membership().get_node(&l).cloned());
+                return Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                    openraft::error::ForwardToLeader {
+                        leader_id: now.current_leader,
+                        leader_node,
+                    },
+                )));
+            }
             match self.raft.change_membership(change.clone(), retain).await {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     openraft::error::ChangeMembershipError::InProgress(_),
