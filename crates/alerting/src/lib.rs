@@ -6,6 +6,7 @@
 //! * [`tsdb`] — the bounded time-series store of the member's metrics, and
 //!   the text exposition parser;
 //! * [`promql`] — the supported PromQL subset over it (Prometheus's JSON shapes);
+//! * [`anomaly_fn`] — `anomaly_score` & co.: the `anomaly` detectors as PromQL functions;
 //! * [`rules`] — rule files, default rules, templates, the alert state machine;
 //! * [`notify`] — alertmanager.yml subset, silences, inhibition, grouping and
 //!   the notification-log dedup, webhook payloads (version 4);
@@ -15,6 +16,7 @@
 //! [`service`] (the member's tasks: scraping, the leader's evaluation and
 //! delivery, the HTTP API).
 
+pub mod anomaly_fn;
 pub mod duration;
 pub mod events;
 pub mod notify;

@@ -157,6 +157,12 @@ struct ReceiverDoc {
     name: String,
     #[serde(default)]
     webhook_configs: Vec<WebhookDoc>,
+    #[serde(default)]
+    email_configs: Vec<EmailDoc>,
+    #[serde(default)]
+    slack_configs: Vec<SlackDoc>,
+    #[serde(default)]
+    alertmanager_configs: Vec<AlertmanagerDoc>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +173,50 @@ struct WebhookDoc {
     send_resolved: Option<bool>,
     #[serde(default)]
     max_alerts: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailDoc {
+    to: String,
+    from: String,
+    smarthost: String,
+    #[serde(default)]
+    hello: Option<String>,
+    #[serde(default)]
+    auth_username: Option<String>,
+    #[serde(default)]
+    auth_password: Option<String>,
+    #[serde(default)]
+    require_tls: Option<bool>,
+    #[serde(default)]
+    send_resolved: Option<bool>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlackDoc {
+    api_url: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    send_resolved: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertmanagerDoc {
+    url: String,
+    #[serde(default)]
+    send_resolved: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -184,10 +234,74 @@ struct InhibitDoc {
     equal: Vec<String>,
 }
 
-/// A webhook endpoint of a receiver.
+/// An SMTP endpoint of a receiver (`email_configs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Email {
+    pub to: Vec<String>,
+    pub from: String,
+    /// `host:port` of the SMTP server.
+    pub smarthost: String,
+    pub hello: Option<String>,
+    pub auth: Option<(String, String)>,
+    /// true (Alertmanager's default): STARTTLS required (implicit TLS on port 465);
+    /// false: STARTTLS when the server offers it, plain otherwise.
+    pub require_tls: bool,
+    /// Extra headers; `Subject` overrides the default subject. Group templates allowed.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A Slack-compatible incoming webhook (`slack_configs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slack {
+    pub api_url: String,
+    pub channel: Option<String>,
+    pub username: Option<String>,
+    /// Group templates (see [`render_group`]); None: Alertmanager's default title/text.
+    pub title: Option<String>,
+    pub text: Option<String>,
+}
+
+/// How one endpoint of a receiver is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Integration {
+    /// POST of Alertmanager's webhook payload (version 4) to `url`.
+    Webhook {
+        url: String,
+    },
+    /// POST of the alerts to an Alertmanager's `url` + `/api/v2/alerts`.
+    Alertmanager {
+        url: String,
+    },
+    Email(Email),
+    Slack(Slack),
+}
+
+impl Integration {
+    /// `webhook`, `alertmanager`, `email`, `slack` (the `integration` label of counters).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Integration::Webhook { .. } => "webhook",
+            Integration::Alertmanager { .. } => "alertmanager",
+            Integration::Email(_) => "email",
+            Integration::Slack(_) => "slack",
+        }
+    }
+
+    /// Where it goes, for logs and events.
+    pub fn target(&self) -> String {
+        match self {
+            Integration::Webhook { url } => url.clone(),
+            Integration::Alertmanager { url } => format!("{url}/api/v2/alerts"),
+            Integration::Email(e) => format!("smtp://{} to {}", e.smarthost, e.to.join(",")),
+            Integration::Slack(s) => s.api_url.clone(),
+        }
+    }
+}
+
+/// An endpoint of a receiver (`webhook_configs`, `email_configs`, `slack_configs`, `alertmanager_configs` entry).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
-    pub url: String,
+    pub integration: Integration,
     pub send_resolved: bool,
     /// 0 = all.
     pub max_alerts: usize,
@@ -199,11 +313,34 @@ pub struct Receiver {
     pub webhooks: Vec<Webhook>,
 }
 
+/// How often alerts are pushed again to an Alertmanager receiver (Prometheus's
+/// `resend_delay` is 1 m); each push says the alert ends after
+/// [`ALERTMANAGER_VALIDITY_FACTOR`] × this unless pushed again.
+pub const ALERTMANAGER_RESEND_MS: i64 = 60_000;
+/// Prometheus sets `endsAt` of a firing alert to now + 4 × resend delay.
+pub const ALERTMANAGER_VALIDITY_FACTOR: i64 = 4;
+
+/// A URL of an HTTP receiver: `http://` or `https://` with a host.
+fn check_url(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+        .ok_or_else(|| format!("{u:?}: expected an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{u:?}: the URL has no host"));
+    }
+    u.parse::<hyper::Uri>()
+        .map(|_| ())
+        .map_err(|e| format!("{u:?}: {e}"))
+}
+
 /// A node of the route tree, with inherited settings resolved.
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Alertmanager's route key: `{}` for the root, `{}/{matchers}` below.
     pub key: String,
+    /// Position in the tree (`0`, `0/1`, …): unique even where keys repeat.
+    pub id: String,
     pub receiver: String,
     /// None = `...` (group by all labels).
     pub group_by: Option<Vec<String>>,
@@ -285,21 +422,123 @@ pub fn parse_am_config(file: &str, text: &str) -> Result<AmConfig, ConfigError> 
     let mut receivers = BTreeMap::new();
     for r in doc.receivers {
         let mut webhooks = Vec::new();
+        let name = r.name.clone();
+        let at = |kind: &str, field: &str, reason: String| {
+            err(
+                &format!("receivers[{name}].{kind}.{field}"),
+                Some(("name", &name)),
+                reason,
+            )
+        };
         for w in r.webhook_configs {
-            if !w.url.starts_with("http://") {
-                return Err(err(
-                    &format!("receivers[{}].webhook_configs.url", r.name),
-                    Some(("name", &r.name)),
-                    format!(
-                        "{:?}: only http:// webhook URLs are supported by this version",
-                        w.url
-                    ),
-                ));
-            }
+            check_url(&w.url).map_err(|e| at("webhook_configs", "url", e))?;
             webhooks.push(Webhook {
-                url: w.url,
+                integration: Integration::Webhook { url: w.url },
                 send_resolved: w.send_resolved.unwrap_or(true),
                 max_alerts: w.max_alerts.unwrap_or(0),
+            });
+        }
+        for a in r.alertmanager_configs {
+            check_url(&a.url).map_err(|e| at("alertmanager_configs", "url", e))?;
+            webhooks.push(Webhook {
+                integration: Integration::Alertmanager {
+                    url: a.url.trim_end_matches('/').to_string(),
+                },
+                send_resolved: a.send_resolved.unwrap_or(true),
+                max_alerts: 0,
+            });
+        }
+        for sl in r.slack_configs {
+            check_url(&sl.api_url).map_err(|e| at("slack_configs", "api_url", e))?;
+            for (f, t) in [("title", &sl.title), ("text", &sl.text)] {
+                if let Some(t) = t {
+                    render_group(t, &serde_json::json!({}))
+                        .map_err(|e| at("slack_configs", f, e))?;
+                }
+            }
+            webhooks.push(Webhook {
+                integration: Integration::Slack(Slack {
+                    api_url: sl.api_url,
+                    channel: sl.channel,
+                    username: sl.username,
+                    title: sl.title,
+                    text: sl.text,
+                }),
+                // Alertmanager's default for Slack and email: false.
+                send_resolved: sl.send_resolved.unwrap_or(false),
+                max_alerts: 0,
+            });
+        }
+        for e in r.email_configs {
+            let to: Vec<String> =
+                e.to.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect();
+            if to.is_empty() {
+                return Err(at("email_configs", "to", "no recipient".into()));
+            }
+            for a in to.iter().chain(std::iter::once(&e.from)) {
+                a.parse::<lettre::message::Mailbox>().map_err(|x| {
+                    at(
+                        "email_configs",
+                        if *a == e.from { "from" } else { "to" },
+                        format!("{a:?}: {x}"),
+                    )
+                })?;
+            }
+            let (host, port) = e.smarthost.rsplit_once(':').ok_or_else(|| {
+                at(
+                    "email_configs",
+                    "smarthost",
+                    format!("{:?}: expected host:port", e.smarthost),
+                )
+            })?;
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(at(
+                    "email_configs",
+                    "smarthost",
+                    format!("{:?}: expected host:port (port 1-65535)", e.smarthost),
+                ));
+            }
+            let auth = match (e.auth_username, e.auth_password) {
+                (Some(u), Some(p)) => Some((u, p)),
+                (None, None) => None,
+                (u, _) => {
+                    return Err(at(
+                        "email_configs",
+                        if u.is_some() {
+                            "auth_username"
+                        } else {
+                            "auth_password"
+                        },
+                        "auth_username and auth_password go together".into(),
+                    ))
+                }
+            };
+            for (k, v) in &e.headers {
+                if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    return Err(at(
+                        "email_configs",
+                        "headers",
+                        format!("{k:?} is not a header name"),
+                    ));
+                }
+                render_group(v, &serde_json::json!({}))
+                    .map_err(|x| at("email_configs", "headers", format!("{k}: {x}")))?;
+            }
+            webhooks.push(Webhook {
+                integration: Integration::Email(Email {
+                    to,
+                    from: e.from,
+                    smarthost: e.smarthost,
+                    hello: e.hello,
+                    auth,
+                    require_tls: e.require_tls.unwrap_or(true),
+                    headers: e.headers,
+                }),
+                send_resolved: e.send_resolved.unwrap_or(false),
+                max_alerts: 0,
             });
         }
         if receivers
@@ -388,6 +627,14 @@ pub fn parse_am_config(file: &str, text: &str) -> Result<AmConfig, ConfigError> 
             ),
         };
         let mut r = Route {
+            id: match parent {
+                None => "0".to_string(),
+                Some(p) => format!(
+                    "{}/{}",
+                    p.id,
+                    path.rsplit('[').next().unwrap_or("").trim_end_matches(']')
+                ),
+            },
             key,
             receiver,
             group_by,
@@ -577,7 +824,7 @@ pub struct Notification {
     /// Key of this (group, receiver, endpoint) in the notification log.
     pub nflog_key: String,
     pub entry: NflogEntry,
-    pub url: String,
+    pub integration: Integration,
     /// None: nothing to send (e.g. only resolved alerts and `send_resolved: false`): only log it.
     pub payload: Option<serde_json::Value>,
     /// Alert count, for logs.
@@ -594,7 +841,8 @@ struct AggGroup {
 /// against a notification log that survives leader changes.
 #[derive(Debug, Default)]
 pub struct Dispatcher {
-    groups: BTreeMap<String, AggGroup>,
+    /// By (route id, group key): sibling routes with the same matchers keep separate groups.
+    groups: BTreeMap<(String, String), AggGroup>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -653,7 +901,8 @@ impl Dispatcher {
             .map(|a| &a.labels)
             .collect();
         // group key -> (route, group labels, alerts)
-        let mut grouped: BTreeMap<String, (&Route, Labels, Vec<&Alert>)> = BTreeMap::new();
+        let mut grouped: BTreeMap<(String, String), (&Route, Labels, Vec<&Alert>)> =
+            BTreeMap::new();
         for a in alerts.iter().filter(|a| a.state != AlertStatus::Pending) {
             for r in cfg.route.find(&a.labels) {
                 let gl: Labels = match &r.group_by {
@@ -674,7 +923,7 @@ impl Dispatcher {
                         .join(", ")
                 );
                 grouped
-                    .entry(gk)
+                    .entry((r.id.clone(), gk))
                     .or_insert_with(|| (r, gl.clone(), vec![]))
                     .2
                     .push(a);
@@ -682,8 +931,8 @@ impl Dispatcher {
         }
         self.groups.retain(|k, _| grouped.contains_key(k));
         let mut out = Vec::new();
-        for (gk, (route, group_labels, members)) in grouped {
-            let g = self.groups.entry(gk.clone()).or_insert_with(|| {
+        for ((rid, gk), (route, group_labels, members)) in grouped {
+            let g = self.groups.entry((rid, gk.clone())).or_insert_with(|| {
                 // Alertmanager flushes at once a group whose alerts are older than group_wait.
                 let oldest = members
                     .iter()
@@ -731,12 +980,18 @@ impl Dispatcher {
                     any_busy = true;
                     continue;
                 }
+                let repeat_ms = match w.integration {
+                    Integration::Alertmanager { .. } => {
+                        route.repeat_interval_ms.min(ALERTMANAGER_RESEND_MS)
+                    }
+                    _ => route.repeat_interval_ms,
+                };
                 if !needs_update(
                     nflog.get(&key),
                     &firing_fp,
                     &resolved_fp,
                     w.send_resolved,
-                    route.repeat_interval_ms,
+                    repeat_ms,
                     now_ms,
                 ) {
                     continue;
@@ -793,19 +1048,239 @@ impl Dispatcher {
                         firing: firing_fp.clone(),
                         resolved: resolved_fp.clone(),
                     },
-                    url: w.url.clone(),
+                    integration: w.integration.clone(),
                     payload,
                     alerts: total - truncated,
                 });
             }
             // A group with a send in flight is looked at again next tick.
             if !any_busy {
-                g.next_flush_ms = now_ms + route.group_interval_ms;
+                // An Alertmanager receiver is pushed again before its alerts' endsAt passes.
+                let pushes = receiver
+                    .webhooks
+                    .iter()
+                    .any(|w| matches!(w.integration, Integration::Alertmanager { .. }));
+                let interval = if pushes {
+                    route.group_interval_ms.min(ALERTMANAGER_RESEND_MS)
+                } else {
+                    route.group_interval_ms
+                };
+                g.next_flush_ms = now_ms + interval;
                 g.flushed = true;
             }
         }
         out
     }
+}
+
+// ---- bodies of the other integrations, from the webhook payload ----
+
+/// Render a group template (Alertmanager's notification data, a subset):
+/// `{{ .Status }}`, `{{ .Receiver }}`, `{{ .ExternalURL }}`,
+/// `{{ .GroupLabels.NAME }}`, `{{ .CommonLabels.NAME }}`,
+/// `{{ .CommonAnnotations.NAME }}`, `{{ .Alerts | len }}`, and the pipe
+/// `| toUpper`. Anything else is refused naming it.
+pub fn render_group(t: &str, payload: &serde_json::Value) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = t;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed `{{{{` in template {t:?}"))?;
+        let inner = after[..close].trim();
+        let mut parts = inner.split('|').map(str::trim);
+        let head = parts.next().unwrap_or("");
+        let str_of = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+        let mut v = match head {
+            ".Status" => str_of(&payload["status"]),
+            ".Receiver" => str_of(&payload["receiver"]),
+            ".ExternalURL" => str_of(&payload["externalURL"]),
+            ".Alerts" => String::new(),
+            h => {
+                let (map, name) = [
+                    (".GroupLabels.", "groupLabels"),
+                    (".CommonLabels.", "commonLabels"),
+                    (".CommonAnnotations.", "commonAnnotations"),
+                ]
+                .iter()
+                .find_map(|(p, k)| h.strip_prefix(p).map(|n| (*k, n)))
+                .ok_or_else(|| format!("template {t:?}: unsupported `{{{{ {inner} }}}}` (supported: .Status, .Receiver, .ExternalURL, .GroupLabels.NAME, .CommonLabels.NAME, .CommonAnnotations.NAME, .Alerts | len, | toUpper)"))?;
+                str_of(&payload[map][name])
+            }
+        };
+        let mut seen_len = false;
+        for p in parts {
+            v = match (p, head) {
+                ("toUpper", _) => v.to_uppercase(),
+                ("len", ".Alerts") => {
+                    seen_len = true;
+                    payload["alerts"]
+                        .as_array()
+                        .map_or(0, |a| a.len())
+                        .to_string()
+                }
+                (other, _) => {
+                    return Err(format!(
+                        "template {t:?}: unsupported function `{other}` in `{{{{ {inner} }}}}`"
+                    ))
+                }
+            };
+        }
+        if head == ".Alerts" && !seen_len {
+            return Err(format!(
+                "template {t:?}: `.Alerts` is only supported as `.Alerts | len`"
+            ));
+        }
+        out.push_str(&v);
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn label_values(m: &serde_json::Value) -> Vec<String> {
+    m.as_object()
+        .map(|o| {
+            o.values()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Alertmanager's default subject/title: `[FIRING:2] <group label values> (<other common label values>)`.
+pub fn default_title(payload: &serde_json::Value) -> String {
+    let status = payload["status"].as_str().unwrap_or("").to_uppercase();
+    let firing = payload["alerts"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|x| x["status"] == "firing").count());
+    let mut t = if status == "FIRING" {
+        format!("[{status}:{firing}] ")
+    } else {
+        format!("[{status}] ")
+    };
+    t.push_str(&label_values(&payload["groupLabels"]).join(" "));
+    let extra: Vec<String> = payload["commonLabels"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| payload["groupLabels"].get(k.as_str()).is_none())
+                .map(|(_, v)| v.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !extra.is_empty() {
+        t.push_str(&format!(" ({})", extra.join(" ")));
+    }
+    t
+}
+
+/// One line per alert: status, summary (or description), labels.
+pub fn default_text(payload: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for a in payload["alerts"].as_array().into_iter().flatten() {
+        let labels: Vec<String> = a["labels"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let what = a["annotations"]["summary"]
+            .as_str()
+            .or(a["annotations"]["description"].as_str())
+            .unwrap_or("");
+        out.push_str(&format!(
+            "[{}] {what} {{{}}} since {}\n",
+            a["status"].as_str().unwrap_or(""),
+            labels.join(", "),
+            a["startsAt"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// The body of Alertmanager's `POST /api/v2/alerts` (postableAlerts) for a
+/// webhook payload: firing alerts end at `now + validity` unless pushed again;
+/// resolved ones at their resolve time.
+pub fn alertmanager_body(payload: &serde_json::Value, now_ms: i64) -> serde_json::Value {
+    let ends_firing = rfc3339(now_ms + ALERTMANAGER_VALIDITY_FACTOR * ALERTMANAGER_RESEND_MS);
+    serde_json::Value::Array(
+        payload["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                serde_json::json!({
+                    "labels": a["labels"],
+                    "annotations": a["annotations"],
+                    "startsAt": a["startsAt"],
+                    "endsAt": if a["status"] == "firing" { serde_json::json!(ends_firing) } else { a["endsAt"].clone() },
+                    "generatorURL": a["generatorURL"],
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A Slack incoming-webhook message (Alertmanager's shape: one attachment).
+pub fn slack_body(s: &Slack, payload: &serde_json::Value) -> serde_json::Value {
+    let title = match &s.title {
+        Some(t) => render_group(t, payload).unwrap_or_else(|e| e),
+        None => default_title(payload),
+    };
+    let text = match &s.text {
+        Some(t) => render_group(t, payload).unwrap_or_else(|e| e),
+        None => default_text(payload),
+    };
+    let mut v = serde_json::json!({
+        "attachments": [{
+            "title": title,
+            "text": text,
+            "fallback": format!("{title} | {}", payload["externalURL"].as_str().unwrap_or("")),
+            "color": if payload["status"] == "firing" { "danger" } else { "good" },
+            "mrkdwn_in": ["fallback", "pretext", "text"],
+        }]
+    });
+    if let Some(c) = &s.channel {
+        v["channel"] = c.clone().into();
+    }
+    if let Some(u) = &s.username {
+        v["username"] = u.clone().into();
+    }
+    v
+}
+
+/// Subject, extra headers and plain-text body of an email.
+pub fn email_parts(
+    e: &Email,
+    payload: &serde_json::Value,
+) -> (String, Vec<(String, String)>, String) {
+    let mut subject = default_title(payload);
+    let mut headers = Vec::new();
+    for (k, v) in &e.headers {
+        let v = render_group(v, payload).unwrap_or_else(|x| x);
+        if k.eq_ignore_ascii_case("subject") {
+            subject = v;
+        } else {
+            headers.push((k.clone(), v));
+        }
+    }
+    let mut body = format!(
+        "{subject}\n\nReceiver: {}\nStatus: {}\n\n",
+        payload["receiver"].as_str().unwrap_or(""),
+        payload["status"].as_str().unwrap_or("")
+    );
+    body.push_str(&default_text(payload));
+    for a in payload["alerts"].as_array().into_iter().flatten() {
+        if let Some(d) = a["annotations"]["description"].as_str() {
+            body.push_str(&format!("\n{d}\n"));
+        }
+    }
+    (subject, headers, body)
 }
 
 #[cfg(test)]
@@ -936,12 +1411,63 @@ mod tests {
         );
         let e = parse_am_config(
             "am.yml",
-            "route:\n  receiver: hook\nreceivers:\n- name: hook\n  email_configs:\n  - to: a@b\n",
+            "route:\n  receiver: hook\nreceivers:\n- name: hook\n  pagerduty_configs:\n  - routing_key: x\n",
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("email_configs") && e.line == Some(5),
+            e.to_string().contains("pagerduty_configs") && e.line == Some(5),
             "{e}"
         );
+    }
+
+    #[test]
+    fn other_receivers_parse_render_and_refuse_bad_fields() {
+        let cfg = parse_am_config("am.yml", "route:\n  receiver: r\nreceivers:\n- name: r\n  email_configs:\n  - to: 'a@example.com, b@example.com'\n    from: p@example.com\n    smarthost: mail:587\n    headers:\n      Subject: '{{ .Status | toUpper }} {{ .CommonLabels.alertname }}'\n  slack_configs:\n  - api_url: https://hooks.example.com/x\n  alertmanager_configs:\n  - url: http://am:9093/\n").unwrap();
+        let w = &cfg.receivers["r"].webhooks;
+        assert_eq!(w.len(), 3);
+        let kinds: Vec<&str> = w.iter().map(|x| x.integration.kind()).collect();
+        assert_eq!(kinds, ["alertmanager", "slack", "email"]);
+        assert!(!w[1].send_resolved && !w[2].send_resolved && w[0].send_resolved);
+        let Integration::Email(e) = &w[2].integration else {
+            panic!()
+        };
+        assert!(e.require_tls);
+        assert_eq!(e.to.len(), 2);
+        let a = alert("Down", "n2", AlertStatus::Firing, 0);
+        let payload = serde_json::json!({"status": "firing", "receiver": "r", "groupLabels": {"alertname": "Down"},
+            "commonLabels": a.labels, "commonAnnotations": {}, "alerts": [alert_json(&a, "firing", "")]});
+        let (subject, _, body) = email_parts(e, &payload);
+        assert_eq!(subject, "FIRING Down");
+        assert!(body.contains("member=n2"), "{body}");
+        assert_eq!(default_title(&payload), "[FIRING:1] Down (n2 critical)");
+        let Integration::Slack(sl) = &w[1].integration else {
+            panic!()
+        };
+        assert_eq!(
+            slack_body(sl, &payload)["attachments"][0]["color"],
+            "danger"
+        );
+        let am = alertmanager_body(&payload, 1_000);
+        assert_eq!(am[0]["labels"]["member"], "n2");
+        assert_eq!(
+            am[0]["endsAt"],
+            rfc3339(1_000 + ALERTMANAGER_VALIDITY_FACTOR * ALERTMANAGER_RESEND_MS)
+        );
+
+        for (doc, field, line, what) in [
+            ("  email_configs:\n  - to: a@example.com\n    from: p@example.com\n    smarthost: mail\n", "smarthost", 8, "host:port"),
+            ("  email_configs:\n  - to: not an address\n    from: p@example.com\n    smarthost: mail:25\n", "to", 6, "not an address"),
+            ("  email_configs:\n  - to: a@example.com\n    from: p@example.com\n    smarthost: mail:25\n    auth_username: u\n", "auth_username", 9, "go together"),
+            ("  slack_configs:\n  - api_url: ftp://x/y\n", "api_url", 6, "http:// or https://"),
+            ("  slack_configs:\n  - api_url: http://x/y\n    title: '{{ .Alerts.Firing }}'\n", "title", 7, ".Alerts"),
+            ("  alertmanager_configs:\n  - url: http:///x\n", "url", 6, "no host"),
+            ("  slack_configs:\n  - api_url: http://x/y\n    icon_emoji: ':fire:'\n", "icon_emoji", 7, "unknown field"),
+        ] {
+            let text = format!("route:\n  receiver: r\nreceivers:\n- name: r\n{doc}");
+            let e = parse_am_config("am.yml", &text).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(field) && msg.contains(what), "{doc}: {msg}");
+            assert!(e.line.is_some_and(|l| l >= 5 && l <= line + 1), "{doc}: line {:?}: {msg}", e.line);
+        }
     }
 }

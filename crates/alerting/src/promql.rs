@@ -5,7 +5,8 @@
 //! `predict_linear`, `histogram_quantile`, `absent`, `*_over_time` (avg, min,
 //! max, sum, count, last, stddev, stdvar, present, quantile), `abs`, `ceil`,
 //! `floor`, `sqrt`, `exp`, `ln`, `clamp_min`, `clamp_max`, `time`, `vector`,
-//! `scalar`; aggregations `sum`, `avg`, `min`, `max`, `count`, `group`,
+//! `scalar`, and the anomaly functions of [`crate::anomaly_fn`]
+//! (`anomaly_score` & co.); aggregations `sum`, `avg`, `min`, `max`, `count`, `group`,
 //! `stddev`, `stdvar` with `by`/`without`; arithmetic (`+ - * / % ^`),
 //! comparison (with `bool`) and set (`and or unless`) operators with
 //! one-to-one `on`/`ignoring` matching. Anything else — subqueries, `@`,
@@ -94,6 +95,7 @@ const SUPPORTED_AGGREGATIONS: &[&str] = &[
 
 /// Parse `q` and check it stays within the supported subset.
 pub fn parse(q: &str) -> Result<Expr, QueryError> {
+    crate::anomaly_fn::register();
     let e = pp::parse(q).map_err(QueryError::Parse)?;
     check(&e)?;
     Ok(e)
@@ -156,6 +158,10 @@ pub fn check(e: &Expr) -> Result<(), QueryError> {
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
         Expr::VectorSelector(vs) => check_selector(vs),
         Expr::MatrixSelector(m) => check_selector(&m.vs),
+        Expr::Call(c) if crate::anomaly_fn::is_anomaly_fn(c.func.name) => {
+            crate::anomaly_fn::check_call(c)?;
+            check(&c.args.args[0])
+        }
         Expr::Call(c) => {
             if !SUPPORTED_FUNCTIONS.contains(&c.func.name) {
                 return Err(QueryError::Unsupported(format!(
@@ -698,6 +704,7 @@ impl Engine<'_> {
                     f64::NAN
                 }))
             }
+            n if crate::anomaly_fn::is_anomaly_fn(n) => crate::anomaly_fn::eval_call(self, c, t),
             other => Err(QueryError::Unsupported(format!("function `{other}`"))),
         }
     }

@@ -58,6 +58,54 @@ pub const DEFAULT_RULES: &str = r#"groups:
       severity: warning
     annotations:
       summary: "Member {{ $labels.member }}'s backend is {{ $value | humanizePercentage }} of its quota"
+  - alert: PhalanxClockSkew
+    expr: abs(phalanx_clock_offset_seconds) > 1
+    for: 15s
+    labels:
+      severity: warning
+    annotations:
+      summary: "Member {{ $labels.member }}'s clock is {{ $value | humanize }}s off the leader's"
+      description: "Measured at each scrape: the member's phalanx_wall_clock_seconds minus the leader's clock at the middle of the scrape (error at most half the scrape's round trip; scrapes slower than 500 ms are not used)."
+  - alert: PhalanxGatewayEndpointDown
+    expr: gateway_endpoint_healthy == 0
+    for: 10s
+    labels:
+      severity: warning
+    annotations:
+      summary: "Gateway on {{ $labels.member }}: endpoint {{ $labels.endpoint }} of pool {{ $labels.pool }} is down"
+  - alert: PhalanxGatewayOnBackupPool
+    expr: phalanx_gateway_pool_on_backup == 1
+    for: 10s
+    labels:
+      severity: warning
+    annotations:
+      summary: "Gateway on {{ $labels.member }}: every endpoint of pool {{ $labels.pool }} is down; traffic goes to its backup pools"
+  - alert: PhalanxGatewayHighErrorRate
+    expr: sum by (member, pool) (rate(gateway_downstream_responses_total{class="5xx"}[1m])) / sum by (member, pool) (rate(gateway_downstream_responses_total[1m])) > 0.05
+    for: 1m
+    labels:
+      severity: warning
+    annotations:
+      summary: "Gateway on {{ $labels.member }}: {{ $value | humanizePercentage }} of pool {{ $labels.pool }}'s responses are 5xx"
+  - alert: PhalanxBackupStale
+    expr: time() - max by (destination) (phalanx_backup_last_success_timestamp_seconds) > 90000
+    for: 5m
+    labels:
+      severity: warning
+    annotations:
+      summary: "No successful backup to {{ $labels.destination }} for {{ $value | humanizeDuration }}"
+  - alert: PhalanxBackupFailed
+    expr: sum by (destination) (increase(phalanx_backup_failures_total[1h])) > 0
+    labels:
+      severity: warning
+    annotations:
+      summary: "Backups to {{ $labels.destination }} failed {{ $value | humanize }} times in the last hour"
+  - alert: PhalanxRestoreDrillFailed
+    expr: sum by (destination) (increase(phalanx_restore_drill_failures_total[1d])) > 0
+    labels:
+      severity: critical
+    annotations:
+      summary: "A restore drill from {{ $labels.destination }} failed in the last day: the backups may not restore"
 "#;
 
 /// One alerting rule, validated.
@@ -682,6 +730,215 @@ mod tests {
         assert_eq!(
             kinds,
             vec![("pending", 1000), ("firing", 3000), ("resolved", 5500)]
+        );
+    }
+
+    /// Synthetic samples at a time: (label pairs, value).
+    type SeriesAt<'a> = dyn Fn(i64) -> Vec<(Vec<(&'static str, String)>, f64)> + 'a;
+
+    /// Runs the default rules over synthetic series, every `step` ms from
+    /// `from` to `to`; returns the firing alerts at the end (name, labels).
+    fn fire_defaults(
+        series: &SeriesAt<'_>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> Vec<(String, Labels)> {
+        let rules = default_rules();
+        let mut db = Tsdb::new(TsdbSettings::default());
+        let mut st = AlertState::default();
+        let mut t = from;
+        while t <= to {
+            let samples: Vec<(Labels, f64)> = series(t)
+                .into_iter()
+                .map(|(ls, v)| {
+                    (
+                        ls.into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect::<Labels>(),
+                        v,
+                    )
+                })
+                .collect();
+            db.append(t, samples);
+            let eng = Engine {
+                db: &db,
+                lookback_ms: crate::promql::DEFAULT_LOOKBACK_MS,
+            };
+            let (_, errs) = st.evaluate(&rules, &eng, t, 60_000);
+            assert!(errs.is_empty(), "{errs:?}");
+            t += step;
+        }
+        st.alerts
+            .values()
+            .filter(|a| a.state == AlertStatus::Firing)
+            .map(|a| (a.name().to_string(), a.labels.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn backup_rules_fire_on_synthetic_series() {
+        const DAY_MS: i64 = 86_400_000;
+        let start = 100 * DAY_MS;
+        // Last success 26 h before the end (threshold 25 h); failures growing; a drill failure.
+        let firing = fire_defaults(
+            &|t| {
+                let dest = || ("destination", "s3://b/p".to_string());
+                vec![
+                    (
+                        vec![
+                            (
+                                "__name__",
+                                "phalanx_backup_last_success_timestamp_seconds".into(),
+                            ),
+                            ("member", "n1".into()),
+                            dest(),
+                        ],
+                        ((start - 20 * 3_600_000) / 1000) as f64,
+                    ),
+                    (
+                        vec![
+                            ("__name__", "phalanx_backup_failures_total".into()),
+                            ("member", "n1".into()),
+                            dest(),
+                        ],
+                        ((t - start) / 600_000) as f64,
+                    ),
+                    (
+                        vec![
+                            ("__name__", "phalanx_restore_drill_failures_total".into()),
+                            ("member", "n1".into()),
+                            dest(),
+                        ],
+                        if t > start + 3_600_000 { 1.0 } else { 0.0 },
+                    ),
+                ]
+            },
+            start,
+            start + 7 * 3_600_000,
+            60_000,
+        );
+        let names: Vec<&str> = firing.iter().map(|(n, _)| n.as_str()).collect();
+        for want in [
+            "PhalanxBackupStale",
+            "PhalanxBackupFailed",
+            "PhalanxRestoreDrillFailed",
+        ] {
+            assert!(names.contains(&want), "{want} not firing: {firing:?}");
+        }
+        assert!(firing
+            .iter()
+            .all(|(_, l)| l.get("destination").map(String::as_str) == Some("s3://b/p")));
+
+        // Healthy backups: a fresh success, no failures — nothing fires.
+        let firing = fire_defaults(
+            &|t| {
+                vec![
+                    (
+                        vec![
+                            (
+                                "__name__",
+                                "phalanx_backup_last_success_timestamp_seconds".into(),
+                            ),
+                            ("destination", "file:///b".into()),
+                        ],
+                        ((t - 3_600_000) / 1000) as f64,
+                    ),
+                    (
+                        vec![
+                            ("__name__", "phalanx_backup_failures_total".into()),
+                            ("destination", "file:///b".into()),
+                        ],
+                        3.0,
+                    ),
+                ]
+            },
+            start,
+            start + 3 * 3_600_000,
+            60_000,
+        );
+        assert!(firing.is_empty(), "{firing:?}");
+    }
+
+    #[test]
+    fn clock_skew_and_gateway_rules_fire_on_synthetic_series() {
+        let firing = fire_defaults(
+            &|t| {
+                vec![
+                    (
+                        vec![
+                            ("__name__", "phalanx_clock_offset_seconds".into()),
+                            ("member", "n3".into()),
+                        ],
+                        5.02,
+                    ),
+                    (
+                        vec![
+                            ("__name__", "phalanx_clock_offset_seconds".into()),
+                            ("member", "n2".into()),
+                        ],
+                        -0.004,
+                    ),
+                    (
+                        vec![
+                            ("__name__", "gateway_endpoint_healthy".into()),
+                            ("member", "n1".into()),
+                            ("pool", "api".into()),
+                            ("endpoint", "127.0.0.1:9001".into()),
+                        ],
+                        if t >= 30_000 { 0.0 } else { 1.0 },
+                    ),
+                    (
+                        vec![
+                            ("__name__", "phalanx_gateway_pool_on_backup".into()),
+                            ("member", "n1".into()),
+                            ("pool", "api".into()),
+                        ],
+                        1.0,
+                    ),
+                    (
+                        vec![
+                            ("__name__", "gateway_downstream_responses_total".into()),
+                            ("member", "n1".into()),
+                            ("pool", "api".into()),
+                            ("class", "5xx".into()),
+                        ],
+                        (t / 1000) as f64,
+                    ),
+                    (
+                        vec![
+                            ("__name__", "gateway_downstream_responses_total".into()),
+                            ("member", "n1".into()),
+                            ("pool", "api".into()),
+                            ("class", "2xx".into()),
+                        ],
+                        (t / 100) as f64,
+                    ),
+                ]
+            },
+            0,
+            180_000,
+            1_000,
+        );
+        let has = |name: &str, k: &str, v: &str| {
+            firing
+                .iter()
+                .any(|(n, l)| n == name && l.get(k).map(String::as_str) == Some(v))
+        };
+        assert!(has("PhalanxClockSkew", "member", "n3"), "{firing:?}");
+        assert!(!has("PhalanxClockSkew", "member", "n2"), "{firing:?}");
+        assert!(
+            has("PhalanxGatewayEndpointDown", "endpoint", "127.0.0.1:9001"),
+            "{firing:?}"
+        );
+        assert!(
+            has("PhalanxGatewayOnBackupPool", "pool", "api"),
+            "{firing:?}"
+        );
+        // 1 of 11 responses is a 5xx: 9 % > 5 %.
+        assert!(
+            has("PhalanxGatewayHighErrorRate", "pool", "api"),
+            "{firing:?}"
         );
     }
 }

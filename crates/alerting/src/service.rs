@@ -18,11 +18,25 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::events::Event;
-use crate::notify::{AmConfig, Dispatcher, NflogEntry, Notification, Silence};
+use crate::notify::{AmConfig, Dispatcher, Integration, NflogEntry, Notification, Silence};
 use crate::promql::{self, Engine};
 use crate::rules::{self, AlertState, Rule, Transition};
 use crate::store::{now_ms, MemberRecord, Store, StoreError};
 use crate::tsdb::{parse_exposition, Labels, Tsdb, TsdbSettings};
+
+/// Gauge every member exports at scrape time (`SystemTime::now()`, seconds).
+pub const WALL_CLOCK_METRIC: &str = "phalanx_wall_clock_seconds";
+/// Series the leader derives per member from it: member's clock − leader's clock.
+pub const CLOCK_OFFSET_METRIC: &str = "phalanx_clock_offset_seconds";
+
+/// The member's wall clock as a text-format gauge (read at every scrape).
+pub fn wall_clock_text() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    format!("# HELP {WALL_CLOCK_METRIC} This member's wall clock when scraped (Unix seconds)\n# TYPE {WALL_CLOCK_METRIC} gauge\n{WALL_CLOCK_METRIC} {now:.3}\n")
+}
 
 /// Settings of a member's alerting (every bound named with its unit).
 #[derive(Debug, Clone)]
@@ -43,6 +57,8 @@ pub struct Settings {
     pub evaluation_interval_ms: u64,
     /// Bound on one scrape of a member by the leader.
     pub scrape_timeout_ms: u64,
+    /// Scrapes with a longer round trip give no clock offset (its error is up to half the round trip).
+    pub max_clock_rtt_ms: i64,
     pub tsdb: TsdbSettings,
     /// Lookback of instant selectors.
     pub lookback_ms: i64,
@@ -56,8 +72,11 @@ pub struct Settings {
     pub event_retention_ms: i64,
     /// Bound on one webhook POST.
     pub webhook_timeout_ms: u64,
-    /// Attempts of one notification (backoff 100 ms doubling to `max_backoff_ms`) before it is given up until the next group interval.
+    /// Attempts of one notification (backoff `min_backoff_ms` doubling to `max_backoff_ms`) before it is given up until the next group interval.
     pub max_notification_attempts: u32,
+    /// First retry delay of a failed notification.
+    pub min_backoff_ms: u64,
+    /// Largest retry delay of a failed notification.
     pub max_backoff_ms: u64,
     /// Exported as `phalanx_server_quota_backend_bytes` (for PhalanxQuotaNearlyFull).
     pub quota_backend_bytes: u64,
@@ -74,6 +93,7 @@ impl Settings {
             scrape_interval_ms: 5_000,
             evaluation_interval_ms: 5_000,
             scrape_timeout_ms: 2_000,
+            max_clock_rtt_ms: 500,
             tsdb: TsdbSettings::default(),
             lookback_ms: promql::DEFAULT_LOOKBACK_MS,
             resolved_retention_ms: rules::DEFAULT_RESOLVED_RETENTION_MS,
@@ -82,6 +102,7 @@ impl Settings {
             event_retention_ms: 7 * 24 * 3_600_000,
             webhook_timeout_ms: 5_000,
             max_notification_attempts: 8,
+            min_backoff_ms: 100,
             max_backoff_ms: 5_000,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
         }
@@ -116,10 +137,29 @@ struct Shared {
     host: Host,
     tsdb: Mutex<Tsdb>,
     stats: Stats,
-    http: HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    http: HttpClient<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
     nflog: Mutex<BTreeMap<String, NflogEntry>>,
     busy: Mutex<BTreeSet<String>>,
     rules_in_force: Mutex<Vec<Rule>>,
+    /// (integration, receiver) -> (delivered, failed attempts).
+    per_integration: Mutex<BTreeMap<(String, String), (u64, u64)>>,
+}
+
+impl Shared {
+    fn count_integration(&self, kind: &str, receiver: &str, ok: bool) {
+        let mut m = self.per_integration.lock().unwrap();
+        let e = m
+            .entry((kind.to_string(), receiver.to_string()))
+            .or_default();
+        if ok {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
 }
 
 /// The running alerting of a member.
@@ -188,10 +228,11 @@ pub async fn start(settings: Settings, host: Host) -> Result<AlertingHandle, Sta
         settings,
         host,
         stats: Stats::default(),
-        http: HttpClient::builder(TokioExecutor::new()).build_http(),
+        http: HttpClient::builder(TokioExecutor::new()).build(https_connector()),
         nflog: Mutex::new(BTreeMap::new()),
         busy: Mutex::new(BTreeSet::new()),
         rules_in_force: Mutex::new(rules::effective_rules(&[], &[])),
+        per_integration: Mutex::new(BTreeMap::new()),
     });
     *shared.rules_in_force.lock().unwrap() =
         rules::effective_rules(&[], &shared.settings.disabled_default_rules);
@@ -207,6 +248,27 @@ pub async fn start(settings: Settings, host: Host) -> Result<AlertingHandle, Sta
         tasks,
         api_addr,
     })
+}
+
+/// http:// and https:// (rustls on ring, the system trust store; without a
+/// readable store, https:// requests fail with the reason and http:// works).
+fn https_connector(
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "alerting: no system trust store; https:// receivers will fail");
+            let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
+        }
+    };
+    builder.https_or_http().enable_http1().build()
 }
 
 fn own_metrics(s: &Shared) -> String {
@@ -297,6 +359,35 @@ fn own_metrics(s: &Shared) -> String {
         "Duration of the last evaluation round",
         st.last_eval_us.load(Ordering::Relaxed) as f64 / 1e6,
     );
+    let per = s.per_integration.lock().unwrap().clone();
+    if !per.is_empty() {
+        for (name, idx, help) in [
+            (
+                "phalanx_alerting_integration_notifications_total",
+                0,
+                "Notifications delivered, by integration and receiver",
+            ),
+            (
+                "phalanx_alerting_integration_notification_failures_total",
+                1,
+                "Failed notification attempts, by integration and receiver",
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for ((kind, recv), v) in &per {
+                let n = if idx == 0 { v.0 } else { v.1 };
+                out.push_str(&format!(
+                    "{name}{{integration=\"{kind}\",receiver=\"{}\"}} {n}\n",
+                    recv.replace('\\', "\\\\").replace('"', "\\\"")
+                ));
+            }
+        }
+    }
+    let mut line = |name: &str, kind: &str, help: &str, v: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    };
     line(
         "phalanx_server_quota_backend_bytes",
         "gauge",
@@ -602,11 +693,12 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader) -> Result<(), StoreError> 
         let s2 = s.clone();
         scrapes.push(tokio::spawn(async move {
             if m.member == s2.settings.member {
-                return (m, Some(String::new()));
+                return (m, Some(String::new()), 0i64, now_ms());
             }
             let Some(url) = m.metrics_url.clone() else {
-                return (m, None);
+                return (m, None, 0, 0);
             };
+            let t0 = now_ms();
             let r = http_request(
                 &s2,
                 hyper::Method::GET,
@@ -615,16 +707,24 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader) -> Result<(), StoreError> 
                 s2.settings.scrape_timeout_ms,
             )
             .await;
+            let t1 = now_ms();
             match r {
-                Ok((200, body)) => (m, Some(String::from_utf8_lossy(&body).to_string())),
-                _ => (m, None),
+                Ok((200, body)) => (
+                    m,
+                    Some(String::from_utf8_lossy(&body).to_string()),
+                    t1 - t0,
+                    t0 + (t1 - t0) / 2,
+                ),
+                _ => (m, None, t1 - t0, 0),
             }
         }));
     }
     let mut samples = Vec::new();
     let mut up_now = BTreeMap::new();
     for j in scrapes {
-        let Ok((m, text)) = j.await else { continue };
+        let Ok((m, text, rtt_ms, mid_ms)) = j.await else {
+            continue;
+        };
         let mut l2 = member_labels(&m.member);
         let instance = m
             .metrics_url
@@ -640,6 +740,21 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader) -> Result<(), StoreError> 
             Some(t) if m.member != s.settings.member => {
                 match parse_exposition(t, &member_labels(&m.member)) {
                     Ok(v) => {
+                        // Clock offset: the member's wall clock read during the scrape minus
+                        // the leader's at the scrape's middle (error at most rtt/2).
+                        let wall = v
+                            .iter()
+                            .find(|(l, _)| {
+                                l.get("__name__").map(String::as_str) == Some(WALL_CLOCK_METRIC)
+                            })
+                            .map(|(_, x)| *x);
+                        if let Some(w) = wall {
+                            if rtt_ms <= s.settings.max_clock_rtt_ms {
+                                let mut o = member_labels(&m.member);
+                                o.insert("__name__".into(), CLOCK_OFFSET_METRIC.into());
+                                samples.push((o, w - mid_ms as f64 / 1000.0));
+                            }
+                        }
                         samples.extend(v);
                         let mut q = member_labels(&m.member);
                         q.insert(
@@ -652,7 +767,13 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader) -> Result<(), StoreError> 
                     Err(_) => false,
                 }
             }
-            Some(_) => true,
+            Some(_) => {
+                let _ = mid_ms;
+                let mut o = member_labels(&m.member);
+                o.insert("__name__".into(), CLOCK_OFFSET_METRIC.into());
+                samples.push((o, 0.0));
+                true
+            }
             None => m.metrics_url.is_none(),
         };
         if !up {
@@ -786,39 +907,135 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// POST one notification with retries and backoff; log it in the store once delivered.
+/// Send one notification once, by its integration.
+async fn send_once(s: &Shared, n: &Notification) -> Result<(), String> {
+    let payload = n.payload.as_ref().expect("checked");
+    match &n.integration {
+        Integration::Webhook { url } => post_json(s, url, payload).await,
+        Integration::Alertmanager { url } => {
+            post_json(
+                s,
+                &format!("{url}/api/v2/alerts"),
+                &crate::notify::alertmanager_body(payload, now_ms()),
+            )
+            .await
+        }
+        Integration::Slack(sl) => {
+            post_json(s, &sl.api_url, &crate::notify::slack_body(sl, payload)).await
+        }
+        Integration::Email(e) => send_email(s, e, payload).await,
+    }
+}
+
+async fn post_json(s: &Shared, url: &str, body: &serde_json::Value) -> Result<(), String> {
+    let body = serde_json::to_vec(body).expect("encodes");
+    match http_request(
+        s,
+        hyper::Method::POST,
+        url,
+        Some(body),
+        s.settings.webhook_timeout_ms,
+    )
+    .await?
+    {
+        (code, _) if (200..300).contains(&code) => Ok(()),
+        (code, b) => Err(format!(
+            "{url}: HTTP {code}: {}",
+            String::from_utf8_lossy(&b[..b.len().min(200)])
+        )),
+    }
+}
+
+/// One email over SMTP (lettre), bounded by `webhook_timeout_ms` as a whole.
+async fn send_email(
+    s: &Shared,
+    e: &crate::notify::Email,
+    payload: &serde_json::Value,
+) -> Result<(), String> {
+    use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    use lettre::transport::smtp::extension::ClientId;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let (subject, headers, body) = crate::notify::email_parts(e, payload);
+    let (host, port) = e
+        .smarthost
+        .rsplit_once(':')
+        .ok_or_else(|| format!("smarthost {:?}: expected host:port", e.smarthost))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("smarthost {:?}: bad port", e.smarthost))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let timeout = Duration::from_millis(s.settings.webhook_timeout_ms);
+    let tls = TlsParameters::new(host.to_string())
+        .map_err(|x| format!("smtp://{host}:{port}: TLS: {x}"))?;
+    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .timeout(Some(timeout))
+        .tls(match (e.require_tls, port) {
+            (true, 465) => Tls::Wrapper(tls),
+            (true, _) => Tls::Required(tls),
+            (false, _) => Tls::Opportunistic(tls),
+        });
+    if let Some(h) = &e.hello {
+        b = b.hello_name(ClientId::Domain(h.clone()));
+    }
+    if let Some((u, p)) = &e.auth {
+        b = b.credentials(Credentials::new(u.clone(), p.clone()));
+    }
+    let transport = b.build();
+    let mut m = Message::builder()
+        .from(
+            e.from
+                .parse()
+                .map_err(|x| format!("from {:?}: {x}", e.from))?,
+        )
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    for to in &e.to {
+        m = m.to(to.parse().map_err(|x| format!("to {to:?}: {x}"))?);
+    }
+    for (k, v) in headers {
+        let name =
+            HeaderName::new_from_ascii(k.clone()).map_err(|x| format!("header {k:?}: {x}"))?;
+        m = m.raw_header(HeaderValue::new(name, v));
+    }
+    let msg = m
+        .body(body)
+        .map_err(|x| format!("building the email: {x}"))?;
+    match tokio::time::timeout(timeout, transport.send(msg)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(x)) => Err(format!("smtp://{host}:{port}: {x}")),
+        Err(_) => Err(format!(
+            "smtp://{host}:{port}: timed out after {} ms",
+            s.settings.webhook_timeout_ms
+        )),
+    }
+}
+
+/// Send one notification with retries and backoff (each attempt bounded);
+/// log it in the store once delivered. Runs in its own task: a failing
+/// receiver never delays the others.
 async fn deliver(s: Arc<Shared>, mut store: Store, n: Notification) {
-    let body = serde_json::to_vec(n.payload.as_ref().expect("checked")).expect("encodes");
-    let mut backoff = 100u64;
+    let mut backoff = s.settings.min_backoff_ms.max(1);
     let mut delivered = false;
     let mut last_err = String::new();
+    let kind = n.integration.kind();
+    let target = n.integration.target();
     for attempt in 1..=s.settings.max_notification_attempts {
-        match http_request(
-            &s,
-            hyper::Method::POST,
-            &n.url,
-            Some(body.clone()),
-            s.settings.webhook_timeout_ms,
-        )
-        .await
-        {
-            Ok((code, _)) if (200..300).contains(&code) => {
+        match send_once(&s, &n).await {
+            Ok(()) => {
                 delivered = true;
                 break;
-            }
-            Ok((code, b)) => {
-                last_err = format!(
-                    "HTTP {code}: {}",
-                    String::from_utf8_lossy(&b[..b.len().min(200)])
-                )
             }
             Err(e) => last_err = e,
         }
         s.stats
             .notification_failures
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(url = %n.url, attempt, error = %last_err, "alerting: notification failed; retrying");
-        if !(s.host.is_leader)() {
+        s.count_integration(kind, &n.entry.receiver, false);
+        tracing::warn!(integration = kind, receiver = %n.entry.receiver, target = %target, attempt, error = %last_err, "alerting: notification failed; retrying");
+        if !(s.host.is_leader)() || attempt == s.settings.max_notification_attempts {
             break;
         }
         tokio::time::sleep(Duration::from_millis(backoff)).await;
@@ -826,6 +1043,7 @@ async fn deliver(s: Arc<Shared>, mut store: Store, n: Notification) {
     }
     if delivered {
         s.stats.notifications.fetch_add(1, Ordering::Relaxed);
+        s.count_integration(kind, &n.entry.receiver, true);
         s.nflog
             .lock()
             .unwrap()
@@ -847,13 +1065,14 @@ async fn deliver(s: Arc<Shared>, mut store: Store, n: Notification) {
     } else {
         let mut labels = Labels::new();
         labels.insert("receiver".into(), n.entry.receiver.clone());
+        labels.insert("integration".into(), kind.into());
         let mut e = Event::new(
             now_ms(),
             "notification_failed",
             &s.settings.member,
             format!(
-                "group {} to {} failed: {last_err}",
-                n.entry.group_key, n.url
+                "group {} to {kind} {target} failed after {} attempts: {last_err}",
+                n.entry.group_key, s.settings.max_notification_attempts
             ),
         );
         e.labels = labels;

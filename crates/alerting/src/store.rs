@@ -66,9 +66,20 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
+        Self::connect_with(endpoints, prefix, Ok).await
+    }
+
+    /// [`Store::connect`] with the connect options passed through `secure`
+    /// first (the command line's TLS and credentials, `--cacert/--cert/--key/--user`).
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        secure: impl FnOnce(ConnectOptions) -> Result<ConnectOptions, etcd_client::Error>,
+    ) -> Result<Store, StoreError> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let opts = secure(opts)?;
         let client = bounded(
             "connecting to the store",
             Client::connect(endpoints, Some(opts)),

@@ -44,6 +44,8 @@ pub struct BackupSettings {
     pub max_upload_bytes_per_s: u64,
     /// A lock object older than this is ignored (its writer died), milliseconds.
     pub lock_stale_ms: u64,
+    /// TLS and credentials towards `Source::Endpoints` (plain by default).
+    pub client_security: client_security::ClientSecurity,
 }
 
 /// Called with the backup id just before any summary or manifest is written; `false`
@@ -67,6 +69,7 @@ impl Default for BackupSettings {
             connect_timeout_ms: 5_000,
             max_upload_bytes_per_s: 0,
             lock_stale_ms: DEFAULT_LOCK_STALE_MS,
+            client_security: client_security::ClientSecurity::plain(),
         }
     }
 }
@@ -251,6 +254,13 @@ async fn open_source(
             for ep in eps {
                 let opts = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+                let opts = match settings.client_security.options(opts, &[ep.as_str()]) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        last = format!("{ep}: {e}");
+                        continue;
+                    }
+                };
                 let client = match etcd_client::Client::connect([ep.as_str()], Some(opts)).await {
                     Ok(c) => c,
                     Err(e) => {

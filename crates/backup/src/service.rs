@@ -1043,11 +1043,15 @@ async fn serve(l: tokio::net::TcpListener, sh: Arc<Shared>) {
     }
 }
 
-async fn admin_client(endpoints: &[String]) -> Result<Client, BackupError> {
+async fn admin_client(
+    endpoints: &[String],
+    security: &client_security::ClientSecurity,
+) -> Result<Client, BackupError> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(Duration::from_millis(STORE_TIMEOUT_MS));
-    Client::connect(endpoints, Some(opts))
+    security
+        .connect(endpoints, opts)
         .await
         .map_err(|e| BackupError::Source {
             endpoints: endpoints.to_vec(),
@@ -1065,11 +1069,12 @@ fn store_error(endpoints: &[String], e: etcd_client::Error) -> BackupError {
 /// Validate and store the policy; returns the store revision.
 pub async fn set_policy(
     endpoints: &[String],
+    security: &client_security::ClientSecurity,
     prefix: &str,
     p: &Policy,
 ) -> Result<i64, BackupError> {
     p.validate().map_err(BackupError::BadFlags)?;
-    let mut c = admin_client(endpoints).await?;
+    let mut c = admin_client(endpoints, security).await?;
     let r = c
         .put(
             format!("{prefix}/policy"),
@@ -1081,8 +1086,12 @@ pub async fn set_policy(
     Ok(r.header().map(|h| h.revision()).unwrap_or(0))
 }
 
-pub async fn clear_policy(endpoints: &[String], prefix: &str) -> Result<(), BackupError> {
-    let mut c = admin_client(endpoints).await?;
+pub async fn clear_policy(
+    endpoints: &[String],
+    security: &client_security::ClientSecurity,
+    prefix: &str,
+) -> Result<(), BackupError> {
+    let mut c = admin_client(endpoints, security).await?;
     c.delete(format!("{prefix}/policy"), None)
         .await
         .map_err(|e| store_error(endpoints, e))?;
@@ -1092,9 +1101,10 @@ pub async fn clear_policy(endpoints: &[String], prefix: &str) -> Result<(), Back
 /// The stored policy and status, as JSON values (None when absent).
 pub async fn get_policy_and_status(
     endpoints: &[String],
+    security: &client_security::ClientSecurity,
     prefix: &str,
 ) -> Result<(Option<serde_json::Value>, Option<serde_json::Value>), BackupError> {
-    let mut c = admin_client(endpoints).await?;
+    let mut c = admin_client(endpoints, security).await?;
     let mut get = async |k: &str| -> Result<Option<serde_json::Value>, BackupError> {
         Ok(c.get(format!("{prefix}/{k}"), None)
             .await

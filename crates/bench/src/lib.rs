@@ -14,11 +14,17 @@
 //! * [`StatusArgs`] / [`endpoint_status`] — `phalanx bench status`, a leader
 //!   finder used by `bench/kv.sh`.
 //!
+//! TLS and auth: every client connects with [`client_security::ClientSecurity`]
+//! (etcdctl's `--cacert/--cert/--key/--user`), so `https://` endpoints and
+//! clusters with auth enabled are measured the same way as plain ones; the
+//! `authenticate` workload measures Authenticate calls per second.
+//!
 //! Entry point: [`run_kv`] (async). Errors are [`BenchError`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use client_security::ClientSecurity;
 use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -54,6 +60,8 @@ pub struct StatusArgs {
     pub endpoints: Vec<String>,
     /// Per-endpoint timeout in milliseconds (connect plus request).
     pub timeout_ms: u64,
+    /// TLS and credentials.
+    pub security: ClientSecurity,
 }
 
 /// Status of every endpoint, in order; unreachable ones carry an error.
@@ -61,7 +69,10 @@ pub async fn endpoint_status(args: &StatusArgs) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for ep in &args.endpoints {
         let probe = async {
-            let mut c = Client::connect([ep.as_str()], None).await?;
+            let opts = args
+                .security
+                .options(ConnectOptions::new(), &[ep.as_str()])?;
+            let mut c = Client::connect([ep.as_str()], Some(opts)).await?;
             c.status().await
         };
         let v = match tokio::time::timeout(Duration::from_millis(args.timeout_ms), probe).await {
@@ -95,6 +106,9 @@ pub enum Workload {
     /// puts per transaction (clients take interleaved batches), then stop:
     /// loads a large data set quickly (e.g. for memory measurements).
     Fill,
+    /// Authenticate (`--user`'s name and password) in a loop: logins per
+    /// second, bounded by the server's password hashing (bcrypt).
+    Authenticate,
 }
 
 /// `phalanx bench kv`.
@@ -127,6 +141,8 @@ pub struct KvArgs {
     pub report_gaps: bool,
     /// Print the report as JSON.
     pub json: bool,
+    /// TLS and credentials (`--cacert`, `--cert`, `--key`, `--user`).
+    pub security: ClientSecurity,
 }
 
 /// Latency summary in microseconds.
@@ -231,7 +247,20 @@ pub async fn run_kv(args: &KvArgs) -> Result<KvReport, BenchError> {
     if args.put_percent > 100 {
         return invalid("--put-percent must be 0..=100");
     }
-    let opts = ConnectOptions::new()
+    let Some(credentials) = args.security.credentials() else {
+        if args.workload == Workload::Authenticate {
+            return invalid("--workload authenticate needs --user name:password");
+        }
+        return run_clients(args, None).await;
+    };
+    run_clients(args, Some(credentials)).await
+}
+
+async fn run_clients(
+    args: &KvArgs,
+    credentials: Option<(String, String)>,
+) -> Result<KvReport, BenchError> {
+    let base = ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(args.connect_timeout_ms))
         .with_timeout(Duration::from_millis(args.request_timeout_ms));
     // Connect everyone before the clock starts so connection setup is not
@@ -239,13 +268,18 @@ pub async fn run_kv(args: &KvArgs) -> Result<KvReport, BenchError> {
     let mut clients = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let ep = &args.endpoints[i % args.endpoints.len()];
-        let c = Client::connect([ep.as_str()], Some(opts.clone()))
+        let connect_err = |source| BenchError::Connect {
+            client: i,
+            endpoint: ep.clone(),
+            source,
+        };
+        let opts = args
+            .security
+            .options(base.clone(), &[ep.as_str()])
+            .map_err(connect_err)?;
+        let c = Client::connect([ep.as_str()], Some(opts))
             .await
-            .map_err(|source| BenchError::Connect {
-                client: i,
-                endpoint: ep.clone(),
-                source,
-            })?;
+            .map_err(connect_err)?;
         clients.push(c);
     }
     let value = vec![b'v'; args.value_bytes];
@@ -256,10 +290,13 @@ pub async fn run_kv(args: &KvArgs) -> Result<KvReport, BenchError> {
     for (i, client) in clients.into_iter().enumerate() {
         let a = args.clone();
         let value = value.clone();
+        let credentials = credentials.clone();
         tasks.push(tokio::spawn(async move {
             let mut kv = client.kv_client();
-            let mut rng =
-                XorShift(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x2545_F491_4F6C_DD1D));
+            let mut auth = client.auth_client();
+            let mut rng = XorShift(
+                0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            );
             let mut res = ClientResult {
                 hist: Histogram::new_with_bounds(1, 120_000_000, 3)
                     .expect("valid histogram bounds"),
@@ -294,9 +331,31 @@ pub async fn run_kv(args: &KvArgs) -> Result<KvReport, BenchError> {
                     }
                     continue;
                 }
+                if a.workload == Workload::Authenticate {
+                    let (name, password) = credentials.clone().unwrap_or_default();
+                    let t0 = Instant::now();
+                    match tokio::time::timeout(request_timeout, auth.authenticate(name, password))
+                        .await
+                    {
+                        Ok(Ok(_)) => {
+                            res.hist
+                                .saturating_record((t0.elapsed().as_micros().max(1)) as u64);
+                            continue;
+                        }
+                        Ok(Err(e)) => *res.errors.entry(error_message(&e)).or_default() += 1,
+                        Err(_) => {
+                            *res.errors
+                                .entry(format!("request timeout (> {} ms)", a.request_timeout_ms))
+                                .or_default() += 1
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(a.error_backoff_ms)).await;
+                    continue;
+                }
                 let key = format!("bench/{:08}", rng.next() % a.keys);
                 let is_put = match a.workload {
                     Workload::Put | Workload::Fill => true,
+                    Workload::Authenticate => false,
                     Workload::GetLinearizable | Workload::GetSerializable => false,
                     Workload::Mixed => rng.next() % 100 < a.put_percent as u64,
                 };

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bench::{run_kv, KvArgs, Workload};
+use client_security::{ClientSecurity, ClientSecuritySettings};
 
 const ETCD: &str = "/usr/bin/etcd";
 
@@ -32,6 +33,16 @@ fn free_port() -> u16 {
 }
 
 async fn start_etcd() -> Etcd {
+    start_etcd_with(&[], "http", None).await
+}
+
+/// etcd with `extra` flags on a `scheme` client URL; readiness is probed with
+/// `security` (default: plain).
+async fn start_etcd_with(
+    extra: &[String],
+    scheme: &str,
+    security: Option<&ClientSecurity>,
+) -> Etcd {
     assert!(
         Path::new(ETCD).exists(),
         "{ETCD} not found: this test needs a real etcd. Run the project's install script \
@@ -39,7 +50,7 @@ async fn start_etcd() -> Etcd {
     );
     let dir = tempfile::tempdir().unwrap();
     let (cp, pp) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{cp}");
+    let client_url = format!("{scheme}://127.0.0.1:{cp}");
     let peer_url = format!("http://127.0.0.1:{pp}");
     let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
     let child = Command::new(ETCD)
@@ -58,6 +69,7 @@ async fn start_etcd() -> Etcd {
             &peer_url,
         ])
         .args(["--initial-cluster", &format!("bench-test={peer_url}")])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -71,7 +83,12 @@ async fn start_etcd() -> Etcd {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = async {
-            let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            let plain = ClientSecurity::plain();
+            let sec = security.unwrap_or(&plain);
+            let opts = sec
+                .options(etcd_client::ConnectOptions::new(), &[etcd.endpoint.as_str()])
+                .ok()?;
+            let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], Some(opts))
                 .await
                 .ok()?;
             c.get("ready-probe", None).await.ok()
@@ -107,6 +124,7 @@ fn args(endpoint: &str, workload: Workload) -> KvArgs {
         error_backoff_ms: 10,
         report_gaps: workload == Workload::Put,
         json: false,
+        security: ClientSecurity::plain(),
     }
 }
 
@@ -169,4 +187,95 @@ async fn unreachable_endpoint_is_reported() {
         Err(e) => assert!(e.to_string().contains("cannot connect"), "{e:#}"),
         Ok(r) => assert!(r.ops == 0 && r.errors_total > 0, "{r}"),
     }
+}
+
+/// The anchor for Phalanx's secure benchmark: the same load generator against
+/// etcd 3.4 with client TLS, `--client-cert-auth` and auth enabled
+/// (`--auth-token simple`): puts and Authenticate calls succeed with the
+/// flags etcdctl takes, and fail without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_speaks_tls_client_certs_and_auth_to_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::gen::Ca::new("bench-ca").unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let write_pair = |cn: &str, serial: u64| {
+        let g = ca
+            .issue(cn, &["127.0.0.1".into(), "localhost".into()], serial, 30)
+            .unwrap();
+        let (c, k) = (
+            dir.path().join(format!("{cn}.crt")),
+            dir.path().join(format!("{cn}.key")),
+        );
+        std::fs::write(&c, g.cert_pem).unwrap();
+        std::fs::write(&k, g.key_pem).unwrap();
+        (c, k)
+    };
+    let (server_cert, server_key) = write_pair("server", 1);
+    let (client_cert, client_key) = write_pair("root", 2);
+    let p = |x: &std::path::Path| x.display().to_string();
+    let extra = vec![
+        "--cert-file".into(),
+        p(&server_cert),
+        "--key-file".into(),
+        p(&server_key),
+        "--trusted-ca-file".into(),
+        p(&ca_file),
+        "--client-cert-auth".into(),
+        "--auth-token".into(),
+        "simple".into(),
+    ];
+    let tls_only = ClientSecurity::load(&ClientSecuritySettings {
+        cacert: Some(ca_file.clone()),
+        cert: Some(client_cert.clone()),
+        key: Some(client_key.clone()),
+        user: None,
+    })
+    .unwrap();
+    let etcd = start_etcd_with(&extra, "https", Some(&tls_only)).await;
+    // Enable auth: root with a password (etcd 3.4 needs the root user first).
+    let opts = tls_only
+        .options(etcd_client::ConnectOptions::new(), &[etcd.endpoint.as_str()])
+        .unwrap();
+    let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], Some(opts))
+        .await
+        .unwrap();
+    c.user_add("root", "rootpw", None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.auth_enable().await.unwrap();
+
+    let full = ClientSecurity::load(&ClientSecuritySettings {
+        cacert: Some(ca_file.clone()),
+        cert: Some(client_cert),
+        key: Some(client_key),
+        user: Some("root:rootpw".into()),
+    })
+    .unwrap();
+    for w in [Workload::Put, Workload::GetLinearizable, Workload::Authenticate] {
+        let mut a = args(&etcd.endpoint, w);
+        a.duration = Duration::from_millis(1_500);
+        a.security = full.clone();
+        let r = run_kv(&a).await.expect("bench runs with TLS and auth");
+        assert!(r.ops > 0 && r.errors_total == 0, "{w:?}\n{r}");
+    }
+    // Without a client certificate, etcd refuses the handshake.
+    let no_cert = ClientSecurity::load(&ClientSecuritySettings {
+        cacert: Some(ca_file),
+        user: Some("root:rootpw".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut a = args(&etcd.endpoint, Workload::Put);
+    a.duration = Duration::from_millis(300);
+    a.connect_timeout_ms = 1_000;
+    a.security = no_cert;
+    match run_kv(&a).await {
+        Err(e) => assert!(e.to_string().contains("cannot connect"), "{e:#}"),
+        Ok(r) => assert!(r.ops == 0 && r.errors_total > 0, "{r}"),
+    }
+    // The authenticate workload needs --user.
+    let mut a = args(&etcd.endpoint, Workload::Authenticate);
+    a.security = tls_only;
+    let e = run_kv(&a).await.unwrap_err().to_string();
+    assert!(e.contains("--user"), "{e}");
 }

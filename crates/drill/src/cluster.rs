@@ -194,9 +194,19 @@ pub struct NodeSpec<'a> {
 /// Start `exe node` as `spec` says, dying with this thread
 /// ([`exit_with_parent`]).
 pub fn spawn_node(exe: &Path, spec: &NodeSpec<'_>) -> Result<Child, DrillError> {
+    spawn_node_with_scheme(exe, spec, "http")
+}
+
+/// [`spawn_node`] with client and peer URLs of `scheme` (`https` for a
+/// member whose TLS flags are in `spec.extra_args`).
+pub fn spawn_node_with_scheme(
+    exe: &Path,
+    spec: &NodeSpec<'_>,
+    scheme: &str,
+) -> Result<Child, DrillError> {
     let (log, log2) = open_child_log(spec.log)?;
-    let client = format!("http://127.0.0.1:{}", spec.client_port);
-    let peer = format!("http://127.0.0.1:{}", spec.peer_port);
+    let client = format!("{scheme}://127.0.0.1:{}", spec.client_port);
+    let peer = format!("{scheme}://127.0.0.1:{}", spec.peer_port);
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .args(["--name", spec.name])
@@ -238,14 +248,23 @@ pub struct LocalMember {
     pub gateway_port: Option<u16>,
     /// `--gateway-admin-listen` port, when asked for.
     pub gateway_admin_port: Option<u16>,
+    /// Client and peer ports serve TLS (`https://` URLs).
+    pub tls: bool,
 }
 
 impl LocalMember {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
@@ -283,6 +302,10 @@ pub struct ClusterOptions {
     pub token_prefix: String,
     /// How long [`LocalCluster::launch`] waits for every member to be healthy.
     pub start_timeout: Duration,
+    /// Client and peer TLS with these certificates, and auth enabled once
+    /// the members are up ([`crate::secure`]); the admin (metrics) port
+    /// stays plain http on loopback.
+    pub secure: Option<crate::secure::SecureFiles>,
 }
 
 impl ClusterOptions {
@@ -301,6 +324,7 @@ impl ClusterOptions {
             gateway_config_key: None,
             token_prefix: "local".into(),
             start_timeout: Duration::from_millis(MEMBER_START_TIMEOUT_MS),
+            secure: None,
         }
     }
 }
@@ -316,6 +340,8 @@ pub struct LocalCluster {
     extra_args: Vec<String>,
     start_timeout: Duration,
     pub members: Vec<LocalMember>,
+    /// The TLS files and passwords, for a secure cluster.
+    pub secure: Option<Box<crate::secure::SecureFiles>>,
 }
 
 /// A free port for a member or backend to listen on; see [`crate::ports`].
@@ -363,8 +389,10 @@ impl LocalCluster {
         log_dir: &Path,
         planted_bug: Option<&str>,
         gateway_key: Option<&str>,
+        secure: Option<crate::secure::SecureFiles>,
     ) -> Result<LocalCluster, DrillError> {
         let mut o = ClusterOptions::new(n, exe, log_dir);
+        o.secure = secure;
         o.fault_injection = true;
         o.planted_bug = planted_bug.map(Into::into);
         o.gateways = gateway_key.is_some();
@@ -413,6 +441,7 @@ impl LocalCluster {
                 paused: false,
                 gateway_port: optional_port(o.gateways)?,
                 gateway_admin_port: optional_port(o.gateways && o.gateway_admin)?,
+                tls: o.secure.is_some(),
                 name,
             });
         }
@@ -433,6 +462,9 @@ impl LocalCluster {
             extra_args.push("--gateway-config-key".into());
             extra_args.push(key.clone());
         }
+        if let Some(s) = &o.secure {
+            extra_args.extend(s.member_args());
+        }
         let mut c = LocalCluster {
             _tmp: tmp,
             exe: o.exe,
@@ -446,12 +478,16 @@ impl LocalCluster {
             extra_args,
             start_timeout: o.start_timeout,
             members,
+            secure: o.secure.map(Box::new),
         };
         for i in 0..o.members {
             c.spawn(i)?;
         }
         for i in 0..o.members {
             c.wait_healthy(i).await?;
+        }
+        if let Some(s) = &c.secure {
+            s.enable_auth(&c.client_urls()).await?;
         }
         Ok(c)
     }
@@ -469,7 +505,7 @@ impl LocalCluster {
         if let Some(p) = m.gateway_admin_port {
             args.extend(["--gateway-admin-listen".into(), format!("127.0.0.1:{p}")]);
         }
-        let child = spawn_node(
+        let child = spawn_node_with_scheme(
             &self.exe,
             &NodeSpec {
                 name: &m.name,
@@ -484,6 +520,7 @@ impl LocalCluster {
                 env: &[],
                 log: &m.log,
             },
+            m.scheme(),
         )?;
         m.child = Some(child);
         m.paused = false;

@@ -46,6 +46,7 @@ pub mod faults;
 pub mod http_load;
 pub mod ports;
 pub mod recorder;
+pub mod secure;
 pub mod report;
 pub mod verdict;
 pub mod workload;
@@ -173,6 +174,12 @@ pub struct DrillArgs {
     pub check_timeout_ms: u64,
     /// Start local members with a planted bug (skip-read-index | ack-before-fsync), to show the drill catches it. Tests only.
     pub unsafe_planted_bug: Option<String>,
+    /// With --local: client and peer TLS (a CA and certificates generated in `<report>/certs/`)
+    /// and auth enabled; the workload, watch and lease clients run as user `drill` with its
+    /// client certificate and password (see [`secure`]).
+    pub secure: bool,
+    /// With --endpoints: the clients' TLS files and user (etcdctl's --cacert, --cert, --key, --user).
+    pub security: client_security::ClientSecuritySettings,
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -254,6 +261,23 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
     if faults.contains(&FaultKind::BackendPartition) {
         backends::iptables_usable().map_err(|e| u(format!("fault backend-partition adds an iptables DROP rule for the backend's port on the loopback interface: {e}")))?;
     }
+    let security_given = {
+        let s = &args.security;
+        s.cacert.is_some() || s.cert.is_some() || s.key.is_some() || s.user.is_some()
+    };
+    if args.secure {
+        if args.local.is_none() {
+            return Err(u("--secure starts a local cluster with TLS and auth: it needs --local N (for a live cluster, give --cacert/--cert/--key/--user)".into()));
+        }
+        if security_given {
+            return Err(u("--secure makes its own CA, certificates and users: leave out --cacert/--cert/--key/--user".into()));
+        }
+        if let Some(k) = faults.iter().find(|k| k.backend_fault().is_some()) {
+            return Err(u(format!("fault {k} runs store-backed gateways, which read their configuration without TLS or credentials: not available with --secure")));
+        }
+    } else if args.local.is_some() && security_given {
+        return Err(u("--cacert/--cert/--key/--user are for --endpoints; a --local cluster is plain unless --secure".into()));
+    }
     if let Some(b) = &args.unsafe_planted_bug {
         if b != "skip-read-index" && b != "ack-before-fsync" {
             return Err(u(format!(
@@ -294,7 +318,9 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
                 return Err(u("--endpoints is empty".into()));
             }
             for ep in &endpoints {
-                admin::host_port(ep).map_err(|e| u(format!("--endpoints: {e}")))?;
+                // Client URLs may be https:// (TLS through --cacert/--cert/--key).
+                let as_http = ep.replacen("https://", "http://", 1);
+                admin::host_port(&as_http).map_err(|e| u(format!("--endpoints: {e}")))?;
             }
             let admin = args
                 .admin_endpoints
@@ -492,12 +518,17 @@ async fn set_up(args: &DrillArgs, plan: &Plan) -> Result<Stage, DrillError> {
                     Some(SampleBackends::start(args.backends, &exe, &dir.join("logs")).await?);
             }
             let key = with_gateway.then_some(gateway_store::DEFAULT_KEY);
+            let secure = args
+                .secure
+                .then(|| secure::SecureFiles::generate(&dir.join("certs")))
+                .transpose()?;
             let c = cluster::LocalCluster::start(
                 n,
                 &exe,
                 &dir.join("logs"),
                 args.unsafe_planted_bug.as_deref(),
                 key,
+                secure,
             )
             .await?;
             Backend::Local(c)
@@ -549,7 +580,16 @@ async fn set_up(args: &DrillArgs, plan: &Plan) -> Result<Stage, DrillError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
+    let security = match &backend {
+        Backend::Local(c) => match &c.secure {
+            Some(s) => s.workload_security()?,
+            None => client_security::ClientSecurity::plain(),
+        },
+        Backend::Remote { .. } => client_security::ClientSecurity::load(&args.security)
+            .map_err(|e| DrillError::Usage(e.to_string()))?,
+    };
     let cfg = Arc::new(WorkloadConfig {
+        security,
         endpoints: endpoints.clone(),
         clients: args.clients,
         keys: args.keys,
@@ -869,6 +909,29 @@ fn report_settings(args: &DrillArgs, plan: &Plan, stage: &Stage) -> Vec<(String,
             format!("{} (pinned round-robin to the endpoints)", args.clients),
         ),
         ("keys".into(), args.keys.to_string()),
+        (
+            "security".into(),
+            if args.secure {
+                format!("client and peer TLS (CA and certificates in certs/), client certificates required, auth on: clients run as user `{}`", secure::DRILL_USER)
+            } else {
+                let s = &args.security;
+                let mut parts = Vec::new();
+                if stage.endpoints.iter().any(|e| e.starts_with("https://")) {
+                    parts.push("TLS".to_string());
+                }
+                if s.cert.is_some() {
+                    parts.push("client certificate".into());
+                }
+                if let Some(u) = s.user.as_deref().and_then(|u| u.split(':').next()) {
+                    parts.push(format!("user `{u}`"));
+                }
+                if parts.is_empty() {
+                    "plain (no TLS, no auth)".into()
+                } else {
+                    parts.join(", ")
+                }
+            },
+        ),
         ("op timeout".into(), format!("{} ms", args.op_timeout_ms)),
         ("lease TTL".into(), format!("{} s", args.lease_ttl_secs)),
         (

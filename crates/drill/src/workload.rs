@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use client_security::ClientSecurity;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
@@ -40,6 +41,8 @@ pub struct WorkloadConfig {
     /// Every key of the run starts with this (unique per run).
     pub prefix: String,
     pub lease_ttl_secs: i64,
+    /// TLS and credentials of every workload, watch and lease client.
+    pub security: ClientSecurity,
 }
 
 impl WorkloadConfig {
@@ -65,11 +68,16 @@ impl Rng {
     }
 }
 
-pub async fn connect(endpoints: &[String], op_timeout: Duration) -> Option<Client> {
-    let opts = ConnectOptions::new()
+/// A client of `endpoints` with the drill's TLS and credentials
+/// (`cfg.security`; with a user, connecting includes an Authenticate call
+/// and pins the client to one member: `ClientSecurity::connect`), or None
+/// if that fails within `cfg.op_timeout`.
+pub async fn connect(endpoints: &[String], cfg: &WorkloadConfig) -> Option<Client> {
+    let op_timeout = cfg.op_timeout;
+    let base = ConnectOptions::new()
         .with_connect_timeout(op_timeout)
         .with_timeout(op_timeout);
-    match tokio::time::timeout(op_timeout, Client::connect(endpoints, Some(opts))).await {
+    match tokio::time::timeout(op_timeout, cfg.security.connect(endpoints, base)).await {
         Ok(Ok(c)) => Some(c),
         _ => None,
     }
@@ -130,7 +138,7 @@ pub async fn run_client(
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
-            client = connect(&ep, cfg.op_timeout).await;
+            client = connect(&ep, &cfg).await;
             if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
                 continue;
@@ -361,7 +369,7 @@ pub async fn run_watcher(
     while !stop.load(Ordering::Relaxed) {
         let ep = vec![cfg.endpoints[session % cfg.endpoints.len()].clone()];
         session += 1;
-        let Some(mut client) = connect(&ep, cfg.op_timeout).await else {
+        let Some(mut client) = connect(&ep, &cfg).await else {
             tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
             continue;
         };
@@ -438,7 +446,7 @@ pub async fn run_lease_client(
     let mut last_renew = tokio::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
-            client = connect(&cfg.endpoints, cfg.op_timeout).await;
+            client = connect(&cfg.endpoints, &cfg).await;
             if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
                 continue;
@@ -524,7 +532,7 @@ pub async fn run_lease_client(
     let mut revoked = false;
     while tokio::time::Instant::now() < deadline {
         let Some(c) = client.as_mut() else {
-            client = connect(&cfg.endpoints, cfg.op_timeout).await;
+            client = connect(&cfg.endpoints, &cfg).await;
             if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
             }
@@ -589,7 +597,7 @@ pub async fn final_reads(
         let mut process = FINAL_READ_PROCESS + i as i64;
         while tokio::time::Instant::now() < deadline {
             let Some(c) = client.as_mut() else {
-                client = connect(&cfg.endpoints, cfg.op_timeout).await;
+                client = connect(&cfg.endpoints, cfg).await;
                 if client.is_none() {
                     tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
                 }
@@ -642,7 +650,7 @@ pub async fn final_reads(
 /// Current store revision (a linearizable read's header), retried until `deadline`.
 pub async fn current_revision(cfg: &WorkloadConfig, deadline: tokio::time::Instant) -> Option<i64> {
     while tokio::time::Instant::now() < deadline {
-        if let Some(mut c) = connect(&cfg.endpoints, cfg.op_timeout).await {
+        if let Some(mut c) = connect(&cfg.endpoints, cfg).await {
             if let Ok(Ok(r)) =
                 tokio::time::timeout(cfg.op_timeout, c.get(cfg.prefix.clone(), None)).await
             {

@@ -252,12 +252,79 @@ impl EtcdApi {
         }
     }
 
-    async fn propose_auth(&self, cmd: AuthCommand) -> Result<(), Status> {
+    /// [`EtcdApi::check_admin`], returning the caller's user name (empty
+    /// while auth is disabled: anyone may then change auth).
+    pub(crate) fn admin_caller(&self, md: &MetadataMap) -> Result<String, Status> {
+        self.check_admin(md)?;
+        Ok(self.caller(md)?.map(|c| c.user).unwrap_or_default())
+    }
+
+    /// Propose an auth change by `by`; once it is applied, record it in the
+    /// event timeline ([`record_auth_event`](Self::record_auth_event)).
+    async fn propose_auth(&self, by: &str, cmd: AuthCommand) -> Result<(), Status> {
+        let what = describe_auth_change(&cmd);
+        let kind = auth_change_kind(&cmd);
         match self.propose(Command::Auth(cmd)).await? {
-            ApplyResponse::Auth { .. } => Ok(()),
+            ApplyResponse::Auth { .. } => {
+                self.record_auth_event(by, kind, what).await;
+                Ok(())
+            }
             _ => Err(Status::internal(
                 "etcdserver: unexpected apply result for an auth change",
             )),
+        }
+    }
+
+    /// Write one `auth_changed` event (alerting's timeline format, shown by
+    /// `phalanx events`): key `AUTH_EVENTS_PREFIX<ms, 16 digits>-<member>-<n>`,
+    /// value `{"ts_ms","kind","member","message","labels"}`. A Put through
+    /// Raft like any other, proposed by the member that made the change
+    /// (forwarded to the leader) after the change is applied; it carries no
+    /// password or hash. Best effort: a failure (no quorum, NOSPACE alarm,
+    /// [`AUTH_EVENT_TIMEOUT_MS`]) is logged and does not fail the change.
+    async fn record_auth_event(&self, by: &str, change: &str, what: String) {
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let member = self.node().name().to_string();
+        let message = if by.is_empty() {
+            format!("{what} (auth was disabled: caller not identified)")
+        } else {
+            format!("{what} by {by}")
+        };
+        let mut labels = serde_json::Map::new();
+        labels.insert("change".into(), change.into());
+        if !by.is_empty() {
+            labels.insert("user".into(), by.into());
+        }
+        let value = serde_json::json!({
+            "ts_ms": ts_ms,
+            "kind": AUTH_EVENT_KIND,
+            "member": member,
+            "message": message,
+            "labels": labels,
+        });
+        let key = format!(
+            "{AUTH_EVENTS_PREFIX}{:016}-{member}-{}",
+            ts_ms.max(0),
+            rand::random::<u32>()
+        );
+        let put = etcd_client::proto::PbPutRequest {
+            key: key.into_bytes(),
+            value: value.to_string().into_bytes(),
+            ..Default::default()
+        };
+        let bound = std::time::Duration::from_millis(AUTH_EVENT_TIMEOUT_MS);
+        match tokio::time::timeout(bound, self.propose(Command::put(&put))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "auth change applied but its event was not recorded: {}",
+                e.message()
+            ),
+            Err(_) => tracing::warn!(
+                "auth change applied but its event was not recorded within {AUTH_EVENT_TIMEOUT_MS} ms"
+            ),
         }
     }
 
@@ -342,8 +409,8 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        self.check_admin(request.metadata())?;
-        self.propose_auth(AuthCommand::Enable).await?;
+        let by = self.admin_caller(request.metadata())?;
+        self.propose_auth(&by, AuthCommand::Enable).await?;
         Ok(Response::new(AuthEnableResponse {
             header: Some(self.current_header()),
         }))
@@ -353,8 +420,8 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        self.check_admin(request.metadata())?;
-        self.propose_auth(AuthCommand::Disable).await?;
+        let by = self.admin_caller(request.metadata())?;
+        self.propose_auth(&by, AuthCommand::Disable).await?;
         Ok(Response::new(AuthDisableResponse {
             header: Some(self.current_header()),
         }))
@@ -389,7 +456,7 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         if req.name.is_empty() {
@@ -402,11 +469,14 @@ impl Auth for EtcdApi {
         } else {
             self.hash_password(req.password).await?
         };
-        self.propose_auth(AuthCommand::UserAdd {
-            name: req.name,
-            password_hash,
-            no_password,
-        })
+        self.propose_auth(
+            &by,
+            AuthCommand::UserAdd {
+                name: req.name,
+                password_hash,
+                no_password,
+            },
+        )
         .await?;
         Ok(Response::new(AuthUserAddResponse {
             header: Some(self.current_header()),
@@ -453,11 +523,14 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
-        self.propose_auth(AuthCommand::UserDelete {
-            name: req.name.clone(),
-        })
+        self.propose_auth(
+            &by,
+            AuthCommand::UserDelete {
+                name: req.name.clone(),
+            },
+        )
         .await?;
         self.auth_rt().tokens.invalidate_user(&req.name);
         Ok(Response::new(AuthUserDeleteResponse {
@@ -469,17 +542,20 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         if req.name.is_empty() {
             return Err(auth_status(AuthError::UserEmpty));
         }
         let password_hash = self.hash_password(req.password).await?;
-        self.propose_auth(AuthCommand::UserChangePassword {
-            name: req.name.clone(),
-            password_hash,
-        })
+        self.propose_auth(
+            &by,
+            AuthCommand::UserChangePassword {
+                name: req.name.clone(),
+                password_hash,
+            },
+        )
         .await?;
         self.auth_rt().tokens.invalidate_user(&req.name);
         Ok(Response::new(AuthUserChangePasswordResponse {
@@ -491,12 +567,15 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
-        self.propose_auth(AuthCommand::UserGrantRole {
-            user: req.user,
-            role: req.role,
-        })
+        self.propose_auth(
+            &by,
+            AuthCommand::UserGrantRole {
+                user: req.user,
+                role: req.role,
+            },
+        )
         .await?;
         Ok(Response::new(AuthUserGrantRoleResponse {
             header: Some(self.current_header()),
@@ -507,12 +586,15 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
-        self.propose_auth(AuthCommand::UserRevokeRole {
-            user: req.name,
-            role: req.role,
-        })
+        self.propose_auth(
+            &by,
+            AuthCommand::UserRevokeRole {
+                user: req.name,
+                role: req.role,
+            },
+        )
         .await?;
         Ok(Response::new(AuthUserRevokeRoleResponse {
             header: Some(self.current_header()),
@@ -523,10 +605,10 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
         self.check_name_len(&req.name)?;
-        self.propose_auth(AuthCommand::RoleAdd { name: req.name })
+        self.propose_auth(&by, AuthCommand::RoleAdd { name: req.name })
             .await?;
         Ok(Response::new(AuthRoleAddResponse {
             header: Some(self.current_header()),
@@ -595,9 +677,9 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
-        self.propose_auth(AuthCommand::RoleDelete { name: req.role })
+        self.propose_auth(&by, AuthCommand::RoleDelete { name: req.role })
             .await?;
         Ok(Response::new(AuthRoleDeleteResponse {
             header: Some(self.current_header()),
@@ -608,7 +690,7 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         let Some(p) = req.perm else {
@@ -616,14 +698,17 @@ impl Auth for EtcdApi {
         };
         let kind = PermKind::from_i32(p.perm_type)
             .ok_or_else(|| Status::invalid_argument("etcdserver: invalid permission type"))?;
-        self.propose_auth(AuthCommand::RoleGrantPermission {
-            role: req.name,
-            perm: Perm {
-                kind,
-                key: p.key,
-                range_end: p.range_end,
+        self.propose_auth(
+            &by,
+            AuthCommand::RoleGrantPermission {
+                role: req.name,
+                perm: Perm {
+                    kind,
+                    key: p.key,
+                    range_end: p.range_end,
+                },
             },
-        })
+        )
         .await?;
         Ok(Response::new(AuthRoleGrantPermissionResponse {
             header: Some(self.current_header()),
@@ -634,13 +719,16 @@ impl Auth for EtcdApi {
         &self,
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        self.check_admin(request.metadata())?;
+        let by = self.admin_caller(request.metadata())?;
         let req = request.into_inner();
-        self.propose_auth(AuthCommand::RoleRevokePermission {
-            role: req.role,
-            key: req.key,
-            range_end: req.range_end,
-        })
+        self.propose_auth(
+            &by,
+            AuthCommand::RoleRevokePermission {
+                role: req.role,
+                key: req.key,
+                range_end: req.range_end,
+            },
+        )
         .await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse {
             header: Some(self.current_header()),
@@ -674,5 +762,112 @@ mod cert_user_tests {
         });
         let req = cert_user_interceptor(req).unwrap();
         assert_eq!(req.metadata().get(CERT_USER_KEY).unwrap(), "alice");
+    }
+}
+
+/// Auth and permission changes are recorded under this prefix, the event
+/// timeline of `phalanx events` (`alerting::store::DEFAULT_PREFIX` +
+/// `/events/`; etcd-api does not depend on alerting, so the prefix is
+/// repeated here and `auth_events.rs` checks they agree end to end).
+pub const AUTH_EVENTS_PREFIX: &str = "/phalanx/alerting/events/";
+/// The event kind of an auth or permission change.
+pub const AUTH_EVENT_KIND: &str = "auth_changed";
+/// Bound on recording one auth event, in ms.
+pub const AUTH_EVENT_TIMEOUT_MS: u64 = 5_000;
+
+fn auth_change_kind(cmd: &AuthCommand) -> &'static str {
+    match cmd {
+        AuthCommand::Enable => "auth_enable",
+        AuthCommand::Disable => "auth_disable",
+        AuthCommand::UserAdd { .. } => "user_add",
+        AuthCommand::UserDelete { .. } => "user_delete",
+        AuthCommand::UserChangePassword { .. } => "user_change_password",
+        AuthCommand::UserGrantRole { .. } => "user_grant_role",
+        AuthCommand::UserRevokeRole { .. } => "user_revoke_role",
+        AuthCommand::RoleAdd { .. } => "role_add",
+        AuthCommand::RoleDelete { .. } => "role_delete",
+        AuthCommand::RoleGrantPermission { .. } => "role_grant_permission",
+        AuthCommand::RoleRevokePermission { .. } => "role_revoke_permission",
+    }
+}
+
+/// `key`, `[key, range_end)` or `key and everything after`, printable.
+fn describe_range(key: &[u8], range_end: &[u8]) -> String {
+    let k = String::from_utf8_lossy(key);
+    match range_end {
+        [] => format!("key {k:?}"),
+        [0] => format!("keys from {k:?} on"),
+        end => format!("keys [{k:?}, {:?})", String::from_utf8_lossy(end)),
+    }
+}
+
+/// What an auth change did, for people; never a password or a hash.
+fn describe_auth_change(cmd: &AuthCommand) -> String {
+    match cmd {
+        AuthCommand::Enable => "auth enabled".into(),
+        AuthCommand::Disable => "auth disabled".into(),
+        AuthCommand::UserAdd {
+            name, no_password, ..
+        } => {
+            if *no_password {
+                format!("user {name} added (no password: certificate login only)")
+            } else {
+                format!("user {name} added")
+            }
+        }
+        AuthCommand::UserDelete { name } => format!("user {name} deleted"),
+        AuthCommand::UserChangePassword { name, .. } => format!("password of user {name} changed"),
+        AuthCommand::UserGrantRole { user, role } => format!("role {role} granted to user {user}"),
+        AuthCommand::UserRevokeRole { user, role } => {
+            format!("role {role} revoked from user {user}")
+        }
+        AuthCommand::RoleAdd { name } => format!("role {name} added"),
+        AuthCommand::RoleDelete { name } => format!("role {name} deleted"),
+        AuthCommand::RoleGrantPermission { role, perm } => format!(
+            "{} on {} granted to role {role}",
+            format!("{:?}", perm.kind).to_uppercase(),
+            describe_range(&perm.key, &perm.range_end)
+        ),
+        AuthCommand::RoleRevokePermission {
+            role,
+            key,
+            range_end,
+        } => format!(
+            "permission on {} revoked from role {role}",
+            describe_range(key, range_end)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod auth_event_tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_name_the_change_and_never_the_secret() {
+        let d = describe_auth_change(&AuthCommand::UserAdd {
+            name: "alice".into(),
+            password_hash: "$2b$10$secrethash".into(),
+            no_password: false,
+        });
+        assert_eq!(d, "user alice added");
+        let d = describe_auth_change(&AuthCommand::UserChangePassword {
+            name: "alice".into(),
+            password_hash: "$2b$10$secrethash".into(),
+        });
+        assert!(!d.contains("secret"), "{d}");
+        let d = describe_auth_change(&AuthCommand::RoleGrantPermission {
+            role: "r".into(),
+            perm: Perm {
+                kind: PermKind::ReadWrite,
+                key: b"/app/".to_vec(),
+                range_end: b"/app0".to_vec(),
+            },
+        });
+        assert_eq!(
+            d,
+            "READWRITE on keys [\"/app/\", \"/app0\") granted to role r"
+        );
+        assert_eq!(describe_range(b"k", b"\0"), "keys from \"k\" on");
     }
 }

@@ -116,6 +116,10 @@ pub struct ListenerConfig {
     pub tls_cert_path: Option<PathBuf>,
     /// PEM private key (https only).
     pub tls_key_path: Option<PathBuf>,
+    /// https: at most this often (at a handshake) the certificate and key
+    /// files are checked for changes and, when changed and valid, reloaded
+    /// (rotation without restart).
+    pub tls_reload_check_interval_ms: u64,
     /// Target pool for `tcp` listeners.
     pub pool: Option<String>,
     /// Maximum concurrently open client connections. At the limit a new
@@ -150,6 +154,7 @@ impl Default for ListenerConfig {
             protocol: ListenerProtocol::Http,
             tls_cert_path: None,
             tls_key_path: None,
+            tls_reload_check_interval_ms: 1_000,
             pool: None,
             max_connections: 10_000,
             max_connections_per_client_ip: 1_000,
@@ -416,7 +421,7 @@ pub fn parse_endpoint_address(s: &str) -> Result<SocketAddr, String> {
     let t = t.strip_prefix("http://").unwrap_or(t);
     let t = t.trim_end_matches('/');
     if t.starts_with("https://") {
-        return Err("https upstreams are not supported; use ip:port".into());
+        return Err("give endpoints as ip:port; TLS to endpoints is the pool's `tls` table (ca_path, cert_path, key_path, server_name)".into());
     }
     t.parse::<SocketAddr>()
         .map_err(|_| format!("`{s}` is not an ip:port socket address"))
@@ -594,6 +599,27 @@ pub struct PoolConfig {
     pub retry_budget: RetryBudgetConfig,
     /// Circuit breaker (None = disabled).
     pub circuit_breaker: Option<BreakerConfig>,
+    /// TLS towards the endpoints (None = cleartext).
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS (and mutual TLS) from a pool to its endpoints. The endpoints'
+/// certificates are verified against `ca_path` and must name `server_name`
+/// (or, without it, the endpoint's IP address); `cert_path`/`key_path`
+/// are presented to endpoints that require a client certificate. The files
+/// are read when the pool's configuration is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM CA bundle that verifies the endpoints' certificates (required).
+    pub ca_path: Option<PathBuf>,
+    /// PEM client certificate chain (mutual TLS; with `key_path`).
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of `cert_path`.
+    pub key_path: Option<PathBuf>,
+    /// SNI sent to every endpoint and the name their certificates must carry;
+    /// None: the endpoint's IP address (no SNI, IP subject alternative name).
+    pub server_name: Option<String>,
 }
 
 impl Default for PoolConfig {
@@ -619,6 +645,7 @@ impl Default for PoolConfig {
             outlier_detection: OutlierConfig::default(),
             retry_budget: RetryBudgetConfig::default(),
             circuit_breaker: None,
+            tls: None,
         }
     }
 }
@@ -706,6 +733,10 @@ impl Config {
                         format!("duplicate endpoint {addr}"),
                     ));
                 }
+            }
+            if let Some(t) = &p.tls {
+                crate::tls::load_client_config(t, &[])
+                    .map_err(|(field, r)| inv(f(&format!("tls.{field}")), r))?;
             }
             if p.algorithm == Algorithm::ConsistentHash {
                 if p.hash.key != HashKey::ClientIp
@@ -798,6 +829,12 @@ impl Config {
                     Some(p) if !pool_names.contains(p.as_str()) => {
                         return Err(inv(f("pool"), format!("unknown pool `{p}`")))
                     }
+                    Some(p) if self.pools.iter().any(|x| &x.name == p && x.tls.is_some()) => {
+                        return Err(inv(
+                            f("pool"),
+                            format!("pool `{p}` has tls: a tcp listener forwards bytes as they are and cannot originate TLS; use an http or https listener"),
+                        ))
+                    }
                     _ => {}
                 },
                 ListenerProtocol::Https => {
@@ -874,6 +911,7 @@ mod ranges {
         ("max_header_bytes", Int(8_192, 1_048_576)),
         ("http2_max_concurrent_streams", Int(1, 100_000)),
         ("tcp_connect_timeout_ms", Int(1, 600_000)),
+        ("tls_reload_check_interval_ms", Int(1, HOUR_MS)),
     ];
     const ROUTE: &[(&str, R)] = &[
         ("timeout_ms", Int(0, DAY_MS)),

@@ -197,10 +197,11 @@ impl GatewayHandle {
                         || cur.protocol != l.protocol
                         || cur.tls_cert_path != l.tls_cert_path
                         || cur.tls_key_path != l.tls_key_path
+                        || cur.tls_reload_check_interval_ms != l.tls_reload_check_interval_ms
                     {
                         return Err(ConfigError::invalid(
                             format!("listeners[{i}]"),
-                            "the address, protocol or TLS files of a running listener cannot change; \
+                            "the address, protocol, TLS files or TLS reload interval of a running listener cannot change; \
                              add a listener with a new name instead",
                         ));
                     }

@@ -107,13 +107,14 @@ pub(crate) fn start(
     let (stop_tx, stop_rx) = watch::channel(false);
     let tls = match cfg.protocol {
         ListenerProtocol::Https => {
-            let c = crate::tls::load_server_config(
+            let (c, _) = crate::tls::reloading_server_config(
                 cfg.tls_cert_path
                     .as_deref()
                     .unwrap_or(std::path::Path::new("")),
                 cfg.tls_key_path
                     .as_deref()
                     .unwrap_or(std::path::Path::new("")),
+                cfg.tls_reload_check_interval_ms,
             )
             .map_err(std::io::Error::other)?;
             Some(tokio_rustls::TlsAcceptor::from(c))

@@ -64,6 +64,7 @@ fn client_settings_equal(a: &PoolConfig, b: &PoolConfig) -> bool {
         && a.connect_timeout_ms == b.connect_timeout_ms
         && a.idle_connection_timeout_ms == b.idle_connection_timeout_ms
         && a.max_idle_connections_per_endpoint == b.max_idle_connections_per_endpoint
+        && a.tls == b.tls
 }
 
 impl Pool {

@@ -242,8 +242,7 @@ impl Node {
                             );
                             // A write that may have reached the leader must not be
                             // sent twice; report it as indeterminate.
-                            if matches!(req, LeaderRequest::Write(_)) && !detail.contains("onnect")
-                            {
+                            if matches!(req, LeaderRequest::Write(_)) && !never_connected(&detail) {
                                 return Err(NodeError::LeaderChanged);
                             }
                             None
@@ -462,5 +461,37 @@ impl Node {
             }
             LeaderRequest::MoveLeader { target } => self.transfer_leadership(target).await,
         }
+    }
+}
+
+/// Did a peer call fail before any connection to the peer existed (so the
+/// request certainly was not sent)? Only then may a write be retried
+/// elsewhere. A connection that broke after the request went out
+/// (`connection error: connection reset`, `broken pipe`, a closed stream) is
+/// not this: the leader may have committed the write, and sending it again
+/// would apply it twice (the secure drill caught exactly that when a killed
+/// leader's TLS connection was reset: one put applied at two revisions).
+fn never_connected(detail: &str) -> bool {
+    detail.contains("Connection refused")
+        || detail.contains("TLS handshake with")
+        || detail.contains("tcp connect error")
+        || detail.contains("error trying to connect")
+}
+
+#[cfg(test)]
+mod never_connected_tests {
+    use super::never_connected;
+
+    #[test]
+    fn only_failures_to_connect_allow_a_retry() {
+        assert!(never_connected(
+            "The service is currently unavailable: Connection refused (os error 111): transport error"
+        ));
+        assert!(never_connected("The service is currently unavailable: TLS handshake with https://127.0.0.1:1 failed: Connection reset by peer (os error 104): is the peer serving TLS on this URL?: transport error"));
+        assert!(!never_connected(
+            "Unknown error: transport error: connection error: connection reset"
+        ));
+        assert!(!never_connected("h2 protocol error: connection closed"));
+        assert!(!never_connected("broken pipe"));
     }
 }

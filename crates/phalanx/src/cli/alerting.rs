@@ -22,6 +22,8 @@ pub struct StoreArgs {
     /// Store prefix of the alerting keys
     #[arg(long, default_value = alerting::store::DEFAULT_PREFIX)]
     pub prefix: String,
+    #[command(flatten)]
+    pub security: super::client::SecurityArgs,
 }
 
 impl StoreArgs {
@@ -32,8 +34,29 @@ impl StoreArgs {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        alerting::store::Store::connect(&eps, &self.prefix)
+        let security = self.security.load()?;
+        if security.user().is_none() {
+            return alerting::store::Store::connect_with(&eps, &self.prefix, |o| {
+                security.options(o, &eps)
+            })
             .await
+            .with_context(|| format!("connecting to {}", self.endpoints));
+        }
+        // With a user: one member at a time (simple tokens are member-local,
+        // see client_security::ClientSecurity::connect).
+        let mut last = None;
+        for ep in &eps {
+            let one = [ep.clone()];
+            match alerting::store::Store::connect_with(&one, &self.prefix, |o| {
+                security.options(o, &one)
+            })
+            .await
+            {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("--endpoints is empty")))
             .with_context(|| format!("connecting to {}", self.endpoints))
     }
 }
@@ -253,9 +276,13 @@ pub fn run_events(args: EventsArgs) -> anyhow::Result<()> {
 #[derive(clap::Args, Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct NodeAlertingArgs {
-    /// Run the metrics history and alerting on this member (implied by --alerting-listen)
+    /// Run the metrics history and alerting on this member (the default; `=false` turns it off)
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub enable_alerting: Option<bool>,
+    /// Run no metrics history and no alerting on this member (alerting is on by default)
+    #[arg(long, conflicts_with_all = ["enable_alerting", "alerting_listen"])]
+    #[serde(default)]
+    pub disable_alerting: bool,
     /// Address of the alerting HTTP API (Prometheus /api/v1/query…, alerts, silences, events)
     #[arg(long)]
     pub alerting_listen: Option<std::net::SocketAddr>,
@@ -283,6 +310,15 @@ pub struct NodeAlertingArgs {
     /// Age (ms) past which events are dropped (default 7 days)
     #[arg(long)]
     pub alerting_event_retention_ms: Option<i64>,
+    /// Bound (ms) on one notification attempt: an HTTP POST or a whole SMTP exchange (default 5000)
+    #[arg(long)]
+    pub alerting_notification_timeout_ms: Option<u64>,
+    /// Attempts of one notification before it is given up until the group's next interval (default 8)
+    #[arg(long)]
+    pub alerting_notification_attempts: Option<u32>,
+    /// Largest delay (ms) between attempts; the first is 100 ms, doubling (default 5000)
+    #[arg(long)]
+    pub alerting_notification_max_backoff_ms: Option<u64>,
 }
 
 /// Start a member's alerting if asked (the node hook).
@@ -294,8 +330,12 @@ pub async fn start_for_node(
     quota_backend_bytes: u64,
     node: Arc<consensus::Node>,
     metrics: Arc<etcd_api::metrics::Metrics>,
+    gateway: Option<gateway::GatewayHandle>,
 ) -> anyhow::Result<Option<alerting::AlertingHandle>> {
-    if !a.enable_alerting.unwrap_or(a.alerting_listen.is_some()) {
+    if a.enable_alerting == Some(false) && a.alerting_listen.is_some() {
+        anyhow::bail!("--enable-alerting=false conflicts with --alerting-listen: the API needs the alerting on");
+    }
+    if a.disable_alerting || a.enable_alerting == Some(false) {
         return Ok(None);
     }
     let mut s = alerting::Settings::new(name, client_endpoints);
@@ -351,7 +391,43 @@ pub async fn start_for_node(
     if let Some(v) = a.alerting_event_retention_ms {
         s.event_retention_ms = v;
     }
+    for (flag, v) in [
+        (
+            "--alerting-notification-timeout-ms",
+            a.alerting_notification_timeout_ms,
+        ),
+        (
+            "--alerting-notification-attempts",
+            a.alerting_notification_attempts.map(u64::from),
+        ),
+        (
+            "--alerting-notification-max-backoff-ms",
+            a.alerting_notification_max_backoff_ms,
+        ),
+    ] {
+        if v == Some(0) {
+            anyhow::bail!("{flag}: must be at least 1");
+        }
+    }
+    if let Some(v) = a.alerting_notification_timeout_ms {
+        s.webhook_timeout_ms = v;
+    }
+    if let Some(v) = a.alerting_notification_attempts {
+        s.max_notification_attempts = v;
+    }
+    if let Some(v) = a.alerting_notification_max_backoff_ms {
+        s.max_backoff_ms = v;
+    }
     s.quota_backend_bytes = quota_backend_bytes;
+    // Series the rules need on the member's /metrics (so the leader, and any
+    // Prometheus, scrape them): its wall clock, and its gateway's series.
+    metrics.add_text_source(Arc::new(move || {
+        let mut out = alerting::service::wall_clock_text();
+        if let Some(g) = &gateway {
+            out.push_str(&gateway_text(g));
+        }
+        out
+    }));
     let n1 = node.clone();
     let host = alerting::Host {
         local_metrics: Arc::new(move || metrics.render(&node)),
@@ -368,4 +444,43 @@ pub async fn start_for_node(
             .unwrap_or_default()
     );
     Ok(Some(h))
+}
+
+/// The gateway's series, plus `phalanx_gateway_pool_on_backup{pool}`: 1 when
+/// a pool with backup pools has no available endpoint of its own while a
+/// backup pool has one (its traffic goes to the backups).
+fn gateway_text(g: &gateway::GatewayHandle) -> String {
+    let mut out: String = g
+        .metrics_text()
+        .lines()
+        .filter(|l| !l.starts_with("# EOF"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let pools = g.pools_json();
+    let list = pools["pools"].as_array().cloned().unwrap_or_default();
+    let available = |name: &str| {
+        list.iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["endpoints"].as_array())
+            .is_some_and(|e| e.iter().any(|x| x["available"] == true))
+    };
+    let name = "phalanx_gateway_pool_on_backup";
+    out.push_str(&format!("# HELP {name} 1 when none of the pool's endpoints is available and a backup pool serves its traffic\n# TYPE {name} gauge\n"));
+    for p in &list {
+        let backups: Vec<&str> = p["backups"]
+            .as_array()
+            .map(|b| b.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if backups.is_empty() {
+            continue;
+        }
+        let pool = p["name"].as_str().unwrap_or("");
+        let on = !available(pool) && backups.iter().any(|b| available(b));
+        out.push_str(&format!(
+            "{name}{{pool=\"{}\"}} {}\n",
+            pool.replace('\\', "\\\\").replace('"', "\\\""),
+            u8::from(on)
+        ));
+    }
+    out
 }

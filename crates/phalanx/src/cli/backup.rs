@@ -105,6 +105,8 @@ pub struct ScheduleSetArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub security: super::client::SecurityArgs,
 }
 
 /// `phalanx backup schedule show|clear`.
@@ -112,6 +114,8 @@ pub struct ScheduleSetArgs {
 pub struct ScheduleShowArgs {
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub endpoints: Vec<String>,
+    #[command(flatten)]
+    pub security: super::client::SecurityArgs,
     /// Print JSON (`{"policy":…, "status":…}`).
     #[arg(long)]
     pub json: bool,
@@ -231,6 +235,8 @@ pub struct NowArgs {
     /// instead of asking --endpoints.
     #[arg(long, conflicts_with = "endpoints")]
     pub from_snapshot_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: super::client::SecurityArgs,
     /// Destination: file:///path or s3://bucket/prefix (repeatable).
     #[arg(long = "to", required = true)]
     pub to: Vec<String>,
@@ -375,7 +381,7 @@ async fn schedule(c: ScheduleCommand) -> anyhow::Result<()> {
             };
             p.validate()
                 .map_err(|e| anyhow::anyhow!("refused, nothing was written: {e}"))?;
-            let rev = backup::service::set_policy(&a.endpoints, prefix, &p)
+            let rev = backup::service::set_policy(&a.endpoints, &a.security.load()?, prefix, &p)
                 .await
                 .context("storing the policy")?;
             println!(
@@ -387,7 +393,7 @@ async fn schedule(c: ScheduleCommand) -> anyhow::Result<()> {
             );
         }
         ScheduleCommand::Show(a) => {
-            let (policy, status) = backup::service::get_policy_and_status(&a.endpoints, prefix)
+            let (policy, status) = backup::service::get_policy_and_status(&a.endpoints, &a.security.load()?, prefix)
                 .await
                 .context("reading the policy")?;
             if a.json {
@@ -406,7 +412,7 @@ async fn schedule(c: ScheduleCommand) -> anyhow::Result<()> {
             }
         }
         ScheduleCommand::Clear(a) => {
-            backup::service::clear_policy(&a.endpoints, prefix)
+            backup::service::clear_policy(&a.endpoints, &a.security.load()?, prefix)
                 .await
                 .context("removing the policy")?;
             println!("backup policy removed: scheduled backups and the archive stop");
@@ -453,6 +459,7 @@ async fn now(a: NowArgs) -> anyhow::Result<()> {
         zstd_level: a.zstd_level,
         upload_concurrency: a.upload_concurrency,
         connect_timeout_ms: a.connect_timeout_ms,
+        client_security: a.security.load()?,
         ..Default::default()
     };
     let source = match a.from_snapshot_file {

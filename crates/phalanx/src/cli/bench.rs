@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::client::SecurityArgs;
+
 /// `phalanx bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -30,6 +32,8 @@ pub struct StatusArgs {
     /// Per-endpoint timeout in milliseconds (connect plus request).
     #[arg(long, default_value_t = 2_000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// What each client does in a loop.
@@ -47,6 +51,8 @@ pub enum Workload {
     /// puts per transaction (clients take interleaved batches), then stop:
     /// loads a large data set quickly (e.g. for memory measurements).
     Fill,
+    /// Authenticate with --user's name and password in a loop (logins per second).
+    Authenticate,
 }
 
 /// `phalanx bench kv`.
@@ -92,14 +98,17 @@ pub struct KvArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
-impl From<StatusArgs> for bench::StatusArgs {
-    fn from(a: StatusArgs) -> Self {
-        Self {
-            endpoints: a.endpoints,
-            timeout_ms: a.timeout_ms,
-        }
+impl StatusArgs {
+    fn into_settings(self) -> anyhow::Result<bench::StatusArgs> {
+        Ok(bench::StatusArgs {
+            security: self.security.load()?,
+            endpoints: self.endpoints,
+            timeout_ms: self.timeout_ms,
+        })
     }
 }
 
@@ -111,13 +120,16 @@ impl From<Workload> for bench::Workload {
             Workload::GetSerializable => Self::GetSerializable,
             Workload::Mixed => Self::Mixed,
             Workload::Fill => Self::Fill,
+            Workload::Authenticate => Self::Authenticate,
         }
     }
 }
 
-impl From<KvArgs> for bench::KvArgs {
-    fn from(a: KvArgs) -> Self {
-        Self {
+impl KvArgs {
+    fn into_settings(self) -> anyhow::Result<bench::KvArgs> {
+        let a = self;
+        Ok(bench::KvArgs {
+            security: a.security.load()?,
             endpoints: a.endpoints,
             clients: a.clients,
             duration: a.duration,
@@ -131,7 +143,7 @@ impl From<KvArgs> for bench::KvArgs {
             error_backoff_ms: a.error_backoff_ms,
             report_gaps: a.report_gaps,
             json: a.json,
-        }
+        })
     }
 }
 
@@ -142,13 +154,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .build()?;
     match args.command {
         BenchCommand::Status(st) => {
-            for line in rt.block_on(bench::endpoint_status(&st.into())) {
+            for line in rt.block_on(bench::endpoint_status(&st.into_settings()?)) {
                 println!("{line}");
             }
         }
         BenchCommand::Kv(kv) => {
             let json = kv.json;
-            let report = rt.block_on(bench::run_kv(&kv.into()))?;
+            let report = rt.block_on(bench::run_kv(&kv.into_settings()?))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

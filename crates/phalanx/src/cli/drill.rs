@@ -104,6 +104,14 @@ pub struct DrillArgs {
     /// Start local members with a planted bug (skip-read-index | ack-before-fsync), to show the drill catches it. Tests only.
     #[arg(long, hide = true, requires = "local")]
     pub unsafe_planted_bug: Option<String>,
+    /// With --local: start the cluster with client and peer TLS (CA and certificates generated in
+    /// <report>/certs/, client certificates required) and auth enabled; the workload, watch and lease
+    /// clients authenticate as user `drill` (read-write on drill/ only).
+    #[arg(long, requires = "local")]
+    pub secure: bool,
+    /// With --endpoints: the clients' TLS and credentials, as etcdctl takes them.
+    #[command(flatten)]
+    pub security: super::client::SecurityArgs,
 }
 impl From<GatewayProfile> for drill::backends::GatewayProfile {
     fn from(a: GatewayProfile) -> Self {
@@ -142,6 +150,8 @@ impl From<DrillArgs> for drill::DrillArgs {
             lease_ttl_secs: a.lease_ttl_secs,
             check_timeout_ms: a.check_timeout_ms,
             unsafe_planted_bug: a.unsafe_planted_bug,
+            secure: a.secure,
+            security: a.security.settings(),
         }
     }
 }

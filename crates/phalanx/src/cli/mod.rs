@@ -3,6 +3,7 @@
 //! "Boundaries").
 
 pub mod bench;
+pub mod client;
 pub mod check;
 pub mod drill;
 pub mod sim;
