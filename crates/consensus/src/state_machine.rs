@@ -8,6 +8,10 @@
 //! its watch events are published on [`Applier::subscribe`], in revision
 //! order; lease grants and revokes are reported to the [`crate::lessor::Lessor`].
 
+// openraft's `StorageError` is the error type its storage traits require;
+// boxing it here would only add a conversion at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +54,9 @@ pub enum StoreChange {
 /// that falls further behind re-reads history from the store instead.
 pub const WATCH_CHANNEL_BATCHES: usize = 4096;
 
+/// The last snapshot built: its metadata and bytes.
+type BuiltSnapshot = (SnapshotMeta, Arc<Vec<u8>>);
+
 /// The state machine handed to openraft. Clones share everything.
 #[derive(Clone)]
 pub struct Applier {
@@ -59,7 +66,7 @@ pub struct Applier {
     /// Serialises apply against snapshot building, so a snapshot's content
     /// and its log id always describe the same state.
     apply_lock: Arc<Mutex<()>>,
-    current_snapshot: Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>,
+    current_snapshot: Arc<Mutex<Option<BuiltSnapshot>>>,
     io: IoMode,
 }
 
@@ -117,7 +124,7 @@ impl Applier {
             let log_id = *e.get_log_id();
             // Raft hands entries over in order, exactly once.
             assert!(
-                meta.last_applied.map_or(true, |l| l.index < log_id.index),
+                meta.last_applied.is_none_or(|l| l.index < log_id.index),
                 "apply out of order: {log_id} after {:?}",
                 meta.last_applied
             );

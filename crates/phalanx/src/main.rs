@@ -46,7 +46,7 @@ enum Command {
     /// Benchmark an etcd-v3 endpoint set (real etcd or phalanx)
     Bench(cli::bench::BenchArgs),
     /// Run one member of a replicated store cluster (takes etcd's flags)
-    Node(node_cmd::NodeArgs),
+    Node(Box<node_cmd::NodeArgs>),
     /// Start a local 3-member cluster and print how to use it
     Demo(demo::DemoArgs),
     /// Run an HTTP/TCP load balancer
@@ -90,7 +90,7 @@ fn run() -> anyhow::Result<()> {
         Command::Node(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(node_cmd::run(args)),
+            .block_on(node_cmd::run(*args)),
         Command::Demo(args) => demo::run(args),
         Command::Gateway(args) => {
             let mut rt = if args.worker_threads == Some(1) {

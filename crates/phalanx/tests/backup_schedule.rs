@@ -847,7 +847,7 @@ fn s3_killed_mid_backup_file_completes_and_next_backup_reaches_s3() {
     let eps = c.endpoints();
     wait_for("the backup under way", Duration::from_secs(30), || {
         let run = get_json(&rt, &eps, "/phalanx/backup/run")?;
-        (run["state"] == "running" && walk(&repo_dir.join("chunks")).len() >= 1).then_some(())
+        (run["state"] == "running" && !walk(&repo_dir.join("chunks")).is_empty()).then_some(())
     });
     moto.kill();
     println!("S3 server killed mid-backup");

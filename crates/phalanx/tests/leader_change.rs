@@ -86,7 +86,7 @@ fn watch_delivers_every_change_once_in_order_across_leader_kill() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen
         .last()
-        .map_or(true, |e| e.0 < *committed.keys().last().unwrap())
+        .is_none_or(|e| e.0 < *committed.keys().last().unwrap())
     {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(

@@ -195,7 +195,7 @@ fn etcd_client_crate_kv_txn_watch_lease_cluster_maintenance() {
             bytes += part.blob().len();
         }
         assert!(
-            bytes > 32 && (bytes - 32) % 512 == 0,
+            bytes > 32 && (bytes - 32).is_multiple_of(512),
             "snapshot of {bytes} bytes is not etcd-shaped"
         );
     });

@@ -9,8 +9,7 @@ use tls_support::*;
 
 fn wait_exit(m: &mut TlsMember, what: &str) -> std::process::ExitStatus {
     let mut child = m.child.take().unwrap();
-    let st = wait_for(what, Duration::from_secs(40), || child.try_wait().unwrap());
-    st
+    wait_for(what, Duration::from_secs(40), || child.try_wait().unwrap())
 }
 
 #[test]

@@ -4,7 +4,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) fn is_not_leader<E>(
+pub(super) fn is_not_leader(
     e: &RaftError<NodeId, ClientWriteError<NodeId, Member>>,
 ) -> Option<Option<(NodeId, Member)>> {
     match e {
@@ -310,7 +310,7 @@ impl Node {
         &self,
         e: RaftError<NodeId, ClientWriteError<NodeId, Member>>,
     ) -> LeaderError {
-        if let Some(leader) = is_not_leader::<()>(&e) {
+        if let Some(leader) = is_not_leader(&e) {
             return LeaderError::NotLeader { leader };
         }
         match e {

@@ -490,7 +490,7 @@ impl Node {
                 if !published
                     && leader.is_some()
                     && last_publish
-                        .map_or(true, |t: Instant| t.elapsed() >= Duration::from_millis(500))
+                        .is_none_or(|t: Instant| t.elapsed() >= Duration::from_millis(500))
                 {
                     last_publish = Some(Instant::now());
                     if my_urls.as_ref() == Some(&node.config.advertise_client_urls) {

@@ -67,10 +67,13 @@ pub struct Store {
     pub(crate) auth_cache: std::sync::RwLock<Option<AuthCacheEntry>>,
 }
 
+/// What the member does when corruption is found at run time (it stops).
+pub(crate) type CorruptionCallback = Box<dyn Fn(String) + Send + Sync>;
+
 /// See [`Store::on_corruption`].
 #[derive(Default)]
 pub(crate) struct CorruptionHook {
-    hook: Mutex<Option<Box<dyn Fn(String) + Send + Sync>>>,
+    hook: Mutex<Option<CorruptionCallback>>,
     fired: std::sync::atomic::AtomicBool,
 }
 

@@ -618,11 +618,9 @@ impl<'t> Writer<'t> {
             } => {
                 let mut alarms = decode_alarms(get_meta(&self.meta, META_ALARMS)?.as_deref())?;
                 match *action {
-                    ALARM_ACTIVATE if *alarm != 0 => {
-                        if !alarms.contains(&(*member_id, *alarm)) {
-                            alarms.push((*member_id, *alarm));
-                            alarms.sort_unstable();
-                        }
+                    ALARM_ACTIVATE if *alarm != 0 && !alarms.contains(&(*member_id, *alarm)) => {
+                        alarms.push((*member_id, *alarm));
+                        alarms.sort_unstable();
                     }
                     ALARM_DEACTIVATE => alarms.retain(|(m, a)| {
                         !((*alarm == 0 || *a == *alarm) && (*member_id == 0 || *m == *member_id))

@@ -56,8 +56,10 @@ impl StoreArgs {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("--endpoints is empty")))
-            .with_context(|| format!("connecting to {}", self.endpoints))
+        Err(last
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow::anyhow!("--endpoints is empty")))
+        .with_context(|| format!("connecting to {}", self.endpoints))
     }
 }
 
@@ -322,6 +324,7 @@ pub struct NodeAlertingArgs {
 }
 
 /// Start a member's alerting if asked (the node hook).
+#[allow(clippy::too_many_arguments)] // wiring: one argument per node setting it needs
 pub async fn start_for_node(
     a: &NodeAlertingArgs,
     name: &str,

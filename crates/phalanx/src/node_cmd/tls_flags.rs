@@ -92,6 +92,7 @@ fn server(
     Ok(tls::ServerTls::new(&s)?)
 }
 
+#[allow(clippy::too_many_arguments)] // wiring: one argument per listener setting
 pub fn setup(
     args: &NodeArgs,
     data_dir: &Path,
