@@ -86,7 +86,10 @@ async fn start_etcd_with(
             let plain = ClientSecurity::plain();
             let sec = security.unwrap_or(&plain);
             let opts = sec
-                .options(etcd_client::ConnectOptions::new(), &[etcd.endpoint.as_str()])
+                .options(
+                    etcd_client::ConnectOptions::new(),
+                    &[etcd.endpoint.as_str()],
+                )
                 .ok()?;
             let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], Some(opts))
                 .await
@@ -235,7 +238,10 @@ async fn bench_speaks_tls_client_certs_and_auth_to_etcd() {
     let etcd = start_etcd_with(&extra, "https", Some(&tls_only)).await;
     // Enable auth: root with a password (etcd 3.4 needs the root user first).
     let opts = tls_only
-        .options(etcd_client::ConnectOptions::new(), &[etcd.endpoint.as_str()])
+        .options(
+            etcd_client::ConnectOptions::new(),
+            &[etcd.endpoint.as_str()],
+        )
         .unwrap();
     let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], Some(opts))
         .await
@@ -251,7 +257,11 @@ async fn bench_speaks_tls_client_certs_and_auth_to_etcd() {
         user: Some("root:rootpw".into()),
     })
     .unwrap();
-    for w in [Workload::Put, Workload::GetLinearizable, Workload::Authenticate] {
+    for w in [
+        Workload::Put,
+        Workload::GetLinearizable,
+        Workload::Authenticate,
+    ] {
         let mut a = args(&etcd.endpoint, w);
         a.duration = Duration::from_millis(1_500);
         a.security = full.clone();

@@ -46,8 +46,8 @@ pub mod faults;
 pub mod http_load;
 pub mod ports;
 pub mod recorder;
-pub mod secure;
 pub mod report;
+pub mod secure;
 pub mod verdict;
 pub mod workload;
 

@@ -393,9 +393,10 @@ async fn schedule(c: ScheduleCommand) -> anyhow::Result<()> {
             );
         }
         ScheduleCommand::Show(a) => {
-            let (policy, status) = backup::service::get_policy_and_status(&a.endpoints, &a.security.load()?, prefix)
-                .await
-                .context("reading the policy")?;
+            let (policy, status) =
+                backup::service::get_policy_and_status(&a.endpoints, &a.security.load()?, prefix)
+                    .await
+                    .context("reading the policy")?;
             if a.json {
                 println!(
                     "{}",
