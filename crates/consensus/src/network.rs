@@ -268,6 +268,23 @@ pub struct PeerClient {
     /// Set (with the peer's explanation) when a peer answers that this
     /// member was removed from the cluster.
     removed: Arc<watch::Sender<Option<String>>>,
+    /// Whether this client speaks TLS to the peer (an https:// peer URL).
+    over_tls: bool,
+}
+
+/// What a peer that refused this member's client certificate looks like
+/// from this side: under TLS 1.3 the client finishes its handshake first and
+/// learns of the refusal only as a closed connection, so say what it means.
+fn tls_refusal_hint(detail: &str) -> Option<&'static str> {
+    let closed = ["connection closed", "broken pipe", "connection reset"];
+    closed
+        .iter()
+        .any(|c| detail.to_lowercase().contains(c))
+        .then_some(
+            "over TLS, a connection the peer closes right after the handshake is how a peer that \
+         refused this member's certificate looks: check that the peer's --peer-trusted-ca-file \
+         trusts this member's --peer-cert-file and that its CN is allowed (--peer-cert-allowed-cn)",
+        )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +362,7 @@ impl PeerClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
+        let over_tls = tls.is_some();
         let channel = endpoint.connect_with_connector_lazy(tls::Connector::new(url, tls));
         Ok(PeerClient {
             target,
@@ -354,6 +372,7 @@ impl PeerClient {
             timeouts,
             faults,
             removed,
+            over_tls,
         })
     }
 
@@ -449,6 +468,12 @@ impl PeerClient {
                         detail.push_str(&text);
                     }
                     src = e.source();
+                }
+                if self.over_tls {
+                    if let Some(hint) = tls_refusal_hint(&detail) {
+                        detail.push_str(": ");
+                        detail.push_str(hint);
+                    }
                 }
                 PeerCallError::Unreachable { target, detail }
             }
