@@ -204,7 +204,9 @@ impl Metrics {
                 .set(not_after);
         }
         for (listener, n) in tls::handshake_failures() {
-            let c = self.tls_handshake_failures.get_or_create(&ListenerLabel { listener });
+            let c = self
+                .tls_handshake_failures
+                .get_or_create(&ListenerLabel { listener });
             c.inc_by(n.saturating_sub(c.get()));
         }
         for (reason, n) in node.peer_rejections() {

@@ -79,7 +79,10 @@ mod tests {
         assert_eq!(code(&EtcdError::LeaseNotFound), Code::NotFound);
         assert_eq!(code(&EtcdError::LeaseExists), Code::FailedPrecondition);
         assert_eq!(code(&EtcdError::NoSpace), Code::ResourceExhausted);
-        assert_eq!(node_status(&NodeError::NoLeader).message(), "etcdserver: no leader");
+        assert_eq!(
+            node_status(&NodeError::NoLeader).message(),
+            "etcdserver: no leader"
+        );
         assert_eq!(node_code(&NodeError::NoLeader), Code::Unavailable);
         let st = status(&EtcdError::EmptyKey);
         assert_eq!(st.code(), Code::InvalidArgument);

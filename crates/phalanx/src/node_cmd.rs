@@ -498,7 +498,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding client listener {a}"))?,
-            tls_flags::is_https(u).then(|| tls_setup.client.clone()).flatten(),
+            tls_flags::is_https(u)
+                .then(|| tls_setup.client.clone())
+                .flatten(),
         ));
     }
     let mut metrics_listeners = Vec::new();
@@ -508,7 +510,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding metrics listener {a}"))?,
-            tls_flags::is_https(u).then(|| tls_setup.metrics.clone()).flatten(),
+            tls_flags::is_https(u)
+                .then(|| tls_setup.metrics.clone())
+                .flatten(),
         ));
     }
 

@@ -2,12 +2,12 @@
 //! plain settings structs; only this binary knows clap (ARCHITECTURE.md,
 //! "Boundaries").
 
-pub mod bench;
-pub mod client;
-pub mod check;
-pub mod drill;
-pub mod sim;
-pub mod gateway;
+pub mod alerting;
 pub mod anomaly;
 pub mod backup;
-pub mod alerting;
+pub mod bench;
+pub mod check;
+pub mod client;
+pub mod drill;
+pub mod gateway;
+pub mod sim;
