@@ -117,10 +117,7 @@ fn etcdctl_lock_one_holder_at_a_time_and_elect_hands_over() {
         !p2_out.lock().unwrap().iter().any(|l| l == "p2"),
         "p2 led while p1 did"
     );
-    Command::new("kill")
-        .args(["-INT", &p1.id().to_string()])
-        .status()
-        .unwrap();
+    drill::cluster::signal(p1.id(), "INT").expect("SIGINT to p1");
     p1.wait().unwrap();
     wait_for(
         "p2 to lead after p1 resigned",
