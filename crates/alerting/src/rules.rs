@@ -281,7 +281,17 @@ fn is_label_name(s: &str) -> bool {
 
 /// The default rules, parsed.
 pub fn default_rules() -> Vec<Rule> {
-    parse_rules("<default rules>", DEFAULT_RULES).expect("the default rules are valid")
+    let mut rules =
+        parse_rules("<default rules>", DEFAULT_RULES).expect("the default rules are valid");
+    // Anomaly rules (issue 14): latency and gateway error ratio, switched on.
+    rules.extend(
+        parse_rules(
+            "<default anomaly rules>",
+            crate::anomaly_fn::DEFAULT_ANOMALY_RULES,
+        )
+        .expect("the default anomaly rules are valid"),
+    );
+    rules
 }
 
 /// The rules in force: the defaults not `disabled` (names, or `all`) nor
