@@ -139,14 +139,25 @@ fn jwt_tokens_work_across_members_and_expire() {
         );
 
         // Expiry (ttl=3s, whole seconds): refused everywhere afterwards.
-        tokio::time::sleep(
-            (issued + Duration::from_millis(4500)).saturating_duration_since(Instant::now()),
-        )
-        .await;
+        // Wait on the refusal itself, per member, bounded well past the TTL.
+        let deadline = issued + Duration::from_secs(15);
         for url in &urls {
-            let e = call::<_, PbRangeResponse>(url, RANGE, range("k"), Some(&token))
-                .await
-                .unwrap_err();
+            let e = loop {
+                match call::<_, PbRangeResponse>(url, RANGE, range("k"), Some(&token)).await {
+                    Err(e) => break e,
+                    Ok(_) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{url} still accepts an expired token"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            assert!(
+                issued.elapsed() >= Duration::from_secs(3),
+                "{url} refused the token before its 3 s TTL"
+            );
             assert_eq!(
                 (e.code(), e.message()),
                 (Code::Unauthenticated, "etcdserver: invalid auth token")

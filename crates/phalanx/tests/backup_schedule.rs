@@ -497,7 +497,17 @@ fn archive_restores_newest_point_after_whole_cluster_kill() {
             });
         }));
     }
-    std::thread::sleep(Duration::from_secs(5));
+    // Under load until the archive has shipped segments while writes were
+    // being acknowledged (not a fixed time): the kill then lands mid-stream.
+    let segments_before = walk(&d.join("repo/archive")).len();
+    wait_for(
+        "archive segments shipped under write load",
+        Duration::from_secs(60),
+        || {
+            let shipped = walk(&d.join("repo/archive")).len() >= segments_before + 2;
+            (shipped && acked.lock().unwrap().len() >= 200).then_some(())
+        },
+    );
     // kill -9 the whole cluster under load.
     let kill_ms = now_ms();
     c.kill_all();

@@ -112,7 +112,12 @@ fn etcdctl_lock_one_holder_at_a_time_and_elect_hands_over() {
             .any(|l| l == "p1")
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Once p2's candidate key is in the store, p2 is waiting its turn.
+    wait_for("p2's candidate key", Duration::from_secs(10), || {
+        let out = c.etcdctl(&["get", "--prefix", "leader-election", "--keys-only"]);
+        let keys = String::from_utf8_lossy(&out.stdout);
+        (keys.lines().filter(|l| !l.is_empty()).count() == 2).then_some(())
+    });
     assert!(
         !p2_out.lock().unwrap().iter().any(|l| l == "p2"),
         "p2 led while p1 did"
@@ -142,6 +147,34 @@ fn etcdctl_lock_one_holder_at_a_time_and_elect_hands_over() {
     for mut ch in [p2, obs] {
         let _ = ch.kill();
         let _ = ch.wait();
+    }
+}
+
+/// Waits (bounded) until `n` keys exist under `prefix`: a contender whose
+/// key is there is queued behind the holder.
+async fn keys_under(c: &mut Client, prefix: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = c
+            .get(
+                prefix,
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only(),
+                ),
+            )
+            .await
+            .unwrap()
+            .count();
+        if got == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} keys under {prefix:?}, want {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -203,7 +236,7 @@ fn lock_service_fencing_token_survives_leader_kill() {
         let leader_a = ca.leader().unwrap().clone();
         let mut b2 = b.clone();
         let campaign_b = tokio::spawn(async move { b2.campaign("svc", "b", lb).await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        keys_under(&mut b, "svc/", 2).await;
         assert!(!campaign_b.is_finished(), "two election leaders at once");
         let lr = b.leader("svc").await.unwrap();
         assert_eq!(lr.kv().unwrap().value(), b"a");
@@ -248,7 +281,7 @@ fn lock_service_fencing_token_survives_leader_kill() {
                 .await;
             (r, Instant::now())
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        keys_under(&mut b, "res/", 2).await;
         assert!(!lock_b.is_finished(), "two lock holders at once");
         (a, b, token_a, lock_b)
     });

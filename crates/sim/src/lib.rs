@@ -378,6 +378,39 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
 mod tests {
     use super::*;
 
+    /// A fault-free 3-member simulated cluster (each member on its own
+    /// clock) with an elected leader, for the tests below. Runs in a paused
+    /// tokio runtime: waiting for the leader costs simulated time only.
+    async fn three_members(seed: u64) -> (Arc<Net>, Cluster, [NodeId; 3], NodeId) {
+        let schedule = FaultSchedule::generate(&SimConfig {
+            faults: false,
+            ..SimConfig::new(seed)
+        });
+        let net = Net::new(&schedule, seed);
+        let ids = [1u64, 2, 3];
+        let cluster = Cluster {
+            net: net.clone(),
+            planted: None,
+            disks: Mutex::new(BTreeMap::new()),
+            clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
+        };
+        for id in ids {
+            cluster.start(id).await.unwrap();
+        }
+        let membership: BTreeMap<NodeId, Member> =
+            ids.iter().map(|&id| (id, member_desc(id))).collect();
+        for (_, live) in net.all() {
+            let _ = live.raft.initialize(membership.clone()).await;
+        }
+        let leader = loop {
+            if let Some((id, _)) = net.leaders().first() {
+                break *id;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        (net, cluster, ids, leader)
+    }
+
     /// A clock jump reaches openraft: the jumped follower's election timer
     /// fires at once (it campaigns, raising the term) although the leader's
     /// heartbeats never stopped.
@@ -389,32 +422,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let schedule = FaultSchedule::generate(&SimConfig {
-                faults: false,
-                ..SimConfig::new(1)
-            });
-            let net = Net::new(&schedule, 1);
-            let ids = [1u64, 2, 3];
-            let cluster = Cluster {
-                net: net.clone(),
-                planted: None,
-                disks: Mutex::new(BTreeMap::new()),
-                clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
-            };
-            for id in ids {
-                cluster.start(id).await.unwrap();
-            }
-            let membership: BTreeMap<NodeId, Member> =
-                ids.iter().map(|&id| (id, member_desc(id))).collect();
-            for (_, live) in net.all() {
-                let _ = live.raft.initialize(membership.clone()).await;
-            }
-            let leader = loop {
-                if let Some((id, _)) = net.leaders().first() {
-                    break *id;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+            let (net, cluster, ids, leader) = three_members(1).await;
             // Quiet for a while: nobody campaigns while heartbeats flow.
             tokio::time::sleep(Duration::from_secs(2)).await;
             let term = |id: NodeId| net.get(id).unwrap().raft.metrics().borrow().current_term;
@@ -451,32 +459,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let schedule = FaultSchedule::generate(&SimConfig {
-                faults: false,
-                ..SimConfig::new(2)
-            });
-            let net = Net::new(&schedule, 2);
-            let ids = [1u64, 2, 3];
-            let cluster = Cluster {
-                net: net.clone(),
-                planted: None,
-                disks: Mutex::new(BTreeMap::new()),
-                clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
-            };
-            for id in ids {
-                cluster.start(id).await.unwrap();
-            }
-            let membership: BTreeMap<NodeId, Member> =
-                ids.iter().map(|&id| (id, member_desc(id))).collect();
-            for (_, live) in net.all() {
-                let _ = live.raft.initialize(membership.clone()).await;
-            }
-            let leader = loop {
-                if let Some((id, _)) = net.leaders().first() {
-                    break *id;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+            let (net, cluster, _ids, leader) = three_members(2).await;
             let node = net.get(leader).unwrap().node.clone();
             const LEASE: i64 = 0x1ea5e;
             const TTL_S: i64 = 5;
