@@ -13,6 +13,10 @@ use redb::TableDefinition;
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// `rev`: (main, sub) revision → put record or tombstone. The MVCC history.
 pub(crate) const REV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("rev");
+/// `rev_chunk`: (main, sub, piece) → one piece of a `rev` record too large to
+/// store whole (see `store::history`).
+pub(crate) const REV_CHUNK: TableDefinition<(i64, i64, u32), &[u8]> =
+    TableDefinition::new("rev_chunk");
 /// `key_index`: key → latest state of the key (create/mod/version/lease/tombstone).
 pub(crate) const KEY_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("key_index");
 /// `key_rev`: (key, main, sub) → tombstone flag byte. Per-key revision list for historical reads
@@ -37,7 +41,12 @@ pub(crate) const META_AUTH: &str = "auth";
 
 /// Content of the `format` meta entry: identifies a Phalanx mvcc store.
 pub(crate) const FORMAT_MAGIC: &[u8] = b"phalanx-mvcc";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// 2: large `rev` records are stored in pieces (`rev_chunk`). A version-1
+/// store is upgraded in place when opened (it has no pieces, so nothing is
+/// rewritten); an older binary refuses a version-2 store by its version.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format this binary opens (and upgrades).
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 
 fn crc_parts(parts: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -121,6 +130,9 @@ pub(crate) enum RevRecord {
 
 const REC_PUT: u8 = 0;
 const REC_TOMBSTONE: u8 = 1;
+/// Not a record: the stub `store::history` leaves in `rev` for a record
+/// stored in pieces. Never reaches `decode_payload` (it would be refused).
+pub(crate) const REC_CHUNKED: u8 = 2;
 
 impl RevRecord {
     pub(crate) fn key(&self) -> &[u8] {

@@ -64,7 +64,9 @@ mod store;
 mod validate;
 
 pub use error::{EtcdError, MvccError};
-pub use store::{DbSize, DefragReport, LeaseInfo, Store, DEFRAG_WAIT_FOR_READERS_MS};
+pub use store::{
+    DbSize, DefragReport, LeaseInfo, ReclaimPolicy, Store, DEFRAG_WAIT_FOR_READERS_MS,
+};
 pub use validate::{
     validate_delete_range, validate_put, validate_range, validate_txn, DEFAULT_MAX_TXN_OPS,
 };
@@ -303,6 +305,7 @@ pub struct Applied {
 pub mod layout {
     pub const META_TABLE: &str = "meta";
     pub const REV_TABLE: &str = "rev";
+    pub const REV_CHUNK_TABLE: &str = "rev_chunk";
     pub const KEY_INDEX_TABLE: &str = "key_index";
     pub const KEY_REV_TABLE: &str = "key_rev";
     pub const LEASE_TABLE: &str = "lease";

@@ -93,12 +93,17 @@ impl Store {
                 out.record(T_META, &[name.as_bytes()], &v)?;
             }
         }
-        let t = rtx.open_table(REV).map_err(db("open rev"))?;
+        // Whole records: the stream does not depend on how large records are stored.
+        let (t, chunks) = crate::store::history::open_read(&rtx)?;
+        let h = crate::store::history::History {
+            rev: &t,
+            chunks: &chunks,
+        };
         for item in t.iter().map_err(db("scan rev"))? {
             let (k, v) = item.map_err(db("scan rev"))?;
             let (m, s) = k.value();
             let kb = rev_key_bytes(m, s);
-            out.record(T_REV, &[&kb], unseal(REV_TABLE, &[&kb], v.value())?)?;
+            out.record(T_REV, &[&kb], &h.resolve(m, s, v.value())?)?;
         }
         let t = rtx.open_table(KEY_INDEX).map_err(db("open key_index"))?;
         for item in t.iter().map_err(db("scan key_index"))? {
@@ -228,6 +233,8 @@ impl Store {
             .map_err(db("set durability"))?;
         txn.delete_table(META).map_err(db("clear meta"))?;
         txn.delete_table(REV).map_err(db("clear rev"))?;
+        txn.delete_table(crate::codec::REV_CHUNK)
+            .map_err(db("clear rev_chunk"))?;
         txn.delete_table(KEY_INDEX).map_err(db("clear key_index"))?;
         txn.delete_table(KEY_REV).map_err(db("clear key_rev"))?;
         txn.delete_table(LEASE).map_err(db("clear lease"))?;
@@ -236,6 +243,9 @@ impl Store {
         {
             let mut meta = txn.open_table(META).map_err(db("open meta"))?;
             let mut revt = txn.open_table(REV).map_err(db("open rev"))?;
+            let mut rev_chunk = txn
+                .open_table(crate::codec::REV_CHUNK)
+                .map_err(db("open rev_chunk"))?;
             let mut index = txn.open_table(KEY_INDEX).map_err(db("open key_index"))?;
             let mut key_rev = txn.open_table(KEY_REV).map_err(db("open key_rev"))?;
             let mut lease = txn.open_table(LEASE).map_err(db("open lease"))?;
@@ -309,8 +319,7 @@ impl Store {
                         let (m, s) = split_rev(&k)?;
                         crate::codec::RevRecord::decode_payload(&v)?;
                         max_main = max_main.max(m);
-                        revt.insert((m, s), seal(&[&k], &v).as_slice())
-                            .map_err(db("write rev"))?;
+                        crate::store::history::insert(&mut revt, &mut rev_chunk, m, s, &v)?;
                     }
                     T_INDEX => {
                         crate::codec::IndexEntry::decode(&v)?;

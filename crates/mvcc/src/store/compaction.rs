@@ -17,8 +17,7 @@ impl<'t> Writer<'t> {
         {
             let (k, v) = item.map_err(db("scan rev"))?;
             let (m, s) = k.value();
-            let rec =
-                RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
+            let rec = RevRecord::decode_payload(&self.history().resolve(m, s, v.value())?)?;
             keys.insert(rec.key().to_vec());
         }
         for key in keys {
@@ -41,7 +40,7 @@ impl<'t> Writer<'t> {
                 revs.len() - 1
             };
             for &(m, s, _) in &revs[..drop_n] {
-                self.rev.remove((m, s)).map_err(db("compact rev"))?;
+                super::history::remove(&mut self.rev, &mut self.rev_chunk, m, s)?;
                 self.key_rev
                     .remove((key.as_slice(), m, s))
                     .map_err(db("compact key_rev"))?;

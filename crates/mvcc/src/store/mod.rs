@@ -6,7 +6,7 @@ use crate::codec::META_ALARMS;
 use crate::codec::{
     decode_i64, render_key, rev_key_bytes, seal, unseal, IndexEntry, RevRecord, FORMAT_MAGIC,
     FORMAT_VERSION, KEY_INDEX, KEY_REV, LEASE, LEASE_KEY, META, META_APPLIED, META_COMPACT,
-    META_FORMAT, META_REV, REV,
+    META_FORMAT, META_REV, OLDEST_FORMAT_VERSION, REV, REV_CHUNK,
 };
 use crate::consts::*;
 use crate::error::{db, EtcdError, MvccError};
@@ -19,6 +19,7 @@ use crate::{
     PbResponseHeader, PbResponseOp, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
 };
 use etcd_client::proto::PbTargetUnion;
+use history::History;
 use prost::Message;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableHandle, WriteTransaction,
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 mod compaction;
+pub(crate) mod history;
 mod read;
 mod write;
 
@@ -54,7 +56,9 @@ pub struct Store {
     pub(crate) spool_in_memory: bool,
     /// Serializes writers (apply_batch, install_snapshot). redb would serialize them too,
     /// but we also need the cached counters below to change only under this lock.
-    pub(crate) writer: Mutex<()>,
+    pub(crate) writer: Mutex<Unsynced>,
+    /// When a non-durable apply is made durable anyway (see [`ReclaimPolicy`]).
+    pub(crate) reclaim: std::sync::RwLock<ReclaimPolicy>,
     /// Cached committed current revision / compact revision (authoritative copy in `meta`).
     pub(crate) rev: AtomicI64,
     pub(crate) compact: AtomicI64,
@@ -65,6 +69,35 @@ pub struct Store {
     pub(crate) auth_gen: std::sync::atomic::AtomicU64,
     /// The auth state as of generation `.0`.
     pub(crate) auth_cache: std::sync::RwLock<Option<AuthCacheEntry>>,
+}
+
+/// Non-durable commits since the last durable one (guarded by the writer lock).
+#[derive(Debug, Default)]
+pub(crate) struct Unsynced {
+    commits: u64,
+    bytes: u64,
+}
+
+/// Bounds on the space that non-durable applies hold: redb reuses the pages
+/// a commit frees only after a later *durable* commit, so a store applied
+/// only with `durable == false` grows with every overwrite until the next
+/// snapshot. An apply is made durable (one fsync of `kv.redb`) once either
+/// bound is reached, so the file stays near its live size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReclaimPolicy {
+    /// Non-durable commits after which the next apply is durable.
+    pub max_unsynced_commits: u64,
+    /// Bytes of applied commands after which the next apply is durable.
+    pub max_unsynced_bytes: u64,
+}
+
+impl Default for ReclaimPolicy {
+    fn default() -> Self {
+        ReclaimPolicy {
+            max_unsynced_commits: 128,
+            max_unsynced_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// What the member does when corruption is found at run time (it stops).
@@ -117,7 +150,8 @@ pub struct DefragReport {
 /// Size figures of the store (etcd's `dbSize` and `dbSizeInUse`).
 #[derive(Debug, Clone, Copy)]
 pub struct DbSize {
-    /// Length of the file.
+    /// Bytes of the file on disk (see [`Store::db_size_bytes`]), at least
+    /// the bytes in use.
     pub file_bytes: u64,
     /// Bytes of the pages holding live data (the rest is free space that
     /// a defragmentation returns to the file system).
@@ -254,11 +288,15 @@ impl Store {
             }
         }
         {
-            let t = rtx.open_table(REV).map_err(db("open rev"))?;
+            let (t, chunks) = history::open_read(&rtx)?;
+            let h = History {
+                rev: &t,
+                chunks: &chunks,
+            };
             for item in t.iter().map_err(db("scan rev"))? {
                 let (k, v) = item.map_err(db("scan rev"))?;
                 let (m, s) = k.value();
-                RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
+                RevRecord::decode_payload(&h.resolve(m, s, v.value())?)?;
             }
         }
         {
@@ -326,9 +364,11 @@ impl Store {
         let txn = self.db.begin_write().map_err(db("begin write"))?;
         let stats = txn.stats().map_err(db("stats"))?;
         txn.abort().map_err(db("abort"))?;
+        let in_use_bytes = stats.allocated_pages() * stats.page_size() as u64;
         Ok(DbSize {
-            file_bytes,
-            in_use_bytes: stats.allocated_pages() * stats.page_size() as u64,
+            // Pages not yet written back are in use without blocks on disk.
+            file_bytes: file_bytes.max(in_use_bytes),
+            in_use_bytes,
         })
     }
 
@@ -411,6 +451,7 @@ impl Store {
                 }
             }
             txn.open_table(REV).map_err(db("init"))?;
+            txn.open_table(REV_CHUNK).map_err(db("init"))?;
             txn.open_table(KEY_INDEX).map_err(db("init"))?;
             txn.open_table(KEY_REV).map_err(db("init"))?;
             txn.open_table(LEASE).map_err(db("init"))?;
@@ -423,6 +464,7 @@ impl Store {
                     "no `meta` table; tables present: {tables:?}"
                 )));
             }
+            let ver;
             {
                 let meta = txn.open_table(META).map_err(db("open meta"))?;
                 let fmt = get_meta(&meta, META_FORMAT)?
@@ -430,9 +472,8 @@ impl Store {
                 if fmt.len() != FORMAT_MAGIC.len() + 4 || !fmt.starts_with(FORMAT_MAGIC) {
                     return Err(not_ours("wrong format marker".into()));
                 }
-                let ver =
-                    u32::from_le_bytes(fmt[FORMAT_MAGIC.len()..].try_into().expect("4 bytes"));
-                if ver != FORMAT_VERSION {
+                ver = u32::from_le_bytes(fmt[FORMAT_MAGIC.len()..].try_into().expect("4 bytes"));
+                if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&ver) {
                     return Err(MvccError::UnsupportedFormat {
                         path: path.to_path_buf(),
                         found: ver,
@@ -446,13 +487,31 @@ impl Store {
                     "stored counters are inconsistent: rev {rev} compact {compact}"
                 );
             }
-            txn.abort().map_err(db("abort"))?;
+            if ver < FORMAT_VERSION {
+                // In-place upgrade from version 1: only the `rev_chunk` table
+                // is new, and nothing written before needs it.
+                txn.open_table(REV_CHUNK)
+                    .map_err(db("upgrade: create rev_chunk"))?;
+                let mut fmt = FORMAT_MAGIC.to_vec();
+                fmt.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+                txn.open_table(META)
+                    .map_err(db("open meta"))?
+                    .insert(
+                        META_FORMAT,
+                        seal(&[META_FORMAT.as_bytes()], &fmt).as_slice(),
+                    )
+                    .map_err(db("upgrade: format marker"))?;
+                txn.commit().map_err(db("upgrade commit"))?;
+            } else {
+                txn.abort().map_err(db("abort"))?;
+            }
         }
         Ok(Store {
             db: Db::new(db_),
             path: path.to_path_buf(),
             spool_in_memory,
-            writer: Mutex::new(()),
+            writer: Mutex::new(Unsynced::default()),
+            reclaim: std::sync::RwLock::new(ReclaimPolicy::default()),
             rev: AtomicI64::new(rev),
             compact: AtomicI64::new(compact),
             corruption_hook: CorruptionHook::default(),
@@ -474,7 +533,16 @@ impl Store {
         applied_meta: &[u8],
         durable: bool,
     ) -> Result<Vec<Option<Applied>>, MvccError> {
-        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unsynced = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let policy = *self.reclaim.read().unwrap_or_else(|e| e.into_inner());
+        unsynced.commits += 1;
+        unsynced.bytes += items
+            .iter()
+            .map(|c| c.as_ref().map_or(0, Command::approx_len) as u64)
+            .sum::<u64>();
+        let durable = durable
+            || unsynced.commits >= policy.max_unsynced_commits
+            || unsynced.bytes >= policy.max_unsynced_bytes;
         let mut txn = self.db.begin_write().map_err(db("begin write"))?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -483,7 +551,9 @@ impl Store {
         })
         .map_err(db("set durability"))?;
         let mut out = Vec::with_capacity(items.len());
-        let auth_changed = items.iter().any(|c| matches!(c, Some(Command::Auth(_))));
+        let auth_changed = items
+            .iter()
+            .any(|c| matches!(c, Some(Command::Auth(a)) if a.changes_state()));
         let (rev, compact);
         {
             let mut w = Writer::open(&txn)?;
@@ -504,6 +574,9 @@ impl Store {
             (rev, compact) = (w.cur_rev, w.compact);
         }
         txn.commit().map_err(db("commit"))?;
+        if durable {
+            *unsynced = Unsynced::default();
+        }
         assert!(rev >= self.rev.load(Ordering::Acquire) && compact <= rev);
         self.rev.store(rev, Ordering::Release);
         self.compact.store(compact, Ordering::Release);
@@ -511,6 +584,12 @@ impl Store {
             self.auth_changed();
         }
         Ok(out)
+    }
+
+    /// Replace the bounds on non-durable applies (see [`ReclaimPolicy`]).
+    pub fn set_reclaim_policy(&self, policy: ReclaimPolicy) {
+        assert!(policy.max_unsynced_commits >= 1 && policy.max_unsynced_bytes >= 1);
+        *self.reclaim.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     pub(crate) fn auth_changed(&self) {
@@ -568,9 +647,13 @@ impl Store {
         let cur = get_meta_i64(&meta, META_REV)?;
         let compact = get_meta_i64(&meta, META_COMPACT)?;
         let index = rtx.open_table(KEY_INDEX).map_err(db("open key_index"))?;
-        let revt = rtx.open_table(REV).map_err(db("open rev"))?;
+        let (revt, chunks) = history::open_read(&rtx)?;
         let key_rev = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
-        range_request(&index, &revt, &key_rev, req, cur, compact)
+        let h = History {
+            rev: &revt,
+            chunks: &chunks,
+        };
+        range_request(&index, &h, &key_rev, req, cur, compact)
     }
 
     /// Current store revision (1 for an empty store).
@@ -625,8 +708,12 @@ impl Store {
         if start_rev > end_rev {
             return Ok(out);
         }
-        let revt = rtx.open_table(REV).map_err(db("open rev"))?;
+        let (revt, chunks) = history::open_read(&rtx)?;
         let key_rev = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
+        let h = History {
+            rev: &revt,
+            chunks: &chunks,
+        };
         let max_events = max_events.max(1);
         let mut last_main = i64::MIN;
         for item in revt
@@ -635,8 +722,7 @@ impl Store {
         {
             let (k, v) = item.map_err(db("scan rev"))?;
             let (m, s) = k.value();
-            let rec =
-                RevRecord::decode_payload(unseal(REV_TABLE, &[&rev_key_bytes(m, s)], v.value())?)?;
+            let rec = RevRecord::decode_payload(&h.resolve(m, s, v.value())?)?;
             if !key_in_range(rec.key(), key, range_end) {
                 continue;
             }
@@ -645,7 +731,7 @@ impl Store {
             }
             let prev = if prev_kv {
                 match key_rev_prev(&key_rev, rec.key(), m, s)? {
-                    Some((pm, ps, false)) => Some(kv_at(&revt, rec.key(), pm, ps)?),
+                    Some((pm, ps, false)) => Some(kv_at(&h, rec.key(), pm, ps)?),
                     _ => None,
                 }
             } else {
@@ -766,7 +852,11 @@ impl Store {
             return Ok(Err(EtcdError::FutureRevision));
         }
         let at = if revision <= 0 { cur } else { revision };
-        let revt = rtx.open_table(REV).map_err(db("open rev"))?;
+        let (revt, chunks) = history::open_read(&rtx)?;
+        let history = History {
+            rev: &revt,
+            chunks: &chunks,
+        };
         let mut h = crc32fast::Hasher::new();
         h.update(b"key");
         for item in revt
@@ -776,16 +866,25 @@ impl Store {
             let (k, v) = item.map_err(db("scan rev"))?;
             let (m, s) = k.value();
             let kb = rev_key_bytes(m, s);
-            let payload = unseal(REV_TABLE, &[&kb], v.value())?;
+            let payload = history.resolve(m, s, v.value())?;
             h.update(&kb);
-            h.update(payload);
+            h.update(&payload);
         }
         Ok(Ok((h.finalize(), compact, at)))
     }
 
-    /// Size of the database file in bytes.
+    /// Bytes the database file occupies on disk: its allocated blocks, at
+    /// most its length. This is what the quota and Status's `dbSize` count.
+    /// Why not the length: redb extends the file ahead of use (doubling it
+    /// while it is small) without writing the extension, so the length can be
+    /// twice the bytes stored; etcd likewise counts its high-water mark, not
+    /// bbolt's preallocated tail. Freed pages inside the file still count
+    /// until a defragmentation gives them back, as in etcd.
     pub fn db_size_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path)
+            .map(|m| m.len().min(m.blocks() * 512))
+            .unwrap_or(0)
     }
 
     /// Path of the database file.

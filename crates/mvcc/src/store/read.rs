@@ -2,17 +2,18 @@
 //! per-key revision index, txn compares, lease lookups. Every record read is
 //! checksum-verified (`codec::unseal`).
 
+use super::history::{ChunkT, History};
 #[allow(unused_imports)]
 use super::*;
 
-pub(crate) fn get_rev(t: &impl RevT, main: i64, sub: i64) -> Result<Option<RevRecord>, MvccError> {
-    match t.get((main, sub)).map_err(db("read rev"))? {
+pub(crate) fn get_rev<R: RevT, C: ChunkT>(
+    t: &History<'_, R, C>,
+    main: i64,
+    sub: i64,
+) -> Result<Option<RevRecord>, MvccError> {
+    match t.payload(main, sub)? {
         None => Ok(None),
-        Some(g) => {
-            let kb = rev_key_bytes(main, sub);
-            let p = unseal(REV_TABLE, &[&kb], g.value())?;
-            Ok(Some(RevRecord::decode_payload(p)?))
-        }
+        Some(p) => Ok(Some(RevRecord::decode_payload(&p)?)),
     }
 }
 
@@ -30,8 +31,8 @@ pub(crate) fn get_index(t: &impl IndexT, key: &[u8]) -> Result<Option<IndexEntry
 /// The live KeyValue stored at (main, sub) for `key`. Cross-checks that the record exists,
 /// is a put, belongs to `key` and carries the right mod_revision — any mismatch means the
 /// indexes and the history disagree, which we treat as corruption.
-pub(super) fn kv_at(
-    t: &impl RevT,
+pub(super) fn kv_at<R: RevT, C: ChunkT>(
+    t: &History<'_, R, C>,
     key: &[u8],
     main: i64,
     sub: i64,
@@ -152,9 +153,9 @@ pub(super) fn scan_index(
 /// Returns (kvs, count) where count is the number of matching keys regardless of `limit`
 /// (0 = unlimited); with `count_only` no values are read.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn range_keys(
+pub(super) fn range_keys<R: RevT, C: ChunkT>(
     index: &impl IndexT,
-    revt: &impl RevT,
+    revt: &History<'_, R, C>,
     key_rev: &impl KeyRevT,
     key: &[u8],
     end: &[u8],
@@ -189,9 +190,9 @@ pub(super) fn range_keys(
 }
 
 /// etcd's Range request (applier `Range`) over a view whose current revision is `cur`.
-pub(super) fn range_request(
+pub(super) fn range_request<R: RevT, C: ChunkT>(
     index: &impl IndexT,
-    revt: &impl RevT,
+    revt: &History<'_, R, C>,
     key_rev: &impl KeyRevT,
     r: &PbRangeRequest,
     cur: i64,

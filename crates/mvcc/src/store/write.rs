@@ -60,6 +60,7 @@ pub(super) struct TxnPath {
 pub(crate) struct Writer<'t> {
     pub(crate) meta: Table<'t, &'static str, &'static [u8]>,
     pub(crate) rev: Table<'t, (i64, i64), &'static [u8]>,
+    pub(crate) rev_chunk: Table<'t, (i64, i64, u32), &'static [u8]>,
     pub(crate) index: Table<'t, &'static [u8], &'static [u8]>,
     pub(crate) key_rev: Table<'t, (&'static [u8], i64, i64), &'static [u8]>,
     pub(crate) lease: Table<'t, i64, &'static [u8]>,
@@ -76,6 +77,9 @@ impl<'t> Writer<'t> {
         Ok(Writer {
             meta,
             rev: txn.open_table(REV).map_err(db("open rev"))?,
+            rev_chunk: txn
+                .open_table(crate::codec::REV_CHUNK)
+                .map_err(db("open rev_chunk"))?,
             index: txn.open_table(KEY_INDEX).map_err(db("open key_index"))?,
             key_rev: txn.open_table(KEY_REV).map_err(db("open key_rev"))?,
             lease: txn.open_table(LEASE).map_err(db("open lease"))?,
@@ -83,6 +87,14 @@ impl<'t> Writer<'t> {
             cur_rev,
             compact,
         })
+    }
+
+    /// The history as readers see it (records reassembled from their pieces).
+    pub(crate) fn history(&self) -> super::history::WriteHistory<'_, 't> {
+        super::history::History {
+            rev: &self.rev,
+            chunks: &self.rev_chunk,
+        }
     }
 
     pub(crate) fn put_meta(&mut self, name: &str, payload: &[u8]) -> Result<(), MvccError> {
@@ -106,12 +118,8 @@ impl<'t> Writer<'t> {
         entry: &IndexEntry,
     ) -> Result<(), MvccError> {
         let rk = rev_key_bytes(main, sub);
-        let prev = self
-            .rev
-            .insert((main, sub), seal(&[&rk], rec).as_slice())
-            .map_err(db("write rev"))?;
-        assert!(prev.is_none(), "revision ({main}, {sub}) written twice");
-        drop(prev);
+        let existed = super::history::insert(&mut self.rev, &mut self.rev_chunk, main, sub, rec)?;
+        assert!(!existed, "revision ({main}, {sub}) written twice");
         self.key_rev
             .insert(
                 (key, main, sub),
@@ -145,7 +153,7 @@ impl<'t> Writer<'t> {
                 create = e.create;
                 version = e.version + 1;
                 old_lease = e.lease;
-                prev = Some(kv_at(&self.rev, key, e.mod_main, e.mod_sub)?);
+                prev = Some(kv_at(&self.history(), key, e.mod_main, e.mod_sub)?);
             }
         }
         let kv = PbKeyValue {
@@ -199,7 +207,7 @@ impl<'t> Writer<'t> {
         assert!(!e.tombstone);
         let (main, sub) = (p.main, p.sub);
         assert!((e.mod_main, e.mod_sub) < (main, sub), "revision must grow");
-        let prev = kv_at(&self.rev, key, e.mod_main, e.mod_sub)?;
+        let prev = kv_at(&self.history(), key, e.mod_main, e.mod_sub)?;
         let rec = RevRecord::encode_tombstone_payload(key);
         let entry = IndexEntry {
             create: 0,
@@ -255,7 +263,14 @@ impl<'t> Writer<'t> {
         r: &PbRangeRequest,
         cur: i64,
     ) -> Result<Result<PbRangeResponse, EtcdError>, MvccError> {
-        range_request(&self.index, &self.rev, &self.key_rev, r, cur, self.compact)
+        range_request(
+            &self.index,
+            &self.history(),
+            &self.key_rev,
+            r,
+            cur,
+            self.compact,
+        )
     }
 
     // ----- checks (pre-state, no mutation) -----
@@ -292,7 +307,7 @@ impl<'t> Writer<'t> {
         for c in cmps {
             let (kvs, _) = range_keys(
                 &self.index,
-                &self.rev,
+                &self.history(),
                 &self.key_rev,
                 &c.key,
                 &c.range_end,
@@ -378,7 +393,7 @@ impl<'t> Writer<'t> {
                 .filter(|e| !e.tombstone)
                 .expect("checked: ignore_value/ignore_lease key exists");
             if r.ignore_value {
-                value = kv_at(&self.rev, &r.key, e.mod_main, e.mod_sub)?.value;
+                value = kv_at(&self.history(), &r.key, e.mod_main, e.mod_sub)?.value;
             }
             if r.ignore_lease {
                 lease = e.lease;
@@ -605,8 +620,14 @@ impl<'t> Writer<'t> {
                 let mut state =
                     decode_auth(get_meta(&self.meta, crate::codec::META_AUTH)?.as_deref())?;
                 state.apply(cmd).map_err(EtcdError::Auth)?;
-                let bytes = postcard::to_allocvec(&state).expect("encoding auth state cannot fail");
-                self.put_meta(crate::codec::META_AUTH, &bytes)?;
+                // `Authenticate` only validates: nothing to store (simple
+                // tokens live in each member's memory, never in kv.redb,
+                // its snapshots or backups).
+                if cmd.changes_state() {
+                    let bytes =
+                        postcard::to_allocvec(&state).expect("encoding auth state cannot fail");
+                    self.put_meta(crate::codec::META_AUTH, &bytes)?;
+                }
                 Ok(ApplyResponse::Auth {
                     auth_revision: state.revision,
                 })
