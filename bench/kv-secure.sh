@@ -26,38 +26,16 @@
 # missing or the build fails.
 set -u -o pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-PHALANX=${PHALANX:-$TARGET/release/phalanx}
-ETCD=${ETCD:-/usr/bin/etcd}
-ETCDCTL=${ETCDCTL:-/usr/bin/etcdctl}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup kv-secure.sh kv-secure
 OPENSSL=${OPENSSL:-openssl}
-DURATION=${DURATION:-10s}
 AUTH_CLIENTS=${AUTH_CLIENTS:-8}
 SYSTEMS=${SYSTEMS:-"phalanx-plain phalanx-secure etcd-secure"}
-WORK=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/kv-secure.XXXXXX")
 ROOT_PW="bench-root-$$"
-export ETCDCTL_API=3
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    if [ "${KEEP:-}" = 1 ]; then echo "data and logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "[kv-secure.sh] $*" >&2; }
-
-for tool in "$ETCD" "$ETCDCTL" "$OPENSSL" python3; do
-    command -v "$tool" >/dev/null || { log "missing $tool (install etcd-server, etcd-client, openssl, python3)"; exit 2; }
-done
-if [ "${SKIP_BUILD:-}" != 1 ]; then
-    log "building phalanx (release)"
-    (cd "$ROOT" && cargo build --release -p phalanx >&2) || { log "cargo build failed"; exit 2; }
-fi
-[ -x "$PHALANX" ] || { log "no phalanx binary at $PHALANX"; exit 2; }
+require_tools "etcd-server, etcd-client, openssl, python3" "$ETCD" "$ETCDCTL" "$OPENSSL" python3
+build_phalanx
 
 # ---- certificates: one CA; one member certificate (client and peer ports,
 # 127.0.0.1 and localhost); a client certificate with CN root. -------------
@@ -85,41 +63,20 @@ SERVER_TLS=(--cert-file "$C/member.crt" --key-file "$C/member.key" --trusted-ca-
             --peer-cert-file "$C/member.crt" --peer-key-file "$C/member.key" --peer-trusted-ca-file "$C/ca.pem" --peer-client-cert-auth
             --auth-token simple)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-declare -A PID
 ENDPOINTS=""
 SEC=()   # client flags of the current system
 
 start_cluster() {  # $1 = system; returns non-zero if not ready
-    local sys=$1 dir="$WORK/$1" token="kv-secure-$1-$$" cluster="" n scheme=http
+    local sys=$1 dir="$WORK/$1" scheme=http
     local bin=("$PHALANX" node) extra=()
     case $sys in etcd-*) bin=("$ETCD") ;; esac
     case $sys in *-secure) scheme=https; extra=("${SERVER_TLS[@]}") ;; esac
-    mkdir -p "$dir"
-    declare -gA EP=() PEER=()
-    PID=(); ENDPOINTS=""; SEC=()
-    for n in n1 n2 n3; do
-        EP[$n]="$scheme://127.0.0.1:$(free_port)"
-        PEER[$n]="$scheme://127.0.0.1:$(free_port)"
-        cluster+="${cluster:+,}$n=${PEER[$n]}"
-    done
-    for n in n1 n2 n3; do
-        "${bin[@]}" --name "$n" --data-dir "$dir/$n.data" \
-            --listen-client-urls "${EP[$n]}" --advertise-client-urls "${EP[$n]}" \
-            --listen-peer-urls "${PEER[$n]}" --initial-advertise-peer-urls "${PEER[$n]}" \
-            --initial-cluster "$cluster" --initial-cluster-state new \
-            --initial-cluster-token "$token" "${extra[@]}" >"$dir/$n.log" 2>&1 &
-        PID[$n]=$!
-        PIDS+=("$!")
-        ENDPOINTS+="${ENDPOINTS:+,}${EP[$n]}"
-    done
+    SEC=()
+    start_members "$scheme" "kv-secure-$sys-$$" "$dir" "${bin[@]}" -- "${extra[@]}"
     [ "$scheme" = https ] && SEC=("${CLIENT_TLS[@]}")
     local deadline=$((SECONDS + 60))
     while [ $SECONDS -lt $deadline ]; do
-        for n in n1 n2 n3; do
-            kill -0 "${PID[$n]}" 2>/dev/null || { log "$sys member $n exited; see $dir/$n.log"; tail -5 "$dir/$n.log" >&2; return 1; }
-        done
+        members_alive "$sys" "$dir" || return 1
         if "$PHALANX" bench status --endpoints "$ENDPOINTS" --timeout-ms 2000 "${SEC[@]}" 2>/dev/null \
             | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin]; sys.exit(0 if len(l)==3 and all("error" not in s for s in l) and any(s.get("is_leader") for s in l) else 1)'; then
             break
@@ -137,54 +94,21 @@ start_cluster() {  # $1 = system; returns non-zero if not ready
     return 0
 }
 
-stop_cluster() {
-    local n
-    for n in n1 n2 n3; do kill -9 "${PID[$n]}" 2>/dev/null; wait "${PID[$n]}" 2>/dev/null; done
-}
-
 declare -A R STATUS
-
-run_load() {  # $1 sys, $2 test name, $3 clients, $4 workload
-    local sys=$1 test=$2 clients=$3 workload=$4
-    local out="$WORK/$sys.$test.json"
-    log "$sys: $test ($clients clients, $workload, $DURATION)"
-    if "$PHALANX" bench kv --endpoints "$ENDPOINTS" --clients "$clients" --workload "$workload" \
-        --duration "$DURATION" --value-bytes 256 --keys 10000 --request-timeout-ms 5000 --json "${SEC[@]}" \
-        >"$out" 2>"$out.err"; then
-        R[$sys.$test]=$out
-    else
-        log "$sys: $test failed: $(tail -1 "$out.err")"
-    fi
-}
 
 TESTS="put-64:64:put get-lin-64:64:get-linearizable auth:$AUTH_CLIENTS:authenticate"
 
 for sys in $SYSTEMS; do
-    log "starting 3-member $sys cluster in $WORK/$sys"
-    if ! start_cluster "$sys"; then
-        STATUS[$sys]="failed to start"
-        stop_cluster
-        continue
-    fi
-    STATUS[$sys]=ok
+    start_measuring "$sys" || continue
     for spec in $TESTS; do
         IFS=: read -r name clients workload <<<"$spec"
         case "$workload:$sys" in authenticate:*-plain) continue ;; esac
-        run_load "$sys" "$name" "$clients" "$workload"
+        run_load "$sys" "$name" "$clients" "$workload" "${SEC[@]}"
     done
     stop_cluster
 done
 
 # ---- report ---------------------------------------------------------------
-field() {  # $1 file, $2 python expression on report r
-    [ -n "$1" ] && python3 -c "import json; r=json.load(open('$1')); print($2)" 2>/dev/null || echo "n/a"
-}
-ratio() {
-    python3 -c "
-a, b = '$1', '$2'
-try: print('%.2f' % (float(a) / float(b)))
-except Exception: print('n/a')"
-}
 ops() { field "${R[$1]:-}" "'%.0f' % r['ops_per_sec']"; }
 cell() {  # ops/s (p50 / p99 ms, errors)
     local f=${R[$1]:-}

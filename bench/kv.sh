@@ -20,70 +20,23 @@
 # phalanx/etcd ratios. Exits non-zero only if etcd itself cannot be run.
 set -u -o pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-PHALANX=${PHALANX:-$TARGET/release/phalanx}
-ETCD=${ETCD:-/usr/bin/etcd}
-ETCDCTL=${ETCDCTL:-/usr/bin/etcdctl}
-DURATION=${DURATION:-10s}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup kv.sh kv-bench
 SYSTEMS=${SYSTEMS:-"etcd phalanx"}
-WORK=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/kv-bench.XXXXXX")
-export ETCDCTL_API=3
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    if [ "${KEEP:-}" = 1 ]; then echo "data and logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "[kv.sh] $*" >&2; }
-
-for tool in "$ETCD" "$ETCDCTL" python3; do
-    command -v "$tool" >/dev/null || { log "missing $tool (install etcd-server, etcd-client, python3)"; exit 2; }
-done
-if [ "${SKIP_BUILD:-}" != 1 ]; then
-    log "building phalanx (release)"
-    (cd "$ROOT" && cargo build --release -p phalanx >&2) || { log "cargo build failed"; exit 2; }
-fi
-[ -x "$PHALANX" ] || { log "no phalanx binary at $PHALANX"; exit 2; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# Per-system state, filled by start_cluster.
-declare -A EP PID                # member name -> client URL / pid
-ENDPOINTS=""
+require_tools "etcd-server, etcd-client, python3" "$ETCD" "$ETCDCTL" python3
+build_phalanx
 
 start_cluster() {  # $1 = etcd|phalanx; returns non-zero if not ready
-    local sys=$1 dir="$WORK/$1" token="kv-bench-$1-$$" cluster="" n
-    mkdir -p "$dir"
-    declare -gA PEER=()
-    EP=(); PID=(); ENDPOINTS=""
-    for n in n1 n2 n3; do
-        EP[$n]="http://127.0.0.1:$(free_port)"
-        PEER[$n]="http://127.0.0.1:$(free_port)"
-        cluster+="${cluster:+,}$n=${PEER[$n]}"
-    done
-    for n in n1 n2 n3; do
-        local cmd=("$ETCD")
-        [ "$sys" = phalanx ] && cmd=("$PHALANX" node)
-        "${cmd[@]}" --name "$n" --data-dir "$dir/$n.data" \
-            --listen-client-urls "${EP[$n]}" --advertise-client-urls "${EP[$n]}" \
-            --listen-peer-urls "${PEER[$n]}" --initial-advertise-peer-urls "${PEER[$n]}" \
-            --initial-cluster "$cluster" --initial-cluster-state new \
-            --initial-cluster-token "$token" >"$dir/$n.log" 2>&1 &
-        PID[$n]=$!
-        PIDS+=("$!")
-        ENDPOINTS+="${ENDPOINTS:+,}${EP[$n]}"
-    done
+    local sys=$1 dir="$WORK/$1"
+    local cmd=("$ETCD")
+    [ "$sys" = phalanx ] && cmd=("$PHALANX" node)
+    start_members http "kv-bench-$sys-$$" "$dir" "${cmd[@]}"
     # Ready = every member answers a status call and a leader is known.
     local deadline=$((SECONDS + 60))
     while [ $SECONDS -lt $deadline ]; do
-        for n in n1 n2 n3; do
-            kill -0 "${PID[$n]}" 2>/dev/null || { log "$sys member $n exited; see $dir/$n.log"; tail -5 "$dir/$n.log" >&2; return 1; }
-        done
+        members_alive "$sys" "$dir" || return 1
         if [ -n "$(leader_of)" ] && "$ETCDCTL" --endpoints="$ENDPOINTS" --command-timeout=2s endpoint health >/dev/null 2>&1; then
             return 0
         fi
@@ -91,11 +44,6 @@ start_cluster() {  # $1 = etcd|phalanx; returns non-zero if not ready
     done
     log "$sys cluster not ready within 60 s; see $dir/*.log"
     return 1
-}
-
-stop_cluster() {
-    local n
-    for n in n1 n2 n3; do kill -9 "${PID[$n]}" 2>/dev/null; wait "${PID[$n]}" 2>/dev/null; done
 }
 
 leader_of() {  # prints the member name of the current leader, or nothing
@@ -131,30 +79,11 @@ rss_mib() {  # $1 = pid
 # R[<sys>.<test>] = JSON report file
 declare -A R GAP RSS STATUS
 
-run_load() {  # $1 sys, $2 test name, $3 clients, $4 workload, extra args...
-    local sys=$1 test=$2 clients=$3 workload=$4; shift 4
-    local out="$WORK/$sys.$test.json"
-    log "$sys: $test ($clients clients, $workload, $DURATION)"
-    if "$PHALANX" bench kv --endpoints "$ENDPOINTS" --clients "$clients" --workload "$workload" \
-        --duration "$DURATION" --value-bytes 256 --keys 10000 --request-timeout-ms 5000 --json "$@" \
-        >"$out" 2>"$out.err"; then
-        R[$sys.$test]=$out
-    else
-        log "$sys: $test failed: $(tail -1 "$out.err")"
-    fi
-}
-
 TESTS="put-1:1:put put-64:64:put get-lin-64:64:get-linearizable get-ser-64:64:get-serializable"
 
 measure() {  # $1 sys
     local sys=$1 spec name clients workload
-    log "starting 3-member $sys cluster in $WORK/$sys"
-    if ! start_cluster "$sys"; then
-        STATUS[$sys]="failed to start"
-        stop_cluster
-        return
-    fi
-    STATUS[$sys]=ok
+    start_measuring "$sys" || return
     for spec in $TESTS; do
         IFS=: read -r name clients workload <<<"$spec"
         run_load "$sys" "$name" "$clients" "$workload"
@@ -197,16 +126,6 @@ if [ "${STATUS[etcd]:-}" = "failed to start" ]; then
 fi
 
 # ---- report ---------------------------------------------------------------
-field() {  # $1 file, $2 python expression on report r
-    [ -n "$1" ] && python3 -c "import json; r=json.load(open('$1')); print($2)" 2>/dev/null || echo "n/a"
-}
-ratio() {  # phalanx/etcd
-    python3 -c "
-a, b = '$1', '$2'
-try: print('%.2f' % (float(a) / float(b)))
-except Exception: print('n/a')"
-}
-
 echo
 echo "## KV benchmark: 3-member etcd ($("$ETCD" --version 2>/dev/null | head -1 | awk '{print $3}')) vs 3-member phalanx"
 echo

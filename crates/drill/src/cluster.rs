@@ -169,7 +169,8 @@ pub(crate) fn stop_gracefully(children: Vec<Child>, grace: Duration) {
     }
 }
 
-/// One `phalanx node` command line.
+/// One `phalanx node` command line: the one place a member's flags are
+/// written, for the drill, the demo and the phalanx tests alike.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeSpec<'a> {
     pub name: &'a str,
@@ -178,6 +179,16 @@ pub struct NodeSpec<'a> {
     pub peer_port: u16,
     /// `--listen-metrics-urls`: `/metrics`, `/health`, `/member`, `/fault`.
     pub metrics_port: u16,
+    /// `http`, or `https` for a member whose client TLS flags are in
+    /// `extra_args`.
+    pub client_scheme: &'a str,
+    /// `http`, or `https` for a member whose peer TLS flags are in
+    /// `extra_args`. Separate from `client_scheme` because either side may
+    /// run TLS alone.
+    pub peer_scheme: &'a str,
+    /// URLs served besides the advertised client URL (`--listen-client-urls`
+    /// takes them all), e.g. a plain listener next to a TLS one.
+    pub extra_listen_client_urls: &'a [String],
     /// `--initial-cluster`.
     pub initial_cluster: &'a str,
     /// `new` or `existing`.
@@ -191,28 +202,29 @@ pub struct NodeSpec<'a> {
     pub log: &'a Path,
 }
 
+impl NodeSpec<'_> {
+    pub fn client_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+    }
+}
+
 /// Start `exe node` as `spec` says, dying with this thread
 /// ([`exit_with_parent`]).
 pub fn spawn_node(exe: &Path, spec: &NodeSpec<'_>) -> Result<Child, DrillError> {
-    spawn_node_with_scheme(exe, spec, "http")
-}
-
-/// [`spawn_node`] with client and peer URLs of `scheme` (`https` for a
-/// member whose TLS flags are in `spec.extra_args`).
-pub fn spawn_node_with_scheme(
-    exe: &Path,
-    spec: &NodeSpec<'_>,
-    scheme: &str,
-) -> Result<Child, DrillError> {
     let (log, log2) = open_child_log(spec.log)?;
-    let client = format!("{scheme}://127.0.0.1:{}", spec.client_port);
-    let peer = format!("{scheme}://127.0.0.1:{}", spec.peer_port);
+    let client = spec.client_url();
+    let peer = spec.peer_url();
+    let mut listen_client = vec![client.clone()];
+    listen_client.extend_from_slice(spec.extra_listen_client_urls);
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .args(["--name", spec.name])
         .arg("--data-dir")
         .arg(spec.data_dir)
-        .args(["--listen-client-urls", &client])
+        .args(["--listen-client-urls", &listen_client.join(",")])
         .args(["--advertise-client-urls", &client])
         .args(["--listen-peer-urls", &peer])
         .args(["--initial-advertise-peer-urls", &peer])
@@ -505,7 +517,7 @@ impl LocalCluster {
         if let Some(p) = m.gateway_admin_port {
             args.extend(["--gateway-admin-listen".into(), format!("127.0.0.1:{p}")]);
         }
-        let child = spawn_node_with_scheme(
+        let child = spawn_node(
             &self.exe,
             &NodeSpec {
                 name: &m.name,
@@ -513,6 +525,9 @@ impl LocalCluster {
                 client_port: m.client_port,
                 peer_port: m.peer_port,
                 metrics_port: m.admin_port,
+                client_scheme: m.scheme(),
+                peer_scheme: m.scheme(),
+                extra_listen_client_urls: &[],
                 initial_cluster: &self.initial_cluster,
                 initial_cluster_state: "new",
                 token: &self.token,
@@ -520,7 +535,6 @@ impl LocalCluster {
                 env: &[],
                 log: &m.log,
             },
-            m.scheme(),
         )?;
         m.child = Some(child);
         m.paused = false;

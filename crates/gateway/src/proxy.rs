@@ -13,7 +13,8 @@
 //!   anything is forwarded) ; ≤ max_replay_body_bytes: buffered (replayable)
 //!   │
 //! Retry loop: Select (tiers, balance, exclude tried) ─none─▶ 503 no healthy upstream
-//!   │           Try (timeout) ─▶ classify ─▶ outlier.record ─▶ retry? (see layers::retry)
+//!   │           Try (timeout) ─▶ classify ─▶ outlier.record ─▶ layers::retry::RetryState
+//!   │           decides: final / budget exhausted / retry after a backoff
 //!   ▼
 //! Response: hop-by-hop headers stripped, Via added; slot and in-flight count held
 //! until the response body ends. 101 Switching Protocols: both upgraded
@@ -39,7 +40,7 @@ use crate::config::{Algorithm, HashKey, UpstreamProtocol};
 use crate::endpoint::{now_ms, InFlight};
 use crate::layers::admission::{Permit, Rejection};
 use crate::layers::outlier::{self, TryOutcome};
-use crate::layers::retry::{backoff, is_idempotent};
+use crate::layers::retry::{is_idempotent, Decision, RetryState};
 use crate::layers::timeout;
 use crate::metrics::{class_of, Metrics, PoolClassLabels};
 use crate::pool::{select, BoxError, ProxyBody};
@@ -499,12 +500,10 @@ async fn proxy(
     let hash_key = hash_key(&pcfg, &parts.headers, &ctx);
 
     primary.budget.deposit(&pcfg.retry_budget);
-    let retry = &rcfg.retry;
     let deadline =
         (rcfg.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(rcfg.timeout_ms));
-    let may_retry_app = (is_idempotent(&parts.method) || retry.retry_non_idempotent) && !upgrade;
+    let mut retry = RetryState::new(&rcfg.retry, &parts.method, upgrade, deadline);
     let mut tried: Vec<Arc<crate::endpoint::Endpoint>> = Vec::new();
-    let mut retries = 0u32;
     let mut last: Option<Response<ProxyBody>> = None;
     let mut breaker_ok = false;
     // Outcome of the last try that produced no response: when no endpoint
@@ -516,13 +515,15 @@ async fn proxy(
     let mut permit = Some(permit);
     let mut client_upgrade = client_upgrade;
 
+    // Each turn is one try; whether another follows is the retry layer's
+    // decision (layers::retry documents its state machine).
     let result = loop {
         let Some(sel) = select(&route.tiers, hash_key, &tried) else {
             break last
                 .take()
                 .unwrap_or_else(|| no_endpoint_left(&route.tiers, last_err, info));
         };
-        let Some(try_t) = timeout::try_budget(retry.per_try_timeout_ms, deadline) else {
+        let Some(try_t) = retry.try_budget(Instant::now()) else {
             break last.take().unwrap_or_else(|| {
                 info.upstream_error.get_or_insert("timeout");
                 local_response(
@@ -558,16 +559,16 @@ async fn proxy(
             last_err = Some(outcome);
         }
 
-        let retryable = match (&outcome, &resp) {
-            (TryOutcome::ConnectFailure, _) => true,
-            (TryOutcome::Reset, _) => may_retry_app && retry.retry_on_reset,
-            (TryOutcome::Timeout, _) => may_retry_app && retry.retry_on_timeout,
-            (_, Some(r)) => may_retry_app && retry.retry_on_status.contains(&r.status().as_u16()),
-            _ => false,
-        };
-        let can_retry = retryable && retries < retry.max_retries && body.replayable();
-        if !can_retry {
-            match resp {
+        let decision = retry.after_try(
+            outcome,
+            resp.as_ref().map(|r| r.status().as_u16()),
+            body.replayable(),
+            || primary.budget.withdraw(&pcfg.retry_budget),
+            Instant::now(),
+            &mut rand::thread_rng(),
+        );
+        let backoff = match decision {
+            Decision::Final => match resp {
                 Some(r) => {
                     breaker_ok = outcome == TryOutcome::Success;
                     let guard = (inflight, permit.take().expect("one final response"));
@@ -582,31 +583,26 @@ async fn proxy(
                         )
                     });
                 }
+            },
+            Decision::BudgetExhausted => {
+                drop(inflight);
+                primary.pm.budget_exhausted.inc();
+                break match resp {
+                    Some(r) => finish_plain(r),
+                    None => failed_try_response(
+                        outcome,
+                        info.upstream_error.unwrap_or("protocol error"),
+                    ),
+                };
             }
-        }
+            Decision::Retry { backoff } => backoff,
+        };
         drop(inflight);
-        // Retry (budget applies except to connect failures).
-        if outcome != TryOutcome::ConnectFailure && !primary.budget.withdraw(&pcfg.retry_budget) {
-            primary.pm.budget_exhausted.inc();
-            break match resp {
-                Some(r) => finish_plain(r),
-                None => {
-                    failed_try_response(outcome, info.upstream_error.unwrap_or("protocol error"))
-                }
-            };
-        }
         // Keep this response in case nothing else is available.
         last = resp.map(finish_plain);
-        retries += 1;
         primary.pm.retries.inc();
-        if outcome != TryOutcome::ConnectFailure {
-            let mut d = backoff(retries, retry.backoff_base_ms, retry.backoff_max_ms);
-            if let Some(dl) = deadline {
-                d = d.min(dl.saturating_duration_since(Instant::now()));
-            }
-            if !d.is_zero() {
-                tokio::time::sleep(d).await;
-            }
+        if !backoff.is_zero() {
+            tokio::time::sleep(backoff).await;
         }
     };
     if let (Some(cb), Some(t)) = (&pcfg.circuit_breaker, ticket) {

@@ -3,13 +3,12 @@
 //! offset is measured by the leader at each scrape of the member's
 //! `phalanx_wall_clock_seconds` (minus half the round trip).
 
-mod alerting_support;
 mod support;
 
 use std::time::Duration;
 
-use alerting_support::get_json;
-use support::{free_port, wait_for, Cluster, BIN};
+use support::alerts::get_json;
+use support::{free_port, wait_for, Cluster};
 
 const FAKETIME_LIBS: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
@@ -40,29 +39,12 @@ fn a_member_five_seconds_ahead_fires_clock_skew_naming_it() {
 
     // Restart a follower with its clock 5 s ahead.
     c.members[victim].kill9();
-    let m = &mut c.members[victim];
-    let child = drill::cluster::spawn_node(
-        std::path::Path::new(BIN),
-        &drill::cluster::NodeSpec {
-            name: &m.name,
-            data_dir: &m.data_dir,
-            client_port: m.client_port,
-            peer_port: m.peer_port,
-            metrics_port: m.metrics_port,
-            initial_cluster: &m.initial_cluster,
-            initial_cluster_state: m.state,
-            token: &c.token,
-            extra_args: &m.extra_args,
-            env: &[
-                ("LD_PRELOAD".into(), lib.to_string()),
-                ("FAKETIME".into(), SKEW.into()),
-                ("PHALANX_LOG".into(), "warn".into()),
-            ],
-            log: &m.log,
-        },
-    )
-    .expect("spawning the skewed member");
-    m.child = Some(child);
+    c.members[victim].env = vec![
+        ("LD_PRELOAD".into(), lib.to_string()),
+        ("FAKETIME".into(), SKEW.into()),
+    ];
+    let token = c.token.clone();
+    c.members[victim].spawn(&token);
     c.wait_healthy(&[victim]);
 
     let alert = wait_for(

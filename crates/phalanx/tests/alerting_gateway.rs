@@ -4,15 +4,14 @@
 //! (every primary down, traffic on the backup pool `api-dr`) fires
 //! `PhalanxGatewayOnBackupPool` naming the pool — and the load keeps being served.
 
-mod alerting_support;
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alerting_support::get_json;
 use gateway::sample_backend;
+use support::alerts::get_json;
 use support::{free_port, http_get, wait_for, Cluster};
 
 /// Bound on an alert firing (`for: 10s` plus evaluation and health-check delays).

@@ -6,134 +6,29 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{free_port, http_get, wait_for, Cluster, BIN};
+use support::alerts::{alerting_cluster, phalanx, up_values};
+use support::servers::{Recorded, Recorder};
+use support::{http_get, wait_for};
 
-/// A webhook receiver: records every POST body (JSON) with its arrival time.
-pub struct Webhook {
-    pub port: u16,
-    pub posts: Arc<Mutex<Vec<(Instant, serde_json::Value)>>>,
-}
-
-impl Webhook {
-    pub fn start() -> Webhook {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let posts = Arc::new(Mutex::new(Vec::new()));
-        let p = posts.clone();
-        std::thread::spawn(move || {
-            for stream in l.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let p = p.clone();
-                std::thread::spawn(move || {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    loop {
-                        let Ok(n) = s.read(&mut chunk) else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..h]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if buf.len() < h + 4 + len {
-                            continue;
-                        }
-                        let body = &buf[h + 4..h + 4 + len];
-                        if let Ok(v) = serde_json::from_slice(body) {
-                            p.lock().unwrap().push((Instant::now(), v));
-                        }
-                        let _ = s.write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        );
-                        return;
-                    }
-                });
-            }
-        });
-        Webhook { port, posts }
-    }
-
-    /// Notifications for `alertname` about `member` with `status`.
-    pub fn matching(&self, alertname: &str, member: &str, status: &str) -> Vec<Instant> {
-        self.posts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, v)| {
-                v["groupLabels"]["alertname"] == alertname
-                    && v["groupLabels"]["member"] == member
-                    && v["status"] == status
-            })
-            .map(|(t, _)| *t)
-            .collect()
-    }
-}
-
-pub fn phalanx(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("running phalanx")
-}
-
-/// Members with alerting on short intervals; returns the cluster and each member's API port.
-pub fn alerting_cluster(n: usize, extra: &[&str]) -> (Cluster, Vec<u16>) {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    let p = ports.clone();
-    let c = Cluster::start_with(n, move |i| {
-        let mut v: Vec<String> = vec![
-            "--alerting-listen".into(),
-            format!("127.0.0.1:{}", p[i]),
-            "--alerting-scrape-interval-ms".into(),
-            "500".into(),
-            "--alerting-evaluation-interval-ms".into(),
-            "500".into(),
-        ];
-        v.extend(extra.iter().cloned());
-        v
-    });
-    (c, ports)
-}
-
-/// `up` as the leader's history sees it: member → value.
-fn up_values(api_port: u16) -> Option<Vec<(String, String)>> {
-    let (code, body) = http_get(api_port, "/api/v1/query?query=up")?;
-    if code != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    Some(
-        v["data"]["result"]
-            .as_array()?
-            .iter()
-            .map(|r| {
-                (
-                    r["metric"]["member"].as_str().unwrap_or("").to_string(),
-                    r["value"][1].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect(),
-    )
+/// Notifications the webhook received for `alertname` about `member` with
+/// `status`, in arrival order.
+fn matching(hook: &Recorder, alertname: &str, member: &str, status: &str) -> Vec<Recorded> {
+    hook.all()
+        .into_iter()
+        .filter(|r| {
+            let v = &r.body;
+            v["groupLabels"]["alertname"] == alertname
+                && v["groupLabels"]["member"] == member
+                && v["status"] == status
+        })
+        .collect()
 }
 
 #[test]
 fn member_down_fires_once_survives_leader_change_and_resolves_once() {
-    let hook = Webhook::start();
+    let hook = Recorder::start(200);
     let (mut c, api) = alerting_cluster(3, &[]);
     let dir = c.dir.path().to_path_buf();
     let am = dir.join("alertmanager.yml");
@@ -180,22 +75,18 @@ fn member_down_fires_once_survives_leader_change_and_resolves_once() {
         "PhalanxMemberDown at the webhook",
         Duration::from_secs(15),
         || {
-            hook.matching("PhalanxMemberDown", &vname, "firing")
+            matching(&hook, "PhalanxMemberDown", &vname, "firing")
                 .first()
-                .copied()
+                .map(|r| r.at)
         },
     );
     let latency = fired - killed;
     eprintln!("BENCH kill -9 → webhook POST: {} ms", latency.as_millis());
-    let post = hook
-        .posts
-        .lock()
+    let post = matching(&hook, "PhalanxMemberDown", &vname, "firing")
+        .into_iter()
+        .find(|r| r.at == fired)
         .unwrap()
-        .iter()
-        .find(|(t, _)| *t == fired)
-        .unwrap()
-        .1
-        .clone();
+        .body;
     assert_eq!(post["version"], "4");
     assert_eq!(post["receiver"], "hook");
     assert_eq!(
@@ -212,10 +103,10 @@ fn member_down_fires_once_survives_leader_change_and_resolves_once() {
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        hook.matching("PhalanxMemberDown", &vname, "firing").len(),
+        matching(&hook, "PhalanxMemberDown", &vname, "firing").len(),
         1,
         "exactly once: {:?}",
-        hook.posts.lock().unwrap()
+        hook.all()
     );
 
     // Kill the leader while it fires, restart it at once (two of three members make a quorum).
@@ -235,10 +126,10 @@ fn member_down_fires_once_survives_leader_change_and_resolves_once() {
     // Several group intervals pass: no second notification before repeat_interval.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
-        hook.matching("PhalanxMemberDown", &vname, "firing").len(),
+        matching(&hook, "PhalanxMemberDown", &vname, "firing").len(),
         1,
         "no second notification after the leader change: {:?}",
-        hook.posts.lock().unwrap()
+        hook.all()
     );
 
     // The alert state continued: still firing, same activeAt.
@@ -256,19 +147,19 @@ fn member_down_fires_once_survives_leader_change_and_resolves_once() {
     // Restart the victim: resolved, once.
     c.members[victim].spawn(&token);
     wait_for("the resolved notification", Duration::from_secs(30), || {
-        hook.matching("PhalanxMemberDown", &vname, "resolved")
+        matching(&hook, "PhalanxMemberDown", &vname, "resolved")
             .first()
-            .copied()
+            .map(|r| r.at)
     });
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
-        hook.matching("PhalanxMemberDown", &vname, "resolved").len(),
+        matching(&hook, "PhalanxMemberDown", &vname, "resolved").len(),
         1,
         "resolved exactly once: {:?}",
-        hook.posts.lock().unwrap()
+        hook.all()
     );
     assert_eq!(
-        hook.matching("PhalanxMemberDown", &vname, "firing").len(),
+        matching(&hook, "PhalanxMemberDown", &vname, "firing").len(),
         1
     );
 

@@ -4,13 +4,13 @@
 //! `histogram_quantile(...)` and `sum by` give the same series on both, and
 //! the same values within sampling tolerance.
 
-mod alerting_support;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alerting_support::{debian_bin, enc, get_json, Proc};
+use support::alerts::{enc, get_json};
+use support::servers::{debian_bin, Proc};
 use support::{free_port, wait_for, Cluster, Writer};
 
 /// Scrape interval of both (ms): the member's history and Prometheus's.

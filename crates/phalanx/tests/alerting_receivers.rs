@@ -5,13 +5,13 @@
 //! fourth receiver that never answers retries with backoff, is counted, is
 //! recorded as a `notification_failed` event, and delays none of the others.
 
-mod alerting_support;
 mod support;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use alerting_support::{get_json, set_doc, start_alertmanager, test_python, Proc, Recorder};
+use support::alerts::{get_json, set_doc};
+use support::servers::{start_alertmanager, test_python, Proc, Recorder};
 use support::{free_port, http_get, wait_for, Cluster};
 
 /// Bound on one notification attempt in this test (`--alerting-notification-timeout-ms`).

@@ -5,280 +5,39 @@
 //! etcdctl) and HashKV agrees on all members. Plus: a missing object is named by verify
 //! and restore; restore without the identity fails clearly.
 
-use std::net::TcpStream;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
-const ETCDCTL: &str = "/usr/bin/etcdctl";
+use support::backups::{keygen, ok, phalanx, s3_env};
+use support::servers::Moto;
+use support::{free_port, Cluster};
 
-fn free_port() -> u16 {
-    drill::ports::free_local_port().expect("a free local port")
-}
+/// Members here start beside moto and restores on a busy machine, and a
+/// restored member loads its whole state first: twice the default bound.
+const MEMBER_HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Member {
-    name: String,
-    client_port: u16,
-    peer_port: u16,
-    metrics_port: u16,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
-    }
-    fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-}
-
-/// Members on free ports; killed when dropped.
-struct Cluster {
-    members: Vec<Member>,
-    token: String,
-}
-
-impl Cluster {
-    fn plan(dir: &Path, prefix: &str, n: usize, token: &str) -> Cluster {
-        let members = (1..=n)
-            .map(|i| Member {
-                name: format!("n{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
-                data_dir: dir.join(format!("{prefix}-n{i}")),
-                log: dir.join(format!("{prefix}-n{i}.log")),
-                child: None,
-            })
-            .collect();
-        Cluster {
-            members,
-            token: token.into(),
-        }
-    }
-    fn initial_cluster(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-    fn start(&mut self) {
-        let ic = self.initial_cluster();
-        for m in &mut self.members {
-            let child = drill::cluster::spawn_node(
-                Path::new(BIN),
-                &drill::cluster::NodeSpec {
-                    name: &m.name,
-                    data_dir: &m.data_dir,
-                    client_port: m.client_port,
-                    peer_port: m.peer_port,
-                    metrics_port: m.metrics_port,
-                    initial_cluster: &ic,
-                    initial_cluster_state: "new",
-                    token: &self.token,
-                    extra_args: &[],
-                    env: &[("PHALANX_LOG".into(), "warn".into())],
-                    log: &m.log,
-                },
-            )
-            .expect("spawning phalanx node");
-            m.child = Some(child);
-        }
-        for m in &self.members {
-            wait_for(
-                &format!("member {} healthy (log {})", m.name, m.log.display()),
-                Duration::from_secs(60),
-                || {
-                    let r = drill::admin::get_blocking(
-                        &format!("127.0.0.1:{}", m.metrics_port),
-                        "/health",
-                        Duration::from_secs(5),
-                    );
-                    matches!(r, Ok((200, _))).then_some(())
-                },
-            );
-        }
-    }
-    fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| m.client_url())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-    fn ctl_at(&self, endpoints: &str, args: &[&str]) -> Output {
-        Command::new(ETCDCTL)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
-            .arg("--command-timeout=10s")
-            .args(args)
-            .output()
-            .expect("running etcdctl")
-    }
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = self.ctl_at(&self.endpoints(), args);
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-    fn stop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The Python of the test virtualenv that `.ci/install` fills with moto
-/// (`PHALANX_TEST_VENV`, default /opt/phalanx-test-venv).
-fn test_python() -> std::path::PathBuf {
-    let venv =
-        std::env::var("PHALANX_TEST_VENV").unwrap_or_else(|_| "/opt/phalanx-test-venv".into());
-    let py = Path::new(&venv).join("bin/python3");
-    assert!(
-        py.exists(),
-        "{} is missing: run `bash .ci/install` (it creates the test virtualenv with moto[server])",
-        py.display()
-    );
-    py
-}
-
-/// moto's S3 server on a free port; killed when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start(log: &Path) -> Moto {
-        let port = free_port();
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(test_python())
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting moto's S3 server from the test virtualenv");
-        let m = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        wait_for(
-            "moto's S3 server listening",
-            Duration::from_secs(60),
-            || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()),
-        );
-        m
-    }
-    fn create_bucket(&self, bucket: &str) {
-        let out = Command::new(test_python())
-            .args([
-                "-c",
-                &format!(
-                    "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{bucket}')",
-                    self.endpoint
-                ),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "create bucket: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn phalanx(args: &[&str], s3_endpoint: &str) -> Output {
-    let started = Instant::now();
-    let out = Command::new(BIN)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", s3_endpoint)
-        .output()
-        .expect("running phalanx");
-    println!(
-        "$ phalanx {} ({:.2}s)\n{}{}",
-        args.join(" "),
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn keygen(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("key.txt");
-    let out = Command::new("/usr/bin/age-keygen")
-        .arg("-o")
-        .arg(&key)
-        .output()
-        .expect("age-keygen (apt-get install age)");
-    assert!(out.status.success());
-    let text = std::fs::read_to_string(&key).unwrap();
-    let public = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .trim()
-        .to_string();
-    (key, public)
+/// `phalanx restore` (with `source`: where from, which point, the identity)
+/// of a lone member `n1` into `data_dir`, for restores that must fail
+/// before anything starts: its peer address is never dialled.
+fn restore_lone_member(source: &[&str], data_dir: &Path, env: &[(String, String)]) -> Output {
+    let mut args = vec!["restore"];
+    args.extend_from_slice(source);
+    args.extend([
+        "--name",
+        "n1",
+        "--initial-cluster",
+        "n1=http://127.0.0.1:1",
+        "--initial-cluster-token",
+        "t",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:1",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    phalanx(&args, env)
 }
 
 fn revision_of(c: &Cluster, key: &str) -> i64 {
@@ -290,12 +49,13 @@ fn revision_of(c: &Cluster, key: &str) -> i64 {
 fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let moto = Moto::start(&d.join("moto.log"));
+    let moto = Moto::start(&d.join("moto.log"), free_port());
     moto.create_bucket("phalanx-backups");
+    let s3 = s3_env(&moto.endpoint());
     let (key, public) = keygen(d);
 
-    let mut old = Cluster::plan(d, "old", 3, &format!("old-{}", free_port()));
-    old.start();
+    let mut old = Cluster::plan(3, |_| Vec::new());
+    old.start_all_within(MEMBER_HEALTHY_TIMEOUT);
     for i in 0..50 {
         old.ctl(&["put", &format!("app/k{i:03}"), &format!("v{i}-first")]);
     }
@@ -338,12 +98,12 @@ fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
             "--recipient",
             &public,
         ],
-        &moto.endpoint,
+        &s3,
     ));
     assert!(out.contains(&format!("at revision {head}")), "{out}");
     assert_eq!(out.matches(": ok, uploaded").count(), 2, "{out}");
     for url in [&file_url, &s3_url] {
-        let list = ok(phalanx(&["backup", "list", "--from", url], &moto.endpoint));
+        let list = ok(phalanx(&["backup", "list", "--from", url], &s3));
         assert!(list.contains(&format!(" {head} ")), "{list}");
         ok(phalanx(
             &[
@@ -354,7 +114,7 @@ fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
                 "--identity",
                 key.to_str().unwrap(),
             ],
-            &moto.endpoint,
+            &s3,
         ));
     }
     // A failing destination (no such bucket) fails alone, named; the other is complete.
@@ -374,55 +134,31 @@ fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
             "--max-upload-retries",
             "1",
         ],
-        &moto.endpoint,
+        &s3,
     );
     assert!(!partial.status.success());
     let text = String::from_utf8_lossy(&partial.stdout);
     assert!(text.contains("s3://no-such-bucket/x: FAILED"), "{text}");
     assert!(text.contains(&format!("{file2}: ok")), "{text}");
-    assert!(ok(phalanx(
-        &["backup", "list", "--from", &file2],
-        &moto.endpoint
-    ))
-    .contains(&format!(" {head} ")));
+    assert!(ok(phalanx(&["backup", "list", "--from", &file2], &s3)).contains(&format!(" {head} ")));
     // Destroy the cluster (processes and data).
-    old.stop();
+    old.kill_all();
     for m in &old.members {
         std::fs::remove_dir_all(&m.data_dir).unwrap();
     }
 
     // Restore without the identity: refused, saying what to pass.
-    let no_id = phalanx(
-        &[
-            "restore",
-            "--from",
-            &file_url,
-            "--revision",
-            &r.to_string(),
-            "--name",
-            "n1",
-            "--initial-cluster",
-            "n1=http://127.0.0.1:1",
-            "--initial-cluster-token",
-            "t",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:1",
-            "--data-dir",
-            d.join("noid").to_str().unwrap(),
-        ],
-        &moto.endpoint,
+    let no_id = restore_lone_member(
+        &["--from", &file_url, "--revision", &r.to_string()],
+        &d.join("noid"),
+        &s3,
     );
     assert!(!no_id.status.success());
     let err = String::from_utf8_lossy(&no_id.stderr);
     assert!(err.contains("--identity") && err.contains(&public), "{err}");
 
-    for (i, url) in [&file_url, &s3_url].into_iter().enumerate() {
-        let mut new = Cluster::plan(
-            d,
-            &format!("restored{i}"),
-            3,
-            &format!("restored-{i}-{}", free_port()),
-        );
+    for url in [&file_url, &s3_url] {
+        let mut new = Cluster::plan(3, |_| Vec::new());
         let ic = new.initial_cluster();
         let started = Instant::now();
         for m in &new.members {
@@ -446,17 +182,17 @@ fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
                     "--data-dir",
                     m.data_dir.to_str().unwrap(),
                 ],
-                &moto.endpoint,
+                &s3,
             ));
         }
         println!(
             "restore of 3 members from {url}: {:.2}s",
             started.elapsed().as_secs_f64()
         );
-        new.start();
+        new.start_all_within(MEMBER_HEALTHY_TIMEOUT);
         // Exactly the state at R, from every member.
         for m in &new.members {
-            let got = new.ctl_at(
+            let got = new.etcdctl_at(
                 &m.client_url(),
                 &["get", "app/", "--prefix", "--consistency=s", "-w", "json"],
             );
@@ -478,7 +214,7 @@ fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
             now_rev > head,
             "restored revision {now_rev} must exceed the old head {head}"
         );
-        let old_read = new.ctl_at(
+        let old_read = new.etcdctl_at(
             &new.endpoints(),
             &["get", "app/k000", "--rev", &r.to_string()],
         );
@@ -503,7 +239,7 @@ fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
         );
         // A write works.
         new.ctl(&["put", "app/after-restore", "ok"]);
-        new.stop();
+        new.kill_all();
     }
 
     // A lost object is named by verify and by restore.
@@ -519,34 +255,16 @@ fn backup_to_file_and_s3_then_restore_revision_into_new_clusters() {
             "--identity",
             key.to_str().unwrap(),
         ],
-        &moto.endpoint,
+        &s3,
     );
     assert!(!v.status.success());
     assert!(String::from_utf8_lossy(&v.stderr).contains(&name));
-    let list = ok(phalanx(
-        &["backup", "list", "--from", &file_url],
-        &moto.endpoint,
-    ));
+    let list = ok(phalanx(&["backup", "list", "--from", &file_url], &s3));
     assert!(list.contains("FAILED"), "{list}");
-    let rr = phalanx(
-        &[
-            "restore",
-            "--from",
-            &file_url,
-            "--identity",
-            key.to_str().unwrap(),
-            "--name",
-            "n1",
-            "--initial-cluster",
-            "n1=http://127.0.0.1:1",
-            "--initial-cluster-token",
-            "t",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:1",
-            "--data-dir",
-            d.join("lost").to_str().unwrap(),
-        ],
-        &moto.endpoint,
+    let rr = restore_lone_member(
+        &["--from", &file_url, "--identity", key.to_str().unwrap()],
+        &d.join("lost"),
+        &s3,
     );
     assert!(!rr.status.success());
     assert!(String::from_utf8_lossy(&rr.stderr).contains(&name));

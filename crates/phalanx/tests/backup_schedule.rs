@@ -10,17 +10,21 @@
 //! * `retention_keeps_exactly_the_policy_and_kept_backups_restore`.
 //! * `s3_killed_mid_backup_file_completes_and_next_backup_reaches_s3`.
 
-use std::net::TcpStream;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
+use support::backups::{keygen, ok, phalanx, s3_env};
+use support::servers::Moto;
+use support::{free_port, wait_for, Cluster, BIN};
 
-fn free_port() -> u16 {
-    drill::ports::free_local_port().expect("a free local port")
-}
+/// Members here start beside moto, load generators and restores on a busy
+/// machine, and a restored member loads its whole state first: twice the
+/// default bound.
+const MEMBER_HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -29,287 +33,24 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `n` members, not started, each also serving the backup API on a free
+/// port (`--backup-listen`); those ports, by member.
+fn plan(n: usize) -> (Cluster, Vec<u16>) {
+    let backup_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let ports = backup_ports.clone();
+    let c = Cluster::plan(n, move |i| {
+        vec!["--backup-listen".into(), format!("127.0.0.1:{}", ports[i])]
+    });
+    (c, backup_ports)
 }
 
-struct Member {
-    name: String,
-    client_port: u16,
-    peer_port: u16,
-    metrics_port: u16,
-    backup_port: u16,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+/// Start every member of `c` with `extra` flags and `env` besides its own.
+fn start(c: &mut Cluster, extra: &[String], env: &[(String, String)]) {
+    for m in &mut c.members {
+        m.extra_args.extend(extra.iter().cloned());
+        m.env.extend(env.iter().cloned());
     }
-}
-
-struct Cluster {
-    members: Vec<Member>,
-    token: String,
-}
-
-impl Cluster {
-    fn plan(dir: &Path, prefix: &str, n: usize) -> Cluster {
-        Cluster {
-            members: (1..=n)
-                .map(|i| Member {
-                    name: format!("n{i}"),
-                    client_port: free_port(),
-                    peer_port: free_port(),
-                    metrics_port: free_port(),
-                    backup_port: free_port(),
-                    data_dir: dir.join(format!("{prefix}-n{i}")),
-                    log: dir.join(format!("{prefix}-n{i}.log")),
-                    child: None,
-                })
-                .collect(),
-            token: format!("{prefix}-{}", free_port()),
-        }
-    }
-    fn initial_cluster(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-    fn start(&mut self, extra: &[String], env: &[(String, String)]) {
-        let ic = self.initial_cluster();
-        for m in &mut self.members {
-            let mut args = extra.to_vec();
-            args.push("--backup-listen".into());
-            args.push(format!("127.0.0.1:{}", m.backup_port));
-            let mut env = env.to_vec();
-            env.push(("PHALANX_LOG".into(), "warn".into()));
-            m.child = Some(
-                drill::cluster::spawn_node(
-                    Path::new(BIN),
-                    &drill::cluster::NodeSpec {
-                        name: &m.name,
-                        data_dir: &m.data_dir,
-                        client_port: m.client_port,
-                        peer_port: m.peer_port,
-                        metrics_port: m.metrics_port,
-                        initial_cluster: &ic,
-                        initial_cluster_state: "new",
-                        token: &self.token,
-                        extra_args: &args,
-                        env: &env,
-                        log: &m.log,
-                    },
-                )
-                .expect("spawning phalanx node"),
-            );
-        }
-        for m in &self.members {
-            wait_for(
-                &format!("member {} healthy (log {})", m.name, m.log.display()),
-                Duration::from_secs(60),
-                || {
-                    let r = drill::admin::get_blocking(
-                        &format!("127.0.0.1:{}", m.metrics_port),
-                        "/health",
-                        Duration::from_secs(5),
-                    );
-                    matches!(r, Ok((200, _))).then_some(())
-                },
-            );
-        }
-    }
-    fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(|m| m.client_url())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-    /// Index of the leader, as the live members report it.
-    fn leader(&self, rt: &tokio::runtime::Runtime) -> usize {
-        wait_for("a leader", Duration::from_secs(30), || {
-            rt.block_on(async {
-                for (i, m) in self.members.iter().enumerate() {
-                    if m.child.is_none() {
-                        continue;
-                    }
-                    let Ok(mut c) = etcd_client::Client::connect([m.client_url()], None).await
-                    else {
-                        continue;
-                    };
-                    if let Ok(s) = c.status().await {
-                        if s.leader() != 0 && s.header().map(|h| h.member_id()) == Some(s.leader())
-                        {
-                            return Some(i);
-                        }
-                    }
-                }
-                None
-            })
-        })
-    }
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-    fn kill_all(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-fn test_python() -> PathBuf {
-    let venv =
-        std::env::var("PHALANX_TEST_VENV").unwrap_or_else(|_| "/opt/phalanx-test-venv".into());
-    let py = Path::new(&venv).join("bin/python3");
-    assert!(
-        py.exists(),
-        "{} is missing: run `bash .ci/install` (it creates the test virtualenv with moto[server])",
-        py.display()
-    );
-    py
-}
-
-struct Moto {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Moto {
-    fn start(log: &Path, port: u16) -> Moto {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(test_python())
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting moto");
-        wait_for("moto listening", Duration::from_secs(60), || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
-        Moto {
-            child: Some(child),
-            port,
-            log: log.to_path_buf(),
-        }
-    }
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-    fn create_bucket(&self, bucket: &str) {
-        let out = Command::new(test_python())
-            .args(["-c", &format!("import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{bucket}')", self.endpoint())])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn s3_env(endpoint: &str) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_ENDPOINT_URL".into(), endpoint.into()),
-    ]
-}
-
-fn phalanx(args: &[&str], env: &[(String, String)]) -> Output {
-    let started = Instant::now();
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .expect("running phalanx");
-    println!(
-        "$ phalanx {} ({:.2}s)\n{}{}",
-        args.join(" "),
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn keygen(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("key.txt");
-    let out = Command::new("/usr/bin/age-keygen")
-        .arg("-o")
-        .arg(&key)
-        .output()
-        .expect("age-keygen");
-    assert!(out.status.success());
-    let text = std::fs::read_to_string(&key).unwrap();
-    let public = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .trim()
-        .to_string();
-    (key, public)
+    c.start_all_within(MEMBER_HEALTHY_TIMEOUT);
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -318,6 +59,39 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// `phalanx backup schedule set` on `c`'s members: back up to
+/// `destinations`, encrypted for `public`, with `settings` (intervals,
+/// limits); asserts that the policy was stored.
+fn set_schedule(
+    c: &Cluster,
+    destinations: &[&str],
+    public: &str,
+    settings: &[&str],
+    env: &[(String, String)],
+) {
+    let endpoints = c.endpoints();
+    let mut args = vec!["backup", "schedule", "set", "--endpoints", &endpoints];
+    for to in destinations {
+        args.extend(["--to", to]);
+    }
+    args.extend(["--recipient", public]);
+    args.extend_from_slice(settings);
+    ok(phalanx(&args, env));
+}
+
+/// Put 300 values of 10 KiB under `big/`: byte `j` of value `i` is
+/// `byte(i, j)` (a mix that does not compress, so backups of them take time).
+fn put_big_values(rt: &tokio::runtime::Runtime, c: &Cluster, byte: impl Fn(u64, u64) -> u8) {
+    rt.block_on(async {
+        let eps: Vec<String> = c.endpoints().split(',').map(String::from).collect();
+        let mut cl = etcd_client::Client::connect(eps, None).await.unwrap();
+        for i in 0..300u64 {
+            let v: Vec<u8> = (0..10_240u64).map(|j| byte(i, j)).collect();
+            cl.put(format!("big/{i:05}"), v, None).await.unwrap();
+        }
+    });
 }
 
 /// `phalanx backup schedule show --json`.
@@ -362,14 +136,12 @@ fn list_ids(url: &str, env: &[(String, String)]) -> Vec<(String, i64)> {
 
 /// Restore into one new member's data dir; returns the restore's stdout.
 fn restore_one(
-    dir: &Path,
     from: &str,
     key: &Path,
     target: &[&str],
-    tag: &str,
     env: &[(String, String)],
 ) -> (Cluster, String) {
-    let c = Cluster::plan(dir, tag, 1);
+    let (c, _) = plan(1);
     let m = &c.members[0];
     let mut args = vec![
         "restore".to_string(),
@@ -384,7 +156,7 @@ fn restore_one(
         "--initial-cluster-token".into(),
         c.token.clone(),
         "--initial-advertise-peer-urls".into(),
-        format!("http://127.0.0.1:{}", m.peer_port),
+        m.peer_url(),
         "--data-dir".into(),
         m.data_dir.to_str().unwrap().into(),
     ];
@@ -409,27 +181,21 @@ fn archive_restores_newest_point_after_whole_cluster_kill() {
     let d = dir.path();
     let (key, public) = keygen(d);
     let repo = format!("file://{}", d.join("repo").display());
-    let mut c = Cluster::plan(d, "pitr", 3);
-    c.start(&[], &[]);
+    let (mut c, _) = plan(3);
+    start(&mut c, &[], &[]);
     let rt = rt();
-    ok(phalanx(
+    set_schedule(
+        &c,
+        &[&repo],
+        &public,
         &[
-            "backup",
-            "schedule",
-            "set",
-            "--endpoints",
-            &c.endpoints(),
-            "--to",
-            &repo,
-            "--recipient",
-            &public,
             "--backup-interval-ms",
             "3600000",
             "--archive-interval-ms",
             &ARCHIVE_INTERVAL_MS.to_string(),
         ],
         &[],
-    ));
+    );
     // The leader takes the first full backup at once, then archives.
     wait_for(
         "the first scheduled backup",
@@ -520,10 +286,10 @@ fn archive_restores_newest_point_after_whole_cluster_kill() {
 
     // Restore the newest point into a new member.
     let started = Instant::now();
-    let (mut r, out) = restore_one(d, &repo, &key, &[], "newest", &[]);
+    let (mut r, out) = restore_one(&repo, &key, &[], &[]);
     let rto = started.elapsed();
     assert!(out.contains("archive segments"), "{out}");
-    r.start(&["--disable-backup-service".into()], &[]);
+    start(&mut r, &["--disable-backup-service".into()], &[]);
     let present: std::collections::HashSet<String> = rt.block_on(async {
         let mut cl = etcd_client::Client::connect([r.members[0].client_url()], None)
             .await
@@ -572,21 +338,14 @@ fn archive_restores_newest_point_after_whole_cluster_kill() {
     r.kill_all();
 
     // --time T lands on the newest revision at or before T: k1's, not k2's.
-    let (_r2, out) = restore_one(d, &repo, &key, &["--time", &t], "time", &[]);
+    let (_r2, out) = restore_one(&repo, &key, &["--time", &t], &[]);
     let got = restored_revision(&out);
     assert_eq!(
         got, rev1,
         "--time {t} gave revision {got}; k1 is at {rev1}, k2 at {rev2}"
     );
     // and --revision lands exactly.
-    let (_r3, out) = restore_one(
-        d,
-        &repo,
-        &key,
-        &["--revision", &rev2.to_string()],
-        "rev",
-        &[],
-    );
+    let (_r3, out) = restore_one(&repo, &key, &["--revision", &rev2.to_string()], &[]);
     assert_eq!(restored_revision(&out), rev2);
 }
 
@@ -597,33 +356,20 @@ fn leader_kill_during_scheduled_backup_gives_exactly_one_backup() {
     let (key, public) = keygen(d);
     let repo_dir = d.join("repo");
     let repo = format!("file://{}", repo_dir.display());
-    let mut c = Cluster::plan(d, "lk", 3);
-    c.start(&[], &[]);
+    let (mut c, _) = plan(3);
+    start(&mut c, &[], &[]);
     let rt = rt();
     // ~3 MiB of incompressible values, so a throttled backup takes seconds.
-    rt.block_on(async {
-        let eps: Vec<String> = c.endpoints().split(',').map(String::from).collect();
-        let mut cl = etcd_client::Client::connect(eps, None).await.unwrap();
-        for i in 0..300u64 {
-            let v: Vec<u8> = (0..10_240u64)
-                .map(|j| ((i * 7919 + j * 104_729) ^ (j >> 3)).wrapping_mul(2_654_435_761) as u8)
-                .collect();
-            cl.put(format!("big/{i:05}"), v, None).await.unwrap();
-        }
+    put_big_values(&rt, &c, |i, j| {
+        ((i * 7919 + j * 104_729) ^ (j >> 3)).wrapping_mul(2_654_435_761) as u8
     });
-    let leader = c.leader(&rt);
+    let leader = c.wait_leader();
     let leader_name = c.members[leader].name.clone();
-    ok(phalanx(
+    set_schedule(
+        &c,
+        &[&repo],
+        &public,
         &[
-            "backup",
-            "schedule",
-            "set",
-            "--endpoints",
-            &c.endpoints(),
-            "--to",
-            &repo,
-            "--recipient",
-            &public,
             "--backup-interval-ms",
             "3600000",
             "--archive-interval-ms",
@@ -632,7 +378,7 @@ fn leader_kill_during_scheduled_backup_gives_exactly_one_backup() {
             "100000",
         ],
         &[],
-    ));
+    );
     // Mid-backup: the run is claimed by the leader and chunks are being written.
     let eps = c.endpoints();
     wait_for(
@@ -646,7 +392,7 @@ fn leader_kill_during_scheduled_backup_gives_exactly_one_backup() {
         },
     );
     assert!(list_ids(&repo, &[]).is_empty(), "no backup may exist yet");
-    c.kill(leader);
+    c.members[leader].kill9();
     println!("killed leader {leader_name} mid-backup");
     // The new leader retries; exactly one complete backup results.
     let st = wait_for(
@@ -688,21 +434,15 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
     let d = dir.path();
     let (key, public) = keygen(d);
     let repo = format!("file://{}", d.join("repo").display());
-    let mut c = Cluster::plan(d, "ret", 3);
-    c.start(&[], &[]);
+    let (mut c, _) = plan(3);
+    start(&mut c, &[], &[]);
     let rt = rt();
     let eps: Vec<String> = c.endpoints().split(',').map(String::from).collect();
-    ok(phalanx(
+    set_schedule(
+        &c,
+        &[&repo],
+        &public,
         &[
-            "backup",
-            "schedule",
-            "set",
-            "--endpoints",
-            &c.endpoints(),
-            "--to",
-            &repo,
-            "--recipient",
-            &public,
             "--backup-interval-ms",
             "1500",
             "--archive-interval-ms",
@@ -711,7 +451,7 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
             "2",
         ],
         &[],
-    ));
+    );
     // Changing data between backups, until 5 backups have been taken.
     let mut seen = std::collections::BTreeSet::new();
     let mut i = 0;
@@ -771,7 +511,7 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
         "{segs:?} vs {oldest_kept}"
     );
     // Every kept backup still restores (chunks and archive intact).
-    for (n, (id, rev)) in ids.iter().enumerate() {
+    for (id, rev) in &ids {
         ok(phalanx(
             &[
                 "backup",
@@ -785,18 +525,11 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
             ],
             &[],
         ));
-        let (_r, out) = restore_one(
-            d,
-            &repo,
-            &key,
-            &["--revision", &rev.to_string()],
-            &format!("kept{n}"),
-            &[],
-        );
+        let (_r, out) = restore_one(&repo, &key, &["--revision", &rev.to_string()], &[]);
         assert_eq!(restored_revision(&out), *rev);
     }
     // And the newest point (newest backup + archive).
-    let (_r, out) = restore_one(d, &repo, &key, &[], "newest", &[]);
+    let (_r, out) = restore_one(&repo, &key, &[], &[]);
     assert!(restored_revision(&out) >= ids.iter().map(|x| x.1).max().unwrap());
 }
 
@@ -811,32 +544,17 @@ fn s3_killed_mid_backup_file_completes_and_next_backup_reaches_s3() {
     let repo_dir = d.join("repo");
     let file = format!("file://{}", repo_dir.display());
     let s3 = "s3://phalanx-bk/cluster".to_string();
-    let mut c = Cluster::plan(d, "s3f", 3);
-    c.start(&[], &env);
+    let (mut c, backup_ports) = plan(3);
+    start(&mut c, &[], &env);
     let rt = rt();
-    rt.block_on(async {
-        let eps: Vec<String> = c.endpoints().split(',').map(String::from).collect();
-        let mut cl = etcd_client::Client::connect(eps, None).await.unwrap();
-        for i in 0..300u64 {
-            let v: Vec<u8> = (0..10_240u64)
-                .map(|j| ((i * 31 + j * 7) ^ (j >> 2)).wrapping_mul(2_654_435_761) as u8)
-                .collect();
-            cl.put(format!("big/{i:05}"), v, None).await.unwrap();
-        }
+    put_big_values(&rt, &c, |i, j| {
+        ((i * 31 + j * 7) ^ (j >> 2)).wrapping_mul(2_654_435_761) as u8
     });
-    ok(phalanx(
+    set_schedule(
+        &c,
+        &[&file, &s3],
+        &public,
         &[
-            "backup",
-            "schedule",
-            "set",
-            "--endpoints",
-            &c.endpoints(),
-            "--to",
-            &file,
-            "--to",
-            &s3,
-            "--recipient",
-            &public,
             "--backup-interval-ms",
             "4000",
             "--failed-backup-retry-ms",
@@ -853,7 +571,7 @@ fn s3_killed_mid_backup_file_completes_and_next_backup_reaches_s3() {
             "3000",
         ],
         &env,
-    ));
+    );
     let eps = c.endpoints();
     wait_for("the backup under way", Duration::from_secs(30), || {
         let run = get_json(&rt, &eps, "/phalanx/backup/run")?;
@@ -880,9 +598,9 @@ fn s3_killed_mid_backup_file_completes_and_next_backup_reaches_s3() {
         .as_str()
         .unwrap()
         .contains("s3://phalanx-bk/cluster"));
-    let leader = c.leader(&rt);
+    let leader = c.wait_leader();
     let metrics = drill::admin::get_blocking(
-        &format!("127.0.0.1:{}", c.members[leader].backup_port),
+        &format!("127.0.0.1:{}", backup_ports[leader]),
         "/metrics",
         Duration::from_secs(5),
     )

@@ -12,14 +12,14 @@
 
 use std::net::TcpListener;
 use std::process::Command;
-use std::sync::Mutex;
 
 #[path = "support/drill.rs"]
 mod drill_support;
 mod support;
-use drill_support::{drill, explain, summary, Run};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use drill_support::{
+    assert_passed, assert_report_has, assert_store_verdicts_pass, drill, explain, local_drill,
+    one_at_a_time, report_md, summary, timeline_svg, Run,
+};
 
 const ALL_BACKEND_FAULTS: &str = "backend-kill,backend-hang,backend-slow,backend-partition";
 
@@ -82,22 +82,9 @@ fn assert_cleaned_up(r: &Run, s: &serde_json::Value) {
 #[test]
 fn drill_gateway_backend_faults_cost_no_client_request_with_retries_and_health_checks() {
     preflight();
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
-        ALL_BACKEND_FAULTS,
-        "--duration",
-        "16s",
-        "--fault-window-ms",
-        "2000",
-    ]);
-    assert_eq!(r.code, 0, "{}", explain(&r));
-    let s = summary(&r.dir);
-    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
-        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
-    }
+    let _one = one_at_a_time();
+    let r = local_drill(ALL_BACKEND_FAULTS, "16s", &["--fault-window-ms", "2000"]);
+    let s = assert_passed(&r);
     let g = &s["gateway"];
     assert_eq!(g["verdict"], "PASS", "{}", explain(&r));
     assert_eq!(g["profile"], "resilient");
@@ -161,17 +148,17 @@ fn drill_gateway_backend_faults_cost_no_client_request_with_retries_and_health_c
         g["latency_p99_ms"],
         windows.iter().map(|w| (w["kind"].as_str().unwrap(), w["errors"].as_u64().unwrap(), w["latency_max_ms"].as_f64().unwrap_or(0.0))).collect::<Vec<_>>()
     );
-    let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
-    for needle in [
-        "**Overall: PASS**",
-        "## Gateway",
-        "| gateway (client-visible HTTP errors within the budget) | PASS |",
-        "| 1 | backend-kill | backend-1 |",
-        "| 4 | backend-partition |",
-    ] {
-        assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
-    }
-    let svg = std::fs::read_to_string(r.dir.join("timeline.svg")).unwrap();
+    assert_report_has(
+        &r,
+        &[
+            "**Overall: PASS**",
+            "## Gateway",
+            "| gateway (client-visible HTTP errors within the budget) | PASS |",
+            "| 1 | backend-kill | backend-1 |",
+            "| 4 | backend-partition |",
+        ],
+    );
+    let svg = timeline_svg(&r);
     assert!(
         svg.contains("gateway: successful requests per second") && svg.contains("backend-hang"),
         "timeline.svg lacks the gateway panel"
@@ -190,17 +177,12 @@ fn drill_gateway_backend_faults_cost_no_client_request_with_retries_and_health_c
 #[test]
 fn drill_gateway_clients_fail_over_when_a_member_and_its_gateway_die() {
     preflight();
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
+    let _one = one_at_a_time();
+    let r = local_drill(
         "kill-follower,backend-kill",
-        "--duration",
         "10s",
-        "--fault-window-ms",
-        "2500",
-    ]);
+        &["--fault-window-ms", "2500"],
+    );
     assert_eq!(r.code, 0, "{}", explain(&r));
     let s = summary(&r.dir);
     let g = &s["gateway"];
@@ -226,30 +208,20 @@ fn drill_gateway_clients_fail_over_when_a_member_and_its_gateway_die() {
 #[test]
 fn drill_gateway_verdict_fails_without_retries_or_health_checks() {
     preflight();
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
+    let _one = one_at_a_time();
+    let r = local_drill(
         ALL_BACKEND_FAULTS,
-        "--duration",
         "16s",
-        "--fault-window-ms",
-        "2000",
-        "--gateway-profile",
-        "bare",
-    ]);
+        &["--fault-window-ms", "2000", "--gateway-profile", "bare"],
+    );
     assert_eq!(
         r.code,
         1,
         "a gateway without retries or health checks hid every backend fault: {}",
         explain(&r)
     );
-    let s = summary(&r.dir);
     // The store is fine; only the gateway verdict fails.
-    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
-        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
-    }
+    let s = assert_store_verdicts_pass(&r);
     let g = &s["gateway"];
     assert_eq!(g["verdict"], "FAIL", "{}", explain(&r));
     assert_eq!(g["profile"], "bare");
@@ -280,15 +252,13 @@ fn drill_gateway_verdict_fails_without_retries_or_health_checks() {
             .collect::<Vec<_>>()
     );
     assert!(r.stdout.contains(" gateway=FAIL "), "{}", r.stdout);
-    assert!(std::fs::read_to_string(r.dir.join("report.md"))
-        .unwrap()
-        .contains("**Overall: FAIL**"));
+    assert!(report_md(&r).contains("**Overall: FAIL**"));
     assert_cleaned_up(&r, &s);
 }
 
 #[test]
 fn drill_gateway_usage_errors_exit_2() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = one_at_a_time();
     let r = drill(&[
         "--endpoints",
         "http://127.0.0.1:1",
@@ -327,7 +297,7 @@ fn drill_gateway_usage_errors_exit_2() {
 #[test]
 fn drill_gateway_interrupted_cleans_up_its_rule_and_processes() {
     preflight();
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(drill_support::BIN)
         .args([

@@ -2,36 +2,19 @@
 //! and judges the run. Clean runs must pass; planted bugs must be caught.
 //! Drills run one at a time (they are timing-sensitive on small machines).
 
-use std::sync::Mutex;
-
 #[path = "support/drill.rs"]
 mod drill_support;
-use drill_support::{drill, explain, summary};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use drill_support::{
+    assert_busy, assert_passed, assert_report_has, drill, explain, local_drill, one_at_a_time,
+    report_md, summary, timeline_svg,
+};
 
 #[test]
 fn drill_kill_partition_pause_passes_and_writes_a_report() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
-        "kill-leader,partition-leader,pause-follower",
-        "--duration",
-        "20s",
-    ]);
-    assert_eq!(r.code, 0, "{}", explain(&r));
-    let s = summary(&r.dir);
-    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
-        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
-    }
-    assert!(
-        s["total"]["ok"].as_u64().unwrap() > 100,
-        "too few successful operations: {}",
-        explain(&r)
-    );
-    assert!(s["acknowledged_writes"].as_u64().unwrap() > 10);
+    let _one = one_at_a_time();
+    let r = local_drill("kill-leader,partition-leader,pause-follower", "20s", &[]);
+    let s = assert_passed(&r);
+    assert_busy(&r, &s, 100);
     assert!(s["watch_events"].as_u64().unwrap() > 10);
     let windows = s["windows"].as_array().unwrap();
     let kinds: Vec<&str> = windows
@@ -56,18 +39,18 @@ fn drill_kill_partition_pause_passes_and_writes_a_report() {
     assert!(history.lines().count() > 200);
     let h = linearizability_parse(&history);
     assert!(h > 100, "parsed {h} operations");
-    let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
-    for needle in [
-        "**Overall: PASS**",
-        "## Fault windows",
-        "| 1 | kill-leader |",
-        "| 2 | partition-leader |",
-        "| 3 | pause-follower |",
-        "availability",
-    ] {
-        assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
-    }
-    let svg = std::fs::read_to_string(r.dir.join("timeline.svg")).unwrap();
+    assert_report_has(
+        &r,
+        &[
+            "**Overall: PASS**",
+            "## Fault windows",
+            "| 1 | kill-leader |",
+            "| 2 | partition-leader |",
+            "| 3 | pause-follower |",
+            "availability",
+        ],
+    );
+    let svg = timeline_svg(&r);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     for needle in [
         "kill-leader",
@@ -91,17 +74,12 @@ fn linearizability_parse(history: &str) -> usize {
 
 #[test]
 fn drill_catches_planted_stale_reads_under_leader_partition() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
+    let _one = one_at_a_time();
+    let r = local_drill(
         "partition-leader",
-        "--duration",
         "8s",
-        "--unsafe-planted-bug",
-        "skip-read-index",
-    ]);
+        &["--unsafe-planted-bug", "skip-read-index"],
+    );
     assert_eq!(
         r.code,
         1,
@@ -118,17 +96,12 @@ fn drill_catches_planted_stale_reads_under_leader_partition() {
 
 #[test]
 fn drill_catches_planted_ack_before_fsync_under_kill_all() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
+    let _one = one_at_a_time();
+    let r = local_drill(
         "kill-all",
-        "--duration",
         "8s",
-        "--unsafe-planted-bug",
-        "ack-before-fsync",
-    ]);
+        &["--unsafe-planted-bug", "ack-before-fsync"],
+    );
     assert_eq!(
         r.code,
         1,
@@ -145,20 +118,9 @@ fn drill_catches_planted_ack_before_fsync_under_kill_all() {
 
 #[test]
 fn drill_kill_follower_and_kill_all_without_bug_pass() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
-        "kill-follower,kill-all",
-        "--duration",
-        "10s",
-    ]);
-    assert_eq!(r.code, 0, "{}", explain(&r));
-    let s = summary(&r.dir);
-    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
-        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
-    }
+    let _one = one_at_a_time();
+    let r = local_drill("kill-follower,kill-all", "10s", &[]);
+    let s = assert_passed(&r);
     assert_eq!(s["lost_writes"].as_array().map(|l| l.len()), Some(0));
     let w = &s["windows"][0];
     assert_eq!(w["kind"], "kill-follower", "{}", explain(&r));
@@ -181,26 +143,20 @@ fn drill_kill_follower_and_kill_all_without_bug_pass() {
 /// latency is at least the delay, and above the median outside the window.
 #[test]
 fn drill_delay_with_jitter_passes_and_slows_writes() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--faults",
+    let _one = one_at_a_time();
+    let r = local_drill(
         "delay",
-        "--delay-ms",
-        "25",
-        "--jitter-ms",
-        "15",
-        "--duration",
         "8s",
-        "--fault-window-ms",
-        "3000",
-    ]);
-    assert_eq!(r.code, 0, "{}", explain(&r));
-    let s = summary(&r.dir);
-    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
-        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
-    }
+        &[
+            "--delay-ms",
+            "25",
+            "--jitter-ms",
+            "15",
+            "--fault-window-ms",
+            "3000",
+        ],
+    );
+    let s = assert_passed(&r);
     let w = &s["windows"][0];
     assert_eq!(w["kind"], "delay", "{}", explain(&r));
     assert!(
@@ -222,7 +178,7 @@ fn drill_delay_with_jitter_passes_and_slows_writes() {
     );
     assert!(inside >= 25.0, "median write latency {inside} ms inside the window is below the injected 25 ms: the delay was not in force\n{}", explain(&r));
     assert!(inside > outside, "median write latency inside the window ({inside} ms) is not above the one outside ({outside} ms)\n{}", explain(&r));
-    let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
+    let md = report_md(&r);
     assert!(
         md.contains("delayed 25..=40 ms"),
         "report.md lacks the delay setting:\n{md}"
@@ -235,7 +191,7 @@ fn drill_delay_with_jitter_passes_and_slows_writes() {
 
 #[test]
 fn drill_usage_errors_exit_2() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = one_at_a_time();
     let r = drill(&[
         "--endpoints",
         "http://127.0.0.1:1",

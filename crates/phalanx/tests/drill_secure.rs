@@ -8,7 +8,6 @@
 //! clients. Drills run one at a time.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use client_security::{ClientSecurity, ClientSecuritySettings};
@@ -17,33 +16,18 @@ use drill::secure::{SecureFiles, DRILL_USER};
 
 #[path = "support/drill.rs"]
 mod drill_support;
-use drill_support::{drill, explain, summary, BIN};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+mod support;
+use drill_support::{
+    assert_busy, assert_passed, drill, explain, local_drill, one_at_a_time, report_md, summary, BIN,
+};
+use support::backups::keygen;
 
 #[test]
 fn secure_drill_kill_and_partition_leader_passes() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let r = drill(&[
-        "--local",
-        "3",
-        "--secure",
-        "--faults",
-        "kill-leader,partition-leader",
-        "--duration",
-        "16s",
-    ]);
-    assert_eq!(r.code, 0, "{}", explain(&r));
-    let s = summary(&r.dir);
-    for v in ["linearizable", "watch", "leases", "lost_writes_verdict"] {
-        assert_eq!(s[v], "PASS", "{v}: {}", explain(&r));
-    }
-    assert!(
-        s["total"]["ok"].as_u64().unwrap() > 100,
-        "too few successful operations: {}",
-        explain(&r)
-    );
-    assert!(s["acknowledged_writes"].as_u64().unwrap() > 10);
+    let _one = one_at_a_time();
+    let r = local_drill("kill-leader,partition-leader", "16s", &["--secure"]);
+    let s = assert_passed(&r);
+    assert_busy(&r, &s, 100);
     let windows = s["windows"].as_array().unwrap();
     assert_eq!(windows[0]["new_leader_elected"], true, "{}", explain(&r));
     assert_eq!(windows[1]["new_leader_elected"], true, "{}", explain(&r));
@@ -56,7 +40,7 @@ fn secure_drill_kill_and_partition_leader_passes() {
     ] {
         assert!(r.dir.join("certs").join(f).exists(), "certs/{f} missing");
     }
-    let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
+    let md = report_md(&r);
     assert!(
         md.contains("client and peer TLS") && md.contains("auth on"),
         "report.md does not state the security settings:\n{md}"
@@ -68,7 +52,7 @@ fn secure_drill_kill_and_partition_leader_passes() {
 
 #[test]
 fn secure_requires_local_and_refuses_backend_faults() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = one_at_a_time();
     let r = drill(&["--local", "3", "--secure", "--faults", "backend-kill"]);
     assert_eq!(r.code, 2, "{}", explain(&r));
     assert!(r.stderr.contains("--secure"), "{}", r.stderr);
@@ -109,7 +93,7 @@ async fn try_get(
 /// and `phalanx drill --endpoints` get through with etcdctl's flags.
 #[test]
 fn secure_cluster_refuses_strangers_and_admits_the_tools_flags() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let files = SecureFiles::generate(&tmp.path().join("certs")).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -236,50 +220,30 @@ fn secure_cluster_refuses_strangers_and_admits_the_tools_flags() {
         &root_flags,
     );
     assert!(ok && text.contains("no backup policy"), "{text}");
-    let keys = tmp.path().join("age.txt");
-    let out = Command::new("/usr/bin/age-keygen")
-        .arg("-o")
-        .arg(&keys)
-        .output()
-        .expect("age-keygen (apt-get install age)");
-    assert!(out.status.success());
-    let public = std::fs::read_to_string(&keys)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
-        .unwrap();
+    let (_identity, public) = keygen(tmp.path());
     let repo = format!("file://{}", tmp.path().join("repo").display());
-    let (ok, text) = run(
-        &[
-            "backup",
-            "now",
-            "--endpoints",
-            &ep,
-            "--to",
-            &repo,
-            "--recipient",
-            &public,
-        ],
-        &root_flags,
-    );
+    let backup_now = |flags: &[String]| {
+        run(
+            &[
+                "backup",
+                "now",
+                "--endpoints",
+                &ep,
+                "--to",
+                &repo,
+                "--recipient",
+                &public,
+            ],
+            flags,
+        )
+    };
+    let (ok, text) = backup_now(&root_flags);
     assert!(
         ok && text.contains("at revision"),
         "phalanx backup now with TLS and auth: {text}"
     );
     // As the drill user (no root role), the snapshot is refused by auth.
-    let (ok, text) = run(
-        &[
-            "backup",
-            "now",
-            "--endpoints",
-            &ep,
-            "--to",
-            &repo,
-            "--recipient",
-            &public,
-        ],
-        &sec_flags,
-    );
+    let (ok, text) = backup_now(&sec_flags);
     assert!(!ok && text.contains("permission denied"), "{text}");
 
     // drill --endpoints with the flags, no faults.
@@ -300,7 +264,7 @@ fn secure_cluster_refuses_strangers_and_admits_the_tools_flags() {
     assert_eq!(r.code, 0, "{}", explain(&r));
     let s = summary(&r.dir);
     assert!(s["total"]["ok"].as_u64().unwrap() > 10, "{}", explain(&r));
-    let md = std::fs::read_to_string(r.dir.join("report.md")).unwrap();
+    let md = report_md(&r);
     assert!(md.contains("user `drill`"), "{md}");
     drop(cluster);
 }

@@ -12,17 +12,9 @@ use std::time::{Duration, Instant};
 use consensus::network::{PeerCallError, PeerClient, PeerRequest, PeerTimeouts, REMOVED_MARKER};
 use support::*;
 
-fn member_doc(m: &Member) -> serde_json::Value {
-    let (_, body) = http_get(m.metrics_port, "/member").expect("/member answers");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn rejected(m: &Member, reason: &str) -> f64 {
-    let (_, page) = http_get(m.metrics_port, "/metrics").unwrap_or_default();
-    let series = format!("phalanx_peer_rejected_total{{reason=\"{reason}\"}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    let series = format!("phalanx_peer_rejected_total{{reason=\"{reason}\"}}");
+    labelled_metric(&m.metrics(), &series).unwrap_or(0.0)
 }
 
 /// Send `req` to `to` as member `from` of cluster `cluster`.
@@ -68,8 +60,8 @@ fn peer_messages_from_strangers_non_leaders_and_removed_members_are_refused_and_
     let leader = c.wait_leader();
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let (a, b) = (followers[0], followers[1]);
-    let id = |i: usize| member_doc(&c.members[i])["id"].as_u64().unwrap();
-    let cluster = member_doc(&c.members[0])["cluster_id"].as_u64().unwrap();
+    let id = |i: usize| c.members[i].member_doc()["id"].as_u64().unwrap();
+    let cluster = c.members[0].member_doc()["cluster_id"].as_u64().unwrap();
     let (leader_id, a_id) = (id(leader), id(a));
     let term = |i: usize| c.members[i].metric("phalanx_raft_term").unwrap();
     let term_before = term(b);

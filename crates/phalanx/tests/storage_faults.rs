@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{free_port, http_get, wait_for, Cluster, Member};
+use support::{http_get, wait_for, Cluster};
 
 /// Exit code of a member that stopped for good while running.
 const HALTED_EXIT_CODE: i32 = 2;
@@ -66,41 +66,9 @@ impl Drop for Tmpfs {
 
 /// A 3-member cluster whose member `n3` keeps its data dir at `n3_dir`.
 fn cluster_with_n3_at(n3_dir: PathBuf) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let token = format!("test-{}", free_port());
-    let mut members: Vec<Member> = (1..=3)
-        .map(|i| Member {
-            name: format!("n{i}"),
-            client_port: free_port(),
-            peer_port: free_port(),
-            metrics_port: free_port(),
-            data_dir: if i == 3 {
-                n3_dir.clone()
-            } else {
-                dir.path().join(format!("n{i}"))
-            },
-            child: None,
-            extra_args: Vec::new(),
-            initial_cluster: String::new(),
-            state: "new",
-            log: dir.path().join(format!("n{i}.log")),
-        })
-        .collect();
-    let ic = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
-    for m in &mut members {
-        m.initial_cluster = ic.clone();
-        m.spawn(&token);
-    }
-    let c = Cluster {
-        dir,
-        members,
-        token,
-    };
-    c.wait_healthy(&[0, 1, 2]);
+    let mut c = Cluster::plan(3, |_| Vec::new());
+    c.members[2].data_dir = n3_dir;
+    c.start_all();
     c
 }
 

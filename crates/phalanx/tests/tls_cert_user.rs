@@ -4,25 +4,19 @@
 //! alice's role allows and nowhere else; CN=root acts as root; a CN that
 //! names no user is refused.
 
-mod tls_support;
+mod support;
 
-use tls_support::*;
+use support::certs::*;
+use support::Cluster;
 
 #[test]
 fn a_client_certificate_cn_acts_as_that_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let mut m = TlsMember::new(dir.path(), "n1", "https", "https");
+    let mut c = Cluster::plan(1, |_| Vec::new());
+    c.set_schemes("https", "https");
+    let ca = TestCa::new(c.dir.path(), "ca");
     let own = ca.issue("n1", 1, 30);
-    m.extra = member_tls_flags(&ca.ca_file, &own);
-    let mut c = TlsCluster {
-        dir,
-        members: vec![m],
-        token: "cert-user".into(),
-    };
-    let ic = c.initial_cluster();
-    c.members[0].spawn(&ic, "new", "cert-user", &[]);
-    c.wait_healthy();
+    c.members[0].extra_args = member_tls_flags(&ca.ca_file, &own);
+    c.start_all();
     let eps = c.endpoints();
 
     let root = tls_args(&ca.ca_file, Some(&ca.issue("root", 10, 30)));

@@ -5,42 +5,27 @@
 //! next to the TLS one still serves; certificates rotated on disk are
 //! picked up without a restart.
 
-mod tls_support;
+mod support;
 
 use std::time::Duration;
-use tls_support::*;
+use support::certs::*;
+use support::{free_port, labelled_metric, wait_for, Cluster, Member};
 
 const FAIL_FAST: &str = "--command-timeout=4s";
 
 #[test]
 fn three_members_with_client_and_peer_tls_serve_etcdctl_and_refuse_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let other = TestCa::new(dir.path(), "other-ca");
-    let mut members: Vec<TlsMember> = (1..=3)
-        .map(|i| TlsMember::new(dir.path(), &format!("n{i}"), "https", "https"))
-        .collect();
-    for (i, m) in members.iter_mut().enumerate() {
+    let mut c = Cluster::plan(3, |_| Vec::new());
+    c.set_schemes("https", "https");
+    let ca = TestCa::new(c.dir.path(), "ca");
+    let other = TestCa::new(c.dir.path(), "other-ca");
+    for (i, m) in c.members.iter_mut().enumerate() {
         let own = ca.issue(&m.name.clone(), i as u64 + 1, 30);
-        m.extra = member_tls_flags(&ca.ca_file, &own);
+        m.extra_args = member_tls_flags(&ca.ca_file, &own);
     }
     let plain_port = free_port();
-    let mut c = TlsCluster {
-        dir,
-        members,
-        token: format!("tls-{plain_port}"),
-    };
-    let ic = c.initial_cluster();
-    let token = c.token.clone();
-    for (i, m) in c.members.iter_mut().enumerate() {
-        let extra = if i == 0 {
-            vec![format!("http://127.0.0.1:{plain_port}")]
-        } else {
-            vec![]
-        };
-        m.spawn(&ic, "new", &token, &extra);
-    }
-    c.wait_healthy();
+    c.members[0].extra_listen_client_urls = vec![format!("http://127.0.0.1:{plain_port}")];
+    c.start_all();
 
     let client = ca.issue("root", 100, 30);
     let ok = tls_args(&ca.ca_file, Some(&client));
@@ -138,15 +123,16 @@ fn served_serial(port: u16, ca: &std::path::Path) -> Option<String> {
 
 #[test]
 fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
+    let mut c = Cluster::plan(1, |_| Vec::new());
+    c.set_schemes("https", "http");
+    let dir = c.dir.path().to_path_buf();
+    let ca = TestCa::new(&dir, "ca");
     let first = ca.issue("n1", 0x11, 30);
-    let cert = dir.path().join("server.crt");
-    let key = dir.path().join("server.key");
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
     std::fs::copy(&first.cert, &cert).unwrap();
     std::fs::copy(&first.key, &key).unwrap();
-    let mut m = TlsMember::new(dir.path(), "n1", "https", "http");
-    m.extra = vec![
+    c.members[0].extra_args = vec![
         "--cert-file".into(),
         cert.display().to_string(),
         "--key-file".into(),
@@ -158,21 +144,13 @@ fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
         "--cipher-suites".into(),
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into(),
     ];
-    let port = m.client_port;
-    let mut c = TlsCluster {
-        dir,
-        members: vec![m],
-        token: format!("rot-{port}"),
-    };
-    let ic = c.initial_cluster();
-    let token = c.token.clone();
-    c.members[0].spawn(&ic, "new", &token, &[]);
-    c.wait_healthy();
+    let port = c.members[0].client_port;
+    c.start_all();
     let args = tls_args(&ca.ca_file, None);
     let eps = c.endpoints();
     ctl_ok(&eps, &args, &["put", "before", "1"]);
     assert_eq!(served_serial(port, &ca.ca_file).as_deref(), Some("11"));
-    let expiry = |c: &TlsCluster| {
+    let expiry = |c: &Cluster| {
         labelled_metric(
             &c.members[0].metrics(),
             r#"phalanx_tls_certificate_expiry_seconds{listener="client"}"#,
@@ -287,10 +265,12 @@ fn unusable_tls_files_stop_the_start_with_the_file_and_the_problem() {
         } else {
             "http"
         };
-        let mut m = TlsMember::new(dir.path(), &format!("bad{i}"), client, "https");
-        m.extra = flags;
-        let ic = format!("{}={}", m.name, m.peer_url());
-        m.spawn(&ic, "new", "bad", &[]);
+        let mut m = Member::new(dir.path(), &format!("bad{i}"));
+        m.client_scheme = client;
+        m.peer_scheme = "https";
+        m.extra_args = flags;
+        m.initial_cluster = format!("{}={}", m.name, m.peer_url());
+        m.spawn("bad");
         let mut child = m.child.take().unwrap();
         let status = wait_for(
             "the member to refuse to start",

@@ -2,37 +2,32 @@
 //! from another CA cannot join a cluster with `--peer-client-cert-auth`,
 //! and its log says why.
 
-mod tls_support;
+mod support;
 
 use std::time::Duration;
-use tls_support::*;
+use support::certs::*;
+use support::{labelled_metric, wait_for, Cluster, Member};
 
-fn wait_exit(m: &mut TlsMember, what: &str) -> std::process::ExitStatus {
+fn wait_exit(m: &mut Member, what: &str) -> std::process::ExitStatus {
     let mut child = m.child.take().unwrap();
     wait_for(what, Duration::from_secs(40), || child.try_wait().unwrap())
 }
 
 #[test]
 fn a_member_with_a_peer_certificate_from_another_ca_cannot_join() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "ca");
-    let rogue_ca = TestCa::new(dir.path(), "rogue-ca");
-    let mut n1 = TlsMember::new(dir.path(), "n1", "https", "https");
-    n1.extra = member_tls_flags(&ca.ca_file, &ca.issue("n1", 1, 30));
-    let token = format!("peer-ca-{}", n1.peer_port);
-    let mut c = TlsCluster {
-        dir,
-        members: vec![n1],
-        token: token.clone(),
-    };
+    let mut c = Cluster::plan(1, |_| Vec::new());
+    c.set_schemes("https", "https");
+    let ca = TestCa::new(c.dir.path(), "ca");
+    let rogue_ca = TestCa::new(c.dir.path(), "rogue-ca");
+    c.members[0].extra_args = member_tls_flags(&ca.ca_file, &ca.issue("n1", 1, 30));
     let ic = c.initial_cluster();
-    c.members[0].spawn(&ic, "new", &token, &[]);
-    c.wait_healthy();
+    c.start_all();
 
     // The cluster expects n2 (so only TLS can stop it).
     let client = ca.issue("root", 100, 30);
     let args = tls_args(&ca.ca_file, Some(&client));
-    let mut n2 = TlsMember::new(c.dir.path(), "n2", "https", "https");
+    let n2_index = c.new_member("n2");
+    let mut n2 = c.members.remove(n2_index);
     ctl_ok(
         &c.endpoints(),
         &args,
@@ -43,7 +38,8 @@ fn a_member_with_a_peer_certificate_from_another_ca_cannot_join() {
             &format!("--peer-urls={}", n2.peer_url()),
         ],
     );
-    let ic2 = format!("{ic},n2={}", n2.peer_url());
+    n2.initial_cluster = format!("{ic},n2={}", n2.peer_url());
+    let token = c.token.clone();
 
     // 1. n2's certificate is from the rogue CA; n2 trusts both CAs (so it
     //    accepts n1), n1 trusts only its own: n1 refuses n2's certificate.
@@ -55,8 +51,8 @@ fn a_member_with_a_peer_certificate_from_another_ca_cannot_join() {
     )
     .unwrap();
     let rogue = rogue_ca.issue("n2", 2, 30);
-    n2.extra = member_tls_flags(&both, &rogue);
-    n2.spawn(&ic2, "existing", &token, &[]);
+    n2.extra_args = member_tls_flags(&both, &rogue);
+    n2.spawn(&token);
     let st = wait_exit(&mut n2, "n2 to give up joining");
     assert!(!st.success(), "n2 joined: {}", n2.log_text());
     let log = n2.log_text();
@@ -76,8 +72,8 @@ fn a_member_with_a_peer_certificate_from_another_ca_cannot_join() {
 
     // 2. n2 trusts only the rogue CA: it refuses n1's certificate itself.
     let _ = std::fs::remove_dir_all(&n2.data_dir);
-    n2.extra = member_tls_flags(&rogue_ca.ca_file, &rogue);
-    n2.spawn(&ic2, "existing", &token, &[]);
+    n2.extra_args = member_tls_flags(&rogue_ca.ca_file, &rogue);
+    n2.spawn(&token);
     let st = wait_exit(&mut n2, "n2 to give up joining (2)");
     assert!(!st.success());
     let log = n2.log_text();
@@ -89,8 +85,8 @@ fn a_member_with_a_peer_certificate_from_another_ca_cannot_join() {
     // 3. A certificate its own --peer-trusted-ca-file does not sign is
     //    refused at start, before any peer is asked.
     let _ = std::fs::remove_dir_all(&n2.data_dir);
-    n2.extra = member_tls_flags(&ca.ca_file, &rogue);
-    n2.spawn(&ic2, "existing", &token, &[]);
+    n2.extra_args = member_tls_flags(&ca.ca_file, &rogue);
+    n2.spawn(&token);
     let st = wait_exit(&mut n2, "n2 to refuse to start");
     assert_eq!(st.code(), Some(1));
     let log = n2.log_text();

@@ -9,13 +9,18 @@
 
 use std::time::{Duration, Instant};
 
-/// Time budget of one try, or None when the deadline has passed.
-pub fn try_budget(per_try_ms: u64, deadline: Option<Instant>) -> Option<Option<Duration>> {
+/// Time budget of one try starting at `now` (`None` inside: unbounded), or
+/// None when the deadline has passed.
+pub fn try_budget_at(
+    per_try_ms: u64,
+    deadline: Option<Instant>,
+    now: Instant,
+) -> Option<Option<Duration>> {
     let per_try = (per_try_ms > 0).then(|| Duration::from_millis(per_try_ms));
     match deadline {
         None => Some(per_try),
         Some(d) => {
-            let left = d.checked_duration_since(Instant::now())?;
+            let left = d.checked_duration_since(now)?;
             if left.is_zero() {
                 return None;
             }

@@ -1,8 +1,25 @@
-//! Test support: real `phalanx node` processes on free loopback ports, real
-//! `etcdctl`, and helpers that wait on conditions with deadlines.
+//! Test support, the one place the phalanx tests start things: real
+//! `phalanx node` processes on free loopback ports (through
+//! `drill::cluster::spawn_node`, the launcher the drill and the demo use),
+//! real `etcdctl`, and helpers that wait on conditions with deadlines.
+//!
+//! Parts for some tests only:
+//! - [`certs`]: a CA made with rcgen, TLS member flags, etcdctl with TLS;
+//! - [`servers`]: foreign servers (Prometheus, Alertmanager, moto, aiosmtpd)
+//!   and a recording HTTP receiver;
+//! - [`alerts`]: the alerting API and CLI;
+//! - [`backups`]: age keys and the `phalanx backup`/`restore` CLI against S3.
+//!
+//! `support/drill.rs` (running `phalanx drill`) is included on its own by the
+//! drill tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+pub mod alerts;
+pub mod backups;
+pub mod certs;
+pub mod servers;
+
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
@@ -32,6 +49,14 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     drill::admin::get_blocking(&format!("127.0.0.1:{port}"), path, Duration::from_secs(5)).ok()
 }
 
+/// A sample of a labelled metric in a `/metrics` page, e.g.
+/// `phalanx_peer_rejected_total{reason="not_member"}`.
+pub fn labelled_metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
+
 pub fn etcdctl_path() -> &'static str {
     let p = "/usr/bin/etcdctl";
     assert!(
@@ -41,6 +66,21 @@ pub fn etcdctl_path() -> &'static str {
     p
 }
 
+/// `etcdctl` (API 3) against `endpoints`, each command bounded by 10 s;
+/// the caller adds flags and the command.
+pub fn etcdctl_command(endpoints: &str) -> Command {
+    let mut cmd = Command::new(etcdctl_path());
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s");
+    cmd
+}
+
+/// How long a starting member may take to answer `/health`.
+pub const MEMBER_HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One member process: its ports, files and command line. The command line
+/// itself is written by `drill::cluster::spawn_node`.
 pub struct Member {
     pub name: String,
     pub client_port: u16,
@@ -52,14 +92,45 @@ pub struct Member {
     pub initial_cluster: String,
     pub state: &'static str,
     pub log: PathBuf,
+    /// Environment variables besides `PHALANX_LOG` (which they may override).
+    pub env: Vec<(String, String)>,
+    /// `http`, or `https` when `extra_args` has client TLS flags.
+    pub client_scheme: &'static str,
+    /// `http`, or `https` when `extra_args` has peer TLS flags.
+    pub peer_scheme: &'static str,
+    /// Client URLs served besides the advertised one (e.g. a plain listener
+    /// next to a TLS one).
+    pub extra_listen_client_urls: Vec<String>,
 }
 
 impl Member {
+    /// A member of a new cluster named `name`, not started: free ports, data
+    /// in `<dir>/<name>`, log in `<dir>/<name>.log`, plain http, no flags;
+    /// `initial_cluster` is for the caller to set.
+    pub fn new(dir: &Path, name: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            data_dir: dir.join(name),
+            child: None,
+            extra_args: Vec::new(),
+            initial_cluster: String::new(),
+            state: "new",
+            log: dir.join(format!("{name}.log")),
+            env: Vec::new(),
+            client_scheme: "http",
+            peer_scheme: "http",
+            extra_listen_client_urls: Vec::new(),
+        }
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
 
     /// Start the member (drill's launcher writes the command line; the
@@ -69,19 +140,24 @@ impl Member {
         // PHALANX_TEST_LOG (a tracing filter) raises the members' log
         // level when a failure needs diagnosing.
         let level = std::env::var("PHALANX_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let mut env = vec![("PHALANX_LOG".to_string(), level)];
+        env.extend(self.env.iter().cloned());
         let child = drill::cluster::spawn_node(
-            std::path::Path::new(BIN),
+            Path::new(BIN),
             &drill::cluster::NodeSpec {
                 name: &self.name,
                 data_dir: &self.data_dir,
                 client_port: self.client_port,
                 peer_port: self.peer_port,
                 metrics_port: self.metrics_port,
+                client_scheme: self.client_scheme,
+                peer_scheme: self.peer_scheme,
+                extra_listen_client_urls: &self.extra_listen_client_urls,
                 initial_cluster: &self.initial_cluster,
                 initial_cluster_state: self.state,
                 token,
                 extra_args: &self.extra_args,
-                env: &[("PHALANX_LOG".into(), level)],
+                env: &env,
                 log: &self.log,
             },
         )
@@ -116,6 +192,19 @@ impl Member {
         drill::admin::metric_value(&body, name)
     }
 
+    /// The whole `/metrics` page (empty if the member does not answer).
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// The member's `/member` document.
+    pub fn member_doc(&self) -> serde_json::Value {
+        let (_, body) = http_get(self.metrics_port, "/member").expect("/member answers");
+        serde_json::from_str(&body).unwrap()
+    }
+
     pub fn healthy(&self) -> bool {
         matches!(http_get(self.metrics_port, "/health"), Some((200, _)))
     }
@@ -140,49 +229,97 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with per-member extra flags (`i` from 0).
     pub fn start_with(n: usize, extra_args: impl Fn(usize) -> Vec<String>) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let token = format!("test-{}", free_port());
-        let mut members: Vec<Member> = (1..=n)
-            .map(|i| Member {
-                name: format!("n{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
-                data_dir: dir.path().join(format!("n{i}")),
-                child: None,
-                extra_args: extra_args(i - 1),
-                initial_cluster: String::new(),
-                state: "new",
-                log: dir.path().join(format!("n{i}.log")),
-            })
-            .collect();
-        let ic: Vec<String> = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect();
-        let ic = ic.join(",");
-        for m in &mut members {
-            m.initial_cluster = ic.clone();
-            m.spawn(&token);
-        }
-        let c = Cluster {
-            dir,
-            members,
-            token,
-        };
-        c.wait_healthy(&(0..n).collect::<Vec<_>>());
+        let mut c = Self::plan(n, extra_args);
+        c.start_all();
         c
     }
 
+    /// `n` members `n1`… of a new cluster, none started: free ports, data
+    /// and logs in a new temporary directory, per-member extra flags (`i`
+    /// from 0), `initial_cluster` set. The caller may change any member
+    /// (flags, environment, data dir; schemes through [`Cluster::set_schemes`])
+    /// before [`Cluster::start_all`].
+    pub fn plan(n: usize, extra_args: impl Fn(usize) -> Vec<String>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members = (1..=n)
+            .map(|i| Member {
+                extra_args: extra_args(i - 1),
+                ..Member::new(dir.path(), &format!("n{i}"))
+            })
+            .collect();
+        let mut c = Cluster {
+            dir,
+            members,
+            token: format!("test-{}", free_port()),
+        };
+        c.set_initial_cluster();
+        c
+    }
+
+    /// Serve clients and peers on `client`/`peer` (`http` or `https`; the
+    /// TLS flags go in each member's `extra_args`), for every member; the
+    /// initial cluster follows (peer URLs carry the scheme).
+    pub fn set_schemes(&mut self, client: &'static str, peer: &'static str) {
+        for m in &mut self.members {
+            m.client_scheme = client;
+            m.peer_scheme = peer;
+        }
+        self.set_initial_cluster();
+    }
+
+    /// `--initial-cluster` of the members as they are now.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn set_initial_cluster(&mut self) {
+        let ic = self.initial_cluster();
+        for m in &mut self.members {
+            m.initial_cluster = ic.clone();
+        }
+    }
+
+    /// Start every member that is not running, then wait until all are
+    /// healthy.
+    pub fn start_all(&mut self) {
+        self.start_all_within(MEMBER_HEALTHY_TIMEOUT);
+    }
+
+    /// [`Cluster::start_all`], waiting up to `timeout` for each member (tests
+    /// whose members load a large restored state want longer).
+    pub fn start_all_within(&mut self, timeout: Duration) {
+        for m in &mut self.members {
+            if m.child.is_none() {
+                m.spawn(&self.token);
+            }
+        }
+        self.wait_healthy_within(&(0..self.members.len()).collect::<Vec<_>>(), timeout);
+    }
+
     pub fn wait_healthy(&self, which: &[usize]) {
+        self.wait_healthy_within(which, MEMBER_HEALTHY_TIMEOUT);
+    }
+
+    pub fn wait_healthy_within(&self, which: &[usize], timeout: Duration) {
         for &i in which {
             let m = &self.members[i];
             let log = m.log.clone();
             wait_for(
                 &format!("member {} healthy (log: {})", m.name, log.display()),
-                Duration::from_secs(30),
+                timeout,
                 || m.healthy().then_some(()),
             );
+        }
+    }
+
+    /// SIGKILL every member.
+    pub fn kill_all(&mut self) {
+        for m in &mut self.members {
+            m.kill9();
         }
     }
 
@@ -220,10 +357,7 @@ impl Cluster {
     }
 
     pub fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Output {
-        Command::new(etcdctl_path())
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
-            .arg("--command-timeout=10s")
+        etcdctl_command(endpoints)
             .args(args)
             .output()
             .expect("running etcdctl")
@@ -241,24 +375,19 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Add a fresh member process (not started) for `--initial-cluster-state existing`.
+    /// Add a fresh member process (not started) for `--initial-cluster-state
+    /// existing`, with the first member's flags, environment and schemes.
     pub fn new_member(&mut self, name: &str) -> usize {
-        let m = Member {
-            name: name.to_string(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            metrics_port: free_port(),
-            data_dir: self.dir.path().join(name),
-            child: None,
-            extra_args: self
-                .members
-                .first()
-                .map(|m| m.extra_args.clone())
-                .unwrap_or_default(),
-            initial_cluster: String::new(),
+        let mut m = Member {
             state: "existing",
-            log: self.dir.path().join(format!("{name}.log")),
+            ..Member::new(self.dir.path(), name)
         };
+        if let Some(first) = self.members.first() {
+            m.extra_args = first.extra_args.clone();
+            m.env = first.env.clone();
+            m.client_scheme = first.client_scheme;
+            m.peer_scheme = first.peer_scheme;
+        }
         self.members.push(m);
         self.members.len() - 1
     }

@@ -1,23 +1,26 @@
-//! Shared by the alerting tests: real foreign servers (Prometheus,
-//! Alertmanager, aiosmtpd) started on free ports with their own data
-//! directories and killed with the test, and a recording HTTP server.
-#![allow(dead_code)]
+//! Foreign servers the tests run for real — Prometheus, Alertmanager,
+//! aiosmtpd, moto's S3 — on free ports with their own data directories,
+//! killed with the test; and a recording HTTP receiver.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Python of the test virtualenv that `.ci/install` creates (aiosmtpd in it).
+use super::{free_port, http_get, wait_for};
+
+/// Python of the test virtualenv that `.ci/install` creates
+/// (`PHALANX_TEST_VENV`, default /opt/phalanx-test-venv; aiosmtpd and
+/// moto[server] in it).
 pub fn test_python() -> PathBuf {
     let venv =
         std::env::var("PHALANX_TEST_VENV").unwrap_or_else(|_| "/opt/phalanx-test-venv".into());
     let p = Path::new(&venv).join("bin/python3");
     assert!(
         p.exists(),
-        "{} is missing: run `bash .ci/install` (creates the test virtualenv with aiosmtpd)",
+        "{} is missing: run `bash .ci/install` (creates the test virtualenv with aiosmtpd and moto[server])",
         p.display()
     );
     p
@@ -41,8 +44,14 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Start `program args`, its output appended to `log` (a restarted
+    /// server keeps the earlier run's log).
     pub fn start(name: &str, program: &str, args: &[String], log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new("/usr/bin/setpriv")
             .arg("--pdeathsig")
             .arg("KILL")
@@ -77,14 +86,19 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
-}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
+    /// SIGKILL the process and reap it.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -164,55 +178,6 @@ impl Recorder {
     }
 }
 
-/// GET `http://127.0.0.1:port/path` as JSON (5 s bound).
-pub fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
-    let (code, body) = crate::support::http_get(port, path)?;
-    if code != 200 {
-        return None;
-    }
-    serde_json::from_str(&body).ok()
-}
-
-/// Percent-encode a query parameter.
-pub fn enc(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
-/// `phalanx ARGS`.
-pub fn phalanx(args: &[&str]) -> std::process::Output {
-    Command::new(crate::support::BIN)
-        .args(args)
-        .output()
-        .expect("running phalanx")
-}
-
-/// Store a rule file or alertmanager.yml with the CLI (`what`: `rules` or `config`).
-pub fn set_doc(dir: &Path, what: &str, name: &str, text: &str, endpoints: &str) {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    let out = phalanx(&[
-        "alerting",
-        what,
-        "set",
-        p.to_str().unwrap(),
-        "--endpoints",
-        endpoints,
-    ]);
-    assert!(
-        out.status.success(),
-        "alerting {what} set {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A real Alertmanager (Debian's prometheus-alertmanager) with its own data
 /// dir, clustering off, a route to a receiver that does nothing.
 pub fn start_alertmanager(dir: &Path) -> (Proc, u16) {
@@ -220,7 +185,7 @@ pub fn start_alertmanager(dir: &Path) -> (Proc, u16) {
         "/usr/bin/prometheus-alertmanager",
         "prometheus-alertmanager",
     );
-    let port = crate::support::free_port();
+    let port = free_port();
     let data = dir.join("alertmanager-data");
     std::fs::create_dir_all(&data).unwrap();
     let cfg = dir.join("alertmanager-upstream.yml");
@@ -240,9 +205,77 @@ pub fn start_alertmanager(dir: &Path) -> (Proc, u16) {
         ],
         dir.join("alertmanager.log"),
     );
-    crate::support::wait_for("Alertmanager ready", Duration::from_secs(30), || {
+    wait_for("Alertmanager ready", Duration::from_secs(30), || {
         p.assert_running();
-        matches!(crate::support::http_get(port, "/-/ready"), Some((200, _))).then_some(())
+        matches!(http_get(port, "/-/ready"), Some((200, _))).then_some(())
     });
     (p, port)
+}
+
+/// moto's S3 server (from the test virtualenv) on `port`, log appended to
+/// `log`; killed when dropped.
+pub struct Moto {
+    pub proc: Proc,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Moto {
+    /// Start moto and wait until it listens (it may take long to import).
+    pub fn start(log: &Path, port: u16) -> Moto {
+        let proc = Proc::start(
+            "moto's S3 server",
+            test_python().to_str().unwrap(),
+            &[
+                "-m".into(),
+                "moto.server".into(),
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            log.to_path_buf(),
+        );
+        let mut moto = Moto {
+            proc,
+            port,
+            log: log.to_path_buf(),
+        };
+        wait_for(
+            "moto's S3 server listening",
+            Duration::from_secs(60),
+            || {
+                moto.proc.assert_running();
+                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            },
+        );
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let out = Command::new(test_python())
+            .args([
+                "-c",
+                &format!(
+                    "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{bucket}')",
+                    self.endpoint()
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "create bucket {bucket}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGKILL moto (a destination that fails mid-backup).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
 }
