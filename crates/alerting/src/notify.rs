@@ -389,7 +389,7 @@ pub struct AmConfig {
     pub inhibit_rules: Vec<InhibitRule>,
 }
 
-pub const DEFAULT_GROUP_WAIT_MS: i64 = 30_000;
+pub const DEFAULT_GROUP_WAIT_MS: i64 = 5_000;
 pub const DEFAULT_GROUP_INTERVAL_MS: i64 = 5 * 60_000;
 pub const DEFAULT_REPEAT_INTERVAL_MS: i64 = 4 * 3_600_000;
 

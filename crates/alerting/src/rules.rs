@@ -95,13 +95,13 @@ pub const DEFAULT_RULES: &str = r#"groups:
     annotations:
       summary: "No successful backup to {{ $labels.destination }} for {{ $value | humanizeDuration }}"
   - alert: PhalanxBackupFailed
-    expr: sum by (destination) (increase(phalanx_backup_failures_total[1h])) > 0
+    expr: max by (destination) (increase(phalanx_backup_failures_total[1h])) > 0
     labels:
       severity: warning
     annotations:
       summary: "Backups to {{ $labels.destination }} failed {{ $value | humanize }} times in the last hour"
   - alert: PhalanxRestoreDrillFailed
-    expr: sum by (destination) (increase(phalanx_restore_drill_failures_total[1d])) > 0
+    expr: max by (destination) (increase(phalanx_restore_drill_failures_total[1d])) > 0
     labels:
       severity: critical
     annotations:
@@ -509,7 +509,12 @@ impl AlertState {
             let mut seen = std::collections::BTreeSet::new();
             for s in samples {
                 let mut labels = s.labels.clone();
-                labels.remove("__name__");
+                // Labels starting with `__` are internal (Prometheus
+                // reserves them): `__name__`, and the band `anomaly_alert`
+                // attaches for the annotations, which moves with every
+                // evaluation and must not make a new alert. Templates below
+                // still see them.
+                labels.retain(|k, _| !k.starts_with("__"));
                 for (k, v) in &rule.labels {
                     labels.insert(
                         k.clone(),

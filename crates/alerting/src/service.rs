@@ -45,6 +45,11 @@ pub struct Settings {
     pub member: String,
     /// This member's client URLs (the store is reached through them).
     pub endpoints: Vec<String>,
+    /// The member's in-process channel to its own etcd API
+    /// (`etcd_api::internal_channel`); when given, the store is reached
+    /// through it instead of `endpoints`, needing no TLS material or
+    /// credentials whatever the client listeners require.
+    pub channel: Option<etcd_client::Channel>,
     /// Store prefix of the alerting keys.
     pub prefix: String,
     /// Address of the HTTP API (None: no API).
@@ -87,6 +92,7 @@ impl Settings {
         Settings {
             member: member.to_string(),
             endpoints,
+            channel: None,
             prefix: crate::store::DEFAULT_PREFIX.to_string(),
             listen: None,
             metrics_url: None,
@@ -214,6 +220,12 @@ pub async fn start(settings: Settings, host: Host) -> Result<AlertingHandle, Sta
             "max_series and max_samples_bytes must be at least 1".into(),
         ));
     }
+    // The anomaly functions evaluate their inner expression on the history's
+    // grid: this member's scrape interval (one alerting service per process).
+    crate::anomaly_fn::configure_global(crate::anomaly_fn::AnomalySettings {
+        step_ms: settings.scrape_interval_ms as i64,
+        ..Default::default()
+    });
     let listener = match settings.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -529,10 +541,16 @@ async fn leader_loop(s: Arc<Shared>, api_addr: Option<SocketAddr>) {
         last_warn: None,
     };
     let mut published = false;
+    // Rules are evaluated at the tick's scheduled time, not when the round
+    // happens to run: `for: 5s` then fires exactly one interval after it went
+    // pending, however long the store reads before the evaluation took (as
+    // Prometheus evaluates at its scheduled timestamps).
+    let origin = (tokio::time::Instant::now(), now_ms());
     loop {
-        tick.tick().await;
+        let scheduled = tick.tick().await;
+        let eval_now_ms = origin.1 + (scheduled - origin.0).as_millis() as i64;
         if l.store.is_none() {
-            match Store::connect(&s.settings.endpoints, &s.settings.prefix).await {
+            match Store::connect_settings(&s.settings).await {
                 Ok(st) => l.store = Some(st),
                 Err(e) => {
                     tracing::debug!(error = %e, "alerting: store not reachable yet");
@@ -565,7 +583,7 @@ async fn leader_loop(s: Arc<Shared>, api_addr: Option<SocketAddr>) {
             continue;
         }
         let started = Instant::now();
-        if let Err(e) = leader_tick(&s, &mut l).await {
+        if let Err(e) = leader_tick(&s, &mut l, eval_now_ms).await {
             s.stats.store_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(member = %s.settings.member, error = %e, "alerting: evaluation round failed; retrying next interval");
             if matches!(e, StoreError::Timeout(_) | StoreError::Store(_)) {
@@ -586,7 +604,7 @@ async fn event(store: &mut Store, s: &Shared, kind: &str, msg: String, labels: L
     }
 }
 
-async fn leader_tick(s: &Arc<Shared>, l: &mut Leader) -> Result<(), StoreError> {
+async fn leader_tick(s: &Arc<Shared>, l: &mut Leader, now: i64) -> Result<(), StoreError> {
     let store = l.store.as_mut().expect("connected");
     if !l.leading {
         // Take over: continue the alert state and notification log where the last leader left them.
@@ -687,7 +705,6 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader) -> Result<(), StoreError> 
         .collect();
 
     // Scrape every member (concurrently, bounded): `up`, and their metrics into the history.
-    let now = now_ms();
     let mut scrapes = Vec::new();
     for m in members {
         let s2 = s.clone();
@@ -1401,7 +1418,7 @@ async fn store_api(
     body: &[u8],
     now: i64,
 ) -> Reply {
-    let mut store = match Store::connect(&s.settings.endpoints, &s.settings.prefix).await {
+    let mut store = match Store::connect_settings(&s.settings).await {
         Ok(st) => st,
         Err(e) => {
             return json(

@@ -69,6 +69,25 @@ impl Store {
         Self::connect_with(endpoints, prefix, Ok).await
     }
 
+    /// The member's alerting store: through its in-process channel when it
+    /// has one (`Settings::channel`), else through `Settings::endpoints`.
+    pub async fn connect_settings(s: &crate::service::Settings) -> Result<Store, StoreError> {
+        match &s.channel {
+            Some(channel) => {
+                let client = bounded(
+                    "connecting to the store",
+                    Client::from_channel(channel.clone(), None),
+                )
+                .await?;
+                Ok(Store {
+                    client,
+                    prefix: s.prefix.trim_end_matches('/').to_string(),
+                })
+            }
+            None => Self::connect(&s.endpoints, &s.prefix).await,
+        }
+    }
+
     /// [`Store::connect`] with the connect options passed through `secure`
     /// first (the command line's TLS and credentials, `--cacert/--cert/--key/--user`).
     pub async fn connect_with(

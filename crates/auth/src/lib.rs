@@ -13,8 +13,9 @@
 //!   `--bcrypt-cost`). Hashing happens on the member that receives the
 //!   request, before proposing: the log carries hashes, never passwords.
 //! * [`token`] — what `Authenticate` hands out: etcd's "simple" tokens
-//!   (random, member-local, with a TTL refreshed on use, bounded in number)
-//!   or JWTs (signed with RS*/PS*/ES* keys; any member holding the public
+//!   (random, installed on every member through Raft by their hash
+//!   ([`AuthCommand::Authenticate`]), kept in memory with a per-member TTL
+//!   refreshed on use, bounded in number) or JWTs (signed with RS*/PS*/ES* keys; any member holding the public
 //!   key verifies them, and they expire on their own).
 //!
 //! ## Permission model (etcd's)

@@ -134,6 +134,32 @@ pub enum AuthCommand {
         #[serde(with = "serde_bytes")]
         range_end: Vec<u8>,
     },
+    /// etcd's `InternalAuthenticateRequest`: a member checked `name`'s
+    /// password at auth revision `checked_revision` and issued a simple
+    /// token; every member installs it on apply (in memory, see
+    /// `token::Tokens::install`). Only the token's SHA-256 travels, so the
+    /// Raft log never holds a usable token. Changes nothing in the
+    /// replicated state and bumps no revision ([`AuthCommand::changes_state`]).
+    /// Last in the enum so entries written before it existed still decode.
+    Authenticate {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        token_hash: Vec<u8>,
+        checked_revision: u64,
+        /// The issuer's wall clock at issue (Unix ms): a member applying the
+        /// entry more than a TTL later (it lagged) does not install a token
+        /// that has expired everywhere else (`token::Tokens::install`).
+        issued_unix_ms: u64,
+    },
+}
+
+impl AuthCommand {
+    /// Whether applying this command (when it succeeds) changes the
+    /// replicated state, which must then be stored and its revision bumped.
+    /// `Authenticate` only validates.
+    pub fn changes_state(&self) -> bool {
+        !matches!(self, AuthCommand::Authenticate { .. })
+    }
 }
 
 /// etcd's auth errors (`rpctypes`), with their exact messages. The gRPC
@@ -304,6 +330,34 @@ impl AuthState {
             }
         }
         match cmd {
+            AuthCommand::Authenticate {
+                name,
+                token_hash,
+                checked_revision,
+                ..
+            } => {
+                // etcd's apply-time checks: auth still on, the user still
+                // exists and may log in with a password. The password was
+                // checked at `checked_revision`; any auth change since (a
+                // new password, a deleted user) makes that check stale, so
+                // the proposer checks again (etcd's retry on a stale
+                // revision).
+                if !self.enabled {
+                    return Err(AuthError::AuthNotEnabled);
+                }
+                if token_hash.len() != crate::token::TOKEN_HASH_BYTES {
+                    return Err(AuthError::InvalidAuthToken);
+                }
+                match self.users.get(name) {
+                    Some(u) if !u.no_password => {}
+                    _ => return Err(AuthError::AuthFailed),
+                }
+                if *checked_revision != self.revision {
+                    return Err(AuthError::AuthOldRevision);
+                }
+                // Validation only: no change, no revision bump.
+                return Ok(());
+            }
             AuthCommand::Enable => {
                 if self.enabled {
                     return Ok(()); // etcd: enabling twice is a no-op
@@ -593,5 +647,63 @@ mod tests {
         s.apply(&AuthCommand::RoleDelete { name: "r".into() })
             .unwrap();
         assert!(s.users["u"].roles.is_empty());
+    }
+
+    #[test]
+    fn authenticate_validates_without_changing_anything() {
+        let mut s = AuthState::default();
+        let login = |name: &str, rev: u64| AuthCommand::Authenticate {
+            name: name.into(),
+            token_hash: vec![7; crate::token::TOKEN_HASH_BYTES],
+            checked_revision: rev,
+            issued_unix_ms: 0,
+        };
+        assert_eq!(s.apply(&login("root", 0)), Err(AuthError::AuthNotEnabled));
+        s.apply(&AuthCommand::UserAdd {
+            name: "root".into(),
+            password_hash: "h".into(),
+            no_password: false,
+        })
+        .unwrap();
+        s.apply(&AuthCommand::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .unwrap();
+        s.apply(&AuthCommand::UserAdd {
+            name: "cert-only".into(),
+            password_hash: String::new(),
+            no_password: true,
+        })
+        .unwrap();
+        s.apply(&AuthCommand::Enable).unwrap();
+        let before = s.clone();
+        assert!(!login("root", s.revision).changes_state());
+        s.apply(&login("root", s.revision)).unwrap();
+        assert_eq!(s, before, "no change, no revision bump");
+        // Stale check (auth changed since the password was checked), a
+        // missing or password-less user, a malformed hash: refused.
+        assert_eq!(
+            s.apply(&login("root", s.revision - 1)),
+            Err(AuthError::AuthOldRevision)
+        );
+        assert_eq!(
+            s.apply(&login("nobody", s.revision)),
+            Err(AuthError::AuthFailed)
+        );
+        assert_eq!(
+            s.apply(&login("cert-only", s.revision)),
+            Err(AuthError::AuthFailed)
+        );
+        assert_eq!(
+            s.apply(&AuthCommand::Authenticate {
+                name: "root".into(),
+                token_hash: vec![1, 2, 3],
+                checked_revision: s.revision,
+                issued_unix_ms: 0,
+            }),
+            Err(AuthError::InvalidAuthToken)
+        );
+        assert_eq!(s, before);
     }
 }

@@ -1,10 +1,17 @@
 //! Auth tokens: etcd's `simple` tokens and JWTs (`--auth-token`).
 //!
-//! * Simple: `<16 random letters>.<counter>`, known only to the member that
-//!   issued it (kept in memory, lost on restart — clients re-authenticate on
-//!   `etcdserver: invalid auth token`, as etcd's clients do). Each use
-//!   pushes its expiry `ttl` ahead (etcd's `--auth-token-ttl`, 300 s by
-//!   default). At most [`MAX_SIMPLE_TOKENS`] live at once; past that the one
+//! * Simple: `<16 random letters>.<counter>`, issued by the member serving
+//!   `Authenticate` and installed on **every** member through Raft, as etcd
+//!   does (`AuthCommand::Authenticate`, applied by each member, which calls
+//!   [`Tokens::install`]): a client may present it to any member. Only the
+//!   token's SHA-256 is proposed, so the Raft log never holds a usable
+//!   token; members keep tokens in memory only (never in `kv.redb`, its
+//!   snapshots or backups), and a restarted member has none (etcd's
+//!   behaviour too): clients re-authenticate on `etcdserver: invalid auth
+//!   token`, as etcd's clients do. Each member counts a token's lifetime on
+//!   its own clock from its own install, and each use there pushes its
+//!   expiry `ttl` ahead (etcd's `--auth-token-ttl`, 300 s by default). At
+//!   most [`MAX_SIMPLE_TOKENS`] live at once per member; past that the one
 //!   closest to expiry is dropped.
 //! * JWT: claims `{"username", "revision", "exp"}` as etcd's, signed with the
 //!   private key; any member with the public key verifies it, so a token
@@ -13,6 +20,7 @@
 use crate::AuthError;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -28,6 +36,18 @@ pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest token accepted from a client, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Random letters in a simple token (etcd's `simpleTokenPrefix` length):
+/// 62^16 ≈ 2^95 choices, so neither guessing a live token nor inverting a
+/// hash in the Raft log is feasible.
+pub const SIMPLE_TOKEN_RANDOM_CHARS: usize = 16;
+/// Bytes of the hash a simple token is proposed and installed under (SHA-256).
+pub const TOKEN_HASH_BYTES: usize = 32;
+
+/// The hash a simple token is installed under: what `AuthCommand::Authenticate`
+/// carries instead of the token.
+pub fn simple_token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
 
 /// What a valid token says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,9 +150,18 @@ struct Jwt {
     ttl: Duration,
 }
 
+/// An installed simple token: whose, issued at which auth revision, and
+/// when it expires on this member's clock.
+struct SimpleEntry {
+    user: String,
+    revision: u64,
+    expires: Instant,
+}
+
 struct Simple {
     ttl: Duration,
-    tokens: Mutex<HashMap<String, (String, u64, Instant)>>,
+    /// Keyed by the token's SHA-256 ([`simple_token_hash`]).
+    tokens: Mutex<HashMap<Vec<u8>, SimpleEntry>>,
     counter: std::sync::atomic::AtomicU64,
 }
 
@@ -224,62 +253,147 @@ impl Tokens {
         })
     }
 
-    /// Issue a token for `user` at auth revision `revision`.
-    pub fn assign(&self, user: &str, revision: u64, now: Instant) -> Result<String, AuthError> {
-        match &self.kind {
-            Kind::Simple(s) => {
-                let n = s.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let rnd: String = rand::thread_rng()
-                    .sample_iter(&rand::distributions::Alphanumeric)
-                    .take(16)
-                    .map(char::from)
-                    .collect();
-                let token = format!("{rnd}.{n}");
-                let mut map = s.tokens.lock().unwrap_or_else(|e| e.into_inner());
-                if map.len() >= MAX_SIMPLE_TOKENS {
-                    map.retain(|_, (_, _, exp)| *exp > now);
-                    if map.len() >= MAX_SIMPLE_TOKENS {
-                        if let Some(k) = map
-                            .iter()
-                            .min_by_key(|(_, (_, _, exp))| *exp)
-                            .map(|(k, _)| k.clone())
-                        {
-                            map.remove(&k);
-                        }
-                    }
+    /// The wall clock as [`Tokens::install`] takes it (Unix ms).
+    pub fn unix_ms_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// A new simple token and its hash, for the member serving
+    /// `Authenticate` to propose (`AuthCommand::Authenticate`); it becomes
+    /// valid on each member when that member applies it ([`Tokens::install`]).
+    /// `None` for JWT, which needs no Raft round ([`Tokens::sign`]).
+    pub fn generate_simple(&self) -> Option<(String, Vec<u8>)> {
+        let Kind::Simple(s) = &self.kind else {
+            return None;
+        };
+        let n = s.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rnd: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(SIMPLE_TOKEN_RANDOM_CHARS)
+            .map(char::from)
+            .collect();
+        let token = format!("{rnd}.{n}");
+        let hash = simple_token_hash(&token);
+        Some((token, hash))
+    }
+
+    /// Install a simple token (by its hash) for `user`, issued at auth
+    /// revision `revision`, valid for the TTL from `now` (this member's
+    /// clock). Called on every member as it applies the token's
+    /// `AuthCommand::Authenticate`. A no-op for JWT members, for a hash of
+    /// the wrong length, and for a token issued (`issued_unix_ms`, the
+    /// issuer's wall clock) more than a TTL before `now_unix_ms` (this
+    /// member's wall clock): a member that applies the entry that late
+    /// lagged behind, and the token has expired on every member that had it
+    /// in time unless it was used there — its client re-authenticates.
+    pub fn install(
+        &self,
+        hash: &[u8],
+        user: &str,
+        revision: u64,
+        issued_unix_ms: u64,
+        now: Instant,
+        now_unix_ms: u64,
+    ) {
+        let Kind::Simple(s) = &self.kind else {
+            return;
+        };
+        if hash.len() != TOKEN_HASH_BYTES {
+            return;
+        }
+        if now_unix_ms.saturating_sub(issued_unix_ms) > s.ttl.as_millis() as u64 {
+            return;
+        }
+        let mut map = s.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_SIMPLE_TOKENS && !map.contains_key(hash) {
+            map.retain(|_, e| e.expires > now);
+            if map.len() >= MAX_SIMPLE_TOKENS {
+                if let Some(k) = map
+                    .iter()
+                    .min_by_key(|(_, e)| e.expires)
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&k);
                 }
-                map.insert(token.clone(), (user.to_string(), revision, now + s.ttl));
-                Ok(token)
             }
-            // Only without a priv-key (see `can_issue`): nothing to sign with.
+        }
+        map.insert(
+            hash.to_vec(),
+            SimpleEntry {
+                user: user.to_string(),
+                revision,
+                expires: now + s.ttl,
+            },
+        );
+    }
+
+    /// Sign a JWT for `user` at auth revision `revision`. Simple tokens are
+    /// not signed but generated and installed ([`Tokens::generate_simple`]),
+    /// so this is `AuthFailed` for a simple-token member, as it is for a JWT
+    /// member without a private key (see [`Tokens::can_issue`]).
+    pub fn sign(&self, user: &str, revision: u64) -> Result<String, AuthError> {
+        match &self.kind {
+            Kind::Simple(_) => Err(AuthError::AuthFailed),
             Kind::Jwt(j) => j.sign(user, revision).map_err(|_| AuthError::AuthFailed),
         }
     }
 
     /// What `token` says, or `InvalidAuthToken` (unknown, expired, forged).
+    /// A simple token's use here pushes its expiry on this member ahead.
     pub fn info(&self, token: &str, now: Instant) -> Result<TokenInfo, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::InvalidAuthToken);
         }
         match &self.kind {
             Kind::Simple(s) => {
+                let hash = simple_token_hash(token);
                 let mut map = s.tokens.lock().unwrap_or_else(|e| e.into_inner());
-                match map.get_mut(token) {
-                    Some((user, rev, exp)) if *exp > now => {
-                        *exp = now + s.ttl;
+                match map.get_mut(&hash) {
+                    Some(e) if e.expires > now => {
+                        e.expires = now + s.ttl;
                         Ok(TokenInfo {
-                            user: user.clone(),
-                            revision: *rev,
+                            user: e.user.clone(),
+                            revision: e.revision,
                         })
                     }
                     Some(_) => {
-                        map.remove(token);
+                        map.remove(&hash);
                         Err(AuthError::InvalidAuthToken)
                     }
                     None => Err(AuthError::InvalidAuthToken),
                 }
             }
             Kind::Jwt(j) => j.verify(token).map_err(|_| AuthError::InvalidAuthToken),
+        }
+    }
+
+    /// Whether `token` is a simple token this member does not hold at all
+    /// (neither live nor expired): it may have been issued by another
+    /// member in an entry this member has not applied yet. False for JWTs.
+    /// Neither refreshes nor removes anything.
+    pub fn simple_unknown(&self, token: &str) -> bool {
+        match &self.kind {
+            Kind::Simple(s) => {
+                token.len() <= MAX_TOKEN_BYTES
+                    && !s
+                        .tokens
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&simple_token_hash(token))
+            }
+            Kind::Jwt(_) => false,
+        }
+    }
+
+    /// Forget every simple token (auth disabled, as etcd's
+    /// `tokenProvider.disable()`; or a snapshot replaced this member's state,
+    /// so invalidations in the entries it skipped are unknown).
+    pub fn clear(&self) {
+        if let Kind::Simple(s) = &self.kind {
+            s.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
     }
 
@@ -291,7 +405,7 @@ impl Tokens {
             s.tokens
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .retain(|_, (u, _, _)| u != user);
+                .retain(|_, e| e.user != user);
         }
     }
 
@@ -392,7 +506,16 @@ mod tests {
         })
         .unwrap();
         let now = Instant::now();
-        let tok = t.assign("u", 3, now).unwrap();
+        let (tok, hash) = t.generate_simple().unwrap();
+        assert_eq!(hash, simple_token_hash(&tok));
+        // Unknown until installed (on apply of its Raft entry).
+        assert_eq!(t.info(&tok, now), Err(AuthError::InvalidAuthToken));
+        let wall = Tokens::unix_ms_now();
+        // Applied more than a TTL after its issue (a lagging member): not
+        // installed.
+        t.install(&hash, "u", 3, wall - 10_001, now, wall);
+        assert_eq!(t.info(&tok, now), Err(AuthError::InvalidAuthToken));
+        t.install(&hash, "u", 3, wall, now, wall);
         assert_eq!(
             t.info(&tok, now + Duration::from_secs(9)).unwrap().user,
             "u"
@@ -404,9 +527,16 @@ mod tests {
             Err(AuthError::InvalidAuthToken)
         );
         assert_eq!(t.info("nope", now), Err(AuthError::InvalidAuthToken));
-        let tok = t.assign("u", 3, now).unwrap();
+        let (tok, hash) = t.generate_simple().unwrap();
+        t.install(&hash, "u", 3, wall, now, wall);
         t.invalidate_user("u");
         assert!(t.info(&tok, now).is_err());
+        let (tok, hash) = t.generate_simple().unwrap();
+        t.install(&hash, "v", 3, wall, now, wall);
+        t.clear();
+        assert!(t.info(&tok, now).is_err());
+        // Only the hash is kept: the token itself cannot be read back.
+        assert!(t.sign("u", 3).is_err());
     }
 
     #[test]
@@ -423,7 +553,7 @@ mod tests {
             ttl: Duration::from_secs(60),
         };
         let issuer = Tokens::new(&cfg).unwrap();
-        let tok = issuer.assign("alice", 7, Instant::now()).unwrap();
+        let tok = issuer.sign("alice", 7).unwrap();
         let verifier = Tokens::new(&TokenConfig::Jwt {
             algorithm: "ES256".into(),
             public_key: Some(dir.join("k.pub")),
@@ -441,7 +571,7 @@ mod tests {
         let mut forged = tok.clone();
         forged.insert(forged.len() - 3, 'A');
         assert!(verifier.info(&forged, Instant::now()).is_err());
-        assert!(verifier.assign("x", 0, Instant::now()).is_err());
+        assert!(verifier.sign("x", 0).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

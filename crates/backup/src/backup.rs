@@ -82,9 +82,18 @@ pub const DEFAULT_LOCK_STALE_MS: u64 = 3_600_000;
 pub enum Source {
     /// A member's Maintenance.Snapshot (the first endpoint that answers).
     Endpoints(Vec<String>),
-    /// A snapshot file saved from a Phalanx member by `etcdctl snapshot save`.
+    /// A snapshot file saved by `etcdctl snapshot save` from a Phalanx member or from
+    /// etcd 3.4/3.5 (an etcd snapshot), or in the older Phalanx format (mvcc stream +
+    /// etcd's trailer).
     File(PathBuf),
+    /// A member's Maintenance.Snapshot through its in-process channel to its
+    /// own etcd API (`etcd_api::internal_channel`): the member's scheduled
+    /// backups, which need no TLS material or credentials that way.
+    Channel(etcd_client::Channel),
 }
+
+/// How [`Source::Channel`] is named in messages and outcomes.
+pub const MEMBER_INTERNAL_ENDPOINT: &str = "member-internal";
 
 #[derive(Debug)]
 pub struct DestinationOutcome {
@@ -249,19 +258,29 @@ async fn open_source(
                 client: None,
             })
         }
-        Source::Endpoints(eps) => {
+        Source::Endpoints(_) | Source::Channel(_) => {
+            // (name, the member's in-process channel if that is the source)
+            let targets: Vec<(String, Option<etcd_client::Channel>)> = match source {
+                Source::Channel(ch) => vec![(MEMBER_INTERNAL_ENDPOINT.into(), Some(ch.clone()))],
+                Source::Endpoints(eps) => eps.iter().map(|e| (e.clone(), None)).collect(),
+                Source::File(_) => unreachable!("files are read above"),
+            };
+            let eps: Vec<String> = targets.iter().map(|(e, _)| e.clone()).collect();
             let mut last = String::from("no endpoints given");
-            for ep in eps {
+            for (ep, channel) in &targets {
                 let opts = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
-                let opts = match settings.client_security.options(opts, &[ep.as_str()]) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        last = format!("{ep}: {e}");
-                        continue;
-                    }
+                let connected = match channel {
+                    Some(ch) => etcd_client::Client::from_channel(ch.clone(), None).await,
+                    None => match settings.client_security.options(opts, &[ep.as_str()]) {
+                        Ok(opts) => etcd_client::Client::connect([ep.as_str()], Some(opts)).await,
+                        Err(e) => {
+                            last = format!("{ep}: {e}");
+                            continue;
+                        }
+                    },
                 };
-                let client = match etcd_client::Client::connect([ep.as_str()], Some(opts)).await {
+                let client = match connected {
                     Ok(c) => c,
                     Err(e) => {
                         last = format!("{ep}: {e}");
@@ -323,7 +342,7 @@ async fn open_source(
                 });
             }
             Err(BackupError::Source {
-                endpoints: eps.clone(),
+                endpoints: eps,
                 detail: last,
             })
         }
@@ -438,12 +457,13 @@ async fn backup_inner(
     // Source → blocking chunker thread → async uploader.
     let (src_tx, src_rx) = tokio::sync::mpsc::channel(settings.source_queue_messages.max(1));
     let taken = open_source(source, settings, src_tx).await?;
-    let etcd_trailer = true;
     let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(2);
     let endpoint = taken.endpoint.clone();
     let chunk_thread =
         tokio::task::spawn_blocking(move || -> Result<StreamInfo, std::io::Error> {
-            let (norm, info) = Normalizer::new(ChannelReader::new(src_rx), etcd_trailer);
+            let (src, etcd_trailer) =
+                crate::snapstream::open_snapshot(Box::new(ChannelReader::new(src_rx)))?;
+            let (norm, info) = Normalizer::new(src, etcd_trailer);
             let cdc = fastcdc::v2020::StreamCDC::new(
                 norm,
                 chunker.chunk_min_bytes,
@@ -565,7 +585,10 @@ async fn backup_inner(
             tokio::task::spawn_blocking(move || -> Result<u32, BackupError> {
                 let f = std::fs::File::open(&path)
                     .map_err(BackupError::io("open snapshot file", &path))?;
-                let (mut norm, _) = Normalizer::new(std::io::BufReader::new(f), true);
+                let (src, etcd_trailer) =
+                    crate::snapstream::open_snapshot(Box::new(std::io::BufReader::new(f)))
+                        .map_err(BackupError::io("read snapshot file", &path))?;
+                let (mut norm, _) = Normalizer::new(src, etcd_trailer);
                 let dir = tempfile::tempdir()
                     .map_err(BackupError::io("create scratch dir", std::env::temp_dir()))?;
                 hash_kv_of_stream(&mut norm, revision, dir.path()).map_err(|e| {

@@ -129,6 +129,11 @@ pub enum BackupError {
     #[error("destination {url}: backup {backup} abandoned before its manifest was written: this member no longer runs the schedule (another member took over)")]
     Abandoned { url: String, backup: String },
 
+    /// An etcd snapshot that cannot be restored; the message names the file and what is
+    /// wrong with it (page, bucket, record or checksum).
+    #[error("cannot restore from the etcd snapshot: {0}")]
+    EtcdSnapshot(#[from] etcd_snapshot::SnapshotError),
+
     #[error("archive at {url}: {detail}")]
     Archive { url: String, detail: String },
 

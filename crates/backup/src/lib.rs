@@ -14,6 +14,8 @@
 //!   HashKV at the backup revision.
 //! * [`restore()`] — write a new member's data dir at a revision or time (a backup,
 //!   then the continuous archive up to the target).
+//! * [`restore_from_etcd_snapshot`] — write a new member's data dir from an etcd
+//!   snapshot (`etcdctl snapshot save` against etcd 3.4/3.5): migration from etcd.
 //! * [`service`] — backups run by the cluster (leader only): schedule, archive,
 //!   retention, restore drills, metrics; the policy lives in the replicated store.
 //! * [`prune()`] — retention (restic's `forget` rules) and chunk/segment GC.
@@ -42,8 +44,9 @@ pub use format::ChunkerSettings;
 pub use prune::{forget, prune, PruneReport, Retention};
 pub use repo::{list_backups, BackupEntry};
 pub use restore::{
-    choose, plan, restore, verify, Plan, ReadSettings, RestoreReport, RestoreSettings, Target,
-    VerifyReport, DEFAULT_BUMP_REVISION,
+    choose, plan, restore, restore_from_etcd_snapshot, verify, EtcdRestoreReport,
+    EtcdRestoreSettings, Plan, ReadSettings, RestoreReport, RestoreSettings, Target, VerifyReport,
+    DEFAULT_BUMP_REVISION,
 };
 pub use service::{Policy, ServiceHandle, ServiceSettings, Status};
 

@@ -485,39 +485,67 @@ pub fn choose<'a>(
 }
 
 fn check_flags(s: &RestoreSettings) -> Result<(), BackupError> {
+    check_cluster_flags(
+        &s.name,
+        &s.initial_cluster,
+        &s.initial_cluster_token,
+        &s.initial_advertise_peer_urls,
+    )?;
+    if s.bump_revision < 0 {
+        return Err(BackupError::BadFlags("--bump-revision must be >= 0".into()));
+    }
+    Ok(())
+}
+
+/// The cluster flags of a restore agree with each other (etcdutl's checks).
+fn check_cluster_flags(
+    name: &str,
+    initial_cluster: &str,
+    initial_cluster_token: &str,
+    initial_advertise_peer_urls: &[String],
+) -> Result<(), BackupError> {
     let mut found = None;
-    for part in s.initial_cluster.split(',').filter(|p| !p.is_empty()) {
+    for part in initial_cluster.split(',').filter(|p| !p.is_empty()) {
         let (n, u) = part.split_once('=').ok_or_else(|| {
             BackupError::BadFlags(format!(
                 "--initial-cluster entry {part:?} is not name=peer-url"
             ))
         })?;
-        if n == s.name {
+        if n == name {
             found.get_or_insert_with(Vec::new).push(u.to_string());
         }
     }
     let Some(mut listed) = found else {
         return Err(BackupError::BadFlags(format!(
-            "--initial-cluster does not list --name {:?}; add `{}=<peer-url>`",
-            s.name, s.name
+            "--initial-cluster does not list --name {name:?}; add `{name}=<peer-url>`"
         )));
     };
-    let mut adv = s.initial_advertise_peer_urls.clone();
+    let mut adv = initial_advertise_peer_urls.to_vec();
     listed.sort();
     adv.sort();
     if listed != adv {
         return Err(BackupError::BadFlags(format!(
-            "--initial-cluster lists {:?} with peer URLs {listed:?}, but --initial-advertise-peer-urls is {adv:?}; they must match",
-            s.name
+            "--initial-cluster lists {name:?} with peer URLs {listed:?}, but --initial-advertise-peer-urls is {adv:?}; they must match"
         )));
     }
-    if s.initial_cluster_token.is_empty() {
+    if initial_cluster_token.is_empty() {
         return Err(BackupError::BadFlags(
             "--initial-cluster-token is empty".into(),
         ));
     }
-    if s.bump_revision < 0 {
-        return Err(BackupError::BadFlags("--bump-revision must be >= 0".into()));
+    Ok(())
+}
+
+/// A restore writes only into an absent or empty data dir.
+fn check_empty_data_dir(data_dir: &Path) -> Result<(), BackupError> {
+    if data_dir.exists() {
+        let mut it =
+            std::fs::read_dir(data_dir).map_err(BackupError::io("read data dir", data_dir))?;
+        if it.next().is_some() {
+            return Err(BackupError::DataDirNotEmpty {
+                path: data_dir.to_path_buf(),
+            });
+        }
     }
     Ok(())
 }
@@ -528,13 +556,7 @@ pub async fn restore(s: &RestoreSettings) -> Result<RestoreReport, BackupError> 
     let started = std::time::Instant::now();
     check_flags(s)?;
     let data_dir = s.data_dir.clone();
-    if data_dir.exists() {
-        let mut it =
-            std::fs::read_dir(&data_dir).map_err(BackupError::io("read data dir", &data_dir))?;
-        if it.next().is_some() {
-            return Err(BackupError::DataDirNotEmpty { path: data_dir });
-        }
-    }
+    check_empty_data_dir(&data_dir)?;
     let d = Destination::open(&s.read.from, &s.read.s3, &s.read.retry)?;
     let ids = load_identities(&s.read.identity_files)?;
     let all = list_backups(&d).await?;
@@ -701,6 +723,56 @@ const KEY_REV: TableDefinition<(&[u8], i64, i64), &[u8]> =
 const REV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new(mvcc::layout::REV_TABLE);
 const LEASE: TableDefinition<i64, &[u8]> = TableDefinition::new(mvcc::layout::LEASE_TABLE);
 
+const REV_CHUNK: TableDefinition<(i64, i64, u32), &[u8]> =
+    TableDefinition::new(mvcc::layout::REV_CHUNK_TABLE);
+/// mvcc's `rev` payload kind of a record stored in pieces (crates/mvcc/src/store/history.rs):
+/// `2 ++ total length u32 LE ++ piece count u32 LE ++ tail`, the pieces in `rev_chunk`
+/// under (main, sub, piece), each sealed with the revision key and the piece number (BE).
+const REC_CHUNKED: u8 = 2;
+type ChunkTable = redb::ReadOnlyTable<(i64, i64, u32), &'static [u8]>;
+const CHUNK_STUB_HEADER_BYTES: usize = 1 + 4 + 4;
+
+/// The logical payload of a `rev` entry: `stored` itself, or reassembled from its pieces.
+fn resolve_pieces(
+    path: &Path,
+    chunks: Option<&ChunkTable>,
+    main: i64,
+    sub: i64,
+    stored: &[u8],
+) -> Result<Vec<u8>, BackupError> {
+    if stored.first() != Some(&REC_CHUNKED) || stored.len() < CHUNK_STUB_HEADER_BYTES {
+        return Ok(stored.to_vec());
+    }
+    let e = |x: String| store_err(path)(format!("record ({main}, {sub}): {x}"));
+    let total = u32::from_le_bytes(stored[1..5].try_into().expect("4 bytes")) as usize;
+    let pieces = u32::from_le_bytes(stored[5..9].try_into().expect("4 bytes"));
+    let tail = &stored[CHUNK_STUB_HEADER_BYTES..];
+    let chunks =
+        chunks.ok_or_else(|| e("stored in pieces, but the store has no rev_chunk table".into()))?;
+    let mut out = Vec::with_capacity(total);
+    let kb = rev_key_bytes(main, sub);
+    for i in 0..pieces {
+        let g = chunks
+            .get((main, sub, i))
+            .map_err(|x| e(x.to_string()))?
+            .ok_or_else(|| e(format!("piece {i} of {pieces} is missing")))?;
+        out.extend_from_slice(unseal(
+            path,
+            "rev_chunk",
+            &[&kb, &i.to_be_bytes()],
+            g.value(),
+        )?);
+    }
+    out.extend_from_slice(tail);
+    if out.len() != total {
+        return Err(e(format!(
+            "pieces hold {} bytes, the stub says {total}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
 fn rev_key_bytes(main: i64, sub: i64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&main.to_be_bytes());
@@ -779,6 +851,12 @@ fn write_state_at(
     let key_rev = rtx.open_table(KEY_REV).map_err(|x| e(x.to_string()))?;
     let revt = rtx.open_table(REV).map_err(|x| e(x.to_string()))?;
     let leaset = rtx.open_table(LEASE).map_err(|x| e(x.to_string()))?;
+    // Large records live in pieces (mvcc format 2); a store without the table has none.
+    let chunks = match rtx.open_table(REV_CHUNK) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(x) => return Err(e(x.to_string())),
+    };
     let mut w = SnapWriter {
         w: BufWriter::with_capacity(
             1 << 16,
@@ -809,7 +887,8 @@ fn write_state_at(
                 .get((main, sub))
                 .map_err(|x| e(x.to_string()))?
                 .ok_or_else(|| e(format!("history record ({main}, {sub}) is missing")))?;
-            let payload = unseal(db, "rev", &[&kb], v.value())?;
+            let stored = unseal(db, "rev", &[&kb], v.value())?;
+            let payload = resolve_pieces(db, chunks.as_ref(), main, sub, stored)?;
             if payload.first() != Some(&0) {
                 return Err(e(format!("record ({main}, {sub}) is not a put")));
             }
@@ -934,4 +1013,188 @@ fn cross_check(
             _ => return Ok(()),
         }
     }
+}
+
+/// Settings of `phalanx restore --from-etcd-snapshot`: the cluster flags of
+/// [`RestoreSettings`], and the snapshot file.
+#[derive(Clone, Debug)]
+pub struct EtcdRestoreSettings {
+    /// A file written by `etcdctl snapshot save` against etcd 3.4/3.5 (or a Phalanx member).
+    pub snapshot: PathBuf,
+    /// Accept a file without etcd's SHA-256 trailer, e.g. a member's `member/snap/db`
+    /// (etcdctl's `--skip-hash-check`). A trailer that is present is always verified.
+    pub skip_hash_check: bool,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct EtcdRestoreReport {
+    /// The etcd cluster's revision; the restored store continues from it.
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Keys live at `revision`.
+    pub keys: u64,
+    /// Puts and deletes of the retained history carried over.
+    pub history_records: u64,
+    pub leases: u64,
+    pub leased_keys: u64,
+    /// History records whose lease was not in the snapshot; restored without a lease.
+    pub detached_records: u64,
+    /// SHA-256 of the database (hex) when the file carried etcd's trailer.
+    pub sha256: Option<String>,
+    /// Members of the etcd cluster, as its snapshot recorded them (`name=peer URLs`).
+    pub etcd_members: Vec<String>,
+    pub elapsed: std::time::Duration,
+}
+
+/// Write a new member's data dir holding an etcd snapshot's state: every revision since
+/// etcd's last compaction (so keys keep their create/mod revisions and versions, and
+/// reads at past revisions answer as in etcd), the current and compacted revisions, and
+/// the leases with their keys. Run it once per member with the same file and cluster
+/// flags, then start every member with `--initial-cluster-state new`. Blocking.
+///
+/// Uses the same data-dir layout and writer as [`restore()`]: the state becomes an mvcc
+/// snapshot stream installed by `mvcc::Store::install_snapshot` into `member/kv.redb`,
+/// in a work dir renamed into place only once complete.
+pub fn restore_from_etcd_snapshot(
+    s: &EtcdRestoreSettings,
+) -> Result<EtcdRestoreReport, BackupError> {
+    let started = std::time::Instant::now();
+    check_cluster_flags(
+        &s.name,
+        &s.initial_cluster,
+        &s.initial_cluster_token,
+        &s.initial_advertise_peer_urls,
+    )?;
+    check_empty_data_dir(&s.data_dir)?;
+    // Read and check the whole file before the data dir is touched.
+    let snap = etcd_snapshot::EtcdSnapshot::open(&s.snapshot, s.skip_hash_check)?;
+    std::fs::create_dir_all(&s.data_dir)
+        .map_err(BackupError::io("create data dir", &s.data_dir))?;
+    let work = s.data_dir.join("member.restoring");
+    let r = restore_etcd_into(&snap, s, &work);
+    match r {
+        Ok(mut rep) => {
+            let member = s.data_dir.join("member");
+            std::fs::rename(work.join("member"), &member).map_err(BackupError::io(
+                "move restored member dir into place",
+                &member,
+            ))?;
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::File::open(&s.data_dir)
+                .and_then(|f| f.sync_all())
+                .map_err(BackupError::io("sync data dir", &s.data_dir))?;
+            rep.elapsed = started.elapsed();
+            Ok(rep)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            Err(e)
+        }
+    }
+}
+
+/// Write buffer of the converted etcd snapshot.
+const ETCD_STREAM_BUFFER_BYTES: usize = 1 << 20;
+
+fn restore_etcd_into(
+    snap: &etcd_snapshot::EtcdSnapshot,
+    s: &EtcdRestoreSettings,
+    work: &Path,
+) -> Result<EtcdRestoreReport, BackupError> {
+    let member = work.join("member");
+    std::fs::create_dir_all(&member).map_err(BackupError::io("create member dir", &member))?;
+    let stream_path = work.join("etcd.mvcc-stream");
+    let imp = {
+        let f =
+            std::fs::File::create(&stream_path).map_err(BackupError::io("create", &stream_path))?;
+        let mut w = BufWriter::with_capacity(ETCD_STREAM_BUFFER_BYTES, f);
+        let imp = snap.write_mvcc_stream(&mut w)?;
+        w.into_inner()
+            .map_err(|x| BackupError::io("write", &stream_path)(x.into_error()))?;
+        imp
+    };
+    let kv = member.join("kv.redb");
+    let store = mvcc::Store::open(&kv).map_err(|e| store_err(&kv)(e.to_string()))?;
+    {
+        let mut f =
+            std::fs::File::open(&stream_path).map_err(BackupError::io("open", &stream_path))?;
+        store
+            .install_snapshot(&mut f)
+            .map_err(|e| store_err(&kv)(e.to_string()))?;
+    }
+    std::fs::remove_file(&stream_path).map_err(BackupError::io("remove", &stream_path))?;
+    // The installed store says what the snapshot said.
+    if store.current_revision() != imp.revision || store.compact_revision() != imp.compact_revision
+    {
+        return Err(store_err(&kv)(format!(
+            "restored store is at revision {} (compacted {}), the etcd snapshot at {} (compacted {})",
+            store.current_revision(),
+            store.compact_revision(),
+            imp.revision,
+            imp.compact_revision
+        )));
+    }
+    let leased: u64 = store
+        .try_leases()
+        .map_err(|e| store_err(&kv)(e.to_string()))?
+        .iter()
+        .map(|l| l.keys.len() as u64)
+        .sum();
+    if leased != imp.leased_keys {
+        return Err(store_err(&kv)(format!(
+            "restored store has {leased} keys attached to leases, the etcd snapshot {}",
+            imp.leased_keys
+        )));
+    }
+    let keys = store
+        .range(&mvcc::PbRangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        })
+        .map_err(|e| store_err(&kv)(format!("counting keys: {e:?}")))?
+        .count as u64;
+    drop(store);
+    let sha256 = match &snap.trailer {
+        etcd_snapshot::Trailer::Verified(h) => Some(h.clone()),
+        etcd_snapshot::Trailer::Absent => None,
+    };
+    let etcd_members: Vec<String> = imp
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_urls.join(",")))
+        .collect();
+    let prov = serde_json::json!({
+        "restored_at": now_rfc3339().0,
+        "from_etcd_snapshot": s.snapshot.display().to_string(),
+        "sha256": sha256,
+        "revision": imp.revision,
+        "compact_revision": imp.compact_revision,
+        "etcd_consistent_index": imp.consistent_index,
+        "etcd_members": etcd_members,
+        "name": s.name,
+        "initial_cluster": s.initial_cluster,
+        "initial_cluster_token": s.initial_cluster_token,
+    });
+    let p = member.join("restored-from.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(&prov).expect("json"))
+        .map_err(BackupError::io("write", &p))?;
+    Ok(EtcdRestoreReport {
+        revision: imp.revision,
+        compact_revision: imp.compact_revision,
+        keys,
+        history_records: imp.history_records,
+        leases: imp.leases,
+        leased_keys: imp.leased_keys,
+        detached_records: imp.detached_records,
+        sha256,
+        etcd_members,
+        elapsed: Default::default(),
+    })
 }

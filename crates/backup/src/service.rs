@@ -149,6 +149,8 @@ pub struct DestStatus {
     pub archive_lag_seconds: f64,
     pub last_verified_ms: u64,
     pub restore_drill_seconds: f64,
+    /// Failed restore drills (also counted in `backup_failures_total`).
+    pub restore_drill_failures_total: u64,
     pub last_prune: Option<String>,
 }
 
@@ -184,6 +186,11 @@ pub struct ServiceSettings {
     pub member: String,
     /// This member's client URLs (the store is reached, and snapshots taken, through them).
     pub endpoints: Vec<String>,
+    /// The member's in-process channel to its own etcd API
+    /// (`etcd_api::internal_channel`); when given, used instead of
+    /// `endpoints`, needing no TLS material or credentials whatever the
+    /// client listeners require.
+    pub channel: Option<etcd_client::Channel>,
     pub prefix: String,
     pub events_prefix: String,
     /// How often the schedule is looked at, milliseconds.
@@ -203,6 +210,7 @@ impl ServiceSettings {
         ServiceSettings {
             member: member.into(),
             endpoints,
+            channel: None,
             prefix: DEFAULT_PREFIX.into(),
             events_prefix: EVENTS_PREFIX.into(),
             tick_ms: 200,
@@ -238,6 +246,17 @@ struct Shared {
 pub struct ServiceHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub listen_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+}
+
+impl ServiceHandle {
+    /// The service's metrics in Prometheus text format, for the member's own
+    /// `/metrics` (so its alerting history, and the default backup rules,
+    /// see them without `--backup-listen`).
+    pub fn metrics_source(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+        let sh = self.shared.clone();
+        Arc::new(move || render_metrics(&status_now(&sh), sh.active.load(Ordering::Acquire)))
+    }
 }
 
 impl Drop for ServiceHandle {
@@ -274,7 +293,11 @@ pub async fn start(s: ServiceSettings, host: Host) -> Result<ServiceHandle, Back
     if let Some(l) = listener {
         tasks.push(tokio::spawn(serve(l, sh.clone())));
     }
-    Ok(ServiceHandle { tasks, listen_addr })
+    Ok(ServiceHandle {
+        tasks,
+        listen_addr,
+        shared: sh,
+    })
 }
 
 fn now_ms() -> u64 {
@@ -304,12 +327,13 @@ async fn client(sh: &Shared) -> Option<Client> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_millis(STORE_TIMEOUT_MS));
-        match tokio::time::timeout(
-            Duration::from_millis(STORE_TIMEOUT_MS),
-            Client::connect(sh.s.endpoints.clone(), Some(opts)),
-        )
-        .await
-        {
+        let connect = async {
+            match &sh.s.channel {
+                Some(ch) => Client::from_channel(ch.clone(), Some(opts)).await,
+                None => Client::connect(sh.s.endpoints.clone(), Some(opts)).await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_millis(STORE_TIMEOUT_MS), connect).await {
             Ok(Ok(c)) => *g = Some(c),
             _ => return None,
         }
@@ -702,7 +726,10 @@ async fn run_backup(sh: &Arc<Shared>, p: &Policy) {
             })
         })
     };
-    let source = crate::backup::Source::Endpoints(sh.s.endpoints.clone());
+    let source = match &sh.s.channel {
+        Some(ch) => crate::backup::Source::Channel(ch.clone()),
+        None => crate::backup::Source::Endpoints(sh.s.endpoints.clone()),
+    };
     let out = crate::backup::backup_now_gated(&source, &settings, Some(gate)).await;
     let now = now_ms();
     match out {
@@ -874,6 +901,13 @@ async fn drill(sh: &Arc<Shared>, p: &Policy) {
                 event(sh, "restore_drill", format!("restore drill from {url}: backup {} + {} archive segments to revision {} ({} keys) in {secs:.2}s", rep.backup, rep.segments, rep.revision, rep.keys), Some(url)).await;
             }
             Err(e) => {
+                sh.status
+                    .lock()
+                    .unwrap()
+                    .destinations
+                    .entry(url.to_string())
+                    .or_default()
+                    .restore_drill_failures_total += 1;
                 record_backup_failure(sh, url, &format!("restore drill: {e}"), now_ms()).await;
             }
         }
@@ -976,6 +1010,12 @@ pub fn render_metrics(st: &Status, running_here: bool) -> String {
         "counter",
         "Failed backups (and restore drills) at the destination",
         per(&|d| d.backup_failures_total as f64),
+    );
+    fam(
+        "phalanx_restore_drill_failures_total",
+        "counter",
+        "Failed restore drills from the destination",
+        per(&|d| d.restore_drill_failures_total as f64),
     );
     fam(
         "phalanx_backup_archive_failures_total",

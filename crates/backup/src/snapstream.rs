@@ -1,6 +1,8 @@
 //! The member's snapshot stream, read record by record with bounded memory.
 //!
-//! A member's Maintenance.Snapshot stream is an mvcc snapshot stream (see
+//! A member's Maintenance.Snapshot stream is an etcd snapshot (bbolt database + SHA-256);
+//! [`open_snapshot`] turns it into an mvcc snapshot stream first (and passes streams in
+//! the older format through). The older format, still accepted, is an mvcc snapshot stream (see
 //! `crates/mvcc/src/snapshot.rs`: magic, version, tagged records, end marker, record
 //! count, CRC32) followed by etcd's trailer (zero padding to a multiple of 512 bytes whose
 //! last 8 bytes are the payload length, then SHA-256 of everything before it).
@@ -301,4 +303,75 @@ impl Read for ChannelReader {
         bytes::Buf::advance(&mut self.cur, n);
         Ok(n)
     }
+}
+
+/// A snapshot source as an mvcc snapshot stream, holding whatever scratch files it needs.
+pub struct SnapshotReader {
+    inner: Box<dyn Read + Send>,
+    /// Spooled etcd database and its conversion; removed when the reader is dropped.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+/// Bytes at the start of a snapshot that tell its format: the mvcc magic is at 0, a
+/// bbolt meta page's magic right after the 16-byte page header.
+const SNIFF_BYTES: usize = 20;
+
+/// Accept either snapshot format a source may deliver and return an mvcc snapshot stream
+/// for [`Normalizer`], plus whether that stream still carries etcd's trailer:
+///
+/// * an etcd snapshot (bbolt database + SHA-256): what a member's Maintenance.Snapshot
+///   streams and what `etcdctl snapshot save` stores, from Phalanx or from etcd itself. It
+///   is spooled to a scratch file (bbolt is read by page, not in stream order), its
+///   SHA-256 verified, and converted with `etcd_snapshot` (history, revisions, leases);
+/// * a bare mvcc snapshot stream with etcd's trailer, as members streamed before they
+///   streamed etcd snapshots (files saved then still back up).
+pub fn open_snapshot(mut r: Box<dyn Read + Send>) -> io::Result<(SnapshotReader, bool)> {
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    (&mut r).take(SNIFF_BYTES as u64).read_to_end(&mut head)?;
+    if head.starts_with(MAGIC) {
+        let inner = Box::new(io::Cursor::new(head).chain(r));
+        return Ok((
+            SnapshotReader {
+                inner,
+                _scratch: None,
+            },
+            true,
+        ));
+    }
+    if !etcd_snapshot::looks_like_bbolt(&head) {
+        return Err(bad(
+            "the snapshot is neither an etcd snapshot (bbolt) nor a Phalanx mvcc snapshot stream",
+        ));
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("etcd-snapshot.db");
+    {
+        let mut f = io::BufWriter::new(std::fs::File::create(&db)?);
+        std::io::Write::write_all(&mut f, &head)?;
+        io::copy(&mut r, &mut f)?;
+        std::io::Write::flush(&mut f)?;
+    }
+    let snap = etcd_snapshot::EtcdSnapshot::open(&db, false).map_err(|e| bad(e.to_string()))?;
+    let stream = dir.path().join("mvcc.stream");
+    {
+        let mut f = io::BufWriter::new(std::fs::File::create(&stream)?);
+        snap.write_mvcc_stream(&mut f)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    drop(snap);
+    std::fs::remove_file(&db)?;
+    let inner = Box::new(io::BufReader::new(std::fs::File::open(&stream)?));
+    Ok((
+        SnapshotReader {
+            inner,
+            _scratch: Some(dir),
+        },
+        false,
+    ))
 }

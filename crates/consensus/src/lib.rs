@@ -39,7 +39,7 @@ pub use node::{
     Changes, ClusterState, Fatal, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError,
     WriteBatchStats,
 };
-pub use state_machine::{Applier, StoreChange};
+pub use state_machine::{Applier, AuthObserver, StoreChange};
 pub use types::{ApplyOutcome, Member, NodeId, TypeConfig};
 
 /// Make every panic outside a guarded section ([`mvcc::guard`]) stop the

@@ -57,6 +57,25 @@ pub const WATCH_CHANNEL_BATCHES: usize = 4096;
 /// The last snapshot built: its metadata and bytes.
 type BuiltSnapshot = (SnapshotMeta, Arc<Vec<u8>>);
 
+/// The per-member half of auth, told by the state machine about every auth
+/// change it applies (on every member, in log order, before the proposer's
+/// answer): etcd's simple tokens are assigned, and invalidated, at apply.
+/// Implemented by the etcd API (`etcd_api::auth`), registered with
+/// [`crate::Node::set_auth_observer`].
+pub trait AuthObserver: Send + Sync {
+    /// `cmd` was applied successfully. `replayed`: its entry was already in
+    /// this member's Raft log when the member started, i.e. it is being
+    /// applied again after a restart (a restarted member holds no simple
+    /// tokens, as in etcd: installing old tokens again would give them a
+    /// fresh lifetime).
+    fn applied(&self, cmd: &auth::AuthCommand, replayed: bool);
+    /// A snapshot replaced the whole state: the entries it covers were never
+    /// applied here, and any invalidation among them is unknown.
+    fn reset(&self);
+}
+
+type AuthObserverSlot = Arc<std::sync::RwLock<Option<Arc<dyn AuthObserver>>>>;
+
 /// The state machine handed to openraft. Clones share everything.
 #[derive(Clone)]
 pub struct Applier {
@@ -68,6 +87,10 @@ pub struct Applier {
     apply_lock: Arc<Mutex<()>>,
     current_snapshot: Arc<Mutex<Option<BuiltSnapshot>>>,
     io: IoMode,
+    auth_observer: AuthObserverSlot,
+    /// Last log index in the Raft log when the member started: entries up
+    /// to it are re-applied after a restart (see [`AuthObserver::applied`]).
+    replay_floor: u64,
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -87,7 +110,32 @@ impl Applier {
             apply_lock: Arc::new(Mutex::new(())),
             current_snapshot: Arc::new(Mutex::new(None)),
             io: IoMode::Threads,
+            auth_observer: Default::default(),
+            replay_floor: 0,
         }
+    }
+
+    /// Entries up to log index `index` were in the log at start (see
+    /// [`AuthObserver::applied`]).
+    pub fn with_replay_floor(mut self, index: u64) -> Self {
+        self.replay_floor = index;
+        self
+    }
+
+    /// Tell `observer` about every auth change applied from now on (it
+    /// replaces any earlier one; clones of this applier share it).
+    pub fn set_auth_observer(&self, observer: Arc<dyn AuthObserver>) {
+        *self
+            .auth_observer
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
+    fn auth_observer(&self) -> Option<Arc<dyn AuthObserver>> {
+        self.auth_observer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Run store work as `io` says (the simulator uses [`IoMode::Inline`]).
@@ -120,6 +168,8 @@ impl Applier {
         // Per entry, how many consecutive items it became: a batch entry
         // becomes one item per command, every other entry one item.
         let mut batch_len: Vec<Option<usize>> = Vec::with_capacity(entries.len());
+        // Per item, the log index of its entry.
+        let mut item_index: Vec<u64> = Vec::with_capacity(entries.len());
         for e in &entries {
             let log_id = *e.get_log_id();
             // Raft hands entries over in order, exactly once.
@@ -132,6 +182,7 @@ impl Applier {
             match &e.payload {
                 EntryPayload::Normal(Command::Batch(cmds)) => {
                     items.extend(cmds.iter().cloned().map(Some));
+                    item_index.extend(std::iter::repeat_n(log_id.index, cmds.len()));
                     batch_len.push(Some(cmds.len()));
                     continue;
                 }
@@ -142,8 +193,10 @@ impl Applier {
                     items.push(None);
                 }
             }
+            item_index.push(log_id.index);
             batch_len.push(None);
         }
+        assert_eq!(item_index.len(), items.len(), "a log index per item");
         let meta_bytes = postcard::to_allocvec(&meta).expect("encoding applied meta cannot fail");
         // Not fsynced: the Raft log already holds these entries durably, and
         // a member that crashes re-applies them from it. The store is made
@@ -161,7 +214,8 @@ impl Applier {
         let mut outcomes = Vec::with_capacity(applied.len());
         let mut events = Vec::new();
         let mut revision = self.store.current_revision();
-        for (item, result) in items.iter().zip(applied) {
+        let auth_observer = self.auth_observer();
+        for ((item, result), index) in items.iter().zip(applied).zip(&item_index) {
             match result {
                 None => outcomes.push(ApplyOutcome {
                     revision: self.store.current_revision(),
@@ -174,6 +228,13 @@ impl Applier {
                         }
                         // Revoked now, or already gone: either way no clock remains.
                         (_, Some(Command::LeaseRevoke { id })) => self.lessor.on_revoke(*id),
+                        (ApplyResponse::Auth { .. }, Some(Command::Auth(cmd))) => {
+                            // After the commit above: a token is valid on
+                            // this member once its entry is applied here.
+                            if let Some(o) = &auth_observer {
+                                o.applied(cmd, *index <= self.replay_floor);
+                            }
+                        }
                         _ => {}
                     }
                     revision = a.revision;
@@ -255,6 +316,9 @@ impl Applier {
             .apply_batch(&[], &meta_bytes, true)
             .map_err(sm_write_err)?;
         self.lessor.reload(&self.store);
+        if let Some(o) = self.auth_observer() {
+            o.reset();
+        }
         *self
             .current_snapshot
             .lock()

@@ -6,7 +6,8 @@
 //! restarts and snapshots. Passwords are hashed (bcrypt, `--bcrypt-cost`) on
 //! the member that receives them, on a blocking thread, at most one hash per
 //! core at a time; the log carries only hashes. Tokens (`--auth-token`) are
-//! per-member state: see `auth::token`.
+//! per-member memory, kept in step through Raft for simple tokens (below):
+//! see `auth::token`.
 //!
 //! Who may do what, as etcd 3.4 decides it:
 //! * auth disabled: everyone, everything, no token needed;
@@ -25,6 +26,18 @@
 //! `authorization` (etcd's gRPC gateway). Checks read the member's applied
 //! auth state: a change is in force on a member once applied there (at
 //! once on the member that proposed it).
+//!
+//! Simple tokens go through Raft as in etcd: the member serving
+//! Authenticate checks the password, generates the token and proposes its
+//! hash (`AuthCommand::Authenticate`); every member installs it when it
+//! applies the entry ([`TokenApply`], the consensus `AuthObserver`), and
+//! drops a user's tokens when it applies that user's deletion or password
+//! change, and all of them on `AuthDisable` or a snapshot install.
+//!
+//! Requests on a member-internal connection (`tls::ConnInfo::member_internal`:
+//! an in-memory pipe only the member process itself can open, used by its
+//! alerting, backup and gateway services; see `crate::internal_channel`)
+//! act as the member itself, with the `root` role's rights and no token.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,7 +79,7 @@ pub fn validate(s: &AuthSettings) -> Result<(), String> {
 
 /// The per-member half of auth: tokens and the hashing budget.
 pub(crate) struct AuthRuntime {
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
     bcrypt_cost: u32,
     hashing: Arc<tokio::sync::Semaphore>,
 }
@@ -78,12 +91,66 @@ impl AuthRuntime {
             .map(|n| n.get())
             .unwrap_or(1);
         Ok(AuthRuntime {
-            tokens: Tokens::new(&s.token)?,
+            tokens: Arc::new(Tokens::new(&s.token)?),
             bcrypt_cost: s.bcrypt_cost,
             hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
         })
     }
 }
+
+/// Installs and invalidates simple tokens as this member applies auth
+/// changes (consensus calls it on every member, in log order).
+pub(crate) struct TokenApply(pub(crate) Arc<Tokens>);
+
+impl consensus::AuthObserver for TokenApply {
+    fn applied(&self, cmd: &AuthCommand, replayed: bool) {
+        match cmd {
+            // A replayed entry (already in the log when this member started)
+            // is not installed: a restarted member holds no simple tokens,
+            // as in etcd, rather than giving old ones a fresh lifetime.
+            AuthCommand::Authenticate {
+                name,
+                token_hash,
+                checked_revision,
+                issued_unix_ms,
+            } if !replayed => self.0.install(
+                token_hash,
+                name,
+                *checked_revision,
+                *issued_unix_ms,
+                Instant::now(),
+                Tokens::unix_ms_now(),
+            ),
+            // etcd: a deleted user's and a changed password's tokens die at
+            // once on every member.
+            AuthCommand::UserDelete { name } | AuthCommand::UserChangePassword { name, .. } => {
+                self.0.invalidate_user(name)
+            }
+            // etcd's `tokenProvider.disable()`.
+            AuthCommand::Disable => self.0.clear(),
+            _ => {}
+        }
+    }
+
+    fn reset(&self) {
+        self.0.clear();
+    }
+}
+
+impl AuthRuntime {
+    /// What the state machine must tell this member's tokens.
+    pub(crate) fn token_observer(&self) -> Arc<TokenApply> {
+        Arc::new(TokenApply(self.tokens.clone()))
+    }
+}
+
+/// Attempts at Authenticate when auth changes between the password check
+/// and the token's apply (`etcdserver: revision of auth store is old`
+/// after the last one); etcd retries without a bound.
+pub const AUTHENTICATE_ATTEMPTS: usize = 3;
+
+/// The name member-internal requests carry in auth events and logs.
+pub const MEMBER_INTERNAL_USER: &str = "phalanx-member-internal";
 
 /// etcd's gRPC status for an auth error.
 pub fn auth_status(e: AuthError) -> Status {
@@ -98,13 +165,23 @@ fn storage(e: mvcc::MvccError) -> Status {
 pub(crate) struct Caller {
     pub user: String,
     pub state: Arc<AuthState>,
+    /// The member itself, on a member-internal connection: root's rights.
+    pub internal: bool,
 }
 
 impl Caller {
     fn check(&self, key: &[u8], range_end: &[u8], want: PermKind) -> Result<(), Status> {
+        if self.internal {
+            return Ok(());
+        }
         self.state
             .check(&self.user, key, range_end, want)
             .map_err(auth_status)
+    }
+
+    /// Whether the caller has the `root` role's rights.
+    pub(crate) fn is_admin(&self) -> bool {
+        self.internal || self.state.is_admin(&self.user)
     }
 }
 
@@ -112,6 +189,12 @@ impl Caller {
 /// [`cert_user_interceptor`], which first removes any value a client sent,
 /// so it cannot be forged.
 pub(crate) const CERT_USER_KEY: &str = "x-phalanx-cert-user";
+
+/// Metadata key marking a request that came on a member-internal
+/// connection. Set only by [`cert_user_interceptor`], which first removes
+/// any value a client sent; the HTTP/1.1 gateway builds its metadata from
+/// the `authorization` header alone, so it cannot carry it either.
+pub(crate) const MEMBER_INTERNAL_KEY: &str = "x-phalanx-member-internal";
 
 /// Runs on every gRPC request before the services: drops a client-sent
 /// [`CERT_USER_KEY`] and, on a TLS connection whose client certificate was
@@ -122,14 +205,79 @@ pub(crate) fn cert_user_interceptor(
     mut req: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, Status> {
     req.metadata_mut().remove(CERT_USER_KEY);
-    let cn = req
-        .extensions()
-        .get::<tls::ConnInfo>()
-        .and_then(|c| c.peer_cn.clone());
+    req.metadata_mut().remove(MEMBER_INTERNAL_KEY);
+    let info = req.extensions().get::<tls::ConnInfo>();
+    let internal = info.is_some_and(|c| c.member_internal);
+    let cn = info.and_then(|c| c.peer_cn.clone());
     if let Some(v) = cn.and_then(|cn| cn.parse().ok()) {
         req.metadata_mut().insert(CERT_USER_KEY, v);
     }
+    if internal {
+        req.metadata_mut().insert(
+            MEMBER_INTERNAL_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
     Ok(req)
+}
+
+/// Wraps a gRPC service: a request carrying a simple token this member does
+/// not hold waits for a read barrier first. The token may come from another
+/// member, in an entry committed before the client got it but not applied
+/// here yet (a follower learns the commit at the next append): after the
+/// barrier this member has applied everything committed when the request
+/// arrived, so a token issued anywhere is known — or really unknown. The
+/// barrier is bounded (`--request-timeout-ms`) and batched with other reads;
+/// on failure the request goes on and is judged on what is applied.
+#[derive(Clone)]
+pub(crate) struct TokenCatchUp<S> {
+    api: EtcdApi,
+    inner: S,
+}
+
+impl<S> TokenCatchUp<S> {
+    pub(crate) fn new(api: EtcdApi, inner: S) -> Self {
+        TokenCatchUp { api, inner }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for TokenCatchUp<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for TokenCatchUp<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        // The ready service answers this call; a clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let api = self.api.clone();
+        Box::pin(async move {
+            let token = req
+                .headers()
+                .get("token")
+                .or_else(|| req.headers().get("authorization"))
+                .and_then(|v| v.to_str().ok());
+            api.catch_up_token(token).await;
+            inner.call(req).await
+        })
+    }
 }
 
 fn token_of(md: &MetadataMap) -> Option<&str> {
@@ -143,12 +291,35 @@ impl EtcdApi {
         &self.inner.auth
     }
 
+    /// Before judging a simple token this member does not hold: a read
+    /// barrier, so an entry that installed it elsewhere is applied here too
+    /// (see [`TokenCatchUp`]; the HTTP/1.1 gateway calls it directly).
+    pub(crate) async fn catch_up_token(&self, token: Option<&str>) {
+        let Some(token) = token else {
+            return;
+        };
+        if self.auth_rt().tokens.simple_unknown(token)
+            && self.node().store().auth_state().is_ok_and(|s| s.enabled)
+        {
+            // A failed barrier (no leader, timeout) leaves the decision to
+            // what is applied: the token is then refused as unknown.
+            let _ = self.node().read_barrier().await;
+        }
+    }
+
     /// `None` while auth is disabled (everything allowed); else who calls,
     /// or etcd's error for a missing or invalid token.
     pub(crate) fn caller(&self, md: &MetadataMap) -> Result<Option<Caller>, Status> {
         let state = self.node().store().auth_state().map_err(storage)?;
         if !state.enabled {
             return Ok(None);
+        }
+        if md.get(MEMBER_INTERNAL_KEY).is_some() {
+            return Ok(Some(Caller {
+                user: MEMBER_INTERNAL_USER.to_string(),
+                state,
+                internal: true,
+            }));
         }
         let Some(token) = token_of(md) else {
             // No token: the verified client certificate's CN is the user.
@@ -157,6 +328,7 @@ impl EtcdApi {
                 Some(user) if state.users.contains_key(user) => Ok(Some(Caller {
                     user: user.to_string(),
                     state,
+                    internal: false,
                 })),
                 Some(_) => Err(auth_status(AuthError::PermissionDenied)),
                 None => Err(auth_status(AuthError::UserEmpty)),
@@ -173,6 +345,7 @@ impl EtcdApi {
         Ok(Some(Caller {
             user: info.user,
             state,
+            internal: false,
         }))
     }
 
@@ -185,7 +358,7 @@ impl EtcdApi {
     pub(crate) fn check_admin(&self, md: &MetadataMap) -> Result<(), Status> {
         match self.caller(md)? {
             None => Ok(()),
-            Some(c) if c.state.is_admin(&c.user) => Ok(()),
+            Some(c) if c.is_admin() => Ok(()),
             Some(_) => Err(auth_status(AuthError::PermissionDenied)),
         }
     }
@@ -358,41 +531,71 @@ impl EtcdApi {
     }
 
     /// Authenticate: check the password, issue a token. Shared with the
-    /// JSON gateway.
+    /// JSON gateway. A JWT is signed here; a simple token goes through Raft
+    /// (etcd's `InternalAuthenticateRequest`) so every member knows it: its
+    /// hash is proposed with the auth revision the password was checked at,
+    /// and the apply refuses it if auth changed since (then the password is
+    /// checked again, at most [`AUTHENTICATE_ATTEMPTS`] times).
     pub(crate) async fn do_authenticate(
         &self,
         name: String,
         password: String,
     ) -> Result<AuthenticateResponse, Status> {
-        self.barrier(false).await?;
-        let state = self.node().store().auth_state().map_err(storage)?;
-        if !state.enabled {
-            return Err(auth_status(AuthError::AuthNotEnabled));
+        let stale = AuthError::AuthOldRevision.to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.barrier(false).await?;
+            let state = self.node().store().auth_state().map_err(storage)?;
+            if !state.enabled {
+                return Err(auth_status(AuthError::AuthNotEnabled));
+            }
+            let tokens = &self.auth_rt().tokens;
+            if !tokens.can_issue() {
+                return Err(Status::failed_precondition(
+                    "etcdserver: this member verifies JWTs but cannot issue them (no priv-key in --auth-token): authenticate on a member that has it",
+                ));
+            }
+            let Some(user) = state.users.get(&name) else {
+                return Err(auth_status(AuthError::AuthFailed));
+            };
+            if user.no_password
+                || !self
+                    .verify_password(password.clone(), user.password_hash.clone())
+                    .await?
+            {
+                return Err(auth_status(AuthError::AuthFailed));
+            }
+            let Some((token, token_hash)) = tokens.generate_simple() else {
+                let token = tokens.sign(&name, state.revision).map_err(auth_status)?;
+                return Ok(AuthenticateResponse {
+                    header: Some(self.current_header()),
+                    token,
+                });
+            };
+            let cmd = Command::Auth(AuthCommand::Authenticate {
+                name: name.clone(),
+                token_hash,
+                checked_revision: state.revision,
+                issued_unix_ms: Tokens::unix_ms_now(),
+            });
+            match self.propose(cmd).await {
+                // Applied here (installed by `TokenApply`) before the answer.
+                Ok(ApplyResponse::Auth { .. }) => {
+                    return Ok(AuthenticateResponse {
+                        header: Some(self.current_header()),
+                        token,
+                    })
+                }
+                Ok(_) => {
+                    return Err(Status::internal(
+                        "etcdserver: unexpected apply result for Authenticate",
+                    ))
+                }
+                Err(e) if e.message() == stale && attempt < AUTHENTICATE_ATTEMPTS => continue,
+                Err(e) => return Err(e),
+            }
         }
-        if !self.auth_rt().tokens.can_issue() {
-            return Err(Status::failed_precondition(
-                "etcdserver: this member verifies JWTs but cannot issue them (no priv-key in --auth-token): authenticate on a member that has it",
-            ));
-        }
-        let Some(user) = state.users.get(&name) else {
-            return Err(auth_status(AuthError::AuthFailed));
-        };
-        if user.no_password
-            || !self
-                .verify_password(password, user.password_hash.clone())
-                .await?
-        {
-            return Err(auth_status(AuthError::AuthFailed));
-        }
-        let token = self
-            .auth_rt()
-            .tokens
-            .assign(&name, state.revision, Instant::now())
-            .map_err(auth_status)?;
-        Ok(AuthenticateResponse {
-            header: Some(self.current_header()),
-            token,
-        })
     }
 
     fn check_name_len(&self, name: &str) -> Result<(), Status> {
@@ -490,7 +693,7 @@ impl Auth for EtcdApi {
         let caller = self.caller(request.metadata())?;
         let req = request.into_inner();
         if let Some(c) = &caller {
-            if !c.state.is_admin(&c.user) && c.user != req.name {
+            if !c.is_admin() && c.user != req.name {
                 return Err(auth_status(AuthError::PermissionDenied));
             }
         }
@@ -532,7 +735,7 @@ impl Auth for EtcdApi {
             },
         )
         .await?;
-        self.auth_rt().tokens.invalidate_user(&req.name);
+        // Its tokens were dropped on every member at apply (`TokenApply`).
         Ok(Response::new(AuthUserDeleteResponse {
             header: Some(self.current_header()),
         }))
@@ -557,7 +760,7 @@ impl Auth for EtcdApi {
             },
         )
         .await?;
-        self.auth_rt().tokens.invalidate_user(&req.name);
+        // Its tokens were dropped on every member at apply (`TokenApply`).
         Ok(Response::new(AuthUserChangePasswordResponse {
             header: Some(self.current_header()),
         }))
@@ -627,7 +830,7 @@ impl Auth for EtcdApi {
                 .users
                 .get(&c.user)
                 .is_some_and(|u| u.roles.contains(&req.role));
-            if !c.state.is_admin(&c.user) && !holds {
+            if !c.is_admin() && !holds {
                 return Err(auth_status(AuthError::PermissionDenied));
             }
         }
@@ -759,9 +962,27 @@ mod cert_user_tests {
             tls: true,
             peer_cn: Some("alice".into()),
             alpn: None,
+            member_internal: false,
         });
         let req = cert_user_interceptor(req).unwrap();
         assert_eq!(req.metadata().get(CERT_USER_KEY).unwrap(), "alice");
+        assert!(req.metadata().get(MEMBER_INTERNAL_KEY).is_none());
+    }
+
+    #[test]
+    fn only_a_member_internal_connection_is_internal() {
+        let mut req = tonic::Request::new(());
+        req.metadata_mut()
+            .insert(MEMBER_INTERNAL_KEY, "1".parse().unwrap());
+        let req = cert_user_interceptor(req).unwrap();
+        assert!(req.metadata().get(MEMBER_INTERNAL_KEY).is_none());
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(tls::ConnInfo {
+            member_internal: true,
+            ..Default::default()
+        });
+        let req = cert_user_interceptor(req).unwrap();
+        assert_eq!(req.metadata().get(MEMBER_INTERNAL_KEY).unwrap(), "1");
     }
 }
 
@@ -788,6 +1009,7 @@ fn auth_change_kind(cmd: &AuthCommand) -> &'static str {
         AuthCommand::RoleDelete { .. } => "role_delete",
         AuthCommand::RoleGrantPermission { .. } => "role_grant_permission",
         AuthCommand::RoleRevokePermission { .. } => "role_revoke_permission",
+        AuthCommand::Authenticate { .. } => "authenticate",
     }
 }
 
@@ -836,6 +1058,7 @@ fn describe_auth_change(cmd: &AuthCommand) -> String {
             "permission on {} revoked from role {role}",
             describe_range(key, range_end)
         ),
+        AuthCommand::Authenticate { name, .. } => format!("user {name} authenticated"),
     }
 }
 

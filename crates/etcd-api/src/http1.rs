@@ -332,6 +332,9 @@ async fn gateway(
 ) -> Result<hyper::Response<Body>, tonic::Status> {
     use crate::pb::etcdserverpb::auth_server::Auth;
     let md = metadata(&req);
+    // A simple token from another member may be in an entry not applied here yet.
+    api.catch_up_token(md.get("authorization").and_then(|v| v.to_str().ok()))
+        .await;
     let limit = api.limits().max_request_bytes;
     let body = http_body_util::Limited::new(req.into_body(), limit)
         .collect()

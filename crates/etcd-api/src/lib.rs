@@ -110,12 +110,16 @@ impl EtcdApi {
         metrics: Arc<metrics::Metrics>,
         auth: &auth::AuthSettings,
     ) -> Result<Self, String> {
+        let auth = auth::AuthRuntime::new(auth)?;
+        // Simple tokens are installed (and invalidated) as this member
+        // applies auth changes, whichever member proposed them.
+        node.set_auth_observer(auth.token_observer());
         Ok(EtcdApi {
             inner: Arc::new(Inner {
                 node,
                 limits,
                 metrics,
-                auth: auth::AuthRuntime::new(auth)?,
+                auth,
             }),
         })
     }
@@ -226,27 +230,45 @@ pub async fn serve_incoming(
         .layer(tonic::service::InterceptorLayer::new(
             auth::cert_user_interceptor,
         ))
-        .add_service(
+        // Each service behind `TokenCatchUp` (auth.rs): a simple token
+        // issued by another member is known here once its entry is applied.
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
             PbKvServer::new(api.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(PbWatchServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(PbLeaseServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(PbClusterServer::new(api.clone()).max_decoding_message_size(max))
-        .add_service(PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max))
+        ))
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
+            PbWatchServer::new(api.clone()).max_decoding_message_size(max),
+        ))
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
+            PbLeaseServer::new(api.clone()).max_decoding_message_size(max),
+        ))
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
+            PbClusterServer::new(api.clone()).max_decoding_message_size(max),
+        ))
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
+            PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max),
+        ))
         // Auth, Lock and Election services (auth.rs, lock.rs, election.rs).
-        .add_service(
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
             pb::etcdserverpb::auth_server::AuthServer::new(api.clone())
                 .max_decoding_message_size(max),
-        )
-        .add_service(
+        ))
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
             pb::v3lockpb::lock_server::LockServer::new(api.clone()).max_decoding_message_size(max),
-        )
-        .add_service(
+        ))
+        .add_service(auth::TokenCatchUp::new(
+            api.clone(),
             pb::v3electionpb::election_server::ElectionServer::new(api.clone())
                 .max_decoding_message_size(max),
-        )
+        ))
         .serve_with_incoming_shutdown(
             // HTTP/1.1 beside gRPC on the same port (http1.rs): each
             // connection's first bytes, read after TLS termination, send
@@ -257,4 +279,71 @@ pub async fn serve_incoming(
             shutdown,
         )
         .await
+}
+
+/// Member-internal connections waiting for the in-process server.
+const INTERNAL_ACCEPT_QUEUE_CONNECTIONS: usize = 16;
+
+/// A gRPC channel to this member's own etcd API that never leaves the
+/// process: each connection is an in-memory pipe ([`tls::local_pair`])
+/// served by [`serve_incoming`] like a network connection, with the same
+/// services, limits and checks. It needs no TLS material and no password:
+/// its requests act as the member itself (auth's `root` rights; see
+/// `auth.rs`), which only code in this process can claim. For the member's
+/// own services (alerting, scheduled backups, the store-backed gateway),
+/// whatever the client listeners require (`https://` only,
+/// `--client-cert-auth`, auth enabled). The server runs until every clone
+/// of the channel is dropped.
+pub fn internal_channel(api: EtcdApi) -> InternalChannel {
+    let (tx, rx) = tokio::sync::mpsc::channel::<tls::TlsOrPlain>(INTERNAL_ACCEPT_QUEUE_CONNECTIONS);
+    let incoming =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
+        );
+    tokio::spawn(async move {
+        if let Err(e) = serve_incoming(api, incoming, std::future::pending()).await {
+            tracing::warn!("member-internal etcd API stopped: {e}");
+        }
+    });
+    // The URI only names the endpoint; the connector ignores it.
+    etcd_client::Channel::Tonic(
+        tonic::transport::Endpoint::from_static("http://member-internal.invalid")
+            .connect_with_connector_lazy(LocalConnector { tx }),
+    )
+}
+
+/// What [`internal_channel`] returns: for `etcd_client::Client::from_channel`.
+pub type InternalChannel = etcd_client::Channel;
+
+/// Opens member-internal connections for [`internal_channel`].
+#[derive(Clone)]
+struct LocalConnector {
+    tx: tokio::sync::mpsc::Sender<tls::TlsOrPlain>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for LocalConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::io::DuplexStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (client, server) = tls::local_pair();
+            tx.send(server)
+                .await
+                .map_err(|_| std::io::Error::other("the member-internal etcd API has stopped"))?;
+            Ok(hyper_util::rt::TokioIo::new(client))
+        })
+    }
 }

@@ -1,15 +1,22 @@
 //! Maintenance service: Status, Alarm, Hash/HashKV, Snapshot, MoveLeader.
 //!
-//! Snapshot file format, shaped like etcd's so `etcdctl snapshot save`
-//! accepts it (etcdctl checks that the size is a multiple of 512 plus a
-//! 32-byte SHA-256 trailer, and verifies the digest):
+//! Snapshot streams a real etcd snapshot, so that `etcdctl snapshot save` from a
+//! Phalanx member yields a file that `etcdctl snapshot status` reads and
+//! `etcdctl snapshot restore` turns into an etcd data dir (migration back to etcd):
 //!
 //! ```text
-//! payload        mvcc::Store::write_snapshot stream (self-checking, CRC32)
-//! zero padding   so that everything up to the digest is a multiple of 512 bytes,
-//!                its last 8 bytes holding the payload length (u64 LE)
-//! sha256         of everything before it
+//! bbolt database   etcd's schema (crate etcd-snapshot): buckets key (every revision
+//!                  since the last compaction), lease, meta (consistent_index,
+//!                  compaction revisions), members, cluster, alarm, auth*
+//! sha256           of the database bytes (etcd's trailer; the file is then 32 bytes
+//!                  past a multiple of 512, which is how etcdctl recognises it)
 //! ```
+//!
+//! The member's mvcc snapshot stream (one read transaction) is converted as it is
+//! produced into a temporary database file in the member's data dir, which is then
+//! streamed in `snapshot_chunk_bytes` messages and removed — memory stays bounded
+//! whatever the store's size. Phalanx's own backups take the same stream and convert
+//! it back (`backup::snapstream`), so there is one snapshot format on the wire.
 
 use crate::status::ToStatus;
 use std::pin::Pin;
@@ -22,6 +29,9 @@ use etcd_client::proto::{
 };
 use futures::Stream;
 use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Response, Status};
 
 use crate::EtcdApi;
@@ -31,8 +41,15 @@ use crate::EtcdApi;
 /// Phalanx's own version is on `/version` as `phalanx`.
 pub const REPORTED_VERSION: &str = "3.4.0";
 
-/// Snapshot files are padded to a multiple of this, as etcd's are.
-const SNAPSHOT_ALIGN_BYTES: usize = 512;
+/// mvcc stream pieces in flight between the store's reader and the converter.
+const SNAPSHOT_PIPE_PIECES: usize = 16;
+/// Size of those pieces.
+const SNAPSHOT_PIPE_PIECE_BYTES: usize = 64 * 1024;
+/// Snapshot messages queued ahead of a slow client.
+const SNAPSHOT_SEND_QUEUE_MESSAGES: usize = 4;
+
+/// Distinguishes the temporary files of snapshots taken at the same time.
+static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 const ALARM_GET: i32 = 0;
 const ALARM_ACTIVATE: i32 = 1;
@@ -201,36 +218,64 @@ impl PbMaintenanceService for EtcdApi {
         _request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_admin(_request.metadata())?;
-        let store = self.node().store().clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let mut data = Vec::new();
-            store.write_snapshot(&mut data).map(|_| data)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("etcdserver: snapshot task failed: {e}")))?
-        .map_err(|e| Status::internal(format!("etcdserver: snapshot failed: {e}")))?;
-        let payload_len = data.len() as u64;
-        let mut full = data;
-        let padded = (full.len() + 8).div_ceil(SNAPSHOT_ALIGN_BYTES) * SNAPSHOT_ALIGN_BYTES;
-        full.resize(padded - 8, 0);
-        full.extend_from_slice(&payload_len.to_le_bytes());
-        let digest = Sha256::digest(&full);
-        full.extend_from_slice(&digest);
+        let node = self.node();
+        node.check_serving().map_err(crate::node_status)?;
+        let store = node.store().clone();
+        let settings = etcd_snapshot::ExportSettings {
+            members: node
+                .members()
+                .into_iter()
+                .map(|(id, m, learner)| etcd_snapshot::schema::MemberJson {
+                    id,
+                    peer_urls: m.peer_urls,
+                    name: m.name,
+                    client_urls: m.client_urls,
+                    is_learner: learner,
+                })
+                .collect(),
+            cluster_version: REPORTED_VERSION.into(),
+            consistent_index: node.status().applied_index,
+        };
+        let dir = store
+            .path()
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let tmp = TempFile(dir.join(format!(
+            "etcd-snapshot-{}-{}.db.tmp",
+            std::process::id(),
+            SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed)
+        )));
+        let path = tmp.0.clone();
+        let summary =
+            tokio::task::spawn_blocking(move || build_etcd_snapshot(&store, &path, &settings))
+                .await
+                .map_err(|e| Status::internal(format!("etcdserver: snapshot task failed: {e}")))?
+                .map_err(|e| Status::internal(format!("etcdserver: snapshot failed: {e}")))?;
+        tracing::info!(
+            "snapshot: etcd database of {} bytes at revision {} ({} history records, {} leases)",
+            summary.db_bytes,
+            summary.revision,
+            summary.history_records,
+            summary.leases
+        );
         let chunk = self.limits().snapshot_chunk_bytes.max(1);
         let header = self.current_header();
-        let total = full.len();
-        let mut messages = Vec::with_capacity(total / chunk + 1);
-        let mut sent = 0usize;
-        for piece in full.chunks(chunk) {
-            sent += piece.len();
-            messages.push(Ok(PbSnapshotResponse {
-                header: Some(header),
-                remaining_bytes: (total - sent) as u64,
-                blob: piece.to_vec(),
-                version: REPORTED_VERSION.into(),
-            }));
-        }
-        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_SEND_QUEUE_MESSAGES);
+        // The temporary file goes with the sending task: removed when the stream ends,
+        // fails, or the client goes away.
+        tokio::task::spawn_blocking(move || {
+            let r = send_file(&tmp, chunk, header, &tx);
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(Status::internal(format!(
+                    "etcdserver: snapshot read failed: {e}"
+                ))));
+            }
+            drop(tmp);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
@@ -257,4 +302,121 @@ impl PbMaintenanceService for EtcdApi {
             "etcdserver: downgrade is not supported by phalanx",
         ))
     }
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Write the store's state as an etcd database at `path`: the store's mvcc snapshot
+/// stream runs on its own thread into a bounded pipe that the converter reads.
+fn build_etcd_snapshot(
+    store: &mvcc::Store,
+    path: &std::path::Path,
+    settings: &etcd_snapshot::ExportSettings,
+) -> Result<etcd_snapshot::ExportSummary, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(SNAPSHOT_PIPE_PIECES);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut w =
+                std::io::BufWriter::with_capacity(SNAPSHOT_PIPE_PIECE_BYTES, PipeWriter(tx));
+            store
+                .write_snapshot(&mut w)
+                .map_err(|e| e.to_string())
+                .and_then(|_| w.flush().map_err(|e| e.to_string()))
+        });
+        let mut r = PipeReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let converted = etcd_snapshot::write_etcd_db(&mut r, path, settings);
+        // Unblock the producer if the converter stopped early.
+        drop(r);
+        let produced = producer
+            .join()
+            .map_err(|_| "the snapshot reader panicked".to_string())?;
+        match (produced, converted) {
+            (Err(e), _) => Err(format!("reading the store: {e}")),
+            (Ok(()), Err(e)) => Err(e.to_string()),
+            (Ok(()), Ok(s)) => Ok(s),
+        }
+    })
+}
+
+struct PipeWriter(std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::other("snapshot converter stopped"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct PipeReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                // The producer finished (or failed; its error is reported by the caller).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Stream the database file in `chunk`-byte messages, then etcd's SHA-256 trailer.
+fn send_file(
+    tmp: &TempFile,
+    chunk: usize,
+    header: etcd_client::proto::PbResponseHeader,
+    tx: &tokio::sync::mpsc::Sender<Result<PbSnapshotResponse, Status>>,
+) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(&tmp.0)?;
+    let db_len = f.metadata()?.len();
+    let total = db_len + etcd_snapshot::SHA256_BYTES;
+    let mut sha = Sha256::new();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; chunk];
+    let msg = |blob: Vec<u8>, sent: u64| PbSnapshotResponse {
+        header: Some(header),
+        remaining_bytes: total - sent,
+        blob,
+        version: REPORTED_VERSION.into(),
+    };
+    while sent < db_len {
+        let n = ((db_len - sent) as usize).min(chunk);
+        f.read_exact(&mut buf[..n])?;
+        sha.update(&buf[..n]);
+        sent += n as u64;
+        if tx.blocking_send(Ok(msg(buf[..n].to_vec(), sent))).is_err() {
+            return Ok(()); // the client went away
+        }
+    }
+    let digest = sha.finalize().to_vec();
+    let _ = tx.blocking_send(Ok(msg(digest, total)));
+    Ok(())
 }

@@ -527,6 +527,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(etcd_api::metrics::Metrics::new());
     let api = etcd_api::EtcdApi::with_auth(node.clone(), limits, metrics.clone(), &auth_settings)
         .map_err(|e| anyhow::anyhow!("auth settings: {e}"))?;
+    // The member's own services (alerting, scheduled backups, the
+    // store-backed gateway) reach its etcd API in-process: no TLS material
+    // or password needed whatever the client listeners require; they act as
+    // the member itself (docs/security.md, "Clients inside the member").
+    let internal = etcd_api::internal_channel(api.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -556,7 +561,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
     // --- gateway: optional, configuration in the store (begin) ---
     let gateway = match args.gateway_listen {
-        Some(listen) => Some(start_gateway(&args, &name, listen, &listen_client).await?),
+        Some(listen) => Some(start_gateway(&args, &name, listen, internal.clone()).await?),
         None => None,
     };
     // --- gateway (end) ---
@@ -575,6 +580,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         node.clone(),
         metrics.clone(),
         gateway.as_ref().map(|g| g.gateway().clone()),
+        internal.clone(),
     )
     .await?;
     // --- alerting (end) ---
@@ -588,8 +594,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .map(|u| u.replace("://0.0.0.0:", "://127.0.0.1:"))
             .collect(),
         node.clone(),
+        internal,
     )
     .await?;
+    if let Some(b) = &_backup_service {
+        metrics.add_text_source(b.metrics_source());
+    }
     // --- backup service (end) ---
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -626,21 +636,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 /// Start this node's store-backed gateway; the store is reached through this
-/// node's own client listeners.
+/// node's in-process channel to its own etcd API.
 async fn start_gateway(
     args: &NodeArgs,
     name: &str,
     listen: SocketAddr,
-    listen_client: &[String],
+    internal: etcd_api::InternalChannel,
 ) -> anyhow::Result<gateway_store::StoreBackedGateway> {
-    let mut endpoints = Vec::new();
-    for u in listen_client {
-        let mut a = bind_addr("listen-client-urls", u)?;
-        if a.ip().is_unspecified() {
-            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        endpoints.push(format!("http://{a}"));
-    }
     let key = args
         .gateway_config_key
         .clone()
@@ -650,9 +652,14 @@ async fn start_gateway(
         listen,
         admin_listen: args.gateway_admin_listen,
     };
-    let g = gateway_store::run_store_backed(endpoints, key.clone(), None, opts)
-        .await
-        .with_context(|| format!("starting the gateway on {listen}"))?;
+    let g = gateway_store::run_store_backed_via(
+        gateway_store::StoreAccess::Channel(internal),
+        key.clone(),
+        None,
+        opts,
+    )
+    .await
+    .with_context(|| format!("starting the gateway on {listen}"))?;
     eprintln!("phalanx node {name}: gateway listening on {listen} (configuration at store key {key}, state {})", g.status().state);
     Ok(g)
 }

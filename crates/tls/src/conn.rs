@@ -15,10 +15,26 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::{ClientTls, ServerTls};
 
-/// An accepted or dialled connection: plain TCP, or TLS over TCP.
+/// An accepted or dialled connection: plain TCP, TLS over TCP, or an
+/// in-memory pipe inside the process ([`local_pair`]).
 pub enum TlsOrPlain {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// The server end of a member-internal connection: no socket, so no
+    /// other process can open one ([`ConnInfo::member_internal`]).
+    Local(tokio::io::DuplexStream),
+}
+
+/// Bytes buffered in each direction of a [`local_pair`] pipe.
+pub const LOCAL_PIPE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A member-internal connection: an in-memory pipe whose server end is a
+/// [`TlsOrPlain::Local`] (its [`ConnInfo::member_internal`] is set) and
+/// whose client end a tonic connector hands to its channel. Only code in
+/// this process can create one, which is what makes it an identity.
+pub fn local_pair() -> (tokio::io::DuplexStream, TlsOrPlain) {
+    let (client, server) = tokio::io::duplex(LOCAL_PIPE_BUFFER_BYTES);
+    (client, TlsOrPlain::Local(server))
 }
 
 /// What a server may want to know about a connection (tonic's
@@ -33,19 +49,28 @@ pub struct ConnInfo {
     pub peer_cn: Option<String>,
     /// Negotiated ALPN protocol.
     pub alpn: Option<Vec<u8>>,
+    /// An in-process connection from the member's own services
+    /// ([`local_pair`]); never true for a network connection.
+    pub member_internal: bool,
 }
 
 impl TlsOrPlain {
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP connection underneath (none for an in-process pipe).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            TlsOrPlain::Plain(s) => s,
-            TlsOrPlain::Tls(t) => t.get_ref().0,
+            TlsOrPlain::Plain(s) => Some(s),
+            TlsOrPlain::Tls(t) => Some(t.get_ref().0),
+            TlsOrPlain::Local(_) => None,
         }
     }
 
     pub fn info(&self) -> ConnInfo {
-        let remote_addr = self.tcp().peer_addr().ok();
+        let remote_addr = self.tcp().and_then(|t| t.peer_addr().ok());
         match self {
+            TlsOrPlain::Local(_) => ConnInfo {
+                member_internal: true,
+                ..Default::default()
+            },
             TlsOrPlain::Plain(_) => ConnInfo {
                 remote_addr,
                 ..Default::default()
@@ -62,6 +87,7 @@ impl TlsOrPlain {
                     tls: true,
                     peer_cn,
                     alpn: conn.alpn_protocol().map(|p| p.to_vec()),
+                    member_internal: false,
                 }
             }
         }
@@ -77,6 +103,7 @@ impl AsyncRead for TlsOrPlain {
         match self.get_mut() {
             TlsOrPlain::Plain(s) => Pin::new(s).poll_read(cx, buf),
             TlsOrPlain::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            TlsOrPlain::Local(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -90,6 +117,7 @@ impl AsyncWrite for TlsOrPlain {
         match self.get_mut() {
             TlsOrPlain::Plain(s) => Pin::new(s).poll_write(cx, buf),
             TlsOrPlain::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            TlsOrPlain::Local(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_write_vectored(
@@ -100,24 +128,28 @@ impl AsyncWrite for TlsOrPlain {
         match self.get_mut() {
             TlsOrPlain::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             TlsOrPlain::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            TlsOrPlain::Local(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             TlsOrPlain::Plain(s) => s.is_write_vectored(),
             TlsOrPlain::Tls(s) => s.is_write_vectored(),
+            TlsOrPlain::Local(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TlsOrPlain::Plain(s) => Pin::new(s).poll_flush(cx),
             TlsOrPlain::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            TlsOrPlain::Local(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TlsOrPlain::Plain(s) => Pin::new(s).poll_shutdown(cx),
             TlsOrPlain::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            TlsOrPlain::Local(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -22,13 +22,14 @@
 pub mod certinfo;
 mod conn;
 mod reload;
+mod reload_ca;
 mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use certinfo::CertInfo;
-pub use conn::{incoming, ConnInfo, Connector, TlsOrPlain};
+pub use conn::{incoming, local_pair, ConnInfo, Connector, TlsOrPlain, LOCAL_PIPE_BUFFER_BYTES};
 pub use reload::ReloadingCert;
 pub use rustls;
 
@@ -380,15 +381,24 @@ impl ServerTls {
                     s.listener, s.flags.ca
                 )));
             };
-            let roots = load_roots(s.flags.ca, ca)?;
+            // Re-read when the file changes (CA rotation without restart).
+            let build_provider = provider.clone();
             let inner =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| TlsError::Invalid {
-                        flag: s.flags.ca,
-                        path: ca.clone(),
-                        problem: format!("cannot verify client certificates with it: {e}"),
-                    })?;
+                reload_ca::ReloadingCa::<dyn rustls::server::danger::ClientCertVerifier>::load(
+                    &s.listener,
+                    s.flags.ca,
+                    ca,
+                    s.reload_check_interval_ms,
+                    Box::new(move |roots| {
+                        rustls::server::WebPkiClientVerifier::builder_with_provider(
+                            roots,
+                            build_provider.clone(),
+                        )
+                        .build()
+                        .map(|v| v as Arc<dyn rustls::server::danger::ClientCertVerifier>)
+                        .map_err(|e| format!("cannot verify client certificates with it: {e}"))
+                    }),
+                )?;
             builder.with_client_cert_verifier(Arc::new(verify::ClientVerifier {
                 inner,
                 allowed_cn: s.allowed_cn.clone(),
@@ -451,10 +461,32 @@ impl ClientTls {
                     .with_custom_certificate_verifier(Arc::new(verify::NoServerVerification(provider))),
                 "nothing (auto TLS: peers are not verified)".to_string(),
             ),
-            (Some(ca), false) => (
-                builder.with_root_certificates(load_roots(flags.ca, ca)?),
-                format!("the CAs in {} {}", flags.ca, ca.display()),
-            ),
+            (Some(ca), false) => {
+                // Re-read when the file changes (CA rotation without restart).
+                let build_provider = provider.clone();
+                let inner = reload_ca::ReloadingCa::load(
+                    "peer-client",
+                    flags.ca,
+                    ca,
+                    s.reload_check_interval_ms,
+                    Box::new(move |roots| {
+                        rustls::client::WebPkiServerVerifier::builder_with_provider(
+                            roots,
+                            build_provider.clone(),
+                        )
+                        .build()
+                        .map_err(|e| format!("cannot verify servers with it: {e}"))
+                    }),
+                )?;
+                (
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(verify::ServerVerifier {
+                            inner,
+                        })),
+                    format!("the CAs in {} {}", flags.ca, ca.display()),
+                )
+            }
             (None, false) => {
                 return Err(TlsError::Setting(format!(
                     "TLS to peers needs {} (the CA that signs the peers' certificates), or --peer-auto-tls",

@@ -14,9 +14,10 @@ use rustls::sign::CertifiedKey;
 
 use crate::{load_certified_key, CertInfo, FlagNames};
 
-type Stamp = Option<(SystemTime, u64)>;
+/// What tells a changed file: modification time and size.
+pub(crate) type Stamp = Option<(SystemTime, u64)>;
 
-fn stamp(p: &Path) -> Stamp {
+pub(crate) fn stamp(p: &Path) -> Stamp {
     std::fs::metadata(p)
         .ok()
         .and_then(|m| Some((m.modified().ok()?, m.len())))

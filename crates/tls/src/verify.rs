@@ -1,7 +1,9 @@
 //! Certificate verifiers: client certificates checked by the CA and,
-//! optionally, an allowed subject CN (`--peer-cert-allowed-cn`); and the
-//! "verify nothing" server verifier of `--peer-auto-tls` (signatures are
-//! still checked, so the handshake itself is sound).
+//! optionally, an allowed subject CN (`--peer-cert-allowed-cn`); servers
+//! checked by the CA (the peer client); both with the CA bundle re-read when
+//! its file changes ([`ReloadingCa`]); and the "verify nothing" server
+//! verifier of `--peer-auto-tls` (signatures are still checked, so the
+//! handshake itself is sound).
 
 use std::sync::Arc;
 
@@ -10,9 +12,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use crate::reload_ca::ReloadingCa;
+
 #[derive(Debug)]
 pub(crate) struct ClientVerifier {
-    pub inner: Arc<dyn ClientCertVerifier>,
+    pub inner: ReloadingCa<dyn ClientCertVerifier>,
     pub allowed_cn: Option<String>,
     pub listener: String,
 }
@@ -24,8 +28,13 @@ impl ClientCertVerifier for ClientVerifier {
     fn client_auth_mandatory(&self) -> bool {
         true
     }
+    /// No hints (an empty `certificate_authorities`): the bundle may change
+    /// at any handshake and the hints are borrowed for the connection's
+    /// life. Clients then pick their certificate themselves, which is what
+    /// Go's (etcdctl's) client does with no hints; stale hints would make it
+    /// withhold a certificate from a newly trusted CA.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
     fn verify_client_cert(
         &self,
@@ -35,6 +44,7 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ok = self
             .inner
+            .get()
             .verify_client_cert(end_entity, intermediates, now)
             .inspect_err(|e| {
                 tracing::debug!(
@@ -64,7 +74,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner.get().verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -72,10 +82,51 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner.get().verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.inner.get().supported_verify_schemes()
+    }
+}
+
+/// The peer client's server verification: webpki against the CA bundle,
+/// re-read when its file changes.
+#[derive(Debug)]
+pub(crate) struct ServerVerifier {
+    pub inner: ReloadingCa<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .get()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.get().verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.get().verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.get().supported_verify_schemes()
     }
 }
 

@@ -280,6 +280,12 @@ impl Node {
         &self.faults
     }
 
+    /// Register the per-member half of auth: told about every auth change
+    /// this member applies from now on ([`crate::AuthObserver`]).
+    pub fn set_auth_observer(&self, observer: Arc<dyn crate::AuthObserver>) {
+        self.applier.set_auth_observer(observer);
+    }
+
     /// The lease clocks of this member (authoritative only on the leader).
     pub fn lessor(&self) -> &Lessor {
         &self.lessor

@@ -179,7 +179,10 @@ impl Node {
         // Production members run on the process clock (no offset).
         let lessor = Arc::new(Lessor::new(crate::runtime::MemberClock::new()));
         lessor.reload(&store);
-        let applier = Applier::new(store, lessor.clone());
+        // Entries already in the log are re-applied after a restart; the
+        // auth observer must know them (simple tokens are not restored).
+        let applier = Applier::new(store, lessor.clone())
+            .with_replay_floor(durable.last_log_id.map(|l| l.index).unwrap_or(0));
 
         let raft_config = openraft::Config {
             cluster_name: format!("{:x}", identity.cluster_id),

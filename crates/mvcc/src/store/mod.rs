@@ -540,7 +540,18 @@ impl Store {
             .iter()
             .map(|c| c.as_ref().map_or(0, Command::approx_len) as u64)
             .sum::<u64>();
+        // A compaction frees much at once: make it durable so the pages are
+        // reusable (and Status's in-use figure drops) at once.
+        fn compacts(c: &Command) -> bool {
+            match c {
+                Command::Compact { .. } => true,
+                Command::Batch(cs) => cs.iter().any(compacts),
+                _ => false,
+            }
+        }
+        let compacts = items.iter().flatten().any(compacts);
         let durable = durable
+            || compacts
             || unsynced.commits >= policy.max_unsynced_commits
             || unsynced.bytes >= policy.max_unsynced_bytes;
         let mut txn = self.db.begin_write().map_err(db("begin write"))?;

@@ -334,6 +334,7 @@ pub async fn start_for_node(
     node: Arc<consensus::Node>,
     metrics: Arc<etcd_api::metrics::Metrics>,
     gateway: Option<gateway::GatewayHandle>,
+    internal: etcd_api::InternalChannel,
 ) -> anyhow::Result<Option<alerting::AlertingHandle>> {
     if a.enable_alerting == Some(false) && a.alerting_listen.is_some() {
         anyhow::bail!("--enable-alerting=false conflicts with --alerting-listen: the API needs the alerting on");
@@ -342,6 +343,9 @@ pub async fn start_for_node(
         return Ok(None);
     }
     let mut s = alerting::Settings::new(name, client_endpoints);
+    // The store through the member's in-process channel (works with
+    // https-only client URLs, --client-cert-auth and auth enabled).
+    s.channel = Some(internal);
     s.listen = a.alerting_listen;
     s.metrics_url = metrics_listen.and_then(|m| m.split(',').next()).map(|u| {
         let u = u

@@ -160,11 +160,15 @@ pub async fn start_for_node(
     name: &str,
     client_endpoints: Vec<String>,
     node: std::sync::Arc<consensus::Node>,
+    internal: etcd_api::InternalChannel,
 ) -> anyhow::Result<Option<backup::ServiceHandle>> {
     if a.disable_backup_service {
         return Ok(None);
     }
     let mut s = backup::ServiceSettings::new(name, client_endpoints);
+    // The store and snapshots through the member's in-process channel
+    // (works with https-only client URLs, --client-cert-auth and auth on).
+    s.channel = Some(internal);
     s.listen = a.backup_listen;
     s.identity_files = a.backup_identity_files.clone();
     if let Some(v) = a.backup_archive_poll_ms {
@@ -296,8 +300,21 @@ pub struct VerifyArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RestoreArgs {
     /// Repository: file:///path or s3://bucket/prefix.
-    #[arg(long)]
-    pub from: String,
+    #[arg(long, required_unless_present = "from_etcd_snapshot")]
+    pub from: Option<String>,
+    /// Migrate from etcd: restore a file written by `etcdctl snapshot save` against etcd
+    /// 3.4/3.5 (keys with their revisions and versions, leases; same revision as etcd).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["from", "revision", "time", "identities", "bump_revision"]
+    )]
+    pub from_etcd_snapshot: Option<PathBuf>,
+    /// With --from-etcd-snapshot: accept a file without etcd's SHA-256 trailer (a raw
+    /// `member/snap/db`), as `etcdctl snapshot restore --skip-hash-check`; a trailer that
+    /// is present is always verified.
+    #[arg(long, requires = "from_etcd_snapshot")]
+    pub skip_hash_check: bool,
     /// Restore the state as of this revision (default: the newest revision the backups
     /// and the continuous archive hold).
     #[arg(long, conflicts_with = "time")]
@@ -566,6 +583,13 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_restore(a: RestoreArgs) -> anyhow::Result<()> {
+    if let Some(file) = &a.from_etcd_snapshot {
+        return run_restore_from_etcd(&a, file);
+    }
+    let from = a
+        .from
+        .clone()
+        .context("--from or --from-etcd-snapshot is required")?;
     let target = match (a.revision, &a.time) {
         (Some(r), _) => backup::Target::Revision(r),
         (None, Some(t)) => backup::Target::Time(t.clone()),
@@ -573,7 +597,7 @@ pub fn run_restore(a: RestoreArgs) -> anyhow::Result<()> {
     };
     let settings = backup::RestoreSettings {
         read: backup::ReadSettings {
-            from: a.from.clone(),
+            from,
             identity_files: a.identities.clone(),
             s3: a.storage.s3(),
             retry: a.storage.retry(),
@@ -607,6 +631,57 @@ pub fn run_restore(a: RestoreArgs) -> anyhow::Result<()> {
         println!(
             "note: {} keys were attached to leases revoked after revision {}; they were restored without a lease",
             r.detached_lease_keys, r.revision
+        );
+    }
+    println!(
+        "start it with: phalanx node --name {} --data-dir {} --initial-cluster {} --initial-cluster-token {} --initial-advertise-peer-urls {} --initial-cluster-state new …",
+        a.name,
+        a.data_dir.display(),
+        a.initial_cluster,
+        a.initial_cluster_token,
+        a.initial_advertise_peer_urls.join(",")
+    );
+    Ok(())
+}
+
+fn run_restore_from_etcd(a: &RestoreArgs, file: &std::path::Path) -> anyhow::Result<()> {
+    let settings = backup::EtcdRestoreSettings {
+        snapshot: file.to_path_buf(),
+        skip_hash_check: a.skip_hash_check,
+        name: a.name.clone(),
+        initial_cluster: a.initial_cluster.clone(),
+        initial_cluster_token: a.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
+        data_dir: a.data_dir.clone(),
+    };
+    let r = backup::restore_from_etcd_snapshot(&settings)
+        .with_context(|| format!("restore from etcd snapshot {}", file.display()))?;
+    println!(
+        "restored {} keys ({} history records since compaction {}) and {} leases ({} keys attached) at revision {} from etcd snapshot {} ({}) into {} in {:.2}s",
+        r.keys,
+        r.history_records,
+        r.compact_revision,
+        r.leases,
+        r.leased_keys,
+        r.revision,
+        file.display(),
+        match &r.sha256 {
+            Some(h) => format!("SHA-256 {h} verified"),
+            None => "no SHA-256 trailer: not verified".into(),
+        },
+        a.data_dir.display(),
+        r.elapsed.as_secs_f64(),
+    );
+    if r.detached_records > 0 {
+        println!(
+            "note: {} history records named a lease the snapshot does not hold; they were restored without a lease",
+            r.detached_records
+        );
+    }
+    if !r.etcd_members.is_empty() {
+        println!(
+            "the etcd cluster had members {}; the restored cluster has the members of --initial-cluster",
+            r.etcd_members.join(" ")
         );
     }
     println!(
