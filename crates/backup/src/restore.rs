@@ -8,18 +8,13 @@
 //! members bootstrap a new cluster over that state (`consensus::Node::start` writes the
 //! identity and the Raft log as for any new member).
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-
-use etcd_client::proto::PbKeyValue;
-use prost::Message;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::dest::{Destination, RetrySettings, S3Settings};
 use crate::error::BackupError;
 use crate::format::*;
 use crate::repo::{list_backups, read_manifest, stream_backup, BackupEntry};
-use crate::snapstream::*;
 
 /// etcd's documentation suggests a bump of a billion revisions when the revision the lost
 /// cluster reached after the backup is unknown.
@@ -667,7 +662,22 @@ async fn restore_into(
     let page = s.check_page_keys.max(1);
     let (scratch_db2, member2) = (scratch_db.clone(), member.clone());
     let mut rep = tokio::task::spawn_blocking(move || -> Result<RestoreReport, BackupError> {
-        let (keys, leases, detached) = write_state_at(&scratch_db2, want, new_rev, &target_snap)?;
+        let old =
+            mvcc::Store::open(&scratch_db2).map_err(|e| store_err(&scratch_db2)(e.to_string()))?;
+        let mvcc::StateAt {
+            keys,
+            leases,
+            detached,
+        } = {
+            let mut f = std::fs::File::create(&target_snap)
+                .map_err(BackupError::io("create", &target_snap))?;
+            let st = old
+                .write_state_at(want, new_rev, &mut f)
+                .map_err(|e| store_err(&scratch_db2)(e.to_string()))?;
+            f.sync_all()
+                .map_err(BackupError::io("sync", &target_snap))?;
+            st
+        };
         let kv = member2.join("kv.redb");
         {
             let store = mvcc::Store::open(&kv).map_err(|e| store_err(&kv)(e.to_string()))?;
@@ -676,8 +686,6 @@ async fn restore_into(
             store
                 .install_snapshot(&mut f)
                 .map_err(|e| store_err(&kv)(e.to_string()))?;
-            let old = mvcc::Store::open(&scratch_db2)
-                .map_err(|e| store_err(&scratch_db2)(e.to_string()))?;
             cross_check(&old, want, &store, page, &kv)?;
         }
         Ok(RestoreReport {
@@ -716,247 +724,6 @@ async fn restore_into(
         .map_err(BackupError::io("write", &p))?;
     std::fs::remove_dir_all(&scratch).map_err(BackupError::io("remove scratch dir", &scratch))?;
     Ok(rep)
-}
-
-const KEY_REV: TableDefinition<(&[u8], i64, i64), &[u8]> =
-    TableDefinition::new(mvcc::layout::KEY_REV_TABLE);
-const REV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new(mvcc::layout::REV_TABLE);
-const LEASE: TableDefinition<i64, &[u8]> = TableDefinition::new(mvcc::layout::LEASE_TABLE);
-
-const REV_CHUNK: TableDefinition<(i64, i64, u32), &[u8]> =
-    TableDefinition::new(mvcc::layout::REV_CHUNK_TABLE);
-/// mvcc's `rev` payload kind of a record stored in pieces (crates/mvcc/src/store/history.rs):
-/// `2 ++ total length u32 LE ++ piece count u32 LE ++ tail`, the pieces in `rev_chunk`
-/// under (main, sub, piece), each sealed with the revision key and the piece number (BE).
-const REC_CHUNKED: u8 = 2;
-type ChunkTable = redb::ReadOnlyTable<(i64, i64, u32), &'static [u8]>;
-const CHUNK_STUB_HEADER_BYTES: usize = 1 + 4 + 4;
-
-/// The logical payload of a `rev` entry: `stored` itself, or reassembled from its pieces.
-fn resolve_pieces(
-    path: &Path,
-    chunks: Option<&ChunkTable>,
-    main: i64,
-    sub: i64,
-    stored: &[u8],
-) -> Result<Vec<u8>, BackupError> {
-    if stored.first() != Some(&REC_CHUNKED) || stored.len() < CHUNK_STUB_HEADER_BYTES {
-        return Ok(stored.to_vec());
-    }
-    let e = |x: String| store_err(path)(format!("record ({main}, {sub}): {x}"));
-    let total = u32::from_le_bytes(stored[1..5].try_into().expect("4 bytes")) as usize;
-    let pieces = u32::from_le_bytes(stored[5..9].try_into().expect("4 bytes"));
-    let tail = &stored[CHUNK_STUB_HEADER_BYTES..];
-    let chunks =
-        chunks.ok_or_else(|| e("stored in pieces, but the store has no rev_chunk table".into()))?;
-    let mut out = Vec::with_capacity(total);
-    let kb = rev_key_bytes(main, sub);
-    for i in 0..pieces {
-        let g = chunks
-            .get((main, sub, i))
-            .map_err(|x| e(x.to_string()))?
-            .ok_or_else(|| e(format!("piece {i} of {pieces} is missing")))?;
-        out.extend_from_slice(unseal(
-            path,
-            "rev_chunk",
-            &[&kb, &i.to_be_bytes()],
-            g.value(),
-        )?);
-    }
-    out.extend_from_slice(tail);
-    if out.len() != total {
-        return Err(e(format!(
-            "pieces hold {} bytes, the stub says {total}",
-            out.len()
-        )));
-    }
-    Ok(out)
-}
-
-fn rev_key_bytes(main: i64, sub: i64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&main.to_be_bytes());
-    b[8..].copy_from_slice(&sub.to_be_bytes());
-    b
-}
-
-/// Verify a stored value's checksum (`crc32(key parts ++ payload) ++ payload`, see
-/// mvcc's codec) and return the payload.
-fn unseal<'a>(
-    path: &Path,
-    table: &str,
-    parts: &[&[u8]],
-    stored: &'a [u8],
-) -> Result<&'a [u8], BackupError> {
-    if stored.len() < 4 {
-        return Err(store_err(path)(format!("short value in table {table}")));
-    }
-    let (c, payload) = stored.split_at(4);
-    let mut h = crc32fast::Hasher::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.update(payload);
-    if h.finalize() != u32::from_le_bytes(c.try_into().expect("4")) {
-        return Err(store_err(path)(format!(
-            "checksum mismatch in table {table}"
-        )));
-    }
-    Ok(payload)
-}
-
-struct SnapWriter {
-    w: BufWriter<std::fs::File>,
-    crc: crc32fast::Hasher,
-    records: u64,
-    path: PathBuf,
-}
-
-impl SnapWriter {
-    fn bytes(&mut self, b: &[u8]) -> Result<(), BackupError> {
-        self.crc.update(b);
-        self.w
-            .write_all(b)
-            .map_err(BackupError::io("write", self.path.clone()))
-    }
-    fn record(&mut self, tag: u8, k: &[&[u8]], v: &[u8]) -> Result<(), BackupError> {
-        let kl: usize = k.iter().map(|p| p.len()).sum();
-        self.bytes(&[tag])?;
-        self.bytes(&(kl as u32).to_le_bytes())?;
-        for p in k {
-            self.bytes(p)?;
-        }
-        self.bytes(&(v.len() as u32).to_le_bytes())?;
-        self.bytes(v)?;
-        self.records += 1;
-        Ok(())
-    }
-}
-
-/// Write an mvcc snapshot stream holding the live keys of `db` as of revision `at`
-/// (newest version <= at of every key not deleted by then), with revision and compact
-/// revision both `new_rev`, every lease of the backup, and no Raft bookkeeping or
-/// alarms. Keys whose lease no longer exists in the backup are restored without a
-/// lease. Memory: one key's history at a time, plus the set of lease ids.
-/// Returns (keys, leases, keys detached from a missing lease).
-fn write_state_at(
-    db: &Path,
-    at: i64,
-    new_rev: i64,
-    out: &Path,
-) -> Result<(u64, u64, u64), BackupError> {
-    let e = |x: String| store_err(db)(x);
-    let database = redb::Database::open(db).map_err(|x| e(x.to_string()))?;
-    let rtx = database.begin_read().map_err(|x| e(x.to_string()))?;
-    let key_rev = rtx.open_table(KEY_REV).map_err(|x| e(x.to_string()))?;
-    let revt = rtx.open_table(REV).map_err(|x| e(x.to_string()))?;
-    let leaset = rtx.open_table(LEASE).map_err(|x| e(x.to_string()))?;
-    // Large records live in pieces (mvcc format 2); a store without the table has none.
-    let chunks = match rtx.open_table(REV_CHUNK) {
-        Ok(t) => Some(t),
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(x) => return Err(e(x.to_string())),
-    };
-    let mut w = SnapWriter {
-        w: BufWriter::with_capacity(
-            1 << 16,
-            std::fs::File::create(out).map_err(BackupError::io("create", out))?,
-        ),
-        crc: crc32fast::Hasher::new(),
-        records: 0,
-        path: out.to_path_buf(),
-    };
-    w.bytes(MAGIC)?;
-    w.bytes(&SNAP_VERSION.to_le_bytes())?;
-    w.record(T_META, &[b"rev"], &new_rev.to_le_bytes())?;
-    w.record(T_META, &[b"compact_rev"], &new_rev.to_le_bytes())?;
-    let mut lease_ids = std::collections::HashSet::new();
-    for item in leaset.iter().map_err(|x| e(x.to_string()))? {
-        let (k, v) = item.map_err(|x| e(x.to_string()))?;
-        let id = k.value();
-        let idb = id.to_be_bytes();
-        let ttl = unseal(db, "lease", &[&idb], v.value())?;
-        w.record(T_LEASE, &[&idb], ttl)?;
-        lease_ids.insert(id);
-    }
-    let (mut keys, mut detached) = (0u64, 0u64);
-    let mut emit =
-        |w: &mut SnapWriter, key: &[u8], main: i64, sub: i64| -> Result<(), BackupError> {
-            let kb = rev_key_bytes(main, sub);
-            let v = revt
-                .get((main, sub))
-                .map_err(|x| e(x.to_string()))?
-                .ok_or_else(|| e(format!("history record ({main}, {sub}) is missing")))?;
-            let stored = unseal(db, "rev", &[&kb], v.value())?;
-            let payload = resolve_pieces(db, chunks.as_ref(), main, sub, stored)?;
-            if payload.first() != Some(&0) {
-                return Err(e(format!("record ({main}, {sub}) is not a put")));
-            }
-            let mut kv = PbKeyValue::decode(&payload[1..])
-                .map_err(|x| e(format!("record ({main}, {sub}): {x}")))?;
-            if kv.key != key {
-                return Err(e(format!("record ({main}, {sub}) belongs to another key")));
-            }
-            if kv.lease != 0 && !lease_ids.contains(&kv.lease) {
-                kv.lease = 0;
-                detached += 1;
-            }
-            let mut rec = Vec::with_capacity(1 + kv.encoded_len());
-            rec.push(0u8);
-            kv.encode(&mut rec).expect("Vec grows");
-            w.record(T_REV, &[&kb], &rec)?;
-            let mut idx = [0u8; 41];
-            idx[0..8].copy_from_slice(&kv.create_revision.to_le_bytes());
-            idx[8..16].copy_from_slice(&main.to_le_bytes());
-            idx[16..24].copy_from_slice(&sub.to_le_bytes());
-            idx[24..32].copy_from_slice(&kv.version.to_le_bytes());
-            idx[32..40].copy_from_slice(&kv.lease.to_le_bytes());
-            w.record(T_INDEX, &[key], &idx)?;
-            w.record(T_KEY_REV, &[key, &kb], &[0])?;
-            if kv.lease != 0 {
-                w.record(T_LEASE_KEY, &[&kv.lease.to_be_bytes(), key], &[])?;
-            }
-            keys += 1;
-            Ok(())
-        };
-    // key_rev is ordered by (key, main, sub): one key's history at a time.
-    // (key, newest (main, sub, tombstone) <= at)
-    type Current = Option<(Vec<u8>, Option<(i64, i64, bool)>)>;
-    let mut cur: Current = None;
-    for item in key_rev.iter().map_err(|x| e(x.to_string()))? {
-        let (k, v) = item.map_err(|x| e(x.to_string()))?;
-        let (key, main, sub) = k.value();
-        let kb = rev_key_bytes(main, sub);
-        let flag = unseal(db, "key_rev", &[key, &kb], v.value())?;
-        let tomb = match flag {
-            [0] => false,
-            [1] => true,
-            _ => return Err(e("bad key_rev flag".into())),
-        };
-        if cur.as_ref().map(|(k, _)| k.as_slice()) != Some(key) {
-            if let Some((k, Some((m, s, false)))) = cur.take() {
-                emit(&mut w, &k, m, s)?;
-            }
-            cur = Some((key.to_vec(), None));
-        }
-        if main <= at {
-            cur.as_mut().expect("set").1 = Some((main, sub, tomb));
-        }
-    }
-    if let Some((k, Some((m, s, false)))) = cur.take() {
-        emit(&mut w, &k, m, s)?;
-    }
-    w.bytes(&[T_END])?;
-    let n = w.records;
-    w.bytes(&n.to_le_bytes())?;
-    let crc = w.crc.clone().finalize();
-    w.w.write_all(&crc.to_le_bytes())
-        .map_err(BackupError::io("write", out))?;
-    let f =
-        w.w.into_inner()
-            .map_err(|x| BackupError::io("write", out)(x.into_error()))?;
-    f.sync_all().map_err(BackupError::io("sync", out))?;
-    Ok((keys, lease_ids.len() as u64, detached))
 }
 
 /// Every key of `old` at revision `at` equals the same key of `new` now (value,

@@ -64,6 +64,7 @@ mod store;
 mod validate;
 
 pub use error::{EtcdError, MvccError};
+pub use snapshot::StateAt;
 pub use store::{
     DbSize, DefragReport, LeaseInfo, ReclaimPolicy, Store, DEFRAG_WAIT_FOR_READERS_MS,
 };

@@ -14,8 +14,8 @@
 //! read on the sending side, so a corrupted store cannot produce a "valid" snapshot.
 
 use crate::codec::{
-    rev_key_bytes, seal, unseal, FORMAT_MAGIC, FORMAT_VERSION, KEY_INDEX, KEY_REV, LEASE,
-    LEASE_KEY, META, META_APPLIED, META_COMPACT, META_FORMAT, META_REV, REV,
+    rev_key_bytes, seal, unseal, IndexEntry, RevRecord, FORMAT_MAGIC, FORMAT_VERSION, KEY_INDEX,
+    KEY_REV, LEASE, LEASE_KEY, META, META_APPLIED, META_COMPACT, META_FORMAT, META_REV, REV,
 };
 use crate::error::{db, MvccError};
 use crate::layout::*;
@@ -34,6 +34,17 @@ const T_KEY_REV: u8 = 4;
 const T_LEASE: u8 = 5;
 const T_LEASE_KEY: u8 = 6;
 const T_END: u8 = 0xFF;
+
+/// What [`Store::write_state_at`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateAt {
+    /// Live keys at the revision.
+    pub keys: u64,
+    /// Leases (all of them: a lease outlives its keys).
+    pub leases: u64,
+    /// Keys whose lease no longer exists, written without a lease.
+    pub detached: u64,
+}
 
 /// Writer that checksums everything passing through.
 struct CrcWriter<'a> {
@@ -151,6 +162,117 @@ impl Store {
                 source,
             })?;
         Ok(())
+    }
+
+    /// Stream the state *as of* revision `at` as a snapshot of a fresh store:
+    /// the newest version <= `at` of every key not deleted by then (no older
+    /// history), every lease, current and compact revision both `new_rev`
+    /// (etcd's `--bump-revision --mark-compacted`), no Raft bookkeeping and
+    /// no alarms. A key whose lease is gone is written without one. This is
+    /// what a point-in-time restore installs into a new member. Memory: one
+    /// key's history at a time, plus the set of lease ids.
+    pub fn write_state_at(
+        &self,
+        at: i64,
+        new_rev: i64,
+        w: &mut dyn Write,
+    ) -> Result<StateAt, MvccError> {
+        self.write_state_at_unnoted(at, new_rev, w)
+            .map_err(|e| self.noted(e))
+    }
+
+    fn write_state_at_unnoted(
+        &self,
+        at: i64,
+        new_rev: i64,
+        w: &mut dyn Write,
+    ) -> Result<StateAt, MvccError> {
+        assert!(new_rev >= at, "a restore never moves revisions backwards");
+        let rtx = self.db.begin_read().map_err(db("begin read"))?;
+        let (revt, chunks) = crate::store::history::open_read(&rtx)?;
+        let h = crate::store::history::History {
+            rev: &revt,
+            chunks: &chunks,
+        };
+        let key_rev = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
+        let mut out = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 16, w),
+            crc: crc32fast::Hasher::new(),
+            records: 0,
+        };
+        out.bytes(MAGIC)?;
+        out.bytes(&SNAP_VERSION.to_le_bytes())?;
+        out.record(T_META, &[META_REV.as_bytes()], &new_rev.to_le_bytes())?;
+        out.record(T_META, &[META_COMPACT.as_bytes()], &new_rev.to_le_bytes())?;
+        let mut lease_ids = std::collections::HashSet::new();
+        let t = rtx.open_table(LEASE).map_err(db("open lease"))?;
+        for item in t.iter().map_err(db("scan lease"))? {
+            let (k, v) = item.map_err(db("scan lease"))?;
+            let id = k.value().to_be_bytes();
+            out.record(T_LEASE, &[&id], unseal(LEASE_TABLE, &[&id], v.value())?)?;
+            lease_ids.insert(k.value());
+        }
+        let mut st = StateAt {
+            leases: lease_ids.len() as u64,
+            ..Default::default()
+        };
+        let mut emit = |out: &mut CrcWriter<'_>, key: &[u8], main: i64, sub: i64| {
+            let mut kv = crate::store::kv_at(&h, key, main, sub)?;
+            if kv.lease != 0 && !lease_ids.contains(&kv.lease) {
+                kv.lease = 0;
+                st.detached += 1;
+            }
+            let kb = rev_key_bytes(main, sub);
+            out.record(T_REV, &[&kb], &RevRecord::encode_put_payload(&kv))?;
+            let entry = IndexEntry {
+                create: kv.create_revision,
+                mod_main: main,
+                mod_sub: sub,
+                version: kv.version,
+                lease: kv.lease,
+                tombstone: false,
+            };
+            out.record(T_INDEX, &[key], &entry.encode())?;
+            out.record(T_KEY_REV, &[key, &kb], &[0])?;
+            if kv.lease != 0 {
+                out.record(T_LEASE_KEY, &[&kv.lease.to_be_bytes(), key], &[])?;
+            }
+            st.keys += 1;
+            Ok::<(), MvccError>(())
+        };
+        // key_rev is ordered by (key, main, sub): one key's history at a time;
+        // `cur` is (key, its newest (main, sub, tombstone) <= at).
+        type Current = Option<(Vec<u8>, Option<(i64, i64, bool)>)>;
+        let mut cur: Current = None;
+        for item in key_rev.iter().map_err(db("scan key_rev"))? {
+            let (k, v) = item.map_err(db("scan key_rev"))?;
+            let (key, main, sub) = k.value();
+            let tomb = crate::store::decode_key_rev_flag(key, main, sub, v.value())?;
+            if cur.as_ref().map(|(k, _)| k.as_slice()) != Some(key) {
+                if let Some((k, Some((m, s, false)))) = cur.take() {
+                    emit(&mut out, &k, m, s)?;
+                }
+                cur = Some((key.to_vec(), None));
+            }
+            if main <= at {
+                cur.as_mut().expect("set above").1 = Some((main, sub, tomb));
+            }
+        }
+        if let Some((k, Some((m, s, false)))) = cur.take() {
+            emit(&mut out, &k, m, s)?;
+        }
+        out.bytes(&[T_END])?;
+        let n = out.records;
+        out.bytes(&n.to_le_bytes())?;
+        let crc = out.crc.clone().finalize();
+        out.inner
+            .write_all(&crc.to_le_bytes())
+            .and_then(|_| out.inner.flush())
+            .map_err(|source| MvccError::Io {
+                op: "write snapshot".into(),
+                source,
+            })?;
+        Ok(st)
     }
 
     /// Replace all state with a snapshot. The stream is spooled to a temporary file next to

@@ -31,7 +31,7 @@ pub(crate) fn get_index(t: &impl IndexT, key: &[u8]) -> Result<Option<IndexEntry
 /// The live KeyValue stored at (main, sub) for `key`. Cross-checks that the record exists,
 /// is a put, belongs to `key` and carries the right mod_revision — any mismatch means the
 /// indexes and the history disagree, which we treat as corruption.
-pub(super) fn kv_at<R: RevT, C: ChunkT>(
+pub(crate) fn kv_at<R: RevT, C: ChunkT>(
     t: &History<'_, R, C>,
     key: &[u8],
     main: i64,
@@ -49,7 +49,7 @@ pub(super) fn kv_at<R: RevT, C: ChunkT>(
     }
 }
 
-pub(super) fn decode_key_rev_flag(
+pub(crate) fn decode_key_rev_flag(
     key: &[u8],
     main: i64,
     sub: i64,
