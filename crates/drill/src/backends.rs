@@ -520,6 +520,7 @@ mod tests {
                 node_name: "n1".into(),
                 listen: ([127, 0, 0, 1], 0).into(),
                 admin_listen: None,
+                zone: None,
             };
             let cfg = gateway_store::parse_document(&doc, &opts)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{doc}", p.name()));

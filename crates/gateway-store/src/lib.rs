@@ -100,6 +100,9 @@ pub struct StoreBackedOptions {
     pub listen: SocketAddr,
     /// Admin endpoint of this node's gateway (overrides the document's).
     pub admin_listen: Option<SocketAddr>,
+    /// This node's zone (overrides the document's `zone`, which every
+    /// member shares; see the gateway's `zone_routing`).
+    pub zone: Option<String>,
 }
 
 /// Outcome of the last configuration change seen in the store.
@@ -171,7 +174,7 @@ pub fn empty_config(opts: &StoreBackedOptions) -> Config {
     c
 }
 
-/// Apply the node-local overrides (listener `default` address, `admin_listen`).
+/// Apply the node-local overrides (listener `default` address, `admin_listen`, `zone`).
 pub fn localize(mut c: Config, opts: &StoreBackedOptions) -> Config {
     match c.listeners.iter_mut().find(|l| l.name == LOCAL_LISTENER) {
         Some(l) => l.address = opts.listen,
@@ -185,6 +188,9 @@ pub fn localize(mut c: Config, opts: &StoreBackedOptions) -> Config {
         ),
     }
     c.admin_listen = opts.admin_listen;
+    if opts.zone.is_some() {
+        c.zone = opts.zone.clone();
+    }
     c
 }
 
@@ -207,9 +213,10 @@ pub async fn write_document(
         node_name: String::new(),
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: None,
+        zone: None,
     };
     parse_document(text, &probe).map_err(StoreConfigError::Invalid)?;
-    let mut c = connect(endpoints).await?;
+    let mut c = connect(&StoreAccess::Endpoints(endpoints.to_vec())).await?;
     let r = bounded("put", c.put(key, text, None)).await?;
     Ok(r.header().map(|h| h.revision()).unwrap_or(0))
 }
@@ -225,7 +232,28 @@ const BACKOFF_BASE_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn connect(endpoints: &[String]) -> Result<Client, StoreConfigError> {
+/// How a store-backed gateway reaches the store.
+#[derive(Clone, Debug)]
+pub enum StoreAccess {
+    /// Client URLs (plain `http://`).
+    Endpoints(Vec<String>),
+    /// The member's in-process channel to its own etcd API
+    /// (`etcd_api::internal_channel`): no TLS material or credentials
+    /// needed, whatever the member's client listeners require.
+    Channel(etcd_client::Channel),
+}
+
+async fn connect(access: &StoreAccess) -> Result<Client, StoreConfigError> {
+    let endpoints = match access {
+        StoreAccess::Endpoints(e) => e,
+        StoreAccess::Channel(ch) => {
+            return bounded(
+                "connecting to the store",
+                Client::from_channel(ch.clone(), None),
+            )
+            .await
+        }
+    };
     // No per-request timeout on the channel: it would end the watch stream.
     // Unary calls are bounded with tokio timeouts instead; keep-alive pings
     // detect a dead connection under an idle watch.
@@ -268,6 +296,17 @@ pub async fn run_store_backed(
     initial: Option<Config>,
     opts: StoreBackedOptions,
 ) -> Result<StoreBackedGateway, StoreConfigError> {
+    run_store_backed_via(StoreAccess::Endpoints(endpoints), key, initial, opts).await
+}
+
+/// [`run_store_backed`], reaching the store as `access` says (a member's
+/// gateway uses its in-process channel).
+pub async fn run_store_backed_via(
+    access: StoreAccess,
+    key: String,
+    initial: Option<Config>,
+    opts: StoreBackedOptions,
+) -> Result<StoreBackedGateway, StoreConfigError> {
     let mut st = StoreStatus {
         node: opts.node_name.clone(),
         state: "starting".into(),
@@ -282,7 +321,7 @@ pub async fn run_store_backed(
     let mut rev = None;
     // First read, bounded: the store may still be electing a leader.
     let first = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut c = connect(&endpoints).await?;
+        let mut c = connect(&access).await?;
         let r = get_key(&mut c, &key).await?;
         Ok::<_, StoreConfigError>((c, r))
     })
@@ -338,7 +377,7 @@ pub async fn run_store_backed(
     let (status_tx, status_rx) = watch::channel(st.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let w = Watcher {
-        endpoints,
+        access,
         key,
         opts,
         gateway: gateway.clone(),
@@ -365,7 +404,7 @@ async fn write_status(c: &mut Client, key: &str, st: &StoreStatus) {
 }
 
 struct Watcher {
-    endpoints: Vec<String>,
+    access: StoreAccess,
     key: String,
     opts: StoreBackedOptions,
     gateway: GatewayHandle,
@@ -450,7 +489,7 @@ impl Watcher {
         failures: &mut u32,
     ) -> Result<(), StoreConfigError> {
         if client.is_none() {
-            *client = Some(connect(&self.endpoints).await?);
+            *client = Some(connect(&self.access).await?);
         }
         let c = client.as_mut().unwrap();
         if rev.is_none() {
@@ -524,6 +563,7 @@ mod tests {
             node_name: "n1".into(),
             listen: "127.0.0.1:18080".parse().unwrap(),
             admin_listen: Some("127.0.0.1:18081".parse().unwrap()),
+            zone: Some("zone-b".into()),
         }
     }
 
@@ -552,6 +592,23 @@ mod tests {
         assert_eq!(c.listeners[0].address, opts().listen);
         assert_eq!(c.listeners[0].max_connections, 7);
         assert_eq!(c.admin_listen, opts().admin_listen);
+    }
+
+    #[test]
+    fn the_members_zone_overrides_the_documents() {
+        let doc = "zone = \"zone-a\"\n[[pools]]\nname = \"p\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\npool = \"p\"\n";
+        assert_eq!(
+            parse_document(doc, &opts()).unwrap().zone.as_deref(),
+            Some("zone-b")
+        );
+        let no_zone = StoreBackedOptions {
+            zone: None,
+            ..opts()
+        };
+        assert_eq!(
+            parse_document(doc, &no_zone).unwrap().zone.as_deref(),
+            Some("zone-a")
+        );
     }
 
     #[test]

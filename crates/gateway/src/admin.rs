@@ -85,7 +85,7 @@ async fn serve(
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
+            shared.metrics_text(),
         ),
         "/pools" => respond(
             StatusCode::OK,

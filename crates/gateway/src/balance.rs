@@ -19,6 +19,36 @@
 //! State machine: stateless except the RR counter and the smooth-WRR current
 //! weights, which live in the candidate set and are reset when it is rebuilt
 //! (the set is rebuilt whenever an endpoint's availability changes).
+//!
+//! **Zone-aware routing.** When the pool knows its local zone (the
+//! gateway's `zone`, or `zone_routing.local_zone`), `zone_routing.enabled`
+//! is on and the pool has endpoints in that zone, a candidate set of
+//! available endpoints is split into *local* (same zone) and *remote* (every
+//! other zone, or no zone) halves, each balanced with the pool's algorithm:
+//!
+//! ```text
+//! local_available / local_total ≥ min_local_healthy_percent / 100
+//!     ─▶ every request goes to the local half               (share = 1)
+//! otherwise
+//!     ─▶ a request goes local with probability
+//!        share = (local_available / local_total) / (min_local_healthy_percent / 100),
+//!        else to the remote half (balanced over all of its endpoints, so
+//!        spread over the other zones in proportion to their available endpoints)
+//! local_available = 0 ─▶ everything remote                  (share = 0)
+//! ```
+//!
+//! `local_total` counts the local zone's configured endpoints, available or
+//! not. The rule keeps the load of each available local endpoint at most
+//! `1 / min_local_healthy_percent` times its share when the whole zone is
+//! up (with 70 %: ≤ 1.43×), and moves the excess to other zones in
+//! proportion, as Envoy's zone-aware routing does (Envoy derives the local
+//! share from the fleet's zone distribution; here every zone is assumed to
+//! receive traffic in proportion to its endpoints, so the threshold is the
+//! operator's). The draw is random, except for `consistent-hash`, where it
+//! comes from the request's hash key so a key keeps its zone. A half with
+//! no candidate left (all tried) falls back to the other half, so retries
+//! cross zones. The split is not applied to the set of *all* endpoints that
+//! panic mode balances over (as in Envoy: no zone preference in panic).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,10 +63,43 @@ pub(crate) struct Set {
     pub eps: Vec<Arc<Endpoint>>,
     hash: Option<HashTable>,
     swrr: Mutex<Vec<i64>>,
+    /// The local/remote split of zone-aware routing (None: no zone preference).
+    zones: Option<Box<ZoneSplit>>,
+}
+
+/// Zone-aware split of a candidate set (see the module documentation).
+struct ZoneSplit {
+    local: Set,
+    remote: Set,
+    /// Probability that a request goes to `local` first, in [0, 1].
+    local_share: f64,
+}
+
+/// The share of requests kept in the local zone: 1 while at least
+/// `min_local_healthy_percent` of the zone's `local_total` endpoints are
+/// available, else proportionally less (0 when none is).
+pub fn local_zone_share(
+    local_available: usize,
+    local_total: usize,
+    min_local_healthy_percent: u32,
+) -> f64 {
+    if local_total == 0 || local_available == 0 {
+        return 0.0;
+    }
+    let available = local_available as f64 / local_total as f64;
+    let min = f64::from(min_local_healthy_percent.clamp(1, 100)) / 100.0;
+    (available / min).min(1.0)
 }
 
 impl Set {
     pub fn new(eps: Vec<Arc<Endpoint>>, cfg: &PoolConfig) -> Set {
+        let zones = ZoneSplit::build(&eps, cfg).map(Box::new);
+        let mut s = Set::plain(eps, cfg);
+        s.zones = zones;
+        s
+    }
+
+    fn plain(eps: Vec<Arc<Endpoint>>, cfg: &PoolConfig) -> Set {
         let hash = if cfg.algorithm == Algorithm::ConsistentHash && !eps.is_empty() {
             Some(HashTable::build(&eps, &cfg.hash))
         } else {
@@ -47,7 +110,39 @@ impl Set {
             eps,
             hash,
             swrr: Mutex::new(vec![0; n]),
+            zones: None,
         }
+    }
+}
+
+impl ZoneSplit {
+    fn build(eps: &[Arc<Endpoint>], cfg: &PoolConfig) -> Option<ZoneSplit> {
+        let zr = &cfg.zone_routing;
+        let local = zr.local_zone.as_deref().filter(|_| zr.enabled)?;
+        let zone_of: std::collections::HashMap<std::net::SocketAddr, Option<&str>> = cfg
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.socket_addr().ok()?, e.zone())))
+            .collect();
+        let local_total = zone_of.values().filter(|z| **z == Some(local)).count();
+        if local_total == 0 {
+            return None;
+        }
+        // The set of all endpoints (panic mode) holds unavailable ones: no
+        // zone preference there.
+        let now = crate::endpoint::now_ms();
+        if eps.iter().any(|e| !e.is_available(now)) {
+            return None;
+        }
+        let (l, r): (Vec<_>, Vec<_>) = eps
+            .iter()
+            .cloned()
+            .partition(|e| zone_of.get(&e.addr).copied().flatten() == Some(local));
+        Some(ZoneSplit {
+            local_share: local_zone_share(l.len(), local_total, zr.min_local_healthy_percent),
+            local: Set::plain(l, cfg),
+            remote: Set::plain(r, cfg),
+        })
     }
 }
 
@@ -67,6 +162,20 @@ impl PickCtx<'_> {
 
 /// Pick an endpoint of `set`, never one in `ctx.exclude`.
 pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc<Endpoint>> {
+    if let Some(z) = &set.zones {
+        let draw = if cfg.algorithm == Algorithm::ConsistentHash {
+            // A key keeps its zone as long as the share does not change.
+            (hash64(&ctx.hash_key.to_le_bytes(), 11) >> 11) as f64 / (1u64 << 53) as f64
+        } else {
+            rand::thread_rng().gen::<f64>()
+        };
+        let (first, second) = if draw < z.local_share {
+            (&z.local, &z.remote)
+        } else {
+            (&z.remote, &z.local)
+        };
+        return pick(first, cfg, ctx).or_else(|| pick(second, cfg, ctx));
+    }
     let n = set.eps.len();
     if n == 0 {
         return None;
@@ -339,6 +448,86 @@ mod tests {
             eprintln!("maglev n={n} remapped={f:.4} ideal={ideal:.4}");
             assert!(f >= ideal * 0.9 && f <= ideal * 1.3, "n={n} f={f}");
         }
+    }
+
+    fn zoned_pool(local: &str) -> (PoolConfig, Vec<Arc<Endpoint>>) {
+        use crate::config::EndpointConfig;
+        let metrics = crate::metrics::Metrics::new();
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut cfg = PoolConfig {
+            name: "p".into(),
+            ..Default::default()
+        };
+        cfg.zone_routing.local_zone = Some(local.into());
+        let mut eps = Vec::new();
+        for (i, z) in ["a", "a", "b", "b"].iter().enumerate() {
+            let addr: std::net::SocketAddr = format!("10.0.0.{i}:80").parse().unwrap();
+            cfg.endpoints.push(EndpointConfig::Weighted {
+                address: addr.to_string(),
+                weight: 1,
+                zone: Some(z.to_string()),
+            });
+            eps.push(Endpoint::new("p", addr, 1, epoch.clone(), &metrics));
+        }
+        (cfg, eps)
+    }
+
+    fn local_picks(set: &Set, cfg: &PoolConfig, exclude: &[Arc<Endpoint>], n: usize) -> usize {
+        let rr = AtomicUsize::new(0);
+        let ctx = PickCtx {
+            hash_key: 0,
+            exclude,
+            now: crate::endpoint::now_ms(),
+            rr: &rr,
+        };
+        (0..n)
+            .filter(|_| match pick(set, cfg, &ctx).unwrap().addr.ip() {
+                // 10.0.0.0 and 10.0.0.1 are zone a.
+                std::net::IpAddr::V4(ip) => ip.octets()[3] < 2,
+                std::net::IpAddr::V6(_) => false,
+            })
+            .count()
+    }
+
+    #[test]
+    fn zone_aware_pick_stays_local_then_spills_proportionally() {
+        let (cfg, eps) = zoned_pool("a");
+        // Whole zone available: every pick local.
+        let all = Set::new(eps.clone(), &cfg);
+        assert_eq!(local_picks(&all, &cfg, &[], 1000), 1000);
+        // One of the two local endpoints gone (50 % < 70 %): about 5/7 local.
+        let partial = Set::new(vec![eps[0].clone(), eps[2].clone(), eps[3].clone()], &cfg);
+        let l = local_picks(&partial, &cfg, &[], 4000);
+        assert!(
+            (2600..=3100).contains(&l),
+            "local picks {l} of 4000, expected ~2857"
+        );
+        // No local endpoint available: every pick remote.
+        let none = Set::new(eps[2..].to_vec(), &cfg);
+        assert_eq!(local_picks(&none, &cfg, &[], 500), 0);
+        // Retries cross zones: local endpoints already tried → remote.
+        assert_eq!(local_picks(&all, &cfg, &eps[..2], 500), 0);
+        // A gateway in a zone without endpoints, or zone routing off: no preference.
+        let (cfg_c, eps_c) = zoned_pool("c");
+        let l = local_picks(&Set::new(eps_c.clone(), &cfg_c), &cfg_c, &[], 1000);
+        assert!((400..=600).contains(&l), "{l}");
+        let mut off = cfg.clone();
+        off.zone_routing.enabled = false;
+        let l = local_picks(&Set::new(eps.clone(), &off), &off, &[], 1000);
+        assert!((400..=600).contains(&l), "{l}");
+    }
+
+    #[test]
+    fn local_zone_share_rule() {
+        // Whole zone, or at least the threshold, available: all local.
+        assert_eq!(local_zone_share(4, 4, 70), 1.0);
+        assert_eq!(local_zone_share(3, 4, 75), 1.0);
+        // Below: proportional (2 of 4 = 50 % against 70 % → 5/7 local).
+        assert!((local_zone_share(2, 4, 70) - 0.5 / 0.7).abs() < 1e-12);
+        assert!((local_zone_share(1, 4, 100) - 0.25).abs() < 1e-12);
+        // None available, or no local endpoint configured: all remote.
+        assert_eq!(local_zone_share(0, 4, 70), 0.0);
+        assert_eq!(local_zone_share(0, 0, 70), 0.0);
     }
 
     #[test]

@@ -74,6 +74,126 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Upstream pools.
     pub pools: Vec<PoolConfig>,
+    /// The zone (failure domain: availability zone, rack, site) this
+    /// gateway runs in; pools prefer endpoints of the same zone (see
+    /// `zone_routing`). None = no zone preference. `phalanx gateway --zone`
+    /// sets it.
+    pub zone: Option<String>,
+    /// Priority-aware load shedding (request criticality, CPU trigger).
+    pub load_shedding: LoadSheddingConfig,
+}
+
+/// Priority-aware load shedding (see `layers::shedding`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoadSheddingConfig {
+    /// Request header naming a request's priority (`critical`, `default`,
+    /// `sheddable`), read on routes with `trust_priority_header = true`.
+    pub priority_header: String,
+    /// `Retry-After` of a request refused by load shedding (concurrency
+    /// limit, pending queue, CPU).
+    pub retry_after_s: u64,
+    /// How long a sheddable request may wait for a concurrency slot (within
+    /// the pool's `pending_timeout_ms`); 0 = refused at once when the pool
+    /// is at its limit.
+    pub sheddable_max_wait_ms: u64,
+    /// Process CPU utilization at or above which sheddable requests are
+    /// refused; 0 = off.
+    pub cpu_shed_sheddable_percent: u32,
+    /// Process CPU utilization at or above which default-priority requests
+    /// are refused; 0 = off. Critical requests are never refused for CPU.
+    pub cpu_shed_default_percent: u32,
+    /// CPU time is sampled at most this often.
+    pub cpu_sample_interval_ms: u64,
+    /// The CPU utilization is measured over this much recent time.
+    pub cpu_window_ms: u64,
+}
+
+impl Default for LoadSheddingConfig {
+    fn default() -> Self {
+        LoadSheddingConfig {
+            priority_header: "x-phalanx-priority".into(),
+            retry_after_s: 1,
+            sheddable_max_wait_ms: 0,
+            cpu_shed_sheddable_percent: 90,
+            cpu_shed_default_percent: 0,
+            cpu_sample_interval_ms: 100,
+            cpu_window_ms: 1_000,
+        }
+    }
+}
+
+/// Zone-aware routing of a pool (see `balance` for the rule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZoneRoutingConfig {
+    /// Prefer endpoints in the gateway's zone (when it has one and the pool
+    /// has endpoints there).
+    pub enabled: bool,
+    /// All traffic stays in the local zone while at least this share of the
+    /// local zone's endpoints is available; below it, the local share of
+    /// requests is `available share / this`, the rest spills to the other zones.
+    pub min_local_healthy_percent: u32,
+    /// The zone treated as local by this pool; None = the gateway's `zone`.
+    pub local_zone: Option<String>,
+}
+
+impl Default for ZoneRoutingConfig {
+    fn default() -> Self {
+        ZoneRoutingConfig {
+            enabled: true,
+            min_local_healthy_percent: 70,
+            local_zone: None,
+        }
+    }
+}
+
+/// Adaptive concurrency limit of a pool (see `layers::adaptive`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveConcurrencyConfig {
+    /// The limit never goes below this many concurrent requests.
+    pub min_limit: usize,
+    /// The limit before any latency has been measured.
+    pub initial_limit: usize,
+    /// Latency up to this percentage of its long-term average does not
+    /// count as queueing (150 = 1.5×).
+    pub rtt_tolerance_percent: u32,
+    /// Weight of each new estimate in the limit (percent).
+    pub smoothing_percent: u32,
+    /// Requests over which the long-term latency average is taken.
+    pub long_window_samples: usize,
+}
+
+impl Default for AdaptiveConcurrencyConfig {
+    fn default() -> Self {
+        AdaptiveConcurrencyConfig {
+            min_limit: 4,
+            initial_limit: 20,
+            rtt_tolerance_percent: 150,
+            smoothing_percent: 20,
+            long_window_samples: 600,
+        }
+    }
+}
+
+/// Zone names: 1–64 characters of `A-Z a-z 0-9 . _ -`.
+fn check_zone_name(z: &str) -> Result<(), String> {
+    if z.is_empty() || z.len() > 64 {
+        return Err(format!(
+            "must be 1 to 64 characters long, got {} ({z:?})",
+            z.len()
+        ));
+    }
+    if let Some(c) = z
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "may hold only letters, digits, `.`, `_` and `-`, got {c:?} in {z:?}"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for Config {
@@ -85,6 +205,8 @@ impl Default for Config {
             listeners: Vec::new(),
             routes: Vec::new(),
             pools: Vec::new(),
+            zone: None,
+            load_shedding: LoadSheddingConfig::default(),
         }
     }
 }
@@ -187,6 +309,19 @@ pub struct RouteConfig {
     pub retry: RetryConfig,
     /// Optional per-client-IP token bucket.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Criticality of the route's requests (`critical`, `default`,
+    /// `sheddable`): under overload sheddable requests are refused first,
+    /// critical ones last.
+    pub priority: crate::layers::shedding::Priority,
+    /// Take a request's priority from the `load_shedding.priority_header`
+    /// request header when it names one (only for trusted callers: a client
+    /// could otherwise promote itself).
+    pub trust_priority_header: bool,
+    /// Response cache with stale-if-error / stale-while-revalidate (RFC 5861)
+    /// for GET/HEAD; None = no caching on this route.
+    pub cache: Option<CacheConfig>,
+    /// Hedged requests (idempotent methods only); None = no hedging.
+    pub hedge: Option<HedgeConfig>,
 }
 
 impl Default for RouteConfig {
@@ -199,6 +334,10 @@ impl Default for RouteConfig {
             max_request_body_bytes: 16 * 1024 * 1024,
             retry: RetryConfig::default(),
             rate_limit: None,
+            priority: crate::layers::shedding::Priority::Default,
+            trust_priority_header: false,
+            cache: None,
+            hedge: None,
         }
     }
 }
@@ -259,6 +398,82 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             requests_per_s: 100.0,
             burst: 200,
+        }
+    }
+}
+
+/// Response cache of a route (see `layers::cache`). Times from the
+/// upstream's `Cache-Control` (seconds) win over the route defaults here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Total size of stored responses (bodies + headers) before the least
+    /// recently used ones are evicted.
+    pub max_cache_bytes: u64,
+    /// Stored responses before the least recently used ones are evicted.
+    pub max_cache_entries: usize,
+    /// Larger responses are relayed but not stored.
+    pub max_cacheable_body_bytes: u64,
+    /// Freshness of a response without `max-age`/`s-maxage` (0 = always
+    /// forwarded; the stored copy is then only served stale).
+    pub default_max_age_ms: u64,
+    /// How long after it turns stale a response may replace an error
+    /// (500/502/503/504, connect failures, timeouts, open breaker) when the
+    /// upstream gives no `stale-if-error`.
+    pub default_stale_if_error_ms: u64,
+    /// How long after it turns stale a response is served at once while a
+    /// background request refreshes it, when the upstream gives no
+    /// `stale-while-revalidate` (0 = off).
+    pub default_stale_while_revalidate_ms: u64,
+    /// Background refreshes in flight at once over the route (one per key
+    /// at most); beyond, a stale-while-revalidate hit is served without
+    /// starting one.
+    pub max_concurrent_revalidations: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_cache_bytes: 64 * 1024 * 1024,
+            max_cache_entries: 10_000,
+            max_cacheable_body_bytes: 1024 * 1024,
+            default_max_age_ms: 0,
+            default_stale_if_error_ms: 300_000,
+            default_stale_while_revalidate_ms: 0,
+            max_concurrent_revalidations: 64,
+        }
+    }
+}
+
+/// Hedged requests of a route (see `layers::hedge`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// Send a hedge when the first try has not answered after this long
+    /// (with `percentile`: until `min_samples` latencies have been seen).
+    pub after_ms: u64,
+    /// When > 0: hedge after this percentile of the route's recent try
+    /// latencies instead (e.g. 95.0), never sooner than `min_delay_ms`.
+    pub percentile: f64,
+    /// Recent try latencies kept per route for `percentile`.
+    pub window_samples: usize,
+    /// Latencies needed before `percentile` is used.
+    pub min_samples: usize,
+    /// Lower bound of a percentile-derived delay.
+    pub min_delay_ms: u64,
+    /// Extra tries in flight beside the first one.
+    pub max_hedges_per_request: u32,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        HedgeConfig {
+            after_ms: 50,
+            percentile: 0.0,
+            window_samples: 1_000,
+            min_samples: 20,
+            min_delay_ms: 1,
+            max_hedges_per_request: 1,
         }
     }
 }
@@ -374,19 +589,22 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
-/// An endpoint: `"127.0.0.1:9001"`, `"http://127.0.0.1:9001"` or `{ address, weight }`.
+/// An endpoint: `"127.0.0.1:9001"`, `"http://127.0.0.1:9001"` or `{ address, weight, zone }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum EndpointConfig {
     /// Address only (weight 1).
     Address(String),
-    /// Address and weight.
+    /// Address, weight and zone.
     Weighted {
         /// `ip:port` (an `http://` prefix is accepted).
         address: String,
         /// Relative weight, 1..=10000.
         #[serde(default = "one")]
         weight: u32,
+        /// Zone of the endpoint (for zone-aware routing); None = no zone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zone: Option<String>,
     },
 }
 
@@ -400,6 +618,13 @@ impl EndpointConfig {
         match self {
             EndpointConfig::Address(a) => a,
             EndpointConfig::Weighted { address, .. } => address,
+        }
+    }
+    /// Zone (None when not given).
+    pub fn zone(&self) -> Option<&str> {
+        match self {
+            EndpointConfig::Address(_) => None,
+            EndpointConfig::Weighted { zone, .. } => zone.as_deref(),
         }
     }
     /// Weight (1 when not given).
@@ -601,6 +826,17 @@ pub struct PoolConfig {
     pub circuit_breaker: Option<BreakerConfig>,
     /// TLS towards the endpoints (None = cleartext).
     pub tls: Option<UpstreamTlsConfig>,
+    /// Zone-aware routing (endpoints' `zone` against the gateway's).
+    pub zone_routing: ZoneRoutingConfig,
+    /// Adaptive concurrency limit (gradient), below `max_concurrent_requests`;
+    /// None = the static limit only.
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyConfig>,
+    /// Host header sent to this pool's endpoints (a fallback provider's own
+    /// name); None = the client's Host.
+    pub host_header: Option<String>,
+    /// Prepended to the request path sent to this pool's endpoints (e.g.
+    /// `/v2`); None = the path as received.
+    pub upstream_path_prefix: Option<String>,
 }
 
 /// TLS (and mutual TLS) from a pool to its endpoints. The endpoints'
@@ -646,6 +882,10 @@ impl Default for PoolConfig {
             retry_budget: RetryBudgetConfig::default(),
             circuit_breaker: None,
             tls: None,
+            zone_routing: ZoneRoutingConfig::default(),
+            adaptive_concurrency: None,
+            host_header: None,
+            upstream_path_prefix: None,
         }
     }
 }
@@ -768,6 +1008,32 @@ impl Config {
                     return Err(inv(f("health_check.path"), "must start with `/`"));
                 }
             }
+            if let Some(h) = &p.host_header {
+                let ok = !h.is_empty()
+                    && !h.contains('@')
+                    && h.parse::<http::uri::Authority>()
+                        .is_ok_and(|a| a.as_str() == h.as_str());
+                if !ok {
+                    return Err(inv(
+                        f("host_header"),
+                        format!("`{h}` is not a host name (optionally with :port)"),
+                    ));
+                }
+            }
+            if let Some(pp) = &p.upstream_path_prefix {
+                let ok = pp.starts_with('/')
+                    && !pp.ends_with('/')
+                    && !pp.contains(['?', '#'])
+                    && pp.parse::<http::uri::PathAndQuery>().is_ok();
+                if !ok {
+                    return Err(inv(
+                        f("upstream_path_prefix"),
+                        format!(
+                            "`{pp}` must start with `/`, not end with `/`, and hold no `?` or `#`"
+                        ),
+                    ));
+                }
+            }
             let o = &p.outlier_detection;
             if o.enabled && o.base_ejection_ms == 0 {
                 return Err(inv(f("outlier_detection.base_ejection_ms"), "must be > 0"));
@@ -866,7 +1132,30 @@ impl Config {
             if r.retry.backoff_max_ms < r.retry.backoff_base_ms {
                 return Err(inv(f("retry.backoff_max_ms"), "must be >= backoff_base_ms"));
             }
+            if let Some(c) = &r.cache {
+                if c.max_cacheable_body_bytes > c.max_cache_bytes {
+                    return Err(inv(
+                        f("cache.max_cacheable_body_bytes"),
+                        format!(
+                            "must be <= cache.max_cache_bytes ({}), got {}",
+                            c.max_cache_bytes, c.max_cacheable_body_bytes
+                        ),
+                    ));
+                }
+            }
+            if let Some(h) = &r.hedge {
+                if h.percentile > 0.0 && h.min_samples > h.window_samples {
+                    return Err(inv(
+                        f("hedge.min_samples"),
+                        format!(
+                            "must be <= hedge.window_samples ({}), got {}",
+                            h.window_samples, h.min_samples
+                        ),
+                    ));
+                }
+            }
         }
+        self.validate_shedding_and_zones()?;
         let has_http = self
             .listeners
             .iter()
@@ -875,6 +1164,96 @@ impl Config {
             return Err(inv("routes", "http listeners need at least one route"));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Load shedding and zone settings that the ranges alone do not cover.
+    fn validate_shedding_and_zones(&self) -> Result<(), ConfigError> {
+        let ls = &self.load_shedding;
+        if http::HeaderName::from_bytes(ls.priority_header.as_bytes()).is_err() {
+            return Err(inv(
+                "load_shedding.priority_header",
+                format!("`{}` is not a valid header name", ls.priority_header),
+            ));
+        }
+        if ls.cpu_window_ms < ls.cpu_sample_interval_ms {
+            return Err(inv(
+                "load_shedding.cpu_window_ms",
+                format!(
+                    "must be >= load_shedding.cpu_sample_interval_ms ({}), got {}",
+                    ls.cpu_sample_interval_ms, ls.cpu_window_ms
+                ),
+            ));
+        }
+        if ls.cpu_shed_sheddable_percent > 0
+            && ls.cpu_shed_default_percent > 0
+            && ls.cpu_shed_default_percent < ls.cpu_shed_sheddable_percent
+        {
+            return Err(inv(
+                "load_shedding.cpu_shed_default_percent",
+                format!(
+                    "must be >= load_shedding.cpu_shed_sheddable_percent ({}) so that sheddable requests are refused first, got {}",
+                    ls.cpu_shed_sheddable_percent, ls.cpu_shed_default_percent
+                ),
+            ));
+        }
+        if let Some(z) = &self.zone {
+            check_zone_name(z).map_err(|r| inv("zone", r))?;
+        }
+        for (i, p) in self.pools.iter().enumerate() {
+            if let Some(a) = &p.adaptive_concurrency {
+                if a.initial_limit < a.min_limit {
+                    return Err(inv(
+                        format!("pools[{i}].adaptive_concurrency.initial_limit"),
+                        format!(
+                            "must be >= adaptive_concurrency.min_limit ({}), got {} (pool `{}`)",
+                            a.min_limit, a.initial_limit, p.name
+                        ),
+                    ));
+                }
+                if a.min_limit > p.max_concurrent_requests {
+                    return Err(inv(
+                        format!("pools[{i}].adaptive_concurrency.min_limit"),
+                        format!(
+                            "must be <= max_concurrent_requests ({}), got {} (pool `{}`)",
+                            p.max_concurrent_requests, a.min_limit, p.name
+                        ),
+                    ));
+                }
+            }
+            if let Some(z) = &p.zone_routing.local_zone {
+                check_zone_name(z).map_err(|r| {
+                    inv(
+                        format!("pools[{i}].zone_routing.local_zone"),
+                        format!("{r} (pool `{}`)", p.name),
+                    )
+                })?;
+            }
+            for (j, e) in p.endpoints.iter().enumerate() {
+                if let Some(z) = e.zone() {
+                    check_zone_name(z).map_err(|r| {
+                        inv(
+                            format!("pools[{i}].endpoints[{j}].zone"),
+                            format!("{r} (pool `{}`, endpoint `{}`)", p.name, e.address_str()),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PoolConfig {
+    /// This pool's configuration as the runtime uses it: the gateway's
+    /// `zone` fills `zone_routing.local_zone` when the pool names none.
+    pub(crate) fn with_gateway_zone(&self, zone: Option<&str>) -> PoolConfig {
+        let mut p = self.clone();
+        if p.zone_routing.local_zone.is_none() {
+            p.zone_routing.local_zone = zone.map(str::to_string);
+        }
+        p
     }
 }
 
@@ -940,7 +1319,41 @@ mod ranges {
         ("max_pending_requests", Int(0, MILLION)),
         ("pending_timeout_ms", Int(0, 600_000)),
     ];
+    const CACHE: &[(&str, R)] = &[
+        // Bytes are held in memory: at most 16 GiB.
+        ("max_cache_bytes", Int(1, 1 << 34)),
+        ("max_cache_entries", Int(1, 10 * MILLION)),
+        ("max_cacheable_body_bytes", Int(0, 1 << 30)),
+        ("default_max_age_ms", Int(0, 365 * DAY_MS)),
+        ("default_stale_if_error_ms", Int(0, 365 * DAY_MS)),
+        ("default_stale_while_revalidate_ms", Int(0, 365 * DAY_MS)),
+        ("max_concurrent_revalidations", Int(1, 100_000)),
+    ];
+    const HEDGE: &[(&str, R)] = &[
+        ("after_ms", Int(1, 600_000)),
+        ("percentile", Float(0.0, 99.9)),
+        ("window_samples", Int(1, 100_000)),
+        ("min_samples", Int(1, 100_000)),
+        ("min_delay_ms", Int(1, 600_000)),
+        ("max_hedges_per_request", Int(1, 4)),
+    ];
     const ENDPOINT: &[(&str, R)] = &[("weight", Int(1, 10_000))];
+    const LOAD_SHEDDING: &[(&str, R)] = &[
+        ("retry_after_s", Int(1, 3_600)),
+        ("sheddable_max_wait_ms", Int(0, 600_000)),
+        ("cpu_shed_sheddable_percent", Int(0, 100)),
+        ("cpu_shed_default_percent", Int(0, 100)),
+        ("cpu_sample_interval_ms", Int(10, 60_000)),
+        ("cpu_window_ms", Int(100, HOUR_MS)),
+    ];
+    const ZONE_ROUTING: &[(&str, R)] = &[("min_local_healthy_percent", Int(1, 100))];
+    const ADAPTIVE: &[(&str, R)] = &[
+        ("min_limit", Int(1, MILLION)),
+        ("initial_limit", Int(1, MILLION)),
+        ("rtt_tolerance_percent", Int(100, 1_000)),
+        ("smoothing_percent", Int(1, 100)),
+        ("long_window_samples", Int(10, 100_000)),
+    ];
     const HASH: &[(&str, R)] = &[
         ("maglev_table_size", Int(7, 10_000_019)),
         ("ring_vnodes_per_weight", Int(1, 10_000)),
@@ -1050,6 +1463,9 @@ mod ranges {
 
     pub(super) fn check(root: &Value) -> Result<(), ConfigError> {
         keys(root, "", "", TOP)?;
+        if let Some(t) = root.get("load_shedding") {
+            keys(t, "load_shedding.", "", LOAD_SHEDDING)?;
+        }
         for (i, l) in items(root, "listeners").iter().enumerate() {
             let owner = name_of(l, "name")
                 .map(|n| format!("listener `{n}`"))
@@ -1076,6 +1492,12 @@ mod ranges {
             if let Some(rl) = r.get("rate_limit") {
                 keys(rl, &format!("{p}rate_limit."), &owner, RATE_LIMIT)?;
             }
+            if let Some(c) = r.get("cache") {
+                keys(c, &format!("{p}cache."), &owner, CACHE)?;
+            }
+            if let Some(h) = r.get("hedge") {
+                keys(h, &format!("{p}hedge."), &owner, HEDGE)?;
+            }
         }
         for (i, pool) in items(root, "pools").iter().enumerate() {
             let pname = name_of(pool, "name").unwrap_or_default();
@@ -1095,6 +1517,8 @@ mod ranges {
                 ("outlier_detection", OUTLIER),
                 ("retry_budget", BUDGET),
                 ("circuit_breaker", BREAKER),
+                ("zone_routing", ZONE_ROUTING),
+                ("adaptive_concurrency", ADAPTIVE),
             ] {
                 if let Some(t) = pool.get(sub) {
                     keys(t, &format!("{p}{sub}."), &owner, spec)?;

@@ -159,7 +159,7 @@ impl GatewayHandle {
 
     /// Prometheus text exposition of all metrics.
     pub fn metrics_text(&self) -> String {
-        self.inner.shared.metrics.encode()
+        self.inner.shared.metrics_text()
     }
 
     /// JSON listing of pools, endpoints and their health (as served at `/pools`).

@@ -18,9 +18,9 @@
 //! machine, see [`layers`]):
 //!
 //! ```text
-//! listener (http / https+ALPN / tcp) ─▶ proxy ─▶ ratelimit ─▶ breaker ─▶ admission
-//!    ─▶ retry ─▶ pool tiers (primary, backups) ─▶ balance ─▶ timeout ─▶ endpoint
-//!                   ▲ health (active checks)        outlier (passive) ◀─┘
+//! listener (http / https+ALPN / tcp) ─▶ proxy ─▶ cache ─▶ ratelimit ─▶ breaker ─▶ admission
+//!    ─▶ retry ─▶ pool tiers (primary, backups) ─▶ balance ─▶ hedge ─▶ timeout ─▶ endpoint
+//!                   ▲ health (active checks)                 outlier (passive) ◀─┘
 //! ```
 //!
 //! Embedding example:

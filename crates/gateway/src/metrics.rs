@@ -47,6 +47,16 @@ pub struct PoolClassLabels {
     pub class: String,
 }
 
+/// Labels of fallback series: the route's primary pool and the backup pool
+/// that answered instead.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// Primary pool name.
+    pub pool: String,
+    /// Backup pool name.
+    pub backup: String,
+}
+
 /// Labels of per-listener series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -60,6 +70,18 @@ pub struct ListenerReasonLabels {
     /// Listener name.
     pub listener: String,
     /// `first_byte_timeout`, `header_timeout`, `keepalive_idle_timeout`, `evicted`.
+    pub reason: String,
+}
+
+/// Labels of requests refused by load shedding.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// Pool name.
+    pub pool: String,
+    /// `critical`, `default` or `sheddable`.
+    pub priority: String,
+    /// `concurrency` (limit reached, no room to wait), `pending_timeout`,
+    /// `displaced` (queue place taken by a higher priority), `cpu`.
     pub reason: String,
 }
 
@@ -97,12 +119,45 @@ pub struct Metrics {
     pub breaker_rejections: Family<PoolLabels, Counter>,
     /// Requests rejected by overload protection (`concurrency`, `pending_timeout`, `rate_limit`, `connections`).
     pub overload_rejections: Family<PoolClassLabels, Counter>,
+    /// Requests refused by load shedding, per pool, priority and reason.
+    pub shed_requests: Family<ShedLabels, Counter>,
+    /// The adaptive concurrency limit in force per pool (pools with `adaptive_concurrency`).
+    pub adaptive_concurrency_limit: Family<PoolLabels, Gauge>,
+    /// Process CPU utilization (percent of the CPUs available) last measured
+    /// for CPU-triggered shedding.
+    pub cpu_utilization_percent: Gauge,
     /// Open client connections per listener.
     pub listener_connections: Family<ListenerLabels, Gauge>,
     /// Accepted client connections per listener.
     pub listener_accepted: Family<ListenerLabels, Counter>,
     /// Client connections closed by the gateway (timeouts, eviction) per listener and reason.
     pub listener_closes: Family<ListenerReasonLabels, Counter>,
+    /// Cache look-ups of cached routes by result (`hit`, `stale_while_revalidate`,
+    /// `stale_if_error`, `miss`, `bypass`), by primary pool.
+    pub cache_requests: Family<PoolClassLabels, Counter>,
+    /// Responses stored in a route cache.
+    pub cache_stores: Family<PoolLabels, Counter>,
+    /// Entries evicted (LRU) from a route cache to respect its bounds.
+    pub cache_evictions: Family<PoolLabels, Counter>,
+    /// Bytes held by the route caches of a pool.
+    pub cache_bytes: Family<PoolLabels, Gauge>,
+    /// Entries held by the route caches of a pool.
+    pub cache_entries: Family<PoolLabels, Gauge>,
+    /// Hedged tries by result: `sent`, `won` (the hedge answered first),
+    /// `denied` (the retry budget refused one).
+    pub hedges: Family<PoolClassLabels, Counter>,
+    /// Responses answered by a backup pool instead of the primary.
+    pub fallback_responses: Family<FallbackLabels, Counter>,
+    /// Endpoints of a pool (set when metrics are read).
+    pub pool_endpoints: Family<PoolLabels, Gauge>,
+    /// Available endpoints of a pool: healthy, not ejected (set when metrics are read).
+    pub pool_available_endpoints: Family<PoolLabels, Gauge>,
+    /// 1 when the pool can take requests: an available endpoint and a breaker not open.
+    pub pool_available: Family<PoolLabels, Gauge>,
+    /// Requests in flight to a pool (its bulkhead's use; set when metrics are read).
+    pub pool_in_flight: Family<PoolLabels, Gauge>,
+    /// The pool's bulkhead size, `max_concurrent_requests`.
+    pub pool_max_concurrent: Family<PoolLabels, Gauge>,
 }
 
 impl Metrics {
@@ -123,9 +178,24 @@ impl Metrics {
             budget_exhausted: Family::default(),
             breaker_rejections: Family::default(),
             overload_rejections: Family::default(),
+            shed_requests: Family::default(),
+            cpu_utilization_percent: Gauge::default(),
+            adaptive_concurrency_limit: Family::default(),
             listener_connections: Family::default(),
             listener_accepted: Family::default(),
             listener_closes: Family::default(),
+            cache_requests: Family::default(),
+            cache_stores: Family::default(),
+            cache_evictions: Family::default(),
+            cache_bytes: Family::default(),
+            cache_entries: Family::default(),
+            hedges: Family::default(),
+            fallback_responses: Family::default(),
+            pool_endpoints: Family::default(),
+            pool_available_endpoints: Family::default(),
+            pool_available: Family::default(),
+            pool_in_flight: Family::default(),
+            pool_max_concurrent: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -180,6 +250,21 @@ impl Metrics {
             m.overload_rejections.clone(),
         );
         r.register(
+            "shed_requests",
+            "Requests refused by priority-aware load shedding, by pool, priority and reason",
+            m.shed_requests.clone(),
+        );
+        r.register(
+            "adaptive_concurrency_limit",
+            "Adaptive concurrency limit in force per pool",
+            m.adaptive_concurrency_limit.clone(),
+        );
+        r.register(
+            "process_cpu_utilization_percent",
+            "Process CPU utilization over the load-shedding window, percent of the CPUs available",
+            m.cpu_utilization_percent.clone(),
+        );
+        r.register(
             "listener_active_connections",
             "Open client connections",
             m.listener_connections.clone(),
@@ -193,6 +278,66 @@ impl Metrics {
             "listener_closed_connections",
             "Client connections closed by the gateway: timeouts and evictions",
             m.listener_closes.clone(),
+        );
+        r.register(
+            "cache_requests",
+            "Cache look-ups on cached routes by result",
+            m.cache_requests.clone(),
+        );
+        r.register(
+            "cache_stores",
+            "Responses stored in route caches",
+            m.cache_stores.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Entries evicted from route caches (LRU, size or entry bound)",
+            m.cache_evictions.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes held by route caches",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Entries held by route caches",
+            m.cache_entries.clone(),
+        );
+        r.register(
+            "hedges",
+            "Hedged tries: sent, won, denied by the retry budget",
+            m.hedges.clone(),
+        );
+        r.register(
+            "fallback_responses",
+            "Responses answered by a backup pool instead of the primary",
+            m.fallback_responses.clone(),
+        );
+        r.register(
+            "pool_endpoints",
+            "Endpoints of a pool",
+            m.pool_endpoints.clone(),
+        );
+        r.register(
+            "pool_available_endpoints",
+            "Healthy, not ejected endpoints of a pool",
+            m.pool_available_endpoints.clone(),
+        );
+        r.register(
+            "pool_available",
+            "1 when the pool has an available endpoint and its breaker is not open",
+            m.pool_available.clone(),
+        );
+        r.register(
+            "pool_in_flight_requests",
+            "Requests in flight to a pool (bulkhead use)",
+            m.pool_in_flight.clone(),
+        );
+        r.register(
+            "pool_max_concurrent_requests",
+            "Bulkhead size of a pool (max_concurrent_requests)",
+            m.pool_max_concurrent.clone(),
         );
         *m.registry.lock().unwrap() = r;
         Arc::new(m)

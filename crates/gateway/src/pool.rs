@@ -51,6 +51,10 @@ pub struct Pool {
     epoch: Arc<AtomicU64>,
     cache: RwLock<Option<Arc<Snapshot>>>,
     pub(crate) rr: AtomicUsize,
+    /// Rotation of hedge picks, apart from `rr`: a hedge taking a turn of
+    /// `rr` would shift the rotation of first tries (with two endpoints,
+    /// every first try would land on the slow one that gets hedged).
+    pub(crate) hedge_rr: AtomicUsize,
     pub(crate) admission: Arc<Admission>,
     pub(crate) budget: RetryBudget,
     pub(crate) breaker: Breaker,
@@ -81,6 +85,7 @@ impl Pool {
             epoch: Arc::new(AtomicU64::new(1)),
             cache: RwLock::new(None),
             rr: AtomicUsize::new(0),
+            hedge_rr: AtomicUsize::new(0),
             admission: Arc::new(Admission::default()),
             budget: RetryBudget::default(),
             breaker: Breaker::default(),
@@ -172,6 +177,33 @@ impl Pool {
         }
     }
 
+    /// Set the pool's gauges (`pool_endpoints`, `pool_available_endpoints`,
+    /// `pool_available`, `pool_in_flight_requests`,
+    /// `pool_max_concurrent_requests`) from its current state; called when
+    /// metrics are read, so they are right even when no request flows.
+    pub(crate) fn set_gauges(&self) {
+        let l = PoolLabels {
+            pool: self.name.clone(),
+        };
+        let now = now_ms();
+        let members = self.members();
+        let up = members.iter().filter(|e| e.is_available(now)).count();
+        let m = &self.metrics;
+        m.pool_endpoints.get_or_create(&l).set(members.len() as i64);
+        m.pool_available_endpoints.get_or_create(&l).set(up as i64);
+        let breaker_open =
+            self.cfg().circuit_breaker.is_some() && self.breaker.state_name() == "open";
+        m.pool_available
+            .get_or_create(&l)
+            .set(i64::from(up > 0 && !breaker_open));
+        m.pool_in_flight
+            .get_or_create(&l)
+            .set(self.admission.in_flight() as i64);
+        m.pool_max_concurrent
+            .get_or_create(&l)
+            .set(self.cfg().max_concurrent_requests as i64);
+    }
+
     /// Candidate sets for the current availability epoch.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         let now = now_ms();
@@ -225,6 +257,31 @@ pub(crate) fn select(
     hash_key: u64,
     exclude: &[Arc<Endpoint>],
 ) -> Option<Selected> {
+    select_turn(tiers, hash_key, exclude, false)
+}
+
+/// [`select`] for a hedge: the same rules, with the pools' hedge rotation.
+pub(crate) fn select_hedge(
+    tiers: &[Arc<Pool>],
+    hash_key: u64,
+    exclude: &[Arc<Endpoint>],
+) -> Option<Selected> {
+    select_turn(tiers, hash_key, exclude, true)
+}
+
+fn select_turn(
+    tiers: &[Arc<Pool>],
+    hash_key: u64,
+    exclude: &[Arc<Endpoint>],
+    hedge: bool,
+) -> Option<Selected> {
+    fn rotation(p: &Pool, hedge: bool) -> &AtomicUsize {
+        if hedge {
+            &p.hedge_rr
+        } else {
+            &p.rr
+        }
+    }
     let now = now_ms();
     for pool in tiers {
         let snap = pool.snapshot();
@@ -236,7 +293,7 @@ pub(crate) fn select(
             hash_key,
             exclude,
             now,
-            rr: &pool.rr,
+            rr: rotation(pool, hedge),
         };
         let panic = cfg.panic_threshold_percent > 0
             && snap.healthy.eps.len() * 100
@@ -262,7 +319,7 @@ pub(crate) fn select(
         hash_key,
         exclude,
         now,
-        rr: &primary.rr,
+        rr: rotation(primary, hedge),
     };
     balance::pick(&snap.all, &cfg, &ctx).map(|e| Selected {
         endpoint: e,

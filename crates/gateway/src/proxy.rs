@@ -3,17 +3,25 @@
 //! ```text
 //! Routing ─no route─▶ 404
 //!   │
+//! Cache (routes with `cache`, layers::cache) ─fresh─▶ the copy
+//!   │  ─stale-while-revalidate─▶ the copy, and a background refresh
+//!   │  (the answer of everything below, when 500/502/503/504, is replaced by
+//!   │  a copy within stale-if-error)
 //! RateLimit ─empty bucket─▶ 429 + Retry-After
 //!   │
-//! Breaker ─open─▶ 503 (circuit open)
+//! Shed (layers::shedding) ─CPU over the threshold of the request's priority─▶ 503 + Retry-After
 //!   │
-//! Admission ─queue full / pending timeout─▶ 503 + Retry-After
+//! Breaker ─open─▶ 503 (circuit open); with backup pools: only the backups are used
+//!   │
+//! Admission ─queue full / pending timeout / displaced─▶ 503 + Retry-After
+//!   (waiters served critical → default → sheddable)
 //!   │
 //! Body ─larger than max_request_body_bytes─▶ 413 (chunked: counted while buffered, before
 //!   anything is forwarded) ; ≤ max_replay_body_bytes: buffered (replayable)
 //!   │
 //! Retry loop: Select (tiers, balance, exclude tried) ─none─▶ 503 no healthy upstream
-//!   │           Try (timeout) ─▶ classify ─▶ outlier.record ─▶ layers::retry::RetryState
+//!   │           Try (timeout; routes with `hedge`: a race of the try and its
+//!   │           hedges, layers::hedge) ─▶ classify ─▶ outlier.record ─▶ layers::retry::RetryState
 //!   │           decides: final / budget exhausted / retry after a backoff
 //!   ▼
 //! Response: hop-by-hop headers stripped, Via added; slot and in-flight count held
@@ -22,6 +30,7 @@
 //! ```
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -36,14 +45,18 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
 use crate::balance::hash64;
+use crate::config::LoadSheddingConfig;
 use crate::config::{Algorithm, HashKey, UpstreamProtocol};
 use crate::endpoint::{now_ms, InFlight};
 use crate::layers::admission::{Permit, Rejection};
+use crate::layers::cache_serve;
+use crate::layers::hedge::{self, HedgeState, Skipped, Step};
 use crate::layers::outlier::{self, TryOutcome};
 use crate::layers::retry::{is_idempotent, Decision, RetryState};
+use crate::layers::shedding::{self, Priority};
 use crate::layers::timeout;
 use crate::metrics::{class_of, Metrics, PoolClassLabels};
-use crate::pool::{select, BoxError, ProxyBody};
+use crate::pool::{select, select_hedge, BoxError, ProxyBody};
 use crate::router::Runtime;
 
 /// State shared by all listeners of a gateway.
@@ -56,6 +69,12 @@ impl Shared {
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.read().unwrap().clone()
     }
+
+    /// The metrics text, with the pools' gauges refreshed first.
+    pub fn metrics_text(&self) -> String {
+        self.runtime().refresh_pool_gauges();
+        self.metrics.encode()
+    }
 }
 
 /// Connection-level context of a request.
@@ -65,7 +84,7 @@ pub(crate) struct ConnCtx {
     pub tls: bool,
 }
 
-fn full(b: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(b: impl Into<Bytes>) -> ProxyBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
 }
 
@@ -255,12 +274,16 @@ impl Body for Guarded {
     }
 }
 
-async fn prepare_body(
-    body: Incoming,
+async fn prepare_body<B>(
+    body: B,
     headers: &HeaderMap,
     replay_limit: u64,
     max_body: u64,
-) -> Result<ReqBody, Response<ProxyBody>> {
+) -> Result<ReqBody, Response<ProxyBody>>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     if body.is_end_stream() {
         return Ok(ReqBody::Empty);
     }
@@ -453,24 +476,142 @@ fn failed_try_response(outcome: TryOutcome, reason: &str) -> Response<ProxyBody>
     }
 }
 
-async fn proxy(
+async fn proxy<B>(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
     ctx: ConnCtx,
-    mut req: Request<Incoming>,
+    req: Request<B>,
     host: &str,
     info: &mut LogInfo,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let Some(route) = rt.route(host, req.uri().path()) else {
         return local_response(StatusCode::NOT_FOUND, "no route", None);
     };
+    info.pool = Some(route.tiers[0].name.clone());
+    // The cache layer (layers::cache) wraps everything below it: a fresh or
+    // revalidating entry answers at once, and a failed answer (also the
+    // gateway's own 503/504) may be replaced by a stale entry.
+    let Some(cached) = cache_serve::before(route, &shared.metrics, &req, host, now_ms()) else {
+        return forward(shared, route, ctx, req, info).await;
+    };
+    match cached {
+        cache_serve::Before::Answer(r) => r,
+        cache_serve::Before::Revalidate { answer, job } => {
+            tokio::spawn(refresh(shared.clone(), rt.clone(), ctx, job));
+            answer
+        }
+        cache_serve::Before::Forward(c) => {
+            let resp = forward(shared, route, ctx, req, info).await;
+            cache_serve::after(c, resp, &shared.metrics, now_ms())
+        }
+    }
+}
+
+/// Background refresh of a stale-while-revalidate entry: the request goes
+/// through every layer like a client's; a good answer replaces the entry
+/// (stored when its body has been read here), a failure leaves it.
+async fn refresh(
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    ctx: ConnCtx,
+    job: Box<cache_serve::RefreshJob>,
+) {
+    let (req, c, host) = job.into_parts();
+    let Some(route) = rt.route(&host, req.uri().path()) else {
+        return;
+    };
+    let mut info = LogInfo::default();
+    let resp = forward(&shared, route, ctx, req, &mut info).await;
+    let resp = cache_serve::after(c, resp, &shared.metrics, now_ms());
+    let _ = resp.into_body().collect().await;
+}
+
+/// Why no request could be built for a try.
+enum NoRequest {
+    /// A streamed body was already sent by an earlier try.
+    BodyGone,
+    /// The target does not form a valid URI.
+    BadTarget,
+}
+
+impl NoRequest {
+    fn response(self) -> Response<ProxyBody> {
+        match self {
+            NoRequest::BodyGone => local_response(StatusCode::BAD_GATEWAY, "upstream failed", None),
+            NoRequest::BadTarget => {
+                local_response(StatusCode::BAD_REQUEST, "bad request target", None)
+            }
+        }
+    }
+}
+
+/// What every try of one request shares.
+struct Prepared<'a> {
+    method: &'a Method,
+    path_q: &'a str,
+    headers: &'a HeaderMap,
+}
+
+/// The request for one try on `sel`: the pool's `upstream_path_prefix`
+/// before the path and its `host_header` as Host (a fallback provider's own
+/// name), else the client's.
+fn upstream_request(
+    sel: &crate::pool::Selected,
+    p: &Prepared<'_>,
+    body: &mut ReqBody,
+) -> Result<Request<ProxyBody>, NoRequest> {
+    let Some(req_body) = body.take() else {
+        return Err(NoRequest::BodyGone);
+    };
+    let pc = sel.pool.cfg();
+    let prefix = pc.upstream_path_prefix.as_deref().unwrap_or("");
+    let uri: Uri = format!("http://{}{}{}", sel.endpoint.authority, prefix, p.path_q)
+        .parse()
+        .map_err(|_| NoRequest::BadTarget)?;
+    let mut up = Request::new(req_body);
+    *up.method_mut() = p.method.clone();
+    *up.uri_mut() = uri;
+    *up.headers_mut() = p.headers.clone();
+    if let Some(h) = pc.host_header.as_deref() {
+        if let Ok(v) = HeaderValue::from_str(h) {
+            up.headers_mut().insert(header::HOST, v);
+        }
+    }
+    Ok(up)
+}
+
+async fn forward<B>(
+    shared: &Arc<Shared>,
+    route: &crate::router::Route,
+    ctx: ConnCtx,
+    mut req: Request<B>,
+    info: &mut LogInfo,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let primary = route.tiers[0].clone();
-    info.pool = Some(primary.name.clone());
     let pcfg = primary.cfg();
     let rcfg = &route.cfg;
-    let (ticket, permit) = match admit(shared, route, &primary, &ctx).await {
+    let Admitted {
+        ticket,
+        permit,
+        skip_primary,
+    } = match admit(shared, route, &primary, &ctx, req.headers()).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
+    };
+    // An open breaker on the primary sends the request to the backup pools
+    // (fallback providers) instead of refusing it.
+    let tiers = if skip_primary {
+        &route.tiers[1..]
+    } else {
+        &route.tiers[..]
     };
 
     let upgrade = is_upgrade_request(&req);
@@ -498,6 +639,16 @@ async fn proxy(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let hash_key = hash_key(&pcfg, &parts.headers, &ctx);
+    let prepared = Prepared {
+        method: &parts.method,
+        path_q: &path_q,
+        headers: &headers,
+    };
+    // Hedging needs a request that may be sent twice at once.
+    let hedge = rcfg
+        .hedge
+        .as_ref()
+        .filter(|_| is_idempotent(&parts.method) && !upgrade && body.replayable());
 
     primary.budget.deposit(&pcfg.retry_budget);
     let deadline =
@@ -505,7 +656,9 @@ async fn proxy(
     let mut retry = RetryState::new(&rcfg.retry, &parts.method, upgrade, deadline);
     let mut tried: Vec<Arc<crate::endpoint::Endpoint>> = Vec::new();
     let mut last: Option<Response<ProxyBody>> = None;
-    let mut breaker_ok = false;
+    // The outcome of the last try on the primary pool: what its breaker
+    // records (a backup's success must not hide a failing primary).
+    let mut primary_ok: Option<bool> = None;
     // Outcome of the last try that produced no response: when no endpoint
     // is left to retry on, the client gets the status that failure deserves
     // (502/503/504), not "no healthy upstream".
@@ -515,13 +668,14 @@ async fn proxy(
     let mut permit = Some(permit);
     let mut client_upgrade = client_upgrade;
 
-    // Each turn is one try; whether another follows is the retry layer's
-    // decision (layers::retry documents its state machine).
+    // Each turn is one try (with hedging: a first try and its hedges);
+    // whether another follows is the retry layer's decision
+    // (layers::retry documents its state machine).
     let result = loop {
-        let Some(sel) = select(&route.tiers, hash_key, &tried) else {
+        let Some(sel) = select(tiers, hash_key, &tried) else {
             break last
                 .take()
-                .unwrap_or_else(|| no_endpoint_left(&route.tiers, last_err, info));
+                .unwrap_or_else(|| no_endpoint_left(tiers, last_err, info));
         };
         let Some(try_t) = retry.try_budget(Instant::now()) else {
             break last.take().unwrap_or_else(|| {
@@ -533,29 +687,48 @@ async fn proxy(
                 )
             });
         };
-        let ep = sel.endpoint.clone();
-        tried.push(ep.clone());
+        tried.push(sel.endpoint.clone());
         info.tries += 1;
-        info.endpoint = Some(ep.addr.to_string());
-        let Some(req_body) = body.take() else {
-            break last.take().unwrap_or_else(|| {
-                local_response(StatusCode::BAD_GATEWAY, "upstream failed", None)
-            });
+        let up = match upstream_request(&sel, &prepared, &mut body) {
+            Ok(up) => up,
+            Err(e) => break last.take().unwrap_or_else(|| e.response()),
         };
-        let uri: Uri = match format!("http://{}{}", ep.authority, path_q).parse() {
-            Ok(u) => u,
-            Err(_) => break local_response(StatusCode::BAD_REQUEST, "bad request target", None),
+        let inflight = sel.endpoint.start_request();
+        let (sel, inflight, tr) = match hedge {
+            Some(h) => {
+                let race = Race {
+                    shared,
+                    route,
+                    cfg: h,
+                    primary: &primary,
+                    tiers,
+                    hash_key,
+                    retry: &retry,
+                    prepared: &prepared,
+                };
+                race.run(sel, inflight, up, try_t, &mut tried, &mut body, info)
+                    .await
+            }
+            None => {
+                let tr = try_once(&sel, up, try_t).await;
+                (sel, inflight, tr)
+            }
         };
-        let mut up = Request::new(req_body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.headers_mut() = headers.clone();
-        let inflight = ep.start_request();
-        let (outcome, resp) = try_once(&sel, up, try_t, info).await;
+        let TryResult {
+            outcome,
+            resp,
+            reason,
+            ..
+        } = tr;
+        info.endpoint = Some(sel.endpoint.addr.to_string());
+        if Arc::ptr_eq(&sel.pool, &primary) {
+            primary_ok = Some(outcome == TryOutcome::Success);
+        }
         if resp.is_some() {
             info.upstream_error = None;
             last_err = None;
         } else {
+            info.upstream_error = reason;
             last_err = Some(outcome);
         }
 
@@ -570,7 +743,9 @@ async fn proxy(
         let backoff = match decision {
             Decision::Final => match resp {
                 Some(r) => {
-                    breaker_ok = outcome == TryOutcome::Success;
+                    if !Arc::ptr_eq(&sel.pool, &primary) {
+                        fallback_metric(&shared.metrics, &primary.name, &sel.pool.name);
+                    }
                     let guard = (inflight, permit.take().expect("one final response"));
                     break relay_response(r, upgrade, client_upgrade.take(), guard);
                 }
@@ -606,26 +781,172 @@ async fn proxy(
         }
     };
     if let (Some(cb), Some(t)) = (&pcfg.circuit_breaker, ticket) {
-        primary.breaker.record(
-            cb,
-            t,
-            breaker_ok || result.status().as_u16() < 500,
-            now_ms(),
-        );
+        // No try reached the primary (none of its endpoints available): the
+        // answer's status decides, as before backups existed.
+        let ok = primary_ok.unwrap_or(result.status().as_u16() < 500);
+        primary.breaker.record(cb, t, ok, now_ms());
     }
     result
 }
 
+/// The result of one try.
+struct TryResult {
+    outcome: TryOutcome,
+    resp: Option<Response<Incoming>>,
+    /// Why it failed (access log `upstream_error`), when no response came.
+    reason: Option<&'static str>,
+    /// Time to the response head (or the failure).
+    elapsed: Duration,
+}
+
+type TryFuture = Pin<Box<dyn Future<Output = TryResult> + Send>>;
+
+/// One hedged attempt (layers::hedge documents the state machine): the
+/// first try runs alone for the hedge delay; then, budget permitting, one
+/// more try goes to an untried endpoint, and so on up to
+/// `max_hedges_per_request`. The first answer the retry layer would not
+/// retry wins; the other tries are dropped (cancelled). When every try
+/// fails, the last failure is returned to the retry loop.
+struct Race<'a> {
+    shared: &'a Shared,
+    route: &'a crate::router::Route,
+    cfg: &'a crate::config::HedgeConfig,
+    primary: &'a Arc<crate::pool::Pool>,
+    tiers: &'a [Arc<crate::pool::Pool>],
+    hash_key: u64,
+    retry: &'a RetryState<'a>,
+    prepared: &'a Prepared<'a>,
+}
+
+impl Race<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        first: crate::pool::Selected,
+        inflight: InFlight,
+        up: Request<ProxyBody>,
+        try_t: Option<Duration>,
+        tried: &mut Vec<Arc<crate::endpoint::Endpoint>>,
+        body: &mut ReqBody,
+        info: &mut LogInfo,
+    ) -> (crate::pool::Selected, InFlight, TryResult) {
+        let spawn_try = |sel: &crate::pool::Selected, up, t| -> TryFuture {
+            let sel = crate::pool::Selected {
+                endpoint: sel.endpoint.clone(),
+                pool: sel.pool.clone(),
+            };
+            Box::pin(async move { try_once(&sel, up, t).await })
+        };
+        let labels = |class: &str| PoolClassLabels {
+            pool: self.primary.name.clone(),
+            class: class.to_string(),
+        };
+        let metrics = &self.shared.metrics;
+        let retry_on = &self.route.cfg.retry.retry_on_status;
+        let mut state = HedgeState::new(self.cfg);
+        let fut = spawn_try(&first, up, try_t);
+        // (selection, in-flight guard, try, is a hedge)
+        let mut racers = vec![(first, inflight, fut, false)];
+        let mut timer = Box::pin(tokio::time::sleep(hedge::delay(
+            self.cfg,
+            &self.route.latency,
+        )));
+        enum Event {
+            Done(usize, TryResult),
+            Delay,
+        }
+        loop {
+            let ev = std::future::poll_fn(|cx| {
+                for (i, r) in racers.iter_mut().enumerate() {
+                    if let Poll::Ready(tr) = r.2.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Done(i, tr));
+                    }
+                }
+                if state.timer_armed() && timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Delay);
+                }
+                Poll::Pending
+            })
+            .await;
+            match ev {
+                Event::Delay => {
+                    // Past the route deadline no hedge starts (the tries
+                    // in flight are bounded by it already).
+                    let t = self.retry.try_budget(Instant::now());
+                    let next = select_hedge(self.tiers, self.hash_key, tried).and_then(|sel| {
+                        let up = upstream_request(&sel, self.prepared, body).ok()?;
+                        Some((sel, up))
+                    });
+                    let pcfg = self.primary.cfg();
+                    let step = state.on_delay(next.is_some() && t.is_some(), || {
+                        self.primary.budget.withdraw(&pcfg.retry_budget)
+                    });
+                    match step {
+                        Ok(_) => {
+                            let (sel, up) = next.expect("checked by on_delay");
+                            tried.push(sel.endpoint.clone());
+                            info.tries += 1;
+                            metrics.hedges.get_or_create(&labels("sent")).inc();
+                            let inflight = sel.endpoint.start_request();
+                            let fut = spawn_try(&sel, up, t.flatten());
+                            racers.push((sel, inflight, fut, true));
+                            let d = hedge::delay(self.cfg, &self.route.latency);
+                            timer.as_mut().reset(tokio::time::Instant::now() + d);
+                        }
+                        Err(Skipped::Budget) => {
+                            metrics.hedges.get_or_create(&labels("denied")).inc();
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Event::Done(i, tr) => {
+                    let (sel, inflight, _, is_hedge) = racers.swap_remove(i);
+                    if tr.resp.is_some() {
+                        self.route
+                            .latency
+                            .record(tr.elapsed, self.cfg.window_samples);
+                    }
+                    let good = tr
+                        .resp
+                        .as_ref()
+                        .is_some_and(|r| !retry_on.contains(&r.status().as_u16()));
+                    match state.on_try_end(good) {
+                        Step::Won => {
+                            if is_hedge {
+                                metrics.hedges.get_or_create(&labels("won")).inc();
+                            }
+                            return (sel, inflight, tr);
+                        }
+                        Step::Lost => return (sel, inflight, tr),
+                        Step::Wait | Step::Hedge => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the admission layers granted.
+struct Admitted {
+    ticket: Option<crate::layers::breaker::Ticket>,
+    permit: Permit,
+    /// The primary's breaker is open and the route has backup pools: use
+    /// only those (the permit is the first backup's).
+    skip_primary: bool,
+}
+
 /// The admission layers, in order: per-client rate limit (429), the pool's
-/// circuit breaker (503 while open), the pool's concurrency limit and pending
-/// queue (503 when full or after `pending_timeout_ms`). On success: the
-/// breaker ticket to settle with the outcome, and the concurrency permit.
+/// circuit breaker (503 while open, unless backup pools exist: then the
+/// request goes to them), the pool's concurrency limit (its bulkhead) and
+/// pending queue (503 when full or after `pending_timeout_ms`). On success:
+/// the breaker ticket to settle with the outcome, and the concurrency permit.
 async fn admit(
     shared: &Arc<Shared>,
     route: &crate::router::Route,
     primary: &Arc<crate::pool::Pool>,
     ctx: &ConnCtx,
-) -> Result<(Option<crate::layers::breaker::Ticket>, Permit), Response<ProxyBody>> {
+    headers: &HeaderMap,
+) -> Result<Admitted, Response<ProxyBody>> {
     let pcfg = primary.cfg();
     if let Some(rl) = &route.cfg.rate_limit {
         if let Err(after) = route.limiter.check(rl, ctx.peer.ip(), now_ms()) {
@@ -637,46 +958,159 @@ async fn admit(
             ));
         }
     }
+    // Load shedding (layers::shedding): the request's priority orders the
+    // pool's queue below; a saturated CPU refuses low priorities here,
+    // before the breaker, so a shed request takes no breaker probe.
+    let rt = shared.runtime();
+    let ls = &rt.config.load_shedding;
+    let prio = shedding::request_priority(
+        route.cfg.priority,
+        route.cfg.trust_priority_header,
+        headers
+            .get(ls.priority_header.as_str())
+            .map(|v| v.as_bytes()),
+    );
+    if let Some(refusal) = shed_on_cpu(shared, &primary.name, prio, ls) {
+        return Err(refusal);
+    }
+    let mut skip_primary = false;
     let ticket = match &pcfg.circuit_breaker {
         Some(cb) => match primary.breaker.admit(cb, now_ms()) {
             Some(t) => Some(t),
             None => {
                 primary.pm.breaker_rejections.inc();
-                return Err(local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "circuit breaker open",
-                    Some(1),
-                ));
+                if route.tiers.len() < 2 {
+                    return Err(local_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "circuit breaker open",
+                        Some(1),
+                    ));
+                }
+                skip_primary = true;
+                None
             }
         },
         None => None,
     };
-    match primary
+    // The bulkhead of the pool the request goes to.
+    let entry = if skip_primary {
+        &route.tiers[1]
+    } else {
+        primary
+    };
+    let ecfg = entry.cfg();
+    let (max_pending, max_wait) = shed_wait(prio, &ecfg, ls);
+    let admitted = entry
         .admission
-        .admit(
-            pcfg.max_concurrent_requests,
-            pcfg.max_pending_requests,
-            Duration::from_millis(pcfg.pending_timeout_ms),
+        .admit_priority(
+            prio,
+            ecfg.max_concurrent_requests,
+            ecfg.adaptive_concurrency.as_ref(),
+            max_pending,
+            max_wait,
         )
-        .await
+        .await;
+    if let Some(limit) = ecfg
+        .adaptive_concurrency
+        .as_ref()
+        .and_then(|_| entry.admission.adaptive_limit())
     {
-        Ok(p) => Ok((ticket, p)),
+        shared
+            .metrics
+            .adaptive_concurrency_limit
+            .get_or_create(&crate::metrics::PoolLabels {
+                pool: entry.name.clone(),
+            })
+            .set(limit as i64);
+    }
+    match admitted {
+        Ok(permit) => Ok(Admitted {
+            ticket,
+            permit,
+            skip_primary,
+        }),
         Err(r) => {
             let reason = match r {
                 Rejection::QueueFull => "concurrency",
                 Rejection::PendingTimeout => "pending_timeout",
+                Rejection::Displaced => "displaced",
             };
-            reject_metric(&shared.metrics, &primary.name, reason);
+            reject_metric(&shared.metrics, &entry.name, reason);
+            shed_metric(&shared.metrics, &entry.name, prio, reason);
             if let (Some(cb), Some(t)) = (&pcfg.circuit_breaker, ticket) {
                 primary.breaker.record_neutral(cb, t);
             }
             Err(local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded: too many concurrent requests for this upstream pool",
-                Some(1),
+                Some(ls.retry_after_s),
             ))
         }
     }
+}
+
+/// CPU-triggered shedding: the refusal of a request whose priority has a
+/// CPU threshold the process's utilization has reached (None: it passes).
+fn shed_on_cpu(
+    shared: &Shared,
+    pool: &str,
+    prio: Priority,
+    ls: &LoadSheddingConfig,
+) -> Option<Response<ProxyBody>> {
+    let limit = shedding::cpu_threshold_percent(
+        prio,
+        ls.cpu_shed_sheddable_percent,
+        ls.cpu_shed_default_percent,
+    )?;
+    let cpu = shedding::process_cpu_percent(now_ms(), ls.cpu_sample_interval_ms, ls.cpu_window_ms);
+    shared.metrics.cpu_utilization_percent.set(i64::from(cpu));
+    if cpu < limit {
+        return None;
+    }
+    shed_metric(&shared.metrics, pool, prio, "cpu");
+    Some(local_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "overloaded: CPU saturated, {} request refused",
+            prio.as_str()
+        ),
+        Some(ls.retry_after_s),
+    ))
+}
+
+/// How many may wait in the queue and how long a request of `prio` may
+/// wait: sheddable requests only if `sheddable_max_wait_ms` allows it.
+fn shed_wait(
+    prio: Priority,
+    pcfg: &crate::config::PoolConfig,
+    ls: &LoadSheddingConfig,
+) -> (usize, Duration) {
+    let ms = match prio {
+        Priority::Sheddable if ls.sheddable_max_wait_ms == 0 => return (0, Duration::ZERO),
+        Priority::Sheddable => pcfg.pending_timeout_ms.min(ls.sheddable_max_wait_ms),
+        _ => pcfg.pending_timeout_ms,
+    };
+    (pcfg.max_pending_requests, Duration::from_millis(ms))
+}
+
+/// Count a request refused by load shedding.
+fn shed_metric(m: &Metrics, pool: &str, prio: Priority, reason: &str) {
+    m.shed_requests
+        .get_or_create(&crate::metrics::ShedLabels {
+            pool: pool.to_string(),
+            priority: prio.as_str().to_string(),
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+fn fallback_metric(m: &Metrics, pool: &str, backup: &str) {
+    m.fallback_responses
+        .get_or_create(&crate::metrics::FallbackLabels {
+            pool: pool.to_string(),
+            backup: backup.to_string(),
+        })
+        .inc();
 }
 
 /// The request headers sent upstream: Host kept (or taken from the
@@ -747,14 +1181,13 @@ fn no_endpoint_left(
 }
 
 /// One try against the selected endpoint, bounded by `try_t`: records the
-/// endpoint's latency, outcome class and outlier state; returns the outcome
-/// and the response if one came.
+/// endpoint's latency, outcome class and outlier state; returns the outcome,
+/// the response if one came, and why it failed otherwise.
 async fn try_once(
     sel: &crate::pool::Selected,
     mut up: Request<ProxyBody>,
     try_t: Option<Duration>,
-    info: &mut LogInfo,
-) -> (TryOutcome, Option<Response<Incoming>>) {
+) -> TryResult {
     let ep = &sel.endpoint;
     let spcfg = sel.pool.cfg();
     *up.version_mut() = match spcfg.protocol {
@@ -765,7 +1198,7 @@ async fn try_once(
     let t0 = Instant::now();
     let res = timeout::with_timeout(try_t, client.request(up)).await;
     let elapsed = t0.elapsed();
-    let (outcome, resp) = match res {
+    let (outcome, resp, reason) = match res {
         Ok(Ok(resp)) => {
             let st = resp.status().as_u16();
             ep.metrics.latency.observe(elapsed.as_secs_f64());
@@ -778,23 +1211,22 @@ async fn try_once(
             } else {
                 TryOutcome::Success
             };
-            (outcome, Some(resp))
+            (outcome, Some(resp), None)
         }
         Ok(Err(e)) => {
-            info.upstream_error = Some(upstream_error_reason(&e));
+            let reason = Some(upstream_error_reason(&e));
             if e.is_connect() {
                 ep.record_outcome("connect_error");
-                (TryOutcome::ConnectFailure, None)
+                (TryOutcome::ConnectFailure, None, reason)
             } else {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "upstream error");
                 ep.record_outcome("reset");
-                (TryOutcome::Reset, None)
+                (TryOutcome::Reset, None, reason)
             }
         }
         Err(()) => {
-            info.upstream_error = Some("timeout");
             ep.record_outcome("timeout");
-            (TryOutcome::Timeout, None)
+            (TryOutcome::Timeout, None, Some("timeout"))
         }
     };
     let has_hc = spcfg.health_check.is_some();
@@ -805,7 +1237,12 @@ async fn try_once(
         &sel.pool.members(),
         outcome,
     );
-    (outcome, resp)
+    TryResult {
+        outcome,
+        resp,
+        reason,
+        elapsed,
+    }
 }
 
 /// The final upstream response, relayed to the client: an upgrade (101) is

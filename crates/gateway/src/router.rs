@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, RouteConfig};
+use crate::layers::cache::ResponseCache;
+use crate::layers::hedge::LatencyWindow;
 use crate::layers::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -50,6 +52,11 @@ pub(crate) struct Route {
     /// `[primary, backups...]`.
     pub tiers: Vec<Arc<Pool>>,
     pub limiter: Arc<RateLimiter>,
+    /// The route's response cache (`cache` table), kept across live
+    /// reconfiguration like the limiter.
+    pub cache: Option<Arc<ResponseCache>>,
+    /// Recent try latencies (hedge delay percentile).
+    pub latency: Arc<LatencyWindow>,
 }
 
 /// One immutable routing snapshot.
@@ -68,6 +75,8 @@ impl Runtime {
     pub fn build(config: Config, prev: Option<&Runtime>, metrics: &Arc<Metrics>) -> Runtime {
         let mut pools = HashMap::new();
         for pc in &config.pools {
+            // Zone-aware balancing needs the gateway's own zone per pool.
+            let pc = &pc.with_gateway_zone(config.zone.as_deref());
             let pool = match prev.and_then(|p| p.pools.get(&pc.name)) {
                 Some(p) => {
                     p.update(pc.clone());
@@ -92,6 +101,15 @@ impl Runtime {
                     .collect()
             })
             .unwrap_or_default();
+        type RouteState = (Option<Arc<ResponseCache>>, Arc<LatencyWindow>);
+        let prev_state: HashMap<String, RouteState> = prev
+            .map(|p| {
+                p.routes
+                    .iter()
+                    .map(|r| (route_key(&r.cfg), (r.cache.clone(), r.latency.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let routes = config
             .routes
             .iter()
@@ -101,7 +119,14 @@ impl Runtime {
                 for b in &primary.cfg().backups {
                     tiers.push(pools[b].clone());
                 }
+                let (old_cache, latency) =
+                    prev_state.get(&route_key(rc)).cloned().unwrap_or_default();
+                // A cache survives reconfiguration; its new bounds apply
+                // from the next store on.
+                let cache = rc.cache.as_ref().map(|_| old_cache.unwrap_or_default());
                 Route {
+                    cache,
+                    latency,
                     host: HostMatch::new(rc.host.as_deref()),
                     limiter: prev_limiters
                         .get(&route_key(rc))
@@ -134,6 +159,32 @@ impl Runtime {
             t.push(self.pools.get(b)?.clone());
         }
         Some(t)
+    }
+
+    /// Refresh every pool's gauges (before metrics are encoded).
+    pub fn refresh_pool_gauges(&self) {
+        for p in self.pools.values() {
+            p.set_gauges();
+        }
+        let mut usage: HashMap<&str, (usize, u64)> = HashMap::new();
+        for r in &self.routes {
+            if let Some(c) = &r.cache {
+                let (n, b) = c.usage();
+                let u = usage.entry(r.cfg.pool.as_str()).or_default();
+                u.0 += n;
+                u.1 += b;
+            }
+        }
+        for (pool, (n, b)) in usage {
+            let Some(m) = self.pools.get(pool).map(|p| &p.metrics) else {
+                continue;
+            };
+            let l = crate::metrics::PoolLabels {
+                pool: pool.to_string(),
+            };
+            m.cache_entries.get_or_create(&l).set(n as i64);
+            m.cache_bytes.get_or_create(&l).set(b as i64);
+        }
     }
 
     /// Stop all pools (gateway shutdown).

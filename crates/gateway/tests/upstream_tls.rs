@@ -125,10 +125,19 @@ async fn tls_backend(ca: &Path, server: &Pair) -> SocketAddr {
                 let sni = tls.get_ref().1.server_name().unwrap_or("none").to_string();
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let body = format!("sni={sni} version={:?}", req.version());
+                    // What the backend was asked: Host and path (a
+                    // fallback provider's own name and prefix).
+                    let host = req.headers().get("host").cloned();
+                    let path = req.uri().path_and_query().map(|p| p.to_string());
                     async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
+                        let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                        if let Some(h) = host {
+                            r.headers_mut().insert("x-seen-host", h);
+                        }
+                        if let Some(p) = path.and_then(|p| p.parse().ok()) {
+                            r.headers_mut().insert("x-seen-path", p);
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -361,5 +370,41 @@ async fn https_listener_reloads_its_certificate_when_the_files_change() {
     std::fs::write(&cert, "not a certificate").unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(served_cert(addr, &ca_file).await, b.der);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tls_fallback_provider_gets_its_own_sni_host_and_path_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let ca_file = ca.write(dir.path());
+    let server = ca.issue(
+        dir.path(),
+        "fx.other-provider.test",
+        &["fx.other-provider.test"],
+    );
+    let client_pair = ca.issue(dir.path(), "gateway", &["gateway.test"]);
+    let backend = tls_backend(&ca_file, &server).await;
+    // The primary provider refuses connections (nothing listens there).
+    let dead = free_addr();
+    let tls = tls_table(&ca_file, Some(&client_pair), Some("fx.other-provider.test"));
+    let cfg = config_with(&format!(
+        "[[pools]]\nname = \"primary\"\nendpoints = [\"{dead}\"]\nbackups = [\"fallback\"]\n\
+         [[pools]]\nname = \"fallback\"\nendpoints = [\"{backend}\"]\n\
+         host_header = \"fx.other-provider.test\"\nupstream_path_prefix = \"/compat\"\n{tls}\n\
+         [[routes]]\npool = \"primary\"\n"
+    ));
+    let gw = Gateway::start(cfg).await.unwrap();
+    let c = client();
+    let url = format!("http://{}/rates?cur=EUR", gw.local_addr());
+    for _ in 0..5 {
+        let r = get_with(&c, &url, &[("host", "api.primary.test")])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "sni=fx.other-provider.test version=HTTP/1.1");
+        assert_eq!(r.headers["x-seen-host"], "fx.other-provider.test");
+        assert_eq!(r.headers["x-seen-path"], "/compat/rates?cur=EUR");
+    }
     gw.shutdown().await;
 }

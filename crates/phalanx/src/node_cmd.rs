@@ -110,6 +110,10 @@ pub struct NodeArgs {
     /// Admin endpoint of this node's gateway (/metrics, /pools, /config).
     #[arg(long)]
     pub gateway_admin_listen: Option<SocketAddr>,
+    /// This member's zone for the store-backed gateway (overrides the stored
+    /// document's `zone`; pools with `zone_routing` prefer endpoints in it).
+    #[arg(long)]
+    pub gateway_zone: Option<String>,
     // --- auth (see docs/security.md, "Authentication") ---
     /// Token type: `simple` (default), or
     /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|ES256|...,ttl=5m` (etcd's syntax).
@@ -242,6 +246,7 @@ impl NodeArgs {
             gateway_listen,
             gateway_config_key,
             gateway_admin_listen,
+            gateway_zone,
             auth_token,
             auth_token_ttl,
             bcrypt_cost
@@ -651,6 +656,7 @@ async fn start_gateway(
         node_name: name.to_string(),
         listen,
         admin_listen: args.gateway_admin_listen,
+        zone: args.gateway_zone.clone(),
     };
     let g = gateway_store::run_store_backed_via(
         gateway_store::StoreAccess::Channel(internal),

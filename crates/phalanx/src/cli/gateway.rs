@@ -39,6 +39,10 @@ pub struct GatewayArgs {
     /// Write a JSON access log line per request to stdout.
     #[arg(long)]
     pub access_log: bool,
+    /// The zone this gateway runs in (overrides the file's `zone`): pools
+    /// prefer endpoints with the same `zone` (zone-aware routing, docs/gateway.md).
+    #[arg(long)]
+    pub zone: Option<String>,
 }
 
 impl GatewayArgs {
@@ -72,6 +76,9 @@ impl GatewayArgs {
         }
         if self.access_log {
             cfg.access_log = true;
+        }
+        if let Some(z) = &self.zone {
+            cfg.zone = Some(z.clone());
         }
         cfg.validate()?;
         Ok(cfg)
