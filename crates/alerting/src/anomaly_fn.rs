@@ -16,6 +16,14 @@
 //!   `anomaly_upper(v, …)` — the expected band before that value: the median
 //!   of the last [`AnomalySettings::band_window`] values and median ∓ 3 robust
 //!   standard deviations (1.4826 × MAD).
+//! * `anomaly_alert(v, "method", threshold)` — for alert rules: the series
+//!   whose score is above `threshold` (a number literal in `[0, 1]`), valued
+//!   at the observed value, carrying the band as internal labels
+//!   ([`LABEL_LOWER`] & co., `__`-prefixed like `__name__`) that annotation
+//!   templates read (`{{ $labels.__anomaly_lower__ | humanize }}`) and that
+//!   are not part of an alert's identity (see `rules`), so a moving band does
+//!   not make a new alert. It shares the detector state of `anomaly_score`
+//!   with the same expression and method.
 //!
 //! Work is bounded by a cache of detector state per (inner expression and
 //! method, series): each evaluation feeds only the grid points after the
@@ -41,7 +49,7 @@ use promql_parser::parser::function::{register_extra_functions, Function};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{self as pp, Expr};
 
-use crate::promql::{Engine, QueryError, Sample, Value};
+use crate::promql::{self, Engine, QueryError, Sample, Value};
 use crate::tsdb::Labels;
 
 /// The anomaly functions the PromQL subset accepts.
@@ -51,15 +59,36 @@ pub const ANOMALY_FUNCTIONS: &[&str] = &[
     "anomaly_expected",
     "anomaly_lower",
     "anomaly_upper",
+    "anomaly_alert",
 ];
+
+/// Internal labels `anomaly_alert` attaches to each series it returns, for
+/// annotation templates (values formatted as PromQL numbers; labels starting
+/// with `__` are not part of an alert's identity). The series' own labels,
+/// as PromQL writes them: `{member="a", pool="p"}`.
+pub const LABEL_SERIES: &str = "__anomaly_series__";
+/// The method (`robust`, `ensemble`, …).
+pub const LABEL_METHOD: &str = "__anomaly_method__";
+/// The detector's score in `[0, 1]`, to 4 decimals (for reading; the
+/// other values are exact).
+pub const LABEL_SCORE: &str = "__anomaly_score__";
+/// The value scored (also the sample's value).
+pub const LABEL_OBSERVED: &str = "__anomaly_observed__";
+/// The expected value: the median of the band window before it.
+pub const LABEL_EXPECTED: &str = "__anomaly_expected__";
+/// Lower end of the expected band (median − 3 robust standard deviations).
+pub const LABEL_LOWER: &str = "__anomaly_lower__";
+/// Upper end of the expected band (median + 3 robust standard deviations).
+pub const LABEL_UPPER: &str = "__anomaly_upper__";
 
 /// Default sensitivity of the default anomaly rules: the score threshold.
 pub const DEFAULT_ANOMALY_SENSITIVITY: f64 = 0.9;
 
 /// Default anomaly rules (latency and error ratio), as a Prometheus rule
 /// file, switched on, with the sensitivity [`DEFAULT_ANOMALY_SENSITIVITY`]
-/// (`> 0.9`; see [`anomaly_rules_with_sensitivity`]). `$value` is the
-/// observed value (the `anomaly_observed(…) and anomaly_score(…) > S` form).
+/// (score `> 0.9`; see [`anomaly_rules_with_sensitivity`]). Written with
+/// `anomaly_alert`, so `$value` is the observed value and the annotations
+/// state the series, the observed value and the expected band.
 /// Method `robust` (rolling median + MAD: 0.9 ⇔ more than 9 robust standard
 /// deviations off): `ensemble` alarms score in [0.5, 1] and are suppressed
 /// after the first, so a fixed `> 0.9` on it can miss a level shift.
@@ -67,30 +96,39 @@ pub const DEFAULT_ANOMALY_RULES: &str = r#"groups:
 - name: phalanx-anomaly
   rules:
   - alert: PhalanxLatencyAnomaly
-    expr: anomaly_observed(histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m])), "robust") and anomaly_score(histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m])), "robust") > 0.9
+    expr: anomaly_alert(histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m])), "robust", 0.9, "above")
     keep_firing_for: 5m
     labels:
       severity: warning
       kind: anomaly
     annotations:
-      summary: "99th percentile commit latency of {{ $labels.member }} is anomalous: {{ $value | humanize }}s"
-      description: "anomaly_score(..., \"robust\") of the 99th percentile commit latency is above 0.9. Expected band: query anomaly_lower/anomaly_expected/anomaly_upper(histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m])), \"robust\")."
+      summary: "99th percentile commit latency of {{ $labels.member }} is anomalous: {{ $value | humanize }}s, expected {{ $labels.__anomaly_lower__ | humanize }}s to {{ $labels.__anomaly_upper__ | humanize }}s"
+      description: "Series {{ $labels.__anomaly_series__ }} of histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m])): observed {{ $labels.__anomaly_observed__ | humanize }}s; expected {{ $labels.__anomaly_expected__ | humanize }}s, band {{ $labels.__anomaly_lower__ | humanize }}s to {{ $labels.__anomaly_upper__ | humanize }}s (median and 3 robust standard deviations of the values before); anomaly score {{ $labels.__anomaly_score__ }} (method {{ $labels.__anomaly_method__ }}) is above 0.9."
+  - alert: PhalanxGatewayLatencyAnomaly
+    expr: anomaly_alert(histogram_quantile(0.99, sum by (member, pool, le) (rate(gateway_downstream_latency_seconds_bucket[1m]))), "robust", 0.9, "above")
+    keep_firing_for: 5m
+    labels:
+      severity: warning
+      kind: anomaly
+    annotations:
+      summary: "Gateway on {{ $labels.member }}: 99th percentile latency of pool {{ $labels.pool }} is anomalous: {{ $value | humanize }}s, expected {{ $labels.__anomaly_lower__ | humanize }}s to {{ $labels.__anomaly_upper__ | humanize }}s"
+      description: "Series {{ $labels.__anomaly_series__ }} of histogram_quantile(0.99, sum by (member, pool, le) (rate(gateway_downstream_latency_seconds_bucket[1m]))): observed {{ $labels.__anomaly_observed__ | humanize }}s; expected {{ $labels.__anomaly_expected__ | humanize }}s, band {{ $labels.__anomaly_lower__ | humanize }}s to {{ $labels.__anomaly_upper__ | humanize }}s (median and 3 robust standard deviations of the values before); anomaly score {{ $labels.__anomaly_score__ }} (method {{ $labels.__anomaly_method__ }}) is above 0.9."
   - alert: PhalanxGatewayErrorRatioAnomaly
-    expr: anomaly_observed(sum by (member, pool) (rate(gateway_downstream_responses_total{class="5xx"}[1m])) / sum by (member, pool) (rate(gateway_downstream_responses_total[1m])), "robust") and anomaly_score(sum by (member, pool) (rate(gateway_downstream_responses_total{class="5xx"}[1m])) / sum by (member, pool) (rate(gateway_downstream_responses_total[1m])), "robust") > 0.9
+    expr: anomaly_alert(sum by (member, pool) (rate(gateway_downstream_responses_total{class="5xx"}[1m])) / sum by (member, pool) (rate(gateway_downstream_responses_total[1m])), "robust", 0.9, "above")
     keep_firing_for: 5m
     labels:
       severity: warning
       kind: anomaly
     annotations:
-      summary: "Gateway on {{ $labels.member }}: 5xx ratio of pool {{ $labels.pool }} is anomalous: {{ $value | humanizePercentage }}"
-      description: "anomaly_score(..., \"robust\") of the 5xx ratio is above 0.9. Expected band: query anomaly_lower/anomaly_expected/anomaly_upper of the same expression."
+      summary: "Gateway on {{ $labels.member }}: 5xx ratio of pool {{ $labels.pool }} is anomalous: {{ $value | humanizePercentage }}, expected {{ $labels.__anomaly_lower__ | humanizePercentage }} to {{ $labels.__anomaly_upper__ | humanizePercentage }}"
+      description: "Series {{ $labels.__anomaly_series__ }} of the 5xx ratio (rate over 1m): observed {{ $labels.__anomaly_observed__ | humanizePercentage }}; expected {{ $labels.__anomaly_expected__ | humanizePercentage }}, band {{ $labels.__anomaly_lower__ | humanizePercentage }} to {{ $labels.__anomaly_upper__ | humanizePercentage }} (median and 3 robust standard deviations of the values before); anomaly score {{ $labels.__anomaly_score__ }} (method {{ $labels.__anomaly_method__ }}) is above 0.9."
 "#;
 
 /// [`DEFAULT_ANOMALY_RULES`] with the score threshold `sensitivity` (in
 /// `(0, 1)`; higher alerts less) instead of 0.9.
 pub fn anomaly_rules_with_sensitivity(sensitivity: f64) -> String {
     DEFAULT_ANOMALY_RULES
-        .replace("\"robust\") > 0.9", &format!("\"robust\") > {sensitivity}"))
+        .replace("\"robust\", 0.9,", &format!("\"robust\", {sensitivity},"))
         .replace("is above 0.9", &format!("is above {sensitivity}"))
 }
 
@@ -213,13 +251,14 @@ pub fn register() {
         let funcs = ANOMALY_FUNCTIONS
             .iter()
             .map(|n| {
-                Function::new(
-                    n,
-                    vec![ValueType::Vector, ValueType::String],
-                    0,
-                    ValueType::Vector,
-                    false,
-                )
+                let mut args = vec![ValueType::Vector, ValueType::String];
+                let mut optional = 0;
+                if *n == "anomaly_alert" {
+                    // threshold, then an optional direction
+                    args.extend([ValueType::Scalar, ValueType::String]);
+                    optional = 1;
+                }
+                Function::new(n, args, optional, ValueType::Vector, false)
             })
             .collect();
         register_extra_functions(funcs).expect("anomaly function names are not built-in");
@@ -232,9 +271,12 @@ pub fn is_anomaly_fn(name: &str) -> bool {
 }
 
 /// Parse-time check: two arguments, the method a string literal naming a
-/// known method.
+/// known method (`anomaly_alert`: and a threshold, a number in `[0, 1]`).
 pub fn check_call(c: &pp::Call) -> Result<(), QueryError> {
-    match method_of(c) {
+    match method_of(c)
+        .and_then(|_| threshold_of(c))
+        .and_then(|_| direction_of(c))
+    {
         Ok(_) => Ok(()),
         Err(QueryError::Eval(m)) => Err(QueryError::Parse(m)),
         Err(e) => Err(e),
@@ -244,9 +286,22 @@ pub fn check_call(c: &pp::Call) -> Result<(), QueryError> {
 fn method_of(c: &pp::Call) -> Result<String, QueryError> {
     let name = c.func.name;
     let args = &c.args.args;
-    if args.len() != 2 {
+    let (want, usage) = if name == "anomaly_alert" {
+        (
+            3..=4,
+            "(expression, \"method\", threshold[, \"above\"|\"below\"|\"both\"])",
+        )
+    } else {
+        (2..=2, "(expression, \"method\")")
+    };
+    if !want.contains(&args.len()) {
+        let want = if want.start() == want.end() {
+            want.start().to_string()
+        } else {
+            format!("{} or {}", want.start(), want.end())
+        };
         return Err(QueryError::Eval(format!(
-            "{name}: expected 2 arguments (expression, \"method\"), got {}",
+            "{name}: expected {want} arguments {usage}, got {}",
             args.len()
         )));
     }
@@ -260,6 +315,56 @@ fn method_of(c: &pp::Call) -> Result<String, QueryError> {
     };
     anomaly::by_name(&method).map_err(|e| QueryError::Eval(format!("{name}: {e}")))?;
     Ok(method)
+}
+
+/// Which side of the expected value an `anomaly_alert` fires on: a latency
+/// or error ratio that *drops* is unusual but no incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Above,
+    Below,
+    Both,
+}
+
+/// `anomaly_alert`'s optional fourth argument (default `both`).
+fn direction_of(c: &pp::Call) -> Result<Direction, QueryError> {
+    match c.args.args.get(3).map(|a| a.as_ref()) {
+        None => Ok(Direction::Both),
+        Some(Expr::StringLiteral(s)) => match s.val.as_str() {
+            "above" => Ok(Direction::Above),
+            "below" => Ok(Direction::Below),
+            "both" => Ok(Direction::Both),
+            other => Err(QueryError::Eval(format!(
+                "anomaly_alert: the direction must be \"above\", \"below\" or \"both\", got {other:?}"
+            ))),
+        },
+        Some(other) => Err(QueryError::Eval(format!(
+            "anomaly_alert: the direction must be a string literal, got `{other}`"
+        ))),
+    }
+}
+
+/// `anomaly_alert`'s threshold: a number literal in `[0, 1]` (None for the
+/// other functions).
+fn threshold_of(c: &pp::Call) -> Result<Option<f64>, QueryError> {
+    if c.func.name != "anomaly_alert" {
+        return Ok(None);
+    }
+    match c.args.args.get(2).map(|a| a.as_ref()) {
+        Some(Expr::NumberLiteral(n)) if (0.0..=1.0).contains(&n.val) => Ok(Some(n.val)),
+        Some(other) => Err(QueryError::Eval(format!(
+            "anomaly_alert: the threshold must be a number in [0, 1] (a score), got `{other}`"
+        ))),
+        None => Err(QueryError::Eval(
+            "anomaly_alert: missing the threshold".into(),
+        )),
+    }
+}
+
+/// A series' labels as PromQL writes them: `{a="x", b="y"}`.
+fn series_text(l: &Labels) -> String {
+    let parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", parts.join(", "))
 }
 
 fn drop_name(mut l: Labels) -> Labels {
@@ -318,6 +423,8 @@ fn vector_at(engine: &Engine, inner: &Expr, t: i64, name: &str) -> Result<Vec<Sa
 pub fn eval_call(engine: &Engine, c: &pp::Call, t: i64) -> Result<Value, QueryError> {
     let name = c.func.name;
     let method = method_of(c)?;
+    let threshold = threshold_of(c)?;
+    let direction = direction_of(c)?;
     let inner: &Expr = c.args.args[0].as_ref();
     let key = format!("{inner}|{method}");
     let mut cache = current_cache();
@@ -453,6 +560,38 @@ pub fn eval_call(engine: &Engine, c: &pp::Call, t: i64) -> Result<Value, QueryEr
             None => {}
         }
         let Some(e) = g.entries.get(&k) else { continue };
+        if let Some(threshold) = threshold {
+            // anomaly_alert: the series above the threshold, at the
+            // observed value, with the band for the annotations.
+            let (lo, mid, hi) = band(e);
+            let on_side = match direction {
+                Direction::Both => true,
+                Direction::Above => e.value > mid,
+                Direction::Below => e.value < mid,
+            };
+            if e.score > threshold && on_side {
+                let mut labels = l.clone();
+                for (k, v) in [
+                    (LABEL_SERIES, series_text(l)),
+                    (LABEL_METHOD, method.clone()),
+                    (
+                        LABEL_SCORE,
+                        promql::format_value((e.score * 1e4).round() / 1e4),
+                    ),
+                    (LABEL_OBSERVED, promql::format_value(e.value)),
+                    (LABEL_EXPECTED, promql::format_value(mid)),
+                    (LABEL_LOWER, promql::format_value(lo)),
+                    (LABEL_UPPER, promql::format_value(hi)),
+                ] {
+                    labels.insert(k.to_string(), v);
+                }
+                out.push(Sample {
+                    labels,
+                    value: e.value,
+                });
+            }
+            continue;
+        }
         let value = match name {
             "anomaly_score" => e.score,
             "anomaly_observed" => e.value,

@@ -271,14 +271,15 @@ fn cache_is_bounded_refusing_and_counting_new_series() {
 fn default_anomaly_rules_are_valid_rule_files() {
     let rules = alerting::rules::parse_rules("<default anomaly rules>", DEFAULT_ANOMALY_RULES)
         .expect("valid");
-    assert_eq!(rules.len(), 2);
+    assert_eq!(rules.len(), 3);
     let s = anomaly_rules_with_sensitivity(0.8);
-    assert!(s.contains("\"robust\") > 0.8") && !s.contains("> 0.9"));
+    assert!(s.contains("\"robust\", 0.8, \"above\")") && s.contains("is above 0.8"));
+    assert!(!s.contains(", 0.9,") && !s.contains("above 0.9"));
     assert_eq!(
         alerting::rules::parse_rules("<x>", &s)
             .expect("valid")
             .len(),
-        2
+        3
     );
 }
 
@@ -316,4 +317,238 @@ fn a_query_in_the_past_does_not_rewind_the_cached_state() {
     assert_eq!(range[0].points.len(), 21);
     assert!(range[0].points[0].1 < 0.15 && range[0].points[20].1 > 0.25);
     assert_eq!(with_cache(&c, || vector(&db, q, now)), at_now);
+}
+
+/// Cumulative buckets of `phalanx_server_proposal_duration_seconds` for
+/// member `a` (1 ms wide from 4 to 30 ms, then coarse): 100 commits per
+/// scrape at `latency` ± 20 %.
+fn scrape_histogram(db: &mut Tsdb, t: i64, noise: &mut Noise, latency: f64, counts: &mut [f64]) {
+    let le: Vec<f64> = (4..=30)
+        .map(|ms| ms as f64 / 1000.0)
+        .chain([0.05, 0.1, 0.25, 0.5, 1.0])
+        .collect();
+    for _ in 0..100 {
+        let x = latency * (1.0 + 0.2 * noise.next());
+        let i = le.iter().position(|&b| x <= b).unwrap_or(le.len());
+        for c in &mut counts[i..] {
+            *c += 1.0;
+        }
+    }
+    let le_text = le
+        .iter()
+        .map(|b| b.to_string())
+        .chain(std::iter::once("+Inf".to_string()));
+    db.append(
+        t,
+        le_text.zip(counts.iter()).map(|(le, &c)| {
+            (
+                l(&[
+                    (
+                        "__name__",
+                        "phalanx_server_proposal_duration_seconds_bucket",
+                    ),
+                    ("member", "a"),
+                    ("le", &le),
+                ]),
+                c,
+            )
+        }),
+    );
+}
+
+fn humanize(x: f64) -> String {
+    alerting::rules::render("{{ $value | humanize }}", &Labels::new(), x).unwrap()
+}
+
+/// The default latency anomaly rule, evaluated by the rule engine every
+/// 30 s over two hours of normal commit latency (10 ms, swinging ±30 % over
+/// 17 minutes, so that the expected band has a width) and then a fivefold
+/// jump:
+/// the alert fires, its annotations state the series, the observed value
+/// and the expected band (the same figures `anomaly_lower` / `_expected` /
+/// `_upper` / `_observed` give), and the band, which moves with every
+/// evaluation, is not part of the alert's identity.
+#[test]
+fn a_fired_default_anomaly_alert_states_series_observed_value_and_band() {
+    use alerting::rules::{AlertState, AlertStatus, Transition, DEFAULT_RESOLVED_RETENTION_MS};
+    let c = cache(AnomalySettings::default());
+    let rules = alerting::rules::parse_rules("<default anomaly rules>", DEFAULT_ANOMALY_RULES)
+        .expect("valid");
+    let rule = rules
+        .iter()
+        .find(|r| r.alert == "PhalanxLatencyAnomaly")
+        .expect("the latency rule")
+        .clone();
+    let inner =
+        "histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m]))";
+    let mut db = Tsdb::new(TsdbSettings::default());
+    let mut noise = Noise(5);
+    let mut counts = vec![0.0; 33];
+    let mut state = AlertState::default();
+    let shift_at = T0 + 2 * 3600 * 1000 + 10_000;
+    let mut t = T0;
+    let mut fired = None;
+    while t <= shift_at + 10 * EVAL_MS {
+        let swing = (std::f64::consts::TAU * (t - T0) as f64 / (17.0 * 60_000.0)).sin();
+        let latency = if t >= shift_at {
+            0.05
+        } else {
+            0.01 * (1.0 + 0.3 * swing)
+        };
+        scrape_histogram(&mut db, t, &mut noise, latency, &mut counts);
+        if (t - T0) % EVAL_MS == 0 && t > T0 {
+            let engine = Engine::new(&db);
+            let (transitions, errors) = with_cache(&c, || {
+                state.evaluate(
+                    std::slice::from_ref(&rule),
+                    &engine,
+                    t,
+                    DEFAULT_RESOLVED_RETENTION_MS,
+                )
+            });
+            assert!(errors.is_empty(), "{errors:?}");
+            if t < shift_at {
+                assert!(
+                    state.alerts.is_empty(),
+                    "steady latency alerted at {t}: {state:?}"
+                );
+            }
+            for tr in transitions {
+                if let Transition::Firing(a) = tr {
+                    if fired.is_none() {
+                        fired = Some((t, a));
+                    }
+                }
+            }
+            if t >= shift_at {
+                // One alert instance however the band moves.
+                assert!(state.alerts.len() <= 1, "{:?}", state.alerts.keys());
+            }
+        }
+        t += SCRAPE_MS;
+    }
+    let (at, alert) = fired.expect("the latency jump fired the anomaly alert");
+    assert!(
+        at - shift_at <= 3 * EVAL_MS,
+        "fired {} ms after the jump",
+        at - shift_at
+    );
+    assert_eq!(alert.state, AlertStatus::Firing);
+    // Internal labels are not in the alert's labels.
+    assert!(
+        alert.labels.keys().all(|k| !k.starts_with("__")),
+        "{:?}",
+        alert.labels
+    );
+    assert_eq!(alert.labels.get("member").map(String::as_str), Some("a"));
+
+    // The figures the companion functions give at that evaluation (same
+    // cached state: nothing more is fed).
+    let fed = c.lock().unwrap().samples_fed_total;
+    let get = |f: &str| {
+        let v = with_cache(&c, || vector(&db, &format!("{f}({inner}, \"robust\")"), at));
+        assert_eq!(v.len(), 1, "{f}: {v:?}");
+        v[0].1
+    };
+    let (lo, mid, hi, observed) = (
+        get("anomaly_lower"),
+        get("anomaly_expected"),
+        get("anomaly_upper"),
+        get("anomaly_observed"),
+    );
+    assert_eq!(c.lock().unwrap().samples_fed_total, fed);
+    assert!(
+        lo < mid && mid < hi && hi < observed,
+        "{lo} {mid} {hi} {observed}"
+    );
+    assert_eq!(alert.value, observed);
+
+    let summary = &alert.annotations["summary"];
+    let description = &alert.annotations["description"];
+    for x in [observed, lo, hi] {
+        let h = humanize(x);
+        assert!(summary.contains(&h), "summary lacks {h} ({x}): {summary}");
+    }
+    for x in [observed, mid, lo, hi] {
+        let h = humanize(x);
+        assert!(
+            description.contains(&h),
+            "description lacks {h} ({x}): {description}"
+        );
+    }
+    assert!(description.contains("{member=\"a\"}"), "{description}");
+    assert!(description.contains("method robust"), "{description}");
+    let score = get("anomaly_score");
+    assert!(
+        description.contains(&format!("anomaly score {} ", (score * 1e4).round() / 1e4)),
+        "{description}"
+    );
+    assert!(
+        !description.contains("{{") && !summary.contains("{{"),
+        "{summary} / {description}"
+    );
+    assert_eq!(
+        summary,
+        &format!(
+            "99th percentile commit latency of a is anomalous: {}s, expected {}s to {}s",
+            humanize(observed),
+            humanize(lo),
+            humanize(hi)
+        )
+    );
+}
+
+#[test]
+fn anomaly_alert_checks_its_threshold() {
+    assert!(promql::parse("anomaly_alert(x, \"robust\", 0.9)").is_ok());
+    for bad in [
+        "anomaly_alert(x, \"robust\")",
+        "anomaly_alert(x, \"robust\", 2)",
+        "anomaly_alert(x, \"robust\", time())",
+        "anomaly_alert(x, \"magic\", 0.9)",
+    ] {
+        let e = promql::parse(bad).unwrap_err();
+        assert!(matches!(e, QueryError::Parse(_)), "{bad}: {e}");
+        assert!(e.to_string().contains("anomaly_alert"), "{bad}: {e}");
+    }
+}
+
+/// `anomaly_alert`'s direction: a latency that drops to a third is as
+/// anomalous as one that triples, but only `"below"` and `"both"` return
+/// it; `"above"` (the default rules') does not.
+#[test]
+fn anomaly_alert_fires_only_on_the_side_it_names() {
+    let fired = |direction: &str| {
+        let c = cache(AnomalySettings::default());
+        let mut db = Tsdb::new(TsdbSettings::default());
+        let mut noise = Noise(11);
+        let mut t = T0;
+        // Two hours at 300 ms ± 5 ms, then 100 ms.
+        let drop_at = T0 + 2 * 3600 * 1000;
+        let q = format!("anomaly_alert(latency_seconds, \"robust\", 0.9, \"{direction}\")");
+        let mut any = false;
+        while t <= drop_at + 5 * SCRAPE_MS {
+            let v = if t >= drop_at { 0.1 } else { 0.3 } + 0.005 * noise.next();
+            db.append(
+                t,
+                [(l(&[("__name__", "latency_seconds"), ("member", "a")]), v)],
+            );
+            let out = with_cache(&c, || vector(&db, &q, t));
+            if t < drop_at {
+                assert!(
+                    out.is_empty(),
+                    "{direction}: fired before the drop: {out:?}"
+                );
+            } else {
+                any |= !out.is_empty();
+            }
+            t += SCRAPE_MS;
+        }
+        any
+    };
+    assert!(!fired("above"), "a drop fired an \"above\" rule");
+    assert!(fired("below"), "a drop did not fire a \"below\" rule");
+    assert!(fired("both"), "a drop did not fire a \"both\" rule");
+    let e = promql::parse("anomaly_alert(x, \"robust\", 0.9, \"sideways\")").unwrap_err();
+    assert!(e.to_string().contains("direction"), "{e}");
 }

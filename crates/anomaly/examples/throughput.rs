@@ -1,36 +1,23 @@
 //! Measures samples per second on one core and bytes per series for every
-//! method, over the bundled NAB subset (all 35 files, ≈ 182k samples).
+//! method, over the bundled NAB subset (all 35 files, ≈ 182k samples); the
+//! same as `phalanx anomaly bench`. Pin it to a core for a per-core figure.
 //!
-//! `cargo run -p anomaly --release --example throughput`
+//! `taskset -c 0 cargo run -p anomaly --release --example throughput [RUNS]`
 
 use std::path::Path;
-use std::time::Instant;
 
-use anomaly::nab::NabCorpus;
+use anomaly::nab::{NabCorpus, BUNDLED_SUBSET_DIR};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/nab");
-    let corpus = NabCorpus::load(&root)?;
-    let total: usize = corpus.files.iter().map(|f| f.values.len()).sum();
-    println!("| method | samples/s (1 core) | bytes per series (max over files) |");
-    println!("|---|---|---|");
+    let runs = match std::env::args().nth(1) {
+        Some(r) => r.parse()?,
+        None => 5,
+    };
+    let corpus = NabCorpus::load(Path::new(BUNDLED_SUBSET_DIR))?;
+    let mut results = Vec::new();
     for m in anomaly::METHODS {
-        let mut best = f64::INFINITY;
-        let mut bytes = 0;
-        let mut sink = 0.0;
-        for _ in 0..3 {
-            let t = Instant::now();
-            for f in &corpus.files {
-                let mut d = anomaly::by_name(m)?;
-                for (&ts, &v) in f.ts.iter().zip(&f.values) {
-                    sink += d.observe(ts, v);
-                }
-                bytes = bytes.max(d.memory_bytes());
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        std::hint::black_box(sink);
-        println!("| {m} | {:.0} | {bytes} |", total as f64 / best);
+        results.push(anomaly::bench::measure(&corpus, m, runs)?);
     }
+    print!("{}", anomaly::bench::table(&results));
     Ok(())
 }

@@ -20,11 +20,14 @@
 //!   files and the NAB label file, with typed errors naming file and line.
 //! * [`nab`]: NAB scoring ([`nab::score_corpus`], [`nab::score_results`],
 //!   [`nab::NabCorpus`]) with the three NAB profiles.
-//! * [`detect_csv`] / [`score_results`]: the two entry points the `phalanx
+//! * [`bench`](mod@bench): throughput (samples per second on one thread) and state
+//!   bytes per series over a NAB corpus (`phalanx anomaly bench`).
+//! * [`detect_csv`] / [`score_results`]: the entry points the `phalanx
 //!   anomaly` command uses.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod csv;
 pub mod detectors;
 pub mod nab;

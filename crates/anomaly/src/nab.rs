@@ -385,6 +385,10 @@ pub struct NabCorpus {
     pub files: Vec<NabFile>,
 }
 
+/// The NAB subset bundled with this crate (`testdata/nab`: data, labels and
+/// stored results), as a path of the source tree this was built from.
+pub const BUNDLED_SUBSET_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/nab");
+
 impl NabCorpus {
     /// Loads `<root>/data/<name>` for every name in `<root>/combined_windows.json`
     /// (backward timestamp steps allowed, as NAB has one).

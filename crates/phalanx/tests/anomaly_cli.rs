@@ -153,3 +153,42 @@ fn unsorted_rows_are_accepted_with_allow_backward() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
 }
+
+#[test]
+fn bench_prints_a_table_of_throughput_and_bytes_per_series() {
+    let out = phalanx(&[
+        "anomaly",
+        "bench",
+        "--data",
+        nab_dir().to_str().unwrap(),
+        "--method",
+        "forecast",
+        "--method",
+        "robust",
+        "--runs",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("| method | samples/s per core"), "{stdout}");
+    // One row per method asked for: rate in millions, and the state size.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| robust |"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        row.contains(" M |") && row.trim_end().ends_with("| 4688 |"),
+        "{row}"
+    );
+    assert!(
+        stdout.contains("| forecast |") && !stdout.contains("| ensemble |"),
+        "{stdout}"
+    );
+    let bad = phalanx(&["anomaly", "bench", "--method", "magic"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("magic"));
+}

@@ -3,10 +3,6 @@
 //! the published algorithm, with an online value range and a bounded context
 //! memory.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-
 use super::Detector;
 
 /// Most contexts one [`Cad`] keeps (default parameters). When the memory is
@@ -15,9 +11,15 @@ use super::Detector;
 /// about [`CAD_MAX_BYTES`].
 pub const MAX_CONTEXTS: usize = 512;
 
+/// Largest accepted `max_contexts` (left semi-contexts, never more than the
+/// contexts, are numbered in 16 bits in the caches).
+const MAX_CONTEXTS_LIMIT: usize = 1 << 16;
+
 /// Upper bound of [`Cad::memory_bytes`] with default parameters (checked by
 /// a test over a long series): contexts (24 B each), left semi-contexts
-/// (≤ 18 facts each) with their right-context lists and the key index, the
+/// (36-B records, ≤ 18 facts each in a shared pool, a 32-B bitset each),
+/// the index by facts and the neuron dictionary (4 KiB each), the cache of
+/// predicted contexts (≤ [`WITHIN_CACHE_ENTRIES`] × 2 B), step scratch, the
 /// warm-up buffer (freed after warm-up) and the rebasing ring.
 pub const CAD_MAX_BYTES: usize = 128 * 1024;
 
@@ -45,7 +47,8 @@ pub struct CadParams {
     /// Samples used to learn the value range before scoring; they are then
     /// replayed through the context memory (scores 0 meanwhile).
     pub warmup: usize,
-    /// Most contexts kept (see [`MAX_CONTEXTS`]).
+    /// Most contexts kept (see [`MAX_CONTEXTS`]; at least 8, at most
+    /// 65,536: left semi-contexts are numbered in 16 bits).
     pub max_contexts: usize,
     /// Rebase: when a value falls outside the range, widen the range past
     /// it and re-learn the contexts by replaying the last `warmup` samples
@@ -73,39 +76,91 @@ impl Default for CadParams {
     }
 }
 
-type Fixed = BuildHasherDefault<DefaultHasher>;
+/// Neuron facts (context uids) that get a bit of their own in the left
+/// semi-contexts' bitsets, so that testing a left semi-context against the
+/// previous step's group (contained? how many facts crossed?) is a few word
+/// operations instead of a list merge or a hash look-up per fact. A uid
+/// beyond this many (none on NAB, where at most 203 are referenced at once)
+/// is still matched exactly, through the sorted fact list, only slower.
+/// Slots are reassigned when the memory is compacted.
+pub const NEURON_SLOTS: usize = 256;
+const NEURON_WORDS: usize = NEURON_SLOTS / 64;
+type Bits = [u64; NEURON_WORDS];
+
+/// End of a context list / empty hash slot.
+const NONE: u32 = u32::MAX;
+/// Empty slot of the neuron dictionary.
+const NO_SLOT: u16 = u16::MAX;
+/// Multiplier of the owned multiplicative hashes (2⁶⁴ / golden ratio):
+/// the tables are keyed by small integers and fact lists this crate
+/// produces itself, so no DoS-resistant hasher is needed.
+const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 
 #[derive(Debug, Clone, Copy)]
 struct Ctx {
+    /// Left semi-context (index in `lefts`).
     left: u32,
-    right: u32,
-    count: u32,
-    uid: u32,
+    /// Next context with the same left semi-context ([`NONE`] ends it).
+    next: u32,
+    /// `count << 32 | uid`: activations, then the never-reused id; one
+    /// integer orders contexts for the neuron selection.
+    key: u64,
     last: u32,
+    /// Right semi-context: sensor facts.
+    rmask: u16,
     zero: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy)]
 struct LeftSemi {
     /// Sensor facts (bit i = fact i).
     mask: u16,
-    /// Neuron facts: uids of contexts, sorted.
-    neurons: Vec<u32>,
-    /// (right semi-context, context) pairs.
-    rights: Vec<(u32, u32)>,
+    /// Neuron facts: uids of contexts, sorted, in `pool[start..start + len]`.
+    start: u32,
+    len: u32,
+    /// How many of those have no neuron slot (then the bitset is partial
+    /// and the sorted list is used).
+    unslotted: u32,
+    /// First context with this left semi-context (list through
+    /// [`Ctx::next`]).
+    head: u32,
+    /// Whether one of those is a zero-level context (only those form
+    /// candidates).
+    has_zero: bool,
+    /// As a group: the contexts of the left semi-contexts inside it, among
+    /// the first `cache_upto` contexts ([`NONE`]: not cached), are
+    /// `cache[cache_start..][..cache_len]`.
+    cache_upto: u32,
+    cache_start: u32,
+    cache_len: u32,
+    /// High half of the facts' hash, checked before the facts.
+    tag: u32,
 }
 
-/// A potential new context: left sensor mask, range in `pot_neurons`, right
-/// sensor mask.
+impl LeftSemi {
+    fn neurons(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
+/// A potential new context: left sensor mask, neuron facts (a segment of
+/// `pot_neurons`, index in `segs`), right sensor mask.
 #[derive(Debug, Clone, Copy)]
 struct Pot {
     lmask: u16,
-    start: u32,
-    len: u32,
+    seg: u32,
     rmask: u16,
 }
 
 /// The context memory and one step of CAD (facts in, raw score out).
+///
+/// Layout (chosen for speed, see docs/anomaly.md): flat arrays only, no
+/// per-context allocation. Contexts of one left semi-context are chained;
+/// left semi-contexts keep their neuron facts in one pool and as a bitset
+/// over [`NEURON_SLOTS`] dictionary slots; a left semi-context is found by
+/// its facts through an open-addressing table with a multiplicative hash.
+/// Every step scans the left semi-contexts (≤ `max_contexts`) with word
+/// operations.
 #[derive(Debug, Clone)]
 pub(crate) struct CadCore {
     max_left: usize,
@@ -113,28 +168,51 @@ pub(crate) struct CadCore {
     max_contexts: usize,
     ctxs: Vec<Ctx>,
     lefts: Vec<LeftSemi>,
-    /// Hash of a left semi-context's facts → its index (open addressing
-    /// on the hash: equal hashes with other facts probe hash + 1, …).
-    left_index: HashMap<u64, u32, Fixed>,
-    /// Neuron fact → left semi-contexts containing it.
-    neuron_index: HashMap<u32, Vec<u32>, Fixed>,
-    /// Left semi-contexts without neuron facts.
-    mask_only: Vec<u32>,
-    /// Per left semi-context: step stamp and neuron hits of the fast path.
-    stamp: Vec<u32>,
-    hits: Vec<u8>,
-    touched: Vec<u32>,
-    rights: Vec<u16>,
+    /// Per left semi-context: its sensor facts (a dense copy, scanned 64 at
+    /// a time).
+    lmasks: Vec<u16>,
+    /// Per left semi-context: its neuron facts as dictionary slots.
+    bits: Vec<Bits>,
+    /// Neuron facts of all left semi-contexts, and their slots
+    /// ([`NO_SLOT`] for none).
+    pool: Vec<u32>,
+    pool_slots: Vec<u16>,
+    /// Cached lists of the contexts predicted by a group (see
+    /// [`LeftSemi::cache_upto`]), at most [`WITHIN_CACHE_ENTRIES`].
+    cache: Vec<u16>,
+    /// Scratch: the contexts predicted by this step's group, and the left
+    /// semi-contexts inside it.
+    within: Vec<u16>,
+    within_lefts: Vec<u16>,
+    /// Facts hash → left semi-context (linear probing; at most half full:
+    /// there are never more left semi-contexts than contexts).
+    lindex: Vec<u32>,
+    lshift: u32,
+    /// Neuron dictionary: uid → slot (linear probing, at most half full).
+    dict: Vec<(u32, u16)>,
+    dict_len: usize,
+    dshift: u32,
     /// The left facts group of the previous step (sensor mask, neurons).
     group_mask: u16,
     group_neurons: Vec<u32>,
     next_uid: u32,
     clock: u32,
     // Scratch, kept to avoid allocating per step.
-    active: Vec<(u32, u32)>,
+    /// Active contexts as `count << 32 | uid` (one integer compare orders
+    /// them by count, then uid); one entry per context (a context is
+    /// visited at most once per step), so it is written without checks.
+    active: Vec<u64>,
     pots: Vec<Pot>,
     pot_neurons: Vec<u32>,
+    /// Segments `(start, len)` of `pot_neurons`, one per left semi-context
+    /// that yields candidates; their rank by content; a segment per rank.
+    segs: Vec<(u32, u32)>,
+    seg_rank: Vec<u32>,
+    rank_seg: Vec<u32>,
+    /// Candidates as sortable keys `lmask << 32 | rank << 16 | rmask`.
+    pot_keys: Vec<u64>,
     new_neurons: Vec<u32>,
+    order: Vec<u32>,
 }
 
 fn intersect_count(a: &[u32], b: &[u32]) -> usize {
@@ -168,21 +246,174 @@ fn intersect_into(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
     }
 }
 
+/// Hash of a left semi-context's facts (the neuron list is a sorted set, so
+/// a sum of independently mixed terms suffices; unlike a chained hash it
+/// has no serial multiply latency per fact).
+fn facts_hash(mask: u16, neurons: &[u32]) -> u64 {
+    let mut h = (u64::from(mask) + 1).wrapping_mul(HASH_MUL);
+    for &n in neurons {
+        h = h.wrapping_add(
+            (u64::from(n) ^ 0x5851_f42d_4c95_7f2d).wrapping_mul(0xd6e8_feb8_6659_fd93),
+        );
+    }
+    (h ^ (h >> 31)).wrapping_mul(HASH_MUL)
+}
+
+/// The `k` largest values of `v` (moved to its front, in no particular
+/// order): a min-heap of `k` (`k` = 15 active neurons of ~75 active
+/// contexts per step on NAB; faster than a selection or a sort).
+fn top_k(v: &mut [u64], k: usize) -> &[u64] {
+    if v.len() <= k {
+        return v;
+    }
+    if k == 0 {
+        return &[];
+    }
+    let (heap, rest) = v.split_at_mut(k);
+    for i in (0..k / 2).rev() {
+        sift_down(heap, i);
+    }
+    for &x in rest.iter() {
+        if x > heap[0] {
+            heap[0] = x;
+            sift_down(heap, 0);
+        }
+    }
+    heap
+}
+
+/// Restores the min-heap property below `i`.
+fn sift_down(h: &mut [u64], mut i: usize) {
+    loop {
+        let l = 2 * i + 1;
+        if l >= h.len() {
+            return;
+        }
+        let r = l + 1;
+        let m = if r < h.len() && h[r] < h[l] { r } else { l };
+        if h[m] >= h[i] {
+            return;
+        }
+        h.swap(m, i);
+        i = m;
+    }
+}
+
+/// Sorts a short slice (the 15 new neuron facts; a plain insertion sort
+/// beats the general sort at this size).
+fn insertion_sort(v: &mut [u32]) {
+    for i in 1..v.len() {
+        let x = v[i];
+        let mut j = i;
+        while j > 0 && v[j - 1] > x {
+            v[j] = v[j - 1];
+            j -= 1;
+        }
+        v[j] = x;
+    }
+}
+
+/// Most entries (u16 each) of [`Cad`]'s cache of the contexts each group
+/// predicts; when full it is dropped and rebuilt as groups recur.
+pub const WITHIN_CACHE_ENTRIES: usize = 4096;
+
+/// The per-left-semi-context arrays a scan reads.
+struct ScanLists<'a> {
+    masks: &'a [u16],
+    bits: &'a [Bits],
+    lefts: &'a [LeftSemi],
+    pool: &'a [u32],
+    /// Words of the bitsets in use.
+    words: usize,
+}
+
+/// Appends to `out` the left semi-contexts in `range` whose facts are all in
+/// the group (sensor facts `gm`, neuron facts `gn`, as slots `g`): 64 at a
+/// time into a bitmap without a branch per left semi-context, then the
+/// unslotted ones are checked on their lists.
+fn scan_within(
+    t: ScanLists<'_>,
+    gm: u16,
+    g: &Bits,
+    gn: &[u32],
+    range: std::ops::Range<usize>,
+    out: &mut Vec<u16>,
+) {
+    let mut base = range.start;
+    while base < range.end {
+        let end = (base + 64).min(range.end);
+        let (masks, bits) = (&t.masks[base..end], &t.bits[base..end]);
+        let mut cand = match t.words {
+            0 | 1 => within_bitmap::<1>(masks, bits, gm, g),
+            2 => within_bitmap::<2>(masks, bits, gm, g),
+            3 => within_bitmap::<3>(masks, bits, gm, g),
+            _ => within_bitmap::<NEURON_WORDS>(masks, bits, gm, g),
+        };
+        while cand != 0 {
+            let li = base + cand.trailing_zeros() as usize;
+            cand &= cand - 1;
+            let l = t.lefts[li];
+            if l.unslotted == 0 || intersect_count(&t.pool[l.neurons()], gn) == l.len as usize {
+                out.push(li as u16);
+            }
+        }
+        base = end;
+    }
+}
+
+/// `a ⊆ b` as bitsets, over the first `N` words (the dictionary's slots are
+/// handed out from 0, so the words past the used slots are 0 everywhere).
+fn bits_within<const N: usize>(a: &Bits, b: &Bits) -> bool {
+    let mut acc = 0;
+    for w in 0..N {
+        acc |= a[w] & !b[w];
+    }
+    acc == 0
+}
+
+/// Bitmap of the left semi-contexts `base..base + masks.len()` (≤ 64)
+/// whose facts are all in the group (sensor facts `gm`, neuron slots `g`;
+/// those with unslotted neurons pass on the bitset and are checked on their
+/// list by the caller). No branch per left semi-context.
+fn within_bitmap<const N: usize>(masks: &[u16], bits: &[Bits], gm: u16, g: &Bits) -> u64 {
+    let mut cand = 0u64;
+    for (k, (&m, b)) in masks.iter().zip(bits).enumerate() {
+        let within = (m & !gm == 0) & bits_within::<N>(b, g);
+        cand |= u64::from(within) << k;
+    }
+    cand
+}
+
+/// A power-of-two table of at least `2 · n` slots, and the shift that maps
+/// a 64-bit multiplicative hash to a slot (its high bits).
+fn table_size(n: usize) -> (usize, u32) {
+    let size = (2 * n).next_power_of_two().max(2);
+    (size, 64 - size.trailing_zeros())
+}
+
 impl CadCore {
     pub(crate) fn new(max_left: usize, max_active: usize, max_contexts: usize) -> CadCore {
+        let max_contexts = max_contexts.clamp(8, MAX_CONTEXTS_LIMIT);
+        let (lsize, lshift) = table_size(max_contexts);
+        let (dsize, dshift) = table_size(NEURON_SLOTS);
         CadCore {
             max_left,
             max_active,
-            max_contexts: max_contexts.max(8),
+            max_contexts,
             ctxs: Vec::new(),
             lefts: Vec::new(),
-            left_index: HashMap::default(),
-            neuron_index: HashMap::default(),
-            mask_only: Vec::new(),
-            stamp: Vec::new(),
-            hits: Vec::new(),
-            touched: Vec::new(),
-            rights: Vec::new(),
+            lmasks: Vec::new(),
+            bits: Vec::new(),
+            pool: Vec::new(),
+            pool_slots: Vec::new(),
+            cache: Vec::new(),
+            within: Vec::new(),
+            within_lefts: Vec::new(),
+            lindex: vec![NONE; lsize],
+            lshift,
+            dict: vec![(0, NO_SLOT); dsize],
+            dict_len: 0,
+            dshift,
             group_mask: 0,
             group_neurons: Vec::new(),
             next_uid: 0,
@@ -190,48 +421,59 @@ impl CadCore {
             active: Vec::new(),
             pots: Vec::new(),
             pot_neurons: Vec::new(),
+            segs: Vec::new(),
+            seg_rank: Vec::new(),
+            rank_seg: Vec::new(),
+            pot_keys: Vec::new(),
             new_neurons: Vec::new(),
+            order: Vec::new(),
         }
+    }
+
+    /// Empties the left semi-context tables (not the contexts).
+    fn clear_lefts(&mut self) {
+        self.lefts.clear();
+        self.lmasks.clear();
+        self.bits.clear();
+        self.pool.clear();
+        self.pool_slots.clear();
+        self.cache.clear();
+        self.lindex.fill(NONE);
+        self.dict.fill((0, NO_SLOT));
+        self.dict_len = 0;
     }
 
     /// Forgets every context (keeps the allocations).
     pub(crate) fn clear(&mut self) {
         self.ctxs.clear();
-        self.lefts.clear();
-        self.left_index.clear();
-        self.neuron_index.clear();
-        self.mask_only.clear();
-        self.rights.clear();
+        self.clear_lefts();
         self.group_mask = 0;
         self.group_neurons.clear();
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        let lefts: usize = self
-            .lefts
-            .iter()
-            .map(|l| l.neurons.capacity() * 4 + l.rights.capacity() * 8)
-            .sum();
-        // hashbrown: one control byte per bucket, ~8/7 buckets per
-        // capacity.
-        let neuron_lists: usize = self.neuron_index.values().map(|v| v.capacity() * 4).sum();
-        let buckets = |cap: usize, entry: usize| cap * 8 / 7 * (entry + 1);
-        self.ctxs.capacity() * std::mem::size_of::<Ctx>()
-            + self.lefts.capacity() * std::mem::size_of::<LeftSemi>()
-            + lefts
-            + buckets(self.left_index.capacity(), 16)
-            + buckets(self.neuron_index.capacity(), 32)
-            + neuron_lists
-            + self.mask_only.capacity() * 4
-            + self.stamp.capacity() * 4
-            + self.hits.capacity()
-            + self.touched.capacity() * 4
-            + self.rights.capacity() * 2
+        use std::mem::size_of;
+        self.ctxs.capacity() * size_of::<Ctx>()
+            + self.lefts.capacity() * size_of::<LeftSemi>()
+            + self.lmasks.capacity() * 2
+            + self.bits.capacity() * size_of::<Bits>()
+            + self.pool.capacity() * 4
+            + self.pool_slots.capacity() * 2
+            + self.cache.capacity() * 2
+            + self.within.capacity() * 2
+            + self.within_lefts.capacity() * 2
+            + self.lindex.capacity() * 4
+            + self.dict.capacity() * size_of::<(u32, u16)>()
             + self.group_neurons.capacity() * 4
             + self.active.capacity() * 8
-            + self.pots.capacity() * std::mem::size_of::<Pot>()
+            + self.pots.capacity() * size_of::<Pot>()
             + self.pot_neurons.capacity() * 4
+            + self.segs.capacity() * 8
+            + self.seg_rank.capacity() * 4
+            + self.rank_seg.capacity() * 4
+            + self.pot_keys.capacity() * 8
             + self.new_neurons.capacity() * 4
+            + self.order.capacity() * 4
     }
 
     /// Number of contexts held.
@@ -240,44 +482,131 @@ impl CadCore {
         self.ctxs.len()
     }
 
-    fn right_id(&mut self, mask: u16) -> u32 {
-        match self.rights.iter().position(|&m| m == mask) {
-            Some(i) => i as u32,
-            None => {
-                self.rights.push(mask);
-                (self.rights.len() - 1) as u32
+    /// The dictionary slot of neuron `uid`, if it has one.
+    fn slot(&self, uid: u32) -> Option<usize> {
+        let m = self.dict.len() - 1;
+        let mut i = (u64::from(uid).wrapping_mul(HASH_MUL) >> self.dshift) as usize;
+        loop {
+            let (k, s) = self.dict[i];
+            if s == NO_SLOT {
+                return None;
             }
+            if k == uid {
+                return Some(usize::from(s));
+            }
+            i = (i + 1) & m;
         }
     }
 
-    fn left_id(&mut self, mask: u16, neurons: &[u32]) -> u32 {
-        let mut h = u64::from(mask).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        for &n in neurons {
-            h = (h.rotate_left(23) ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-        while let Some(&i) = self.left_index.get(&h) {
-            let l = &self.lefts[i as usize];
-            if l.mask == mask && l.neurons == neurons {
-                return i;
+    /// The slot of `uid`, given one if it has none and slots are left.
+    fn slot_or_insert(&mut self, uid: u32) -> Option<usize> {
+        let m = self.dict.len() - 1;
+        let mut i = (u64::from(uid).wrapping_mul(HASH_MUL) >> self.dshift) as usize;
+        loop {
+            let (k, s) = self.dict[i];
+            if s == NO_SLOT {
+                break;
             }
-            h = h.wrapping_add(1);
+            if k == uid {
+                return Some(usize::from(s));
+            }
+            i = (i + 1) & m;
         }
-        let i = self.lefts.len() as u32;
+        if self.dict_len >= NEURON_SLOTS {
+            return None;
+        }
+        let s = self.dict_len;
+        self.dict[i] = (uid, s as u16);
+        self.dict_len += 1;
+        Some(s)
+    }
+
+    /// The group's neuron facts as a bitset of dictionary slots (facts
+    /// without a slot are in no slotted left semi-context).
+    fn group_bits(&self) -> Bits {
+        let mut g = [0u64; NEURON_WORDS];
+        for &n in &self.group_neurons {
+            if let Some(s) = self.slot(n) {
+                g[s / 64] |= 1 << (s % 64);
+            }
+        }
+        g
+    }
+
+    fn left_id(&mut self, mask: u16, neurons: &[u32]) -> u32 {
+        let h = facts_hash(mask, neurons);
+        let tag = (h >> 32) as u32;
+        let m = self.lindex.len() - 1;
+        let mut i = (h >> self.lshift) as usize;
+        loop {
+            let li = self.lindex[i];
+            if li == NONE {
+                break;
+            }
+            let l = self.lefts[li as usize];
+            if l.tag == tag && l.mask == mask && self.pool[l.neurons()] == *neurons {
+                return li;
+            }
+            i = (i + 1) & m;
+        }
+        let li = self.lefts.len() as u32;
+        self.lindex[i] = li;
+        self.append_left(mask, neurons, tag);
+        li
+    }
+
+    /// Adds a left semi-context known not to exist yet (`tag`: the high
+    /// half of its facts' hash), with its index entry.
+    fn push_left(&mut self, mask: u16, neurons: &[u32], tag: u32) -> u32 {
+        let m = self.lindex.len() - 1;
+        // The slot is the hash's top bits, which the tag holds.
+        let mut i = ((u64::from(tag) << 32) >> self.lshift) as usize;
+        while self.lindex[i] != NONE {
+            i = (i + 1) & m;
+        }
+        let li = self.lefts.len() as u32;
+        self.lindex[i] = li;
+        self.append_left(mask, neurons, tag);
+        li
+    }
+
+    /// Appends the left semi-context's record, facts and bitset.
+    fn append_left(&mut self, mask: u16, neurons: &[u32], tag: u32) {
+        let start = self.pool.len() as u32;
+        self.pool.extend_from_slice(neurons);
+        let mut bits = [0u64; NEURON_WORDS];
+        let mut unslotted = 0;
+        for &n in neurons {
+            match self.slot_or_insert(n) {
+                Some(s) => {
+                    bits[s / 64] |= 1 << (s % 64);
+                    self.pool_slots.push(s as u16);
+                }
+                None => {
+                    unslotted += 1;
+                    self.pool_slots.push(NO_SLOT);
+                }
+            }
+        }
+        if unslotted > 0 {
+            // Partial bitsets are never used: such a left semi-context
+            // passes the bitset filters and is checked on its list.
+            bits = [0; NEURON_WORDS];
+        }
         self.lefts.push(LeftSemi {
             mask,
-            neurons: neurons.to_vec(),
-            rights: Vec::new(),
+            start,
+            len: neurons.len() as u32,
+            unslotted,
+            head: NONE,
+            has_zero: false,
+            cache_upto: NONE,
+            cache_start: 0,
+            cache_len: 0,
+            tag,
         });
-        self.left_index.insert(h, i);
-        if neurons.is_empty() {
-            self.mask_only.push(i);
-        }
-        for &n in neurons {
-            self.neuron_index.entry(n).or_default().push(i);
-        }
-        self.stamp.push(0);
-        self.hits.push(0);
-        i
+        self.lmasks.push(mask);
+        self.bits.push(bits);
     }
 
     /// Finds or creates the context (left facts, right facts). Returns
@@ -294,24 +623,32 @@ impl CadCore {
             self.compact();
         }
         let li = self.left_id(lmask, lneurons);
-        let ri = self.right_id(rmask);
-        if let Some(&(_, c)) = self.lefts[li as usize].rights.iter().find(|p| p.0 == ri) {
-            if zero {
-                self.ctxs[c as usize].zero = true;
+        let mut c = self.lefts[li as usize].head;
+        while c != NONE {
+            let ctx = &mut self.ctxs[c as usize];
+            if ctx.rmask == rmask {
+                if zero {
+                    ctx.zero = true;
+                    self.lefts[li as usize].has_zero = true;
+                }
+                return (false, c);
             }
-            return (false, c);
+            c = ctx.next;
         }
         let c = self.ctxs.len() as u32;
+        let left = &mut self.lefts[li as usize];
+        left.has_zero |= zero;
+        let head = &mut left.head;
         self.ctxs.push(Ctx {
             left: li,
-            right: ri,
-            count: 0,
-            uid: self.next_uid,
+            next: *head,
+            key: u64::from(self.next_uid),
             last: self.clock,
+            rmask,
             zero,
         });
+        *head = c;
         self.next_uid = self.next_uid.wrapping_add(1);
-        self.lefts[li as usize].rights.push((ri, c));
         (true, c)
     }
 
@@ -321,35 +658,132 @@ impl CadCore {
     /// fires again.
     fn compact(&mut self) {
         let keep = self.max_contexts * 3 / 4;
-        let mut order: Vec<u32> = (0..self.ctxs.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let (a, b) = (&self.ctxs[a as usize], &self.ctxs[b as usize]);
-            b.last.cmp(&a.last).then(b.uid.cmp(&a.uid))
-        });
-        order.truncate(keep);
-        order.sort_unstable_by_key(|&c| self.ctxs[c as usize].uid);
-        let old_ctxs = std::mem::take(&mut self.ctxs);
-        let old_lefts = std::mem::take(&mut self.lefts);
-        let old_rights = std::mem::take(&mut self.rights);
-        self.left_index.clear();
-        self.neuron_index.clear();
-        self.mask_only.clear();
-        self.stamp.clear();
-        self.hits.clear();
-        self.ctxs.reserve(self.max_contexts);
-        for c in order {
-            let old = old_ctxs[c as usize];
-            let l = &old_lefts[old.left as usize];
-            let li = self.left_id(l.mask, &l.neurons);
-            let ri = self.right_id(old_rights[old.right as usize]);
+        // Sorted as plain integers (no comparator through the contexts):
+        // most recent `last` first, then highest uid; then the kept ones by
+        // uid. Temporary (one compaction per ~128 new contexts).
+        let mut by_age: Vec<u128> = self
+            .ctxs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| u128::from(!c.last) << 96 | u128::from(!(c.key as u32)) << 64 | i as u128)
+            .collect();
+        by_age.sort_unstable();
+        let mut order: Vec<u64> = by_age[..keep.min(by_age.len())]
+            .iter()
+            .map(|&k| u64::from(!((k >> 64) as u32)) << 32 | (k as u32 as u64))
+            .collect();
+        order.sort_unstable();
+        let old_ctxs = std::mem::replace(&mut self.ctxs, Vec::with_capacity(self.max_contexts));
+        let old_lefts = std::mem::replace(&mut self.lefts, Vec::with_capacity(keep + 1));
+        let pool_len = self.pool.len();
+        let old_pool = std::mem::replace(&mut self.pool, Vec::with_capacity(pool_len));
+        self.pool_slots = Vec::with_capacity(pool_len);
+        self.clear_lefts();
+        // Old left semi-context → new one (they are unique, so a kept one
+        // is re-created once, without a look-up by facts).
+        let mut remap = vec![NONE; old_lefts.len()];
+        for &k in &order {
+            let old = old_ctxs[k as u32 as usize];
+            let li = match remap[old.left as usize] {
+                NONE => {
+                    let l = old_lefts[old.left as usize];
+                    let li = self.push_left(l.mask, &old_pool[l.neurons()], l.tag);
+                    remap[old.left as usize] = li;
+                    li
+                }
+                li => li,
+            };
             let ni = self.ctxs.len() as u32;
+            let left = &mut self.lefts[li as usize];
+            left.has_zero |= old.zero;
+            let head = &mut left.head;
             self.ctxs.push(Ctx {
                 left: li,
-                right: ri,
+                next: *head,
                 ..old
             });
-            self.lefts[li as usize].rights.push((ri, ni));
+            *head = ni;
         }
+    }
+
+    /// The arrays [`scan_within`] reads.
+    fn scan_lists(&self) -> ScanLists<'_> {
+        ScanLists {
+            masks: &self.lmasks,
+            bits: &self.bits,
+            lefts: &self.lefts,
+            pool: &self.pool,
+            words: self.dict_len.div_ceil(64),
+        }
+    }
+
+    /// Whether left semi-context `li`'s facts are all in the group
+    /// (sensor facts `gm`, neuron slots `g`).
+    fn left_within(&self, li: usize, gm: u16, g: &Bits) -> bool {
+        let l = self.lefts[li];
+        if l.mask & !gm != 0 {
+            return false;
+        }
+        if l.unslotted > 0 {
+            intersect_count(&self.pool[l.neurons()], &self.group_neurons) == l.len as usize
+        } else {
+            bits_within::<NEURON_WORDS>(&self.bits[li], g)
+        }
+    }
+
+    /// Caches `within` as group `gl`'s list (appended; the old copy is
+    /// garbage until the cache is dropped, at the latest when it is full).
+    /// False if it does not fit at all.
+    fn store_cached(&mut self, gl: u32, within: &[u16]) -> bool {
+        if self.cache.len() + within.len() > WITHIN_CACHE_ENTRIES {
+            self.cache.clear();
+            for l in &mut self.lefts {
+                l.cache_upto = NONE;
+            }
+            if within.len() > WITHIN_CACHE_ENTRIES {
+                return false;
+            }
+        }
+        let l = &mut self.lefts[gl as usize];
+        l.cache_start = self.cache.len() as u32;
+        l.cache_len = within.len() as u32;
+        self.cache.extend_from_slice(within);
+        true
+    }
+
+    /// The neuron facts of candidate segment `seg`.
+    fn seg_neurons(&self, seg: u32) -> &[u32] {
+        let (start, len) = self.segs[seg as usize];
+        &self.pot_neurons[start as usize..(start + len) as usize]
+    }
+
+    /// Turns the candidates into sorted, deduplicated integer keys: the
+    /// segments (one per left semi-context, few) are ranked by content,
+    /// equal contents sharing a rank, so that comparing keys compares
+    /// (left sensor facts, left neuron facts, right sensor facts).
+    fn rank_candidates(&mut self) {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(0..self.segs.len() as u32);
+        order.sort_unstable_by(|&a, &b| self.seg_neurons(a).cmp(self.seg_neurons(b)));
+        self.seg_rank.clear();
+        self.seg_rank.resize(self.segs.len(), 0);
+        self.rank_seg.clear();
+        for (i, &seg) in order.iter().enumerate() {
+            if i == 0 || self.seg_neurons(order[i - 1]) != self.seg_neurons(seg) {
+                self.rank_seg.push(seg);
+            }
+            self.seg_rank[seg as usize] = (self.rank_seg.len() - 1) as u32;
+        }
+        self.order = order;
+        self.pot_keys.clear();
+        for p in &self.pots {
+            let rank = u64::from(self.seg_rank[p.seg as usize]);
+            self.pot_keys
+                .push(u64::from(p.lmask) << 32 | rank << 16 | u64::from(p.rmask));
+        }
+        self.pot_keys.sort_unstable();
+        self.pot_keys.dedup();
     }
 
     /// One CAD step on the sensor facts `sens` of the current value; returns
@@ -360,10 +794,12 @@ impl CadCore {
         // 1. The zero-level context (previous left facts group → current
         //    sensor facts); new or already known?
         let mut new_ctx = None;
+        let mut group_left = None;
         if has_group && sens != 0 {
             let neurons = std::mem::take(&mut self.group_neurons);
             let (created, c) = self.get_or_insert(self.group_mask, &neurons, sens, true);
             self.group_neurons = neurons;
+            group_left = Some(self.ctxs[c as usize].left);
             if created {
                 new_ctx = Some(c);
             }
@@ -372,137 +808,211 @@ impl CadCore {
         // 2. Contexts whose left semi-context was fully predicted by the
         //    previous group: those whose right semi-context is fully present
         //    now are active; on a new pattern, crossings are candidates.
-        let (gm, gn) = (self.group_mask, &self.group_neurons);
+        let gm = self.group_mask;
+        let gn = &self.group_neurons;
+        let clock = self.clock;
         let mut selected = 0usize;
-        self.active.clear();
+        // Each context is visited at most once per step.
+        if self.active.len() <= self.ctxs.len() {
+            self.active.resize(self.ctxs.len() + 1, 0);
+        }
+        let mut n_active = 0;
         self.pots.clear();
         self.pot_neurons.clear();
+        self.segs.clear();
         if !new_flag {
-            // Fast path: no candidates to form, so only the left
-            // semi-contexts fully inside the previous group matter; find
-            // them through the neuron index (same result as the scan below).
-            let stamp = self.clock;
-            self.touched.clear();
-            for n in gn {
-                if let Some(list) = self.neuron_index.get(n) {
-                    for &li in list {
-                        let i = li as usize;
-                        if self.stamp[i] != stamp {
-                            self.stamp[i] = stamp;
-                            self.hits[i] = 0;
-                            self.touched.push(li);
-                        }
-                        self.hits[i] = self.hits[i].saturating_add(1);
-                    }
+            // Known pattern (most steps): no candidates to form, so only
+            // the contexts of the left semi-contexts fully inside the
+            // previous group matter. The group is itself a left
+            // semi-context (that of the zero-level context); the list of
+            // those contexts is cached per group and extended with the
+            // contexts added since (contexts and their facts only change at
+            // a compaction, which drops the cache). On NAB a group recurs
+            // within the same compaction period ~96 % of the time.
+            let n = self.ctxs.len();
+            let mut within = std::mem::take(&mut self.within);
+            within.clear();
+            let cached = group_left.map(|gl| self.lefts[gl as usize]);
+            let from = match cached {
+                Some(l) if l.cache_upto != NONE => {
+                    let r = l.cache_start as usize..(l.cache_start + l.cache_len) as usize;
+                    within.extend_from_slice(&self.cache[r]);
+                    l.cache_upto as usize
                 }
-            }
-            for &li in self.touched.iter().chain(&self.mask_only) {
-                let l = &self.lefts[li as usize];
-                if l.mask & gm != l.mask
-                    || usize::from(self.hits[li as usize]) != l.neurons.len()
-                        && !l.neurons.is_empty()
-                {
-                    continue;
-                }
-                for &(ri, ci) in &l.rights {
-                    selected += 1;
-                    let rm = self.rights[ri as usize];
-                    if rm & sens == rm {
-                        let ctx = &mut self.ctxs[ci as usize];
-                        ctx.count += 1;
-                        ctx.last = self.clock;
-                        self.active.push((ctx.count, ctx.uid));
-                    }
-                }
-            }
-        }
-        for l in self
-            .lefts
-            .iter()
-            .take(if new_flag { usize::MAX } else { 0 })
-        {
-            let cm = l.mask & gm;
-            let cn = if l.neurons.is_empty() {
-                0
-            } else {
-                intersect_count(&l.neurons, gn)
+                _ => 0,
             };
-            let crossed = cm.count_ones() as usize + cn;
-            if crossed == 0 {
-                continue;
-            }
-            let full = crossed == l.mask.count_ones() as usize + l.neurons.len();
-            let may_grow = new_flag && crossed <= self.max_left;
-            let mut pot_start = None;
-            for &(ri, ci) in &l.rights {
-                if Some(ci) == new_ctx {
-                    continue;
+            if from < n {
+                let old = within.len();
+                let g = self.group_bits();
+                if from == 0 {
+                    // Not cached: scan the left semi-contexts, take their
+                    // contexts.
+                    let mut lefts = std::mem::take(&mut self.within_lefts);
+                    lefts.clear();
+                    scan_within(
+                        self.scan_lists(),
+                        gm,
+                        &g,
+                        gn,
+                        0..self.lefts.len(),
+                        &mut lefts,
+                    );
+                    for &li in &lefts {
+                        let mut c = self.lefts[usize::from(li)].head;
+                        while c != NONE {
+                            within.push(c as u16);
+                            c = self.ctxs[c as usize].next;
+                        }
+                    }
+                    self.within_lefts = lefts;
+                } else {
+                    for c in from..n {
+                        let li = self.ctxs[c].left as usize;
+                        if self.left_within(li, gm, &g) {
+                            within.push(c as u16);
+                        }
+                    }
                 }
-                let rm = self.rights[ri as usize];
-                let rc = rm & sens;
-                let ctx = &mut self.ctxs[ci as usize];
-                if full {
-                    selected += 1;
-                    if rc != 0 && rc == rm {
-                        ctx.count += 1;
-                        ctx.last = self.clock;
-                        self.active.push((ctx.count, ctx.uid));
+                if let Some(gl) = group_left {
+                    let stored = if within.len() > old || from == 0 {
+                        self.store_cached(gl, &within)
+                    } else {
+                        true // no new ones: the cached list stands
+                    };
+                    self.lefts[gl as usize].cache_upto = if stored { n as u32 } else { NONE };
+                }
+            }
+            // Every one of these contexts is predicted; branch-free.
+            for &c in &within {
+                let ctx = &mut self.ctxs[usize::from(c)];
+                let hit = ctx.rmask & sens == ctx.rmask;
+                ctx.key += u64::from(hit) << 32;
+                ctx.last = if hit { clock } else { ctx.last };
+                self.active[n_active] = ctx.key;
+                n_active += usize::from(hit);
+            }
+            selected = within.len();
+            self.within = within;
+        } else {
+            let g = self.group_bits();
+            let words = self.dict_len.div_ceil(64);
+            for (li, l) in self.lefts.iter().enumerate() {
+                let cm = l.mask & gm;
+                // Facts crossed (in the group), all of them (full), and
+                // whether the crossing may form a candidate; counted only
+                // when needed.
+                let (full, may_grow) = if l.unslotted == 0 {
+                    let b = &self.bits[li][..words];
+                    let (mut any, mut missing) = (0, 0);
+                    for (x, y) in b.iter().zip(&g) {
+                        any |= x & y;
+                        missing |= x & !y;
+                    }
+                    if cm == 0 && any == 0 {
                         continue;
                     }
+                    let full = cm == l.mask && missing == 0;
+                    if !full && !l.has_zero {
+                        continue; // nothing to count, nothing to form
+                    }
+                    let cn: u32 = b.iter().zip(&g).map(|(x, y)| (x & y).count_ones()).sum();
+                    (full, (cm.count_ones() + cn) as usize <= self.max_left)
+                } else {
+                    let cn = intersect_count(&self.pool[l.neurons()], gn);
+                    let crossed = cm.count_ones() as usize + cn;
+                    if crossed == 0 {
+                        continue;
+                    }
+                    let full = crossed == l.mask.count_ones() as usize + l.len as usize;
+                    (full, crossed <= self.max_left)
+                };
+                if !full && !may_grow {
+                    continue; // nothing to count, nothing to form
                 }
-                if rc != 0 && ctx.zero && may_grow {
-                    let (start, len) = *pot_start.get_or_insert_with(|| {
-                        let s = self.pot_neurons.len();
-                        intersect_into(&l.neurons, gn, &mut self.pot_neurons);
-                        (s as u32, (self.pot_neurons.len() - s) as u32)
-                    });
-                    self.pots.push(Pot {
-                        lmask: cm,
-                        start,
-                        len,
-                        rmask: rc,
-                    });
+                let mut seg = None;
+                let mut c = l.head;
+                while c != NONE {
+                    let ci = c;
+                    let ctx = &mut self.ctxs[ci as usize];
+                    c = ctx.next;
+                    if Some(ci) == new_ctx {
+                        continue;
+                    }
+                    let rm = ctx.rmask;
+                    let rc = rm & sens;
+                    if full {
+                        selected += 1;
+                        if rc != 0 && rc == rm {
+                            ctx.key += 1 << 32;
+                            ctx.last = clock;
+                            self.active[n_active] = ctx.key;
+                            n_active += 1;
+                            continue;
+                        }
+                    }
+                    if rc != 0 && ctx.zero && may_grow {
+                        // The crossed neuron facts, in uid order.
+                        let seg = *seg.get_or_insert_with(|| {
+                            let s = self.pot_neurons.len();
+                            if l.unslotted == 0 {
+                                for k in l.neurons() {
+                                    let slot = usize::from(self.pool_slots[k]);
+                                    if g[slot / 64] >> (slot % 64) & 1 != 0 {
+                                        self.pot_neurons.push(self.pool[k]);
+                                    }
+                                }
+                            } else {
+                                intersect_into(&self.pool[l.neurons()], gn, &mut self.pot_neurons);
+                            }
+                            self.segs
+                                .push((s as u32, (self.pot_neurons.len() - s) as u32));
+                            (self.segs.len() - 1) as u32
+                        });
+                        self.pots.push(Pot {
+                            lmask: cm,
+                            seg,
+                            rmask: rc,
+                        });
+                    }
                 }
             }
         }
         let predicted = if selected > 0 {
-            self.active.len() as f64 / selected as f64
+            n_active as f64 / selected as f64
         } else {
             0.0
         };
-        // 3. The most activated contexts become the next group's neurons.
-        self.active.sort_unstable();
-        let skip = self.active.len().saturating_sub(self.max_active);
+        // 3. The most activated contexts (by count, then uid: a strict
+        //    order, so selecting the top ones equals sorting) become the
+        //    next group's neurons.
+        let top = top_k(&mut self.active[..n_active], self.max_active);
         self.new_neurons.clear();
-        self.new_neurons
-            .extend(self.active[skip..].iter().map(|&(_, uid)| uid));
-        self.new_neurons.sort_unstable();
-        // 4. Learn the candidate contexts (deduplicated).
+        self.new_neurons.extend(top.iter().map(|&k| k as u32));
+        insertion_sort(&mut self.new_neurons);
+        // 4. Learn the candidate contexts (deduplicated), in the order of
+        //    (left sensor facts, left neuron facts, right sensor facts).
         let mut added = 0.0;
         if new_flag {
-            let pn = &self.pot_neurons;
-            let key = |p: &Pot| {
-                (
-                    p.lmask,
-                    &pn[p.start as usize..(p.start + p.len) as usize],
-                    p.rmask,
-                )
-            };
-            self.pots.sort_by(|a, b| key(a).cmp(&key(b)));
-            self.pots.dedup_by(|a, b| key(a) == key(b));
-            let zero_key = (self.group_mask, &self.group_neurons[..], sens);
-            let zero_in = self.pots.iter().any(|p| key(p) == zero_key);
-            let uniq = self.pots.len() + usize::from(!zero_in);
-            let pots = std::mem::take(&mut self.pots);
+            self.rank_candidates();
+            let zero_in = self.pot_keys.iter().any(|&k| {
+                let (lmask, rank, rmask) = ((k >> 32) as u16, (k >> 16) as u16, k as u16);
+                lmask == self.group_mask
+                    && rmask == sens
+                    && self.seg_neurons(self.rank_seg[usize::from(rank)]) == self.group_neurons
+            });
+            let uniq = self.pot_keys.len() + usize::from(!zero_in);
+            let keys = std::mem::take(&mut self.pot_keys);
             let pot_neurons = std::mem::take(&mut self.pot_neurons);
             let mut num_new = 1; // the zero-level context
-            for p in &pots {
-                let ns = &pot_neurons[p.start as usize..(p.start + p.len) as usize];
-                if self.get_or_insert(p.lmask, ns, p.rmask, false).0 {
+            for &k in &keys {
+                let (lmask, rank, rmask) = ((k >> 32) as u16, (k >> 16) as u16, k as u16);
+                let (start, len) = self.segs[self.rank_seg[usize::from(rank)] as usize];
+                let ns = &pot_neurons[start as usize..(start + len) as usize];
+                if self.get_or_insert(lmask, ns, rmask, false).0 {
                     num_new += 1;
                 }
             }
-            self.pots = pots;
+            self.pot_keys = keys;
             self.pot_neurons = pot_neurons;
             added = num_new as f64 / uniq as f64;
         }
@@ -566,9 +1076,11 @@ fn sensor_facts(n: i64, bits: u32) -> u16 {
 /// Memory: at most `max_contexts` contexts (the least recently activated
 /// quarter is dropped when full) and the `warmup`-sample ring, bounded by
 /// [`CAD_MAX_BYTES`] with default parameters. Cost per sample: when the
-/// step's pattern is known, the left semi-contexts sharing a neuron fact
-/// with the previous step (index); on a new pattern, all left
-/// semi-contexts (≤ `max_contexts`); a rebase replays `warmup` samples.
+/// step's pattern is known, the contexts the previous step's group predicts
+/// (cached per group; on a miss, a scan of the left semi-contexts with word
+/// operations); on a new pattern, all left semi-contexts (≤
+/// `max_contexts`); then the 15 most active of the active contexts (a
+/// heap); a rebase replays `warmup` samples.
 #[derive(Debug, Clone)]
 pub struct Cad {
     p: CadParams,

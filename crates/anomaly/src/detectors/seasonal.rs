@@ -138,7 +138,18 @@ impl Seasonal {
             return None;
         }
         let s = &mut v[..k];
-        s.sort_by(f64::total_cmp);
+        // At most 9 values here (3 cycles × 3 phases by default): an
+        // insertion sort (by the same total order) is faster than the
+        // general sort at this size.
+        for i in 1..k {
+            let x = s[i];
+            let mut j = i;
+            while j > 0 && s[j - 1].total_cmp(&x).is_gt() {
+                s[j] = s[j - 1];
+                j -= 1;
+            }
+            s[j] = x;
+        }
         Some(if k % 2 == 1 {
             s[k / 2]
         } else {

@@ -1,5 +1,5 @@
-//! Bounded building blocks: a ring buffer and a rolling window with O(window)
-//! median and MAD.
+//! Bounded building blocks: a ring buffer and a rolling window with O(1)
+//! median and O(log window) MAD (insertion O(window) memmove).
 
 use std::collections::VecDeque;
 
@@ -73,12 +73,24 @@ impl RollingWindow {
     }
     /// Adds a (finite) value, evicting the oldest when full.
     pub fn push(&mut self, v: f64) {
-        if let Some(old) = self.ring.push(v) {
-            let i = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
-            self.sorted.remove(i);
+        let s = &mut self.sorted;
+        let j = s.partition_point(|x| x.total_cmp(&v).is_lt());
+        match self.ring.push(v) {
+            // Replace the evicted value by `v` in one move of the values
+            // between the two positions (instead of a remove and an insert,
+            // each moving half the window on average).
+            Some(old) => {
+                let i = s.partition_point(|x| x.total_cmp(&old).is_lt());
+                if j > i {
+                    s.copy_within(i + 1..j, i);
+                    s[j - 1] = v;
+                } else {
+                    s.copy_within(j..i, j + 1);
+                    s[j] = v;
+                }
+            }
+            None => s.insert(j, v),
         }
-        let i = self.sorted.partition_point(|x| x.total_cmp(&v).is_lt());
-        self.sorted.insert(i, v);
     }
     /// Number of values held.
     pub fn len(&self) -> usize {
@@ -106,8 +118,12 @@ impl RollingWindow {
             _ => 0.5 * (self.sorted[n / 2 - 1] + self.sorted[n / 2]),
         }
     }
-    /// The median absolute deviation around `m` (normally the median):
-    /// merges the distances on both sides of `m` up to the middle one.
+    /// The median absolute deviation around `m` (normally the median), in
+    /// O(log window): the distances below `m` (`m − s[split−1−i]`) and
+    /// above it (`s[split+j] − m`) are two sorted sequences, and the
+    /// `n/2`-th smallest of their union is found by a binary search on how
+    /// many come from the lower side (the classic k-th of two sorted
+    /// arrays). The result is the same value as merging them.
     pub fn mad(&self, m: f64) -> f64 {
         let s = &self.sorted;
         let n = s.len();
@@ -115,29 +131,58 @@ impl RollingWindow {
             return 0.0;
         }
         let split = s.partition_point(|&x| x < m);
-        let (mut l, mut r) = (split, split); // l: next to the left is l-1; r: next to the right
-        let k = n / 2; // 0-based rank of the median distance
-        let mut d = 0.0;
-        for _ in 0..=k {
-            let dl = if l > 0 { m - s[l - 1] } else { f64::INFINITY };
-            let dr = if r < n { s[r] - m } else { f64::INFINITY };
-            if dl <= dr {
-                d = dl;
-                l -= 1;
-            } else {
-                d = dr;
-                r += 1;
-            }
+        let below = |i: usize| m - s[split - 1 - i];
+        let above = |j: usize| s[split + j] - m;
+        let (na, nb) = (split, n - split);
+        let take = n / 2 + 1; // distances up to and including the median one
+                              // i from below and take − i from above, i in [lo, hi]; too few
+                              // from below while the next one below is smaller than the last one
+                              // above. Written with selects (no data-dependent branch).
+        let mut lo = take.saturating_sub(nb);
+        let mut size = take.min(na) - lo;
+        while size > 0 {
+            let half = size / 2;
+            let i = lo + half;
+            let right = below(i) < above(take - i - 1);
+            lo = if right { i + 1 } else { lo };
+            size = if right { size - half - 1 } else { half };
         }
-        d
+        let (i, j) = (lo, take - lo);
+        let a = if i > 0 {
+            below(i - 1)
+        } else {
+            f64::NEG_INFINITY
+        };
+        let b = if j > 0 {
+            above(j - 1)
+        } else {
+            f64::NEG_INFINITY
+        };
+        a.max(b)
     }
-    /// The mean absolute deviation around `m`, O(window).
+    /// The mean absolute deviation around `m`, O(values ≠ m): the values
+    /// equal to `m` add exactly 0 and are skipped (this is used when most
+    /// of the window equals the median), the others are summed in sorted
+    /// order as before, so the result is the same to the bit.
     pub fn mean_abs_dev(&self, m: f64) -> f64 {
-        let n = self.sorted.len();
+        let s = &self.sorted;
+        let n = s.len();
         if n == 0 {
             return 0.0;
         }
-        self.sorted.iter().map(|x| (x - m).abs()).sum::<f64>() / n as f64
+        let lo = s.partition_point(|&x| x < m);
+        let hi = lo + s[lo..].partition_point(|&x| x <= m);
+        let sum = s[..lo]
+            .iter()
+            .chain(&s[hi..])
+            .map(|x| (x - m).abs())
+            .sum::<f64>();
+        // A sum of nothing but zeros is +0 whatever the fold starts with.
+        if sum == 0.0 {
+            0.0
+        } else {
+            sum / n as f64
+        }
     }
     /// The ring of values in arrival order.
     pub fn ring(&self) -> &Ring {
@@ -155,17 +200,25 @@ mod tests {
 
     #[test]
     fn median_and_mad_match_brute_force() {
-        let mut w = RollingWindow::new(7);
+        for cap in [1, 2, 3, 4, 7, 8, 31, 288] {
+            for range in [2u64, 5, 50, 1 << 20] {
+                check_against_brute_force(cap, range);
+            }
+        }
+    }
+
+    fn check_against_brute_force(cap: usize, range: u64) {
+        let mut w = RollingWindow::new(cap);
         let mut all = Vec::new();
         let mut x = 17u64;
         for _ in 0..200 {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let v = ((x >> 33) % 50) as f64;
+            let v = ((x >> 33) % range) as f64 * 0.37;
             w.push(v);
             all.push(v);
-            let last: Vec<f64> = all.iter().rev().take(7).copied().collect();
+            let last: Vec<f64> = all.iter().rev().take(cap).copied().collect();
             let mut s = last.clone();
             s.sort_by(f64::total_cmp);
             let n = s.len();
@@ -175,9 +228,15 @@ mod tests {
                 0.5 * (s[n / 2 - 1] + s[n / 2])
             };
             assert_eq!(w.median(), med);
-            let mut d: Vec<f64> = s.iter().map(|v| (v - med).abs()).collect();
-            d.sort_by(f64::total_cmp);
-            assert_eq!(w.mad(med), d[n / 2]);
+            assert_eq!(w.sorted, s);
+            // Around the median, and around other centres.
+            for m in [med, s[0], s[n - 1], med + 0.1, s[0] - 1.0] {
+                let mut d: Vec<f64> = s.iter().map(|v| (v - m).abs()).collect();
+                d.sort_by(f64::total_cmp);
+                assert_eq!(w.mad(m), d[n / 2], "cap {cap} range {range} m {m}");
+                let mean_abs = s.iter().map(|x| (x - m).abs()).sum::<f64>() / n as f64;
+                assert_eq!(w.mean_abs_dev(m).to_bits(), mean_abs.to_bits());
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `phalanx anomaly`: run a streaming anomaly detector over a CSV file, or
-//! score a directory of detector results by the NAB method. All behaviour
-//! lives in the `anomaly` crate; this only parses arguments and prints.
+//! `phalanx anomaly`: run a streaming anomaly detector over a CSV file, score
+//! a directory of detector results by the NAB method, or measure the
+//! detectors' throughput. All behaviour lives in the `anomaly` crate; this
+//! only parses arguments and prints.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ pub enum AnomalyCommand {
     /// Score every row of a `timestamp,value` CSV; prints
     /// `timestamp,value,anomaly_score` CSV (NAB's result format) on stdout
     Detect {
-        /// Detection method: ensemble (default), robust, seasonal, forecast, changepoint
+        /// Detection method: ensemble (default), robust, seasonal, forecast, changepoint, cad
         #[arg(long, short, default_value = anomaly::DEFAULT_METHOD)]
         method: String,
         /// Accept rows whose timestamp is earlier than the previous row's
@@ -32,6 +33,21 @@ pub enum AnomalyCommand {
         /// NAB label file (`combined_windows.json`)
         #[arg(long)]
         labels: PathBuf,
+    },
+    /// Measure samples per second (one thread; run it under `taskset -c 0`
+    /// for a per-core figure) and state bytes per series of each method over
+    /// a NAB corpus; prints a Markdown table (median of the runs)
+    Bench {
+        /// NAB directory (`combined_windows.json` and `data/`); by default
+        /// the subset bundled in the source tree this binary was built from
+        #[arg(long, default_value = anomaly::nab::BUNDLED_SUBSET_DIR)]
+        data: PathBuf,
+        /// Methods to measure (repeatable; by default all)
+        #[arg(long, short)]
+        method: Vec<String>,
+        /// Timed runs per method (the median is reported)
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
     },
 }
 
@@ -60,6 +76,24 @@ pub fn run(cmd: AnomalyCommand) -> anyhow::Result<()> {
             let mut out = std::io::BufWriter::new(out);
             anomaly::write_detections(&mut out, &rows).context("writing output")?;
             out.flush().context("writing output")?;
+            Ok(())
+        }
+        AnomalyCommand::Bench { data, method, runs } => {
+            let methods: Vec<String> = if method.is_empty() {
+                anomaly::METHODS.iter().map(|m| m.to_string()).collect()
+            } else {
+                method
+            };
+            for m in &methods {
+                anomaly::by_name(m)?; // reject an unknown method before loading
+            }
+            let corpus = anomaly::nab::NabCorpus::load(&data)
+                .with_context(|| format!("loading the NAB corpus in {}", data.display()))?;
+            let mut results = Vec::new();
+            for m in &methods {
+                results.push(anomaly::bench::measure(&corpus, m, runs)?);
+            }
+            print!("{}", anomaly::bench::table(&results));
             Ok(())
         }
         AnomalyCommand::Score { results, labels } => {
