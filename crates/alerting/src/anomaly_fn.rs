@@ -146,6 +146,13 @@ pub struct AnomalySettings {
     pub max_cached_series: usize,
     /// Values the expected band is computed from.
     pub band_window: usize,
+    /// `anomaly_alert` returns a series only when its value is also at least
+    /// `1 + this` times the expected value, or at most the expected value
+    /// divided by it (1.0: at least double or at most half; no floor when the
+    /// expected value is 0 or less). A p99 latency that moves
+    /// by tens of percent on a busy machine is statistically unusual but no
+    /// incident; scores are unaffected.
+    pub alert_min_relative_change: f64,
 }
 
 impl Default for AnomalySettings {
@@ -155,6 +162,7 @@ impl Default for AnomalySettings {
             anomaly_lookback_samples: 2_000,
             max_cached_series: 256,
             band_window: 120,
+            alert_min_relative_change: 1.0,
         }
     }
 }
@@ -428,11 +436,12 @@ pub fn eval_call(engine: &Engine, c: &pp::Call, t: i64) -> Result<Value, QueryEr
     let inner: &Expr = c.args.args[0].as_ref();
     let key = format!("{inner}|{method}");
     let mut cache = current_cache();
-    let (step, lookback) = {
+    let (step, lookback, min_change) = {
         let g = lock(&cache);
         (
             g.settings.step_ms.max(1),
             g.settings.anomaly_lookback_samples.max(1) as i64,
+            g.settings.alert_min_relative_change.max(0.0),
         )
     };
     let end = t.div_euclid(step) * step;
@@ -564,10 +573,19 @@ pub fn eval_call(engine: &Engine, c: &pp::Call, t: i64) -> Result<Value, QueryEr
             // anomaly_alert: the series above the threshold, at the
             // observed value, with the band for the annotations.
             let (lo, mid, hi) = band(e);
+            // The change floor is a ratio (×(1 + c) up, ÷(1 + c) down) of a
+            // positive expected value; none for an expected value <= 0.
+            let (up, down) = if mid > 0.0 {
+                (mid * (1.0 + min_change), mid / (1.0 + min_change))
+            } else {
+                (mid, mid)
+            };
+            let above = e.value > hi.max(up);
+            let below = e.value < lo.min(down);
             let on_side = match direction {
-                Direction::Both => true,
-                Direction::Above => e.value > mid,
-                Direction::Below => e.value < mid,
+                Direction::Both => above || below,
+                Direction::Above => above,
+                Direction::Below => below,
             };
             if e.score > threshold && on_side {
                 let mut labels = l.clone();
