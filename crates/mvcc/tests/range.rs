@@ -187,3 +187,28 @@ fn past_revisions() {
     assert_eq!(keys(&at(7).unwrap()), ["foo/a", "foo/b", "foo/c"]);
     assert_eq!(at(7).unwrap().kvs[0].value, b"f");
 }
+
+/// `range_page` returns the same keys as a Range, in pages that stop at the
+/// limit, at the current revision and at an older one.
+#[test]
+fn range_page_pages_through_the_store() {
+    let (_d, s) = setup();
+    let page = |from: &str, rev: i64| -> Vec<String> {
+        s.range_page(from.as_bytes(), b"\0", rev, 2)
+            .unwrap()
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect()
+    };
+    assert_eq!(page("\0", 0), ["foo", "foo/a"]);
+    assert_eq!(page("foo/a\0", 0), ["foo/b", "foo/c"]);
+    assert_eq!(page("foo/c\0", 0), ["zoo"]);
+    // At revision 3 only foo and foo/a existed; foo/a had its first value.
+    let old = s.range_page(b"\0", b"\0", 3, 10).unwrap();
+    assert_eq!(old.len(), 2);
+    assert_eq!(old[1].value, b"e");
+    assert_eq!(
+        s.range_page(b"\0", b"\0", 99, 1),
+        Err(EtcdError::FutureRevision)
+    );
+}

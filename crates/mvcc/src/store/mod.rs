@@ -642,6 +642,53 @@ impl Store {
         get_meta(&meta, META_APPLIED)
     }
 
+    /// Up to `limit` (>= 1) keys in `[key, range_end)` as of `revision` (0:
+    /// current), in key order, reading no further: a page for scanning a
+    /// whole store (etcd's Range also counts every key in the range, which
+    /// makes paging through a large store quadratic).
+    pub fn range_page(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: i64,
+        limit: usize,
+    ) -> Result<Vec<PbKeyValue>, EtcdError> {
+        assert!(limit >= 1, "a page holds at least one key");
+        self.range_page_inner(key, range_end, revision, limit)
+            .map_err(|e| self.noted(e).to_etcd())?
+    }
+
+    fn range_page_inner(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: i64,
+        limit: usize,
+    ) -> Result<Result<Vec<PbKeyValue>, EtcdError>, MvccError> {
+        let rtx = self.db.begin_read().map_err(db("begin read"))?;
+        let meta = rtx.open_table(META).map_err(db("open meta"))?;
+        let cur = get_meta_i64(&meta, META_REV)?;
+        let compact = get_meta_i64(&meta, META_COMPACT)?;
+        let at = if revision <= 0 { cur } else { revision };
+        if at > cur {
+            return Ok(Err(EtcdError::FutureRevision));
+        }
+        if at < compact {
+            return Ok(Err(EtcdError::Compacted));
+        }
+        let index = rtx.open_table(KEY_INDEX).map_err(db("open key_index"))?;
+        let (revt, chunks) = history::open_read(&rtx)?;
+        let key_rev = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
+        let h = History {
+            rev: &revt,
+            chunks: &chunks,
+        };
+        let (kvs, _) = range_keys_counted(
+            &index, &h, &key_rev, key, range_end, at, limit, false, false,
+        )?;
+        Ok(Ok(kvs))
+    }
+
     /// Consistent snapshot read (etcd Range). Header has only `revision` set (the store
     /// revision at read time); the caller fills the rest.
     pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, EtcdError> {

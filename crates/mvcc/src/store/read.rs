@@ -125,6 +125,16 @@ pub(super) fn scan_index(
     end: &[u8],
     mut f: impl FnMut(&[u8], IndexEntry) -> Result<(), MvccError>,
 ) -> Result<(), MvccError> {
+    scan_index_while(t, key, end, |k, e| f(k, e).map(|()| true))
+}
+
+/// [`scan_index`] that stops as soon as `f` returns `false`.
+pub(super) fn scan_index_while(
+    t: &impl IndexT,
+    key: &[u8],
+    end: &[u8],
+    mut f: impl FnMut(&[u8], IndexEntry) -> Result<bool, MvccError>,
+) -> Result<(), MvccError> {
     if end.is_empty() {
         if let Some(e) = get_index(t, key)? {
             f(key, e)?;
@@ -144,7 +154,9 @@ pub(super) fn scan_index(
         let (k, v) = item.map_err(db("scan key_index"))?;
         let k = k.value();
         let e = IndexEntry::decode(unseal(KEY_INDEX_TABLE, &[k], v.value())?)?;
-        f(k, e)?;
+        if !f(k, e)? {
+            break;
+        }
     }
     Ok(())
 }
@@ -163,9 +175,26 @@ pub(super) fn range_keys<R: RevT, C: ChunkT>(
     limit: usize,
     count_only: bool,
 ) -> Result<(Vec<PbKeyValue>, i64), MvccError> {
+    range_keys_counted(index, revt, key_rev, key, end, at, limit, count_only, true)
+}
+
+/// [`range_keys`]; without `need_count` the scan stops at `limit` keys (the
+/// count returned is then only the keys read).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn range_keys_counted<R: RevT, C: ChunkT>(
+    index: &impl IndexT,
+    revt: &History<'_, R, C>,
+    key_rev: &impl KeyRevT,
+    key: &[u8],
+    end: &[u8],
+    at: i64,
+    limit: usize,
+    count_only: bool,
+    need_count: bool,
+) -> Result<(Vec<PbKeyValue>, i64), MvccError> {
     let mut kvs = Vec::new();
     let mut count: i64 = 0;
-    scan_index(index, key, end, |k, e| {
+    scan_index_while(index, key, end, |k, e| {
         // Fast path: the latest state is the state at `at`.
         let found = if e.mod_main <= at {
             (!e.tombstone).then_some((e.mod_main, e.mod_sub))
@@ -184,7 +213,7 @@ pub(super) fn range_keys<R: RevT, C: ChunkT>(
                 kvs.push(kv);
             }
         }
-        Ok(())
+        Ok(need_count || limit == 0 || kvs.len() < limit)
     })?;
     Ok((kvs, count))
 }
