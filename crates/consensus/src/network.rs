@@ -54,6 +54,15 @@ pub enum PeerRequest {
     ElectAfter {
         ms: u64,
     },
+    /// From the leader to a member it has just removed: the leader stops
+    /// replicating to a removed member, so without this it would learn of
+    /// its removal only when its next election is refused. `member` guards
+    /// against a peer URL reused by another member. (Last in the enum, so
+    /// every earlier variant keeps its encoding.)
+    Removed {
+        member: NodeId,
+        log_index: u64,
+    },
 }
 
 /// Requests only the leader can serve.

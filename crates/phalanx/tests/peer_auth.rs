@@ -98,6 +98,37 @@ fn peer_messages_from_strangers_non_leaders_and_removed_members_are_refused_and_
         .unwrap_err();
         assert!(e.contains("control_not_from_leader"), "{e}");
     }
+    // A forged removal notice (a removed member stops for good): refused
+    // from a member that is not the leader, and when it names another member.
+    let b_id = id(b);
+    let e = send(
+        &rt,
+        &c.members[b],
+        a_id,
+        cluster,
+        PeerRequest::Removed {
+            member: b_id,
+            log_index: 1,
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("control_not_from_leader"), "{e}");
+    let e = send(
+        &rt,
+        &c.members[b],
+        leader_id,
+        cluster,
+        PeerRequest::Removed {
+            member: a_id,
+            log_index: 1,
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("control_not_from_leader"), "{e}");
+    assert!(
+        c.members[b].healthy(),
+        "a refused removal notice stopped the member"
+    );
     // None of them started an election: the term and the leader stay, over
     // three maximum election timeouts (3 × 225 ms) and more.
     let watch_until = Instant::now() + Duration::from_millis(1_500);

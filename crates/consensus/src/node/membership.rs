@@ -18,6 +18,10 @@ pub const REMOVED_MARKER_FILE: &str = "removed";
 /// Upper bound on an election pause or delayed campaign a peer may ask for.
 pub const MAX_ELECTION_PAUSE_MS: u64 = 10_000;
 
+/// Bound on the leader's notice to a member it removed (best effort: a
+/// member that misses it learns when its next election is refused).
+pub const REMOVAL_NOTICE_TIMEOUT_MS: u64 = 500;
+
 impl Node {
     /// Track applied membership: which members were removed (peers answer
     /// them "removed"), and whether this member itself was.

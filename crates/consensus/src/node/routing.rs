@@ -61,6 +61,17 @@ impl PeerHandler for Node {
                 format!("{from:x} is not a member of cluster {:x}", self.cluster_id),
             ));
         }
+        if let PeerRequest::Removed { member, .. } = req {
+            if leader != Some(from) || *member != self.id {
+                return Err(self.refuse(
+                    "control_not_from_leader",
+                    format!(
+                        "removal notice for member {member:x} from member {from:x} (leader: {leader:?}, this member: {:x})",
+                        self.id
+                    ),
+                ));
+            }
+        }
         if matches!(
             req,
             PeerRequest::PauseElections { .. } | PeerRequest::ElectAfter { .. }
@@ -107,6 +118,12 @@ impl PeerHandler for Node {
                     tokio::time::sleep(Duration::from_millis(ms.min(MAX_ELECTION_PAUSE_MS))).await;
                     let _ = raft.trigger().elect().await;
                 });
+                encode(&())
+            }
+            PeerRequest::Removed { log_index, .. } => {
+                self.halt_removed(format!(
+                    "(the leader told it that the membership change at log index {log_index} removed it)"
+                ));
                 encode(&())
             }
             PeerRequest::Join { peer_urls } => {
@@ -390,7 +407,8 @@ impl Node {
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::RemoveMember { id } => {
-                let Some((_, _, learner)) = self.members().into_iter().find(|(m, _, _)| *m == id)
+                let Some((_, member, learner)) =
+                    self.members().into_iter().find(|(m, _, _)| *m == id)
                 else {
                     return Err(LeaderError::MemberNotFound(id));
                 };
@@ -402,6 +420,31 @@ impl Node {
                 self.change_membership(change, false)
                     .await
                     .map_err(|e| self.write_err(e))?;
+                // Tell it now (best effort, bounded): it gets no more
+                // replication, so it would otherwise wait for its next
+                // election to be refused.
+                let log_index = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .log_id()
+                    .map_or(0, |l| l.index);
+                let transport = self.transport.clone();
+                tokio::spawn(async move {
+                    let notice = PeerRequest::Removed {
+                        member: id,
+                        log_index,
+                    };
+                    let _ = peer_call::<()>(
+                        &*transport,
+                        id,
+                        &member,
+                        &notice,
+                        Some(Duration::from_millis(REMOVAL_NOTICE_TIMEOUT_MS)),
+                    )
+                    .await;
+                });
                 Ok(LeaderResponse::Done)
             }
             LeaderRequest::PromoteMember { id } => {
