@@ -158,6 +158,23 @@ fn removed_member_restarted_later_exits() {
         String::from_utf8_lossy(&out.stderr)
     );
     c.etcdctl_at(&eps, &["put", "while-away", "v"]);
+    // The others restart too: they remember the removed id from disk
+    // (member/members-ever), not only while they run.
+    for i in (0..3).filter(|i| *i != victim) {
+        c.members[i].kill9();
+        c.members[i].spawn(&c.token.clone());
+    }
+    wait_for(
+        "the two remaining members to serve again",
+        Duration::from_secs(30),
+        || {
+            let out = c.etcdctl_at(
+                &endpoints_except(&c, victim),
+                &["put", "after-restart-of-peers", "v"],
+            );
+            out.status.success().then_some(())
+        },
+    );
 
     // Restarted later, it learns from its peers that it was removed: its
     // first campaign (one election timeout after start) is refused.

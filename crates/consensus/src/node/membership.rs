@@ -11,6 +11,48 @@ pub(super) struct MembershipHistory {
     pub(super) removed: BTreeSet<NodeId>,
 }
 
+/// File in `<data-dir>/member` listing (one hex id per line) every member
+/// this member has seen in an applied configuration, so that after a
+/// restart it still answers a member removed long ago "removed" (the
+/// membership in its log and snapshot only holds the current members).
+pub const MEMBERS_EVER_FILE: &str = "members-ever";
+
+impl MembershipHistory {
+    /// The history kept in `dir/member/members-ever` (empty if there is none;
+    /// a damaged file is reported and ignored: it only sharpens refusals).
+    pub(super) fn load(data_dir: &std::path::Path) -> Self {
+        let path = data_dir.join("member").join(MEMBERS_EVER_FILE);
+        let mut h = MembershipHistory::default();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return h;
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match u64::from_str_radix(line.trim(), 16) {
+                Ok(id) => {
+                    h.ever.insert(id);
+                }
+                Err(_) => {
+                    tracing::warn!(file = %path.display(), line, "ignoring a damaged member history; removed members are recognised again as they are seen");
+                    return MembershipHistory::default();
+                }
+            }
+        }
+        h
+    }
+
+    /// Write `ever` to `dir/member/members-ever` (atomically: temp + rename).
+    fn save(&self, data_dir: &std::path::Path) {
+        let dir = data_dir.join("member");
+        let path = dir.join(MEMBERS_EVER_FILE);
+        let tmp = dir.join(format!("{MEMBERS_EVER_FILE}.tmp"));
+        let text: String = self.ever.iter().map(|id| format!("{id:x}\n")).collect();
+        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::warn!(file = %path.display(), error = %e, "cannot record the member history");
+        }
+    }
+}
+
 /// File in `<data-dir>/member` recording that this member learned it was
 /// removed from the cluster; a member finding it refuses to start.
 pub const REMOVED_MARKER_FILE: &str = "removed";
@@ -39,7 +81,11 @@ impl Node {
                 .lock()
                 .expect("membership history poisoned");
             let was_member = h.ever.contains(&self.id);
+            let before = h.ever.len();
             h.ever.extend(current.iter().copied());
+            if h.ever.len() != before {
+                h.save(&self.config.data_dir);
+            }
             let removed: BTreeSet<NodeId> = h.ever.difference(&current).copied().collect();
             h.removed = removed;
             was_member && !current.contains(&self.id)

@@ -143,6 +143,7 @@ impl Node {
             faults,
         } = parts;
         let (shutdown_tx, _) = watch::channel(false);
+        let membership_history = MembershipHistory::load(&config.data_dir);
         Arc::new(Node {
             id,
             cluster_id,
@@ -158,7 +159,7 @@ impl Node {
             membership_lock: Default::default(),
             shutdown_tx,
             fatal: watch::channel(None).0,
-            membership_history: Default::default(),
+            membership_history: std::sync::Mutex::new(membership_history),
             pending_identity: Default::default(),
             peer_rejections: Default::default(),
             control_tokens: Default::default(),
