@@ -45,12 +45,33 @@ pub const DEFAULT_RULES: &str = r#"groups:
     annotations:
       summary: "Member {{ $labels.member }} saw {{ $value | humanize }} terms in 15 minutes"
   - alert: PhalanxHighFsyncLatency
-    expr: histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m])) > 0.5
+    expr: histogram_quantile(0.99, rate(phalanx_disk_wal_fsync_duration_seconds_bucket[5m])) > 0.5
     for: 10m
     labels:
       severity: warning
     annotations:
-      summary: "99th percentile commit (fsync on a quorum) latency of {{ $labels.member }} is {{ $value | humanize }}s"
+      summary: "99th percentile Raft log fsync latency of {{ $labels.member }} is {{ $value | humanize }}s"
+  - alert: PhalanxHighCommitLatency
+    expr: histogram_quantile(0.99, rate(phalanx_server_proposal_duration_seconds_bucket[5m])) > 0.25
+    for: 10m
+    labels:
+      severity: warning
+    annotations:
+      summary: "99th percentile commit latency (proposal to commit on a quorum) of {{ $labels.member }} is {{ $value | humanize }}s"
+  - alert: PhalanxHighRequestErrorRate
+    expr: sum by (member) (rate(phalanx_server_proposals_total{result="failed"}[5m])) / sum by (member) (rate(phalanx_server_proposals_total[5m])) > 0.01
+    for: 10m
+    labels:
+      severity: warning
+    annotations:
+      summary: "{{ $value | humanizePercentage }} of the writes proposed on {{ $labels.member }} failed in the last 5 minutes"
+  - alert: PhalanxDatabaseGrowth
+    expr: predict_linear(phalanx_mvcc_db_total_size_in_bytes[4h], 4 * 3600) > phalanx_server_quota_backend_bytes
+    for: 10m
+    labels:
+      severity: warning
+    annotations:
+      summary: "At its growth of the last 4 hours, {{ $labels.member }}'s backend reaches its quota within 4 hours"
   - alert: PhalanxQuotaNearlyFull
     expr: phalanx_mvcc_db_total_size_in_bytes / phalanx_server_quota_backend_bytes > 0.8
     for: 1m
@@ -789,6 +810,90 @@ mod tests {
             .filter(|a| a.state == AlertStatus::Firing)
             .map(|a| (a.name().to_string(), a.labels.clone()))
             .collect()
+    }
+
+    /// The store's latency, error and growth rules on synthetic series:
+    /// slow fsyncs and commits, 5 % failed writes, a backend growing to
+    /// its quota within 4 h; and nothing for a healthy member.
+    #[test]
+    fn store_latency_error_and_growth_rules_fire_on_synthetic_series() {
+        const H: i64 = 3_600_000;
+        let start = 1_000 * H;
+        let series = |slow: bool| {
+            move |t: i64| {
+                let n = ((t - start) / 15_000) as f64; // one observation per scrape
+                let m = || ("member", "n1".to_string());
+                let mut v = vec![];
+                for (name, le_slow) in [
+                    ("phalanx_disk_wal_fsync_duration_seconds_bucket", "1.024"),
+                    ("phalanx_server_proposal_duration_seconds_bucket", "0.512"),
+                ] {
+                    for le in ["0.001", "0.064", le_slow, "+Inf"] {
+                        // Healthy: everything under 1 ms; slow: everything in the slow bucket.
+                        let count = if !slow || le == le_slow || le == "+Inf" {
+                            n
+                        } else {
+                            0.0
+                        };
+                        v.push((
+                            vec![("__name__", name.into()), m(), ("le", le.into())],
+                            count,
+                        ));
+                    }
+                }
+                let failed = if slow { n * 5.0 } else { 0.0 };
+                v.push((
+                    vec![
+                        ("__name__", "phalanx_server_proposals_total".into()),
+                        m(),
+                        ("result", "failed".into()),
+                    ],
+                    failed,
+                ));
+                v.push((
+                    vec![
+                        ("__name__", "phalanx_server_proposals_total".into()),
+                        m(),
+                        ("result", "ok".into()),
+                    ],
+                    n * 100.0 - failed,
+                ));
+                // 1 GiB, growing 1 GiB an hour when slow; quota 2 GiB.
+                let gib = 1024.0 * 1024.0 * 1024.0;
+                let grow = if slow {
+                    (t - start) as f64 / H as f64
+                } else {
+                    0.0
+                };
+                v.push((
+                    vec![
+                        ("__name__", "phalanx_mvcc_db_total_size_in_bytes".into()),
+                        m(),
+                    ],
+                    gib * (1.0 + grow),
+                ));
+                v.push((
+                    vec![
+                        ("__name__", "phalanx_server_quota_backend_bytes".into()),
+                        m(),
+                    ],
+                    2.0 * gib,
+                ));
+                v
+            }
+        };
+        let firing = fire_defaults(&series(true), start, start + H / 2, 15_000);
+        let names: Vec<&str> = firing.iter().map(|(n, _)| n.as_str()).collect();
+        for want in [
+            "PhalanxHighFsyncLatency",
+            "PhalanxHighCommitLatency",
+            "PhalanxHighRequestErrorRate",
+            "PhalanxDatabaseGrowth",
+        ] {
+            assert!(names.contains(&want), "{want} not firing: {firing:?}");
+        }
+        let firing = fire_defaults(&series(false), start, start + H / 2, 15_000);
+        assert!(firing.is_empty(), "a healthy member fired: {firing:?}");
     }
 
     #[test]

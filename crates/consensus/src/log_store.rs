@@ -596,8 +596,78 @@ fn append_entries(
         }
     }
     // Durability::Immediate is redb's default: commit returns after fsync.
-    txn.commit().map_err(db_err)
+    let started = std::time::Instant::now();
+    let r = txn.commit().map_err(db_err);
+    WAL_FSYNC.observe(started.elapsed());
+    r
 }
+
+/// Upper bounds of the buckets of [`WAL_FSYNC`], seconds: etcd's
+/// `etcd_disk_wal_fsync_duration_seconds` buckets (1 ms doubling, 14).
+pub const WAL_FSYNC_BUCKETS_S: [f64; 14] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+    8.192,
+];
+
+/// A fixed-bucket histogram of durations, lock-free.
+pub struct DurationHistogram {
+    buckets: [std::sync::atomic::AtomicU64; WAL_FSYNC_BUCKETS_S.len()],
+    count: std::sync::atomic::AtomicU64,
+    sum_ns: std::sync::atomic::AtomicU64,
+}
+
+impl DurationHistogram {
+    #[allow(clippy::declare_interior_mutable_const)] // only used to build the array below
+    const ZERO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    pub const fn new() -> Self {
+        DurationHistogram {
+            buckets: [Self::ZERO; WAL_FSYNC_BUCKETS_S.len()],
+            count: std::sync::atomic::AtomicU64::new(0),
+            sum_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = d.as_secs_f64();
+        if let Some(i) = WAL_FSYNC_BUCKETS_S.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Prometheus text format, cumulative buckets, under `name`.
+    pub fn render(&self, name: &str, help: &str) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut cum = 0;
+        for (b, n) in WAL_FSYNC_BUCKETS_S.iter().zip(&self.buckets) {
+            cum += n.load(Relaxed);
+            out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {cum}\n"));
+        }
+        let count = self.count.load(Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!(
+            "{name}_sum {}\n{name}_count {count}\n",
+            self.sum_ns.load(Relaxed) as f64 / 1e9
+        ));
+        out
+    }
+}
+
+impl Default for DurationHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Durations of the Raft log's durable group commits (the write and its
+/// fsync): Phalanx's `etcd_disk_wal_fsync_duration_seconds`. One log per
+/// process in a deployment, so one process-wide histogram.
+pub static WAL_FSYNC: DurationHistogram = DurationHistogram::new();
 
 fn read_err(e: LogStoreError) -> StorageError {
     StorageIOError::read_logs(&e).into()

@@ -103,6 +103,20 @@ fn backup_failures_fire_the_default_rules_for_the_failing_destination_only() {
         !seen.contains(&bad),
         "no backup to {bad} can have succeeded"
     );
+    // The Raft log's fsync histogram (PhalanxHighFsyncLatency's input) is in
+    // the history too.
+    let fsyncs = format!(
+        "/api/v1/query?query={}",
+        support::alerts::enc("phalanx_disk_wal_fsync_duration_seconds_count > 0")
+    );
+    wait_for(
+        "the log's fsync histogram in the history",
+        FIRE_WITHIN,
+        || {
+            let v = get_json(api[0], &fsyncs)?;
+            (!v["data"]["result"].as_array()?.is_empty()).then_some(())
+        },
+    );
 
     for alert in ["PhalanxBackupFailed", "PhalanxRestoreDrillFailed"] {
         let fired = wait_for(&format!("{alert} for {bad}"), FIRE_WITHIN, || {
