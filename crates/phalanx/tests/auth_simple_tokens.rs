@@ -11,55 +11,15 @@ mod support;
 use std::time::{Duration, Instant};
 
 use etcd_client::proto::{
-    PbAuthenticateRequest, PbAuthenticateResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
-    PbRangeResponse,
+    PbAuthenticateRequest, PbAuthenticateResponse, PbPutRequest, PbPutResponse, PbRangeResponse,
 };
+use support::grpc::*;
 use support::*;
 use tonic::Code;
 
 /// `--auth-token-ttl` of the test clusters, seconds: short, so expiry is
 /// seen quickly, long enough for a few calls in between.
 const TTL_S: u64 = 4;
-
-async fn call<Req, Resp>(
-    url: &str,
-    path: &'static str,
-    req: Req,
-    token: Option<&str>,
-) -> Result<Resp, tonic::Status>
-where
-    Req: prost::Message + Send + Sync + 'static,
-    Resp: prost::Message + Default + Send + Sync + 'static,
-{
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut r = tonic::Request::new(req);
-    if let Some(t) = token {
-        r.metadata_mut().insert("token", t.parse().unwrap());
-    }
-    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-    grpc.unary(r, http::uri::PathAndQuery::from_static(path), codec)
-        .await
-        .map(|r| r.into_inner())
-}
-
-const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
-const RANGE: &str = "/etcdserverpb.KV/Range";
-const PUT: &str = "/etcdserverpb.KV/Put";
-
-fn range(key: &str) -> PbRangeRequest {
-    PbRangeRequest {
-        key: key.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
 
 async fn login(url: &str, user: &str, password: &str) -> String {
     let r: PbAuthenticateResponse = call(

@@ -17,6 +17,7 @@
 pub mod alerts;
 pub mod backups;
 pub mod certs;
+pub mod grpc;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
