@@ -117,6 +117,11 @@ struct AmDoc {
     receivers: Vec<ReceiverDoc>,
     #[serde(default)]
     inhibit_rules: Vec<InhibitDoc>,
+    #[serde(default)]
+    time_intervals: Vec<NamedIntervalDoc>,
+    /// Alertmanager's older name for `time_intervals`; both lists share one namespace.
+    #[serde(default)]
+    mute_time_intervals: Vec<NamedIntervalDoc>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +154,10 @@ struct RouteDoc {
     continue_: bool,
     #[serde(default)]
     routes: Vec<RouteDoc>,
+    #[serde(default)]
+    mute_time_intervals: Vec<String>,
+    #[serde(default)]
+    active_time_intervals: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -350,6 +359,12 @@ pub struct Route {
     pub matchers: Vec<LabelMatcher>,
     pub continue_: bool,
     pub routes: Vec<Route>,
+    /// Names of time intervals in which this route sends nothing. Not
+    /// inherited by child routes (as in Alertmanager).
+    pub mute_time_intervals: Vec<String>,
+    /// Names of time intervals outside all of which this route sends
+    /// nothing; empty = always active. Not inherited either.
+    pub active_time_intervals: Vec<String>,
 }
 
 impl Route {
@@ -387,6 +402,8 @@ pub struct AmConfig {
     pub route: Route,
     pub receivers: BTreeMap<String, Receiver>,
     pub inhibit_rules: Vec<InhibitRule>,
+    /// Named time intervals (`time_intervals` and `mute_time_intervals`).
+    pub time_intervals: BTreeMap<String, Vec<TimeInterval>>,
 }
 
 pub const DEFAULT_GROUP_WAIT_MS: i64 = 5_000;
@@ -403,11 +420,25 @@ impl AmConfig {
         )
         .expect("valid")
     }
+
+    /// Whether `route` sends nothing at `now_ms`: inside one of its
+    /// `mute_time_intervals`, or outside all its `active_time_intervals`
+    /// (Alertmanager's TimeMuteStage and TimeActiveStage).
+    pub fn route_muted(&self, route: &Route, now_ms: i64) -> bool {
+        let within = |name: &String| {
+            self.time_intervals
+                .get(name)
+                .is_some_and(|e| in_time_interval(e, now_ms))
+        };
+        route.mute_time_intervals.iter().any(within)
+            || (!route.active_time_intervals.is_empty()
+                && !route.active_time_intervals.iter().any(within))
+    }
 }
 
 /// Parse and validate an alertmanager.yml; `file` names it in errors.
 pub fn parse_am_config(file: &str, text: &str) -> Result<AmConfig, ConfigError> {
-    let doc: AmDoc = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::yaml(file, &e))?;
+    let mut doc: AmDoc = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::yaml(file, &e))?;
     let err = |field: &str, anchor: Option<(&str, &str)>, reason: String| ConfigError {
         file: file.to_string(),
         line: crate::rules::locate(text, anchor, field.rsplit('.').next().unwrap_or(field)),
@@ -656,6 +687,8 @@ pub fn parse_am_config(file: &str, text: &str) -> Result<AmConfig, ConfigError> 
             matchers,
             continue_: d.continue_,
             routes: vec![],
+            mute_time_intervals: d.mute_time_intervals.clone(),
+            active_time_intervals: d.active_time_intervals.clone(),
         };
         if r.group_interval_ms <= 0 {
             return Err(err(
@@ -677,6 +710,35 @@ pub fn parse_am_config(file: &str, text: &str) -> Result<AmConfig, ConfigError> 
         r.routes = children;
         Ok(r)
     }
+    let time_intervals = parse_time_intervals(
+        file,
+        text,
+        [
+            (
+                "mute_time_intervals",
+                std::mem::take(&mut doc.mute_time_intervals),
+            ),
+            ("time_intervals", std::mem::take(&mut doc.time_intervals)),
+        ],
+    )?;
+    let route_at = text
+        .lines()
+        .position(|l| l.starts_with("route:"))
+        .unwrap_or(0);
+    for (field, set) in [
+        ("mute_time_intervals", &doc.route.mute_time_intervals),
+        ("active_time_intervals", &doc.route.active_time_intervals),
+    ] {
+        if !set.is_empty() {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: line_of(text, route_at, field, None),
+                field: format!("route.{field}"),
+                reason: format!("the root route must not have {field}: it receives every alert, so muting it would mute everything not routed elsewhere"),
+            });
+        }
+    }
+    check_interval_refs(file, text, route_at, &doc.route, "route", &time_intervals)?;
     let route = build(doc.route, None, &receivers, "route", &err)?;
     let mut inhibit_rules = Vec::new();
     for (i, r) in doc.inhibit_rules.into_iter().enumerate() {
@@ -710,7 +772,474 @@ pub fn parse_am_config(file: &str, text: &str) -> Result<AmConfig, ConfigError> 
         route,
         receivers,
         inhibit_rules,
+        time_intervals,
     })
+}
+
+/// Every interval a route names must be defined (Alertmanager refuses
+/// "undefined time interval").
+fn check_interval_refs(
+    file: &str,
+    text: &str,
+    route_at: usize,
+    d: &RouteDoc,
+    path: &str,
+    defined: &BTreeMap<String, Vec<TimeInterval>>,
+) -> Result<(), ConfigError> {
+    for (field, names) in [
+        ("mute_time_intervals", &d.mute_time_intervals),
+        ("active_time_intervals", &d.active_time_intervals),
+    ] {
+        if let Some(n) = names.iter().find(|n| !defined.contains_key(*n)) {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: line_of(text, route_at, field, Some(n)),
+                field: format!("{path}.{field}"),
+                reason: format!("time interval {n:?} is not defined under `time_intervals` or `mute_time_intervals`"),
+            });
+        }
+    }
+    for (i, c) in d.routes.iter().enumerate() {
+        check_interval_refs(
+            file,
+            text,
+            route_at,
+            c,
+            &format!("{path}.routes[{i}]"),
+            defined,
+        )?;
+    }
+    Ok(())
+}
+
+// ---- time intervals ----
+
+/// The time zone a time interval's fields are read in (`location`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IntervalLocation {
+    /// Alertmanager's default when `location` is absent.
+    #[default]
+    Utc,
+    /// The time zone of the member that evaluates (the leader), as
+    /// Alertmanager's `Local` is that of its process.
+    Local,
+}
+
+/// One entry of a named time interval (Alertmanager's `TimeInterval`).
+/// Each field: None = any value; Some(list) = at least one range must hold
+/// (an explicit empty list therefore matches nothing, as in Alertmanager).
+/// All fields must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeInterval {
+    /// Minutes of the day, start inclusive, end exclusive (1440 = `24:00`).
+    pub times: Option<Vec<(u32, u32)>>,
+    /// Inclusive, 0 = Sunday … 6 = Saturday.
+    pub weekdays: Option<Vec<(u32, u32)>>,
+    /// Inclusive; negative values count from the month's end (-1 = last day).
+    pub days_of_month: Option<Vec<(i32, i32)>>,
+    /// Inclusive, 1 = January.
+    pub months: Option<Vec<(u32, u32)>>,
+    /// Inclusive.
+    pub years: Option<Vec<(i32, i32)>>,
+    pub location: IntervalLocation,
+}
+
+/// The calendar fields of an instant in some time zone.
+struct Civil {
+    year: i32,
+    month: u32,
+    day: u32,
+    weekday: u32,
+    minute_of_day: u32,
+}
+
+fn civil<T: chrono::Datelike + chrono::Timelike>(t: &T) -> Civil {
+    Civil {
+        year: t.year(),
+        month: t.month(),
+        day: t.day(),
+        weekday: t.weekday().num_days_from_sunday(),
+        minute_of_day: t.hour() * 60 + t.minute(),
+    }
+}
+
+fn days_in_month(year: i32, month: u32) -> i32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+impl TimeInterval {
+    /// Whether the instant `now_ms` (Unix ms) lies in this interval.
+    pub fn contains(&self, now_ms: i64) -> bool {
+        let Some(utc) = chrono::DateTime::from_timestamp_millis(now_ms) else {
+            return false;
+        };
+        let c = match self.location {
+            IntervalLocation::Utc => civil(&utc),
+            IntervalLocation::Local => civil(&utc.with_timezone(&chrono::Local)),
+        };
+        fn any<T: Copy>(ranges: &Option<Vec<T>>, f: impl Fn(T) -> bool) -> bool {
+            ranges.as_ref().is_none_or(|rs| rs.iter().any(|r| f(*r)))
+        }
+        let dim = days_in_month(c.year, c.month);
+        let day_ok = |(b, e): (i32, i32)| {
+            let begin = if b < 0 { dim + b + 1 } else { b };
+            let end = if e < 0 { dim + e + 1 } else { e };
+            // A range starting after this month's last day (e.g. `31` in
+            // April) does not spill into the month's other days.
+            if begin > dim {
+                return false;
+            }
+            let (begin, end) = (begin.clamp(-dim, dim), end.clamp(-dim, dim));
+            (begin..=end).contains(&(c.day as i32))
+        };
+        any(&self.times, |(s, e)| {
+            s <= c.minute_of_day && c.minute_of_day < e
+        }) && any(&self.days_of_month, day_ok)
+            && any(&self.months, |(b, e)| (b..=e).contains(&c.month))
+            && any(&self.weekdays, |(b, e)| (b..=e).contains(&c.weekday))
+            && any(&self.years, |(b, e)| (b..=e).contains(&c.year))
+    }
+}
+
+/// Whether any entry of a named interval contains `now_ms`.
+pub fn in_time_interval(entries: &[TimeInterval], now_ms: i64) -> bool {
+    entries.iter().any(|t| t.contains(now_ms))
+}
+
+/// A list element written as a string or a bare number (`days_of_month: [1, -1]`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Str(String),
+    Int(i64),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Str(s) => s.clone(),
+            Scalar::Int(i) => i.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedIntervalDoc {
+    name: String,
+    #[serde(default)]
+    time_intervals: Vec<IntervalDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntervalDoc {
+    #[serde(default)]
+    times: Option<Vec<TimeRangeDoc>>,
+    #[serde(default)]
+    weekdays: Option<Vec<Scalar>>,
+    #[serde(default)]
+    days_of_month: Option<Vec<Scalar>>,
+    #[serde(default)]
+    months: Option<Vec<Scalar>>,
+    #[serde(default)]
+    years: Option<Vec<Scalar>>,
+    #[serde(default)]
+    location: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeRangeDoc {
+    #[serde(default)]
+    start_time: Option<String>,
+    #[serde(default)]
+    end_time: Option<String>,
+}
+
+const WEEKDAYS: [&str; 7] = [
+    "sunday",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+];
+const MONTHS: [&str; 12] = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+
+/// `HH:MM` (00:00–23:59) or `24:00`, as minutes of the day.
+fn parse_clock(s: &str) -> Result<u32, String> {
+    let bad = || format!("{s:?}: expected HH:MM between 00:00 and 24:00");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if (h < 24 && m < 60) || (h == 24 && m == 0) {
+        Ok(h * 60 + m)
+    } else {
+        Err(bad())
+    }
+}
+
+/// `a` or `a:b` (case-insensitive), each member mapped by `member`.
+fn parse_range<T: Copy>(
+    s: &str,
+    member: impl Fn(&str) -> Result<T, String>,
+) -> Result<(T, T), String> {
+    let s = s.trim().to_ascii_lowercase();
+    match s.split_once(':') {
+        None => member(&s).map(|v| (v, v)),
+        Some((a, b)) if !b.contains(':') => Ok((member(a)?, member(b)?)),
+        Some(_) => Err(format!("{s:?}: expected one value or a range a:b")),
+    }
+}
+
+fn parse_int(s: &str) -> Result<i32, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))
+}
+
+fn parse_weekdays(s: &str) -> Result<(u32, u32), String> {
+    let (b, e) = parse_range(s, |m| {
+        WEEKDAYS
+            .iter()
+            .position(|d| *d == m)
+            .map(|i| i as u32)
+            .ok_or_else(|| format!("{m:?} is not a weekday (sunday … saturday)"))
+    })?;
+    if b > e {
+        return Err(format!(
+            "{s:?}: the range starts after it ends (weeks run sunday to saturday; write two entries to wrap)"
+        ));
+    }
+    Ok((b, e))
+}
+
+fn parse_days_of_month(s: &str) -> Result<(i32, i32), String> {
+    let (b, e) = parse_range(s, parse_int)?;
+    for d in [b, e] {
+        if d == 0 || !(-31..=31).contains(&d) {
+            return Err(format!(
+                "{s:?}: {d} is not a day of the month (1 to 31, or -1 to -31 from the end)"
+            ));
+        }
+    }
+    if b < 0 && e > 0 {
+        return Err(format!("{s:?}: the end must be negative when the start is"));
+    }
+    // Negative days are placed in the shortest month (28 days) to catch
+    // ranges that end before they start in every month.
+    let abs = |d: i32| if d < 0 { 28 + d } else { d };
+    if abs(b) > abs(e) {
+        return Err(format!("{s:?}: the range starts after it ends"));
+    }
+    Ok((b, e))
+}
+
+fn parse_months(s: &str) -> Result<(u32, u32), String> {
+    let (b, e) = parse_range(s, |m| {
+        MONTHS
+            .iter()
+            .position(|x| *x == m)
+            .map(|i| i as u32 + 1)
+            .or_else(|| m.parse::<u32>().ok().filter(|n| (1..=12).contains(n)))
+            .ok_or_else(|| format!("{m:?} is not a month (january … december or 1 … 12)"))
+    })?;
+    if b > e {
+        return Err(format!("{s:?}: the range starts after it ends"));
+    }
+    Ok((b, e))
+}
+
+fn parse_years(s: &str) -> Result<(i32, i32), String> {
+    let (b, e) = parse_range(s, parse_int)?;
+    if b > e {
+        return Err(format!("{s:?}: the range starts after it ends"));
+    }
+    Ok((b, e))
+}
+
+/// The 1-based line of `value` under key `field` at or after line index
+/// `from`: the key's own line when written inline (`field: [a, b]`), else
+/// the block-list line (`- a`) below it; the first key line if no line
+/// holds the value. Finer than `rules::locate`, which stops at the key.
+fn line_of(text: &str, from: usize, field: &str, value: Option<&str>) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key_line = |l: &str| {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        t.strip_prefix(field)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    };
+    let mut first = None;
+    for i in (from..lines.len()).filter(|&i| key_line(lines[i])) {
+        first.get_or_insert(i + 1);
+        let Some(v) = value else { return Some(i + 1) };
+        if lines[i].contains(v) {
+            return Some(i + 1);
+        }
+        let indent = lines[i].len() - lines[i].trim_start().len();
+        for (j, l) in lines.iter().enumerate().skip(i + 1) {
+            let t = l.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            // A block list may sit at the key's indent (`key:\n- a`).
+            if l.len() - t.len() < indent || !t.starts_with('-') {
+                break;
+            }
+            if l.contains(v) {
+                return Some(j + 1);
+            }
+        }
+    }
+    first
+}
+
+/// Parse the top-level `time_intervals` and `mute_time_intervals` lists.
+fn parse_time_intervals(
+    file: &str,
+    text: &str,
+    lists: [(&str, Vec<NamedIntervalDoc>); 2],
+) -> Result<BTreeMap<String, Vec<TimeInterval>>, ConfigError> {
+    let mut out = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (top, list) in lists {
+        // Names are looked for below the list's own top-level key, so that
+        // a receiver of the same name is not taken for the interval.
+        let top_at = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("{top}:")))
+            .unwrap_or(0);
+        for named in list {
+            let name = named.name.clone();
+            let name_at = (top_at..lines.len())
+                .find(|&i| {
+                    let t = lines[i].trim_start().trim_start_matches("- ").trim_start();
+                    t.strip_prefix("name:")
+                        .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == name)
+                })
+                .unwrap_or(top_at);
+            let err = |field: &str, value: Option<&str>, reason: String| ConfigError {
+                file: file.to_string(),
+                line: line_of(
+                    text,
+                    name_at,
+                    field.rsplit('.').next().unwrap_or(field),
+                    value,
+                ),
+                field: format!("{top}[{name}].{field}"),
+                reason,
+            };
+            if name.trim().is_empty() {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    line: Some(name_at + 1),
+                    field: format!("{top}.name"),
+                    reason: "a time interval needs a name".into(),
+                });
+            }
+            let mut entries = Vec::new();
+            for (i, d) in named.time_intervals.into_iter().enumerate() {
+                let at = |f: &str| format!("time_intervals[{i}].{f}");
+                let mut ti = TimeInterval::default();
+                if let Some(times) = d.times {
+                    let mut v = Vec::new();
+                    for (j, t) in times.into_iter().enumerate() {
+                        let f = |k: &str| at(&format!("times[{j}].{k}"));
+                        let (Some(s), Some(e)) = (&t.start_time, &t.end_time) else {
+                            let (missing, given) = if t.start_time.is_none() {
+                                ("start_time", "end_time")
+                            } else {
+                                ("end_time", "start_time")
+                            };
+                            // The line of the half that is there (or of `times`).
+                            let mut e = err(
+                                &f(missing),
+                                None,
+                                "both start_time and end_time must be given".into(),
+                            );
+                            e.line = line_of(text, name_at, given, None)
+                                .or_else(|| line_of(text, name_at, "times", None));
+                            return Err(e);
+                        };
+                        let s_min =
+                            parse_clock(s).map_err(|x| err(&f("start_time"), Some(s), x))?;
+                        let e_min = parse_clock(e).map_err(|x| err(&f("end_time"), Some(e), x))?;
+                        if s_min >= e_min {
+                            return Err(err(
+                                &f("end_time"),
+                                Some(e),
+                                format!("end {e} must be after start {s} (the end is exclusive; a range over midnight is two ranges)"),
+                            ));
+                        }
+                        v.push((s_min, e_min));
+                    }
+                    ti.times = Some(v);
+                }
+                macro_rules! ranges {
+                    ($field:ident, $parse:expr) => {
+                        if let Some(list) = &d.$field {
+                            let mut v = Vec::new();
+                            for x in list {
+                                let s = x.text();
+                                v.push(
+                                    $parse(&s)
+                                        .map_err(|e| err(&at(stringify!($field)), Some(&s), e))?,
+                                );
+                            }
+                            ti.$field = Some(v);
+                        }
+                    };
+                }
+                ranges!(weekdays, parse_weekdays);
+                ranges!(days_of_month, parse_days_of_month);
+                ranges!(months, parse_months);
+                ranges!(years, parse_years);
+                ti.location = match d.location.as_deref().map(str::trim) {
+                    // Go's LoadLocation gives UTC for "" and "UTC"; the IANA
+                    // names below are fixed at offset 0, so need no database.
+                    None
+                    | Some(
+                        "" | "UTC" | "Etc/UTC" | "UCT" | "Etc/UCT" | "GMT" | "Etc/GMT" | "Zulu"
+                        | "Etc/Zulu" | "Universal" | "Etc/Universal",
+                    ) => IntervalLocation::Utc,
+                    Some("Local") => IntervalLocation::Local,
+                    Some(other) => {
+                        return Err(err(
+                            &at("location"),
+                            Some(other),
+                            format!("time zone {other:?} is not supported: time intervals are read in UTC (also written Etc/UTC, GMT, Zulu …) or Local (the evaluating member's time zone); other IANA names would need a time zone database Phalanx does not ship"),
+                        ))
+                    }
+                };
+                entries.push(ti);
+            }
+            if out.insert(name.clone(), entries).is_some() {
+                return Err(err("name", Some(&name), format!("time interval {name:?} is defined twice (names are shared by time_intervals and mute_time_intervals)")));
+            }
+        }
+    }
+    Ok(out)
 }
 
 // ---- silences ----
@@ -955,6 +1484,24 @@ impl Dispatcher {
             let Some(receiver) = cfg.receivers.get(&route.receiver) else {
                 continue;
             };
+            // An Alertmanager receiver is pushed again before its alerts' endsAt passes.
+            let pushes = receiver
+                .webhooks
+                .iter()
+                .any(|w| matches!(w.integration, Integration::Alertmanager { .. }));
+            let interval = if pushes {
+                route.group_interval_ms.min(ALERTMANAGER_RESEND_MS)
+            } else {
+                route.group_interval_ms
+            };
+            if cfg.route_muted(route, now_ms) {
+                // As Alertmanager's time stages: this flush sends nothing and
+                // leaves the notification log as it is, so the first flush
+                // after the interval sends what is due then.
+                g.next_flush_ms = now_ms + interval;
+                g.flushed = true;
+                continue;
+            }
             let muted = |a: &Alert| {
                 silences.iter().any(|s| s.silences(&a.labels, now_ms))
                     || inhibited(&cfg.inhibit_rules, &a.labels, &firing_labels)
@@ -1055,16 +1602,6 @@ impl Dispatcher {
             }
             // A group with a send in flight is looked at again next tick.
             if !any_busy {
-                // An Alertmanager receiver is pushed again before its alerts' endsAt passes.
-                let pushes = receiver
-                    .webhooks
-                    .iter()
-                    .any(|w| matches!(w.integration, Integration::Alertmanager { .. }));
-                let interval = if pushes {
-                    route.group_interval_ms.min(ALERTMANAGER_RESEND_MS)
-                } else {
-                    route.group_interval_ms
-                };
                 g.next_flush_ms = now_ms + interval;
                 g.flushed = true;
             }
@@ -1469,5 +2006,314 @@ mod tests {
             assert!(msg.contains(field) && msg.contains(what), "{doc}: {msg}");
             assert!(e.line.is_some_and(|l| l >= 5 && l <= line + 1), "{doc}: line {:?}: {msg}", e.line);
         }
+    }
+
+    // ---- time intervals ----
+
+    /// Unix ms of a UTC wall-clock time.
+    fn ts(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
+        chrono::NaiveDate::from_ymd_opt(y, mo, d)
+            .and_then(|x| x.and_hms_opt(h, mi, 0))
+            .expect("valid date")
+            .and_utc()
+            .timestamp_millis()
+    }
+
+    const TI_CFG: &str = "route:
+  receiver: hook
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 2s
+  repeat_interval: 1h
+  routes:
+  - matchers: ['alertname=\"Nightly\"']
+    mute_time_intervals: [night]
+    routes:
+    - matchers: ['member=\"n9\"']
+  - matchers: ['alertname=\"Office\"']
+    active_time_intervals:
+    - business
+receivers:
+- name: hook
+  webhook_configs:
+  - url: http://127.0.0.1:1/x
+time_intervals:
+- name: business
+  time_intervals:
+  - weekdays: ['Monday:friday']
+    times:
+    - start_time: '09:00'
+      end_time: '17:00'
+- name: night
+  time_intervals:
+  - times:
+    - start_time: '22:00'
+      end_time: '24:00'
+    - start_time: '00:00'
+      end_time: '06:00'
+mute_time_intervals:
+- name: calendar
+  time_intervals:
+  - days_of_month: ['1:5', -1, '-3:-2']
+    months: ['January:march', 12, 'july']
+    years: ['2025:2027', 2030]
+    location: Local
+  - days_of_month: []
+";
+
+    #[test]
+    fn time_intervals_parse() {
+        let cfg = parse_am_config("am.yml", TI_CFG).unwrap();
+        assert_eq!(
+            cfg.time_intervals.keys().collect::<Vec<_>>(),
+            ["business", "calendar", "night"]
+        );
+        let b = &cfg.time_intervals["business"][0];
+        assert_eq!(b.weekdays, Some(vec![(1, 5)]));
+        assert_eq!(b.times, Some(vec![(540, 1020)]));
+        assert_eq!(b.days_of_month, None);
+        assert_eq!(b.location, IntervalLocation::Utc);
+        assert_eq!(
+            cfg.time_intervals["night"][0].times,
+            Some(vec![(1320, 1440), (0, 360)])
+        );
+        let c = &cfg.time_intervals["calendar"];
+        assert_eq!(c[0].days_of_month, Some(vec![(1, 5), (-1, -1), (-3, -2)]));
+        assert_eq!(c[0].months, Some(vec![(1, 3), (12, 12), (7, 7)]));
+        assert_eq!(c[0].years, Some(vec![(2025, 2027), (2030, 2030)]));
+        assert_eq!(c[0].location, IntervalLocation::Local);
+        assert_eq!(c[1].days_of_month, Some(vec![]));
+        let nightly = &cfg.route.routes[0];
+        assert_eq!(nightly.mute_time_intervals, ["night"]);
+        // Not inherited, as in Alertmanager.
+        assert!(nightly.routes[0].mute_time_intervals.is_empty());
+        assert_eq!(cfg.route.routes[1].active_time_intervals, ["business"]);
+        assert!(cfg.route.mute_time_intervals.is_empty());
+    }
+
+    #[test]
+    fn time_intervals_refused_with_field_and_line() {
+        let base = "route:\n  receiver: hook\nreceivers:\n- name: hook\n";
+        let one = |entry: &str| {
+            format!("{base}time_intervals:\n- name: t\n  time_intervals:\n  - {entry}\n")
+        };
+        // (document, field named, reason part, line)
+        let cases: Vec<(String, &str, &str, usize)> = vec![
+            (one("times:\n    - start_time: '10:00'\n      end_time: '09:00'"), "time_intervals[t].time_intervals[0].times[0].end_time", "after start", 10),
+            (one("times:\n    - start_time: '10:00'\n      end_time: '10:00'"), "times[0].end_time", "after start", 10),
+            (one("times:\n    - start_time: '25:00'\n      end_time: '26:00'"), "times[0].start_time", "HH:MM", 9),
+            (one("times:\n    - start_time: '9:00'\n      end_time: '10:00'"), "times[0].start_time", "HH:MM", 9),
+            (one("times:\n    - start_time: '24:01'\n      end_time: '24:00'"), "times[0].start_time", "HH:MM", 9),
+            (one("times:\n    - start_time: '09:00'"), "times[0].end_time", "both start_time and end_time", 9),
+            (one("weekdays: ['saturday:sunday']"), "time_intervals[0].weekdays", "starts after it ends", 8),
+            (one("weekdays: [monday, funday]"), "weekdays", "\"funday\" is not a weekday", 8),
+            (one("weekdays: ['monday:tuesday:friday']"), "weekdays", "range a:b", 8),
+            (one("days_of_month: [0]"), "days_of_month", "0 is not a day of the month", 8),
+            (one("days_of_month: ['1:32']"), "days_of_month", "32 is not a day", 8),
+            (one("days_of_month: ['-1:5']"), "days_of_month", "end must be negative", 8),
+            (one("days_of_month: ['10:2']"), "days_of_month", "starts after it ends", 8),
+            (one("days_of_month: ['-1:-5']"), "days_of_month", "starts after it ends", 8),
+            (one("days_of_month: ['x']"), "days_of_month", "not a whole number", 8),
+            (one("months: ['13']"), "months", "not a month", 8),
+            (one("months: ['march:january']"), "months", "starts after it ends", 8),
+            (one("months: [smarch]"), "months", "not a month", 8),
+            (one("years: ['2027:2025']"), "years", "starts after it ends", 8),
+            (one("years: ['20x']"), "years", "not a whole number", 8),
+            (one("location: Europe/Berlin"), "time_intervals[0].location", "\"Europe/Berlin\" is not supported", 8),
+            (one("weekday: [monday]"), "weekday", "unknown field", 8),
+            // A block list: the line of the bad element.
+            (one("months:\n    - may\n    - 0"), "months", "not a month", 10),
+            (format!("{base}time_intervals:\n- name: t\n  time_intervals: []\nmute_time_intervals:\n- name: t\n  time_intervals: []\n"), "time_intervals[t].name", "defined twice", 6),
+            (format!("{base}time_intervals:\n- name: ''\n"), "time_intervals.name", "needs a name", 6),
+            ("route:\n  receiver: hook\n  routes:\n  - receiver: hook\n    mute_time_intervals: [weekends]\nreceivers:\n- name: hook\n".into(), "route.routes[0].mute_time_intervals", "\"weekends\" is not defined", 5),
+            ("route:\n  receiver: hook\n  routes:\n  - receiver: hook\n    active_time_intervals:\n    - t\n    - nope\nreceivers:\n- name: hook\ntime_intervals:\n- name: t\n".into(), "route.routes[0].active_time_intervals", "\"nope\" is not defined", 7),
+            (format!("{base}time_intervals:\n- name: t\n  time_intervals: []\n").replace("  receiver: hook\n", "  receiver: hook\n  mute_time_intervals: [t]\n"), "route.mute_time_intervals", "root route", 3),
+            (format!("{base}time_intervals:\n- name: t\n").replace("  receiver: hook\n", "  receiver: hook\n  active_time_intervals: [t]\n"), "route.active_time_intervals", "root route", 3),
+        ];
+        for (doc, field, reason, line) in cases {
+            let e = parse_am_config("am.yml", &doc).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                e.field.contains(field) && e.reason.contains(reason),
+                "{doc}\n=> {msg}"
+            );
+            assert_eq!(e.line, Some(line), "{doc}\n=> {msg}");
+        }
+    }
+
+    fn interval(entry: &str) -> Vec<TimeInterval> {
+        let doc = format!(
+            "route:\n  receiver: hook\nreceivers:\n- name: hook\ntime_intervals:\n- name: t\n  time_intervals:\n  - {entry}\n"
+        );
+        parse_am_config("am.yml", &doc)
+            .unwrap_or_else(|e| panic!("{entry}: {e}"))
+            .time_intervals
+            .remove("t")
+            .unwrap()
+    }
+
+    #[test]
+    fn time_interval_fields_match() {
+        let within = |entry: &str, t: i64| in_time_interval(&interval(entry), t);
+        // 2026-11-29 is a Sunday, 2026-11-30 a Monday, 2026-12-05 a Saturday.
+        let wd = "weekdays: ['monday:friday']";
+        assert!(!within(wd, ts(2026, 11, 29, 12, 0)));
+        assert!(within(wd, ts(2026, 11, 30, 0, 0)));
+        assert!(within(wd, ts(2026, 12, 4, 23, 59)));
+        assert!(!within(wd, ts(2026, 12, 5, 0, 0)));
+        let weekend = "weekdays: [Saturday, 'sunday']";
+        assert!(within(weekend, ts(2026, 11, 29, 12, 0)));
+        assert!(within(weekend, ts(2026, 12, 5, 12, 0)));
+        assert!(!within(weekend, ts(2026, 12, 2, 12, 0)));
+
+        // Negative days count from the month's end, whatever its length.
+        let last = "days_of_month: [-1]";
+        assert!(within(last, ts(2024, 2, 29, 10, 0)));
+        assert!(!within(last, ts(2024, 2, 28, 10, 0)));
+        assert!(within(last, ts(2025, 2, 28, 10, 0)));
+        assert!(within(last, ts(2026, 4, 30, 10, 0)));
+        assert!(within(last, ts(2026, 12, 31, 10, 0)));
+        let last3 = "days_of_month: ['-3:-1']";
+        assert!(within(last3, ts(2026, 11, 28, 0, 0)));
+        assert!(!within(last3, ts(2026, 11, 27, 23, 59)));
+        let to_end = "days_of_month: ['25:-1']";
+        assert!(within(to_end, ts(2025, 2, 28, 0, 0)));
+        assert!(!within(to_end, ts(2025, 2, 24, 0, 0)));
+        // Day 31 does not exist in April: no day matches; 28:31 clamps to the month.
+        assert!(!(1..=30).any(|d| within("days_of_month: [31]", ts(2026, 4, d, 12, 0))));
+        assert!(within("days_of_month: ['28:31']", ts(2026, 4, 30, 12, 0)));
+
+        let months = "months: ['March:May', december, 8]";
+        assert!(within(months, ts(2026, 3, 1, 0, 0)));
+        assert!(within(months, ts(2026, 5, 31, 23, 59)));
+        assert!(!within(months, ts(2026, 6, 1, 0, 0)));
+        assert!(within(months, ts(2026, 8, 15, 0, 0)));
+        assert!(within(months, ts(2026, 12, 15, 0, 0)));
+        assert!(!within(months, ts(2026, 1, 15, 0, 0)));
+
+        // The end is exclusive; 24:00 reaches the last minute of the day.
+        let evening = "times:\n    - start_time: '17:30'\n      end_time: '24:00'";
+        assert!(!within(evening, ts(2026, 11, 30, 17, 29)));
+        assert!(within(evening, ts(2026, 11, 30, 17, 30)));
+        assert!(within(evening, ts(2026, 11, 30, 23, 59)));
+        assert!(!within(evening, ts(2026, 12, 1, 0, 0)));
+        let morning = "times:\n    - start_time: '00:00'\n      end_time: '09:00'";
+        assert!(within(morning, ts(2026, 11, 30, 8, 59)));
+        assert!(!within(morning, ts(2026, 11, 30, 9, 0)));
+
+        let years = "years: ['2025:2026']";
+        assert!(within(years, ts(2025, 1, 1, 0, 0)));
+        assert!(within(years, ts(2026, 12, 31, 23, 59)));
+        assert!(!within(years, ts(2027, 1, 1, 0, 0)));
+
+        // Every field must hold: Mondays in January 2027 between 09:00 and 10:00.
+        let all = "weekdays: [monday]\n    months: [january]\n    years: [2027]\n    times:\n    - start_time: '09:00'\n      end_time: '10:00'";
+        assert!(within(all, ts(2027, 1, 4, 9, 30)));
+        assert!(!within(all, ts(2027, 1, 5, 9, 30)));
+        assert!(!within(all, ts(2027, 1, 4, 10, 0)));
+        assert!(!within(all, ts(2026, 1, 5, 9, 30)));
+
+        // An entry without fields is always; an explicit empty list never (as in Alertmanager).
+        assert!(within("location: UTC", ts(2026, 11, 30, 3, 0)));
+        assert!(within("location: Etc/UTC", ts(2026, 11, 30, 3, 0)));
+        assert!(!within("weekdays: []", ts(2026, 11, 30, 3, 0)));
+
+        // Local: read in the member's time zone.
+        let now = ts(2026, 11, 30, 12, 0);
+        let local = chrono::DateTime::from_timestamp_millis(now)
+            .unwrap()
+            .with_timezone(&chrono::Local);
+        let hour = chrono::Timelike::hour(&local);
+        let entry = format!(
+            "location: Local\n    times:\n    - start_time: '{hour:02}:00'\n      end_time: '{:02}:00'",
+            hour + 1
+        );
+        assert!(within(&entry, now));
+        assert!(!within(&entry, now + 3_600_000));
+    }
+
+    fn named(name: &str, at: i64) -> Alert {
+        alert(name, "n1", AlertStatus::Firing, at)
+    }
+
+    #[test]
+    fn muted_route_sends_nothing_until_the_interval_ends() {
+        let cfg = parse_am_config("am.yml", TI_CFG).unwrap();
+        let mut d = Dispatcher::new();
+        let mut log = BTreeMap::new();
+        let none = BTreeSet::new();
+        // Night runs to 06:00 UTC; the alerts fire at 05:58.
+        let t0 = ts(2026, 11, 30, 5, 58);
+        let alerts = vec![named("Nightly", t0), named("Other", t0)];
+        assert!(d.tick(&cfg, &alerts, &[], &log, &none, t0, "").is_empty());
+        // The unmuted group is sent; the muted one is not, nor logged.
+        let n = d.tick(&cfg, &alerts, &[], &log, &none, t0 + 1_000, "");
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].entry.firing.len(), 1);
+        assert_eq!(
+            n[0].payload.as_ref().unwrap()["groupLabels"]["alertname"],
+            "Other"
+        );
+        for x in n {
+            log.insert(x.nflog_key, x.entry);
+        }
+        // Every flush inside the interval sends nothing.
+        let mut t = t0 + 3_000;
+        while t < ts(2026, 11, 30, 6, 0) {
+            assert!(
+                d.tick(&cfg, &alerts, &[], &log, &none, t, "").is_empty(),
+                "{t}"
+            );
+            t += 2_000;
+        }
+        // The first flush at or after 06:00 sends the muted group.
+        let n = d.tick(&cfg, &alerts, &[], &log, &none, t, "");
+        assert_eq!(n.len(), 1, "at {t}");
+        assert_eq!(
+            n[0].payload.as_ref().unwrap()["groupLabels"]["alertname"],
+            "Nightly"
+        );
+        // The child route under the muted one is not muted (no inheritance).
+        let mut d = Dispatcher::new();
+        let mut child = named("Nightly", t0);
+        child.labels.insert("member".into(), "n9".into());
+        let child = [child];
+        assert!(d.tick(&cfg, &child, &[], &log, &none, t0, "").is_empty());
+        let n = d.tick(&cfg, &child, &[], &BTreeMap::new(), &none, t0 + 1_000, "");
+        assert_eq!(n.len(), 1, "the child route is not muted");
+    }
+
+    #[test]
+    fn active_route_sends_only_inside_its_intervals() {
+        let cfg = parse_am_config("am.yml", TI_CFG).unwrap();
+        let mut d = Dispatcher::new();
+        let log = BTreeMap::new();
+        let none = BTreeSet::new();
+        // Sunday evening: outside business hours.
+        let t0 = ts(2026, 11, 29, 20, 0);
+        let alerts = vec![named("Office", t0)];
+        let mut t = t0;
+        while t < ts(2026, 11, 30, 9, 0) {
+            assert!(
+                d.tick(&cfg, &alerts, &[], &log, &none, t, "").is_empty(),
+                "{t}"
+            );
+            t += 60_000;
+        }
+        // Monday 09:00: the next flush sends it.
+        let n = d.tick(&cfg, &alerts, &[], &log, &none, t, "");
+        assert_eq!(n.len(), 1);
+        assert_eq!(
+            n[0].payload.as_ref().unwrap()["groupLabels"]["alertname"],
+            "Office"
+        );
+        assert_eq!(n[0].entry.timestamp_ms, ts(2026, 11, 30, 9, 0));
+        // After 17:00 it is muted again: nothing is repeated.
+        let mut log = BTreeMap::new();
+        for x in n {
+            log.insert(x.nflog_key, x.entry);
+        }
+        let late = ts(2026, 11, 30, 17, 0) + 2 * 3_600_000;
+        assert!(d.tick(&cfg, &alerts, &[], &log, &none, late, "").is_empty());
     }
 }
