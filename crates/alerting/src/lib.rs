@@ -24,6 +24,7 @@ pub mod promql;
 pub mod rules;
 pub mod service;
 pub mod store;
+pub mod targets;
 pub mod tsdb;
 
 pub use service::{start, AlertingHandle, Host, Settings};

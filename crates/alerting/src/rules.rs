@@ -16,7 +16,7 @@ pub const DEFAULT_RULES: &str = r#"groups:
 - name: phalanx-defaults
   rules:
   - alert: PhalanxMemberDown
-    expr: up == 0
+    expr: up{member!=""} == 0
     for: 5s
     labels:
       severity: critical
@@ -31,7 +31,7 @@ pub const DEFAULT_RULES: &str = r#"groups:
     annotations:
       summary: "Member {{ $labels.member }} has no leader"
   - alert: PhalanxInsufficientMembers
-    expr: count(up == 1) < floor(count(up) / 2) + 1
+    expr: count(up{member!=""} == 1) < floor(count(up{member!=""}) / 2) + 1
     for: 1m
     labels:
       severity: critical

@@ -506,6 +506,9 @@ struct Config {
     rules_rev: i64,
     am_rev: i64,
     am: AmConfig,
+    targets_rev: i64,
+    /// The user's own scrape targets (`<prefix>/targets`).
+    targets: Vec<crate::targets::Target>,
     rejected: BTreeSet<(String, i64)>,
 }
 
@@ -535,6 +538,8 @@ async fn leader_loop(s: Arc<Shared>, api_addr: Option<SocketAddr>) {
             rules_rev: -1,
             am_rev: -1,
             am: AmConfig::empty(),
+            targets_rev: -1,
+            targets: vec![],
             rejected: BTreeSet::new(),
         },
         ticks: 0,
@@ -696,6 +701,26 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader, now: i64) -> Result<(), St
         }
         l.cfg.am_rev = am_rev;
     }
+    let targets_doc = store.get("targets").await?;
+    let targets_rev = targets_doc.as_ref().map_or(0, |x| x.1);
+    if targets_rev != l.cfg.targets_rev {
+        let parsed = match &targets_doc {
+            None => Ok(vec![]),
+            Some((v, _)) => {
+                crate::targets::parse_targets(&store.key("targets"), &String::from_utf8_lossy(v))
+            }
+        };
+        match parsed {
+            Ok(t) => l.cfg.targets = t,
+            Err(e) => {
+                if l.cfg.rejected.insert(("targets".into(), targets_rev)) {
+                    tracing::warn!(error = %e, "alerting: stored scrape targets rejected; the ones in force stay");
+                    event(store, s, "config_rejected", format!("scrape targets at revision {targets_rev} rejected, targets in force kept: {e}"), Labels::new()).await;
+                }
+            }
+        }
+        l.cfg.targets_rev = targets_rev;
+    }
     let silences: Vec<Silence> = store.silences().await.unwrap_or_default();
     let members: Vec<MemberRecord> = store
         .get_prefix("members")
@@ -800,6 +825,41 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader, now: i64) -> Result<(), St
         ul.insert("__name__".into(), "up".into());
         samples.push((ul, if up { 1.0 } else { 0.0 }));
         up_now.insert(m.member.clone(), (up, l2));
+    }
+    // The user's own targets, scraped like members (concurrently, each
+    // bounded by scrape_timeout_ms), labelled job and instance.
+    let mut user = Vec::new();
+    for t in l.cfg.targets.clone() {
+        let s2 = s.clone();
+        user.push(tokio::spawn(async move {
+            let r = http_request(
+                &s2,
+                hyper::Method::GET,
+                &t.url,
+                None,
+                s2.settings.scrape_timeout_ms,
+            )
+            .await;
+            (t, r)
+        }));
+    }
+    for j in user {
+        let Ok((t, r)) = j.await else { continue };
+        let mut labels = Labels::new();
+        labels.insert("job".into(), t.job.clone());
+        labels.insert("instance".into(), t.instance.clone());
+        let parsed = match r {
+            Ok((200, body)) => parse_exposition(&String::from_utf8_lossy(&body), &labels).ok(),
+            _ => None,
+        };
+        let up = parsed.is_some();
+        if !up {
+            s.stats.scrape_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        samples.extend(parsed.unwrap_or_default());
+        let mut ul = labels;
+        ul.insert("__name__".into(), "up".into());
+        samples.push((ul, if up { 1.0 } else { 0.0 }));
     }
     ingest(s, now, samples, &mut l.last_warn);
     for (m, (up, labels)) in &up_now {

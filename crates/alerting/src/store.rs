@@ -296,6 +296,30 @@ impl Store {
         Ok(rev)
     }
 
+    /// Validate a scrape-targets document (`crate::targets`) and store it;
+    /// records an event.
+    pub async fn set_targets(
+        &mut self,
+        file: &str,
+        text: &str,
+        by: &str,
+    ) -> Result<i64, StoreError> {
+        let targets = crate::targets::parse_targets(file, text)?;
+        let rev = self.put("targets", text).await?;
+        let _ = self
+            .record_event(&Event::new(
+                now_ms(),
+                "config_changed",
+                by,
+                format!(
+                    "scrape targets {file} stored ({} targets, revision {rev})",
+                    targets.len()
+                ),
+            ))
+            .await;
+        Ok(rev)
+    }
+
     /// Validate an alertmanager.yml and store it; records an event.
     pub async fn set_am_config(
         &mut self,

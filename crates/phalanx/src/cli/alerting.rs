@@ -72,6 +72,10 @@ pub enum AlertingCommand {
     /// Notification configuration (alertmanager.yml subset)
     #[command(subcommand)]
     Config(DocCommand),
+    /// Your own services' metrics endpoints, scraped by the leader into the
+    /// history (Prometheus `scrape_configs` with `static_configs`)
+    #[command(subcommand)]
+    Targets(DocCommand),
     /// Silences: add, expire, list
     #[command(subcommand)]
     Silence(SilenceCommand),
@@ -203,6 +207,20 @@ pub fn run(cmd: AlertingCommand) -> anyhow::Result<()> {
             AlertingCommand::Config(DocCommand::Show { store }) => match store.connect().await?.get("alertmanager").await? {
                 Some((v, _)) => print!("{}", String::from_utf8_lossy(&v)),
                 None => println!("# no alertmanager configuration stored: alerts are kept and listed, nothing is sent"),
+            },
+            AlertingCommand::Targets(DocCommand::Check { file }) => {
+                let (name, text) = read(&file)?;
+                let t = alerting::targets::parse_targets(&name, &text)?;
+                println!("{name}: {} scrape targets, valid", t.len());
+            }
+            AlertingCommand::Targets(DocCommand::Set { file, store }) => {
+                let (name, text) = read(&file)?;
+                let rev = store.connect().await?.set_targets(&name, &text, &who()).await?;
+                println!("scrape targets stored at {}/targets (revision {rev})", store.prefix);
+            }
+            AlertingCommand::Targets(DocCommand::Show { store }) => match store.connect().await?.get("targets").await? {
+                Some((v, _)) => print!("{}", String::from_utf8_lossy(&v)),
+                None => println!("# no scrape targets stored: only the members are scraped"),
             },
             AlertingCommand::Silence(SilenceCommand::Add { matchers, duration, creator, comment, store }) => {
                 let d = alerting::duration::parse_ms(&duration).map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
