@@ -278,22 +278,30 @@ impl Store {
         Ok(())
     }
 
-    /// Validate a rule file (as every leader would) and store it; records an event.
-    pub async fn set_rules(&mut self, file: &str, text: &str, by: &str) -> Result<i64, StoreError> {
-        let rules = crate::rules::parse_rules(file, text)?;
-        let rev = self.put("rules", text).await?;
+    /// Store a validated document at `key` and record `kind` with
+    /// `what` (it is told the revision) in the event timeline.
+    async fn store_doc(
+        &mut self,
+        key: &str,
+        text: &str,
+        by: &str,
+        kind: &str,
+        what: impl FnOnce(i64) -> String,
+    ) -> Result<i64, StoreError> {
+        let rev = self.put(key, text).await?;
         let _ = self
-            .record_event(&Event::new(
-                now_ms(),
-                "rules_changed",
-                by,
-                format!(
-                    "rule file {file} stored ({} alerting rules, revision {rev})",
-                    rules.len()
-                ),
-            ))
+            .record_event(&Event::new(now_ms(), kind, by, what(rev)))
             .await;
         Ok(rev)
+    }
+
+    /// Validate a rule file (as every leader would) and store it; records an event.
+    pub async fn set_rules(&mut self, file: &str, text: &str, by: &str) -> Result<i64, StoreError> {
+        let n = crate::rules::parse_rules(file, text)?.len();
+        self.store_doc("rules", text, by, "rules_changed", |rev| {
+            format!("rule file {file} stored ({n} alerting rules, revision {rev})")
+        })
+        .await
     }
 
     /// Validate a scrape-targets document (`crate::targets`) and store it;
@@ -304,20 +312,11 @@ impl Store {
         text: &str,
         by: &str,
     ) -> Result<i64, StoreError> {
-        let targets = crate::targets::parse_targets(file, text)?;
-        let rev = self.put("targets", text).await?;
-        let _ = self
-            .record_event(&Event::new(
-                now_ms(),
-                "config_changed",
-                by,
-                format!(
-                    "scrape targets {file} stored ({} targets, revision {rev})",
-                    targets.len()
-                ),
-            ))
-            .await;
-        Ok(rev)
+        let n = crate::targets::parse_targets(file, text)?.len();
+        self.store_doc("targets", text, by, "config_changed", |rev| {
+            format!("scrape targets {file} stored ({n} targets, revision {rev})")
+        })
+        .await
     }
 
     /// Validate an alertmanager.yml and store it; records an event.
@@ -327,20 +326,11 @@ impl Store {
         text: &str,
         by: &str,
     ) -> Result<i64, StoreError> {
-        let cfg = crate::notify::parse_am_config(file, text)?;
-        let rev = self.put("alertmanager", text).await?;
-        let _ = self
-            .record_event(&Event::new(
-                now_ms(),
-                "config_changed",
-                by,
-                format!(
-                    "alertmanager configuration {file} stored ({} receivers, revision {rev})",
-                    cfg.receivers.len()
-                ),
-            ))
-            .await;
-        Ok(rev)
+        let n = crate::notify::parse_am_config(file, text)?.receivers.len();
+        self.store_doc("alertmanager", text, by, "config_changed", |rev| {
+            format!("alertmanager configuration {file} stored ({n} receivers, revision {rev})")
+        })
+        .await
     }
 
     pub async fn silences(&mut self) -> Result<Vec<Silence>, StoreError> {

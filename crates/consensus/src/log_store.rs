@@ -598,7 +598,7 @@ fn append_entries(
     // Durability::Immediate is redb's default: commit returns after fsync.
     let started = std::time::Instant::now();
     let r = txn.commit().map_err(db_err);
-    WAL_FSYNC.observe(started.elapsed());
+    WAL_FSYNC.observe(started.elapsed().as_secs_f64());
     r
 }
 
@@ -609,65 +609,14 @@ pub const WAL_FSYNC_BUCKETS_S: [f64; 14] = [
     8.192,
 ];
 
-/// A fixed-bucket histogram of durations, lock-free.
-pub struct DurationHistogram {
-    buckets: [std::sync::atomic::AtomicU64; WAL_FSYNC_BUCKETS_S.len()],
-    count: std::sync::atomic::AtomicU64,
-    sum_ns: std::sync::atomic::AtomicU64,
-}
-
-impl DurationHistogram {
-    #[allow(clippy::declare_interior_mutable_const)] // only used to build the array below
-    const ZERO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-    pub const fn new() -> Self {
-        DurationHistogram {
-            buckets: [Self::ZERO; WAL_FSYNC_BUCKETS_S.len()],
-            count: std::sync::atomic::AtomicU64::new(0),
-            sum_ns: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: std::time::Duration) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let s = d.as_secs_f64();
-        if let Some(i) = WAL_FSYNC_BUCKETS_S.iter().position(|b| s <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_ns
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    /// Prometheus text format, cumulative buckets, under `name`.
-    pub fn render(&self, name: &str, help: &str) -> String {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
-        let mut cum = 0;
-        for (b, n) in WAL_FSYNC_BUCKETS_S.iter().zip(&self.buckets) {
-            cum += n.load(Relaxed);
-            out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {cum}\n"));
-        }
-        let count = self.count.load(Relaxed);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!(
-            "{name}_sum {}\n{name}_count {count}\n",
-            self.sum_ns.load(Relaxed) as f64 / 1e9
-        ));
-        out
-    }
-}
-
-impl Default for DurationHistogram {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Durations of the Raft log's durable group commits (the write and its
 /// fsync): Phalanx's `etcd_disk_wal_fsync_duration_seconds`. One log per
-/// process in a deployment, so one process-wide histogram.
-pub static WAL_FSYNC: DurationHistogram = DurationHistogram::new();
+/// process in a deployment, so one process-wide histogram; the member's
+/// metrics registry (etcd-api) registers a handle to it.
+pub static WAL_FSYNC: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    std::sync::LazyLock::new(|| {
+        prometheus_client::metrics::histogram::Histogram::new(WAL_FSYNC_BUCKETS_S)
+    });
 
 fn read_err(e: LogStoreError) -> StorageError {
     StorageIOError::read_logs(&e).into()

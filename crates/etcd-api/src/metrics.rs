@@ -104,6 +104,11 @@ impl Metrics {
             "Log entries up to this index were compacted away",
             purged_index.clone(),
         );
+        registry.register(
+            "disk_wal_fsync_duration_seconds",
+            "Raft log group commits: write plus fsync (etcd_disk_wal_fsync_duration_seconds)",
+            consensus::log_store::WAL_FSYNC.clone(),
+        );
         let revision = Gauge::default();
         registry.register("mvcc_revision", "Current store revision", revision.clone());
         let db_size_bytes = Gauge::default();

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,82 +14,6 @@ use gateway::{Gateway, GatewayHandle};
 #[test]
 fn backend_process_entry() {
     common::backend_process_entry();
-}
-
-/// Closed-loop GET load with `workers` clients; records every result.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-    by_backend: Arc<Mutex<std::collections::HashMap<String, u64>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let by_backend = Arc::new(Mutex::new(std::collections::HashMap::new()));
-        let c = client();
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, errors, by, c, url) = (
-                    stop.clone(),
-                    ok.clone(),
-                    errors.clone(),
-                    by_backend.clone(),
-                    c.clone(),
-                    url.clone(),
-                );
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match get(&c, &url).await {
-                            Ok(r) if r.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                *by.lock().unwrap().entry(r.body).or_insert(0) += 1;
-                            }
-                            Ok(r) => errors
-                                .lock()
-                                .unwrap()
-                                .push(format!("status {} {}", r.status, r.body)),
-                            Err(e) => errors.lock().unwrap().push(e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            errors,
-            by_backend,
-            tasks,
-        }
-    }
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-    fn served_by(&self, b: &str) -> u64 {
-        *self.by_backend.lock().unwrap().get(b).unwrap_or(&0)
-    }
-    async fn wait_more(&self, n: u64) {
-        let target = self.ok() + n;
-        let ok = self.ok.clone();
-        wait_until(Duration::from_secs(20), "load progress", || {
-            let ok = ok.clone();
-            async move { ok.load(Ordering::Relaxed) >= target }
-        })
-        .await;
-    }
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let e = self.errors.lock().unwrap().clone();
-        e
-    }
 }
 
 fn endpoint_json(gw: &GatewayHandle, pool: &str, addr: std::net::SocketAddr) -> serde_json::Value {

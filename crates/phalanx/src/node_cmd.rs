@@ -605,12 +605,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(b) = &_backup_service {
         metrics.add_text_source(b.metrics_source());
     }
-    metrics.add_text_source(std::sync::Arc::new(|| {
-        consensus::log_store::WAL_FSYNC.render(
-            "phalanx_disk_wal_fsync_duration_seconds",
-            "Raft log group commits: write plus fsync (etcd_disk_wal_fsync_duration_seconds)",
-        )
-    }));
     // --- backup service (end) ---
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

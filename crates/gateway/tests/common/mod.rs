@@ -218,3 +218,102 @@ pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Closed-loop GET load from `workers` clients; counts answers by backend
+/// name (the sample backends answer with their name) and records failures.
+pub struct Load {
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub by_backend: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: String, workers: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let l = Load {
+            stop: Default::default(),
+            ok: Default::default(),
+            errors: Default::default(),
+            by_backend: Default::default(),
+            tasks: Vec::new(),
+        };
+        let c = client();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, errors, by, c, url) = (
+                    l.stop.clone(),
+                    l.ok.clone(),
+                    l.errors.clone(),
+                    l.by_backend.clone(),
+                    c.clone(),
+                    url.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(&c, &url).await {
+                            Ok(r) if r.status == 200 => {
+                                *by.lock().unwrap().entry(r.body).or_insert(0) += 1;
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("status {} {}", r.status, r.body)),
+                            Err(e) => errors.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..l }
+    }
+
+    /// Successful answers so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Successful answers from backend `b` so far.
+    pub fn served_by(&self, b: &str) -> u64 {
+        *self.by_backend.lock().unwrap().get(b).unwrap_or(&0)
+    }
+
+    /// Answers per backend so far.
+    pub fn snapshot(&self) -> std::collections::HashMap<String, u64> {
+        self.by_backend.lock().unwrap().clone()
+    }
+
+    /// Wait (bounded) until `n` more requests have succeeded.
+    pub async fn wait_more(&self, n: u64) {
+        let target = self.ok() + n;
+        let ok = self.ok.clone();
+        wait_until(Duration::from_secs(30), "load progress", || {
+            let ok = ok.clone();
+            async move { ok.load(std::sync::atomic::Ordering::Relaxed) >= target }
+        })
+        .await;
+    }
+
+    /// Answers per backend over the next `n` successful requests.
+    pub async fn window(&self, n: u64) -> std::collections::HashMap<String, u64> {
+        let before = self.snapshot();
+        self.wait_more(n).await;
+        let mut d = self.snapshot();
+        for (k, v) in d.iter_mut() {
+            *v -= before.get(k).copied().unwrap_or(0);
+        }
+        d
+    }
+
+    /// Stop the clients; every failure they saw.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let e = self.errors.lock().unwrap().clone();
+        e
+    }
+}
