@@ -35,6 +35,9 @@ run() {
   local secs=$(( $(date +%s) - t0 ))
   sleep 2
   echo "| $sys | $KEYS | ${secs}s | $(rss ${pids[0]}) / $(rss ${pids[1]}) / $(rss ${pids[2]}) | $(grep -i '^errors' "$WORK/$sys-fill.out" | head -1) |"
+  # Name every error (the load generator groups them by message below the
+  # count), so a failed fill says why.
+  sed -n '/^errors/,$p' "$WORK/$sys-fill.out" | tail -n +2 | sed "s/^/  $sys fill error: /" >&2
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
 }
 echo "| system | keys | fill time | RSS per member after fill (MiB) | fill errors |"

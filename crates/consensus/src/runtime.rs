@@ -31,6 +31,28 @@ tokio::task_local! {
     static CLOCK: MemberClock;
 }
 
+/// Shortest deadline openraft may put on anything it bounds with
+/// `AsyncRuntime::timeout` (Raft RPCs), in ms; 0 = no floor.
+///
+/// Why: openraft 0.9 bounds every AppendEntries by the heartbeat interval
+/// (50 ms). A follower that takes longer to fsync a large batch (a bulk
+/// load, a busy disk) makes the leader time the request out, back off and
+/// send the same entries again: replication stalls exactly when it is
+/// loaded, and the stall can cost the leadership. A dead peer still fails
+/// fast (connection refused), and a partitioned one is bounded by the floor.
+/// Process-wide because openraft's runtime is a type, not a value: set once
+/// by `Node::start` (production); the simulator leaves it at 0.
+static RPC_TIMEOUT_FLOOR_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Set the floor of openraft's RPC deadlines (see [`RPC_TIMEOUT_FLOOR_MS`]).
+pub fn set_rpc_timeout_floor(floor: Duration) {
+    RPC_TIMEOUT_FLOOR_MS.store(floor.as_millis() as u64, Ordering::Relaxed);
+}
+
+fn rpc_timeout_floor() -> Duration {
+    Duration::from_millis(RPC_TIMEOUT_FLOOR_MS.load(Ordering::Relaxed))
+}
+
 /// How far one member's clock runs ahead of the process clock. Cheap to
 /// clone; clones share the offset.
 #[derive(Debug, Clone, Default)]
@@ -190,7 +212,7 @@ impl AsyncRuntime for PhalanxRuntime {
         duration: Duration,
         future: F,
     ) -> Self::Timeout<R, F> {
-        tokio::time::timeout(duration, future)
+        tokio::time::timeout(duration.max(rpc_timeout_floor()), future)
     }
 
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(

@@ -43,6 +43,7 @@ pub struct Metrics {
     tls_expiry: Family<ListenerLabel, Gauge>,
     tls_handshake_failures: Family<ListenerLabel, Counter>,
     peer_rejected: Family<ReasonLabel, Counter>,
+    dead_leader_detections: Counter,
     /// Extra text-format series appended at every render (the alerting's
     /// `phalanx_wall_clock_seconds` and the member's gateway series).
     extra_text: std::sync::Mutex<Vec<TextSource>>,
@@ -153,11 +154,18 @@ impl Metrics {
             "Peer messages refused: foreign_cluster, not_member, removed, control_not_from_leader, control_rate_limited",
             peer_rejected.clone(),
         );
+        let dead_leader_detections = Counter::default();
+        registry.register(
+            "raft_dead_leader_detections",
+            "Times this member found its leader's process gone (its peer port refused connections after missed heartbeats) and stopped waiting out the leader lease",
+            dead_leader_detections.clone(),
+        );
         Metrics {
             extra_text: std::sync::Mutex::new(Vec::new()),
             tls_expiry,
             tls_handshake_failures,
             peer_rejected,
+            dead_leader_detections,
             registry: std::sync::Mutex::new(registry),
             batched_entries,
             batched_commands,
@@ -218,6 +226,8 @@ impl Metrics {
             let c = self.peer_rejected.get_or_create(&ReasonLabel { reason });
             c.inc_by(n.saturating_sub(c.get()));
         }
+        let c = &self.dead_leader_detections;
+        c.inc_by(node.dead_leader_detections().saturating_sub(c.get()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(
             &mut out,

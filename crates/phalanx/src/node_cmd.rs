@@ -48,13 +48,13 @@ pub struct NodeArgs {
     /// URLs for the admin listener serving /metrics, /health and /ready.
     #[arg(long)]
     pub listen_metrics_urls: Option<String>,
-    /// Time (ms) of a heartbeat interval. Also the deadline of every
-    /// AppendEntries round trip (openraft 0.9): set it above the worst peer
-    /// round-trip time, or commits stall without any election (as etcd's
-    /// tuning guide says, about the RTT or more; election timeout ≥ 3×).
+    /// Time (ms) of a heartbeat interval (default 30). As etcd's tuning
+    /// guide says: about the peer round-trip time or more, and the election
+    /// timeout at least 3 times it.
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
-    /// Time (ms) of the minimum election timeout (the maximum is 1.5 times it).
+    /// Time (ms) of the minimum election timeout (default 100; the maximum,
+    /// which is also the leader lease, is 1.5 times it).
     #[arg(long)]
     pub election_timeout: Option<u64>,
     /// Applied entries between snapshots; also the lag after which a member catches up by snapshot.

@@ -75,8 +75,11 @@ impl NodeConfig {
             initial_cluster_token: "etcd-cluster".into(),
             advertise_peer_urls: Vec::new(),
             advertise_client_urls: Vec::new(),
-            heartbeat_interval_ms: 50,
-            election_timeout_ms: 150,
+            // Measured with bench/failover-gap.sh (BENCHMARKS.md): 30/100
+            // replaces a killed leader in ~150 ms, and 20 s of 64 writers on
+            // a 2-core machine at load 15 saw no election.
+            heartbeat_interval_ms: 30,
+            election_timeout_ms: 100,
             snapshot_count: 10_000,
             request_timeout_ms: 5_000,
             lease_check_interval_ms: 100,

@@ -4,6 +4,7 @@
 //!
 //! Modules, one per job: [`config`] (settings), [`errors`], [`start`]
 //! (bootstrap, join, background tasks), [`batching`] (write batches),
+//! [`failover`] (fast failover when the leader's process is gone),
 //! [`reads`] (ReadIndex, leases), [`routing`] (leader routing and the peer
 //! handler), [`membership`].
 
@@ -33,6 +34,7 @@ use crate::types::{cluster_id, initial_member_id, ApplyOutcome, Member, NodeId, 
 mod batching;
 mod config;
 mod errors;
+mod failover;
 mod membership;
 mod reads;
 mod routing;
@@ -41,6 +43,7 @@ mod start;
 pub use batching::*;
 pub use config::*;
 pub use errors::*;
+pub use failover::SUSPECT_AFTER_HEARTBEATS;
 pub use membership::*;
 #[allow(unused_imports)]
 use reads::*;
@@ -92,6 +95,10 @@ pub struct Node {
     peer_rejections: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     /// Token bucket of control messages: (tokens, last refill).
     control_tokens: std::sync::Mutex<Option<(f64, Instant)>>,
+    /// When the last AppendEntries arrived (see `failover`).
+    leader_contact: std::sync::Mutex<Option<Instant>>,
+    /// Leaders found dead by `failover` (`phalanx_raft_dead_leader_detections_total`).
+    dead_leader_detections: std::sync::atomic::AtomicU64,
 }
 
 /// What [`Node::from_parts`] assembles a member from.
@@ -163,6 +170,8 @@ impl Node {
             pending_identity: Default::default(),
             peer_rejections: Default::default(),
             control_tokens: Default::default(),
+            leader_contact: Default::default(),
+            dead_leader_detections: Default::default(),
         })
     }
 

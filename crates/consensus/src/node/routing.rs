@@ -99,7 +99,10 @@ impl PeerHandler for Node {
 
     async fn handle(&self, req: PeerRequest) -> Vec<u8> {
         match req {
-            PeerRequest::AppendEntries(r) => encode(&self.raft.append_entries(r).await),
+            PeerRequest::AppendEntries(r) => {
+                self.note_leader_contact();
+                encode(&self.raft.append_entries(r).await)
+            }
             PeerRequest::Vote(r) => encode(&self.raft.vote(r).await),
             PeerRequest::InstallSnapshot(r) => encode(&self.raft.install_snapshot(r).await),
             PeerRequest::Leader(r) => encode(&self.serve_leader(r).await),

@@ -28,6 +28,9 @@ impl Node {
             request_timeout_ms: config.request_timeout_ms,
             raft_rpc_min_timeout_ms: config.raft_rpc_min_timeout_ms,
         };
+        crate::runtime::set_rpc_timeout_floor(Duration::from_millis(
+            config.raft_rpc_min_timeout_ms,
+        ));
         let faults = Arc::new(Faults::new(config.enable_fault_injection));
 
         // Decide who we are.
@@ -202,15 +205,20 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(format!("invalid raft settings: {e}")))?;
 
-        let raft = Raft::new(
-            identity.member_id,
-            Arc::new(raft_config),
-            network.clone(),
-            log,
-            applier.clone(),
-        )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        // The Raft core runs on its own member clock, which the leader-death
+        // detector may step forward (see `failover`).
+        let raft_clock = crate::runtime::MemberClock::new();
+        let raft = raft_clock
+            .clone()
+            .scope(Raft::new(
+                identity.member_id,
+                Arc::new(raft_config),
+                network.clone(),
+                log,
+                applier.clone(),
+            ))
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let node = Node::assemble(NodeParts {
             id: identity.member_id,
@@ -307,6 +315,7 @@ impl Node {
         }
 
         node.clone().spawn_background();
+        node.clone().spawn_leader_death_detector(raft_clock);
         Ok(node)
     }
 
