@@ -23,6 +23,13 @@ const MAX_CONTEXTS_LIMIT: usize = 1 << 16;
 /// warm-up buffer (freed after warm-up) and the rebasing ring.
 pub const CAD_MAX_BYTES: usize = 128 * 1024;
 
+/// Largest accepted `max_active_neurons` (larger values are clamped): the
+/// neuron facts a candidate context takes from the previous step's group
+/// are a subset of the group's ≤ 32 neurons, held as a 32-bit mask whose
+/// rank in the lexicographic order of such subsets fits the 32 middle bits
+/// of the candidate's 64-bit sort key (see docs/anomaly.md, "Speed").
+pub const MAX_ACTIVE_NEURONS_LIMIT: usize = 32;
+
 /// Bits of the quantised value beyond which out-of-range values saturate
 /// (a value at most `2⁶ − 1` steps above the range, or below it).
 const MAX_SENSOR_BITS: u32 = 6;
@@ -40,7 +47,8 @@ pub struct CadParams {
     pub rest_period: usize,
     /// Longest crossed left semi-context that may form a new context (7).
     pub max_left_semi_contexts_len: usize,
-    /// Active contexts fed back as "neuron" facts (15).
+    /// Active contexts fed back as "neuron" facts (15; at most 32, see
+    /// [`MAX_ACTIVE_NEURONS_LIMIT`]).
     pub max_active_neurons: usize,
     /// Bits of the quantised value (3: 8 levels over the range).
     pub num_norm_value_bits: u32,
@@ -143,15 +151,6 @@ impl LeftSemi {
     }
 }
 
-/// A potential new context: left sensor mask, neuron facts (a segment of
-/// `pot_neurons`, index in `segs`), right sensor mask.
-#[derive(Debug, Clone, Copy)]
-struct Pot {
-    lmask: u16,
-    seg: u32,
-    rmask: u16,
-}
-
 /// The context memory and one step of CAD (facts in, raw score out).
 ///
 /// Layout (chosen for speed, see docs/anomaly.md): flat arrays only, no
@@ -173,6 +172,11 @@ pub(crate) struct CadCore {
     lmasks: Vec<u16>,
     /// Per left semi-context: its neuron facts as dictionary slots.
     bits: Vec<Bits>,
+    /// One bit per left semi-context: [`LeftSemi::has_zero`], and whether
+    /// some neuron fact has no slot (a dense copy for the branch-free
+    /// scan of a new pattern, 64 left semi-contexts a word).
+    lzero: Vec<u64>,
+    lunslotted: Vec<u64>,
     /// Neuron facts of all left semi-contexts, and their slots
     /// ([`NO_SLOT`] for none).
     pool: Vec<u32>,
@@ -184,6 +188,8 @@ pub(crate) struct CadCore {
     /// semi-contexts inside it.
     within: Vec<u16>,
     within_lefts: Vec<u16>,
+    /// Scratch: the contexts of `within` that are active.
+    hits: Vec<u16>,
     /// Facts hash → left semi-context (linear probing; at most half full:
     /// there are never more left semi-contexts than contexts).
     lindex: Vec<u32>,
@@ -202,17 +208,17 @@ pub(crate) struct CadCore {
     /// them by count, then uid); one entry per context (a context is
     /// visited at most once per step), so it is written without checks.
     active: Vec<u64>,
-    pots: Vec<Pot>,
-    pot_neurons: Vec<u32>,
-    /// Segments `(start, len)` of `pot_neurons`, one per left semi-context
-    /// that yields candidates; their rank by content; a segment per rank.
-    segs: Vec<(u32, u32)>,
-    seg_rank: Vec<u32>,
-    rank_seg: Vec<u32>,
-    /// Candidates as sortable keys `lmask << 32 | rank << 16 | rmask`.
+    /// Candidates as sortable keys `lmask << 48 | rank << 16 | rmask`:
+    /// left sensor facts, the [`subset_rank`] of the left neuron facts
+    /// (a subset of the group's), right sensor facts; so sorting the keys
+    /// sorts the candidates by (left sensor facts, left neuron facts,
+    /// right sensor facts) and equal candidates have equal keys.
     pot_keys: Vec<u64>,
     new_neurons: Vec<u32>,
-    order: Vec<u32>,
+    /// Dictionary slot → position among the previous step's group
+    /// neurons (valid for the group's slotted neurons only; set on a new
+    /// pattern).
+    slot_pos: [u8; NEURON_SLOTS],
 }
 
 fn intersect_count(a: &[u32], b: &[u32]) -> usize {
@@ -231,19 +237,68 @@ fn intersect_count(a: &[u32], b: &[u32]) -> usize {
     n
 }
 
-fn intersect_into(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
-    let (mut i, mut j) = (0, 0);
+/// The positions in `b` of the values both sorted lists hold, as a mask
+/// (`b` has at most 32 values).
+fn intersect_positions(a: &[u32], b: &[u32]) -> u32 {
+    let (mut i, mut j, mut mask) = (0, 0, 0u32);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
-                out.push(a[i]);
+                mask |= 1 << j;
                 i += 1;
                 j += 1;
             }
         }
     }
+    mask
+}
+
+/// The rank of the subset `mask` of `n` (≤ 32) sorted values in the
+/// lexicographic order of the subsets' sorted value lists (a list before
+/// its extensions): `[] < [0] < [0, 1] < [0, 1, 2] < [0, 2] < [1] < …` for
+/// `n = 3`. It is the subset's position in a pre-order walk of the tree
+/// whose children of a list append one larger value; the subtree of a list
+/// ending in position `q` has `2^(n−1−q)` lists. So comparing ranks
+/// compares the value lists, without the lists (< 2ⁿ ≤ 2³², a `u32`).
+fn subset_rank(mask: u32, n: u32) -> u32 {
+    debug_assert!(n as usize <= MAX_ACTIVE_NEURONS_LIMIT);
+    debug_assert!(n == 32 || mask >> n == 0);
+    let mut rank = 0u64;
+    // 2^(n − 1 − previous position); 2^n before the first.
+    let mut prev_size = 1u64 << n;
+    let mut m = mask;
+    while m != 0 {
+        let q = m.trailing_zeros();
+        m &= m - 1;
+        // This list, after the subtrees of the skipped siblings
+        // q' in (previous, q), which hold 2^(n−1−q') lists each.
+        let size = 1u64 << (n - 1 - q);
+        rank += 1 + (prev_size - 2 * size);
+        prev_size = size;
+    }
+    rank as u32
+}
+
+/// The subset of `n` (≤ 32) values whose [`subset_rank`] is `rank`.
+fn subset_unrank(rank: u32, n: u32) -> u32 {
+    let mut r = u64::from(rank);
+    let (mut mask, mut q) = (0u32, 0u32);
+    while r > 0 {
+        r -= 1; // past this list, into its children's subtrees
+        loop {
+            let size = 1u64 << (n - 1 - q);
+            if r < size {
+                mask |= 1 << q;
+                q += 1;
+                break;
+            }
+            r -= size;
+            q += 1;
+        }
+    }
+    mask
 }
 
 /// Hash of a left semi-context's facts (the neuron list is a sorted set, so
@@ -384,6 +439,114 @@ fn within_bitmap<const N: usize>(masks: &[u16], bits: &[Bits], gm: u16, g: &Bits
     cand
 }
 
+/// Bitmap of the left semi-contexts `base..base + masks.len()` (≤ 64)
+/// that a new pattern's scan must look at: those crossed by the group
+/// (sensor facts `gm`, neuron slots `g`) that are fully inside it or have
+/// a zero-level context (bit in `zero`). The scan's first tests, without a
+/// branch per left semi-context (the scan then tests the length of the
+/// crossing: a population count, which is a long instruction sequence on
+/// the baseline x86-64 target); those with unslotted neurons are added by
+/// the caller.
+fn new_bitmap<const N: usize>(masks: &[u16], bits: &[Bits], zero: u64, gm: u16, g: &Bits) -> u64 {
+    let mut cand = 0u64;
+    for (k, (&m, b)) in masks.iter().zip(bits).enumerate() {
+        let cm = m & gm;
+        let (mut any, mut missing) = (0, 0);
+        for w in 0..N {
+            any |= b[w] & g[w];
+            missing |= b[w] & !g[w];
+        }
+        let crossing = (cm != 0) | (any != 0);
+        let full = (cm == m) & (missing == 0);
+        let has_zero = (zero >> k) & 1 != 0;
+        cand |= u64::from(crossing & (full | has_zero)) << k;
+    }
+    cand
+}
+
+/// If `hit`, counts an activation of `ctx` at `clock`; returns `hit` as
+/// 0 or 1. Branch-free: the flag goes through `black_box` so that the
+/// compiler sees a number, not a condition (it would turn the updates into
+/// a select and then into a branch, which mispredicts on about a third of
+/// the contexts).
+fn activate(ctx: &mut Ctx, hit: bool, clock: u32) -> usize {
+    let inc = std::hint::black_box(u64::from(hit));
+    ctx.key += inc << 32;
+    let m = (inc as u32).wrapping_neg();
+    ctx.last = (clock & m) | (ctx.last & !m);
+    inc as usize
+}
+
+/// The `keep` most recently activated (or created) contexts, then the
+/// highest uids, as `uid << 32 | index` in uid order (which a compaction
+/// keeps).
+///
+/// As plain integers (no comparator through the contexts): by age, most
+/// recent `last` first, then highest uid, of which the first `keep` are
+/// selected (not sorted). Contexts are appended with increasing uids and a
+/// compaction keeps their order, so the uid order is the index order
+/// (unless the 32-bit uids wrapped, then they are sorted). Temporary
+/// vectors: one compaction per ~128 new contexts.
+fn kept_order(ctxs: &[Ctx], keep: usize) -> Vec<u64> {
+    let mut by_age: Vec<u128> = ctxs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| u128::from(!c.last) << 96 | u128::from(!(c.key as u32)) << 64 | i as u128)
+        .collect();
+    if keep < by_age.len() {
+        by_age.select_nth_unstable(keep);
+        by_age.truncate(keep);
+    }
+    let by_index = ctxs
+        .windows(2)
+        .all(|w| (w[0].key as u32) < (w[1].key as u32));
+    if by_index {
+        let mut kept = vec![false; ctxs.len()];
+        for &k in &by_age {
+            kept[k as u32 as usize] = true;
+        }
+        (0..ctxs.len())
+            .filter(|&i| kept[i])
+            .map(|i| u64::from(ctxs[i].key as u32) << 32 | i as u64)
+            .collect()
+    } else {
+        let mut order: Vec<u64> = by_age
+            .iter()
+            .map(|&k| u64::from(!((k >> 64) as u32)) << 32 | (k as u32 as u64))
+            .collect();
+        order.sort_unstable();
+        order
+    }
+}
+
+/// Counts an activation at `clock` of each context of `list` (all
+/// predicted) whose right semi-context is in `sens`, and writes their keys
+/// to `active`; returns how many. Those contexts are listed in `hits`
+/// first without a branch (about a third of them miss), then counted
+/// without a test (through slices, so their bounds stay in registers).
+fn count_active(
+    ctxs: &mut [Ctx],
+    active: &mut [u64],
+    hits: &mut [u16],
+    list: &[u16],
+    sens: u16,
+    clock: u32,
+) -> usize {
+    let mut n_hits = 0;
+    for &c in list {
+        let rm = ctxs[usize::from(c)].rmask;
+        hits[n_hits] = c;
+        n_hits += usize::from(rm & sens == rm);
+    }
+    for (a, &c) in active.iter_mut().zip(&hits[..n_hits]) {
+        let ctx = &mut ctxs[usize::from(c)];
+        ctx.key += 1 << 32;
+        ctx.last = clock;
+        *a = ctx.key;
+    }
+    n_hits
+}
+
 /// A power-of-two table of at least `2 · n` slots, and the shift that maps
 /// a 64-bit multiplicative hash to a slot (its high bits).
 fn table_size(n: usize) -> (usize, u32) {
@@ -398,17 +561,20 @@ impl CadCore {
         let (dsize, dshift) = table_size(NEURON_SLOTS);
         CadCore {
             max_left,
-            max_active,
+            max_active: max_active.min(MAX_ACTIVE_NEURONS_LIMIT),
             max_contexts,
             ctxs: Vec::new(),
             lefts: Vec::new(),
             lmasks: Vec::new(),
+            lzero: Vec::new(),
+            lunslotted: Vec::new(),
             bits: Vec::new(),
             pool: Vec::new(),
             pool_slots: Vec::new(),
             cache: Vec::new(),
             within: Vec::new(),
             within_lefts: Vec::new(),
+            hits: Vec::new(),
             lindex: vec![NONE; lsize],
             lshift,
             dict: vec![(0, NO_SLOT); dsize],
@@ -419,14 +585,9 @@ impl CadCore {
             next_uid: 0,
             clock: 0,
             active: Vec::new(),
-            pots: Vec::new(),
-            pot_neurons: Vec::new(),
-            segs: Vec::new(),
-            seg_rank: Vec::new(),
-            rank_seg: Vec::new(),
             pot_keys: Vec::new(),
             new_neurons: Vec::new(),
-            order: Vec::new(),
+            slot_pos: [0; NEURON_SLOTS],
         }
     }
 
@@ -434,6 +595,8 @@ impl CadCore {
     fn clear_lefts(&mut self) {
         self.lefts.clear();
         self.lmasks.clear();
+        self.lzero.clear();
+        self.lunslotted.clear();
         self.bits.clear();
         self.pool.clear();
         self.pool_slots.clear();
@@ -456,24 +619,20 @@ impl CadCore {
         self.ctxs.capacity() * size_of::<Ctx>()
             + self.lefts.capacity() * size_of::<LeftSemi>()
             + self.lmasks.capacity() * 2
+            + (self.lzero.capacity() + self.lunslotted.capacity()) * 8
             + self.bits.capacity() * size_of::<Bits>()
             + self.pool.capacity() * 4
             + self.pool_slots.capacity() * 2
             + self.cache.capacity() * 2
             + self.within.capacity() * 2
             + self.within_lefts.capacity() * 2
+            + self.hits.capacity() * 2
             + self.lindex.capacity() * 4
             + self.dict.capacity() * size_of::<(u32, u16)>()
             + self.group_neurons.capacity() * 4
             + self.active.capacity() * 8
-            + self.pots.capacity() * size_of::<Pot>()
-            + self.pot_neurons.capacity() * 4
-            + self.segs.capacity() * 8
-            + self.seg_rank.capacity() * 4
-            + self.rank_seg.capacity() * 4
             + self.pot_keys.capacity() * 8
             + self.new_neurons.capacity() * 4
-            + self.order.capacity() * 4
     }
 
     /// Number of contexts held.
@@ -528,6 +687,19 @@ impl CadCore {
         for &n in &self.group_neurons {
             if let Some(s) = self.slot(n) {
                 g[s / 64] |= 1 << (s % 64);
+            }
+        }
+        g
+    }
+
+    /// [`Self::group_bits`], also noting each slotted group neuron's
+    /// position in `slot_pos`.
+    fn group_bits_and_slots(&mut self) -> Bits {
+        let mut g = [0u64; NEURON_WORDS];
+        for i in 0..self.group_neurons.len() {
+            if let Some(s) = self.slot(self.group_neurons[i]) {
+                g[s / 64] |= 1 << (s % 64);
+                self.slot_pos[s] = i as u8;
             }
         }
         g
@@ -605,8 +777,20 @@ impl CadCore {
             cache_len: 0,
             tag,
         });
+        let li = self.lmasks.len();
         self.lmasks.push(mask);
         self.bits.push(bits);
+        if li.is_multiple_of(64) {
+            self.lzero.push(0);
+            self.lunslotted.push(0);
+        }
+        self.lunslotted[li / 64] |= u64::from(unslotted > 0) << (li % 64);
+    }
+
+    /// Notes that left semi-context `li` has a zero-level context.
+    fn set_has_zero(&mut self, li: usize) {
+        self.lefts[li].has_zero = true;
+        self.lzero[li / 64] |= 1 << (li % 64);
     }
 
     /// Finds or creates the context (left facts, right facts). Returns
@@ -623,22 +807,29 @@ impl CadCore {
             self.compact();
         }
         let li = self.left_id(lmask, lneurons);
+        self.insert_right(li, rmask, zero)
+    }
+
+    /// [`Self::get_or_insert`] once the left semi-context `li` is known
+    /// (and the memory has room for one more context).
+    fn insert_right(&mut self, li: u32, rmask: u16, zero: bool) -> (bool, u32) {
         let mut c = self.lefts[li as usize].head;
         while c != NONE {
             let ctx = &mut self.ctxs[c as usize];
             if ctx.rmask == rmask {
                 if zero {
                     ctx.zero = true;
-                    self.lefts[li as usize].has_zero = true;
+                    self.set_has_zero(li as usize);
                 }
                 return (false, c);
             }
             c = ctx.next;
         }
         let c = self.ctxs.len() as u32;
-        let left = &mut self.lefts[li as usize];
-        left.has_zero |= zero;
-        let head = &mut left.head;
+        if zero {
+            self.set_has_zero(li as usize);
+        }
+        let head = &mut self.lefts[li as usize].head;
         self.ctxs.push(Ctx {
             left: li,
             next: *head,
@@ -658,21 +849,7 @@ impl CadCore {
     /// fires again.
     fn compact(&mut self) {
         let keep = self.max_contexts * 3 / 4;
-        // Sorted as plain integers (no comparator through the contexts):
-        // most recent `last` first, then highest uid; then the kept ones by
-        // uid. Temporary (one compaction per ~128 new contexts).
-        let mut by_age: Vec<u128> = self
-            .ctxs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| u128::from(!c.last) << 96 | u128::from(!(c.key as u32)) << 64 | i as u128)
-            .collect();
-        by_age.sort_unstable();
-        let mut order: Vec<u64> = by_age[..keep.min(by_age.len())]
-            .iter()
-            .map(|&k| u64::from(!((k >> 64) as u32)) << 32 | (k as u32 as u64))
-            .collect();
-        order.sort_unstable();
+        let order = kept_order(&self.ctxs, keep);
         let old_ctxs = std::mem::replace(&mut self.ctxs, Vec::with_capacity(self.max_contexts));
         let old_lefts = std::mem::replace(&mut self.lefts, Vec::with_capacity(keep + 1));
         let pool_len = self.pool.len();
@@ -694,9 +871,10 @@ impl CadCore {
                 li => li,
             };
             let ni = self.ctxs.len() as u32;
-            let left = &mut self.lefts[li as usize];
-            left.has_zero |= old.zero;
-            let head = &mut left.head;
+            if old.zero {
+                self.set_has_zero(li as usize);
+            }
+            let head = &mut self.lefts[li as usize].head;
             self.ctxs.push(Ctx {
                 left: li,
                 next: *head,
@@ -751,41 +929,6 @@ impl CadCore {
         true
     }
 
-    /// The neuron facts of candidate segment `seg`.
-    fn seg_neurons(&self, seg: u32) -> &[u32] {
-        let (start, len) = self.segs[seg as usize];
-        &self.pot_neurons[start as usize..(start + len) as usize]
-    }
-
-    /// Turns the candidates into sorted, deduplicated integer keys: the
-    /// segments (one per left semi-context, few) are ranked by content,
-    /// equal contents sharing a rank, so that comparing keys compares
-    /// (left sensor facts, left neuron facts, right sensor facts).
-    fn rank_candidates(&mut self) {
-        let mut order = std::mem::take(&mut self.order);
-        order.clear();
-        order.extend(0..self.segs.len() as u32);
-        order.sort_unstable_by(|&a, &b| self.seg_neurons(a).cmp(self.seg_neurons(b)));
-        self.seg_rank.clear();
-        self.seg_rank.resize(self.segs.len(), 0);
-        self.rank_seg.clear();
-        for (i, &seg) in order.iter().enumerate() {
-            if i == 0 || self.seg_neurons(order[i - 1]) != self.seg_neurons(seg) {
-                self.rank_seg.push(seg);
-            }
-            self.seg_rank[seg as usize] = (self.rank_seg.len() - 1) as u32;
-        }
-        self.order = order;
-        self.pot_keys.clear();
-        for p in &self.pots {
-            let rank = u64::from(self.seg_rank[p.seg as usize]);
-            self.pot_keys
-                .push(u64::from(p.lmask) << 32 | rank << 16 | u64::from(p.rmask));
-        }
-        self.pot_keys.sort_unstable();
-        self.pot_keys.dedup();
-    }
-
     /// One CAD step on the sensor facts `sens` of the current value; returns
     /// the raw anomaly score `(1 − predicted + added) / 2`.
     pub(crate) fn step(&mut self, sens: u16) -> f64 {
@@ -809,6 +952,13 @@ impl CadCore {
         //    previous group: those whose right semi-context is fully present
         //    now are active; on a new pattern, crossings are candidates.
         let gm = self.group_mask;
+        // On a new pattern: the group's neuron slots (also noted per
+        // neuron, to read crossed neuron facts off the bitsets).
+        let new_g = if new_flag {
+            self.group_bits_and_slots()
+        } else {
+            [0; NEURON_WORDS]
+        };
         let gn = &self.group_neurons;
         let clock = self.clock;
         let mut selected = 0usize;
@@ -817,9 +967,8 @@ impl CadCore {
             self.active.resize(self.ctxs.len() + 1, 0);
         }
         let mut n_active = 0;
-        self.pots.clear();
-        self.pot_neurons.clear();
-        self.segs.clear();
+        // Candidates, likewise at most one per context.
+        let mut n_pots = 0;
         if !new_flag {
             // Known pattern (most steps): no candidates to form, so only
             // the contexts of the left semi-contexts fully inside the
@@ -833,15 +982,29 @@ impl CadCore {
             let mut within = std::mem::take(&mut self.within);
             within.clear();
             let cached = group_left.map(|gl| self.lefts[gl as usize]);
-            let from = match cached {
-                Some(l) if l.cache_upto != NONE => {
-                    let r = l.cache_start as usize..(l.cache_start + l.cache_len) as usize;
-                    within.extend_from_slice(&self.cache[r]);
-                    l.cache_upto as usize
-                }
-                _ => 0,
+            let (from, r) = match cached {
+                Some(l) if l.cache_upto != NONE => (
+                    l.cache_upto as usize,
+                    l.cache_start as usize..(l.cache_start + l.cache_len) as usize,
+                ),
+                _ => (0, 0..0),
             };
-            if from < n {
+            if from >= n {
+                // Fully cached (most steps): counted in place.
+                if self.hits.len() < r.len() {
+                    self.hits.resize(r.len(), 0);
+                }
+                selected = r.len();
+                n_active = count_active(
+                    &mut self.ctxs,
+                    &mut self.active,
+                    &mut self.hits,
+                    &self.cache[r],
+                    sens,
+                    clock,
+                );
+            } else {
+                within.extend_from_slice(&self.cache[r]);
                 let old = within.len();
                 let g = self.group_bits();
                 if from == 0 {
@@ -881,22 +1044,54 @@ impl CadCore {
                     };
                     self.lefts[gl as usize].cache_upto = if stored { n as u32 } else { NONE };
                 }
+                if self.hits.len() < within.len() {
+                    self.hits.resize(within.len(), 0);
+                }
+                n_active = count_active(
+                    &mut self.ctxs,
+                    &mut self.active,
+                    &mut self.hits,
+                    &within,
+                    sens,
+                    clock,
+                );
+                selected = within.len();
             }
-            // Every one of these contexts is predicted; branch-free.
-            for &c in &within {
-                let ctx = &mut self.ctxs[usize::from(c)];
-                let hit = ctx.rmask & sens == ctx.rmask;
-                ctx.key += u64::from(hit) << 32;
-                ctx.last = if hit { clock } else { ctx.last };
-                self.active[n_active] = ctx.key;
-                n_active += usize::from(hit);
-            }
-            selected = within.len();
             self.within = within;
         } else {
-            let g = self.group_bits();
+            let g = new_g;
             let words = self.dict_len.div_ceil(64);
-            for (li, l) in self.lefts.iter().enumerate() {
+            if self.pot_keys.len() <= self.ctxs.len() {
+                self.pot_keys.resize(self.ctxs.len() + 1, 0);
+            }
+            let new_ci = new_ctx.unwrap_or(NONE);
+            // The left semi-contexts that may count or form candidates,
+            // found 64 at a time without a branch per left semi-context
+            // (the tests below decide exactly).
+            let mut lefts = std::mem::take(&mut self.within_lefts);
+            lefts.clear();
+            let n_lefts = self.lefts.len();
+            let mut base = 0;
+            while base < n_lefts {
+                let end = (base + 64).min(n_lefts);
+                let (masks, bits) = (&self.lmasks[base..end], &self.bits[base..end]);
+                let zero = self.lzero[base / 64];
+                let mut cand = match words {
+                    0 | 1 => new_bitmap::<1>(masks, bits, zero, gm, &g),
+                    2 => new_bitmap::<2>(masks, bits, zero, gm, &g),
+                    3 => new_bitmap::<3>(masks, bits, zero, gm, &g),
+                    _ => new_bitmap::<NEURON_WORDS>(masks, bits, zero, gm, &g),
+                };
+                cand |= self.lunslotted[base / 64];
+                while cand != 0 {
+                    lefts.push((base + cand.trailing_zeros() as usize) as u16);
+                    cand &= cand - 1;
+                }
+                base = end;
+            }
+            for &li in &lefts {
+                let li = usize::from(li);
+                let l = self.lefts[li];
                 let cm = l.mask & gm;
                 // Facts crossed (in the group), all of them (full), and
                 // whether the crossing may form a candidate; counted only
@@ -915,8 +1110,13 @@ impl CadCore {
                     if !full && !l.has_zero {
                         continue; // nothing to count, nothing to form
                     }
-                    let cn: u32 = b.iter().zip(&g).map(|(x, y)| (x & y).count_ones()).sum();
-                    (full, (cm.count_ones() + cn) as usize <= self.max_left)
+                    // The crossing's length matters for candidates only,
+                    // which need a zero-level context.
+                    let may_grow = l.has_zero && {
+                        let cn: u32 = b.iter().zip(&g).map(|(x, y)| (x & y).count_ones()).sum();
+                        (cm.count_ones() + cn) as usize <= self.max_left
+                    };
+                    (full, may_grow)
                 } else {
                     let cn = intersect_count(&self.pool[l.neurons()], gn);
                     let crossed = cm.count_ones() as usize + cn;
@@ -929,53 +1129,56 @@ impl CadCore {
                 if !full && !may_grow {
                     continue; // nothing to count, nothing to form
                 }
-                let mut seg = None;
+                // Candidates form only from zero-level contexts (so the
+                // left semi-context has one) with a short enough crossing.
+                let grow = may_grow && l.has_zero;
+                // Sort-key bits of the crossed facts (see `pot_keys`).
+                let facts_bits = if grow {
+                    // The crossed neuron facts, as positions in the group
+                    // (≤ `max_left` of them).
+                    let crossed = if l.unslotted == 0 {
+                        let b = &self.bits[li];
+                        let mut mask = 0u32;
+                        for w in 0..words {
+                            let mut x = b[w] & g[w];
+                            while x != 0 {
+                                let slot = w * 64 + x.trailing_zeros() as usize;
+                                mask |= 1 << self.slot_pos[slot];
+                                x &= x - 1;
+                            }
+                        }
+                        mask
+                    } else {
+                        intersect_positions(&self.pool[l.neurons()], gn)
+                    };
+                    u64::from(cm) << 48 | u64::from(subset_rank(crossed, gn.len() as u32)) << 16
+                } else {
+                    0
+                };
+                // Branch-free over the contexts: the counts, activations
+                // and candidates are written unconditionally and kept by
+                // advancing their lengths (the tests are data-dependent).
+                let (ctxs, active, pots) = (
+                    &mut self.ctxs[..],
+                    &mut self.active[..],
+                    &mut self.pot_keys[..],
+                );
                 let mut c = l.head;
                 while c != NONE {
-                    let ci = c;
-                    let ctx = &mut self.ctxs[ci as usize];
+                    let fresh = c != new_ci;
+                    let ctx = &mut ctxs[c as usize];
                     c = ctx.next;
-                    if Some(ci) == new_ctx {
-                        continue;
-                    }
                     let rm = ctx.rmask;
                     let rc = rm & sens;
-                    if full {
-                        selected += 1;
-                        if rc != 0 && rc == rm {
-                            ctx.key += 1 << 32;
-                            ctx.last = clock;
-                            self.active[n_active] = ctx.key;
-                            n_active += 1;
-                            continue;
-                        }
-                    }
-                    if rc != 0 && ctx.zero && may_grow {
-                        // The crossed neuron facts, in uid order.
-                        let seg = *seg.get_or_insert_with(|| {
-                            let s = self.pot_neurons.len();
-                            if l.unslotted == 0 {
-                                for k in l.neurons() {
-                                    let slot = usize::from(self.pool_slots[k]);
-                                    if g[slot / 64] >> (slot % 64) & 1 != 0 {
-                                        self.pot_neurons.push(self.pool[k]);
-                                    }
-                                }
-                            } else {
-                                intersect_into(&self.pool[l.neurons()], gn, &mut self.pot_neurons);
-                            }
-                            self.segs
-                                .push((s as u32, (self.pot_neurons.len() - s) as u32));
-                            (self.segs.len() - 1) as u32
-                        });
-                        self.pots.push(Pot {
-                            lmask: cm,
-                            seg,
-                            rmask: rc,
-                        });
-                    }
+                    let hit = full & fresh & (rc != 0) & (rc == rm);
+                    selected += usize::from(full & fresh);
+                    n_active += activate(ctx, hit, clock);
+                    active[n_active - usize::from(hit)] = ctx.key;
+                    pots[n_pots] = facts_bits | u64::from(rc);
+                    n_pots += usize::from(!hit & fresh & (rc != 0) & ctx.zero & grow);
                 }
             }
+            self.within_lefts = lefts;
         }
         let predicted = if selected > 0 {
             n_active as f64 / selected as f64
@@ -993,27 +1196,60 @@ impl CadCore {
         //    (left sensor facts, left neuron facts, right sensor facts).
         let mut added = 0.0;
         if new_flag {
-            self.rank_candidates();
-            let zero_in = self.pot_keys.iter().any(|&k| {
-                let (lmask, rank, rmask) = ((k >> 32) as u16, (k >> 16) as u16, k as u16);
-                lmask == self.group_mask
-                    && rmask == sens
-                    && self.seg_neurons(self.rank_seg[usize::from(rank)]) == self.group_neurons
-            });
-            let uniq = self.pot_keys.len() + usize::from(!zero_in);
+            let keys = &mut self.pot_keys[..n_pots];
+            keys.sort_unstable();
+            let mut n_keys = 0; // deduplicated in place
+            for i in 0..keys.len() {
+                if i == 0 || keys[i] != keys[i - 1] {
+                    keys[n_keys] = keys[i];
+                    n_keys += 1;
+                }
+            }
+            let n = self.group_neurons.len() as u32;
+            // The zero-level context: the whole group → the current facts.
+            let all = if n == 32 { u32::MAX } else { (1 << n) - 1 };
+            let zero_key = u64::from(self.group_mask) << 48
+                | u64::from(subset_rank(all, n)) << 16
+                | u64::from(sens);
             let keys = std::mem::take(&mut self.pot_keys);
-            let pot_neurons = std::mem::take(&mut self.pot_neurons);
+            let keys_used = &keys[..n_keys];
+            let zero_in = keys_used.contains(&zero_key);
+            let uniq = n_keys + usize::from(!zero_in);
+            let group = std::mem::take(&mut self.group_neurons);
+            let mut ns = [0u32; MAX_ACTIVE_NEURONS_LIMIT];
             let mut num_new = 1; // the zero-level context
-            for &k in &keys {
-                let (lmask, rank, rmask) = ((k >> 32) as u16, (k >> 16) as u16, k as u16);
-                let (start, len) = self.segs[self.rank_seg[usize::from(rank)] as usize];
-                let ns = &pot_neurons[start as usize..(start + len) as usize];
-                if self.get_or_insert(lmask, ns, rmask, false).0 {
+                                 // Sorted keys with the same left facts are adjacent: their
+                                 // left semi-context is looked up once (again after a
+                                 // compaction, which renumbers them).
+            let mut last_left: Option<(u64, u32)> = None;
+            for &k in keys_used {
+                if self.ctxs.len() >= self.max_contexts {
+                    self.compact();
+                    last_left = None;
+                }
+                let (facts, rmask) = (k >> 16, k as u16);
+                let li = match last_left {
+                    Some((f, li)) if f == facts => li,
+                    _ => {
+                        let (lmask, rank) = ((k >> 48) as u16, (k >> 16) as u32);
+                        let mut len = 0;
+                        let mut m = subset_unrank(rank, n);
+                        while m != 0 {
+                            ns[len] = group[m.trailing_zeros() as usize];
+                            len += 1;
+                            m &= m - 1;
+                        }
+                        let li = self.left_id(lmask, &ns[..len]);
+                        last_left = Some((facts, li));
+                        li
+                    }
+                };
+                if self.insert_right(li, rmask, false).0 {
                     num_new += 1;
                 }
             }
             self.pot_keys = keys;
-            self.pot_neurons = pot_neurons;
+            self.group_neurons = group;
             added = num_new as f64 / uniq as f64;
         }
         self.group_mask = sens;
@@ -1280,6 +1516,78 @@ mod tests {
         assert!(last < 0.1, "learned pattern scores {last}");
         let novel = c.step(sensor_facts(5, 3));
         assert!(novel > 0.5, "novel value scores {novel}");
+    }
+
+    #[test]
+    fn subset_ranks_follow_the_order_of_the_value_lists() {
+        for n in 0..=6u32 {
+            let mut subsets: Vec<(Vec<u32>, u32)> = (0..1u32 << n)
+                .map(|m| ((0..n).filter(|&i| m >> i & 1 != 0).collect(), m))
+                .collect();
+            subsets.sort();
+            for (rank, (_, mask)) in subsets.iter().enumerate() {
+                assert_eq!(subset_rank(*mask, n), rank as u32, "n {n} mask {mask:b}");
+                assert_eq!(subset_unrank(rank as u32, n), *mask);
+            }
+        }
+        // The largest sizes: round trips and order at the extremes.
+        for n in [31u32, 32] {
+            let all = if n == 32 { u32::MAX } else { (1 << n) - 1 };
+            for mask in [0, 1, all, all ^ 1, 1 << (n - 1), 0x5555_5555 & all] {
+                assert_eq!(subset_unrank(subset_rank(mask, n), n), mask);
+            }
+            assert!(subset_rank(all, n) < subset_rank(1 << 1, n));
+            assert_eq!(subset_rank(1 << (n - 1), n), u32::MAX >> (32 - n));
+        }
+    }
+
+    #[test]
+    fn kept_order_matches_sorting_by_age_then_uid() {
+        let mut x: u64 = 7;
+        let mut rnd = move |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        for wrapped in [false, true] {
+            for _ in 0..50 {
+                let n = 1 + rnd(600) as usize;
+                // Increasing uids, or ones that wrap past u32::MAX midway.
+                let first = if wrapped {
+                    u32::MAX - rnd(n as u64) as u32
+                } else {
+                    rnd(1000) as u32
+                };
+                let ctxs: Vec<Ctx> = (0..n)
+                    .map(|i| Ctx {
+                        left: 0,
+                        next: NONE,
+                        key: rnd(50) << 32 | u64::from(first.wrapping_add(i as u32 * 2)),
+                        last: rnd(40) as u32, // many ties, broken by uid
+                        rmask: 1,
+                        zero: false,
+                    })
+                    .collect();
+                let keep = rnd(n as u64 + 1) as usize;
+                let mut want: Vec<(u32, u32, usize)> = ctxs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (!c.last, !(c.key as u32), i))
+                    .collect();
+                want.sort();
+                let mut want: Vec<u64> = want[..keep.min(n)]
+                    .iter()
+                    .map(|&(_, uid, i)| u64::from(!uid) << 32 | i as u64)
+                    .collect();
+                want.sort();
+                assert_eq!(
+                    kept_order(&ctxs, keep),
+                    want,
+                    "n {n} keep {keep} wrapped {wrapped}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -153,6 +153,14 @@ impl Default for Ensemble {
     }
 }
 
+/// The log-scaled likelihood of a standard score `z`: `ln(1 − L) /
+/// ln(10⁻¹⁰)` in `[0, 1]` with `L = 1 − Q(z)`, as HTM's
+/// computeLogLikelihood.
+fn log_likelihood(z: f64) -> f64 {
+    let tail = gaussian_tail(z);
+    ((tail + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
+}
+
 /// The Gaussian upper tail probability `Q(z) = P(Z > z)` (complementary
 /// error function, Numerical Recipes' Chebyshev fit, relative error
 /// < 1.2e-7).
@@ -218,8 +226,10 @@ impl Ensemble {
         e
     }
 
-    /// The log-scaled likelihood of the current short average (before it is
-    /// learned), then learns it.
+    /// The standard score of the current short average against its
+    /// history (before it is learned), then learns it; [`log_likelihood`]
+    /// turns it into the log-scaled likelihood (only where it is used:
+    /// not during warm-up or suppression).
     fn likelihood(&mut self, e: f64) -> f64 {
         let k2 = self.p.raw_k * self.p.raw_k;
         let r = if e.is_finite() {
@@ -238,14 +248,12 @@ impl Ensemble {
         let a = self.raw_sum / self.raw.cap() as f64;
         self.n += 1;
         let sd = self.var.sqrt().max(self.p.min_sd);
-        let tail = gaussian_tail((a - self.mean) / sd);
-        // ln(1 − L) with L = 1 − tail, as HTM's computeLogLikelihood.
-        let ll = ((tail + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0);
+        let z = (a - self.mean) / sd;
         let w = self.p.hist_alpha.max(1.0 / self.n as f64);
         let d = a - self.mean;
         self.mean += w * d;
         self.var = (1.0 - w) * (self.var + w * d * d);
-        ll
+        z
     }
 }
 
@@ -296,7 +304,7 @@ impl Ensemble {
     /// suppression).
     fn likelihood_score(&mut self, ts: i64, value: f64) -> f64 {
         let e = self.evidence(ts, value);
-        let ll = self.likelihood(e);
+        let z = self.likelihood(e);
         if self.n <= self.p.warmup {
             return 0.0;
         }
@@ -304,6 +312,7 @@ impl Ensemble {
             self.quiet -= 1;
             return 0.0;
         }
+        let ll = log_likelihood(z);
         let thr = self.p.threshold.clamp(1e-6, 1.0);
         if ll >= thr {
             self.quiet = self.p.suppress;

@@ -15,7 +15,10 @@ mod robust;
 mod seasonal;
 pub mod window;
 
-pub use cad::{Cad, CadParams, CAD_MAX_BYTES, MAX_CONTEXTS, NEURON_SLOTS, WITHIN_CACHE_ENTRIES};
+pub use cad::{
+    Cad, CadParams, CAD_MAX_BYTES, MAX_ACTIVE_NEURONS_LIMIT, MAX_CONTEXTS, NEURON_SLOTS,
+    WITHIN_CACHE_ENTRIES,
+};
 pub use changepoint::{ChangePoint, ChangePointParams};
 pub use ensemble::{Ensemble, EnsembleParams};
 pub use forecast::{Forecast, ForecastParams};

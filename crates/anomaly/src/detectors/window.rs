@@ -74,12 +74,15 @@ impl RollingWindow {
     /// Adds a (finite) value, evicting the oldest when full.
     pub fn push(&mut self, v: f64) {
         let s = &mut self.sorted;
-        let j = s.partition_point(|x| x.total_cmp(&v).is_lt());
         match self.ring.push(v) {
+            // The same value as the evicted one (a flat stretch, a regular
+            // sampling interval): the sorted values do not change.
+            Some(old) if old.total_cmp(&v).is_eq() => {}
             // Replace the evicted value by `v` in one move of the values
             // between the two positions (instead of a remove and an insert,
             // each moving half the window on average).
             Some(old) => {
+                let j = s.partition_point(|x| x.total_cmp(&v).is_lt());
                 let i = s.partition_point(|x| x.total_cmp(&old).is_lt());
                 if j > i {
                     s.copy_within(i + 1..j, i);
@@ -89,7 +92,10 @@ impl RollingWindow {
                     s[j] = v;
                 }
             }
-            None => s.insert(j, v),
+            None => {
+                let j = s.partition_point(|x| x.total_cmp(&v).is_lt());
+                s.insert(j, v)
+            }
         }
     }
     /// Number of values held.
@@ -130,7 +136,14 @@ impl RollingWindow {
         if n == 0 {
             return 0.0;
         }
-        let split = s.partition_point(|&x| x < m);
+        // Values below `m`: the lower half when `m` is the median of
+        // distinct middle values (the usual case), else searched.
+        let h = n / 2;
+        let split = if h > 0 && s[h - 1] < m && m <= s[h] {
+            h
+        } else {
+            s.partition_point(|&x| x < m)
+        };
         let below = |i: usize| m - s[split - 1 - i];
         let above = |j: usize| s[split + j] - m;
         let (na, nb) = (split, n - split);
