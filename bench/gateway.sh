@@ -5,6 +5,15 @@
 #   CARGO_TARGET_DIR=/work/target-gw cargo build --release -p phalanx
 #   PHALANX=/work/target-gw/release/phalanx bench/gateway.sh
 #
+# Scenarios (wrk -t1 keep-alive, DURATION each): `c32` (32 connections, small
+# response), `c256` (256 connections, small response), `big` (32 connections,
+# 64 KiB response). ROUNDS rounds (default 3); inside a round every scenario
+# runs against HAProxy, nginx and phalanx one after the other, so slow phases
+# of the shared machine hit all three alike. The summary gives per-scenario
+# medians over the rounds and the ratios to HAProxy. SCENARIOS="c32 big" and
+# PROXIES="haproxy phalanx" restrict the run; SKIP_KILL=1 / SKIP_RSS=1 skip
+# the backend-kill scenario and the idle-RSS measurement (bench/gateway-rss.sh).
+#
 # Needs: nginx, haproxy, wrk, taskset (util-linux), curl, awk: `bash bench/install` installs them.
 # Layout: all proxies and backends pinned to core 0, wrk pinned to core 1.
 set -euo pipefail
@@ -13,6 +22,9 @@ ulimit -n 65536 2>/dev/null || true
 PHALANX=${PHALANX:-${CARGO_TARGET_DIR:-target}/release/phalanx}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
+ROUNDS=${ROUNDS:-3}
+SCENARIOS=${SCENARIOS:-c32 c256 big}
+PROXIES=${PROXIES:-haproxy nginx phalanx}
 PROXY_CPU=${PROXY_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
 WORK=$(mktemp -d /tmp/gwbench.XXXXXX)
@@ -41,10 +53,14 @@ rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- backends
-# nginx, 1 worker, small static response (same backend for every proxy).
+# nginx, 1 worker: a small static response at / and a 64 KiB one at /big
+# (same backend for every proxy).
 nginx_backend() { # name port
   local name=$1 port=$2 dir="$WORK/nginx-$1"
   mkdir -p "$dir"
+  head -c 65536 /dev/zero | tr '\0' 'x' >"$dir/big.bin"
+  # nginx's worker user must read the file (mktemp -d makes a 0700 directory).
+  chmod 755 "$WORK" "$dir"; chmod 644 "$dir/big.bin"
   cat >"$dir/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/nginx-$name.pid;
@@ -53,7 +69,9 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "hello from $name\n"; } }
+  server { listen 127.0.0.1:$port backlog=4096;
+    location = /big { default_type application/octet-stream; alias $dir/big.bin; }
+    location / { return 200 "hello from $name\n"; } }
 }
 EOF
   taskset -c "$PROXY_CPU" nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" 2>/dev/null
@@ -62,8 +80,8 @@ EOF
 BA=$(free_port); BB=$(free_port)
 nginx_backend backend-a "$BA"
 
-run_wrk() { # url -> prints wrk output
-  taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$1"
+run_wrk() { # url conns -> prints wrk output
+  taskset -c "$WRK_CPU" wrk -t1 -c"${2:-$CONNS}" -d"$DURATION" --latency "$1"
 }
 parse() { # wrk output file -> "rps p99_ms requests non2xx sockerr"
   awk '
@@ -75,24 +93,27 @@ parse() { # wrk output file -> "rps p99_ms requests non2xx sockerr"
     END {printf "%s %s %s %d %d\n", rps, p99, req, n, e}' "$1"
 }
 
+# Per "proxy/scenario": space-separated values, one per round.
 declare -A RPS P99 CPU
-measure() { # label url pids...
-  local label=$1 url=$2; shift 2
-  wait_port "${url##*:}" >/dev/null 2>&1 || true
+measure() { # label scenario base-url pids...
+  local label=$1 scen=$2 url=$3; shift 3
+  local conns=$CONNS path=/
+  case $scen in c256) conns=256 ;; big) path=/big ;; esac
   local c0; c0=$(cpu_ticks "$@")
-  run_wrk "$url" >"$WORK/$label.wrk"
+  run_wrk "$url$path" "$conns" >"$WORK/$label-$scen.wrk"
   local c1; c1=$(cpu_ticks "$@")
-  read -r rps p99 req n2 se < <(parse "$WORK/$label.wrk")
-  RPS[$label]=$rps; P99[$label]=$p99
-  CPU[$label]=$(awk -v d=$((c1 - c0)) -v r="$req" -v t="$TCK" 'BEGIN{ if (r>0) printf "%.2f", d/t*1e6/r; else print "n/a"}')
-  echo "$label: req/s=$rps p99=${p99}ms cpu/req=${CPU[$label]}us requests=$req non2xx=$n2 socket_errors=$se"
+  read -r rps p99 req n2 se < <(parse "$WORK/$label-$scen.wrk")
+  local cpu; cpu=$(awk -v d=$((c1 - c0)) -v r="$req" -v t="$TCK" 'BEGIN{ if (r>0) printf "%.2f", d/t*1e6/r; else print "nan"}')
+  RPS[$label/$scen]+="$rps "; P99[$label/$scen]+="$p99 "; CPU[$label/$scen]+="$cpu "
+  echo "$scen $label: req/s=$rps p99=${p99}ms cpu/req=${cpu}us requests=$req non2xx=$n2 socket_errors=$se"
 }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 # ---------------------------------------------------------------- direct
 # shellcheck disable=SC2046
-measure direct "http://127.0.0.1:$BA/" $(nginx_pids "$WORK/nginx-backend-a.pid")
+measure direct c32 "http://127.0.0.1:$BA" $(nginx_pids "$WORK/nginx-backend-a.pid")
 
-# ---------------------------------------------------------------- nginx proxy
+# ---------------------------------------------------------------- proxies (all running, measured in turn)
 NP=$(free_port); mkdir -p "$WORK/nginx-proxy"
 cat >"$WORK/nginx-proxy/nginx.conf" <<EOF
 worker_processes 1;
@@ -110,11 +131,7 @@ EOF
 taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy" 2>/dev/null
 wait_port "$NP"
 NPIDS=$(nginx_pids "$WORK/nginx-proxy.pid")
-# shellcheck disable=SC2086
-measure nginx "http://127.0.0.1:$NP/" $NPIDS
-kill_nginx "$WORK/nginx-proxy.pid"
 
-# ---------------------------------------------------------------- haproxy
 haproxy_cfg() { # port servers...
   local port=$1; shift
   cat <<EOF
@@ -144,35 +161,38 @@ HP=$(free_port)
 haproxy_cfg "$HP" "127.0.0.1:$BA" >"$WORK/haproxy.cfg"
 taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
 wait_port "$HP"
-measure haproxy "http://127.0.0.1:$HP/" "$(cat "$WORK/haproxy.pid")"
-kill "$(cat "$WORK/haproxy.pid")"
 
-# ---------------------------------------------------------------- phalanx
 GP=$(free_port)
 taskset -c "$PROXY_CPU" "$PHALANX" gateway --listen "127.0.0.1:$GP" --upstream "http://127.0.0.1:$BA" --worker-threads 1 2>"$WORK/phalanx.log" &
 GPID=$!; PIDS+=("$GPID")
 wait_port "$GP"
-measure phalanx "http://127.0.0.1:$GP/" "$GPID"
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "--- round $round/$ROUNDS"
+  for scen in $SCENARIOS; do
+    for p in $PROXIES; do
+      case $p in
+        # shellcheck disable=SC2086
+        nginx) measure nginx "$scen" "http://127.0.0.1:$NP" $NPIDS ;;
+        haproxy) measure haproxy "$scen" "http://127.0.0.1:$HP" "$(cat "$WORK/haproxy.pid")" ;;
+        phalanx) measure phalanx "$scen" "http://127.0.0.1:$GP" "$GPID" ;;
+      esac
+    done
+  done
+done
+kill_nginx "$WORK/nginx-proxy.pid"
+kill "$(cat "$WORK/haproxy.pid")"
 kill -TERM "$GPID"; wait "$GPID" 2>/dev/null || true
 
 # ---------------------------------------------------------------- idle RSS, 1000 endpoints
-CFG="$WORK/thousand.toml"
-{
-  echo '[[listeners]]'; echo 'name = "web"'; echo "address = \"127.0.0.1:$(free_port)\""
-  echo '[[pools]]'; echo 'name = "big"'; echo 'health_check = { kind = "tcp", interval_ms = 5000 }'
-  echo -n 'endpoints = ['
-  for i in $(seq 1 1000); do echo -n "\"127.0.0.$((i / 250 + 2)):$((20000 + i))\", "; done
-  echo ']'
-  echo '[[routes]]'; echo 'pool = "big"'
-} >"$CFG"
-taskset -c "$PROXY_CPU" "$PHALANX" gateway --config "$CFG" --worker-threads 1 2>>"$WORK/phalanx.log" &
-RPID=$!; PIDS+=("$RPID")
-sleep 3
-RSS_KB=$(rss_kb "$RPID")
-kill -TERM "$RPID"; wait "$RPID" 2>/dev/null || true
-echo "phalanx idle RSS with 1000 endpoints (tcp health checks on): ${RSS_KB} kB"
+RSS_LINE=""
+if [ -z "${SKIP_RSS:-}" ]; then
+  RSS_LINE=$(PHALANX="$PHALANX" PROXY_CPU="$PROXY_CPU" bash "$(dirname "$0")/gateway-rss.sh" | tail -1)
+fi
 
 # ---------------------------------------------------------------- kill a backend mid-load
+declare -A KILL_RES
+if [ -z "${SKIP_KILL:-}" ]; then
 nginx_backend backend-b "$BB"
 kill_scenario() { # label url
   local label=$1 url=$2
@@ -188,7 +208,6 @@ kill_scenario() { # label url
   echo "$label kill-a-backend: requests=$req non2xx=$n2 socket_errors=$se req/s=$rps"
   KILL_RES[$label]="$req $n2 $se"
 }
-declare -A KILL_RES
 HP=$(free_port)
 haproxy_cfg "$HP" "127.0.0.1:$BA" "127.0.0.1:$BB" >"$WORK/haproxy2.cfg"
 taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy2.cfg" -D -p "$WORK/haproxy2.pid"
@@ -215,21 +234,36 @@ kill_scenario phalanx "http://127.0.0.1:$GP/"
 kill -TERM "$GPID"; wait "$GPID" 2>/dev/null || true
 kill_nginx "$WORK/nginx-backend-b.pid"
 kill_nginx "$WORK/nginx-backend-a.pid"
+fi
 
 # ---------------------------------------------------------------- summary
 echo
-echo "| setup | req/s | p99 (ms) | CPU µs/req (proxy) | req/s vs HAProxy |"
-echo "|---|---:|---:|---:|---:|"
-for l in direct nginx haproxy phalanx; do
-  ratio=$(awk -v a="${RPS[$l]}" -v b="${RPS[haproxy]}" 'BEGIN{printf "%.2f", a/b}')
-  echo "| $l | ${RPS[$l]} | ${P99[$l]} | ${CPU[$l]} | ${ratio}× |"
+echo "Medians over $ROUNDS rounds (wrk -t1, $DURATION each; c32/c256: connections, small response; big: $CONNS connections, 64 KiB response):"
+echo
+echo "| scenario | setup | req/s | p99 (ms) | CPU µs/req (proxy) | req/s vs HAProxy | p99 vs HAProxy | CPU/req vs HAProxy |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
+med() { echo "${1:-}" | median; }
+for scen in $SCENARIOS; do
+  hr=$(med "${RPS[haproxy/$scen]:-}"); hp=$(med "${P99[haproxy/$scen]:-}"); hc=$(med "${CPU[haproxy/$scen]:-}")
+  for l in direct $PROXIES; do
+    [ -n "${RPS[$l/$scen]:-}" ] || continue
+    r=$(med "${RPS[$l/$scen]}"); p=$(med "${P99[$l/$scen]}"); c=$(med "${CPU[$l/$scen]}")
+    ratios=$(awk -v r="$r" -v p="$p" -v c="$c" -v hr="$hr" -v hp="$hp" -v hc="$hc" '
+      function q(a, b) { return (b > 0) ? sprintf("%.2f×", a / b) : "n/a" }
+      BEGIN { printf "%s | %s | %s", q(r, hr), q(p, hp), q(c, hc) }')
+    echo "| $scen | $l | $r | $p | $c | $ratios |"
+  done
 done
 echo
-echo "| kill one of two backends mid-load | requests | non-2xx | socket errors |"
-echo "|---|---:|---:|---:|"
-for l in haproxy phalanx; do
-  read -r a b c <<<"${KILL_RES[$l]}"
-  echo "| $l | $a | $b | $c |"
-done
-echo
-echo "phalanx idle RSS, 1000 endpoints configured: $((RSS_KB / 1024)) MB (${RSS_KB} kB)"
+echo "Per round (req/s):"
+for scen in $SCENARIOS; do for l in $PROXIES; do echo "  $scen $l: ${RPS[$l/$scen]:-}"; done; done
+if [ -z "${SKIP_KILL:-}" ]; then
+  echo
+  echo "| kill one of two backends mid-load | requests | non-2xx | socket errors |"
+  echo "|---|---:|---:|---:|"
+  for l in haproxy phalanx; do
+    read -r a b c <<<"${KILL_RES[$l]}"
+    echo "| $l | $a | $b | $c |"
+  done
+fi
+if [ -n "$RSS_LINE" ]; then echo; echo "$RSS_LINE"; fi

@@ -16,6 +16,8 @@
 #   DURATION=10s          length of each load run
 #   AUTH_CLIENTS=8        concurrent clients of the authenticate run
 #   SYSTEMS="phalanx-plain phalanx-secure etcd-secure"  (etcd-plain also known)
+#   TESTS="auth:8:authenticate"  which loads (name:clients:workload, space-separated;
+#                         default: put-64:64:put get-lin-64:64:get-linearizable auth:$AUTH_CLIENTS:authenticate)
 #   SKIP_BUILD=1          use an existing release binary
 #   CARGO_TARGET_DIR      where the release binary is (default: ./target)
 #   PHALANX=/path/phalanx, ETCD=/usr/bin/etcd, ETCDCTL=/usr/bin/etcdctl
@@ -96,7 +98,7 @@ start_cluster() {  # $1 = system; returns non-zero if not ready
 
 declare -A R STATUS
 
-TESTS="put-64:64:put get-lin-64:64:get-linearizable auth:$AUTH_CLIENTS:authenticate"
+TESTS=${TESTS:-"put-64:64:put get-lin-64:64:get-linearizable auth:$AUTH_CLIENTS:authenticate"}
 
 for sys in $SYSTEMS; do
     start_measuring "$sys" || continue

@@ -25,6 +25,7 @@
 //! empty `range_end` means the single key; `range_end == "\0"` means every
 //! key from `key` on (with an empty `key` too: the whole key space).
 
+mod eksblowfish;
 pub mod password;
 mod state;
 pub mod token;

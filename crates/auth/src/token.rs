@@ -430,6 +430,11 @@ impl Tokens {
         }
     }
 
+    /// Whether these are simple tokens (installed through the log), not JWTs.
+    pub fn is_simple(&self) -> bool {
+        matches!(self.kind, Kind::Simple(_))
+    }
+
     /// `simple` or `jwt`.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {

@@ -271,9 +271,23 @@ async fn open_source(
                 let opts = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
                 let connected = match channel {
-                    Some(ch) => etcd_client::Client::from_channel(ch.clone(), None).await,
-                    None => match settings.client_security.options(opts, &[ep.as_str()]) {
-                        Ok(opts) => etcd_client::Client::connect([ep.as_str()], Some(opts)).await,
+                    Some(ch) => {
+                        etcd_client::Client::from_channel(ask_mvcc_stream(ch.clone()), None).await
+                    }
+                    None => match settings
+                        .client_security
+                        .options(opts.clone(), &[ep.as_str()])
+                    {
+                        Ok(opts) => match endpoint_channel(ep, settings).await {
+                            Ok(ch) => {
+                                etcd_client::Client::from_channel(ask_mvcc_stream(ch), Some(opts))
+                                    .await
+                            }
+                            Err(e) => {
+                                last = format!("{ep}: {e}");
+                                continue;
+                            }
+                        },
                         Err(e) => {
                             last = format!("{ep}: {e}");
                             continue;
@@ -349,6 +363,66 @@ async fn open_source(
     }
 }
 
+/// gRPC path of Maintenance.Snapshot.
+const SNAPSHOT_METHOD_PATH: &str = "/etcdserverpb.Maintenance/Snapshot";
+
+/// `channel`, with the metadata that asks a Phalanx member for its mvcc snapshot stream
+/// (`etcd_snapshot::mvcc_wire`) added to Snapshot calls: the member then sends the
+/// stream a backup stores, rather than an etcd (bbolt) snapshot that would be built on
+/// the member and converted back here. Members that do not know it (and etcd) ignore
+/// it; [`crate::snapstream::open_snapshot`] accepts either format.
+fn ask_mvcc_stream(channel: etcd_client::Channel) -> etcd_client::Channel {
+    etcd_client::Channel::Custom(tower::util::BoxCloneSyncService::new(AskMvccStream(
+        channel,
+    )))
+}
+
+#[derive(Clone)]
+struct AskMvccStream(etcd_client::Channel);
+
+type GrpcRequest = http::Request<tonic::body::Body>;
+
+impl tower::Service<GrpcRequest> for AskMvccStream {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tower::BoxError;
+    type Future = <etcd_client::Channel as tower::Service<GrpcRequest>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: GrpcRequest) -> Self::Future {
+        if req.uri().path() == SNAPSHOT_METHOD_PATH {
+            req.headers_mut().insert(
+                etcd_snapshot::MVCC_FORMAT_METADATA_KEY,
+                http::HeaderValue::from_static(etcd_snapshot::MVCC_FORMAT_METADATA_VALUE),
+            );
+        }
+        self.0.call(req)
+    }
+}
+
+/// A gRPC channel to one endpoint, with the TLS of `settings.client_security` for
+/// `https://` endpoints (the checks of `ClientSecurity::options` are made by the caller).
+async fn endpoint_channel(
+    ep: &str,
+    settings: &BackupSettings,
+) -> Result<etcd_client::Channel, String> {
+    let mut e = tonic::transport::Endpoint::from_shared(ep.to_string())
+        .map_err(|e| format!("not a URL: {e}"))?
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+    if ep.starts_with("https://") {
+        e = e
+            .tls_config(settings.client_security.tls_options())
+            .map_err(|e| format!("TLS settings: {e}"))?;
+    }
+    let ch = e.connect().await.map_err(|e| format!("connect: {e}"))?;
+    Ok(etcd_client::Channel::Tonic(ch))
+}
+
 /// HashKV at `revision` of a normalized stream, by installing it into a scratch store.
 pub(crate) fn hash_kv_of_stream(
     r: &mut dyn Read,
@@ -360,10 +434,13 @@ pub(crate) fn hash_kv_of_stream(
         path: path.clone(),
         detail: e.to_string(),
     })?;
-    store.install_snapshot(r).map_err(|e| BackupError::Store {
-        path: path.clone(),
-        detail: e.to_string(),
-    })?;
+    // A scratch store, thrown away: loaded as the stream arrives, never fsynced.
+    store
+        .load_snapshot(r, mvcc::LoadDurability::Scratch)
+        .map_err(|e| BackupError::Store {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
     let (h, _, _) = store.hash_kv(revision).map_err(|e| BackupError::Store {
         path,
         detail: format!("HashKV at {revision}: {e}"),

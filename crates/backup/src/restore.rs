@@ -9,6 +9,8 @@
 //! identity and the Raft log as for any new member).
 
 use std::io::BufWriter;
+
+use crate::snapstream::pipe;
 use std::path::{Path, PathBuf};
 
 use crate::dest::{Destination, RetrySettings, S3Settings};
@@ -613,24 +615,30 @@ async fn restore_into(
     let scratch = work.join("scratch");
     std::fs::create_dir_all(&scratch).map_err(BackupError::io("create scratch dir", &scratch))?;
     let scratch_db = scratch.join("kv.redb");
-    // 1. The backup as it was, into a scratch store; its HashKV checked.
+    // 1. The backup as it was, loaded as it streams in (no spool) into a scratch store
+    //    (no fsync: it is thrown away); its HashKV at the backup revision checked.
     let sdb = scratch_db.clone();
     let rev = m.revision;
+    let t0 = std::time::Instant::now();
     let (problems, res) = stream_backup(d, m, &entry.summary.recipients, ids, false, move |r| {
         let store = mvcc::Store::open(&sdb).map_err(|e| store_err(&sdb)(e.to_string()))?;
         store
-            .install_snapshot(r)
+            .load_snapshot(r, mvcc::LoadDurability::Scratch)
             .map_err(|e| store_err(&sdb)(e.to_string()))?;
         let (h, _, _) = store
             .hash_kv(rev)
             .map_err(|e| store_err(&sdb)(format!("HashKV at {rev}: {e}")))?;
-        Ok(h)
+        Ok((h, store))
     })
     .await;
     if let Some(p) = problems.into_iter().next() {
         return Err(p);
     }
-    let h = res.expect("sink ran")?;
+    let (h, old) = res.expect("sink ran")?;
+    tracing::debug!(
+        "restore: backup fetched, checked and loaded into the scratch store, HashKV checked in {:?}",
+        t0.elapsed()
+    );
     if h != m.hash_kv {
         return Err(BackupError::HashMismatch {
             url: d.url.clone(),
@@ -640,54 +648,66 @@ async fn restore_into(
             found: h,
         });
     }
-    // 2. State at `want`, as a snapshot stream; 3. installed into the new member's store;
-    // 4. cross-checked key by key against the scratch store at `want`.
     // 1b. The archive replayed on top, revision by revision, up to `want`; every
     // replayed revision must produce exactly the archived key-values.
+    let old = std::sync::Arc::new(old);
     let nsegs = segs.len() as u64;
     let mut archived_revisions = 0u64;
     if !segs.is_empty() {
-        let sdb = scratch_db.clone();
+        let (sdb, store) = (scratch_db.clone(), old.clone());
         archived_revisions = tokio::task::spawn_blocking(move || -> Result<u64, BackupError> {
-            let store = mvcc::Store::open(&sdb).map_err(|e| store_err(&sdb)(e.to_string()))?;
             replay(&store, &segs, want).map_err(|e| store_err(&sdb)(e))
         })
         .await
         .expect("replay task")?;
     }
+    // 2. State at `want`, as a snapshot stream, piped into 3. the new member's store
+    // (one durable commit at the end); 4. cross-checked key by key against the scratch
+    // store at `want`.
     let new_rev = m.revision.max(newest) + s.bump_revision;
     let member = work.join("member");
     std::fs::create_dir_all(&member).map_err(BackupError::io("create member dir", &member))?;
-    let target_snap = scratch.join("target.snapshot");
     let page = s.check_page_keys.max(1);
     let (scratch_db2, member2) = (scratch_db.clone(), member.clone());
     let mut rep = tokio::task::spawn_blocking(move || -> Result<RestoreReport, BackupError> {
-        let old =
-            mvcc::Store::open(&scratch_db2).map_err(|e| store_err(&scratch_db2)(e.to_string()))?;
+        let t0 = std::time::Instant::now();
+        let kv = member2.join("kv.redb");
+        let store = mvcc::Store::open(&kv).map_err(|e| store_err(&kv)(e.to_string()))?;
+        let (mut w, mut r) = pipe::pipe();
+        let (written, loaded) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let st = old.write_state_at(want, new_rev, &mut w);
+                let st = st.and_then(|st| {
+                    std::io::Write::flush(&mut w).map(|_| st).map_err(|source| {
+                        mvcc::MvccError::Io {
+                            op: "write snapshot".into(),
+                            source,
+                        }
+                    })
+                });
+                // Closing the pipe ends the loader's stream (or stops it, on an error).
+                drop(w);
+                st
+            });
+            let loaded = store.load_snapshot(&mut r, mvcc::LoadDurability::Durable);
+            drop(r);
+            (writer.join().expect("state writer thread"), loaded)
+        });
+        // The writer's error first: the loader only saw its stream end early.
         let mvcc::StateAt {
             keys,
             leases,
             detached,
-        } = {
-            let mut f = std::fs::File::create(&target_snap)
-                .map_err(BackupError::io("create", &target_snap))?;
-            let st = old
-                .write_state_at(want, new_rev, &mut f)
-                .map_err(|e| store_err(&scratch_db2)(e.to_string()))?;
-            f.sync_all()
-                .map_err(BackupError::io("sync", &target_snap))?;
-            st
-        };
-        let kv = member2.join("kv.redb");
-        {
-            let store = mvcc::Store::open(&kv).map_err(|e| store_err(&kv)(e.to_string()))?;
-            let mut f =
-                std::fs::File::open(&target_snap).map_err(BackupError::io("open", &target_snap))?;
-            store
-                .install_snapshot(&mut f)
-                .map_err(|e| store_err(&kv)(e.to_string()))?;
-            cross_check(&old, want, &store, page, &kv)?;
-        }
+        } = written.map_err(|e| store_err(&scratch_db2)(e.to_string()))?;
+        loaded.map_err(|e| store_err(&kv)(e.to_string()))?;
+        tracing::debug!(
+            "restore: state at {want} written into {} in {:?}",
+            kv.display(),
+            t0.elapsed()
+        );
+        let t0 = std::time::Instant::now();
+        cross_check(&old, want, &store, page, &kv)?;
+        tracing::debug!("restore: every key cross-checked in {:?}", t0.elapsed());
         Ok(RestoreReport {
             backup: String::new(),
             backup_revision: 0,
@@ -727,7 +747,9 @@ async fn restore_into(
 }
 
 /// Every key of `old` at revision `at` equals the same key of `new` now (value,
-/// create/mod revision, version; lease unless detached), page by page.
+/// create/mod revision, version; lease unless detached), page by page. The two stores
+/// are read on two threads (each pages through its own keys; equal stores give equal
+/// pages), with [`CROSS_CHECK_PAGES_AHEAD`] pages of the backup read ahead.
 fn cross_check(
     old: &mvcc::Store,
     at: i64,
@@ -736,47 +758,80 @@ fn cross_check(
     path: &Path,
 ) -> Result<(), BackupError> {
     let page = usize::try_from(page.max(1)).unwrap_or(usize::MAX);
-    let mut from = vec![0u8];
-    loop {
-        // Pages that stop at `page` keys: a counted Range per page would
-        // scan the rest of the store each time (quadratic on large stores).
-        let a = old
-            .range_page(&from, &[0], at, page)
-            .map_err(|x| store_err(path)(format!("reading the backup at {at}: {x:?}")))?;
-        let b = new
-            .range_page(&from, &[0], 0, page)
-            .map_err(|x| store_err(path)(format!("reading the restored store: {x:?}")))?;
-        if a.len() != b.len() {
-            return Err(store_err(path)(format!(
-                "restored store differs from the backup at revision {at}: {} vs {} keys from {:?}",
-                b.len(),
-                a.len(),
-                String::from_utf8_lossy(&from)
-            )));
+    // Pages that stop at `page` keys: a counted Range per page would scan the rest of
+    // the store each time (quadratic on large stores).
+    let pages = |store: &mvcc::Store,
+                 rev: i64,
+                 what: &'static str,
+                 tx: std::sync::mpsc::SyncSender<
+        Result<Vec<etcd_client::proto::PbKeyValue>, BackupError>,
+    >| {
+        let mut from = vec![0u8];
+        loop {
+            let p = store
+                .range_page(&from, &[0], rev, page)
+                .map_err(|x| store_err(path)(format!("{what}: {x:?}")));
+            let next = match &p {
+                Ok(kvs) if kvs.len() == page => kvs.last().map(|l| {
+                    let mut k = l.key.clone();
+                    k.push(0);
+                    k
+                }),
+                _ => None,
+            };
+            if tx.send(p).is_err() {
+                return;
+            }
+            match next {
+                Some(k) => from = k,
+                None => return,
+            }
         }
-        for (x, y) in a.iter().zip(&b) {
-            let same = x.key == y.key
-                && x.value == y.value
-                && x.create_revision == y.create_revision
-                && x.mod_revision == y.mod_revision
-                && x.version == y.version
-                && (x.lease == y.lease || y.lease == 0);
-            if !same {
+    };
+    std::thread::scope(|scope| {
+        let (tx_old, rx_old) = std::sync::mpsc::sync_channel(CROSS_CHECK_PAGES_AHEAD);
+        let (tx_new, rx_new) = std::sync::mpsc::sync_channel(CROSS_CHECK_PAGES_AHEAD);
+        scope.spawn(move || pages(old, at, "reading the backup", tx_old));
+        scope.spawn(move || pages(new, 0, "reading the restored store", tx_new));
+        let mut from = Vec::new();
+        loop {
+            let (a, b) = match (rx_old.recv(), rx_new.recv()) {
+                (Ok(a), Ok(b)) => (a?, b?),
+                (Err(_), Err(_)) => return Ok(()),
+                (Ok(a), Err(_)) => (a?, Vec::new()),
+                (Err(_), Ok(b)) => (Vec::new(), b?),
+            };
+            if a.len() != b.len() {
                 return Err(store_err(path)(format!(
-                    "restored key {:?} differs from the backup at revision {at}",
-                    String::from_utf8_lossy(&x.key)
+                    "restored store differs from the backup at revision {at}: {} vs {} keys from {:?}",
+                    b.len(),
+                    a.len(),
+                    String::from_utf8_lossy(&from)
                 )));
             }
-        }
-        match a.last() {
-            Some(last) if a.len() == page => {
-                from = last.key.clone();
-                from.push(0);
+            for (x, y) in a.iter().zip(&b) {
+                let same = x.key == y.key
+                    && x.value == y.value
+                    && x.create_revision == y.create_revision
+                    && x.mod_revision == y.mod_revision
+                    && x.version == y.version
+                    && (x.lease == y.lease || y.lease == 0);
+                if !same {
+                    return Err(store_err(path)(format!(
+                        "restored key {:?} differs from the backup at revision {at}",
+                        String::from_utf8_lossy(&x.key)
+                    )));
+                }
             }
-            _ => return Ok(()),
+            if let Some(last) = a.last() {
+                from = last.key.clone();
+            }
         }
-    }
+    })
 }
+
+/// Pages of the backup's keys read ahead of the comparison in [`cross_check`].
+const CROSS_CHECK_PAGES_AHEAD: usize = 2;
 
 /// Settings of `phalanx restore --from-etcd-snapshot`: the cluster flags of
 /// [`RestoreSettings`], and the snapshot file.
@@ -887,7 +942,7 @@ fn restore_etcd_into(
         let mut f =
             std::fs::File::open(&stream_path).map_err(BackupError::io("open", &stream_path))?;
         store
-            .install_snapshot(&mut f)
+            .load_snapshot(&mut f, mvcc::LoadDurability::Durable)
             .map_err(|e| store_err(&kv)(e.to_string()))?;
     }
     std::fs::remove_file(&stream_path).map_err(BackupError::io("remove", &stream_path))?;

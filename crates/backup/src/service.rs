@@ -446,13 +446,19 @@ async fn archive_loop(sh: Arc<Shared>) {
     let mut dests: BTreeMap<String, Option<DestArchive>> = BTreeMap::new();
     let mut failing: BTreeMap<String, bool> = BTreeMap::new();
     let mut current: Option<Policy> = None;
+    // Fixed-rate ticks: a pass starts every `archive_interval_ms` however
+    // long the previous upload took (never two at once), so a revision waits
+    // at most about one interval to ship, as the policy promises; sleeping
+    // the interval *after* each upload made the lag interval + upload time.
+    let mut next_pass = tokio::time::Instant::now();
     loop {
         let interval = current
             .as_ref()
             .map(|p| p.archive_interval_ms)
             .filter(|x| *x > 0)
             .unwrap_or(sh.s.tick_ms);
-        tokio::time::sleep(Duration::from_millis(interval)).await;
+        next_pass = (next_pass + Duration::from_millis(interval)).max(tokio::time::Instant::now());
+        tokio::time::sleep_until(next_pass).await;
         let policy = local_policy(&sh).filter(|p| p.archive_interval_ms > 0);
         if !leads(&sh) || policy.is_none() || !activate(&sh).await {
             dests.clear();

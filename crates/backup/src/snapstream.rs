@@ -375,3 +375,118 @@ pub fn open_snapshot(mut r: Box<dyn Read + Send>) -> io::Result<(SnapshotReader,
         false,
     ))
 }
+
+/// A bounded in-memory pipe between two threads: what one writes (a store's snapshot
+/// stream), the other reads (another store's loader), with at most
+/// [`pipe::PIPE_PIECES`] pieces of [`pipe::PIPE_PIECE_BYTES`] in flight. The reader
+/// sees the end of the stream once the writer is dropped; the writer gets an error once
+/// the reader is dropped (so neither side waits for a partner that gave up).
+pub mod pipe {
+    use std::io::{self, Read, Write};
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+    /// Pieces in flight between the two threads.
+    pub const PIPE_PIECES: usize = 16;
+    /// Size of a piece.
+    pub const PIPE_PIECE_BYTES: usize = 256 * 1024;
+
+    pub struct PipeWriter {
+        tx: SyncSender<Vec<u8>>,
+        buf: Vec<u8>,
+    }
+
+    pub struct PipeReader {
+        rx: Receiver<Vec<u8>>,
+        cur: Vec<u8>,
+        pos: usize,
+    }
+
+    pub fn pipe() -> (PipeWriter, PipeReader) {
+        let (tx, rx) = sync_channel(PIPE_PIECES);
+        (
+            PipeWriter {
+                tx,
+                buf: Vec::with_capacity(PIPE_PIECE_BYTES),
+            },
+            PipeReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            },
+        )
+    }
+
+    impl PipeWriter {
+        fn send(&mut self) -> io::Result<()> {
+            if self.buf.is_empty() {
+                return Ok(());
+            }
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_PIECE_BYTES));
+            self.tx
+                .send(piece)
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reading side stopped"))
+        }
+    }
+
+    impl Write for PipeWriter {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(PIPE_PIECE_BYTES - self.buf.len());
+            self.buf.extend_from_slice(&b[..n]);
+            if self.buf.len() == PIPE_PIECE_BYTES {
+                self.send()?;
+            }
+            Ok(n)
+        }
+        /// Sends what is buffered (call it before dropping the writer: a drop without
+        /// a flush loses the buffered bytes, and the reader sees a truncated stream).
+        fn flush(&mut self) -> io::Result<()> {
+            self.send()
+        }
+    }
+
+    impl Read for PipeReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            while self.pos >= self.cur.len() {
+                match self.rx.recv() {
+                    Ok(v) => {
+                        self.cur = v;
+                        self.pos = 0;
+                    }
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.cur.len() - self.pos);
+            buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn bytes_arrive_in_order_and_a_gone_reader_stops_the_writer() {
+            let data: Vec<u8> = (0..3 * PIPE_PIECE_BYTES + 17).map(|i| i as u8).collect();
+            let (mut w, mut r) = pipe();
+            let d2 = data.clone();
+            let t = std::thread::spawn(move || {
+                w.write_all(&d2).unwrap();
+                w.flush().unwrap();
+            });
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            t.join().unwrap();
+            assert_eq!(got, data);
+
+            let (mut w, r) = pipe();
+            drop(r);
+            let err = w
+                .write_all(&vec![0u8; PIPE_PIECE_BYTES])
+                .and_then(|_| w.flush())
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        }
+    }
+}

@@ -131,6 +131,14 @@ impl ClientSecurity {
         self.tls_files_given
     }
 
+    /// The TLS settings [`ClientSecurity::options`] gives `https://` endpoints, for a
+    /// tool that builds its own gRPC channel (the backup's snapshot source).
+    pub fn tls_options(&self) -> TlsOptions {
+        self.tls
+            .clone()
+            .unwrap_or_else(|| TlsOptions::new().with_native_roots())
+    }
+
     /// `base` with TLS (for `https://` endpoints) and the user added. The
     /// endpoints must all be `https://` or all `http://`; TLS files with
     /// `http://` endpoints are refused (they would silently go unused).
@@ -157,11 +165,7 @@ impl ClientSecurity {
             )));
         }
         if https > 0 {
-            let tls = self
-                .tls
-                .clone()
-                .unwrap_or_else(|| TlsOptions::new().with_native_roots());
-            opts = opts.with_tls(tls);
+            opts = opts.with_tls(self.tls_options());
         } else if self.tls_files_given && !endpoints.is_empty() {
             return Err(etcd_client::Error::InvalidArgs(format!(
                 "--cacert/--cert/--key given but endpoint {} is http://: use https:// URLs",

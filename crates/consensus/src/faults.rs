@@ -24,8 +24,12 @@ use crate::types::NodeId;
 pub enum PlantedBug {
     /// Serve "linearizable" reads from local state without ReadIndex.
     SkipReadIndex,
-    /// Acknowledge log appends before they are durable.
+    /// Report log appends flushed before (in fact without) the WAL's
+    /// fdatasync, and save the vote without a sync.
     AckBeforeFsync,
+    /// At start-up, accept a torn record at the WAL's tail (its checksum
+    /// fails) as whole instead of truncating it.
+    TornRecordAccepted,
 }
 
 /// Whether this build carries the planted bugs (cargo feature
@@ -53,8 +57,9 @@ impl std::str::FromStr for PlantedBug {
         match s {
             "skip-read-index" => Ok(PlantedBug::SkipReadIndex),
             "ack-before-fsync" => Ok(PlantedBug::AckBeforeFsync),
+            "torn-record-accepted" => Ok(PlantedBug::TornRecordAccepted),
             other => Err(format!(
-                "unknown planted bug {other:?}: expected skip-read-index or ack-before-fsync"
+                "unknown planted bug {other:?}: expected skip-read-index, ack-before-fsync or torn-record-accepted"
             )),
         }
     }

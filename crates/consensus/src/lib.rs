@@ -6,8 +6,10 @@
 //!   `mvcc::Command` and returns its outcome once applied;
 //!   [`Node::read_barrier`] is the ReadIndex barrier for linearizable reads;
 //!   lease and membership operations are routed to the leader.
-//! - [`LogStore`]: the Raft log + vote in `raft.redb`, checksummed records,
-//!   fsynced before an append is acknowledged.
+//! - [`LogStore`]: the Raft log + vote in a segmented write-ahead log
+//!   (`member/wal/`, crate `wal`), checksummed records, one fdatasync per
+//!   group commit before an append is acknowledged; a `raft.redb` of older
+//!   releases is upgraded in place (docs/storage.md).
 //! - [`Applier`]: the state machine, applying committed batches to the
 //!   `mvcc::Store` in one transaction with Raft's bookkeeping, and
 //!   publishing watch events ([`StoreChange`]).
@@ -35,6 +37,10 @@ pub use faults::{Faults, NetworkFaults, PlantedBug, PLANTED_BUGS_COMPILED};
 pub use lessor::Lessor;
 pub use log_store::LogStoreError;
 pub use log_store::{IoMode, LogStore, LogStoreOptions};
+
+/// Largest Raft log record, in bytes: one entry (a client request, or a
+/// batch of them) must fit in one WAL record, or the member fail-stops.
+pub const MAX_LOG_RECORD_BYTES: u32 = wal::DEFAULT_MAX_RECORD_BYTES;
 pub use node::{
     Changes, ClusterState, Fatal, Node, NodeConfig, NodeError, NodeParts, NodeStatus, StartError,
     WriteBatchStats,

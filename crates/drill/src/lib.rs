@@ -172,7 +172,7 @@ pub struct DrillArgs {
     pub lease_ttl_secs: i64,
     /// Wall-clock budget of the linearizability check in ms (exceeded = verdict UNKNOWN).
     pub check_timeout_ms: u64,
-    /// Start local members with a planted bug (skip-read-index | ack-before-fsync), to show the drill catches it. Tests only.
+    /// Start local members with a planted bug (skip-read-index | ack-before-fsync | torn-record-accepted), to show the drill catches it. Tests only.
     pub unsafe_planted_bug: Option<String>,
     /// With --local: client and peer TLS (a CA and certificates generated in `<report>/certs/`)
     /// and auth enabled; the workload, watch and lease clients run as user `drill` with its
@@ -279,9 +279,15 @@ fn validate(args: &DrillArgs) -> Result<Plan, DrillError> {
         return Err(u("--cacert/--cert/--key/--user are for --endpoints; a --local cluster is plain unless --secure".into()));
     }
     if let Some(b) = &args.unsafe_planted_bug {
-        if b != "skip-read-index" && b != "ack-before-fsync" {
+        if ![
+            "skip-read-index",
+            "ack-before-fsync",
+            "torn-record-accepted",
+        ]
+        .contains(&b.as_str())
+        {
             return Err(u(format!(
-                "--unsafe-planted-bug {b:?}: expected skip-read-index or ack-before-fsync"
+                "--unsafe-planted-bug {b:?}: expected skip-read-index, ack-before-fsync or torn-record-accepted"
             )));
         }
     }

@@ -5,7 +5,9 @@
 //! (`mvcc::Command::Auth`), so it is the same on every member and survives
 //! restarts and snapshots. Passwords are hashed (bcrypt, `--bcrypt-cost`) on
 //! the member that receives them, on a blocking thread, at most one hash per
-//! core at a time; the log carries only hashes. Tokens (`--auth-token`) are
+//! core at a time; the log carries only hashes. Logins verify passwords on
+//! a pool of one thread per core, two interleaved per thread
+//! (`auth::password::VerifyPool`). Tokens (`--auth-token`) are
 //! per-member memory, kept in step through Raft for simple tokens (below):
 //! see `auth::token`.
 //!
@@ -82,6 +84,12 @@ pub(crate) struct AuthRuntime {
     tokens: Arc<Tokens>,
     bcrypt_cost: u32,
     hashing: Arc<tokio::sync::Semaphore>,
+    /// Password checks (every login): one thread per core, two checks
+    /// interleaved per thread (`auth::password::VerifyPool`).
+    verifier: auth::password::VerifyPool,
+    /// Checks queued on `verifier` at most: enough to keep every thread
+    /// verifying pairs, no more (the rest wait here, not in the pool).
+    verifying: Arc<tokio::sync::Semaphore>,
 }
 
 impl AuthRuntime {
@@ -94,6 +102,11 @@ impl AuthRuntime {
             tokens: Arc::new(Tokens::new(&s.token)?),
             bcrypt_cost: s.bcrypt_cost,
             hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
+            verifier: auth::password::VerifyPool::new(cores)
+                .map_err(|e| format!("starting the password verification threads: {e}"))?,
+            verifying: Arc::new(tokio::sync::Semaphore::new(
+                cores * auth::password::VERIFY_INTERLEAVE,
+            )),
         })
     }
 }
@@ -425,6 +438,28 @@ impl EtcdApi {
         }
     }
 
+    /// A client write as proposed: with the caller and the auth revision
+    /// its permissions were judged at ([`Command::AsUser`]), so the apply
+    /// refuses it on every member alike if auth changed in between, or if
+    /// auth was enabled before it in the log although this member had not
+    /// applied that yet (then the user is empty). A member-internal
+    /// caller's write stays plain: it acts with root's rights.
+    pub(crate) fn as_caller(&self, md: &MetadataMap, cmd: Command) -> Result<Command, Status> {
+        let (user, auth_revision) = match self.caller(md)? {
+            Some(c) if c.internal => return Ok(cmd),
+            Some(c) => (c.user, c.state.revision),
+            None => (
+                String::new(),
+                self.node().store().auth_state().map_err(storage)?.revision,
+            ),
+        };
+        Ok(Command::AsUser {
+            user,
+            auth_revision,
+            cmd: Box::new(cmd),
+        })
+    }
+
     /// [`EtcdApi::check_admin`], returning the caller's user name (empty
     /// while auth is disabled: anyone may then change auth).
     pub(crate) fn admin_caller(&self, md: &MetadataMap) -> Result<String, Status> {
@@ -517,17 +552,22 @@ impl EtcdApi {
             .map_err(|e| Status::invalid_argument(format!("etcdserver: {e}")))
     }
 
+    /// bcrypt on the member's verification threads, interleaved in pairs.
     async fn verify_password(&self, password: String, hash: String) -> Result<bool, Status> {
         let _permit = self
             .auth_rt()
-            .hashing
+            .verifying
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
-        tokio::task::spawn_blocking(move || auth::password::verify(&password, &hash))
-            .await
-            .map_err(|e| Status::internal(format!("etcdserver: hashing: {e}")))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.auth_rt().verifier.submit(password, hash, move |ok| {
+            // The request may have been dropped meanwhile: nobody to tell.
+            let _ = tx.send(ok);
+        });
+        rx.await
+            .map_err(|_| Status::internal("etcdserver: password verification thread failed"))
     }
 
     /// Authenticate: check the password, issue a token. Shared with the
@@ -536,35 +576,56 @@ impl EtcdApi {
     /// hash is proposed with the auth revision the password was checked at,
     /// and the apply refuses it if auth changed since (then the password is
     /// checked again, at most [`AUTHENTICATE_ATTEMPTS`] times).
+    ///
+    /// That apply-time check is also why a simple-token login needs no read
+    /// barrier before a password that matches: if this member's state is
+    /// behind (a password change or user deletion not applied here yet),
+    /// the entry is refused as stale and the retry checks again after a
+    /// barrier. Only a refusal (unknown user, wrong password, auth off) is
+    /// confirmed with a barrier first, so a lagging member never refuses a
+    /// valid login. This saves a ReadIndex round per login. A JWT has no
+    /// entry to refuse it, so its login always takes the barrier first.
     pub(crate) async fn do_authenticate(
         &self,
         name: String,
         password: String,
     ) -> Result<AuthenticateResponse, Status> {
         let stale = AuthError::AuthOldRevision.to_string();
+        let tokens = &self.auth_rt().tokens;
+        // Whether this member's state is known to be current: after a barrier.
+        let mut confirmed = !tokens.is_simple();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.barrier(false).await?;
-            let state = self.node().store().auth_state().map_err(storage)?;
-            if !state.enabled {
-                return Err(auth_status(AuthError::AuthNotEnabled));
+            if confirmed {
+                self.barrier(false).await?;
             }
-            let tokens = &self.auth_rt().tokens;
-            if !tokens.can_issue() {
+            let state = self.node().store().auth_state().map_err(storage)?;
+            let refusal = if !state.enabled {
+                Some(AuthError::AuthNotEnabled)
+            } else if !tokens.can_issue() {
                 return Err(Status::failed_precondition(
                     "etcdserver: this member verifies JWTs but cannot issue them (no priv-key in --auth-token): authenticate on a member that has it",
                 ));
-            }
-            let Some(user) = state.users.get(&name) else {
-                return Err(auth_status(AuthError::AuthFailed));
+            } else {
+                match state.users.get(&name) {
+                    Some(user)
+                        if !user.no_password
+                            && self
+                                .verify_password(password.clone(), user.password_hash.clone())
+                                .await? =>
+                    {
+                        None
+                    }
+                    _ => Some(AuthError::AuthFailed),
+                }
             };
-            if user.no_password
-                || !self
-                    .verify_password(password.clone(), user.password_hash.clone())
-                    .await?
-            {
-                return Err(auth_status(AuthError::AuthFailed));
+            if let Some(refusal) = refusal {
+                if confirmed {
+                    return Err(auth_status(refusal));
+                }
+                confirmed = true;
+                continue;
             }
             let Some((token, token_hash)) = tokens.generate_simple() else {
                 let token = tokens.sign(&name, state.revision).map_err(auth_status)?;
@@ -592,7 +653,12 @@ impl EtcdApi {
                         "etcdserver: unexpected apply result for Authenticate",
                     ))
                 }
-                Err(e) if e.message() == stale && attempt < AUTHENTICATE_ATTEMPTS => continue,
+                // Auth changed since the check: check again on a state that
+                // includes the change (after a barrier).
+                Err(e) if e.message() == stale && attempt < AUTHENTICATE_ATTEMPTS => {
+                    confirmed = true;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }

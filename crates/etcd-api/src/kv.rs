@@ -87,11 +87,12 @@ impl PbKvService for EtcdApi {
         if r.prev_kv {
             self.check_range(request.metadata(), &r.key, &[], PermKind::Read)?;
         }
-        let req = request.into_inner();
+        let req = request.get_ref();
         self.check_size(req.encoded_len())?;
-        mvcc::validate_put(&req).map_err(|e| e.to_status())?;
+        mvcc::validate_put(req).map_err(|e| e.to_status())?;
         self.check_quota().await?;
-        match self.propose(Command::put(&req)).await? {
+        let cmd = self.as_caller(request.metadata(), Command::put(req))?;
+        match self.propose(cmd).await? {
             ApplyResponse::Put(mut r) => {
                 let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
                 r.header = Some(self.header(rev));
@@ -110,10 +111,11 @@ impl PbKvService for EtcdApi {
         if r.prev_kv {
             self.check_range(request.metadata(), &r.key, &r.range_end, PermKind::Read)?;
         }
-        let req = request.into_inner();
+        let req = request.get_ref();
         self.check_size(req.encoded_len())?;
-        mvcc::validate_delete_range(&req).map_err(|e| e.to_status())?;
-        match self.propose(Command::delete_range(&req)).await? {
+        mvcc::validate_delete_range(req).map_err(|e| e.to_status())?;
+        let cmd = self.as_caller(request.metadata(), Command::delete_range(req))?;
+        match self.propose(cmd).await? {
             ApplyResponse::DeleteRange(mut r) => {
                 let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
                 r.header = Some(self.header(rev));
@@ -125,13 +127,14 @@ impl PbKvService for EtcdApi {
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         self.check_txn(request.metadata(), request.get_ref())?;
-        let req = request.into_inner();
+        let req = request.get_ref();
         self.check_size(req.encoded_len())?;
-        mvcc::validate_txn(&req, self.limits().max_txn_ops).map_err(|e| e.to_status())?;
-        if txn_has_put(&req) {
+        mvcc::validate_txn(req, self.limits().max_txn_ops).map_err(|e| e.to_status())?;
+        if txn_has_put(req) {
             self.check_quota().await?;
         }
-        match self.propose(Command::txn(&req)).await? {
+        let cmd = self.as_caller(request.metadata(), Command::txn(req))?;
+        match self.propose(cmd).await? {
             ApplyResponse::Txn(mut r) => {
                 let rev = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
                 r.header = Some(self.header(rev));

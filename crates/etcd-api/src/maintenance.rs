@@ -15,8 +15,8 @@
 //! The member's mvcc snapshot stream (one read transaction) is converted as it is
 //! produced into a temporary database file in the member's data dir, which is then
 //! streamed in `snapshot_chunk_bytes` messages and removed — memory stays bounded
-//! whatever the store's size. Phalanx's own backups take the same stream and convert
-//! it back (`backup::snapstream`), so there is one snapshot format on the wire.
+//! whatever the store's size. Phalanx's own backups ask for the mvcc stream itself
+//! with gRPC metadata (`etcd_snapshot::mvcc_wire`): no bbolt file is built for them.
 
 use crate::status::ToStatus;
 use std::pin::Pin;
@@ -221,6 +221,13 @@ impl PbMaintenanceService for EtcdApi {
         let node = self.node();
         node.check_serving().map_err(crate::node_status)?;
         let store = node.store().clone();
+        if _request
+            .metadata()
+            .get(etcd_snapshot::MVCC_FORMAT_METADATA_KEY)
+            .is_some_and(|v| v == etcd_snapshot::MVCC_FORMAT_METADATA_VALUE)
+        {
+            return Ok(Response::new(self.mvcc_snapshot(store)));
+        }
         let settings = etcd_snapshot::ExportSettings {
             members: node
                 .members()
@@ -301,6 +308,89 @@ impl PbMaintenanceService for EtcdApi {
         Err(Status::unimplemented(
             "etcdserver: downgrade is not supported by phalanx",
         ))
+    }
+}
+
+impl crate::EtcdApi {
+    /// Phalanx's backups' variant of Snapshot (`etcd_snapshot::mvcc_wire`): the store's
+    /// mvcc snapshot stream, sent as it is produced from one read transaction, then
+    /// etcd's trailer. Memory: `SNAPSHOT_SEND_QUEUE_MESSAGES` messages of
+    /// `snapshot_chunk_bytes`. The size is not known in advance, so `remaining_bytes`
+    /// is 0 in every message (only the backup side asks for this format; it ignores it).
+    fn mvcc_snapshot(&self, store: std::sync::Arc<mvcc::Store>) -> SnapshotStream {
+        let chunk = self.limits().snapshot_chunk_bytes.max(1);
+        let header = self.current_header();
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_SEND_QUEUE_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            let mut w = MessageWriter {
+                tx: &tx,
+                header,
+                buf: Vec::with_capacity(chunk),
+                chunk,
+                trailer: etcd_snapshot::TrailerWriter::new(),
+            };
+            let r = store
+                .write_snapshot(&mut w)
+                .map_err(|e| e.to_string())
+                .and_then(|_| w.finish().map_err(|e| e.to_string()));
+            match r {
+                Ok(bytes) => tracing::info!("snapshot: mvcc stream of {bytes} bytes sent"),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!(
+                        "etcdserver: snapshot failed: {e}"
+                    ))));
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+/// Cuts what it is given into Snapshot messages of `chunk` bytes; an error once the
+/// client has gone away (which stops the store's reader).
+struct MessageWriter<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<Result<PbSnapshotResponse, Status>>,
+    header: etcd_client::proto::PbResponseHeader,
+    buf: Vec<u8>,
+    chunk: usize,
+    trailer: etcd_snapshot::TrailerWriter,
+}
+
+impl MessageWriter<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+        self.tx
+            .blocking_send(Ok(PbSnapshotResponse {
+                header: Some(self.header),
+                remaining_bytes: 0,
+                blob,
+                version: REPORTED_VERSION.into(),
+            }))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+
+    /// Send what is buffered and the trailer; the mvcc stream's length.
+    fn finish(mut self) -> std::io::Result<u64> {
+        let n = self.trailer.payload_bytes();
+        let t = std::mem::take(&mut self.trailer).finish();
+        self.buf.extend_from_slice(&t);
+        self.send()?;
+        Ok(n)
+    }
+}
+
+impl Write for MessageWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len().min(self.chunk - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        self.trailer.update(&b[..n]);
+        if self.buf.len() == self.chunk {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -27,11 +27,14 @@
 //! * [`write_etcd_db`] — the other way: an mvcc snapshot stream in, an etcd database out
 //!   ([`ExportSettings`] carries the members, cluster version and consistent index;
 //!   [`ExportSummary`] reports what was written).
+//! * [`mvcc_wire`] — the Maintenance.Snapshot variant Phalanx's backups ask for with
+//!   gRPC metadata: the mvcc stream itself plus etcd's trailer ([`TrailerWriter`]).
 //! * [`SnapshotError`] — every failure, naming the file and the page, bucket or record.
 
 pub mod bbolt;
 mod convert;
 mod error;
+pub mod mvcc_wire;
 pub mod schema;
 pub mod writer;
 
@@ -40,6 +43,7 @@ pub use convert::{
     MAX_STREAM_PART_BYTES, MVCC_MAGIC, MVCC_VERSION, SHA256_BYTES, TRAILER_ALIGN_BYTES,
 };
 pub use error::SnapshotError;
+pub use mvcc_wire::{TrailerWriter, MVCC_FORMAT_METADATA_KEY, MVCC_FORMAT_METADATA_VALUE};
 
 /// Whether `head` (the first bytes of a file or stream) starts a bbolt database: page 0
 /// is a meta page whose meta starts with bbolt's magic.

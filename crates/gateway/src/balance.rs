@@ -160,8 +160,38 @@ impl PickCtx<'_> {
     }
 }
 
+/// Which half of a zone-aware split a pick came from (metric
+/// `gateway_zone_requests_total{pool,locality}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locality {
+    /// The pool's local zone.
+    Local,
+    /// Any other zone (or an endpoint without a zone).
+    Remote,
+}
+
+impl Locality {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Locality::Local => "local",
+            Locality::Remote => "remote",
+        }
+    }
+}
+
 /// Pick an endpoint of `set`, never one in `ctx.exclude`.
 pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc<Endpoint>> {
+    pick_locality(set, cfg, ctx).map(|(e, _)| e)
+}
+
+/// [`pick`], also telling which zone half the endpoint came from (None: the
+/// set has no zone-aware split).
+pub(crate) fn pick_locality(
+    set: &Set,
+    cfg: &PoolConfig,
+    ctx: &PickCtx<'_>,
+) -> Option<(Arc<Endpoint>, Option<Locality>)> {
     if let Some(z) = &set.zones {
         let draw = if cfg.algorithm == Algorithm::ConsistentHash {
             // A key keeps its zone as long as the share does not change.
@@ -169,13 +199,20 @@ pub(crate) fn pick(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc
         } else {
             rand::thread_rng().gen::<f64>()
         };
-        let (first, second) = if draw < z.local_share {
-            (&z.local, &z.remote)
+        let ((first, fl), (second, sl)) = if draw < z.local_share {
+            ((&z.local, Locality::Local), (&z.remote, Locality::Remote))
         } else {
-            (&z.remote, &z.local)
+            ((&z.remote, Locality::Remote), (&z.local, Locality::Local))
         };
-        return pick(first, cfg, ctx).or_else(|| pick(second, cfg, ctx));
+        return pick(first, cfg, ctx)
+            .map(|e| (e, Some(fl)))
+            .or_else(|| pick(second, cfg, ctx).map(|e| (e, Some(sl))));
     }
+    pick_plain(set, cfg, ctx).map(|e| (e, None))
+}
+
+/// One pick inside a set, zones aside.
+fn pick_plain(set: &Set, cfg: &PoolConfig, ctx: &PickCtx<'_>) -> Option<Arc<Endpoint>> {
     let n = set.eps.len();
     if n == 0 {
         return None;

@@ -858,6 +858,13 @@ pub struct UpstreamTlsConfig {
     pub server_name: Option<String>,
 }
 
+/// Default of `max_idle_connections_per_endpoint`: high enough that a
+/// pool serving a few hundred concurrent requests keeps its upstream
+/// connections between requests instead of closing and reopening the
+/// excess on every response (each idle connection costs one socket and its
+/// read buffer; only connections that were needed are ever kept).
+pub const DEFAULT_MAX_IDLE_CONNECTIONS_PER_ENDPOINT: usize = 512;
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
@@ -871,7 +878,7 @@ impl Default for PoolConfig {
             protocol: UpstreamProtocol::Http1,
             connect_timeout_ms: 1_000,
             idle_connection_timeout_ms: 90_000,
-            max_idle_connections_per_endpoint: 64,
+            max_idle_connections_per_endpoint: DEFAULT_MAX_IDLE_CONNECTIONS_PER_ENDPOINT,
             panic_threshold_percent: 50,
             slow_start_ms: 0,
             max_concurrent_requests: 10_000,

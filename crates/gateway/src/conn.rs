@@ -150,7 +150,7 @@ impl Conn {
     }
 
     /// Bytes were read from the client.
-    fn on_read(self: &Arc<Self>, data: &[u8]) {
+    pub(crate) fn on_read(self: &Arc<Self>, data: &[u8]) {
         let hint = self.phase_hint.load(Ordering::Acquire);
         if hint != Phase::New as u8 && hint != Phase::Idle as u8 {
             return;

@@ -75,6 +75,8 @@ pub struct Endpoint {
     /// Bumped on every availability change of any endpoint of the pool.
     pub(crate) epoch: Arc<AtomicU64>,
     pub(crate) metrics: EndpointMetrics,
+    /// Idle keep-alive connections of the upstream fast path.
+    pub(crate) idle: crate::upstream_h1::IdleConns,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -130,6 +132,7 @@ impl Endpoint {
             ewma: Mutex::new((0.0, 0)),
             epoch,
             metrics: em,
+            idle: Default::default(),
         })
     }
 
@@ -176,6 +179,7 @@ impl Endpoint {
 
     pub(crate) fn mark_removed(&self) {
         self.removed.store(true, Ordering::Relaxed);
+        self.idle.clear();
         self.bump();
     }
 

@@ -10,6 +10,14 @@
 //!   reconfiguration without dropping connections), `shutdown` (graceful
 //!   drain), `metrics_text`, `pools_json`.
 //! * [`sample_backend`] — a tiny HTTP server answering with its name.
+//! * [`h1`] — the HTTP/1.1 codec of the fast path (request and response
+//!   heads with `httparse`, body framing, request smuggling defences).
+//!
+//! HTTP/1.1 on plaintext listeners and towards plaintext `http1` pools takes
+//! a purpose-built fast path (`server_h1`, `upstream_h1`: no hyper state
+//! machines, no task or channel per request); TLS, h2/h2c, Upgrade and
+//! CONNECT use hyper (docs/gateway.md "HTTP/1.1 fast path" lists which
+//! requests take which path). Both run the same proxy layers.
 //!
 //! The gateway knows nothing of the replicated store: the `gateway-store`
 //! crate runs it from a configuration document kept there.
@@ -48,6 +56,7 @@ pub mod config;
 mod conn;
 pub mod endpoint;
 mod gateway;
+pub mod h1;
 pub mod health;
 pub mod layers;
 pub mod listener;
@@ -56,8 +65,10 @@ pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod sample_backend;
+mod server_h1;
 pub mod tls;
 mod upstream;
+mod upstream_h1;
 
 pub use config::{Algorithm, Config, ConfigError};
 pub use gateway::{Gateway, GatewayHandle};

@@ -234,10 +234,18 @@ async fn accept_loop(
             };
             let work = async {
                 match lcfg.protocol {
+                    // Plaintext: the HTTP/1.1 fast path, which hands h2c,
+                    // Upgrade and CONNECT connections to hyper's server.
                     ListenerProtocol::Http => {
-                        let io = TrackedIo::new(stream, conn.clone());
-                        serve_http(io, &lcfg, ConnCtx { peer, tls: false }, &conn, &sc2, stop2)
-                            .await
+                        crate::server_h1::serve(
+                            stream,
+                            &lcfg,
+                            ConnCtx { peer, tls: false },
+                            &conn,
+                            &sc2,
+                            stop2,
+                        )
+                        .await
                     }
                     ListenerProtocol::Https => {
                         let acc = tls2.expect("tls acceptor");
@@ -281,7 +289,7 @@ fn closes(
         .clone()
 }
 
-async fn serve_http<I>(
+pub(crate) async fn serve_http<I>(
     io: I,
     lcfg: &ListenerConfig,
     ctx: ConnCtx,

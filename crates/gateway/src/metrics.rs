@@ -73,6 +73,15 @@ pub struct ListenerReasonLabels {
     pub reason: String,
 }
 
+/// Labels of zone-aware routing decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabels {
+    /// Pool name.
+    pub pool: String,
+    /// `local` (the pool's local zone) or `remote`.
+    pub locality: String,
+}
+
 /// Labels of requests refused by load shedding.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShedLabels {
@@ -148,6 +157,9 @@ pub struct Metrics {
     pub hedges: Family<PoolClassLabels, Counter>,
     /// Responses answered by a backup pool instead of the primary.
     pub fallback_responses: Family<FallbackLabels, Counter>,
+    /// Endpoint selections (tries, hedges, TCP connections) of pools with
+    /// zone-aware routing in force, by the zone half picked.
+    pub zone_requests: Family<ZoneLabels, Counter>,
     /// Endpoints of a pool (set when metrics are read).
     pub pool_endpoints: Family<PoolLabels, Gauge>,
     /// Available endpoints of a pool: healthy, not ejected (set when metrics are read).
@@ -191,6 +203,7 @@ impl Metrics {
             cache_entries: Family::default(),
             hedges: Family::default(),
             fallback_responses: Family::default(),
+            zone_requests: Family::default(),
             pool_endpoints: Family::default(),
             pool_available_endpoints: Family::default(),
             pool_available: Family::default(),
@@ -313,6 +326,11 @@ impl Metrics {
             "fallback_responses",
             "Responses answered by a backup pool instead of the primary",
             m.fallback_responses.clone(),
+        );
+        r.register(
+            "zone_requests",
+            "Endpoint selections of zone-aware pools by locality (local or remote zone)",
+            m.zone_requests.clone(),
         );
         r.register(
             "pool_endpoints",

@@ -299,7 +299,16 @@ fn select_turn(
             && snap.healthy.eps.len() * 100
                 < cfg.panic_threshold_percent as usize * snap.all.eps.len();
         let set = if panic { &snap.all } else { &snap.healthy };
-        if let Some(e) = balance::pick(set, &cfg, &ctx) {
+        if let Some((e, locality)) = balance::pick_locality(set, &cfg, &ctx) {
+            if let Some(l) = locality {
+                pool.metrics
+                    .zone_requests
+                    .get_or_create(&crate::metrics::ZoneLabels {
+                        pool: pool.name.clone(),
+                        locality: l.label().to_string(),
+                    })
+                    .inc();
+            }
             return Some(Selected {
                 endpoint: e,
                 pool: pool.clone(),

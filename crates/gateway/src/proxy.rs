@@ -41,7 +41,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 
 use crate::balance::hash64;
@@ -58,6 +58,7 @@ use crate::layers::timeout;
 use crate::metrics::{class_of, Metrics, PoolClassLabels};
 use crate::pool::{select, select_hedge, BoxError, ProxyBody};
 use crate::router::Runtime;
+use crate::upstream_h1::{self, UpstreamBody};
 
 /// State shared by all listeners of a gateway.
 pub(crate) struct Shared {
@@ -246,7 +247,7 @@ impl ReqBody {
 /// Response body that holds the pool slot and the endpoint in-flight count
 /// until it is fully sent.
 struct Guarded {
-    inner: Incoming,
+    inner: UpstreamBody,
     _permit: Option<Permit>,
     _inflight: Option<InFlight>,
 }
@@ -259,7 +260,7 @@ impl Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
             this._inflight = None;
             this._permit = None;
@@ -353,11 +354,15 @@ where
 }
 
 /// Handle one client request (never fails; errors become responses).
-pub(crate) async fn handle(
+pub(crate) async fn handle<B>(
     shared: Arc<Shared>,
     ctx: ConnCtx,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+    req: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let rt = shared.runtime();
     let host = request_host(&req);
@@ -374,13 +379,11 @@ pub(crate) async fn handle(
     // future keeps that move cheap (the proxy state machine is large).
     let resp = Box::pin(proxy(&shared, &rt, ctx, req, &host, &mut info)).await;
     let status = resp.status().as_u16();
-    if let Some(pool) = &info.pool {
-        if let Some(p) = rt.pools.get(pool) {
-            let idx = (status / 100).clamp(1, 5) as usize - 1;
-            p.pm.downstream[idx].inc();
-            p.pm.downstream_latency
-                .observe(started.elapsed().as_secs_f64());
-        }
+    if let Some(p) = &info.pool {
+        let idx = (status / 100).clamp(1, 5) as usize - 1;
+        p.pm.downstream[idx].inc();
+        p.pm.downstream_latency
+            .observe(started.elapsed().as_secs_f64());
     }
     if let Some((method, path, version)) = logged {
         let line = serde_json::json!({
@@ -391,8 +394,8 @@ pub(crate) async fn handle(
             "path": path,
             "version": format!("{version:?}"),
             "status": status,
-            "pool": info.pool,
-            "endpoint": info.endpoint,
+            "pool": info.pool.as_ref().map(|p| p.name.as_str()),
+            "endpoint": info.endpoint.map(|e| e.to_string()),
             "tries": info.tries,
             "upstream_error": info.upstream_error,
             "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
@@ -405,8 +408,9 @@ pub(crate) async fn handle(
 
 #[derive(Default)]
 struct LogInfo {
-    pool: Option<String>,
-    endpoint: Option<String>,
+    /// The route's primary pool (its downstream metrics count the answer).
+    pool: Option<Arc<crate::pool::Pool>>,
+    endpoint: Option<SocketAddr>,
     tries: u32,
     /// Why the last failed try failed (`timeout`, `invalid status line`, ...);
     /// None when the response came from an upstream.
@@ -491,7 +495,7 @@ where
     let Some(route) = rt.route(host, req.uri().path()) else {
         return local_response(StatusCode::NOT_FOUND, "no route", None);
     };
-    info.pool = Some(route.tiers[0].name.clone());
+    info.pool = Some(route.tiers[0].clone());
     // The cache layer (layers::cache) wraps everything below it: a fresh or
     // revalidating entry answers at once, and a failed answer (also the
     // gateway's own 503/504) may be replaced by a stale entry.
@@ -720,7 +724,7 @@ where
             reason,
             ..
         } = tr;
-        info.endpoint = Some(sel.endpoint.addr.to_string());
+        info.endpoint = Some(sel.endpoint.addr);
         if Arc::ptr_eq(&sel.pool, &primary) {
             primary_ok = Some(outcome == TryOutcome::Success);
         }
@@ -789,10 +793,19 @@ where
     result
 }
 
+/// Why a try produced no response, from either client.
+struct TryError {
+    /// The endpoint was never reached.
+    connect: bool,
+    /// Access-log `upstream_error`.
+    reason: &'static str,
+    detail: String,
+}
+
 /// The result of one try.
 struct TryResult {
     outcome: TryOutcome,
-    resp: Option<Response<Incoming>>,
+    resp: Option<Response<UpstreamBody>>,
     /// Why it failed (access log `upstream_error`), when no response came.
     reason: Option<&'static str>,
     /// Time to the response head (or the failure).
@@ -852,14 +865,14 @@ impl Race<'_> {
             &self.route.latency,
         )));
         enum Event {
-            Done(usize, TryResult),
+            Done(usize, Box<TryResult>),
             Delay,
         }
         loop {
             let ev = std::future::poll_fn(|cx| {
                 for (i, r) in racers.iter_mut().enumerate() {
                     if let Poll::Ready(tr) = r.2.as_mut().poll(cx) {
-                        return Poll::Ready(Event::Done(i, tr));
+                        return Poll::Ready(Event::Done(i, Box::new(tr)));
                     }
                 }
                 if state.timer_armed() && timer.as_mut().poll(cx).is_ready() {
@@ -915,9 +928,9 @@ impl Race<'_> {
                             if is_hedge {
                                 metrics.hedges.get_or_create(&labels("won")).inc();
                             }
-                            return (sel, inflight, tr);
+                            return (sel, inflight, *tr);
                         }
-                        Step::Lost => return (sel, inflight, tr),
+                        Step::Lost => return (sel, inflight, *tr),
                         Step::Wait | Step::Hedge => {}
                     }
                 }
@@ -1194,9 +1207,33 @@ async fn try_once(
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::H2c => Version::HTTP_2,
     };
-    let client = sel.pool.client();
     let t0 = Instant::now();
-    let res = timeout::with_timeout(try_t, client.request(up)).await;
+    // Plain HTTP/1.1 tries take the fast path (upstream_h1); h2c, TLS,
+    // upgrades and large or streamed bodies take hyper's client.
+    let res = if upstream_h1::eligible(&spcfg, &up) {
+        timeout::with_timeout(try_t, upstream_h1::send(ep, &spcfg, up))
+            .await
+            .map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::Fast))
+                    .map_err(|e| TryError {
+                        connect: e.is_connect(),
+                        reason: e.reason(),
+                        detail: e.to_string(),
+                    })
+            })
+    } else {
+        let client = sel.pool.client();
+        timeout::with_timeout(try_t, client.request(up))
+            .await
+            .map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::Hyper))
+                    .map_err(|e| TryError {
+                        connect: e.is_connect(),
+                        reason: upstream_error_reason(&e),
+                        detail: e.to_string(),
+                    })
+            })
+    };
     let elapsed = t0.elapsed();
     let (outcome, resp, reason) = match res {
         Ok(Ok(resp)) => {
@@ -1214,12 +1251,12 @@ async fn try_once(
             (outcome, Some(resp), None)
         }
         Ok(Err(e)) => {
-            let reason = Some(upstream_error_reason(&e));
-            if e.is_connect() {
+            let reason = Some(e.reason);
+            if e.connect {
                 ep.record_outcome("connect_error");
                 (TryOutcome::ConnectFailure, None, reason)
             } else {
-                tracing::debug!(endpoint = %ep.addr, error = %e, "upstream error");
+                tracing::debug!(endpoint = %ep.addr, error = %e.detail, "upstream error");
                 ep.record_outcome("reset");
                 (TryOutcome::Reset, None, reason)
             }
@@ -1249,7 +1286,7 @@ async fn try_once(
 /// spliced both ways on a task holding `guard`; any other response streams
 /// its body with `guard` released when the body ends.
 fn relay_response(
-    mut r: Response<Incoming>,
+    mut r: Response<UpstreamBody>,
     upgrade: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     guard: (InFlight, Permit),
@@ -1283,11 +1320,11 @@ fn relay_response(
     Response::from_parts(p, body.boxed_unsync())
 }
 
-fn finish_plain(r: Response<Incoming>) -> Response<ProxyBody> {
+fn finish_plain(r: Response<UpstreamBody>) -> Response<ProxyBody> {
     let (mut p, b) = r.into_parts();
     strip_hop_by_hop(&mut p.headers, false);
     append_via(&mut p.headers, p.version);
-    Response::from_parts(p, b.map_err(Into::into).boxed_unsync())
+    Response::from_parts(p, b.boxed_unsync())
 }
 
 fn reject_metric(m: &Metrics, pool: &str, reason: &str) {

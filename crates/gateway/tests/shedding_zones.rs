@@ -438,6 +438,17 @@ retry = {{ max_retries = 3 }}
     let (a, b) = zone_counts(&w);
     println!("zone a healthy: a {a}, b {b} ({w:?})");
     assert_eq!(b, 0, "traffic left a healthy local zone: {w:?}");
+    // The zone counter saw the same: every selection local.
+    let zone_metric = |gw: &GatewayHandle, locality: &str| {
+        metric_sum(
+            &gw.metrics_text(),
+            "gateway_zone_requests_total",
+            &["pool=\"p\"", &format!("locality=\"{locality}\"")],
+        )
+    };
+    let (local0, remote0) = (zone_metric(&gw, "local"), zone_metric(&gw, "remote"));
+    assert!(local0 >= a as f64, "local selections {local0} < {a}");
+    assert_eq!(remote0, 0.0, "remote selections while zone a was healthy");
 
     // 2. One of the two local endpoints dies: 50 % of zone a is available,
     //    below 70 %, so 0.5 / 0.7 ≈ 71 % stays local and the rest spills to b.
@@ -452,6 +463,12 @@ retry = {{ max_retries = 3 }}
         local * 100.0
     );
     assert!((0.6..=0.83).contains(&local), "local share {local}: {w:?}");
+    // Spilled requests are counted as remote selections.
+    let remote1 = zone_metric(&gw, "remote");
+    assert!(
+        remote1 - remote0 >= b as f64,
+        "remote selections {remote1} - {remote0} < {b} requests answered by zone b"
+    );
 
     // 3. The whole local zone dies: everything moves to zone b.
     bs[1].kill().await;

@@ -54,7 +54,10 @@
 //! `PHXMVCC\0`, u32 format version, tagged length-prefixed records, an end marker, and a
 //! trailing CRC32 over everything before it. [`Store::install_snapshot`] spools the stream
 //! to a temporary file next to the database, verifies the checksum, and only then replaces
-//! all state in one durable write transaction.
+//! all state in one durable write transaction. [`Store::load_snapshot`] skips the spool,
+//! for stores nothing else writes to (restores, scratch stores): it writes the records
+//! into one write transaction as they arrive and commits only once the CRC32 and record
+//! count check out (durably, or without fsync for a scratch store: [`LoadDurability`]).
 
 mod codec;
 mod error;
@@ -64,7 +67,7 @@ mod store;
 mod validate;
 
 pub use error::{EtcdError, MvccError};
-pub use snapshot::StateAt;
+pub use snapshot::{LoadDurability, StateAt};
 pub use store::{
     DbSize, DefragReport, LeaseInfo, ReclaimPolicy, Store, DEFRAG_WAIT_FOR_READERS_MS,
 };
@@ -153,6 +156,20 @@ pub enum Command {
     /// enabled). Appended after `Batch` so every earlier entry still decodes.
     /// Does not change the key-value revision (as in etcd).
     Auth(auth::AuthCommand),
+    /// A client's `Put`, `DeleteRange` or `Txn` with who sent it: the user
+    /// (empty: the proposing member saw auth disabled, or no user) and the
+    /// auth revision its permissions were judged at. Applied only if auth
+    /// is disabled at this point of the log, or the user is permitted now
+    /// and `auth_revision` is not older than the applied auth state (etcd's
+    /// `Header.Username`/`AuthRevision` and its apply-time permission
+    /// check); else an etcd error, identically on every member. Appended
+    /// last so every earlier entry still decodes; never nested, never
+    /// wraps a batch (either is fatal, as a nested batch is).
+    AsUser {
+        user: String,
+        auth_revision: u64,
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -170,6 +187,7 @@ impl Command {
         match self {
             Command::Put(b) | Command::DeleteRange(b) | Command::Txn(b) => b.len() + 8,
             Command::Batch(cmds) => cmds.iter().map(Command::approx_len).sum::<usize>() + 8,
+            Command::AsUser { user, cmd, .. } => cmd.approx_len() + user.len() + 16,
             _ => 32,
         }
     }

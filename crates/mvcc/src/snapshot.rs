@@ -335,159 +335,17 @@ impl Store {
             Box::new(File::open(&tmp_path).map_err(io("open snapshot spool file"))?)
         };
         let mut rd = BufReader::with_capacity(1 << 16, spool).take(body_len);
-        let bad = |m: &str| MvccError::Snapshot(m.to_string());
-        let mut hdr = [0u8; 12];
-        rd.read_exact(&mut hdr)
-            .map_err(|_| bad("truncated header"))?;
-        if &hdr[..8] != MAGIC {
-            return Err(bad("bad magic (not a Phalanx mvcc snapshot)"));
-        }
-        let ver = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes"));
-        if ver != SNAP_VERSION {
-            return Err(MvccError::Snapshot(format!(
-                "unsupported snapshot version {ver}"
-            )));
-        }
-
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = self.db.begin_write().map_err(db("begin write"))?;
         txn.set_durability(Durability::Immediate)
             .map_err(db("set durability"))?;
-        txn.delete_table(META).map_err(db("clear meta"))?;
-        txn.delete_table(REV).map_err(db("clear rev"))?;
-        txn.delete_table(crate::codec::REV_CHUNK)
-            .map_err(db("clear rev_chunk"))?;
-        txn.delete_table(KEY_INDEX).map_err(db("clear key_index"))?;
-        txn.delete_table(KEY_REV).map_err(db("clear key_rev"))?;
-        txn.delete_table(LEASE).map_err(db("clear lease"))?;
-        txn.delete_table(LEASE_KEY).map_err(db("clear lease_key"))?;
-        let (mut rev, mut compact, mut max_main) = (None, None, i64::MIN);
-        {
-            let mut meta = txn.open_table(META).map_err(db("open meta"))?;
-            let mut revt = txn.open_table(REV).map_err(db("open rev"))?;
-            let mut rev_chunk = txn
-                .open_table(crate::codec::REV_CHUNK)
-                .map_err(db("open rev_chunk"))?;
-            let mut index = txn.open_table(KEY_INDEX).map_err(db("open key_index"))?;
-            let mut key_rev = txn.open_table(KEY_REV).map_err(db("open key_rev"))?;
-            let mut lease = txn.open_table(LEASE).map_err(db("open lease"))?;
-            let mut lease_key = txn.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
-            let mut fmt = FORMAT_MAGIC.to_vec();
-            fmt.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-            meta.insert(
-                META_FORMAT,
-                seal(&[META_FORMAT.as_bytes()], &fmt).as_slice(),
-            )
-            .map_err(db("write meta"))?;
-            let mut count: u64 = 0;
-            let (mut k, mut v) = (Vec::new(), Vec::new());
-            let split_rev = |b: &[u8]| -> Result<(i64, i64), MvccError> {
-                if b.len() != 16 {
-                    return Err(bad("bad revision key"));
-                }
-                Ok((
-                    i64::from_be_bytes(b[..8].try_into().expect("8")),
-                    i64::from_be_bytes(b[8..].try_into().expect("8")),
-                ))
-            };
-            loop {
-                let mut tag = [0u8; 1];
-                rd.read_exact(&mut tag)
-                    .map_err(|_| bad("truncated record"))?;
-                if tag[0] == T_END {
-                    let mut n = [0u8; 8];
-                    rd.read_exact(&mut n)
-                        .map_err(|_| bad("truncated trailer"))?;
-                    if u64::from_le_bytes(n) != count {
-                        return Err(bad("record count mismatch"));
-                    }
-                    let mut rest = [0u8; 1];
-                    if rd.read(&mut rest).map_err(io("read spool"))? != 0 {
-                        return Err(bad("trailing bytes after end marker"));
-                    }
-                    break;
-                }
-                read_chunk(&mut rd, &mut k).map_err(|_| bad("truncated record key"))?;
-                read_chunk(&mut rd, &mut v).map_err(|_| bad("truncated record value"))?;
-                count += 1;
-                match tag[0] {
-                    T_META => {
-                        let name = match k.as_slice() {
-                            b"rev" => META_REV,
-                            b"compact_rev" => META_COMPACT,
-                            b"applied_meta" => META_APPLIED,
-                            b"alarms" => crate::codec::META_ALARMS,
-                            b"auth" => crate::codec::META_AUTH,
-                            _ => return Err(bad("unknown meta entry")),
-                        };
-                        if name == META_REV || name == META_COMPACT {
-                            let x = i64::from_le_bytes(
-                                v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
-                            );
-                            if name == META_REV {
-                                rev = Some(x)
-                            } else {
-                                compact = Some(x)
-                            }
-                        }
-                        if name == crate::codec::META_AUTH {
-                            crate::store::decode_auth(Some(&v))
-                                .map_err(|_| bad("undecodable auth state"))?;
-                        }
-                        meta.insert(name, seal(&[name.as_bytes()], &v).as_slice())
-                            .map_err(db("write meta"))?;
-                    }
-                    T_REV => {
-                        let (m, s) = split_rev(&k)?;
-                        crate::codec::RevRecord::decode_payload(&v)?;
-                        max_main = max_main.max(m);
-                        crate::store::history::insert(&mut revt, &mut rev_chunk, m, s, &v)?;
-                    }
-                    T_INDEX => {
-                        crate::codec::IndexEntry::decode(&v)?;
-                        index
-                            .insert(k.as_slice(), seal(&[&k], &v).as_slice())
-                            .map_err(db("write key_index"))?;
-                    }
-                    T_KEY_REV => {
-                        if k.len() < 16 {
-                            return Err(bad("bad key_rev key"));
-                        }
-                        let (key, rb) = k.split_at(k.len() - 16);
-                        let (m, s) = split_rev(rb)?;
-                        key_rev
-                            .insert((key, m, s), seal(&[key, rb], &v).as_slice())
-                            .map_err(db("write key_rev"))?;
-                    }
-                    T_LEASE => {
-                        let id = i64::from_be_bytes(
-                            k.as_slice().try_into().map_err(|_| bad("bad lease id"))?,
-                        );
-                        lease
-                            .insert(id, seal(&[&k], &v).as_slice())
-                            .map_err(db("write lease"))?;
-                    }
-                    T_LEASE_KEY => {
-                        if k.len() < 8 {
-                            return Err(bad("bad lease_key key"));
-                        }
-                        let (idb, key) = k.split_at(8);
-                        let id = i64::from_be_bytes(idb.try_into().expect("8"));
-                        lease_key
-                            .insert((id, key), seal(&[idb, key], &v).as_slice())
-                            .map_err(db("write lease_key"))?;
-                    }
-                    t => return Err(MvccError::Snapshot(format!("unknown record tag {t}"))),
-                }
-            }
-        }
-        let (Some(rev), Some(compact)) = (rev, compact) else {
-            return Err(bad("missing revision counters"));
-        };
-        if rev < 1 || compact > rev || max_main > rev {
-            return Err(MvccError::Snapshot(format!(
-                "inconsistent counters: rev {rev}, compact {compact}, newest record {max_main}"
-            )));
+        // The CRC was verified above: lengths are what the writer wrote.
+        let (rev, compact) = load_records(&txn, &mut rd, usize::MAX)?;
+        let mut rest = [0u8; 1];
+        if rd.read(&mut rest).map_err(io("read spool"))? != 0 {
+            return Err(MvccError::Snapshot(
+                "trailing bytes after end marker".into(),
+            ));
         }
         txn.commit().map_err(db("commit snapshot"))?;
         self.rev.store(rev, Ordering::Release);
@@ -497,10 +355,279 @@ impl Store {
     }
 }
 
-fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// Parse a snapshot stream from its header to its end marker and record count
+/// (both checked), replacing every table of `txn` with its records. Returns the
+/// stream's (revision, compact revision). The caller checks what follows the count
+/// and commits. A record key or value longer than `max_part_bytes` is refused.
+fn load_records(
+    txn: &redb::WriteTransaction,
+    rd: &mut impl Read,
+    max_part_bytes: usize,
+) -> Result<(i64, i64), MvccError> {
+    let bad = |m: &str| MvccError::Snapshot(m.to_string());
+    let mut hdr = [0u8; 12];
+    rd.read_exact(&mut hdr)
+        .map_err(|e| short_read(e, "truncated header"))?;
+    if &hdr[..8] != MAGIC {
+        return Err(bad("bad magic (not a Phalanx mvcc snapshot)"));
+    }
+    let ver = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes"));
+    if ver != SNAP_VERSION {
+        return Err(MvccError::Snapshot(format!(
+            "unsupported snapshot version {ver}"
+        )));
+    }
+
+    txn.delete_table(META).map_err(db("clear meta"))?;
+    txn.delete_table(REV).map_err(db("clear rev"))?;
+    txn.delete_table(crate::codec::REV_CHUNK)
+        .map_err(db("clear rev_chunk"))?;
+    txn.delete_table(KEY_INDEX).map_err(db("clear key_index"))?;
+    txn.delete_table(KEY_REV).map_err(db("clear key_rev"))?;
+    txn.delete_table(LEASE).map_err(db("clear lease"))?;
+    txn.delete_table(LEASE_KEY).map_err(db("clear lease_key"))?;
+    let (mut rev, mut compact, mut max_main) = (None, None, i64::MIN);
+    {
+        let mut meta = txn.open_table(META).map_err(db("open meta"))?;
+        let mut revt = txn.open_table(REV).map_err(db("open rev"))?;
+        let mut rev_chunk = txn
+            .open_table(crate::codec::REV_CHUNK)
+            .map_err(db("open rev_chunk"))?;
+        let mut index = txn.open_table(KEY_INDEX).map_err(db("open key_index"))?;
+        let mut key_rev = txn.open_table(KEY_REV).map_err(db("open key_rev"))?;
+        let mut lease = txn.open_table(LEASE).map_err(db("open lease"))?;
+        let mut lease_key = txn.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
+        let mut fmt = FORMAT_MAGIC.to_vec();
+        fmt.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        meta.insert(
+            META_FORMAT,
+            seal(&[META_FORMAT.as_bytes()], &fmt).as_slice(),
+        )
+        .map_err(db("write meta"))?;
+        let mut count: u64 = 0;
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let split_rev = |b: &[u8]| -> Result<(i64, i64), MvccError> {
+            if b.len() != 16 {
+                return Err(bad("bad revision key"));
+            }
+            Ok((
+                i64::from_be_bytes(b[..8].try_into().expect("8")),
+                i64::from_be_bytes(b[8..].try_into().expect("8")),
+            ))
+        };
+        loop {
+            let mut tag = [0u8; 1];
+            rd.read_exact(&mut tag)
+                .map_err(|e| short_read(e, "truncated record"))?;
+            if tag[0] == T_END {
+                let mut n = [0u8; 8];
+                rd.read_exact(&mut n)
+                    .map_err(|e| short_read(e, "truncated trailer"))?;
+                if u64::from_le_bytes(n) != count {
+                    return Err(bad("record count mismatch"));
+                }
+                break;
+            }
+            read_chunk(rd, &mut k, max_part_bytes)
+                .map_err(|e| short_read(e, "truncated record key"))?;
+            read_chunk(rd, &mut v, max_part_bytes)
+                .map_err(|e| short_read(e, "truncated record value"))?;
+            count += 1;
+            match tag[0] {
+                T_META => {
+                    let name = match k.as_slice() {
+                        b"rev" => META_REV,
+                        b"compact_rev" => META_COMPACT,
+                        b"applied_meta" => META_APPLIED,
+                        b"alarms" => crate::codec::META_ALARMS,
+                        b"auth" => crate::codec::META_AUTH,
+                        _ => return Err(bad("unknown meta entry")),
+                    };
+                    if name == META_REV || name == META_COMPACT {
+                        let x = i64::from_le_bytes(
+                            v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
+                        );
+                        if name == META_REV {
+                            rev = Some(x)
+                        } else {
+                            compact = Some(x)
+                        }
+                    }
+                    if name == crate::codec::META_AUTH {
+                        crate::store::decode_auth(Some(&v))
+                            .map_err(|_| bad("undecodable auth state"))?;
+                    }
+                    meta.insert(name, seal(&[name.as_bytes()], &v).as_slice())
+                        .map_err(db("write meta"))?;
+                }
+                T_REV => {
+                    let (m, s) = split_rev(&k)?;
+                    crate::codec::RevRecord::decode_payload(&v)?;
+                    max_main = max_main.max(m);
+                    crate::store::history::insert(&mut revt, &mut rev_chunk, m, s, &v)?;
+                }
+                T_INDEX => {
+                    crate::codec::IndexEntry::decode(&v)?;
+                    index
+                        .insert(k.as_slice(), seal(&[&k], &v).as_slice())
+                        .map_err(db("write key_index"))?;
+                }
+                T_KEY_REV => {
+                    if k.len() < 16 {
+                        return Err(bad("bad key_rev key"));
+                    }
+                    let (key, rb) = k.split_at(k.len() - 16);
+                    let (m, s) = split_rev(rb)?;
+                    key_rev
+                        .insert((key, m, s), seal(&[key, rb], &v).as_slice())
+                        .map_err(db("write key_rev"))?;
+                }
+                T_LEASE => {
+                    let id = i64::from_be_bytes(
+                        k.as_slice().try_into().map_err(|_| bad("bad lease id"))?,
+                    );
+                    lease
+                        .insert(id, seal(&[&k], &v).as_slice())
+                        .map_err(db("write lease"))?;
+                }
+                T_LEASE_KEY => {
+                    if k.len() < 8 {
+                        return Err(bad("bad lease_key key"));
+                    }
+                    let (idb, key) = k.split_at(8);
+                    let id = i64::from_be_bytes(idb.try_into().expect("8"));
+                    lease_key
+                        .insert((id, key), seal(&[idb, key], &v).as_slice())
+                        .map_err(db("write lease_key"))?;
+                }
+                t => return Err(MvccError::Snapshot(format!("unknown record tag {t}"))),
+            }
+        }
+    }
+    let (Some(rev), Some(compact)) = (rev, compact) else {
+        return Err(bad("missing revision counters"));
+    };
+    if rev < 1 || compact > rev || max_main > rev {
+        return Err(MvccError::Snapshot(format!(
+            "inconsistent counters: rev {rev}, compact {compact}, newest record {max_main}"
+        )));
+    }
+    Ok((rev, compact))
+}
+
+/// Largest record key or value [`Store::load_snapshot`] accepts before the stream's
+/// checksum is known (the backup and etcd-snapshot readers use the same bound).
+pub const MAX_STREAMED_PART_BYTES: usize = 256 * 1024 * 1024;
+
+/// How [`Store::load_snapshot`] commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadDurability {
+    /// One fsynced commit at the end: the store survives a crash once the call returns.
+    Durable,
+    /// No fsync: for scratch stores read by this process and then thrown away (a
+    /// restore's copy of the backup). The data is lost if the machine crashes.
+    Scratch,
+}
+
+impl Store {
+    /// Replace all state with a snapshot read straight from `r`, without spooling it:
+    /// records are written into one write transaction as they arrive, the CRC32 and
+    /// record count are checked at the end of the stream, and only then is the
+    /// transaction committed (once, with `durability`). A bad, truncated or failing
+    /// stream aborts the transaction, so on any error the state is unchanged, as with
+    /// [`Store::install_snapshot`]. Memory: one record at a time (redb spills dirty
+    /// pages of a large transaction to the file).
+    ///
+    /// It holds the store's writer lock for as long as the stream takes to arrive, so
+    /// it is for stores nothing else writes to (a restore, a scratch store); a member
+    /// installing a Raft snapshot uses [`Store::install_snapshot`].
+    pub fn load_snapshot(
+        &self,
+        r: &mut dyn Read,
+        durability: LoadDurability,
+    ) -> Result<(), MvccError> {
+        let mut rd = CrcReader {
+            inner: BufReader::with_capacity(1 << 16, r),
+            crc: crc32fast::Hasher::new(),
+        };
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut txn = self.db.begin_write().map_err(db("begin write"))?;
+        txn.set_durability(match durability {
+            LoadDurability::Durable => Durability::Immediate,
+            LoadDurability::Scratch => Durability::None,
+        })
+        .map_err(db("set durability"))?;
+        // Not verified yet: a damaged length must not allocate gigabytes.
+        let (rev, compact) = load_records(&txn, &mut rd, MAX_STREAMED_PART_BYTES)?;
+        let want = rd.crc.clone().finalize();
+        let mut c = [0u8; 4];
+        rd.inner
+            .read_exact(&mut c)
+            .map_err(|_| MvccError::Snapshot("stream truncated in its CRC".into()))?;
+        if u32::from_le_bytes(c) != want {
+            return Err(MvccError::Snapshot("checksum mismatch".into()));
+        }
+        // The end of the stream is read too: a source that reports a failure after the
+        // last byte (e.g. a whole-backup hash mismatch) stops the load here.
+        let mut rest = [0u8; 1];
+        match rd.inner.read(&mut rest) {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(MvccError::Snapshot(
+                    "trailing bytes after the snapshot's checksum".into(),
+                ))
+            }
+            Err(source) => {
+                return Err(MvccError::Io {
+                    op: "read snapshot stream".into(),
+                    source,
+                })
+            }
+        }
+        txn.commit().map_err(db("commit snapshot"))?;
+        self.rev.store(rev, Ordering::Release);
+        self.compact.store(compact, Ordering::Release);
+        self.auth_changed();
+        Ok(())
+    }
+}
+
+/// Reader that CRC32s every byte it returns.
+struct CrcReader<R: Read> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A read that stopped early: a truncated stream (`what`), or the source's own error.
+fn short_read(e: std::io::Error, what: &str) -> MvccError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        MvccError::Snapshot(what.to_string())
+    } else {
+        MvccError::Io {
+            op: format!("read snapshot stream ({what})"),
+            source: e,
+        }
+    }
+}
+
+fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("record part of {len} bytes (more than {max})"),
+        ));
+    }
     buf.clear();
     buf.resize(len, 0);
     r.read_exact(buf)

@@ -279,3 +279,92 @@ fn open_unverified(path: &std::path::Path) -> Store {
         .unwrap();
     Store::open_backend(redb::backends::FileBackend::new(file).unwrap(), path).unwrap()
 }
+
+/// A reader that yields `data` and then fails, as a backup source does when a check
+/// after the last byte fails (e.g. the whole backup's SHA-256).
+struct FailsAtEnd<'a>(&'a [u8]);
+
+impl std::io::Read for FailsAtEnd<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(std::io::Error::other(
+                "the source failed after its last byte",
+            ));
+        }
+        let n = buf.len().min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn streamed_load_equals_install_and_commits_only_a_whole_checked_stream() {
+    let (_d1, s1) = store();
+    populate(&s1);
+    let mut snap = Vec::new();
+    s1.write_snapshot(&mut snap).unwrap();
+
+    for durability in [LoadDurability::Durable, LoadDurability::Scratch] {
+        let (_d2, s2) = store();
+        put(&s2, "junk", "to be replaced");
+        s2.load_snapshot(&mut snap.as_slice(), durability).unwrap();
+        assert_eq!(full_state(&s1), full_state(&s2));
+        assert!(get(&s2, "junk").is_none());
+        let mut q = range_req("key/", "key0");
+        q.revision = 35;
+        assert_eq!(s1.range(&q).unwrap(), s2.range(&q).unwrap());
+        put(&s2, "after", "load"); // still writable
+    }
+    // Durable: survives a reopen.
+    let (d3, s3) = store();
+    s3.load_snapshot(&mut snap.as_slice(), LoadDurability::Durable)
+        .unwrap();
+    let before = full_state(&s3);
+    let path = s3.path().to_path_buf();
+    drop(s3);
+    assert_eq!(full_state(&Store::open(&path).unwrap()), before);
+    drop(d3);
+
+    let (_d4, s4) = store();
+    put(&s4, "mine", "1");
+    s4.apply_batch(&[None], b"local", true).unwrap();
+    let before = full_state(&s4);
+    // Any damaged byte (records are written before the CRC is known), a truncation, an
+    // empty stream, trailing bytes, and a source failing after the last byte: refused,
+    // state unchanged.
+    for pos in [3, 20, snap.len() / 3, snap.len() / 2, snap.len() - 2] {
+        let mut bad = snap.clone();
+        bad[pos] ^= 0x40;
+        assert!(s4
+            .load_snapshot(&mut bad.as_slice(), LoadDurability::Durable)
+            .is_err());
+        assert_eq!(full_state(&s4), before, "damaged byte at {pos}");
+    }
+    for cut in [0, 10, snap.len() / 2, snap.len() - 1] {
+        assert!(s4
+            .load_snapshot(&mut &snap[..cut], LoadDurability::Durable)
+            .is_err());
+        assert_eq!(full_state(&s4), before, "truncated at {cut}");
+    }
+    let mut longer = snap.clone();
+    longer.push(0);
+    assert!(matches!(
+        s4.load_snapshot(&mut longer.as_slice(), LoadDurability::Durable),
+        Err(MvccError::Snapshot(_))
+    ));
+    let err = s4
+        .load_snapshot(&mut FailsAtEnd(&snap), LoadDurability::Durable)
+        .unwrap_err();
+    assert!(err.to_string().contains("after its last byte"), "{err}");
+    assert_eq!(full_state(&s4), before);
+    // A length field far beyond any record is refused without allocating it.
+    let mut huge = snap[..12].to_vec();
+    huge.push(2); // a rev record
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(s4
+        .load_snapshot(&mut huge.as_slice(), LoadDurability::Durable)
+        .is_err());
+    assert_eq!(full_state(&s4), before);
+    put(&s4, "mine", "2");
+}

@@ -48,12 +48,12 @@ pub struct NodeArgs {
     /// URLs for the admin listener serving /metrics, /health and /ready.
     #[arg(long)]
     pub listen_metrics_urls: Option<String>,
-    /// Time (ms) of a heartbeat interval (default 30). As etcd's tuning
+    /// Time (ms) of a heartbeat interval (default 50). As etcd's tuning
     /// guide says: about the peer round-trip time or more, and the election
     /// timeout at least 3 times it.
     #[arg(long)]
     pub heartbeat_interval: Option<u64>,
-    /// Time (ms) of the minimum election timeout (default 100; the maximum,
+    /// Time (ms) of the minimum election timeout (default 150; the maximum,
     /// which is also the leader lease, is 1.5 times it).
     #[arg(long)]
     pub election_timeout: Option<u64>,
@@ -85,7 +85,7 @@ pub struct NodeArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(default)]
     pub enable_fault_injection: Option<bool>,
-    /// Deliberately break a guarantee (skip-read-index | ack-before-fsync), to prove the checkers catch it. Tests only.
+    /// Deliberately break a guarantee (skip-read-index | ack-before-fsync | torn-record-accepted), to prove the checkers catch it. Tests only.
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub unsafe_planted_bug: Option<String>,
@@ -425,6 +425,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     ] {
         match value {
             Some(0) => bail!("{flag} must be at least 1"),
+            // A batch is one Raft log record (see --max-request-bytes).
+            Some(v)
+                if flag == "--max-write-batch-bytes"
+                    && v > consensus::MAX_LOG_RECORD_BYTES as usize / 2 =>
+            {
+                bail!(
+                    "{flag} {v} is above the most a member accepts, {} bytes: a batch is replicated as one Raft log record (at most {} bytes); lower it",
+                    consensus::MAX_LOG_RECORD_BYTES / 2,
+                    consensus::MAX_LOG_RECORD_BYTES
+                )
+            }
             Some(v) => *field = v,
             None => {}
         }
@@ -467,6 +478,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         limits.quota_backend_bytes = v;
     }
     if let Some(v) = args.max_request_bytes {
+        // One request becomes (at most) one Raft entry, which must fit in
+        // one WAL record; half the record limit leaves room for encoding.
+        let most = consensus::MAX_LOG_RECORD_BYTES as usize / 2;
+        if v > most {
+            bail!(
+                "--max-request-bytes {v} is above the most a member accepts, {most} bytes: a request is replicated as one Raft log record (at most {} bytes); lower it",
+                consensus::MAX_LOG_RECORD_BYTES
+            );
+        }
         limits.max_request_bytes = v;
     }
     if let Some(v) = args.max_txn_ops {

@@ -264,12 +264,19 @@ fn corrupted_store_file_refuses_to_start() {
         c.ctl(&["put", &format!("key{i}"), &"v".repeat(200)]);
     }
     c.members[0].kill9();
-    // Flip bytes in the middle of the raft log file: a checksum must catch it.
-    let path = c.members[0].data_dir.join("member/raft.redb");
+    // Flip bytes in the raft log's write-ahead log: a checksum must catch it.
+    let path = {
+        let mut segs: Vec<_> = std::fs::read_dir(c.members[0].data_dir.join("member/wal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        segs.sort();
+        segs.pop().expect("a WAL segment")
+    };
     let mut bytes = std::fs::read(&path).unwrap();
     let needle = "v".repeat(200);
-    // Every copy (redb is copy-on-write: stale copies sit in free pages, so
-    // flipping only the first one found might hit a page nobody reads).
+    // Every copy (each put's record holds one).
     let positions: Vec<usize> = bytes
         .windows(needle.len())
         .enumerate()
@@ -289,7 +296,9 @@ fn corrupted_store_file_refuses_to_start() {
     assert!(!status.success());
     let log = c.members[0].log_text();
     assert!(
-        log.contains("raft.redb") && log.contains("corrupted") && log.contains("re-add it"),
+        log.contains(&path.display().to_string())
+            && log.contains("corrupted")
+            && log.contains("re-add it"),
         "{log}"
     );
 }

@@ -114,3 +114,25 @@ election-timeout = 300
         "{err}"
     );
 }
+
+/// A request or a write batch is one Raft log record: a limit above what a
+/// record holds is refused at start, naming the flag, instead of letting a
+/// large request fail-stop the member later.
+#[test]
+fn request_and_batch_limits_above_a_log_record_are_refused() {
+    for flag in ["--max-request-bytes", "--max-write-batch-bytes"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(support::BIN)
+            .args(["node", "--name", "n1", "--data-dir"])
+            .arg(dir.path())
+            .args([flag, "40000000"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} 40000000 was accepted");
+        assert!(
+            err.contains(flag) && err.contains("33554432"),
+            "{flag}: the error should name the flag and the limit: {err}"
+        );
+    }
+}

@@ -34,9 +34,9 @@ fn leader_kill_under_writes_loses_nothing() {
     assert_all_present(remaining, "lk", &acked);
     // The survivors found the killed leader's port refusing connections and
     // stopped waiting out its lease (consensus::node::failover): that is what
-    // replaces a killed leader in ~150 ms rather than lease + election
-    // timeout (250–300 ms). A detection needs 2 missed heartbeats (60 ms);
-    // without it the election comes no sooner than 250 ms after the kill.
+    // replaces a killed leader in ~240 ms rather than lease + election
+    // timeout (375–450 ms). A detection needs 2 missed heartbeats (100 ms);
+    // without it the election comes no sooner than 375 ms after the kill.
     let detections: f64 = (0..c.members.len())
         .filter(|i| *i != old)
         .filter_map(|i| c.members[i].metric("phalanx_raft_dead_leader_detections_total"))

@@ -4,11 +4,11 @@
 //!
 //! - a full disk (a member's data dir on a small tmpfs) makes it exit
 //!   non-zero, while the other two keep every acknowledged write;
-//! - random bytes in raft.redb or kv.redb, an overwritten tail, a file
-//!   truncated to 0: refused at start with a message naming the file, never
-//!   a panic, never `/health` true;
-//! - lost Raft state (raft.redb emptied, the whole data dir wiped) is
-//!   refused, so a member can never vote twice in a term.
+//! - random bytes in the Raft log's write-ahead log (`member/wal/`) or
+//!   kv.redb, an overwritten tail, a file truncated to 0: refused at start
+//!   with a message naming the file, never a panic, never `/health` true;
+//! - lost Raft state (the WAL's segments deleted, the whole data dir wiped)
+//!   is refused, so a member can never vote twice in a term.
 
 mod support;
 
@@ -340,12 +340,12 @@ fn all_keys_intact(c: &Cluster, n: usize) -> Result<(), String> {
 #[test]
 fn damaged_files_are_refused_by_name_never_a_panic() {
     for (file, how) in [
-        ("raft.redb", Damage::Scattered(8)),
+        ("wal", Damage::Scattered(8)),
         ("kv.redb", Damage::Scattered(8)),
         ("kv.redb", Damage::Tail),
-        ("raft.redb", Damage::Tail),
+        ("wal", Damage::Tail),
         ("kv.redb", Damage::Truncate),
-        ("raft.redb", Damage::Truncate),
+        ("wal", Damage::Truncate),
     ] {
         // Snapshots every 50 entries make kv.redb durable (applies between
         // snapshots are not fsynced: the log covers them) and purge the log
@@ -353,7 +353,11 @@ fn damaged_files_are_refused_by_name_never_a_panic() {
         let mut c = Cluster::start(1, &["--snapshot-count", "50"]);
         fill(&c, 300);
         c.members[0].kill9();
-        let path = c.members[0].data_dir.join("member").join(file);
+        // "wal": the Raft log's last write-ahead log segment.
+        let path = match file {
+            "wal" => last_wal_segment(&c.members[0].data_dir),
+            _ => c.members[0].data_dir.join("member").join(file),
+        };
         damage(&path, how);
         let before = c.members[0].log_text().len();
         let (code, log) = match start_damaged(&mut c, 0, true) {
@@ -403,23 +407,41 @@ fn damaged_files_are_refused_by_name_never_a_panic() {
     }
 }
 
-/// raft.redb emptied under an intact identity: the member's vote is gone,
-/// so it could vote twice in a term. It must refuse to start.
+/// The last segment of a member's Raft log (`member/wal/*.wal`).
+fn last_wal_segment(data_dir: &Path) -> PathBuf {
+    let dir = data_dir.join("member").join("wal");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    segs.pop()
+        .unwrap_or_else(|| panic!("no segment in {}", dir.display()))
+}
+
+/// The Raft log's segments deleted under an intact identity: the member's
+/// entries are gone, so it could vote twice in a term. It must refuse to start.
 #[test]
 fn lost_raft_log_is_refused() {
     let mut c = Cluster::start(3, &[]);
     fill(&c, 20);
     c.members[2].kill9();
-    let raft = c.members[2].data_dir.join("member").join("raft.redb");
-    damage(&raft, Damage::Truncate);
+    let wal = c.members[2].data_dir.join("member").join("wal");
+    for e in std::fs::read_dir(&wal).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "wal") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
     let (code, log) = start_expecting_exit(&mut c, 2);
     assert_eq!(code, Some(REFUSED_EXIT_CODE), "{log}");
     assert!(
         log.contains("holds no Raft log") && log.contains("member remove"),
         "{log}"
     );
-    // The same with the file deleted.
-    std::fs::remove_file(&raft).unwrap();
+    // The same with the whole log directory (vote included) deleted.
+    std::fs::remove_dir_all(&wal).unwrap();
     let (code, log) = start_expecting_exit(&mut c, 2);
     assert_eq!(code, Some(REFUSED_EXIT_CODE), "{log}");
 }

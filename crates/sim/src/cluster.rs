@@ -4,22 +4,40 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// A member's two files on the simulated disk.
-#[derive(Clone, Default)]
+/// A member's storage on the simulated disk: its Raft log's WAL directory
+/// and its `kv.redb`.
+#[derive(Clone)]
 pub(crate) struct MemberDisks {
-    pub(crate) log: SimFile,
+    pub(crate) log: disk::SimDir,
     pub(crate) kv: SimFile,
 }
 
 impl MemberDisks {
-    /// What a power cut leaves: the synced images, as fresh files.
-    pub(crate) fn after_crash(&self) -> MemberDisks {
+    fn new(id: NodeId) -> Self {
         MemberDisks {
-            log: self.log.after_crash(),
+            log: disk::SimDir::new(&format!("sim://n{id}/wal")),
+            kv: SimFile::new(),
+        }
+    }
+
+    /// What a power cut leaves: the synced images as fresh files; the WAL
+    /// directory as of its last sync, with torn writes chosen by `rng`.
+    /// (redb's `kv.redb` gets no torn writes: redb relies on its own commit
+    /// protocol, which the simulator takes as given.)
+    pub(crate) fn after_crash(&self, rng: &mut StdRng) -> MemberDisks {
+        MemberDisks {
+            log: self.log.after_crash(rng),
             kv: self.kv.after_crash(),
         }
     }
 }
+
+/// Simulated time the disk takes to sync a WAL group commit, ms: a power cut
+/// may land while a group is written but not yet synced (torn writes).
+pub const SIM_FSYNC_LATENCY_MS: u64 = 5;
+/// Size of a simulated WAL segment, bytes: small, so runs roll and purge
+/// segments.
+pub const SIM_WAL_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// Start member `id` on `disks` (formatted if empty), on its own `clock`.
 pub(crate) async fn start_member(
@@ -33,10 +51,13 @@ pub(crate) async fn start_member(
     let options = LogStoreOptions {
         io: IoMode::Inline,
         unsafe_no_fsync: PlantedBug::AckBeforeFsync.is_active(planted),
+        unsafe_accept_torn_records: PlantedBug::TornRecordAccepted.is_active(planted),
+        segment_bytes: SIM_WAL_SEGMENT_BYTES,
+        simulated_fsync_latency: Duration::from_millis(SIM_FSYNC_LATENCY_MS),
     };
-    let log = LogStore::open_backend(
-        disks.log.clone(),
-        &format!("sim://n{id}/raft.redb"),
+    let log = LogStore::open_dir(
+        Arc::new(disks.log.clone()),
+        &format!("sim://n{id}/wal"),
         options,
     )
     .map_err(|e| start_err(e.to_string()))?;
@@ -104,6 +125,10 @@ pub(crate) struct Cluster {
     pub(crate) disks: Mutex<BTreeMap<NodeId, MemberDisks>>,
     /// One clock per machine: it keeps its jumps across restarts.
     pub(crate) clocks: BTreeMap<NodeId, MemberClock>,
+    /// Seeds the torn writes of power cuts (with the member and the cut's number).
+    pub(crate) disk_seed: u64,
+    /// Power cuts so far, across members.
+    pub(crate) power_cuts: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -113,7 +138,7 @@ impl Cluster {
             .lock()
             .expect("disks poisoned")
             .entry(id)
-            .or_default()
+            .or_insert_with(|| MemberDisks::new(id))
             .clone();
         let live = start_member(id, &disks, &self.clocks[&id], &self.net, self.planted).await?;
         self.net
@@ -131,9 +156,15 @@ impl Cluster {
             return false;
         };
         {
+            let cut = self
+                .power_cuts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut rng = StdRng::seed_from_u64(
+                self.disk_seed ^ 0xd15c_0000_0000 ^ (id << 40) ^ cut.wrapping_mul(0x9e37_79b9),
+            );
             let mut disks = self.disks.lock().expect("disks poisoned");
             let d = disks.get_mut(&id).expect("a live member has disks");
-            *d = d.after_crash();
+            *d = d.after_crash(&mut rng);
         }
         // Stop the dead member's tasks; whatever they still write goes to the
         // old files, which nothing reads again.

@@ -1,9 +1,10 @@
 //! # sim — a seeded, in-process cluster simulator for Phalanx
 //!
 //! Runs a whole 3–5 member cluster inside one process, built from the real
-//! consensus pieces (`openraft::Raft<TypeConfig>` over `consensus::LogStore`
-//! and `consensus::Applier` on `mvcc::Store`, both redb databases on a
-//! simulated disk, [`disk::SimFile`], that loses unsynced writes on a crash),
+//! consensus pieces (`openraft::Raft<TypeConfig>` over `consensus::LogStore`,
+//! a write-ahead log in a [`disk::SimDir`], and `consensus::Applier` on
+//! `mvcc::Store`, a redb database in a [`disk::SimFile`]: a simulated disk
+//! that loses unsynced writes on a crash and may tear unsynced appends),
 //! connected by a simulated network with injected faults, under a seeded
 //! client workload whose history is checked for linearizability.
 //!
@@ -24,6 +25,8 @@
 //!   loss bursts, clock jumps of one member).
 //! * [`SimNetwork`] — the `RaftNetworkFactory` that hands RPCs straight to the
 //!   target member's `Raft` handle through the fault layer.
+//! * [`AuthOutcomes`] — with [`SimConfig::auth`]: logins, refused writes,
+//!   stale-revision refusals and auth-rule violations (any fails the run).
 //! * [`SimError`] — why a run could not be carried out (I/O, a member that
 //!   failed to start, an unparsable history). A linearizability violation is
 //!   *not* an error: it is a [`Verdict::Fail`] in the report.
@@ -125,6 +128,16 @@ pub struct SimConfig {
     /// `AckBeforeFsync` — the members' `LogStore`s report appends (and votes)
     /// durable without syncing them, as the node's switch of that name.
     pub planted: Option<PlantedBug>,
+    /// Run with etcd auth on (`phalanx sim --auth`, docs/simulation.md):
+    /// users, roles and `auth enable` through the log before the workload;
+    /// clients log in and act as a permitted user, the last one as a user
+    /// whose writes must be refused on every member; root changes auth
+    /// during the run. See [`AuthOutcomes`].
+    pub auth: bool,
+    /// With `auth`, a planted bug the auth checks must catch: the denied
+    /// user's writes are proposed as plain entries, which no apply-time
+    /// check judges — what a member without that check would let through.
+    pub planted_auth_bypass: bool,
 }
 
 impl SimConfig {
@@ -139,6 +152,8 @@ impl SimConfig {
             max_think_ms: 40,
             faults: true,
             planted: None,
+            auth: false,
+            planted_auth_bypass: false,
         }
     }
 }
@@ -240,6 +255,8 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         planted: cfg.planted,
         disks: Mutex::new(BTreeMap::new()),
         clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
+        disk_seed: cfg.seed,
+        power_cuts: Default::default(),
     });
     for &id in &ids {
         cluster.start(id).await?;
@@ -251,6 +268,12 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         let _ = live.raft.initialize(membership.clone()).await;
     }
 
+    let auth_run = if cfg.auth {
+        setup_auth(&net, cfg.seed).await?;
+        Some(Arc::new(AuthRun::new(cfg.clients, cfg.planted_auth_bypass)))
+    } else {
+        None
+    };
     let t0 = Instant::now();
     let rec = Arc::new(Recorder {
         t0,
@@ -265,6 +288,7 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         keys: keys.clone(),
         end: t0 + Duration::from_millis(cfg.duration_ms),
         max_think_ms: cfg.max_think_ms,
+        auth: auth_run.clone(),
     });
     let faults = tokio::spawn(run_faults(
         cluster.clone(),
@@ -275,6 +299,11 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
     ));
     let clients: Vec<_> = (0..cfg.clients as u64)
         .map(|pid| tokio::spawn(client(ctx.clone(), pid, cfg.seed)))
+        .chain(
+            auth_run
+                .clone()
+                .map(|run| tokio::spawn(auth_churn(ctx.clone(), run, cfg.seed))),
+        )
         .collect();
     for c in clients {
         let _ = c.await;
@@ -335,6 +364,9 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
             }
         }
     }
+    if let (Some(run), Some(l)) = (&auth_run, &leader) {
+        auth_final_checks(&net, l, run).await;
+    }
     let simulated_ms = (Instant::now() - t0).as_millis() as u64;
     for (_, l) in net.all() {
         net.retire(&l).await;
@@ -371,6 +403,7 @@ async fn run_cluster(cfg: &SimConfig) -> Result<SimReport, SimError> {
         reproducible: cfg!(tokio_unstable),
         simulated_ms,
         history,
+        auth: auth_run.map(|r| r.outcomes.lock().expect("auth outcomes poisoned").clone()),
     })
 }
 
@@ -393,6 +426,8 @@ mod tests {
             planted: None,
             disks: Mutex::new(BTreeMap::new()),
             clocks: ids.iter().map(|&id| (id, MemberClock::new())).collect(),
+            disk_seed: 0,
+            power_cuts: Default::default(),
         };
         for id in ids {
             cluster.start(id).await.unwrap();

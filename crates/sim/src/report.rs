@@ -52,6 +52,9 @@ pub struct SimReport {
     pub simulated_ms: u64,
     /// The history, JSON lines (`docs/history-format.md`).
     pub history: String,
+    /// With auth on: logins, refusals and rule violations
+    /// ([`AuthOutcomes`]); any violation fails the run.
+    pub auth: Option<AuthOutcomes>,
 }
 
 impl SimReport {
@@ -62,6 +65,7 @@ impl SimReport {
             && self.final_check
             && self.lost.is_empty()
             && self.panics.is_empty()
+            && self.auth.as_ref().is_none_or(|a| a.violations.is_empty())
     }
 
     /// Digest of everything the run did (applied faults, the whole history
@@ -86,6 +90,9 @@ impl SimReport {
         for p in &self.panics {
             feed(p.as_bytes());
         }
+        if let Some(a) = &self.auth {
+            feed(a.note().as_bytes());
+        }
         h
     }
 }
@@ -99,12 +106,13 @@ impl fmt::Display for SimReport {
         };
         write!(
             f,
-            "sim seed={} members={}{} faults=[{}] ops={} ok={} fail={} info={} batched={}/{}(max {}) linearizable={} lost={}{} trace={:016x}{}",
+            "sim seed={} members={}{} faults=[{}] ops={} ok={} fail={} info={} batched={}/{}(max {}) linearizable={} lost={}{}{} trace={:016x}{}",
             self.seed,
             self.members,
             match self.planted {
                 Some(PlantedBug::SkipReadIndex) => " planted=skip-read-index",
                 Some(PlantedBug::AckBeforeFsync) => " planted=ack-before-fsync",
+                Some(PlantedBug::TornRecordAccepted) => " planted=torn-record-accepted",
                 None => "",
             },
             self.applied_faults.join(" "),
@@ -118,6 +126,7 @@ impl fmt::Display for SimReport {
             verdict,
             if self.final_check { self.lost.len().to_string() } else { "unchecked(NOT RECOVERED: no leader after heal)".into() },
             if self.panics.is_empty() { String::new() } else { format!(" PANICS={}", self.panics.len()) },
+            self.auth.as_ref().map(AuthOutcomes::note).unwrap_or_default(),
             self.trace(),
             if self.reproducible { "" } else { " (not reproducible: built without --cfg tokio_unstable)" },
         )

@@ -130,9 +130,14 @@ impl Node {
             });
         }
         let raft_path = member_dir.join("raft.redb");
-        let log = LogStore::open(
+        let log = LogStore::open_with(
             &raft_path,
-            PlantedBug::AckBeforeFsync.is_active(config.planted_bug),
+            crate::log_store::LogStoreOptions {
+                unsafe_no_fsync: PlantedBug::AckBeforeFsync.is_active(config.planted_bug),
+                unsafe_accept_torn_records: PlantedBug::TornRecordAccepted
+                    .is_active(config.planted_bug),
+                ..Default::default()
+            },
         )?;
         let durable = log.durable_state()?;
         if existing_identity.is_some() {
@@ -150,7 +155,8 @@ impl Node {
                     data_dir: config.data_dir.clone(),
                     name: identity.name.clone(),
                     id: identity.member_id,
-                    file: raft_path,
+                    // The log is the WAL directory beside the (upgraded) raft.redb.
+                    file: member_dir.join("wal"),
                     what,
                 });
             }

@@ -36,7 +36,10 @@
 //! `proxy-revalidate` and `s-maxage` make the route's default stale windows
 //! not apply (the response's own `stale-if-error` / `stale-while-revalidate`
 //! still do, as RFC 5861 §4 allows); `no-cache` also turns off
-//! stale-while-revalidate. `Expires` is not read. `Vary` is honoured: the
+//! stale-while-revalidate. Without `max-age`/`s-maxage`, `Expires` gives the
+//! freshness (RFC 9111 §4.2.1): `Expires` minus `Date` (the time the
+//! response was received when `Date` is missing or invalid), 0 when in the
+//! past or unparsable (`Expires: 0` means already expired). `Vary` is honoured: the
 //! listed request headers are stored with the entry, and a request with
 //! other values does not match it (one variant per URL: the latest).
 //!
@@ -46,6 +49,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -173,11 +177,14 @@ pub struct Lifetimes {
 
 /// Whether a GET response may be stored, and for how long (see the module
 /// documentation for the rules).
+/// `received`: the wall-clock time the response head arrived (for
+/// `Expires` without `Date`).
 pub fn storable(
     cfg: &CacheConfig,
     status: StatusCode,
     resp: &HeaderMap,
     authorized: bool,
+    received: SystemTime,
 ) -> Option<Lifetimes> {
     if !cacheable_status(status) || resp.contains_key(header::SET_COOKIE) {
         return None;
@@ -195,9 +202,10 @@ pub fn storable(
     let fresh_ms = if d.no_cache {
         0
     } else {
-        d.s_maxage_s
-            .or(d.max_age_s)
-            .map_or(cfg.default_max_age_ms, |s| s * 1000)
+        match d.s_maxage_s.or(d.max_age_s) {
+            Some(s) => s * 1000,
+            None => expires_freshness_ms(resp, received).unwrap_or(cfg.default_max_age_ms),
+        }
     };
     let window = |explicit: Option<u64>, default: u64| match explicit {
         Some(s) => s * 1000,
@@ -222,6 +230,32 @@ pub fn storable(
         },
         initial_age_ms,
     })
+}
+
+/// Freshness from `Expires` (RFC 9111 §4.2.1): `Expires - Date`, with the
+/// receipt time standing in for a missing or invalid `Date`; 0 for an
+/// `Expires` in the past or that is not a valid HTTP-date (§5.3: "already
+/// expired"). None without `Expires`. Capped at one year.
+fn expires_freshness_ms(resp: &HeaderMap, received: SystemTime) -> Option<u64> {
+    let date = |name: header::HeaderName| {
+        resp.get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    };
+    let raw = resp.get(header::EXPIRES)?;
+    let Some(expires) = raw
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    else {
+        return Some(0);
+    };
+    let origin = date(header::DATE).unwrap_or(received);
+    Some(
+        expires
+            .duration_since(origin)
+            .map_or(0, |d| d.as_secs().min(MAX_DIRECTIVE_S) * 1000),
+    )
 }
 
 /// The header names a response varies on (lowercase); None for `Vary: *`.
@@ -601,6 +635,66 @@ mod tests {
             );
         }
         h
+    }
+
+    /// The receipt time of the test responses.
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+    }
+
+    /// [`super::storable`] for a response received at [`t0`].
+    fn storable(
+        cfg: &CacheConfig,
+        status: StatusCode,
+        resp: &HeaderMap,
+        authorized: bool,
+    ) -> Option<Lifetimes> {
+        super::storable(cfg, status, resp, authorized, t0())
+    }
+
+    #[test]
+    fn expires_gives_freshness_without_max_age() {
+        let c = cfg();
+        let ok = StatusCode::OK;
+        let date = |secs: u64| {
+            httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        };
+        let t = 1_700_000_000;
+        // Expires - Date.
+        let h = hm(&[("date", &date(t - 100)), ("expires", &date(t - 40))]);
+        assert_eq!(storable(&c, ok, &h, false).unwrap().fresh_ms, 60_000);
+        // No Date: from the receipt time.
+        let h = hm(&[("expires", &date(t + 30))]);
+        assert_eq!(storable(&c, ok, &h, false).unwrap().fresh_ms, 30_000);
+        // The older formats of RFC 9110 §5.6.7 are accepted.
+        let h = hm(&[
+            ("date", "Sunday, 06-Nov-94 08:49:37 GMT"),
+            ("expires", "Sun Nov  6 08:50:37 1994"),
+        ]);
+        assert_eq!(storable(&c, ok, &h, false).unwrap().fresh_ms, 60_000);
+        // In the past, or invalid (`0`): already expired, not the route default.
+        let long = CacheConfig {
+            default_max_age_ms: 99_000,
+            ..cfg()
+        };
+        let h = hm(&[("expires", &date(t - 5))]);
+        assert_eq!(storable(&long, ok, &h, false).unwrap().fresh_ms, 0);
+        let h = hm(&[("expires", "0")]);
+        assert_eq!(storable(&long, ok, &h, false).unwrap().fresh_ms, 0);
+        assert_eq!(
+            storable(&long, ok, &HeaderMap::new(), false)
+                .unwrap()
+                .fresh_ms,
+            99_000
+        );
+        // max-age and s-maxage win over Expires.
+        let h = hm(&[("expires", &date(t + 30)), ("cache-control", "max-age=5")]);
+        assert_eq!(storable(&c, ok, &h, false).unwrap().fresh_ms, 5_000);
+        let h = hm(&[("expires", &date(t + 30)), ("cache-control", "s-maxage=7")]);
+        assert_eq!(storable(&c, ok, &h, false).unwrap().fresh_ms, 7_000);
+        // no-cache still means 0.
+        let h = hm(&[("expires", &date(t + 30)), ("cache-control", "no-cache")]);
+        assert_eq!(storable(&c, ok, &h, false).unwrap().fresh_ms, 0);
     }
 
     fn cfg() -> CacheConfig {

@@ -238,7 +238,15 @@ pub(crate) fn after(
     }
     let life = p
         .store
-        .then(|| storable(&p.cfg, status, resp.headers(), p.authorized))
+        .then(|| {
+            storable(
+                &p.cfg,
+                status,
+                resp.headers(),
+                p.authorized,
+                std::time::SystemTime::now(),
+            )
+        })
         .flatten();
     let declared_too_big = resp
         .headers()

@@ -568,6 +568,10 @@ impl Store {
         let (rev, compact);
         {
             let mut w = Writer::open(&txn)?;
+            // The committed auth state is this batch's starting state (the
+            // writer lock is held): client writes are checked against it
+            // without decoding it per write.
+            w.auth = self.auth_state().ok();
             assert_eq!(
                 w.cur_rev,
                 self.rev.load(Ordering::Acquire),

@@ -67,6 +67,11 @@ pub(crate) struct Writer<'t> {
     pub(crate) lease_key: Table<'t, (i64, &'static [u8]), &'static [u8]>,
     pub(super) cur_rev: i64,
     pub(super) compact: i64,
+    /// The auth state as this writer's transaction sees it, when known
+    /// without decoding it (the store's cache at the batch's start; dropped
+    /// when an auth change is applied in the batch): the apply-time check of
+    /// every client write reads it.
+    pub(crate) auth: Option<std::sync::Arc<auth::AuthState>>,
 }
 
 impl<'t> Writer<'t> {
@@ -86,6 +91,7 @@ impl<'t> Writer<'t> {
             lease_key: txn.open_table(LEASE_KEY).map_err(db("open lease_key"))?,
             cur_rev,
             compact,
+            auth: None,
         })
     }
 
@@ -627,10 +633,44 @@ impl<'t> Writer<'t> {
                     let bytes =
                         postcard::to_allocvec(&state).expect("encoding auth state cannot fail");
                     self.put_meta(crate::codec::META_AUTH, &bytes)?;
+                    self.auth = None;
                 }
                 Ok(ApplyResponse::Auth {
                     auth_revision: state.revision,
                 })
+            }
+            Command::AsUser {
+                user,
+                auth_revision,
+                cmd,
+            } => {
+                if !matches!(
+                    **cmd,
+                    Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_)
+                ) {
+                    // No proposer writes one: fatal on every member alike.
+                    return Err(Fail::Fatal(MvccError::Decode {
+                        what: "Command",
+                        detail:
+                            "an AsUser entry wrapping something other than Put, DeleteRange or Txn"
+                                .into(),
+                    }));
+                }
+                let state = match &self.auth {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = std::sync::Arc::new(decode_auth(
+                            get_meta(&self.meta, crate::codec::META_AUTH)?.as_deref(),
+                        )?);
+                        self.auth = Some(s.clone());
+                        s
+                    }
+                };
+                if state.enabled {
+                    permitted_at_apply(&state, user, *auth_revision, cmd)
+                        .map_err(EtcdError::Auth)?;
+                }
+                self.apply_inner(cmd, p)
             }
             Command::Alarm {
                 action,
@@ -663,4 +703,82 @@ impl<'t> Writer<'t> {
             }
         }
     }
+}
+
+/// etcd's apply-time permission check of a client write (`authApplierV3`):
+/// a request without a user, or judged at an auth revision older than the
+/// applied one, is refused; then every key range the request reads or
+/// writes must be permitted (a transaction's compares and both branches,
+/// recursively, as the API layer checks them). Deterministic: it reads
+/// only the replicated auth state.
+fn permitted_at_apply(
+    state: &auth::AuthState,
+    user: &str,
+    auth_revision: u64,
+    cmd: &Command,
+) -> Result<(), auth::AuthError> {
+    use auth::{AuthError, PermKind};
+    if user.is_empty() {
+        return Err(AuthError::UserEmpty);
+    }
+    if auth_revision < state.revision {
+        return Err(AuthError::AuthOldRevision);
+    }
+    let check = |key: &[u8], end: &[u8], want| state.check(user, key, end, want);
+    /// Every compare and operation of both branches, recursively.
+    fn walk(t: &PbTxnRequest, state: &auth::AuthState, user: &str) -> Result<(), AuthError> {
+        let check = |key: &[u8], end: &[u8], want| state.check(user, key, end, want);
+        for c in &t.compare {
+            check(&c.key, &c.range_end, PermKind::Read)?;
+        }
+        for op in t.success.iter().chain(t.failure.iter()) {
+            match &op.request {
+                Some(PbTxnOpRequest::RequestRange(r)) => {
+                    check(&r.key, &r.range_end, PermKind::Read)?
+                }
+                Some(PbTxnOpRequest::RequestPut(r)) => {
+                    check(&r.key, &[], PermKind::Write)?;
+                    if r.prev_kv {
+                        check(&r.key, &[], PermKind::Read)?;
+                    }
+                }
+                Some(PbTxnOpRequest::RequestDeleteRange(r)) => {
+                    check(&r.key, &r.range_end, PermKind::Write)?;
+                    if r.prev_kv {
+                        check(&r.key, &r.range_end, PermKind::Read)?;
+                    }
+                }
+                Some(PbTxnOpRequest::RequestTxn(n)) => walk(n, state, user)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+    // An undecodable request fails the command's own apply below, exactly
+    // as it does unwrapped.
+    match cmd {
+        Command::Put(b) => {
+            if let Ok(r) = PbPutRequest::decode(b.as_slice()) {
+                check(&r.key, &[], PermKind::Write)?;
+                if r.prev_kv {
+                    check(&r.key, &[], PermKind::Read)?;
+                }
+            }
+        }
+        Command::DeleteRange(b) => {
+            if let Ok(r) = PbDeleteRequest::decode(b.as_slice()) {
+                check(&r.key, &r.range_end, PermKind::Write)?;
+                if r.prev_kv {
+                    check(&r.key, &r.range_end, PermKind::Read)?;
+                }
+            }
+        }
+        Command::Txn(b) => {
+            if let Ok(t) = PbTxnRequest::decode(b.as_slice()) {
+                walk(&t, state, user)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }

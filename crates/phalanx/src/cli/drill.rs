@@ -101,7 +101,7 @@ pub struct DrillArgs {
     /// Wall-clock budget of the linearizability check in ms (exceeded = verdict UNKNOWN).
     #[arg(long, value_name = "MS", default_value_t = 120_000)]
     pub check_timeout_ms: u64,
-    /// Start local members with a planted bug (skip-read-index | ack-before-fsync), to show the drill catches it. Tests only.
+    /// Start local members with a planted bug (skip-read-index | ack-before-fsync | torn-record-accepted), to show the drill catches it. Tests only.
     #[arg(long, hide = true, requires = "local")]
     pub unsafe_planted_bug: Option<String>,
     /// With --local: start the cluster with client and peer TLS (CA and certificates generated in

@@ -33,10 +33,15 @@ pub struct SimArgs {
     /// Run without faults (no crashes, partitions, loss or clock jumps).
     #[arg(long)]
     pub no_faults: bool,
-    /// Plant a bug the checks must catch: skip-read-index or ack-before-fsync.
+    /// Plant a bug the checks must catch: skip-read-index, ack-before-fsync or torn-record-accepted.
     /// Only in builds with planted bugs: `cargo run -p phalanx --features consensus/planted-bugs -- sim ...`.
     #[arg(long, value_name = "BUG")]
     pub planted: Option<PlantedBug>,
+    /// Run with etcd auth on: users, roles and `auth enable` through the log,
+    /// clients acting as a permitted user and one as a user whose writes
+    /// must be refused on every member, root changing auth during the run.
+    #[arg(long)]
+    pub auth: bool,
     /// Print each run's history.
     #[arg(long)]
     pub verbose: bool,
@@ -85,6 +90,7 @@ pub fn run(args: SimArgs) -> i32 {
         }
         cfg.faults = !args.no_faults;
         cfg.planted = args.planted;
+        cfg.auth = args.auth;
         match sim::run(&cfg) {
             Ok(r) => {
                 println!("{r}");
@@ -102,6 +108,9 @@ pub fn run(args: SimArgs) -> i32 {
                     }
                     for p in r.panics.iter().take(5) {
                         println!("  panic: {p}")
+                    }
+                    for v in r.auth.iter().flat_map(|a| a.violations.iter()).take(20) {
+                        println!("  auth violation: {v}")
                     }
                     failed.push(seed);
                 }
