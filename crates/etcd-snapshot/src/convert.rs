@@ -37,16 +37,10 @@ use crate::error::{render, SnapshotError};
 use crate::schema::*;
 use crate::writer::DbWriter;
 
-/// Magic of Phalanx's mvcc snapshot stream (owned by `mvcc`'s snapshot module).
-pub const MVCC_MAGIC: &[u8; 8] = b"PHXMVCC\0";
-pub const MVCC_VERSION: u32 = 1;
-const T_META: u8 = 1;
-const T_REV: u8 = 2;
-const T_INDEX: u8 = 3;
-const T_KEY_REV: u8 = 4;
-const T_LEASE: u8 = 5;
-const T_LEASE_KEY: u8 = 6;
-const T_END: u8 = 0xFF;
+/// Magic and version of Phalanx's mvcc snapshot stream (owned by
+/// `mvcc::snapshot_stream`).
+pub use mvcc::snapshot_stream::{MAGIC as MVCC_MAGIC, VERSION as MVCC_VERSION};
+use mvcc::snapshot_stream::{T_END, T_INDEX, T_KEY_REV, T_LEASE, T_LEASE_KEY, T_META, T_REV};
 /// Largest record key or value accepted from an mvcc stream (etcd's own limits on
 /// requests are far below).
 pub const MAX_STREAM_PART_BYTES: usize = 256 * 1024 * 1024;
@@ -266,8 +260,7 @@ impl EtcdSnapshot {
         }
         let members = self.members()?;
 
-        let mut w = StreamWriter::new(out);
-        w.header()?;
+        let mut w = mvcc::SnapshotStreamWriter::begin(out)?;
         let mut sum = ImportSummary {
             compact_revision: compact,
             leases: leases.len() as u64,
@@ -359,7 +352,7 @@ impl EtcdSnapshot {
         for (id, key) in lk {
             w.record(T_LEASE_KEY, &[&id.to_be_bytes(), &key], &[])?;
         }
-        w.end()?;
+        w.finish()?;
         Ok(sum)
     }
 }
@@ -377,57 +370,6 @@ fn index_entry(create: i64, main: i64, sub: i64, version: i64, lease: i64, tomb:
 
 pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Writes an mvcc snapshot stream, keeping its CRC32 and record count.
-struct StreamWriter<'a> {
-    out: &'a mut dyn Write,
-    crc: crc32fast::Hasher,
-    records: u64,
-}
-
-fn stream_io(e: std::io::Error) -> SnapshotError {
-    SnapshotError::Stream {
-        detail: format!("write: {e}"),
-    }
-}
-
-impl<'a> StreamWriter<'a> {
-    fn new(out: &'a mut dyn Write) -> Self {
-        StreamWriter {
-            out,
-            crc: crc32fast::Hasher::new(),
-            records: 0,
-        }
-    }
-    fn bytes(&mut self, b: &[u8]) -> Result<(), SnapshotError> {
-        self.crc.update(b);
-        self.out.write_all(b).map_err(stream_io)
-    }
-    fn header(&mut self) -> Result<(), SnapshotError> {
-        self.bytes(MVCC_MAGIC)?;
-        self.bytes(&MVCC_VERSION.to_le_bytes())
-    }
-    fn record(&mut self, tag: u8, key: &[&[u8]], val: &[u8]) -> Result<(), SnapshotError> {
-        let kl: usize = key.iter().map(|p| p.len()).sum();
-        self.bytes(&[tag])?;
-        self.bytes(&(kl as u32).to_le_bytes())?;
-        for p in key {
-            self.bytes(p)?;
-        }
-        self.bytes(&(val.len() as u32).to_le_bytes())?;
-        self.bytes(val)?;
-        self.records += 1;
-        Ok(())
-    }
-    fn end(&mut self) -> Result<(), SnapshotError> {
-        self.bytes(&[T_END])?;
-        let n = self.records;
-        self.bytes(&n.to_le_bytes())?;
-        let crc = self.crc.clone().finalize();
-        self.out.write_all(&crc.to_le_bytes()).map_err(stream_io)?;
-        self.out.flush().map_err(stream_io)
-    }
 }
 
 /// One record of an mvcc stream: (tag, key, value).

@@ -87,3 +87,13 @@ pub(crate) fn render(b: &[u8]) -> String {
     s.push('"');
     s
 }
+
+/// Writing the mvcc stream failed (mvcc's `SnapshotStreamWriter`: an I/O
+/// error of the output).
+impl From<mvcc::MvccError> for SnapshotError {
+    fn from(e: mvcc::MvccError) -> Self {
+        SnapshotError::Stream {
+            detail: format!("write: {e}"),
+        }
+    }
+}

@@ -67,7 +67,9 @@ mod store;
 mod validate;
 
 pub use error::{EtcdError, MvccError};
-pub use snapshot::{LoadDurability, StateAt};
+pub use snapshot::{
+    stream as snapshot_stream, LoadDurability, StateAt, StreamWriter as SnapshotStreamWriter,
+};
 pub use store::{
     DbSize, DefragReport, LeaseInfo, ReclaimPolicy, Store, DEFRAG_WAIT_FOR_READERS_MS,
 };

@@ -25,15 +25,25 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::sync::atomic::Ordering;
 
-const MAGIC: &[u8; 8] = b"PHXMVCC\0";
-const SNAP_VERSION: u32 = 1;
-const T_META: u8 = 1;
-const T_REV: u8 = 2;
-const T_INDEX: u8 = 3;
-const T_KEY_REV: u8 = 4;
-const T_LEASE: u8 = 5;
-const T_LEASE_KEY: u8 = 6;
-const T_END: u8 = 0xFF;
+/// The snapshot stream's format, owned here: `MAGIC`, `VERSION` (u32 LE),
+/// then records `tag ‖ key_len u32 ‖ key ‖ val_len u32 ‖ val`, then
+/// `T_END ‖ record count u64 ‖ CRC32 of everything before it`. Other crates
+/// that read or write the stream (etcd-snapshot) use these and
+/// [`StreamWriter`], never a copy.
+pub mod stream {
+    pub const MAGIC: &[u8; 8] = b"PHXMVCC\0";
+    pub const VERSION: u32 = 1;
+    pub const T_META: u8 = 1;
+    pub const T_REV: u8 = 2;
+    pub const T_INDEX: u8 = 3;
+    pub const T_KEY_REV: u8 = 4;
+    pub const T_LEASE: u8 = 5;
+    pub const T_LEASE_KEY: u8 = 6;
+    pub const T_END: u8 = 0xFF;
+}
+use stream::{
+    MAGIC, T_END, T_INDEX, T_KEY_REV, T_LEASE, T_LEASE_KEY, T_META, T_REV, VERSION as SNAP_VERSION,
+};
 
 /// What [`Store::write_state_at`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,14 +56,41 @@ pub struct StateAt {
     pub detached: u64,
 }
 
-/// Writer that checksums everything passing through.
-struct CrcWriter<'a> {
+/// Writes a snapshot stream (see [`stream`]): the header, records, and the
+/// end marker with the record count and CRC32 of everything before it.
+pub struct StreamWriter<'a> {
     inner: BufWriter<&'a mut dyn Write>,
     crc: crc32fast::Hasher,
     records: u64,
 }
 
-impl CrcWriter<'_> {
+impl<'a> StreamWriter<'a> {
+    /// Start a stream on `w`: writes the header.
+    pub fn begin(w: &'a mut dyn Write) -> Result<Self, MvccError> {
+        let mut out = StreamWriter {
+            inner: BufWriter::with_capacity(1 << 16, w),
+            crc: crc32fast::Hasher::new(),
+            records: 0,
+        };
+        out.bytes(MAGIC)?;
+        out.bytes(&SNAP_VERSION.to_le_bytes())?;
+        Ok(out)
+    }
+
+    /// End the stream: end marker, record count, CRC32; flushed.
+    pub fn finish(mut self) -> Result<(), MvccError> {
+        self.bytes(&[T_END])?;
+        let n = self.records;
+        self.bytes(&n.to_le_bytes())?;
+        let crc = self.crc.clone().finalize();
+        self.inner
+            .write_all(&crc.to_le_bytes())
+            .and_then(|_| self.inner.flush())
+            .map_err(|source| MvccError::Io {
+                op: "write snapshot".into(),
+                source,
+            })
+    }
     fn bytes(&mut self, b: &[u8]) -> Result<(), MvccError> {
         self.crc.update(b);
         self.inner.write_all(b).map_err(|source| MvccError::Io {
@@ -61,7 +98,8 @@ impl CrcWriter<'_> {
             source,
         })
     }
-    fn record(&mut self, tag: u8, key_parts: &[&[u8]], val: &[u8]) -> Result<(), MvccError> {
+    /// One record; `key_parts` are concatenated into its key.
+    pub fn record(&mut self, tag: u8, key_parts: &[&[u8]], val: &[u8]) -> Result<(), MvccError> {
         let klen: usize = key_parts.iter().map(|p| p.len()).sum();
         self.bytes(&[tag])?;
         self.bytes(&(klen as u32).to_le_bytes())?;
@@ -84,13 +122,7 @@ impl Store {
 
     fn write_snapshot_unnoted(&self, w: &mut dyn Write) -> Result<(), MvccError> {
         let rtx = self.db.begin_read().map_err(db("begin read"))?;
-        let mut out = CrcWriter {
-            inner: BufWriter::with_capacity(1 << 16, w),
-            crc: crc32fast::Hasher::new(),
-            records: 0,
-        };
-        out.bytes(MAGIC)?;
-        out.bytes(&SNAP_VERSION.to_le_bytes())?;
+        let mut out = StreamWriter::begin(w)?;
 
         let meta = rtx.open_table(META).map_err(db("open meta"))?;
         for name in [
@@ -150,17 +182,7 @@ impl Store {
                 unseal(LEASE_KEY_TABLE, &[&idb, key], v.value())?,
             )?;
         }
-        out.bytes(&[T_END])?;
-        let n = out.records;
-        out.bytes(&n.to_le_bytes())?;
-        let crc = out.crc.clone().finalize();
-        out.inner
-            .write_all(&crc.to_le_bytes())
-            .and_then(|_| out.inner.flush())
-            .map_err(|source| MvccError::Io {
-                op: "write snapshot".into(),
-                source,
-            })?;
+        out.finish()?;
         Ok(())
     }
 
@@ -195,13 +217,7 @@ impl Store {
             chunks: &chunks,
         };
         let key_rev = rtx.open_table(KEY_REV).map_err(db("open key_rev"))?;
-        let mut out = CrcWriter {
-            inner: BufWriter::with_capacity(1 << 16, w),
-            crc: crc32fast::Hasher::new(),
-            records: 0,
-        };
-        out.bytes(MAGIC)?;
-        out.bytes(&SNAP_VERSION.to_le_bytes())?;
+        let mut out = StreamWriter::begin(w)?;
         out.record(T_META, &[META_REV.as_bytes()], &new_rev.to_le_bytes())?;
         out.record(T_META, &[META_COMPACT.as_bytes()], &new_rev.to_le_bytes())?;
         let mut lease_ids = std::collections::HashSet::new();
@@ -216,7 +232,7 @@ impl Store {
             leases: lease_ids.len() as u64,
             ..Default::default()
         };
-        let mut emit = |out: &mut CrcWriter<'_>, key: &[u8], main: i64, sub: i64| {
+        let mut emit = |out: &mut StreamWriter<'_>, key: &[u8], main: i64, sub: i64| {
             let mut kv = crate::store::kv_at(&h, key, main, sub)?;
             if kv.lease != 0 && !lease_ids.contains(&kv.lease) {
                 kv.lease = 0;
@@ -261,17 +277,7 @@ impl Store {
         if let Some((k, Some((m, s, false)))) = cur.take() {
             emit(&mut out, &k, m, s)?;
         }
-        out.bytes(&[T_END])?;
-        let n = out.records;
-        out.bytes(&n.to_le_bytes())?;
-        let crc = out.crc.clone().finalize();
-        out.inner
-            .write_all(&crc.to_le_bytes())
-            .and_then(|_| out.inner.flush())
-            .map_err(|source| MvccError::Io {
-                op: "write snapshot".into(),
-                source,
-            })?;
+        out.finish()?;
         Ok(st)
     }
 
