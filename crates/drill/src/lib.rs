@@ -490,6 +490,8 @@ struct Execution {
     workload_end_us: u64,
     /// Final value of every key read after the faults healed.
     finals: HashMap<String, Option<String>>,
+    /// Acknowledged writes read back at their own revisions.
+    at_revision: HashMap<(String, i64), workload::AtRevision>,
     /// The lease client's closing revoke-and-read check held.
     lease_final_ok: bool,
     /// Highest acknowledged revision, which the watcher must reach.
@@ -723,6 +725,12 @@ async fn execute(args: &DrillArgs, plan: &Plan, stage: &mut Stage) -> Execution 
     let final_deadline =
         tokio::time::Instant::now() + Duration::from_millis(FINAL_PHASE_TIMEOUT_MS);
     let finals = workload::final_reads(cfg, rec, final_deadline).await;
+    let at_revision = workload::revision_reads(
+        cfg,
+        rec.acknowledged_revisions(workload::MAX_REVISION_CHECKS),
+        final_deadline,
+    )
+    .await;
     let lease_final_ok = lease.await.unwrap_or(false);
     let target_rev = rec.max_revision();
     while progress.last_revision.load(Ordering::Relaxed) < target_rev
@@ -738,6 +746,7 @@ async fn execute(args: &DrillArgs, plan: &Plan, stage: &mut Stage) -> Execution 
         workload_start_us,
         workload_end_us,
         finals,
+        at_revision,
         lease_final_ok,
         target_rev,
         watched_rev: progress.last_revision.load(Ordering::Relaxed),
@@ -775,6 +784,7 @@ fn judge(
         windows: ex.windows.clone(),
         finals: finals_complete.then_some(ex.finals.clone()),
         keys: (0..cfg.keys).map(|i| cfg.key(i)).collect(),
+        at_revision: ex.at_revision.clone(),
     });
 
     let history = recd.history.join("\n") + "\n";

@@ -180,6 +180,22 @@ impl Recorder {
         t
     }
 
+    /// The most recent `limit` acknowledged writes (write or successful
+    /// cas) that carry a revision, as (key, revision).
+    pub fn acknowledged_revisions(&self, limit: usize) -> Vec<(String, i64)> {
+        let g = self.lock();
+        let mut out: Vec<(String, i64)> = g
+            .ops
+            .iter()
+            .rev()
+            .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas))
+            .filter_map(|o| Some((o.key.clone(), o.revision?)))
+            .take(limit)
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// Record a watch-log line (docs/history-format.md §2).
     pub fn watch_line(&self, v: Value) {
         let mut g = self.lock();

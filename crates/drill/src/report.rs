@@ -12,6 +12,7 @@ use crate::faults::FaultWindow;
 use crate::http_load::{GatewaySummary, HttpOutcome, HttpRecord};
 use crate::recorder::{Func, OpRecord, OpStatus};
 pub use crate::verdict::Verdict;
+use crate::workload::AtRevision;
 
 /// Availability bucket: a bucket is available if at least one operation
 /// completed successfully in it, in ms.
@@ -46,8 +47,13 @@ pub struct LostWrite {
     pub key: String,
     pub value: String,
     pub acked_at_ms: u64,
-    /// What the final read returned instead (`None` = key absent).
+    /// What the final read returned instead (`None` = key absent), or,
+    /// for a write found missing at its own revision, what the key held
+    /// there.
     pub final_value: Option<String>,
+    /// Set when the write was found missing at this, its acknowledged
+    /// revision.
+    pub revision: Option<i64>,
 }
 
 /// Per fault window figures.
@@ -192,11 +198,51 @@ pub fn lost_writes(
                     value: w.value.clone().unwrap_or_default(),
                     acked_at_ms: w.complete_us / 1000,
                     final_value: final_value.clone(),
+                    revision: None,
                 });
             }
         }
     }
     Some(lost)
+}
+
+/// Acknowledged writes that are not in the store at their own revision
+/// (see [`crate::workload::revision_reads`]): the value or `mod_revision`
+/// read there is another write's, or the revision is beyond the store's.
+/// Writes already in `found` are not repeated.
+pub fn lost_at_revision(
+    ops: &[OpRecord],
+    at: &HashMap<(String, i64), AtRevision>,
+    found: &[LostWrite],
+) -> Vec<LostWrite> {
+    let mut lost = Vec::new();
+    for o in ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Ok && matches!(o.f, Func::Write | Func::Cas))
+    {
+        let Some(rev) = o.revision else { continue };
+        let Some(read) = at.get(&(o.key.clone(), rev)) else {
+            continue;
+        };
+        let written = o.value.clone().unwrap_or_default();
+        let held = match read {
+            AtRevision::Held(Some((v, mod_rev))) if *mod_rev == rev && *v == written => continue,
+            AtRevision::Held(Some((v, mod_rev))) => Some(format!("{v} (mod_revision {mod_rev})")),
+            AtRevision::Held(None) => None,
+            AtRevision::Future => Some(format!("(revision {rev} is beyond the store's)")),
+        };
+        if found.iter().any(|l| l.key == o.key && l.value == written) {
+            continue;
+        }
+        lost.push(LostWrite {
+            key: o.key.clone(),
+            value: written,
+            acked_at_ms: o.complete_us / 1000,
+            final_value: held,
+            revision: Some(rev),
+        });
+    }
+    lost
 }
 
 pub struct Inputs<'a> {
@@ -208,6 +254,8 @@ pub struct Inputs<'a> {
     pub windows: Vec<FaultWindow>,
     pub finals: Option<HashMap<String, Option<String>>>,
     pub keys: Vec<String>,
+    /// Acknowledged writes read back at their revisions.
+    pub at_revision: HashMap<(String, i64), AtRevision>,
 }
 
 /// Everything but the checker verdicts (filled in by the caller).
@@ -322,7 +370,12 @@ pub fn analyze(inp: &Inputs) -> Summary {
     let lost = inp
         .finals
         .as_ref()
-        .and_then(|f| lost_writes(inp.ops, f, &inp.keys));
+        .and_then(|f| lost_writes(inp.ops, f, &inp.keys))
+        .map(|mut l| {
+            let more = lost_at_revision(inp.ops, &inp.at_revision, &l);
+            l.extend(more);
+            l
+        });
     let lost_writes_verdict = match &lost {
         Some(l) if l.is_empty() => Verdict::Pass,
         Some(_) => Verdict::Fail,
@@ -407,7 +460,7 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
     };
     let _ = writeln!(
         m,
-        "| lost acknowledged writes (final linearizable reads) | {} | {lost} |",
+        "| lost acknowledged writes (final linearizable reads, and each write read back at its revision) | {} | {lost} |",
         s.lost_writes_verdict
     );
     if let Some(g) = &s.gateway {
@@ -474,14 +527,17 @@ pub fn render_markdown(s: &Summary, settings: &[(String, String)]) -> String {
         render_gateway(&mut m, g);
     }
     if let Some(l) = s.lost_writes.as_ref().filter(|l| !l.is_empty()) {
-        m.push_str("\n## Lost acknowledged writes (first 20)\n\n| key | value | acknowledged at (ms) | final value |\n| --- | --- | --- | --- |\n");
+        m.push_str("\n## Lost acknowledged writes (first 20)\n\n| key | value | acknowledged at (ms) | revision | found instead |\n| --- | --- | --- | --- | --- |\n");
         for w in l.iter().take(20) {
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 w.key,
                 w.value,
                 w.acked_at_ms,
+                w.revision
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "(final read)".into()),
                 w.final_value.as_deref().unwrap_or("(absent)")
             );
         }
@@ -767,4 +823,62 @@ pub fn render_svg(
     );
     o.push_str("</svg>\n");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(key: &str, value: &str, revision: i64) -> OpRecord {
+        OpRecord {
+            process: 0,
+            member: None,
+            f: Func::Write,
+            key: key.into(),
+            status: OpStatus::Ok,
+            value: Some(value.into()),
+            revision: Some(revision),
+            invoke_us: 0,
+            complete_us: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_write_missing_at_its_revision_is_lost_even_when_overwritten_later() {
+        let ops = [
+            write("k", "a", 5),
+            write("k", "b", 6),
+            write("j", "c", 7),
+            write("j", "d", 9),
+        ];
+        let held = |v: &str, r: i64| AtRevision::Held(Some((v.to_string(), r)));
+        let at: HashMap<(String, i64), AtRevision> = [
+            (("k".to_string(), 5), held("a", 5)),
+            // Revision 6 was reused by another write after a loss.
+            (("k".to_string(), 6), held("a", 5)),
+            (("j".to_string(), 7), AtRevision::Held(None)),
+            (("j".to_string(), 9), AtRevision::Future),
+        ]
+        .into_iter()
+        .collect();
+        let lost = lost_at_revision(&ops, &at, &[]);
+        let got: Vec<(&str, &str, Option<i64>)> = lost
+            .iter()
+            .map(|l| (l.key.as_str(), l.value.as_str(), l.revision))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("k", "b", Some(6)),
+                ("j", "c", Some(7)),
+                ("j", "d", Some(9))
+            ]
+        );
+        assert_eq!(lost[0].final_value.as_deref(), Some("a (mod_revision 5)"));
+        // Already reported by the final reads: not repeated.
+        let again = lost_at_revision(&ops, &at, &lost[..1]);
+        assert_eq!(again.len(), 2);
+        // Pairs never answered are not judged.
+        assert!(lost_at_revision(&ops, &HashMap::new(), &[]).is_empty());
+    }
 }
