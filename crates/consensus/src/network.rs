@@ -25,6 +25,8 @@ use tonic::transport::{Channel, Endpoint};
 use crate::faults::Faults;
 use crate::types::{ApplyOutcome, LogId, Member, NodeId, TypeConfig};
 
+pub mod identity;
+
 pub mod pb {
     tonic::include_proto!("phalanx.peer");
 }
@@ -168,6 +170,17 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn admit(&self, _from: NodeId, _cluster: u64, _req: &PeerRequest) -> Result<(), Refusal> {
         Ok(())
     }
+
+    /// With `--peer-cert-identity`: what this member knows of member
+    /// `from`, to bind its messages to its certificate ([`identity`]).
+    /// `None` (the default): messages are not bound to certificates.
+    fn sender_name(&self, _from: NodeId) -> Option<identity::SenderName> {
+        None
+    }
+
+    /// Count a refusal made by [`PeerService`] itself (before `admit`)
+    /// under `phalanx_peer_rejected_total{reason}`.
+    fn count_refusal(&self, _reason: &'static str) {}
 }
 
 /// Prefix of the gRPC status message a member sends to a member it knows
@@ -220,11 +233,26 @@ impl<H: PeerHandler> pb::peer_server::Peer for PeerService<H> {
         if self.faults.enabled() && from.is_some_and(|f| self.faults.blocks(f)) {
             return Err(tonic::Status::unavailable("injected partition"));
         }
+        // The verified client certificate, put there by the TLS accept loop.
+        let conn = request.extensions().get::<tls::ConnInfo>().cloned();
         let env = request.into_inner();
         let req: PeerRequest = postcard::from_bytes(&env.payload).map_err(|e| {
             tonic::Status::invalid_argument(format!("undecodable peer request: {e}"))
         })?;
-        match self.handler.admit(from.unwrap_or(0), cluster, &req) {
+        let from = from.unwrap_or(0);
+        // Before `admit`: a message refused here changes nothing (`admit`
+        // spends a control-message token on a leader's control message).
+        if let Some(sender) = self.handler.sender_name(from) {
+            if let Err(detail) = identity::check(&sender, from, &req, conn.as_ref()) {
+                let reason = identity::CERT_IDENTITY_REASON;
+                self.handler.count_refusal(reason);
+                tracing::debug!("peer message refused ({reason}): {detail}");
+                return Err(tonic::Status::permission_denied(format!(
+                    "{REFUSED_MARKER} ({reason}): {detail}"
+                )));
+            }
+        }
+        match self.handler.admit(from, cluster, &req) {
             Ok(()) => {}
             Err(Refusal::Removed(why)) => {
                 return Err(tonic::Status::failed_precondition(format!(

@@ -1027,8 +1027,7 @@ mod cert_user_tests {
             remote_addr: None,
             tls: true,
             peer_cn: Some("alice".into()),
-            alpn: None,
-            member_internal: false,
+            ..Default::default()
         });
         let req = cert_user_interceptor(req).unwrap();
         assert_eq!(req.metadata().get(CERT_USER_KEY).unwrap(), "alice");

@@ -152,6 +152,9 @@ impl Election for EtcdApi {
         let r = request.get_ref();
         check_name(&r.name)?;
         let (prefix, _) = contender_key(&r.name, 0);
+        // Judged by the auth state after a read barrier, as a Range is
+        // (`checked_range`): a revoke committed before this call is in force.
+        self.barrier(false).await?;
         self.check_range(
             request.metadata(),
             &prefix,

@@ -32,9 +32,33 @@ impl EtcdApi {
         }
     }
 
+    /// A Range with the member's own rights (locks, elections): validated,
+    /// then the read barrier unless serializable, then read locally.
     pub(crate) async fn do_range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, Status> {
         mvcc::validate_range(req).map_err(|e| e.to_status())?;
         self.barrier(req.serializable).await?;
+        self.read_local(req)
+    }
+
+    /// A client's Range: validated, then the read barrier unless
+    /// serializable, then READ on `[key, range_end)` judged by the auth
+    /// state applied *after* the barrier, then read locally. In this order
+    /// (etcd's: it checks once the read index is applied) a revoke committed
+    /// before the read arrived is in force even on a member that had not
+    /// applied it yet; checked first, such a member would judge by its stale
+    /// copy and serve the read (a grant would be missed the same way).
+    pub(crate) async fn checked_range(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        req: &PbRangeRequest,
+    ) -> Result<PbRangeResponse, Status> {
+        mvcc::validate_range(req).map_err(|e| e.to_status())?;
+        self.barrier(req.serializable).await?;
+        self.check_range(md, &req.key, &req.range_end, PermKind::Read)?;
+        self.read_local(req)
+    }
+
+    fn read_local(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, Status> {
         let mut resp = self.node().store().range(req).map_err(|e| e.to_status())?;
         let rev = resp
             .header
@@ -56,11 +80,11 @@ impl PbKvService for EtcdApi {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
-        let r = request.get_ref();
-        self.check_range(request.metadata(), &r.key, &r.range_end, PermKind::Read)?;
-        let req = request.into_inner();
-        self.check_size(req.encoded_len())?;
-        Ok(Response::new(self.do_range(&req).await?))
+        self.check_size(request.get_ref().encoded_len())?;
+        Ok(Response::new(
+            self.checked_range(request.metadata(), request.get_ref())
+                .await?,
+        ))
     }
 
     type RangeStreamStream =
@@ -70,10 +94,10 @@ impl PbKvService for EtcdApi {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
-        let r = request.get_ref();
-        self.check_range(request.metadata(), &r.key, &r.range_end, PermKind::Read)?;
-        let req = request.into_inner();
-        let resp = self.do_range(&req).await?;
+        self.check_size(request.get_ref().encoded_len())?;
+        let resp = self
+            .checked_range(request.metadata(), request.get_ref())
+            .await?;
         Ok(Response::new(futures::stream::once(
             futures::future::ready(Ok(PbRangeStreamResponse {
                 range_response: Some(resp),

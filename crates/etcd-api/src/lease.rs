@@ -69,14 +69,22 @@ impl PbLeaseService for EtcdApi {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
-        // etcd: revoking deletes the attached keys, so it needs WRITE on each.
+        // etcd: revoking deletes the attached keys, so it needs WRITE on
+        // each. Checked here on this member's view to refuse early, and
+        // decided at apply time on the keys attached then (`AsUser`, etcd's
+        // `checkLeasePuts`): a key attached in between counts too.
         if let Some(info) = self.node().store().lease(request.get_ref().id) {
             self.check_keys(request.metadata(), &info.keys, auth::PermKind::Write)?;
         } else {
             self.check_authenticated(request.metadata())?;
         }
-        let req = request.into_inner();
-        match self.propose(Command::LeaseRevoke { id: req.id }).await? {
+        let cmd = self.as_caller(
+            request.metadata(),
+            Command::LeaseRevoke {
+                id: request.get_ref().id,
+            },
+        )?;
+        match self.propose(cmd).await? {
             ApplyResponse::LeaseRevoke(mut r) => {
                 let rev = r
                     .header
@@ -127,6 +135,11 @@ impl PbLeaseService for EtcdApi {
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
         let r = request.get_ref();
+        if r.keys {
+            // The attached keys and the user's permissions on them as of a
+            // read barrier, as a Range is judged (`checked_range`).
+            self.barrier(false).await?;
+        }
         match self.node().store().lease(r.id) {
             Some(info) if r.keys => {
                 self.check_keys(request.metadata(), &info.keys, auth::PermKind::Read)?

@@ -158,13 +158,15 @@ pub enum Command {
     /// enabled). Appended after `Batch` so every earlier entry still decodes.
     /// Does not change the key-value revision (as in etcd).
     Auth(auth::AuthCommand),
-    /// A client's `Put`, `DeleteRange` or `Txn` with who sent it: the user
+    /// A client's `Put`, `DeleteRange`, `Txn` or `LeaseRevoke` with who sent it: the user
     /// (empty: the proposing member saw auth disabled, or no user) and the
     /// auth revision its permissions were judged at. Applied only if auth
     /// is disabled at this point of the log, or the user is permitted now
     /// and `auth_revision` is not older than the applied auth state (etcd's
     /// `Header.Username`/`AuthRevision` and its apply-time permission
-    /// check); else an etcd error, identically on every member. Appended
+    /// check, with its `checkLeasePuts`: WRITE on every key attached to a
+    /// revoked lease or to a lease a put attaches); else an etcd error,
+    /// identically on every member. Appended
     /// last so every earlier entry still decodes; never nested, never
     /// wraps a batch (either is fatal, as a nested batch is).
     AsUser {

@@ -163,6 +163,10 @@ pub struct NodeArgs {
     /// Peer TLS: accept only peer certificates with this subject CN.
     #[arg(long)]
     pub peer_cert_allowed_cn: Option<String>,
+    /// Peer TLS: serve a peer message only if the member it claims to come from is the one its verified certificate names (CN or DNS name equal to that member's --name). Needs --peer-client-cert-auth and one certificate per member.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    pub peer_cert_identity: Option<bool>,
     /// Metrics TLS: certificate for https:// --listen-metrics-urls (default: the client's --cert-file).
     #[arg(long)]
     pub metrics_cert_file: Option<PathBuf>,
@@ -266,6 +270,7 @@ impl NodeArgs {
             peer_client_cert_auth,
             peer_auto_tls,
             peer_cert_allowed_cn,
+            peer_cert_identity,
             metrics_cert_file,
             metrics_key_file,
             metrics_trusted_ca_file,
@@ -467,6 +472,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     )?;
     config.peer_server_tls = tls_setup.peer_server.clone();
     config.peer_client_tls = tls_setup.peer_client.clone();
+    if args.peer_cert_identity.unwrap_or(false) {
+        if args.peer_client_cert_auth != Some(true) || config.peer_server_tls.is_none() {
+            bail!("--peer-cert-identity needs peer TLS with verified certificates: https:// --listen-peer-urls, --peer-client-cert-auth and --peer-trusted-ca-file");
+        }
+        if let Some(cert) = &args.peer_cert_file {
+            tls::check_names("--peer-cert-file", cert, &config.name)?;
+        }
+        config.peer_cert_identity = true;
+    }
     if let Some(v) = args.max_control_messages_per_s {
         if v == 0 {
             bail!("--max-control-messages-per-s must be at least 1 (leadership transfer needs it)");

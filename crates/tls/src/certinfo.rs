@@ -1,7 +1,7 @@
 //! The few facts read from an X.509 certificate: serial number, subject
-//! common name and expiry (`notAfter`). A minimal DER walk over the
-//! `TBSCertificate` header (RFC 5280 §4.1); the signature and everything
-//! else is verified by rustls/webpki, never here.
+//! common name, DNS subject alternative names and expiry (`notAfter`). A
+//! minimal DER walk over the `TBSCertificate` (RFC 5280 §4.1); the
+//! signature and everything else is verified by rustls/webpki, never here.
 
 /// What [`parse`] reads from a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +10,9 @@ pub struct CertInfo {
     pub serial_hex: String,
     /// Subject common name (the first CN), if any.
     pub subject_cn: Option<String>,
+    /// The `dNSName` entries of the subject alternative name extension, in
+    /// certificate order (IP addresses and other name forms are left out).
+    pub dns_names: Vec<String>,
     /// `notBefore` as seconds since the Unix epoch.
     pub not_before_unix: i64,
     /// `notAfter` as seconds since the Unix epoch.
@@ -23,8 +26,15 @@ const TAG_SET: u8 = 0x31;
 const TAG_UTC_TIME: u8 = 0x17;
 const TAG_GENERALIZED_TIME: u8 = 0x18;
 const TAG_VERSION: u8 = 0xa0;
+const TAG_OCTET_STRING: u8 = 0x04;
+/// `[3] EXPLICIT Extensions` of a v3 `TBSCertificate`.
+const TAG_EXTENSIONS: u8 = 0xa3;
+/// `dNSName [2] IA5String` in a `GeneralName` (implicit, primitive).
+const TAG_DNS_NAME: u8 = 0x82;
 /// id-at-commonName, 2.5.4.3.
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+/// id-ce-subjectAltName, 2.5.29.17.
+const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
 
 /// One DER element: (tag, contents, rest).
 fn tlv(buf: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
@@ -68,7 +78,17 @@ pub fn parse(der: &[u8]) -> Result<CertInfo, String> {
     let (_sig_alg, rest) = expect(rest, TAG_SEQUENCE, "signature algorithm")?;
     let (_issuer, rest) = expect(rest, TAG_SEQUENCE, "issuer")?;
     let (validity, rest) = expect(rest, TAG_SEQUENCE, "validity")?;
-    let (subject, _) = expect(rest, TAG_SEQUENCE, "subject")?;
+    let (subject, rest) = expect(rest, TAG_SEQUENCE, "subject")?;
+    let (_spki, mut rest) = expect(rest, TAG_SEQUENCE, "subjectPublicKeyInfo")?;
+    // Optional issuerUniqueID [1] and subjectUniqueID [2], then extensions [3].
+    let mut dns_names = Vec::new();
+    while let Some(&tag) = rest.first() {
+        let (_, body, after) = tlv(rest)?;
+        rest = after;
+        if tag == TAG_EXTENSIONS {
+            dns_names = san_dns_names(body)?;
+        }
+    }
     let (t1, body1, after) = tlv(validity)?;
     let (t2, body2, _) = tlv(after)?;
     let not_before_unix = parse_time(t1, body1)?;
@@ -81,6 +101,7 @@ pub fn parse(der: &[u8]) -> Result<CertInfo, String> {
     Ok(CertInfo {
         serial_hex,
         subject_cn: common_name(subject)?,
+        dns_names,
         not_before_unix,
         not_after_unix,
     })
@@ -102,6 +123,35 @@ fn common_name(mut rdns: &[u8]) -> Result<Option<String>, String> {
         }
     }
     Ok(None)
+}
+
+/// The `dNSName`s of the subjectAltName extension in `[3] { Extensions }`.
+fn san_dns_names(explicit: &[u8]) -> Result<Vec<String>, String> {
+    let (mut exts, _) = expect(explicit, TAG_SEQUENCE, "Extensions")?;
+    while !exts.is_empty() {
+        let (ext, rest) = expect(exts, TAG_SEQUENCE, "Extension")?;
+        exts = rest;
+        let (oid, mut fields) = expect(ext, TAG_OID, "extnID")?;
+        if oid != OID_SAN {
+            continue;
+        }
+        // `critical BOOLEAN DEFAULT FALSE` may come before the value.
+        if fields.first() != Some(&TAG_OCTET_STRING) {
+            fields = tlv(fields)?.2;
+        }
+        let (value, _) = expect(fields, TAG_OCTET_STRING, "extnValue")?;
+        let (mut names, _) = expect(value, TAG_SEQUENCE, "GeneralNames")?;
+        let mut out = Vec::new();
+        while !names.is_empty() {
+            let (tag, name, rest) = tlv(names)?;
+            names = rest;
+            if tag == TAG_DNS_NAME {
+                out.push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        return Ok(out);
+    }
+    Ok(Vec::new())
 }
 
 fn parse_time(tag: u8, body: &[u8]) -> Result<i64, String> {
@@ -144,7 +194,12 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 mod tests {
     #[test]
     fn reads_serial_cn_and_expiry_of_an_rcgen_certificate() {
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "n1.example".into(),
+        ])
+        .unwrap();
         p.distinguished_name
             .push(rcgen::DnType::CommonName, "member-1");
         p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x12, 0xab]));
@@ -155,8 +210,21 @@ mod tests {
         let info = super::parse(cert.der()).unwrap();
         assert_eq!(info.subject_cn.as_deref(), Some("member-1"));
         assert_eq!(info.serial_hex, "12ab");
+        // The IP address SAN is not a DNS name.
+        assert_eq!(info.dns_names, ["localhost", "n1.example"]);
         assert_eq!(info.not_before_unix, 981_158_400);
         assert_eq!(info.not_after_unix, 2_876_860_800);
         assert!(super::parse(&cert.der()[..40]).is_err());
+    }
+
+    #[test]
+    fn a_certificate_without_alternative_names_has_no_dns_names() {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "n2");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let info = super::parse(cert.der()).unwrap();
+        assert_eq!(info.subject_cn.as_deref(), Some("n2"));
+        assert!(info.dns_names.is_empty());
     }
 }

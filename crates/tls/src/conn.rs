@@ -47,11 +47,30 @@ pub struct ConnInfo {
     /// Subject CN of the client's verified certificate (with client
     /// certificate authentication), e.g. for etcd's CN-as-user auth.
     pub peer_cn: Option<String>,
+    /// DNS subject alternative names of that certificate (for binding a
+    /// peer's member name to its certificate, `--peer-cert-identity`).
+    pub peer_dns_names: Vec<String>,
     /// Negotiated ALPN protocol.
     pub alpn: Option<Vec<u8>>,
     /// An in-process connection from the member's own services
     /// ([`local_pair`]); never true for a network connection.
     pub member_internal: bool,
+}
+
+impl ConnInfo {
+    /// Whether the peer's certificate names `name`: as its subject CN or
+    /// one of its DNS subject alternative names (exact, case-insensitive as
+    /// DNS names are; no wildcards — a member name is one name). Only
+    /// meaningful when the listener verified the certificate
+    /// (client-certificate authentication): otherwise there is none.
+    pub fn certificate_names(&self, name: &str) -> bool {
+        !name.is_empty()
+            && self
+                .peer_cn
+                .iter()
+                .chain(self.peer_dns_names.iter())
+                .any(|n| n.eq_ignore_ascii_case(name))
+    }
 }
 
 impl TlsOrPlain {
@@ -77,15 +96,19 @@ impl TlsOrPlain {
             },
             TlsOrPlain::Tls(t) => {
                 let conn = t.get_ref().1;
-                let peer_cn = conn
+                let cert = conn
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(|c| crate::certinfo::parse(c).ok())
-                    .and_then(|i| i.subject_cn);
+                    .and_then(|c| crate::certinfo::parse(c).ok());
+                let (peer_cn, peer_dns_names) = match cert {
+                    Some(i) => (i.subject_cn, i.dns_names),
+                    None => (None, Vec::new()),
+                };
                 ConnInfo {
                     remote_addr,
                     tls: true,
                     peer_cn,
+                    peer_dns_names,
                     alpn: conn.alpn_protocol().map(|p| p.to_vec()),
                     member_internal: false,
                 }

@@ -549,6 +549,38 @@ pub fn check_signed_by(
         })
 }
 
+/// Check that `cert` (first of the chain) names `name` as its subject CN or
+/// a DNS subject alternative name (what [`ConnInfo::certificate_names`]
+/// checks on the peer's side): with `--peer-cert-identity` every peer would
+/// refuse a member whose own certificate does not name it, so it is better
+/// refused at start, with the reason.
+pub fn check_names(cert_flag: &'static str, cert: &Path, name: &str) -> Result<(), TlsError> {
+    let chain = load_certs(cert_flag, cert)?;
+    let info = certinfo::parse(&chain[0]).map_err(|e| TlsError::Invalid {
+        flag: cert_flag,
+        path: cert.to_path_buf(),
+        problem: format!("unreadable certificate: {e}"),
+    })?;
+    let conn = ConnInfo {
+        peer_cn: info.subject_cn.clone(),
+        peer_dns_names: info.dns_names.clone(),
+        ..Default::default()
+    };
+    if conn.certificate_names(name) {
+        return Ok(());
+    }
+    Err(TlsError::Invalid {
+        flag: cert_flag,
+        path: cert.to_path_buf(),
+        problem: format!(
+            "its subject CN is {:?} and its DNS names are {:?}: neither is this member's name {name:?}, \
+             so with --peer-cert-identity every peer would refuse it; issue it with CN or a DNS name {name:?}",
+            info.subject_cn.unwrap_or_default(),
+            info.dns_names,
+        ),
+    })
+}
+
 /// etcd's `--auto-tls`/`--peer-auto-tls`: a self-signed certificate for
 /// `hosts` (IPs and names) in `dir` (`cert.pem`, `key.pem`), made once and
 /// reused while it is valid. Returns (cert, key) paths.
@@ -728,6 +760,33 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn a_member_certificate_must_name_the_member() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = gen::Ca::new("ca").unwrap();
+        let g = ca
+            .issue(
+                "n1",
+                &["127.0.0.1".into(), "n1.peers.example".into()],
+                1,
+                30,
+            )
+            .unwrap();
+        let cert = write(d.path(), "n1.crt", &g.cert_pem);
+        check_names("--peer-cert-file", &cert, "n1").unwrap();
+        check_names("--peer-cert-file", &cert, "N1.peers.example").unwrap();
+        let e = check_names("--peer-cert-file", &cert, "n2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("n1.crt")
+                && e.contains("\"n1\"")
+                && e.contains("n1.peers.example")
+                && e.contains("\"n2\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub struct NodeConfig {
     /// Most leadership-transfer control messages (`PauseElections`,
     /// `ElectAfter`) this member obeys per second, even from the leader.
     pub max_control_messages_per_s: u32,
+    /// `--peer-cert-identity`: serve a peer message only if the member id it
+    /// claims is the member named by its connection's verified certificate
+    /// (`network::identity`).
+    pub peer_cert_identity: bool,
 }
 
 impl NodeConfig {
@@ -96,6 +100,7 @@ impl NodeConfig {
             peer_server_tls: None,
             peer_client_tls: None,
             max_control_messages_per_s: 10,
+            peer_cert_identity: false,
         }
     }
 }

@@ -97,6 +97,24 @@ impl PeerHandler for Node {
         Ok(())
     }
 
+    fn sender_name(&self, from: NodeId) -> Option<crate::network::identity::SenderName> {
+        if !self.config.peer_cert_identity {
+            return None;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        Some(crate::network::identity::sender_name(
+            m.membership_config.membership().nodes(),
+            from,
+            &self.config.name,
+            &self.config.initial_cluster,
+        ))
+    }
+
+    fn count_refusal(&self, reason: &'static str) {
+        self.count_rejection(reason);
+    }
+
     async fn handle(&self, req: PeerRequest) -> Vec<u8> {
         match req {
             PeerRequest::AppendEntries(r) => {

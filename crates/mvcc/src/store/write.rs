@@ -646,13 +646,16 @@ impl<'t> Writer<'t> {
             } => {
                 if !matches!(
                     **cmd,
-                    Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_)
+                    Command::Put(_)
+                        | Command::DeleteRange(_)
+                        | Command::Txn(_)
+                        | Command::LeaseRevoke { .. }
                 ) {
                     // No proposer writes one: fatal on every member alike.
                     return Err(Fail::Fatal(MvccError::Decode {
                         what: "Command",
                         detail:
-                            "an AsUser entry wrapping something other than Put, DeleteRange or Txn"
+                            "an AsUser entry wrapping something other than Put, DeleteRange, Txn or LeaseRevoke"
                                 .into(),
                     }));
                 }
@@ -669,6 +672,17 @@ impl<'t> Writer<'t> {
                 if state.enabled {
                     permitted_at_apply(&state, user, *auth_revision, cmd)
                         .map_err(EtcdError::Auth)?;
+                    // etcd's `checkLeasePuts`: revoking a lease deletes its
+                    // keys, and attaching a lease to a key lets whoever
+                    // revokes it delete that key too; so both need WRITE on
+                    // every key attached to the lease now.
+                    for id in leases_written(cmd) {
+                        for key in lease_keys(&self.lease_key, id)? {
+                            state
+                                .check(user, &key, &[], auth::PermKind::Write)
+                                .map_err(EtcdError::Auth)?;
+                        }
+                    }
                 }
                 self.apply_inner(cmd, p)
             }
@@ -703,6 +717,42 @@ impl<'t> Writer<'t> {
             }
         }
     }
+}
+
+/// The leases whose attached keys a client write must be allowed to write
+/// (etcd's `checkLeasePuts`): a revoked lease, and the lease a put attaches
+/// (also inside a transaction, where etcd 3.4 does not look: the same
+/// attachment by another route).
+fn leases_written(cmd: &Command) -> Vec<i64> {
+    fn txn_leases(t: &PbTxnRequest, out: &mut Vec<i64>) {
+        for op in t.success.iter().chain(t.failure.iter()) {
+            match &op.request {
+                Some(PbTxnOpRequest::RequestPut(p)) if p.lease != 0 => out.push(p.lease),
+                Some(PbTxnOpRequest::RequestTxn(n)) => txn_leases(n, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    match cmd {
+        Command::LeaseRevoke { id } => out.push(*id),
+        Command::Put(b) => {
+            if let Ok(r) = PbPutRequest::decode(b.as_slice()) {
+                if r.lease != 0 {
+                    out.push(r.lease);
+                }
+            }
+        }
+        Command::Txn(b) => {
+            if let Ok(t) = PbTxnRequest::decode(b.as_slice()) {
+                txn_leases(&t, &mut out);
+            }
+        }
+        _ => {}
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// etcd's apply-time permission check of a client write (`authApplierV3`):
