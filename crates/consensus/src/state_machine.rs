@@ -93,6 +93,45 @@ pub struct Applier {
     replay_floor: u64,
 }
 
+/// Entries applied on the state machine's own task rather than the
+/// blocking pool when their payloads total at most this many bytes (see
+/// `Applier::apply`).
+pub const INLINE_APPLY_MAX_BYTES: usize = 64 * 1024;
+
+/// Whether applying `payload` touches a bounded number of keys: puts,
+/// lease grants, alarms and auth changes do; a range delete, a transaction
+/// (which may range over or delete any number of keys), a compaction or a
+/// lease revoke (which deletes every attached key) may not, so they never
+/// hold the state machine's task.
+fn apply_is_bounded(payload: &EntryPayload<TypeConfig>) -> bool {
+    fn bounded(cmd: &Command) -> bool {
+        match cmd {
+            Command::Put(_)
+            | Command::LeaseGrant { .. }
+            | Command::Alarm { .. }
+            | Command::Auth(_) => true,
+            Command::Batch(cmds) => cmds.iter().all(bounded),
+            Command::AsUser { cmd, .. } => bounded(cmd),
+            Command::DeleteRange(_)
+            | Command::Txn(_)
+            | Command::Compact { .. }
+            | Command::LeaseRevoke { .. } => false,
+        }
+    }
+    match payload {
+        EntryPayload::Normal(cmd) => bounded(cmd),
+        EntryPayload::Blank | EntryPayload::Membership(_) => true,
+    }
+}
+
+/// An entry's payload size, near enough to choose where to apply it.
+fn entry_approx_bytes(e: &Entry) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(cmd) => cmd.approx_len(),
+        EntryPayload::Blank | EntryPayload::Membership(_) => 64,
+    }
+}
+
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_state_machine(&e).into()
 }
@@ -162,7 +201,16 @@ impl Applier {
     }
 
     fn apply_blocking(&self, entries: Vec<Entry>) -> Result<Vec<ApplyOutcome>, StorageError> {
-        let _guard = self.apply_lock.lock().expect("apply lock poisoned");
+        let guard = self.apply_lock.lock().expect("apply lock poisoned");
+        self.apply_locked(entries, &guard)
+    }
+
+    /// Apply `entries` holding the apply lock (`_guard`).
+    fn apply_locked(
+        &self,
+        entries: Vec<Entry>,
+        _guard: &std::sync::MutexGuard<'_, ()>,
+    ) -> Result<Vec<ApplyOutcome>, StorageError> {
         let mut meta = self.read_meta()?;
         let mut items: Vec<Option<Command>> = Vec::with_capacity(entries.len());
         // Per entry, how many consecutive items it became: a batch entry
@@ -228,6 +276,15 @@ impl Applier {
                         }
                         // Revoked now, or already gone: either way no clock remains.
                         (_, Some(Command::LeaseRevoke { id })) => self.lessor.on_revoke(*id),
+                        // A user's revoke (`AsUser`): its clock goes unless
+                        // the apply-time permission check refused it.
+                        (r, Some(Command::AsUser { cmd, .. }))
+                            if !matches!(r, ApplyResponse::Error(mvcc::EtcdError::Auth(_))) =>
+                        {
+                            if let Command::LeaseRevoke { id } = **cmd {
+                                self.lessor.on_revoke(id)
+                            }
+                        }
                         (ApplyResponse::Auth { .. }, Some(Command::Auth(cmd))) => {
                             // After the commit above: a token is valid on
                             // this member once its entry is applied here.
@@ -353,6 +410,16 @@ impl RaftStateMachine<TypeConfig> for Applier {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        // A small apply runs here, on the state machine's task: it is an
+        // unsynced store commit, cheaper than the two thread switches a
+        // hand-off to the blocking pool costs on every write. A large one,
+        // or one that would wait behind a snapshot build, goes to the pool.
+        let bytes: usize = entries.iter().map(entry_approx_bytes).sum();
+        if bytes <= INLINE_APPLY_MAX_BYTES && entries.iter().all(|e| apply_is_bounded(&e.payload)) {
+            if let Ok(guard) = self.apply_lock.try_lock() {
+                return self.apply_locked(entries, &guard);
+            }
+        }
         let this = self.clone();
         this.io
             .run("state machine", move || this.apply_blocking(entries))

@@ -583,9 +583,19 @@ impl Wal {
         }
     }
 
-    fn io_err(&self, op: &'static str, name: &str) -> impl FnOnce(std::io::Error) -> WalError {
-        let file = self.dir.describe(name);
-        move |source| WalError::Io { op, file, source }
+    /// The error for a failed `op` on file `name`; the file is described
+    /// only when it failed (this is on the write path).
+    fn io_err<'a>(
+        &'a self,
+        op: &'static str,
+        name: &'a str,
+    ) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+        let dir = &self.dir;
+        move |source| WalError::Io {
+            op,
+            file: dir.describe(name),
+            source,
+        }
     }
 
     /// Append records `(index, data)` (consecutive indexes, continuing the

@@ -530,6 +530,16 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Whether every entry from `start` on is held in memory (reading them
+    /// touches no file).
+    fn in_memory_from(&self, start: u64) -> bool {
+        lock(&self.shared.mem)
+            .entries
+            .keys()
+            .next()
+            .is_some_and(|first| *first <= start)
+    }
+
     fn last_entry_id(&self) -> Result<Option<LogId>, LogStoreError> {
         if let Some((e, _)) = lock(&self.shared.mem).entries.values().next_back() {
             return Ok(Some(*e.get_log_id()));
@@ -868,6 +878,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => *e,
             Bound::Unbounded => u64::MAX,
         };
+        if self.in_memory_from(start) {
+            return self
+                .read_range(start, end, usize::MAX, usize::MAX)
+                .map_err(read_err);
+        }
         let this = self.clone();
         this.io
             .run("log store", move || {
@@ -882,6 +897,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
+        // Replication reads what it has just appended, which is still in
+        // memory: read it here rather than pay two thread switches per
+        // AppendEntries for a hand-off to the blocking pool.
+        if self.in_memory_from(start) {
+            return self
+                .read_range(start, end, MAX_ENTRIES_PER_READ, MAX_BYTES_PER_READ)
+                .map_err(read_err);
+        }
         let this = self.clone();
         this.io
             .run("log store", move || {
@@ -941,15 +964,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // quorum; this only lets a restarted member re-apply what it knew was
         // committed without waiting for a leader. (It is called on every
         // commit advance: an fsync here would serialise the write path.)
+        let save = move |meta: &mut std::sync::MutexGuard<'_, Meta>| {
+            let bytes = postcard::to_allocvec(&committed).expect("encoding cannot fail");
+            meta.committed_file.write(&bytes, false)?;
+            meta.committed = committed;
+            Ok::<_, LogStoreError>(())
+        };
+        // An unsynced write of a few bytes to the page cache costs less than
+        // the hand-off to the blocking pool, so it is done here on every
+        // commit, unless a vote or purge is being synced under the lock.
+        if let Ok(mut meta) = self.shared.meta.try_lock() {
+            return save(&mut meta).map_err(write_err);
+        }
         let this = self.clone();
         this.io
-            .run("log store", move || {
-                let mut meta = lock(&this.shared.meta);
-                let bytes = postcard::to_allocvec(&committed).expect("encoding cannot fail");
-                meta.committed_file.write(&bytes, false)?;
-                meta.committed = committed;
-                Ok::<_, LogStoreError>(())
-            })
+            .run("log store", move || save(&mut lock(&this.shared.meta)))
             .await
             .map_err(write_err)
     }
