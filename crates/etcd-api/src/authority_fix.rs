@@ -36,9 +36,19 @@
 //! dynamic table tracks the client's encoder), `:authority` is rewritten when
 //! it contains `://`, and the header list is re-encoded and re-framed.
 //!
-//! Every header block is re-encoded, whether or not anything changed: the
-//! client's block may refer to the client's dynamic table, and the server's
-//! decoder only sees what we emit. Our encoding uses only "literal header field
+//! **Only connections that need it pay for it.** The first header block of a
+//! connection decides: a grpc-go channel sends the same `:authority` on every
+//! stream, so if the first block's `:authority` needs no rewrite, that block is forwarded
+//! as the client encoded it (padding and priority dropped) and the rest of the
+//! connection is copied unchanged (`PassThrough`); the server's decoder then
+//! follows the client's encoder itself. Decoding every block cost about a
+//! third of a member's CPU on serializable reads (a Huffman table is built per
+//! decoded string). A client that switched to URL-shaped authorities later
+//! in a connection would get h2's reset, as without this module.
+//!
+//! On a connection that needs rewriting, every header block is re-encoded,
+//! whether or not anything changed: the client's block may refer to the
+//! client's dynamic table, and the server's decoder only sees what we emit. Our encoding uses only "literal header field
 //! without indexing, new name" with raw (non-Huffman) strings (RFC 7541
 //! §6.2.2, §5.1, §5.2), so the server's dynamic table stays empty and no size
 //! updates or table references are ever sent. (Fields the client sent as
@@ -151,6 +161,9 @@ pub struct AuthorityFix<S> {
     /// Scratch for re-encoding a header block.
     encoded: Vec<u8>,
     decoder: Decoder<'static>,
+    /// Set once the first header block needed a rewrite: every block of the
+    /// connection is then re-encoded (see the module docs).
+    rewriting: bool,
     failure: Option<(io::ErrorKind, String)>,
 }
 
@@ -176,6 +189,7 @@ impl<S> AuthorityFix<S> {
             block: None,
             encoded: Vec::new(),
             decoder,
+            rewriting: false,
             failure: None,
         }
     }
@@ -380,6 +394,7 @@ impl<S> AuthorityFix<S> {
         encoded.clear();
         let mut list_bytes = 0usize;
         let mut too_large = false;
+        let mut needs_rewrite = false;
         self.decoder
             .decode_with_cb(&block.fragment, |name, value| {
                 if too_large {
@@ -391,6 +406,7 @@ impl<S> AuthorityFix<S> {
                     return;
                 }
                 if &name[..] == b":authority" {
+                    needs_rewrite |= rewrite_authority(&value).is_some();
                     match rewrite_authority(&value) {
                         Some([]) => {
                             // Nothing usable (e.g. "unix:///path"): omit it, as
@@ -419,13 +435,22 @@ impl<S> AuthorityFix<S> {
             ));
         }
 
-        let frames = self.encoded.len().div_ceil(SERVER_MAX_FRAME_SIZE).max(1);
-        self.out
-            .reserve(self.encoded.len() + frames * FRAME_HEADER_LEN);
+        self.rewriting |= needs_rewrite;
+        // The first block decides (module docs): nothing to rewrite, so the
+        // server's decoder gets the client's own encoding, and from here on
+        // the connection is copied unchanged.
+        let payload = if self.rewriting {
+            &self.encoded[..]
+        } else {
+            self.state = State::PassThrough;
+            &block.fragment[..]
+        };
+        let frames = payload.len().div_ceil(SERVER_MAX_FRAME_SIZE).max(1);
+        self.out.reserve(payload.len() + frames * FRAME_HEADER_LEN);
         for i in 0..frames {
             let start = i * SERVER_MAX_FRAME_SIZE;
-            let end = (start + SERVER_MAX_FRAME_SIZE).min(self.encoded.len());
-            let chunk = &self.encoded[start..end];
+            let end = (start + SERVER_MAX_FRAME_SIZE).min(payload.len());
+            let chunk = &payload[start..end];
             let (frame_type, mut flags) = if i == 0 {
                 (
                     FRAME_HEADERS,
@@ -902,6 +927,24 @@ mod tests {
     /// Two requests as grpc-go sends them: the first adds `:authority` (URL
     /// shaped, Huffman coded) and a custom header to the dynamic table, the
     /// second refers to both entries by index.
+    /// The first block decides: a host:port authority sends the connection
+    /// through unchanged, a later URL-shaped one included (the server judges
+    /// it, as it would without this module).
+    #[tokio::test]
+    async fn test_first_block_without_url_authority_passes_the_connection_through() {
+        let mut first = vec![0x83, 0x86, 0x84]; // POST, http, /
+        first.push(0x41); // :authority, literal with incremental indexing
+        encode_string(&mut first, b"127.0.0.1:2379");
+        let mut second = vec![0x83, 0x86, 0x84, 0x01]; // :authority, literal without indexing
+        encode_string(&mut second, b"http://127.0.0.1:2379");
+        let mut input = CLIENT_PREFACE.to_vec();
+        input.extend(settings());
+        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &first));
+        input.extend(frame(0x0, 0x1, 1, b"grpc body bytes"));
+        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 3, &second));
+        assert_eq!(run(input.clone()).await.unwrap(), input);
+    }
+
     #[tokio::test]
     async fn test_rewrites_authority_across_dynamic_table_references() {
         let mut first = vec![0x83, 0x86]; // :method POST, :scheme http
@@ -981,20 +1024,33 @@ mod tests {
                 block,
             ));
         }
-        let blocks = header_blocks(&parse(&run(input).await.unwrap()));
+        let output = run(input.clone()).await.unwrap();
+        // No authority to rewrite: the connection passes through unchanged,
+        // dynamic-table references and all, for the server's decoder to follow.
+        assert_eq!(output, input);
+        let blocks = header_blocks(&parse(&output));
+        let mut server = Decoder::new();
+        let mut decode = |block: &[u8]| -> Vec<(String, String)> {
+            server
+                .decode(block)
+                .unwrap()
+                .into_iter()
+                .map(|(n, v)| (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()))
+                .collect()
+        };
         let base = [
             (":method", "GET"),
             (":scheme", "http"),
             (":path", "/"),
             (":authority", "www.example.com"),
         ];
-        assert_eq!(decode_fresh(&blocks[0].2), pairs(&base));
+        assert_eq!(decode(&blocks[0].2), pairs(&base));
         assert_eq!(
-            decode_fresh(&blocks[1].2),
+            decode(&blocks[1].2),
             pairs(&[&base[..], &[("cache-control", "no-cache")]].concat())
         );
         assert_eq!(
-            decode_fresh(&blocks[2].2),
+            decode(&blocks[2].2),
             pairs(&[
                 (":method", "GET"),
                 (":scheme", "https"),
