@@ -423,7 +423,9 @@ async fn endpoint_channel(
     Ok(etcd_client::Channel::Tonic(ch))
 }
 
-/// HashKV at `revision` of a normalized stream, by installing it into a scratch store.
+/// HashKV at `revision` of a normalized stream, by installing it into a scratch store;
+/// the same hash computed on the stream as it loads must agree (a store that did not
+/// load what the stream holds is an error).
 pub(crate) fn hash_kv_of_stream(
     r: &mut dyn Read,
     revision: i64,
@@ -435,16 +437,29 @@ pub(crate) fn hash_kv_of_stream(
         detail: e.to_string(),
     })?;
     // A scratch store, thrown away: loaded as the stream arrives, never fsynced.
+    let mut tap = crate::streamcheck::HashKvTap::new(r, revision);
     store
-        .load_snapshot(r, mvcc::LoadDurability::Scratch)
+        .load_snapshot(&mut tap, mvcc::LoadDurability::Scratch)
         .map_err(|e| BackupError::Store {
             path: path.clone(),
             detail: e.to_string(),
         })?;
     let (h, _, _) = store.hash_kv(revision).map_err(|e| BackupError::Store {
-        path,
+        path: path.clone(),
         detail: format!("HashKV at {revision}: {e}"),
     })?;
+    let on_stream = tap.finish().map_err(|detail| BackupError::Store {
+        path: path.clone(),
+        detail,
+    })?;
+    if on_stream != h {
+        return Err(BackupError::Store {
+            path,
+            detail: format!(
+                "HashKV at {revision} of the loaded store is {h}, of the stream it was loaded from {on_stream}"
+            ),
+        });
+    }
     Ok(h)
 }
 
@@ -536,27 +551,60 @@ async fn backup_inner(
     let taken = open_source(source, settings, src_tx).await?;
     let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(2);
     let endpoint = taken.endpoint.clone();
+    // HashKV at the snapshot's revision is asked for as soon as the stream names that
+    // revision (its first record), so the member computes it while it still streams.
+    let (rev_tx, rev_rx) = tokio::sync::oneshot::channel::<i64>();
+    let early_hash = taken.client.clone().map(|c| {
+        tokio::spawn(async move {
+            let rev = rev_rx.await.ok()?;
+            Some((rev, c.maintenance_client().hash_kv(rev).await))
+        })
+    });
     let chunk_thread =
         tokio::task::spawn_blocking(move || -> Result<StreamInfo, std::io::Error> {
             let (src, etcd_trailer) =
                 crate::snapstream::open_snapshot(Box::new(ChannelReader::new(src_rx)))?;
-            let (norm, info) = Normalizer::new(src, etcd_trailer);
-            let cdc = fastcdc::v2020::StreamCDC::new(
-                norm,
-                chunker.chunk_min_bytes,
-                chunker.chunk_avg_bytes,
-                chunker.chunk_max_bytes,
-            );
-            for c in cdc {
-                let c = c.map_err(|e| match e {
-                    fastcdc::v2020::Error::IoError(e) => e,
-                    e => std::io::Error::other(e.to_string()),
-                })?;
-                let sha = hex(&Sha256::digest(&c.data));
-                if chunk_tx.blocking_send((sha, Bytes::from(c.data))).is_err() {
-                    return Err(std::io::Error::other("uploader stopped"));
+            let (mut norm, info) = Normalizer::new(src, etcd_trailer);
+            norm.notify_revision(rev_tx);
+            // Two stages on two threads: the normalizer (parse, CRC32 and SHA-256 of
+            // the input and of the output) feeds the chunker (FastCDC, SHA-256 of each
+            // chunk) through a bounded pipe.
+            let (mut pw, pr) = crate::snapstream::pipe::pipe();
+            std::thread::scope(|scope| {
+                let normalizing = scope.spawn(move || -> std::io::Result<()> {
+                    let r = std::io::copy(&mut norm, &mut pw)
+                        .and_then(|_| std::io::Write::flush(&mut pw));
+                    // Closing the pipe ends the chunker's input (early, on an error).
+                    drop(pw);
+                    r
+                });
+                let chunked = (|| -> std::io::Result<()> {
+                    let cdc = fastcdc::v2020::StreamCDC::new(
+                        pr,
+                        chunker.chunk_min_bytes,
+                        chunker.chunk_avg_bytes,
+                        chunker.chunk_max_bytes,
+                    );
+                    for c in cdc {
+                        let c = c.map_err(|e| match e {
+                            fastcdc::v2020::Error::IoError(e) => e,
+                            e => std::io::Error::other(e.to_string()),
+                        })?;
+                        let sha = hex(&Sha256::digest(&c.data));
+                        if chunk_tx.blocking_send((sha, Bytes::from(c.data))).is_err() {
+                            return Err(std::io::Error::other("uploader stopped"));
+                        }
+                    }
+                    Ok(())
+                })();
+                match (normalizing.join().expect("normalizer thread"), chunked) {
+                    // The chunker stopped first: the normalizer only found the pipe closed.
+                    (Err(e), Err(c)) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(c),
+                    // Else the normalizer's error: the chunker then only saw its input end.
+                    (Err(e), _) => Err(e),
+                    (Ok(()), chunked) => chunked,
                 }
-            }
+            })?;
             let i = info.lock().expect("info").clone();
             Ok(i)
         });
@@ -644,15 +692,22 @@ async fn backup_inner(
 
     // HashKV at the backup revision, from the member itself (or computed for a file).
     let hash_kv = match taken.client.clone() {
-        Some(c) => c
-            .maintenance_client()
-            .hash_kv(revision)
-            .await
-            .map_err(|e| BackupError::Snapshot {
-                endpoint: taken.endpoint.clone(),
-                detail: format!("HashKV at revision {revision}: {e}"),
-            })?
-            .hash(),
+        Some(c) => {
+            let early = match early_hash {
+                Some(t) => t.await.ok().flatten(),
+                None => None,
+            };
+            let answer = match early {
+                Some((rev, answer)) if rev == revision => answer,
+                _ => c.maintenance_client().hash_kv(revision).await,
+            };
+            answer
+                .map_err(|e| BackupError::Snapshot {
+                    endpoint: taken.endpoint.clone(),
+                    detail: format!("HashKV at revision {revision}: {e}"),
+                })?
+                .hash()
+        }
         None => {
             let Source::File(path) = source else {
                 unreachable!("no client only for files")

@@ -19,6 +19,8 @@
 //! * [`service`] — backups run by the cluster (leader only): schedule, archive,
 //!   retention, restore drills, metrics; the policy lives in the replicated store.
 //! * [`prune()`] — retention (restic's `forget` rules) and chunk/segment GC.
+//! * [`streamcheck`] — checks computed on a snapshot stream while it loads (HashKV at a
+//!   revision), so a restore needs no scratch copy of the backup to check it against.
 //!
 //! Memory stays bounded: the snapshot streams through the chunker; at most
 //! `upload_concurrency` chunks of at most `chunk_max_bytes` are in flight.
@@ -33,6 +35,7 @@ mod repo;
 mod restore;
 pub mod service;
 pub mod snapstream;
+pub mod streamcheck;
 
 pub use backup::{
     backup_now, backup_now_gated, BackupOutcome, BackupSettings, CommitGate, DestinationOutcome,

@@ -9,14 +9,13 @@
 //! identity and the Raft log as for any new member).
 
 use std::io::BufWriter;
-
-use crate::snapstream::pipe;
 use std::path::{Path, PathBuf};
 
 use crate::dest::{Destination, RetrySettings, S3Settings};
 use crate::error::BackupError;
 use crate::format::*;
 use crate::repo::{list_backups, read_manifest, stream_backup, BackupEntry};
+use mvcc::LoadDurability;
 
 /// etcd's documentation suggests a bump of a billion revisions when the revision the lost
 /// cluster reached after the backup is unknown.
@@ -612,31 +611,33 @@ async fn restore_into(
     segs: Vec<crate::archive::Segment>,
     newest: i64,
 ) -> Result<RestoreReport, BackupError> {
-    let scratch = work.join("scratch");
-    std::fs::create_dir_all(&scratch).map_err(BackupError::io("create scratch dir", &scratch))?;
-    let scratch_db = scratch.join("kv.redb");
-    // 1. The backup as it was, loaded as it streams in (no spool) into a scratch store
-    //    (no fsync: it is thrown away); its HashKV at the backup revision checked.
-    let sdb = scratch_db.clone();
-    let rev = m.revision;
+    let member = work.join("member");
+    std::fs::create_dir_all(&member).map_err(BackupError::io("create member dir", &member))?;
+    let kv = member.join("kv.redb");
+    // 1. The backup as it was (its whole history), loaded as it streams in straight
+    //    into the new member's store, committed without fsync (step 5 makes the
+    //    result durable);
+    //    HashKV at the backup revision computed on the stream meanwhile.
+    let (kv1, rev) = (kv.clone(), m.revision);
     let t0 = std::time::Instant::now();
     let (problems, res) = stream_backup(d, m, &entry.summary.recipients, ids, false, move |r| {
-        let store = mvcc::Store::open(&sdb).map_err(|e| store_err(&sdb)(e.to_string()))?;
+        let store = mvcc::Store::open(&kv1).map_err(|e| store_err(&kv1)(e.to_string()))?;
+        let mut tap = crate::streamcheck::HashKvTap::new(r, rev);
         store
-            .load_snapshot(r, mvcc::LoadDurability::Scratch)
-            .map_err(|e| store_err(&sdb)(e.to_string()))?;
-        let (h, _, _) = store
-            .hash_kv(rev)
-            .map_err(|e| store_err(&sdb)(format!("HashKV at {rev}: {e}")))?;
+            .load_snapshot(&mut tap, mvcc::LoadDurability::Scratch)
+            .map_err(|e| store_err(&kv1)(e.to_string()))?;
+        let h = tap
+            .finish()
+            .map_err(|e| store_err(&kv1)(format!("HashKV at {rev}: {e}")))?;
         Ok((h, store))
     })
     .await;
     if let Some(p) = problems.into_iter().next() {
         return Err(p);
     }
-    let (h, old) = res.expect("sink ran")?;
+    let (h, store) = res.expect("sink ran")?;
     tracing::debug!(
-        "restore: backup fetched, checked and loaded into the scratch store, HashKV checked in {:?}",
+        "restore: backup fetched, checked and loaded, HashKV computed in {:?}",
         t0.elapsed()
     );
     if h != m.hash_kv {
@@ -648,66 +649,74 @@ async fn restore_into(
             found: h,
         });
     }
-    // 1b. The archive replayed on top, revision by revision, up to `want`; every
-    // replayed revision must produce exactly the archived key-values.
-    let old = std::sync::Arc::new(old);
+    // 2. The archive replayed on top, revision by revision, up to `want`; every
+    //    replayed revision must produce exactly the archived key-values.
+    let store = std::sync::Arc::new(store);
     let nsegs = segs.len() as u64;
     let mut archived_revisions = 0u64;
     if !segs.is_empty() {
-        let (sdb, store) = (scratch_db.clone(), old.clone());
+        let (p, st) = (kv.clone(), store.clone());
         archived_revisions = tokio::task::spawn_blocking(move || -> Result<u64, BackupError> {
-            replay(&store, &segs, want).map_err(|e| store_err(&sdb)(e))
+            replay(&st, &segs, want).map_err(|e| store_err(&p)(e))
         })
         .await
         .expect("replay task")?;
     }
-    // 2. State at `want`, as a snapshot stream, piped into 3. the new member's store
-    // (one durable commit at the end); 4. cross-checked key by key against the scratch
-    // store at `want`.
+    // 3. The store reduced in place to the state at `want` (bumped, compacted; one
+    //    commit), while another thread reads every key at `want` from the full
+    //    history it still holds; 4. the reduced store read back and compared with
+    //    that, page by page, while 5. one fsync makes it durable.
     let new_rev = m.revision.max(newest) + s.bump_revision;
-    let member = work.join("member");
-    std::fs::create_dir_all(&member).map_err(BackupError::io("create member dir", &member))?;
-    let page = s.check_page_keys.max(1);
-    let (scratch_db2, member2) = (scratch_db.clone(), member.clone());
+    let page = usize::try_from(s.check_page_keys.max(1)).unwrap_or(usize::MAX);
+    let kv3 = kv.clone();
     let mut rep = tokio::task::spawn_blocking(move || -> Result<RestoreReport, BackupError> {
         let t0 = std::time::Instant::now();
-        let kv = member2.join("kv.redb");
-        let store = mvcc::Store::open(&kv).map_err(|e| store_err(&kv)(e.to_string()))?;
-        let (mut w, mut r) = pipe::pipe();
-        let (written, loaded) = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| {
-                let st = old.write_state_at(want, new_rev, &mut w);
-                let st = st.and_then(|st| {
-                    std::io::Write::flush(&mut w).map(|_| st).map_err(|source| {
-                        mvcc::MvccError::Io {
-                            op: "write snapshot".into(),
-                            source,
-                        }
-                    })
-                });
-                // Closing the pipe ends the loader's stream (or stops it, on an error).
-                drop(w);
-                st
+        let leases: std::collections::HashSet<i64> = store
+            .try_leases()
+            .map_err(|e| store_err(&kv3)(e.to_string()))?
+            .iter()
+            .map(|l| l.id)
+            .collect();
+        let (reference, reduced) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (st, ls, p) = (&store, &leases, &kv3);
+            let reader = scope.spawn(move || {
+                let r = page_digests(st, want, page, Some(ls), p);
+                // The reduction may commit now (or stop, on an error here).
+                let _ = tx.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                r
             });
-            let loaded = store.load_snapshot(&mut r, mvcc::LoadDurability::Durable);
-            drop(r);
-            (writer.join().expect("state writer thread"), loaded)
+            let reduced =
+                store.reduce_to_state_at(want, new_rev, LoadDurability::Scratch, move || {
+                    rx.recv()
+                        .unwrap_or_else(|_| Err("the reading thread stopped".into()))
+                        .map_err(|e| format!("reading the backup at revision {want}: {e}"))
+                });
+            (reader.join().expect("reference reader thread"), reduced)
         });
-        // The writer's error first: the loader only saw its stream end early.
+        let reference = reference?;
         let mvcc::StateAt {
             keys,
             leases,
             detached,
-        } = written.map_err(|e| store_err(&scratch_db2)(e.to_string()))?;
-        loaded.map_err(|e| store_err(&kv)(e.to_string()))?;
+        } = reduced.map_err(|e| store_err(&kv3)(e.to_string()))?;
         tracing::debug!(
-            "restore: state at {want} written into {} in {:?}",
-            kv.display(),
+            "restore: reduced to the state at {want} in {:?}",
             t0.elapsed()
         );
+        // 5. The reduced store written to disk (one fsync) while it is read back.
         let t0 = std::time::Instant::now();
-        cross_check(&old, want, &store, page, &kv)?;
-        tracing::debug!("restore: every key cross-checked in {:?}", t0.elapsed());
+        let (synced, restored) = std::thread::scope(|scope| {
+            let syncing = scope.spawn(|| store.make_durable());
+            let restored = page_digests(&store, 0, page, None, &kv3);
+            (syncing.join().expect("fsync thread"), restored)
+        });
+        synced.map_err(|e| store_err(&kv3)(e.to_string()))?;
+        compare_pages(&reference, &restored?, want, &kv3)?;
+        tracing::debug!(
+            "restore: every key checked and the store made durable in {:?}",
+            t0.elapsed()
+        );
         Ok(RestoreReport {
             backup: String::new(),
             backup_revision: 0,
@@ -742,96 +751,101 @@ async fn restore_into(
     let p = member.join("restored-from.json");
     std::fs::write(&p, serde_json::to_vec_pretty(&prov).expect("json"))
         .map_err(BackupError::io("write", &p))?;
-    std::fs::remove_dir_all(&scratch).map_err(BackupError::io("remove scratch dir", &scratch))?;
     Ok(rep)
 }
 
-/// Every key of `old` at revision `at` equals the same key of `new` now (value,
-/// create/mod revision, version; lease unless detached), page by page. The two stores
-/// are read on two threads (each pages through its own keys; equal stores give equal
-/// pages), with [`CROSS_CHECK_PAGES_AHEAD`] pages of the backup read ahead.
-fn cross_check(
-    old: &mvcc::Store,
-    at: i64,
-    new: &mvcc::Store,
-    page: i64,
-    path: &Path,
-) -> Result<(), BackupError> {
-    let page = usize::try_from(page.max(1)).unwrap_or(usize::MAX);
-    // Pages that stop at `page` keys: a counted Range per page would scan the rest of
-    // the store each time (quadratic on large stores).
-    let pages = |store: &mvcc::Store,
-                 rev: i64,
-                 what: &'static str,
-                 tx: std::sync::mpsc::SyncSender<
-        Result<Vec<etcd_client::proto::PbKeyValue>, BackupError>,
-    >| {
-        let mut from = vec![0u8];
-        loop {
-            let p = store
-                .range_page(&from, &[0], rev, page)
-                .map_err(|x| store_err(path)(format!("{what}: {x:?}")));
-            let next = match &p {
-                Ok(kvs) if kvs.len() == page => kvs.last().map(|l| {
-                    let mut k = l.key.clone();
-                    k.push(0);
-                    k
-                }),
-                _ => None,
-            };
-            if tx.send(p).is_err() {
-                return;
-            }
-            match next {
-                Some(k) => from = k,
-                None => return,
-            }
-        }
-    };
-    std::thread::scope(|scope| {
-        let (tx_old, rx_old) = std::sync::mpsc::sync_channel(CROSS_CHECK_PAGES_AHEAD);
-        let (tx_new, rx_new) = std::sync::mpsc::sync_channel(CROSS_CHECK_PAGES_AHEAD);
-        scope.spawn(move || pages(old, at, "reading the backup", tx_old));
-        scope.spawn(move || pages(new, 0, "reading the restored store", tx_new));
-        let mut from = Vec::new();
-        loop {
-            let (a, b) = match (rx_old.recv(), rx_new.recv()) {
-                (Ok(a), Ok(b)) => (a?, b?),
-                (Err(_), Err(_)) => return Ok(()),
-                (Ok(a), Err(_)) => (a?, Vec::new()),
-                (Err(_), Ok(b)) => (Vec::new(), b?),
-            };
-            if a.len() != b.len() {
-                return Err(store_err(path)(format!(
-                    "restored store differs from the backup at revision {at}: {} vs {} keys from {:?}",
-                    b.len(),
-                    a.len(),
-                    String::from_utf8_lossy(&from)
-                )));
-            }
-            for (x, y) in a.iter().zip(&b) {
-                let same = x.key == y.key
-                    && x.value == y.value
-                    && x.create_revision == y.create_revision
-                    && x.mod_revision == y.mod_revision
-                    && x.version == y.version
-                    && (x.lease == y.lease || y.lease == 0);
-                if !same {
-                    return Err(store_err(path)(format!(
-                        "restored key {:?} differs from the backup at revision {at}",
-                        String::from_utf8_lossy(&x.key)
-                    )));
-                }
-            }
-            if let Some(last) = a.last() {
-                from = last.key.clone();
-            }
-        }
-    })
+/// One page of keys, as [`page_digests`] reads them: its first and last key, how
+/// many, and the SHA-256 of every key's key, value, create and mod revision, version
+/// and lease, in order.
+#[derive(Debug, PartialEq, Eq)]
+struct PageDigest {
+    first: Vec<u8>,
+    last: Vec<u8>,
+    keys: usize,
+    sha256: [u8; 32],
 }
 
-/// Pages of the backup's keys read ahead of the comparison in [`cross_check`].
-const CROSS_CHECK_PAGES_AHEAD: usize = 2;
+/// Every key of `store` at revision `at` (0: the newest) through the store's read path
+/// (`range_page`), `page` keys at a time, one [`PageDigest`] per page. With `leases`,
+/// a key whose lease is not among them counts as having none (what a restore writes
+/// for a key whose lease is gone). Memory: one page, and one digest per page.
+fn page_digests(
+    store: &mvcc::Store,
+    at: i64,
+    page: usize,
+    leases: Option<&std::collections::HashSet<i64>>,
+    path: &Path,
+) -> Result<Vec<PageDigest>, BackupError> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    let mut from = vec![0u8];
+    loop {
+        // Pages that stop at `page` keys: a counted Range per page would scan the rest
+        // of the store each time (quadratic on large stores).
+        let kvs = store
+            .range_page(&from, &[0], at, page)
+            .map_err(|x| store_err(path)(format!("reading every key at revision {at}: {x:?}")))?;
+        let (Some(first), Some(last)) = (kvs.first(), kvs.last()) else {
+            return Ok(out);
+        };
+        let mut h = Sha256::new();
+        for kv in &kvs {
+            let lease = match leases {
+                Some(l) if !l.contains(&kv.lease) => 0,
+                _ => kv.lease,
+            };
+            h.update((kv.key.len() as u64).to_le_bytes());
+            h.update(&kv.key);
+            h.update((kv.value.len() as u64).to_le_bytes());
+            h.update(&kv.value);
+            for x in [kv.create_revision, kv.mod_revision, kv.version, lease] {
+                h.update(x.to_le_bytes());
+            }
+        }
+        out.push(PageDigest {
+            first: first.key.clone(),
+            last: last.key.clone(),
+            keys: kvs.len(),
+            sha256: h.finalize().into(),
+        });
+        if kvs.len() < page {
+            return Ok(out);
+        }
+        from = last.key.clone();
+        from.push(0);
+    }
+}
+
+/// The restored store's pages equal the backup's at `at`; otherwise the first page
+/// that differs is named by its keys.
+fn compare_pages(
+    backup: &[PageDigest],
+    restored: &[PageDigest],
+    at: i64,
+    path: &Path,
+) -> Result<(), BackupError> {
+    let keys = |p: &[PageDigest]| p.iter().map(|d| d.keys).sum::<usize>();
+    for (i, (b, r)) in backup.iter().zip(restored).enumerate() {
+        if b != r {
+            return Err(store_err(path)(format!(
+                "restored store differs from the backup at revision {at} in the keys from {:?} to {:?} (page {i} of {}: {} keys restored, {} in the backup)",
+                String::from_utf8_lossy(&b.first),
+                String::from_utf8_lossy(&b.last),
+                backup.len(),
+                r.keys,
+                b.keys
+            )));
+        }
+    }
+    if backup.len() != restored.len() {
+        return Err(store_err(path)(format!(
+            "restored store differs from the backup at revision {at}: {} keys vs {} keys",
+            keys(restored),
+            keys(backup)
+        )));
+    }
+    Ok(())
+}
 
 /// Settings of `phalanx restore --from-etcd-snapshot`: the cluster flags of
 /// [`RestoreSettings`], and the snapshot file.

@@ -588,7 +588,15 @@ async fn init_archive(d: &Destination) -> Result<Option<DestArchive>, BackupErro
 async fn schedule_loop(sh: Arc<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_millis(sh.s.tick_ms)).await;
-        let Some(p) = local_policy(&sh) else { continue };
+        let Some(p) = local_policy(&sh) else {
+            // No schedule (cleared, or never set): nothing runs here, so this member's
+            // status is no longer the live one (`phalanx_backup_running_here` 0); what
+            // it did last is kept in the stored status.
+            if sh.active.swap(false, Ordering::AcqRel) {
+                save_status(&sh).await;
+            }
+            continue;
+        };
         if !leads(&sh) || !activate(&sh).await {
             continue;
         }

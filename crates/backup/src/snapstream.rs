@@ -63,10 +63,39 @@ pub struct Normalizer<R: Read> {
     sha_in: Sha256,
     sha_out: Sha256,
     payload_in: u64,
+    /// What the stream said so far; published to `info` once the stream ends (one lock
+    /// per stream, not per record).
+    seen: StreamInfo,
+    /// The current record's key and value, reused from record to record.
+    key: Vec<u8>,
+    val: Vec<u8>,
     info: Arc<Mutex<StreamInfo>>,
+    /// Told the snapshot's revision as soon as its counter record is read.
+    revision_notice: Option<tokio::sync::oneshot::Sender<i64>>,
     /// Whether the input carries etcd's trailer (a member's Maintenance.Snapshot or an
     /// `etcdctl snapshot save` file) or is already a bare mvcc stream.
     etcd_trailer: bool,
+}
+
+/// Read exactly `buf.len()` bytes of the input, feeding its checksums and byte count.
+fn take_from(
+    inner: &mut impl Read,
+    crc: &mut crc32fast::Hasher,
+    sha: &mut Sha256,
+    payload_in: &mut u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    inner.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            bad(format!("stream truncated after {payload_in} bytes"))
+        } else {
+            e
+        }
+    })?;
+    crc.update(buf);
+    sha.update(&*buf);
+    *payload_in += buf.len() as u64;
+    Ok(())
 }
 
 fn bad(detail: impl Into<String>) -> io::Error {
@@ -87,38 +116,53 @@ impl<R: Read> Normalizer<R> {
                 sha_in: Sha256::new(),
                 sha_out: Sha256::new(),
                 payload_in: 0,
+                seen: StreamInfo::default(),
+                key: Vec::new(),
+                val: Vec::new(),
                 info: info.clone(),
+                revision_notice: None,
                 etcd_trailer,
             },
             info,
         )
     }
 
-    /// Read exactly `buf.len()` payload bytes, feeding the input checksums.
-    fn take(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_exact(buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                bad(format!("stream truncated after {} bytes", self.payload_in))
-            } else {
-                e
-            }
-        })?;
-        self.crc_in.update(buf);
-        self.sha_in.update(&*buf);
-        self.payload_in += buf.len() as u64;
-        Ok(())
+    /// Send the snapshot's revision to `tx` as soon as it is read (the first records of
+    /// a stream are its counters), before the rest of the stream: a backup asks the
+    /// member for HashKV at that revision while the snapshot is still arriving.
+    pub fn notify_revision(&mut self, tx: tokio::sync::oneshot::Sender<i64>) {
+        self.revision_notice = Some(tx);
     }
 
-    fn take_part(&mut self) -> io::Result<Vec<u8>> {
+    /// Read exactly `buf.len()` payload bytes, feeding the input checksums.
+    fn take(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        take_from(
+            &mut self.inner,
+            &mut self.crc_in,
+            &mut self.sha_in,
+            &mut self.payload_in,
+            buf,
+        )
+    }
+
+    /// Read one length-prefixed record part into `key` (or `val`), reusing its buffer.
+    fn take_part(&mut self, key: bool) -> io::Result<()> {
         let mut l = [0u8; 4];
         self.take(&mut l)?;
         let len = u32::from_le_bytes(l) as usize;
         if len > MAX_RECORD_PART_BYTES {
             return Err(bad(format!("record part of {len} bytes is too large")));
         }
-        let mut v = vec![0u8; len];
-        self.take(&mut v)?;
-        Ok(v)
+        let buf = if key { &mut self.key } else { &mut self.val };
+        buf.clear();
+        buf.resize(len, 0);
+        take_from(
+            &mut self.inner,
+            &mut self.crc_in,
+            &mut self.sha_in,
+            &mut self.payload_in,
+            buf,
+        )
     }
 
     fn emit(&mut self, b: &[u8]) {
@@ -126,13 +170,17 @@ impl<R: Read> Normalizer<R> {
         self.out.extend_from_slice(b);
     }
 
-    fn emit_record(&mut self, tag: u8, k: &[u8], v: &[u8]) {
-        self.emit(&[tag]);
-        self.emit(&(k.len() as u32).to_le_bytes());
-        self.emit(k);
-        self.emit(&(v.len() as u32).to_le_bytes());
-        self.emit(v);
-        self.info.lock().expect("info").records_out += 1;
+    /// The current record (`key`, `val`) to the output.
+    fn emit_record(&mut self, tag: u8) {
+        let (klen, vlen) = (self.key.len() as u32, self.val.len() as u32);
+        let start = self.out.len();
+        self.out.push(tag);
+        self.out.extend_from_slice(&klen.to_le_bytes());
+        self.out.extend_from_slice(&self.key);
+        self.out.extend_from_slice(&vlen.to_le_bytes());
+        self.out.extend_from_slice(&self.val);
+        self.crc_out.update(&self.out[start..]);
+        self.seen.records_out += 1;
     }
 
     /// Produce the next piece of output into `self.out`.
@@ -157,7 +205,7 @@ impl<R: Read> Normalizer<R> {
                 if tag[0] == T_END {
                     let mut n = [0u8; 8];
                     self.take(&mut n)?;
-                    let records_in = self.info.lock().expect("info").records_in;
+                    let records_in = self.seen.records_in;
                     if u64::from_le_bytes(n) != records_in {
                         return Err(bad(format!(
                             "record count mismatch: trailer says {}, stream has {records_in}",
@@ -182,7 +230,7 @@ impl<R: Read> Normalizer<R> {
                             return Err(bad("trailing bytes after the snapshot"));
                         }
                     }
-                    let records_out = self.info.lock().expect("info").records_out;
+                    let records_out = self.seen.records_out;
                     self.emit(&[T_END]);
                     self.emit(&records_out.to_le_bytes());
                     let crc = self.crc_out.clone().finalize();
@@ -190,21 +238,26 @@ impl<R: Read> Normalizer<R> {
                     self.state = State::Done;
                     return Ok(());
                 }
-                let k = self.take_part()?;
-                let v = self.take_part()?;
-                let mut info = self.info.lock().expect("info");
-                info.records_in += 1;
+                self.take_part(true)?;
+                self.take_part(false)?;
+                self.seen.records_in += 1;
                 if tag[0] == T_META {
-                    match k.as_slice() {
+                    match self.key.as_slice() {
                         b"applied_meta" => return Ok(()),
                         b"rev" | b"compact_rev" => {
                             let x = i64::from_le_bytes(
-                                v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
+                                self.val
+                                    .as_slice()
+                                    .try_into()
+                                    .map_err(|_| bad("bad counter"))?,
                             );
-                            if k == b"rev" {
-                                info.revision = Some(x)
+                            if self.key == b"rev" {
+                                self.seen.revision = Some(x);
+                                if let Some(tx) = self.revision_notice.take() {
+                                    let _ = tx.send(x);
+                                }
                             } else {
-                                info.compact_revision = Some(x)
+                                self.seen.compact_revision = Some(x)
                             }
                         }
                         _ => {}
@@ -212,8 +265,7 @@ impl<R: Read> Normalizer<R> {
                 } else if !(T_REV..=T_LEASE_KEY).contains(&tag[0]) {
                     return Err(bad(format!("unknown record tag {}", tag[0])));
                 }
-                drop(info);
-                self.emit_record(tag[0], &k, &v);
+                self.emit_record(tag[0]);
             }
             State::Done => {}
         }
@@ -255,10 +307,10 @@ impl<R: Read> Read for Normalizer<R> {
             self.out.clear();
             self.out_pos = 0;
             if matches!(self.state, State::Done) {
-                let mut info = self.info.lock().expect("info");
-                if !info.finished {
-                    info.finished = true;
-                    info.sha256_out = crate::format::hex(&self.sha_out.clone().finalize());
+                if !self.seen.finished {
+                    self.seen.finished = true;
+                    self.seen.sha256_out = crate::format::hex(&self.sha_out.clone().finalize());
+                    *self.info.lock().expect("info") = self.seen.clone();
                 }
                 return Ok(0);
             }
@@ -268,7 +320,7 @@ impl<R: Read> Read for Normalizer<R> {
         buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
         self.sha_out.update(&buf[..n]);
         self.out_pos += n;
-        self.info.lock().expect("info").bytes_out += n as u64;
+        self.seen.bytes_out += n as u64;
         Ok(n)
     }
 }

@@ -420,6 +420,65 @@ async fn corrupted_and_missing_objects_are_named() {
     );
 }
 
+/// A backup whose objects all pass their hash checks, but whose content is not the
+/// state its manifest vouches for (here: the manifest, re-encrypted to the same key and
+/// re-hashed in the summary, records another HashKV) is refused by `restore` and by
+/// `verify`, naming the backup and both hashes; `restore` computes that HashKV on the
+/// stream as it loads and leaves no member dir behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_content_disagrees_with_its_recorded_hash_kv_is_refused() {
+    let f = fixture(300).await;
+    let id = f.first.id.clone();
+    let dir = f.dir.join("repo").join(format::BACKUPS_PREFIX).join(&id);
+    let ids = format::load_identities(std::slice::from_ref(&f.keys.file)).unwrap();
+    let obj = std::fs::read(dir.join(format::MANIFEST_NAME)).unwrap();
+    let Ok(plain) = format::open(&obj, &ids, 1 << 30) else {
+        panic!("the manifest opens with its key")
+    };
+    let mut m: Manifest = serde_json::from_slice(&plain).unwrap();
+    let recorded = m.hash_kv;
+    m.hash_kv ^= 0x5a5a;
+    let recipients = format::parse_recipients(std::slice::from_ref(&f.keys.recipient)).unwrap();
+    let forged = format::seal(&serde_json::to_vec(&m).unwrap(), &recipients, 3).unwrap();
+    std::fs::write(dir.join(format::MANIFEST_NAME), &forged).unwrap();
+    let mut summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format::SUMMARY_NAME)).unwrap()).unwrap();
+    summary["manifest_sha256"] = format::sha256_hex(&forged).into();
+    std::fs::write(
+        dir.join(format::SUMMARY_NAME),
+        serde_json::to_vec(&summary).unwrap(),
+    )
+    .unwrap();
+
+    let target = f.dir.join("restored");
+    let e = restore(&restore_settings(
+        &f.url,
+        std::slice::from_ref(&f.keys.file),
+        Target::Newest,
+        &target,
+    ))
+    .await
+    .unwrap_err();
+    println!("restore: {e}");
+    assert!(
+        matches!(&e, BackupError::HashMismatch { found, .. } if *found == recorded),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&id) && msg.contains(&format!("{:#010x}", m.hash_kv)),
+        "{msg}"
+    );
+    assert!(
+        !target.join("member").exists(),
+        "a refused restore leaves no member dir"
+    );
+    let e = verify(&read(&f.url, std::slice::from_ref(&f.keys.file)), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BackupError::HashMismatch { .. }), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_say_what_to_do() {
     let f = fixture(200).await;

@@ -69,6 +69,7 @@ mod validate;
 pub use error::{EtcdError, MvccError};
 pub use snapshot::{
     stream as snapshot_stream, LoadDurability, StateAt, StreamWriter as SnapshotStreamWriter,
+    REDUCE_BATCH_KEYS,
 };
 pub use store::{
     DbSize, DefragReport, LeaseInfo, ReclaimPolicy, Store, DEFRAG_WAIT_FOR_READERS_MS,

@@ -598,6 +598,237 @@ impl Store {
     }
 }
 
+/// Keys whose history [`Store::reduce_to_state_at`] reads before it applies their
+/// changes: its memory is this many keys' revision lists (a key with a long history
+/// holds all of its revisions, 17 bytes each).
+pub const REDUCE_BATCH_KEYS: usize = 10_000;
+
+impl Store {
+    /// Turn this store, holding a backup's full history (loaded by
+    /// [`Store::load_snapshot`], archive replayed on top), into exactly what
+    /// [`Store::write_state_at`]`(at, new_rev)` would have installed into a fresh
+    /// store: the newest version <= `at` of every key not deleted by then, no
+    /// other history, every lease (a key whose lease is gone loses it), current
+    /// and compact revision both `new_rev`, no Raft bookkeeping, alarms or auth
+    /// state. In place, in one durable write transaction, so a restore needs no
+    /// second store. Memory: [`REDUCE_BATCH_KEYS`] keys' revision lists at a time
+    /// plus the set of lease ids.
+    ///
+    /// The result is checked for orphans: the `rev`, `key_rev` and `key_index`
+    /// tables must each end with exactly one entry per key kept (a record that no
+    /// key's revision list names is an inconsistent source and an error).
+    ///
+    /// `before_commit` runs once the reduction is written and before it is committed;
+    /// until then every reader still sees the full history (a restore reads the state
+    /// at `at` on another thread meanwhile, to check the result against). Its error
+    /// aborts the reduction: the store is left unchanged. The commit is durable or not
+    /// as `durability` says (a restore commits without fsync, then reads the result
+    /// back while [`Store::make_durable`] writes it to disk).
+    pub fn reduce_to_state_at(
+        &self,
+        at: i64,
+        new_rev: i64,
+        durability: LoadDurability,
+        before_commit: impl FnOnce() -> Result<(), String>,
+    ) -> Result<StateAt, MvccError> {
+        assert!(new_rev >= at, "a restore never moves revisions backwards");
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut txn = self.db.begin_write().map_err(db("begin write"))?;
+        txn.set_durability(match durability {
+            LoadDurability::Durable => Durability::Immediate,
+            LoadDurability::Scratch => Durability::None,
+        })
+        .map_err(db("set durability"))?;
+        let st = reduce_records(&txn, at, new_rev).map_err(|e| self.noted(e))?;
+        before_commit().map_err(MvccError::Snapshot)?;
+        txn.commit().map_err(db("commit reduced state"))?;
+        self.rev.store(new_rev, Ordering::Release);
+        self.compact.store(new_rev, Ordering::Release);
+        self.auth_changed();
+        Ok(st)
+    }
+}
+
+impl Store {
+    /// Make every commit so far durable: an empty write transaction committed with
+    /// fsync, which persists the commits made without one before it (redb's
+    /// `Durability::None`). Once it returns, a crash loses nothing committed. Readers
+    /// are not held up meanwhile.
+    pub fn make_durable(&self) -> Result<(), MvccError> {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut txn = self.db.begin_write().map_err(db("begin write"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(db("set durability"))?;
+        txn.commit().map_err(db("commit (make durable)"))
+    }
+}
+
+/// The work of [`Store::reduce_to_state_at`] inside its write transaction.
+fn reduce_records(
+    txn: &redb::WriteTransaction,
+    at: i64,
+    new_rev: i64,
+) -> Result<StateAt, MvccError> {
+    use redb::ReadableTableMetadata;
+    {
+        let mut meta = txn.open_table(META).map_err(db("open meta"))?;
+        for name in [
+            META_APPLIED,
+            crate::codec::META_ALARMS,
+            crate::codec::META_AUTH,
+        ] {
+            meta.remove(name).map_err(db("write meta"))?;
+        }
+        for name in [META_REV, META_COMPACT] {
+            meta.insert(
+                name,
+                seal(&[name.as_bytes()], &new_rev.to_le_bytes()).as_slice(),
+            )
+            .map_err(db("write meta"))?;
+        }
+    }
+    let lease_ids: std::collections::HashSet<i64> = {
+        let t = txn.open_table(LEASE).map_err(db("open lease"))?;
+        let mut ids = std::collections::HashSet::new();
+        for item in t.iter().map_err(db("scan lease"))? {
+            ids.insert(item.map_err(db("scan lease"))?.0.value());
+        }
+        ids
+    };
+    let mut st = StateAt {
+        leases: lease_ids.len() as u64,
+        ..Default::default()
+    };
+    // lease_key is rebuilt from the keys kept (as write_state_at writes it).
+    txn.delete_table(LEASE_KEY).map_err(db("clear lease_key"))?;
+    let mut lease_key = txn.open_table(LEASE_KEY).map_err(db("open lease_key"))?;
+    let mut revt = txn.open_table(REV).map_err(db("open rev"))?;
+    let mut chunks = txn
+        .open_table(crate::codec::REV_CHUNK)
+        .map_err(db("open rev_chunk"))?;
+    let mut index = txn.open_table(KEY_INDEX).map_err(db("open key_index"))?;
+    let mut key_rev = txn.open_table(KEY_REV).map_err(db("open key_rev"))?;
+    // One key's revisions: (main, sub, tombstone), in order.
+    type Group = (Vec<u8>, Vec<(i64, i64, bool)>);
+    let mut from: Option<Vec<u8>> = None;
+    loop {
+        // Read a batch of whole keys, then change them (a table cannot be written
+        // while it is being iterated).
+        let mut groups: Vec<Group> = Vec::new();
+        let mut next = None;
+        {
+            let it = match &from {
+                None => key_rev.iter().map_err(db("scan key_rev"))?,
+                Some(k) => key_rev
+                    .range((k.as_slice(), i64::MIN, i64::MIN)..)
+                    .map_err(db("scan key_rev"))?,
+            };
+            for item in it {
+                let (k, v) = item.map_err(db("scan key_rev"))?;
+                let (key, main, sub) = k.value();
+                let tomb = crate::store::decode_key_rev_flag(key, main, sub, v.value())?;
+                if groups.last().map(|g| g.0.as_slice()) != Some(key) {
+                    if groups.len() >= REDUCE_BATCH_KEYS {
+                        next = Some(key.to_vec());
+                        break;
+                    }
+                    groups.push((key.to_vec(), Vec::new()));
+                }
+                groups.last_mut().expect("pushed").1.push((main, sub, tomb));
+            }
+        }
+        for (key, revs) in &groups {
+            let live = match revs.iter().rev().find(|r| r.0 <= at) {
+                Some(&(m, s, false)) => Some((m, s)),
+                _ => None,
+            };
+            for &(m, s, _) in revs {
+                if Some((m, s)) != live {
+                    crate::store::history::remove(&mut revt, &mut chunks, m, s)?;
+                    key_rev
+                        .remove((key.as_slice(), m, s))
+                        .map_err(db("write key_rev"))?;
+                }
+            }
+            let Some((m, s)) = live else {
+                index
+                    .remove(key.as_slice())
+                    .map_err(db("write key_index"))?;
+                continue;
+            };
+            let mut kv = crate::store::kv_at(
+                &crate::store::history::History {
+                    rev: &revt,
+                    chunks: &chunks,
+                },
+                key,
+                m,
+                s,
+            )?;
+            if kv.lease != 0 && !lease_ids.contains(&kv.lease) {
+                kv.lease = 0;
+                st.detached += 1;
+                crate::store::history::remove(&mut revt, &mut chunks, m, s)?;
+                crate::store::history::insert(
+                    &mut revt,
+                    &mut chunks,
+                    m,
+                    s,
+                    &RevRecord::encode_put_payload(&kv),
+                )?;
+            }
+            let entry = IndexEntry {
+                create: kv.create_revision,
+                mod_main: m,
+                mod_sub: s,
+                version: kv.version,
+                lease: kv.lease,
+                tombstone: false,
+            };
+            let same = match index.get(key.as_slice()).map_err(db("read key_index"))? {
+                Some(v) => {
+                    let p = unseal(KEY_INDEX_TABLE, &[key], v.value())?;
+                    IndexEntry::decode(p)? == entry
+                }
+                None => false,
+            };
+            if !same {
+                index
+                    .insert(key.as_slice(), seal(&[key], &entry.encode()).as_slice())
+                    .map_err(db("write key_index"))?;
+            }
+            if kv.lease != 0 {
+                let idb = kv.lease.to_be_bytes();
+                lease_key
+                    .insert(
+                        (kv.lease, key.as_slice()),
+                        seal(&[&idb, key], &[]).as_slice(),
+                    )
+                    .map_err(db("write lease_key"))?;
+            }
+            st.keys += 1;
+        }
+        match next {
+            Some(k) => from = Some(k),
+            None => break,
+        }
+    }
+    let counts = [
+        ("rev", revt.len().map_err(db("count rev"))?),
+        ("key_rev", key_rev.len().map_err(db("count key_rev"))?),
+        ("key_index", index.len().map_err(db("count key_index"))?),
+    ];
+    for (table, n) in counts {
+        if n != st.keys {
+            return Err(MvccError::Snapshot(format!(
+                "state at revision {at}: {n} entries left in {table} for {} keys (records that no key's revision list names)",
+                st.keys
+            )));
+        }
+    }
+    Ok(st)
+}
+
 /// Reader that CRC32s every byte it returns.
 struct CrcReader<R: Read> {
     inner: R,

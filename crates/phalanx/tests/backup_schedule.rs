@@ -166,6 +166,29 @@ fn restore_one(
     (c, out)
 }
 
+/// The members (indexes) whose backup API's `/metrics` says
+/// `phalanx_backup_running_here 1`; `None` while a member does not answer or
+/// lacks the series.
+fn running_here(backup_ports: &[u16]) -> Option<Vec<usize>> {
+    let mut on = Vec::new();
+    for (i, port) in backup_ports.iter().enumerate() {
+        let metrics = drill::admin::get_blocking(
+            &format!("127.0.0.1:{port}"),
+            "/metrics",
+            Duration::from_secs(5),
+        )
+        .ok()?
+        .1;
+        let v = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("phalanx_backup_running_here "))?;
+        if v.trim() == "1" {
+            on.push(i);
+        }
+    }
+    Some(on)
+}
+
 fn restored_revision(out: &str) -> i64 {
     out.split("as of revision ")
         .nth(1)
@@ -434,7 +457,7 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
     let d = dir.path();
     let (key, public) = keygen(d);
     let repo = format!("file://{}", d.join("repo").display());
-    let (mut c, _) = plan(3);
+    let (mut c, backup_ports) = plan(3);
     start(&mut c, &[], &[]);
     let rt = rt();
     let eps: Vec<String> = c.endpoints().split(',').map(String::from).collect();
@@ -473,6 +496,12 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
         }
         (seen.len() >= 5).then_some(())
     });
+    // Exactly one member says it runs the schedule.
+    wait_for(
+        "phalanx_backup_running_here 1 on exactly one member",
+        Duration::from_secs(10),
+        || (running_here(&backup_ports)?.len() == 1).then_some(()),
+    );
     ok(phalanx(
         &["backup", "schedule", "clear", "--endpoints", &c.endpoints()],
         &[],
@@ -486,6 +515,12 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
                 .is_none()
                 .then_some(())
         },
+    );
+    // With the schedule cleared, no member runs it any more.
+    wait_for(
+        "phalanx_backup_running_here 0 on every member",
+        Duration::from_secs(10),
+        || (running_here(&backup_ports) == Some(vec![])).then_some(()),
     );
     let ids = list_ids(&repo, &[]);
     assert_eq!(ids.len(), 2, "keep-last 2 keeps exactly 2: {ids:?}");
