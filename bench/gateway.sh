@@ -13,6 +13,8 @@
 # medians over the rounds and the ratios to HAProxy. SCENARIOS="c32 big" and
 # PROXIES="haproxy phalanx" restrict the run; SKIP_KILL=1 / SKIP_RSS=1 skip
 # the backend-kill scenario and the idle-RSS measurement (bench/gateway-rss.sh).
+# PHALANX_BASELINE=/path/to/an/older/phalanx adds a `baseline` gateway with the
+# same configuration, measured in the same rounds (before/after of a change).
 #
 # Needs: nginx, haproxy, wrk, taskset (util-linux), curl, awk: `bash bench/install` installs them.
 # Layout: all proxies and backends pinned to core 0, wrk pinned to core 1.
@@ -25,6 +27,8 @@ CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-3}
 SCENARIOS=${SCENARIOS:-c32 c256 big}
 PROXIES=${PROXIES:-haproxy nginx phalanx}
+PHALANX_BASELINE=${PHALANX_BASELINE:-}
+[ -z "$PHALANX_BASELINE" ] || PROXIES="$PROXIES baseline"
 PROXY_CPU=${PROXY_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
 WORK=$(mktemp -d /tmp/gwbench.XXXXXX)
@@ -163,8 +167,30 @@ taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy.cfg" -D -p "$WORK/haproxy.pid"
 wait_port "$HP"
 
 GP=$(free_port)
-taskset -c "$PROXY_CPU" "$PHALANX" gateway --listen "127.0.0.1:$GP" --upstream "http://127.0.0.1:$BA" --worker-threads 1 2>"$WORK/phalanx.log" &
+# Every feature on, as in HAProxy's configuration above: an active health
+# check like its `check inter 1s fall 1 rise 2`; retries, outlier detection,
+# the retry budget, concurrency and connection limits and metrics are on by
+# default.
+cat >"$WORK/bench.toml" <<EOF
+[[listeners]]
+name = "web"
+address = "127.0.0.1:$GP"
+[[pools]]
+name = "p"
+endpoints = ["127.0.0.1:$BA"]
+health_check = { interval_ms = 1000, fall = 1, rise = 2 }
+[[routes]]
+pool = "p"
+EOF
+taskset -c "$PROXY_CPU" "$PHALANX" gateway --config "$WORK/bench.toml" --worker-threads 1 2>"$WORK/phalanx.log" &
 GPID=$!; PIDS+=("$GPID")
+if [ -n "$PHALANX_BASELINE" ]; then
+  BP=$(free_port)
+  sed "s/127.0.0.1:$GP/127.0.0.1:$BP/" "$WORK/bench.toml" >"$WORK/baseline.toml"
+  taskset -c "$PROXY_CPU" "$PHALANX_BASELINE" gateway --config "$WORK/baseline.toml" --worker-threads 1 2>"$WORK/baseline.log" &
+  BPID=$!; PIDS+=("$BPID")
+  wait_port "$BP"
+fi
 wait_port "$GP"
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -176,6 +202,7 @@ for round in $(seq 1 "$ROUNDS"); do
         nginx) measure nginx "$scen" "http://127.0.0.1:$NP" $NPIDS ;;
         haproxy) measure haproxy "$scen" "http://127.0.0.1:$HP" "$(cat "$WORK/haproxy.pid")" ;;
         phalanx) measure phalanx "$scen" "http://127.0.0.1:$GP" "$GPID" ;;
+        baseline) measure baseline "$scen" "http://127.0.0.1:$BP" "$BPID" ;;
       esac
     done
   done
@@ -183,6 +210,7 @@ done
 kill_nginx "$WORK/nginx-proxy.pid"
 kill "$(cat "$WORK/haproxy.pid")"
 kill -TERM "$GPID"; wait "$GPID" 2>/dev/null || true
+[ -z "$PHALANX_BASELINE" ] || { kill -TERM "$BPID"; wait "$BPID" 2>/dev/null || true; }
 
 # ---------------------------------------------------------------- idle RSS, 1000 endpoints
 RSS_LINE=""

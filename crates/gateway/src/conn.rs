@@ -114,6 +114,23 @@ struct St {
     idle_epoch: u64,
     /// Upgraded (101): the socket now belongs to a tunnel; never idle again.
     upgraded: bool,
+    /// The watchdog's timers (set when it starts).
+    timeouts: Option<Timeouts>,
+    /// When the watchdog's sleep ends (None: not sleeping yet).
+    armed: Option<Instant>,
+}
+
+impl St {
+    /// When the current phase's timer expires (None: `Active`, `Closing`).
+    fn deadline(&self, t: &Timeouts) -> Option<Instant> {
+        let limit = match self.phase {
+            Phase::New => t.first_byte,
+            Phase::Head => t.header_read,
+            Phase::Idle => t.keepalive_idle,
+            Phase::Active | Phase::Closing => return None,
+        };
+        Some(self.since + limit)
+    }
 }
 
 /// One client connection registered in a [`ConnTable`].
@@ -134,11 +151,23 @@ pub(crate) struct Conn {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Conn {
+    /// Enter phase `p`. The watchdog is woken only when it must act
+    /// earlier than it planned to (eviction, or a deadline before its
+    /// armed sleep ends): a keep-alive request's three phase changes cost
+    /// no wake-up and no timer re-registration (see [`Conn::watchdog`]).
     fn set_phase(&self, st: &mut St, p: Phase) {
         st.phase = p;
         st.since = Instant::now();
         self.phase_hint.store(p as u8, Ordering::Release);
-        self.changed.notify_one();
+        let wake = match (p, st.armed, st.timeouts) {
+            (Phase::Closing, ..) => true,
+            (_, Some(armed), Some(t)) => st.deadline(&t).is_some_and(|d| d < armed),
+            // Not sleeping yet: it reads the phase before it sleeps.
+            _ => false,
+        };
+        if wake {
+            self.changed.notify_one();
+        }
     }
 
     /// Enter `Idle`; returns the epoch to queue (the caller pushes it after
@@ -250,33 +279,44 @@ impl Conn {
 
     /// Resolves when the connection must be closed: its phase timer expired
     /// or it was evicted. Never resolves while requests are active.
+    ///
+    /// It sleeps until the earliest moment a deadline can fall: the current
+    /// phase's, or, for a phase entered later, `min(header_read,
+    /// keepalive_idle)` from now (a phase entered at `t` ends no earlier
+    /// than `t` plus its limit; `New` is never entered again). Phase changes
+    /// therefore need not wake it (`set_phase` does only for an earlier
+    /// deadline or an eviction); each wake re-reads the phase and sleeps
+    /// again, so deadlines are exact and a busy connection's watchdog wakes
+    /// about once per that minimum.
     pub async fn watchdog(&self, t: Timeouts) -> CloseReason {
+        let horizon = t.header_read.min(t.keepalive_idle);
         loop {
-            let (phase, since) = {
-                let st = self.st.lock().unwrap();
-                (st.phase, st.since)
-            };
-            let (limit, reason) = match phase {
-                Phase::New => (t.first_byte, CloseReason::FirstByteTimeout),
-                Phase::Head => (t.header_read, CloseReason::HeaderTimeout),
-                Phase::Idle => (t.keepalive_idle, CloseReason::KeepaliveIdleTimeout),
-                Phase::Closing => return CloseReason::Evicted,
-                Phase::Active => {
-                    self.changed.notified().await;
-                    continue;
+            let armed = {
+                let mut st = self.st.lock().unwrap();
+                st.timeouts = Some(t);
+                let now = Instant::now();
+                let deadline = st.deadline(&t);
+                if st.phase == Phase::Closing {
+                    return CloseReason::Evicted;
                 }
+                if deadline.is_some_and(|d| d <= now) {
+                    let reason = match st.phase {
+                        Phase::New => CloseReason::FirstByteTimeout,
+                        Phase::Head => CloseReason::HeaderTimeout,
+                        _ => CloseReason::KeepaliveIdleTimeout,
+                    };
+                    self.set_phase(&mut st, Phase::Closing);
+                    return reason;
+                }
+                let armed = deadline.map_or(now + horizon, |d| d.min(now + horizon));
+                st.armed = Some(armed);
+                armed
             };
             tokio::select! {
-                // `notify_one` stores a permit, so a change between reading the
-                // phase and waiting here is not lost.
+                // `notify_one` stores a permit, so a change between setting
+                // `armed` and waiting here is not lost.
                 _ = self.changed.notified() => {}
-                _ = tokio::time::sleep_until(since + limit) => {
-                    let mut st = self.st.lock().unwrap();
-                    if st.phase == phase && st.since == since {
-                        self.set_phase(&mut st, Phase::Closing);
-                        return reason;
-                    }
-                }
+                _ = tokio::time::sleep_until(armed) => {}
             }
         }
     }
@@ -496,6 +536,8 @@ impl ConnTable {
                             in_flight: 0,
                             idle_epoch: 0,
                             upgraded: false,
+                            timeouts: None,
+                            armed: None,
                         }),
                         changed: Notify::new(),
                         released: AtomicBool::new(false),
@@ -656,5 +698,63 @@ mod tests {
         c.on_read(b"ping");
         assert_eq!(c.watchdog(to).await, CloseReason::KeepaliveIdleTimeout);
         within(t0.elapsed(), 300);
+    }
+
+    /// Phase changes made while the watchdog sleeps do not wake it unless
+    /// it must act earlier; the deadlines stay exact, and an eviction ends
+    /// it at once.
+    #[tokio::test]
+    async fn watchdog_follows_phase_changes_made_while_it_sleeps() {
+        let t = Arc::new(ConnTable::default());
+        let to = Timeouts {
+            first_byte: Duration::from_secs(10),
+            header_read: Duration::from_millis(400),
+            keepalive_idle: Duration::from_millis(200),
+        };
+        let within = |el: Duration, ms: u64| {
+            assert!(
+                el >= Duration::from_millis(ms) && el < Duration::from_millis(ms + 1000),
+                "{el:?} vs {ms} ms"
+            )
+        };
+        let c = t.admit(req([10, 0, 0, 1], 1, 0)).ok().unwrap();
+        c.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        let g = c.request_started();
+        let wd = tokio::spawn({
+            let c = c.clone();
+            async move { c.watchdog(to).await }
+        });
+        // A request that takes longer than both timers: no timeout while active.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!wd.is_finished(), "an active request is never timed out");
+        drop(g);
+        let t1 = Instant::now();
+        assert_eq!(wd.await.unwrap(), CloseReason::KeepaliveIdleTimeout);
+        within(t1.elapsed(), 200);
+
+        // Idle with a long timer: an eviction (a new connection over the
+        // limit of 1) ends the watchdog at once.
+        let slow = Timeouts {
+            keepalive_idle: Duration::from_secs(30),
+            ..to
+        };
+        let t = Arc::new(ConnTable::default());
+        let c = t.admit(req([10, 0, 0, 1], 1, 0)).ok().unwrap();
+        c.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        drop(c.request_started());
+        let wd = tokio::spawn({
+            let c = c.clone();
+            async move { c.watchdog(slow).await }
+        });
+        // Poll until the watchdog sleeps (it arms its timer first).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.st.lock().unwrap().armed.is_none() {
+            assert!(Instant::now() < deadline, "watchdog never armed");
+            tokio::task::yield_now().await;
+        }
+        let t2 = Instant::now();
+        let _d = t.admit(req([10, 0, 0, 2], 1, 0)).ok().unwrap();
+        assert_eq!(wd.await.unwrap(), CloseReason::Evicted);
+        assert!(t2.elapsed() < Duration::from_secs(5), "{:?}", t2.elapsed());
     }
 }

@@ -87,6 +87,11 @@ impl HeadError {
     }
 }
 
+/// Request fields the proxy adds before sending upstream
+/// (`X-Forwarded-For`, `X-Forwarded-Proto`, `Via`): the parsed header map
+/// is sized for them.
+const PROXY_ADDED_FIELDS: usize = 3;
+
 /// Parse the response head at the start of `buf`. `Ok(None)`: incomplete,
 /// read more. `head_request`: the request was HEAD (no body follows).
 pub(crate) fn parse_response_head(
@@ -211,13 +216,14 @@ pub(crate) enum RequestFraming {
 
 /// Write the request head into `out` (cleared first): request line with
 /// `target` (origin form), the headers as given except framing fields,
-/// which follow `framing`, and `Host: host_fallback` when the headers carry
-/// no Host.
+/// which follow `framing`; Host is `host_override` when given (in place of
+/// the headers' own), else the headers' Host, else `host_fallback`.
 pub(crate) fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &[&str],
     headers: &HeaderMap,
+    host_override: Option<&str>,
     host_fallback: &str,
     framing: RequestFraming,
 ) {
@@ -228,14 +234,17 @@ pub(crate) fn encode_request_head(
         out.extend_from_slice(t.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(http::header::HOST) {
+    let host =
+        host_override.or((!headers.contains_key(http::header::HOST)).then_some(host_fallback));
+    if let Some(host) = host {
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host_fallback.as_bytes());
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     for (name, value) in headers {
         if name == http::header::TRANSFER_ENCODING
             || (name == http::header::CONTENT_LENGTH && framing != RequestFraming::None)
+            || (name == http::header::HOST && host_override.is_some())
         {
             continue;
         }
@@ -493,7 +502,9 @@ pub(crate) fn parse_request_head(
     let uri: http::Uri = target
         .parse()
         .map_err(|_| RequestError::Bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    // Room for the fields the proxy adds (X-Forwarded-For, -Proto, Via):
+    // the map is not grown again on the way upstream.
+    let mut headers = HeaderMap::with_capacity(r.headers.len() + PROXY_ADDED_FIELDS);
     let mut content_length: Option<u64> = None;
     let mut te: Option<RequestBodyFraming> = None;
     let mut hosts = 0;
@@ -862,12 +873,44 @@ mod tests {
             &Method::POST,
             &["/p", "/x?q=1"],
             &h,
+            None,
             "10.0.0.1:80",
             RequestFraming::Length(3),
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p/x?q=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-a: 1\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+
+    /// A fallback provider's `host_header` replaces the client's Host; the
+    /// client's Host is kept otherwise (the endpoint address is only the
+    /// fallback for a request without one).
+    #[test]
+    fn request_head_host_override_and_fallback() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("client.example"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        let mut out = Vec::new();
+        let enc = |out: &mut Vec<u8>, host: Option<&str>| {
+            encode_request_head(
+                out,
+                &Method::GET,
+                &["", "/"],
+                &h,
+                host,
+                "10.0.0.1:80",
+                RequestFraming::None,
+            );
+            String::from_utf8(out.clone()).unwrap()
+        };
+        assert_eq!(
+            enc(&mut out, Some("provider.example")),
+            "GET / HTTP/1.1\r\nhost: provider.example\r\nx-a: 1\r\n\r\n"
+        );
+        assert_eq!(
+            enc(&mut out, None),
+            "GET / HTTP/1.1\r\nhost: client.example\r\nx-a: 1\r\n\r\n"
         );
     }
 

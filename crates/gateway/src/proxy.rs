@@ -124,18 +124,35 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        if keep_upgrade && n == header::UPGRADE {
-            continue;
+    // Most requests and responses carry no Connection header: nothing to
+    // collect then (this runs twice per proxied request).
+    if h.contains_key(header::CONNECTION) {
+        // `keep-alive` is removed below anyway, and a `close` field is
+        // removed by name without building a HeaderName (it is no standard
+        // one and would be allocated): the usual values cost no allocation.
+        let mut close = false;
+        let listed: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                let c = t.eq_ignore_ascii_case("close");
+                close |= c;
+                !c && !t.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in listed {
+            if keep_upgrade && n == header::UPGRADE {
+                continue;
+            }
+            h.remove(&n);
         }
-        h.remove(&n);
+        if close {
+            h.remove("close");
+        }
     }
     for n in HOP_BY_HOP.iter() {
         h.remove(n);
@@ -183,24 +200,19 @@ fn request_host<B>(req: &Request<B>) -> String {
     let raw = req
         .uri()
         .host()
-        .map(str::to_string)
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
         })
         .unwrap_or_default();
     // strip port (keep IPv6 brackets intact)
-    let host = if raw.starts_with('[') {
-        raw.split(']')
-            .next()
-            .map(|s| format!("{s}]"))
-            .unwrap_or(raw.clone())
+    if raw.starts_with('[') {
+        let inner = raw.split(']').next().unwrap_or(raw);
+        format!("{}]", inner.to_ascii_lowercase())
     } else {
-        raw.split(':').next().unwrap_or("").to_string()
-    };
-    host.to_ascii_lowercase()
+        raw.split(':').next().unwrap_or("").to_ascii_lowercase()
+    }
 }
 
 fn cookie_value<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -588,6 +600,32 @@ fn upstream_request(
     Ok(up)
 }
 
+/// The fast-path request for one try on a pool with `pcfg`, when it takes
+/// the fast path (`upstream_h1`: plain HTTP/1.1 pool, no upgrade, a body
+/// in memory of at most `MAX_INLINE_BODY_BYTES`): borrowed from what every
+/// try shares, nothing copied.
+fn fast_request<'a>(
+    pcfg: &'a crate::config::PoolConfig,
+    p: &Prepared<'a>,
+    body: &ReqBody,
+) -> Option<upstream_h1::FastRequest<'a>> {
+    if !upstream_h1::pool_eligible(pcfg) || !upstream_h1::request_eligible(p.method, p.headers) {
+        return None;
+    }
+    let body = match body {
+        ReqBody::Empty => Bytes::new(),
+        ReqBody::Buffered(b) if b.len() as u64 <= upstream_h1::MAX_INLINE_BODY_BYTES => b.clone(),
+        _ => return None,
+    };
+    Some(upstream_h1::FastRequest {
+        method: p.method,
+        target: [pcfg.upstream_path_prefix.as_deref().unwrap_or(""), p.path_q],
+        headers: p.headers,
+        host: pcfg.host_header.as_deref(),
+        body,
+    })
+}
+
 async fn forward<B>(
     shared: &Arc<Shared>,
     route: &crate::router::Route,
@@ -624,7 +662,8 @@ where
     } else {
         None
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let hash_key = hash_key(&pcfg, &parts.headers, &ctx);
     let mut body = match prepare_body(
         body,
         &parts.headers,
@@ -636,16 +675,21 @@ where
         Ok(b) => b,
         Err(r) => return r,
     };
-    let headers = upstream_headers(&parts, &ctx, upgrade);
+    // The client's headers become the upstream ones in place (no copy).
+    let headers = upstream_headers(
+        std::mem::take(&mut parts.headers),
+        &parts.uri,
+        parts.version,
+        &ctx,
+        upgrade,
+    );
     let path_q = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let hash_key = hash_key(&pcfg, &parts.headers, &ctx);
+        .map_or("/", http::uri::PathAndQuery::as_str);
     let prepared = Prepared {
         method: &parts.method,
-        path_q: &path_q,
+        path_q,
         headers: &headers,
     };
     // Hedging needs a request that may be sent twice at once.
@@ -693,13 +737,13 @@ where
         };
         tried.push(sel.endpoint.clone());
         info.tries += 1;
-        let up = match upstream_request(&sel, &prepared, &mut body) {
-            Ok(up) => up,
-            Err(e) => break last.take().unwrap_or_else(|| e.response()),
-        };
-        let inflight = sel.endpoint.start_request();
         let (sel, inflight, tr) = match hedge {
             Some(h) => {
+                let up = match upstream_request(&sel, &prepared, &mut body) {
+                    Ok(up) => up,
+                    Err(e) => break last.take().unwrap_or_else(|| e.response()),
+                };
+                let inflight = sel.endpoint.start_request();
                 let race = Race {
                     shared,
                     route,
@@ -714,7 +758,16 @@ where
                     .await
             }
             None => {
-                let tr = try_once(&sel, up, try_t).await;
+                let spcfg = sel.pool.cfg();
+                let req = match fast_request(&spcfg, &prepared, &body) {
+                    Some(f) => TryRequest::Fast(f),
+                    None => match upstream_request(&sel, &prepared, &mut body) {
+                        Ok(up) => TryRequest::Hyper(up),
+                        Err(e) => break last.take().unwrap_or_else(|| e.response()),
+                    },
+                };
+                let inflight = sel.endpoint.start_request();
+                let tr = try_once(&sel, &spcfg, req, try_t).await;
                 (sel, inflight, tr)
             }
         };
@@ -848,7 +901,7 @@ impl Race<'_> {
                 endpoint: sel.endpoint.clone(),
                 pool: sel.pool.clone(),
             };
-            Box::pin(async move { try_once(&sel, up, t).await })
+            Box::pin(async move { try_owned(&sel, up, t).await })
         };
         let labels = |class: &str| PoolClassLabels {
             pool: self.primary.name.clone(),
@@ -1129,20 +1182,25 @@ fn fallback_metric(m: &Metrics, pool: &str, backup: &str) {
 /// The request headers sent upstream: Host kept (or taken from the
 /// authority), hop-by-hop headers stripped, X-Forwarded-For/-Proto and Via
 /// added.
-fn upstream_headers(parts: &http::request::Parts, ctx: &ConnCtx, upgrade: bool) -> HeaderMap {
-    let mut headers = parts.headers.clone();
+fn upstream_headers(
+    mut headers: HeaderMap,
+    uri: &Uri,
+    version: Version,
+    ctx: &ConnCtx,
+    upgrade: bool,
+) -> HeaderMap {
     if !headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
+        if let Some(a) = uri.authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
                 headers.insert(header::HOST, v);
             }
         }
     }
     strip_hop_by_hop(&mut headers, upgrade);
-    let ip = ctx.peer.ip().to_string();
+    let ip = ctx.peer.ip();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        None => ip.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
@@ -1151,7 +1209,7 @@ fn upstream_headers(parts: &http::request::Parts, ctx: &ConnCtx, upgrade: bool) 
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
-    append_via(&mut headers, parts.version);
+    append_via(&mut headers, version);
     headers
 }
 
@@ -1196,22 +1254,66 @@ fn no_endpoint_left(
 /// One try against the selected endpoint, bounded by `try_t`: records the
 /// endpoint's latency, outcome class and outlier state; returns the outcome,
 /// the response if one came, and why it failed otherwise.
+/// A try's request: borrowed parts for the fast path, a built request for
+/// hyper's client.
+enum TryRequest<'a> {
+    Fast(upstream_h1::FastRequest<'a>),
+    Hyper(Request<ProxyBody>),
+}
+
+/// One try of a built request (hedged tries own theirs): the fast path
+/// when it is eligible, else hyper's client.
+async fn try_owned(
+    sel: &crate::pool::Selected,
+    up: Request<ProxyBody>,
+    try_t: Option<Duration>,
+) -> TryResult {
+    let spcfg = sel.pool.cfg();
+    if !upstream_h1::eligible(&spcfg, &up) {
+        return try_once(sel, &spcfg, TryRequest::Hyper(up), try_t).await;
+    }
+    let (parts, body) = up.into_parts();
+    let body = match upstream_h1::collect_body(body).await {
+        Ok(b) => b,
+        Err(e) => {
+            // The buffered body cannot fail; a broken one is a failed try.
+            tracing::debug!(error = %e, "request body failed");
+            return TryResult {
+                outcome: TryOutcome::Reset,
+                resp: None,
+                reason: Some(e.reason()),
+                elapsed: Duration::ZERO,
+            };
+        }
+    };
+    let fast = upstream_h1::FastRequest {
+        method: &parts.method,
+        target: [
+            "",
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str),
+        ],
+        headers: &parts.headers,
+        host: None,
+        body,
+    };
+    try_once(sel, &spcfg, TryRequest::Fast(fast), try_t).await
+}
+
 async fn try_once(
     sel: &crate::pool::Selected,
-    mut up: Request<ProxyBody>,
+    spcfg: &crate::config::PoolConfig,
+    up: TryRequest<'_>,
     try_t: Option<Duration>,
 ) -> TryResult {
     let ep = &sel.endpoint;
-    let spcfg = sel.pool.cfg();
-    *up.version_mut() = match spcfg.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c => Version::HTTP_2,
-    };
     let t0 = Instant::now();
     // Plain HTTP/1.1 tries take the fast path (upstream_h1); h2c, TLS,
     // upgrades and large or streamed bodies take hyper's client.
-    let res = if upstream_h1::eligible(&spcfg, &up) {
-        timeout::with_timeout(try_t, upstream_h1::send(ep, &spcfg, up))
+    let res = match up {
+        TryRequest::Fast(fast) => timeout::with_timeout(try_t, upstream_h1::send(ep, spcfg, fast))
             .await
             .map(|r| {
                 r.map(|resp| resp.map(UpstreamBody::Fast))
@@ -1220,19 +1322,24 @@ async fn try_once(
                         reason: e.reason(),
                         detail: e.to_string(),
                     })
-            })
-    } else {
-        let client = sel.pool.client();
-        timeout::with_timeout(try_t, client.request(up))
-            .await
-            .map(|r| {
-                r.map(|resp| resp.map(UpstreamBody::Hyper))
-                    .map_err(|e| TryError {
-                        connect: e.is_connect(),
-                        reason: upstream_error_reason(&e),
-                        detail: e.to_string(),
-                    })
-            })
+            }),
+        TryRequest::Hyper(mut up) => {
+            *up.version_mut() = match spcfg.protocol {
+                UpstreamProtocol::Http1 => Version::HTTP_11,
+                UpstreamProtocol::H2c => Version::HTTP_2,
+            };
+            let client = sel.pool.client();
+            timeout::with_timeout(try_t, client.request(up))
+                .await
+                .map(|r| {
+                    r.map(|resp| resp.map(UpstreamBody::Hyper))
+                        .map_err(|e| TryError {
+                            connect: e.is_connect(),
+                            reason: upstream_error_reason(&e),
+                            detail: e.to_string(),
+                        })
+                })
+        }
     };
     let elapsed = t0.elapsed();
     let (outcome, resp, reason) = match res {
@@ -1339,4 +1446,54 @@ fn reject_metric(m: &Metrics, pool: &str, reason: &str) {
 /// Method helper for tests/docs.
 pub fn method_is_idempotent(m: &Method) -> bool {
     is_idempotent(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    /// Fields named by Connection (also `close`, also across several
+    /// Connection lines) and the fixed hop-by-hop fields are removed; the
+    /// rest stays. An upgrade keeps `Upgrade` and says `Connection: upgrade`.
+    #[test]
+    fn hop_by_hop_fields_are_stripped() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive, x-secret"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("close", "2"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-kept"]);
+
+        let mut h = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "upgrade", "x-kept"]);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
 }

@@ -166,12 +166,8 @@ impl std::fmt::Display for FastError {
 
 /// Whether a try takes the fast path (see the module documentation).
 pub(crate) fn eligible(pcfg: &PoolConfig, req: &Request<ProxyBody>) -> bool {
-    // Upgrade requests keep their `Upgrade` header upstream (it is stripped
-    // from every other request as hop-by-hop).
-    pcfg.protocol == UpstreamProtocol::Http1
-        && pcfg.tls.is_none()
-        && !req.headers().contains_key(http::header::UPGRADE)
-        && req.method() != http::Method::CONNECT
+    pool_eligible(pcfg)
+        && request_eligible(req.method(), req.headers())
         && (req.body().is_end_stream()
             || req
                 .body()
@@ -180,32 +176,66 @@ pub(crate) fn eligible(pcfg: &PoolConfig, req: &Request<ProxyBody>) -> bool {
                 .is_some_and(|n| n <= MAX_INLINE_BODY_BYTES))
 }
 
+/// The pool side of [`eligible`]: plain (no TLS) HTTP/1.1.
+pub(crate) fn pool_eligible(pcfg: &PoolConfig) -> bool {
+    pcfg.protocol == UpstreamProtocol::Http1 && pcfg.tls.is_none()
+}
+
+/// The request side of [`eligible`], apart from the body: neither an
+/// Upgrade request (it keeps its `Upgrade` header upstream; the header is
+/// stripped from every other request as hop-by-hop) nor CONNECT.
+pub(crate) fn request_eligible(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(http::header::UPGRADE) && method != http::Method::CONNECT
+}
+
+/// One fast-path request, borrowed from what every try of a client request
+/// shares: nothing is copied per try (no header map clone, no URI built and
+/// parsed again); the head is encoded straight from these parts.
+pub(crate) struct FastRequest<'a> {
+    pub method: &'a http::Method,
+    /// Request target pieces, written one after the other (the pool's
+    /// `upstream_path_prefix`, then the client's path and query).
+    pub target: [&'a str; 2],
+    /// Headers already prepared for upstream (hop-by-hop stripped).
+    pub headers: &'a http::HeaderMap,
+    /// Host sent in place of the headers' own (a fallback provider's
+    /// `host_header`).
+    pub host: Option<&'a str>,
+    /// The whole body (≤ [`MAX_INLINE_BODY_BYTES`]; empty: none), sent
+    /// with the head.
+    pub body: Bytes,
+}
+
+/// The whole body of an [`eligible`] request (hedged tries own a built
+/// [`Request`]).
+pub(crate) async fn collect_body(body: ProxyBody) -> Result<Bytes, FastError> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    // A known size ≤ MAX_INLINE_BODY_BYTES (eligible): usually one frame (a
+    // buffered body), taken without a copy.
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| FastError::Io(io::Error::other(e)))?
+        .to_bytes())
+}
+
 /// One try on the fast path (the caller checked [`eligible`]).
 pub(crate) async fn send(
     ep: &Arc<Endpoint>,
     pcfg: &PoolConfig,
-    req: Request<ProxyBody>,
+    req: FastRequest<'_>,
 ) -> Result<Response<FastBody>, FastError> {
-    let (parts, body) = req.into_parts();
-    let (framing, data) = if body.is_end_stream() {
-        (RequestFraming::None, Bytes::new())
+    let data = req.body;
+    let framing = if data.is_empty() {
+        RequestFraming::None
     } else {
-        // A known size ≤ MAX_INLINE_BODY_BYTES (eligible): usually one
-        // frame (a buffered body), taken without a copy.
-        let data = body
-            .collect()
-            .await
-            .map_err(|e| FastError::Io(io::Error::other(e)))?
-            .to_bytes();
-        (RequestFraming::Length(data.len() as u64), data)
+        RequestFraming::Length(data.len() as u64)
     };
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let head_request = parts.method == http::Method::HEAD;
+    let head_request = req.method == http::Method::HEAD;
     let idle_timeout = Duration::from_millis(pcfg.idle_connection_timeout_ms);
-    let idempotent = crate::layers::retry::is_idempotent(&parts.method);
+    let idempotent = crate::layers::retry::is_idempotent(req.method);
     let mut force_fresh = false;
     loop {
         let pooled = if force_fresh {
@@ -219,9 +249,10 @@ pub(crate) async fn send(
         };
         h1::encode_request_head(
             &mut conn.wbuf,
-            &parts.method,
-            &[target],
-            &parts.headers,
+            req.method,
+            &req.target,
+            req.headers,
+            req.host,
             ep.authority.as_str(),
             framing,
         );
@@ -452,7 +483,7 @@ impl Body for FastBody {
                 return Poll::Ready(Some(Err(e.into())));
             }
             conn.rbuf.reserve(want);
-            match conn.stream.try_read_buf(&mut conn.rbuf) {
+            match crate::server_h1::read_buf_draining(&conn.stream, &mut conn.rbuf) {
                 Ok(0) => {
                     if matches!(this.state, BodyState::UntilClose) {
                         this.conn = None;
