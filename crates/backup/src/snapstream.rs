@@ -19,15 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-pub const MAGIC: &[u8; 8] = b"PHXMVCC\0";
-pub const SNAP_VERSION: u32 = 1;
-pub const T_META: u8 = 1;
-pub const T_REV: u8 = 2;
-pub const T_INDEX: u8 = 3;
-pub const T_KEY_REV: u8 = 4;
-pub const T_LEASE: u8 = 5;
-pub const T_LEASE_KEY: u8 = 6;
-pub const T_END: u8 = 0xFF;
+// The stream's format belongs to mvcc, which writes it.
+pub use mvcc::snapshot_stream::{
+    MAGIC, T_END, T_INDEX, T_KEY_REV, T_LEASE, T_LEASE_KEY, T_META, T_REV, VERSION as SNAP_VERSION,
+};
 /// Largest record key/value accepted while parsing (etcd's limits are far below).
 pub const MAX_RECORD_PART_BYTES: usize = 256 * 1024 * 1024;
 /// etcd's trailer is at most 512 bytes of padding + 8 + 32.
