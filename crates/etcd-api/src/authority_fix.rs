@@ -406,8 +406,9 @@ impl<S> AuthorityFix<S> {
                     return;
                 }
                 if &name[..] == b":authority" {
-                    needs_rewrite |= rewrite_authority(&value).is_some();
-                    match rewrite_authority(&value) {
+                    let rewritten = rewrite_authority(&value);
+                    needs_rewrite |= rewritten.is_some();
+                    match rewritten {
                         Some([]) => {
                             // Nothing usable (e.g. "unix:///path"): omit it, as
                             // :authority is optional.
