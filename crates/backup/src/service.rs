@@ -137,6 +137,9 @@ impl Policy {
 #[serde(default)]
 pub struct DestStatus {
     pub last_success_ms: u64,
+    /// How long the last successful backup to this destination took, from
+    /// the start of the store scan to its manifest (`phalanx_backup_duration_seconds`).
+    pub last_backup_seconds: f64,
     pub last_backup_id: String,
     pub last_error: Option<String>,
     pub last_error_ms: u64,
@@ -761,6 +764,7 @@ async fn run_backup(sh: &Arc<Shared>, p: &Policy) {
                         let mut g = sh.status.lock().unwrap();
                         let ds = g.destinations.entry(d.url.clone()).or_default();
                         ds.last_success_ms = now;
+                        ds.last_backup_seconds = out.elapsed.as_secs_f64();
                         ds.last_backup_id = out.id.clone();
                         ds.uploaded_bytes_total += d.uploaded_bytes;
                         ds.last_error = None;
@@ -988,6 +992,12 @@ pub fn render_metrics(st: &Status, running_here: bool) -> String {
         "gauge",
         "Completion time of the last successful backup to the destination",
         per(&|d| d.last_success_ms as f64 / 1000.0),
+    );
+    fam(
+        "phalanx_backup_duration_seconds",
+        "gauge",
+        "Duration of the last successful backup to the destination (store scan to manifest)",
+        per(&|d| d.last_backup_seconds),
     );
     fam(
         "phalanx_backup_last_verified_timestamp_seconds",

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod authority_fix;
 mod cluster;
 mod election;
+pub mod grpc_metrics;
 pub mod http1;
 mod kv;
 mod lease;
@@ -231,41 +232,42 @@ pub async fn serve_incoming(
             auth::cert_user_interceptor,
         ))
         // Each service behind `TokenCatchUp` (auth.rs): a simple token
-        // issued by another member is known here once its entry is applied.
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        // issued by another member is known here once its entry is applied;
+        // and `Metered` (grpc_metrics.rs): etcd's per-method gRPC series.
+        .add_service(metered(
+            &api,
             PbKvServer::new(api.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         ))
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        .add_service(metered(
+            &api,
             PbWatchServer::new(api.clone()).max_decoding_message_size(max),
         ))
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        .add_service(metered(
+            &api,
             PbLeaseServer::new(api.clone()).max_decoding_message_size(max),
         ))
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        .add_service(metered(
+            &api,
             PbClusterServer::new(api.clone()).max_decoding_message_size(max),
         ))
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        .add_service(metered(
+            &api,
             PbMaintenanceServer::new(api.clone()).max_decoding_message_size(max),
         ))
         // Auth, Lock and Election services (auth.rs, lock.rs, election.rs).
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        .add_service(metered(
+            &api,
             pb::etcdserverpb::auth_server::AuthServer::new(api.clone())
                 .max_decoding_message_size(max),
         ))
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        .add_service(metered(
+            &api,
             pb::v3lockpb::lock_server::LockServer::new(api.clone()).max_decoding_message_size(max),
         ))
-        .add_service(auth::TokenCatchUp::new(
-            api.clone(),
+        .add_service(metered(
+            &api,
             pb::v3electionpb::election_server::ElectionServer::new(api.clone())
                 .max_decoding_message_size(max),
         ))
@@ -279,6 +281,14 @@ pub async fn serve_incoming(
             shutdown,
         )
         .await
+}
+
+/// A served gRPC service: metered, behind the token catch-up.
+fn metered<S>(api: &EtcdApi, service: S) -> auth::TokenCatchUp<grpc_metrics::Metered<S>> {
+    auth::TokenCatchUp::new(
+        api.clone(),
+        grpc_metrics::Metered::new(api.metrics().grpc().clone(), service),
+    )
 }
 
 /// Member-internal connections waiting for the in-process server.

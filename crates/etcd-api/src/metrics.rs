@@ -47,6 +47,10 @@ pub struct Metrics {
     /// Extra text-format series appended at every render (the alerting's
     /// `phalanx_wall_clock_seconds` and the member's gateway series).
     extra_text: std::sync::Mutex<Vec<TextSource>>,
+    /// etcd's un-prefixed gRPC series (`grpc_server_*`).
+    grpc_registry: std::sync::Mutex<Registry>,
+    grpc: std::sync::Arc<crate::grpc_metrics::GrpcMetrics>,
+    leader_changes: Counter,
 }
 
 /// A producer of Prometheus text-format lines, called at every scrape.
@@ -160,8 +164,19 @@ impl Metrics {
             "Times this member found its leader's process gone (its peer port refused connections after missed heartbeats) and stopped waiting out the leader lease",
             dead_leader_detections.clone(),
         );
+        let leader_changes = Counter::default();
+        registry.register(
+            "server_leader_changes_seen",
+            "Times this member saw a new leader (etcd_server_leader_changes_seen_total)",
+            leader_changes.clone(),
+        );
+        let mut grpc_registry = Registry::default();
+        let grpc = std::sync::Arc::new(crate::grpc_metrics::GrpcMetrics::new(&mut grpc_registry));
         Metrics {
             extra_text: std::sync::Mutex::new(Vec::new()),
+            grpc_registry: std::sync::Mutex::new(grpc_registry),
+            grpc,
+            leader_changes,
             tls_expiry,
             tls_handshake_failures,
             peer_rejected,
@@ -228,23 +243,34 @@ impl Metrics {
         }
         let c = &self.dead_leader_detections;
         c.inc_by(node.dead_leader_detections().saturating_sub(c.get()));
+        let c = &self.leader_changes;
+        c.inc_by(node.leader_changes_seen().saturating_sub(c.get()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(
             &mut out,
             &self.registry.lock().expect("registry poisoned"),
         )
         .expect("writing to a String cannot fail");
+        let mut extra = String::new();
+        prometheus_client::encoding::text::encode(
+            &mut extra,
+            &self.grpc_registry.lock().expect("registry poisoned"),
+        )
+        .expect("writing to a String cannot fail");
+        extra.truncate(extra.rfind("# EOF").unwrap_or(extra.len()));
         let sources = self.extra_text.lock().expect("sources poisoned").clone();
-        if !sources.is_empty() {
-            // Before OpenMetrics' `# EOF` terminator, which must stay last.
-            let eof = out.rfind("# EOF").unwrap_or(out.len());
-            let mut extra = String::new();
-            for f in sources {
-                extra.push_str(&f());
-            }
-            out.insert_str(eof, &extra);
+        for f in sources {
+            extra.push_str(&f());
         }
+        // Before OpenMetrics' `# EOF` terminator, which must stay last.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        out.insert_str(eof, &extra);
         out
+    }
+
+    /// The per-method gRPC series, for [`crate::grpc_metrics::Metered`].
+    pub fn grpc(&self) -> &std::sync::Arc<crate::grpc_metrics::GrpcMetrics> {
+        &self.grpc
     }
 
     /// Append `f()` (Prometheus text format, complete lines) to every render.

@@ -99,6 +99,9 @@ pub struct Node {
     leader_contact: std::sync::Mutex<Option<Instant>>,
     /// Leaders found dead by `failover` (`phalanx_raft_dead_leader_detections_total`).
     dead_leader_detections: std::sync::atomic::AtomicU64,
+    /// Leaderships (a leader in a new term) this member saw
+    /// (`phalanx_server_leader_changes_seen_total`).
+    leader_changes_seen: std::sync::atomic::AtomicU64,
 }
 
 /// What [`Node::from_parts`] assembles a member from.
@@ -172,6 +175,7 @@ impl Node {
             control_tokens: Default::default(),
             leader_contact: Default::default(),
             dead_leader_detections: Default::default(),
+            leader_changes_seen: Default::default(),
         })
     }
 
@@ -320,6 +324,13 @@ impl Node {
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         }
+    }
+
+    /// How many leaderships (a leader in a new term) this member has seen
+    /// since it started, as etcd's `leader_changes_seen_total` counts them.
+    pub fn leader_changes_seen(&self) -> u64 {
+        self.leader_changes_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Current raft term (for response headers).

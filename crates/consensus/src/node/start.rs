@@ -463,6 +463,8 @@ impl Node {
         tokio::spawn(async move {
             let mut metrics = node.raft.metrics();
             let mut leading_term: Option<u64> = None;
+            // The (term, leader) last seen, for the leader-change count.
+            let mut seen_leader: Option<(u64, NodeId)> = None;
             let mut published = false;
             let mut last_publish: Option<Instant> = None;
             let mut shutdown = node.shutdown_tx.subscribe();
@@ -499,6 +501,11 @@ impl Node {
                     });
                     (m.state, m.current_term, m.current_leader, mine)
                 };
+                if let Some(l) = leader.filter(|l| seen_leader != Some((term, *l))) {
+                    seen_leader = Some((term, l));
+                    node.leader_changes_seen
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 if state == ServerState::Leader && leading_term != Some(term) {
                     node.lessor.promote();
                     leading_term = Some(term);
