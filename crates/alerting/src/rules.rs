@@ -300,26 +300,50 @@ fn is_label_name(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
-/// The default rules, parsed.
+/// The default rules, parsed, with the default anomaly sensitivity.
 pub fn default_rules() -> Vec<Rule> {
+    default_rules_with(crate::anomaly_fn::DEFAULT_ANOMALY_SENSITIVITY)
+}
+
+/// The default rules, parsed, the anomaly rules with the score threshold
+/// `anomaly_sensitivity` (see [`check_anomaly_sensitivity`]).
+pub fn default_rules_with(anomaly_sensitivity: f64) -> Vec<Rule> {
     let mut rules =
         parse_rules("<default rules>", DEFAULT_RULES).expect("the default rules are valid");
     // Anomaly rules (issue 14): latency and gateway error ratio, switched on.
     rules.extend(
         parse_rules(
             "<default anomaly rules>",
-            crate::anomaly_fn::DEFAULT_ANOMALY_RULES,
+            &crate::anomaly_fn::anomaly_rules_with_sensitivity(anomaly_sensitivity),
         )
         .expect("the default anomaly rules are valid"),
     );
     rules
 }
 
+/// Refuse an anomaly sensitivity (the default anomaly rules' score
+/// threshold) outside `(0, 1)`, saying what it means.
+pub fn check_anomaly_sensitivity(v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 && v < 1.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "anomaly sensitivity {v} is not between 0 and 1 (exclusive): it is the anomaly score above which the default anomaly rules fire; higher alerts less (default {})",
+            crate::anomaly_fn::DEFAULT_ANOMALY_SENSITIVITY
+        ))
+    }
+}
+
 /// The rules in force: the defaults not `disabled` (names, or `all`) nor
-/// overridden by a stored rule of the same alert name, then the stored ones.
-pub fn effective_rules(stored: &[Rule], disabled: &[String]) -> Vec<Rule> {
+/// overridden by a stored rule of the same alert name, then the stored ones;
+/// the default anomaly rules fire above `anomaly_sensitivity`.
+pub fn effective_rules(
+    stored: &[Rule],
+    disabled: &[String],
+    anomaly_sensitivity: f64,
+) -> Vec<Rule> {
     let all_off = disabled.iter().any(|d| d == "all");
-    let mut out: Vec<Rule> = default_rules()
+    let mut out: Vec<Rule> = default_rules_with(anomaly_sensitivity)
         .into_iter()
         .filter(|d| {
             !all_off && !disabled.contains(&d.alert) && !stored.iter().any(|s| s.alert == d.alert)

@@ -71,6 +71,9 @@ pub struct Settings {
     pub resolved_retention_ms: i64,
     /// Default rules switched off (alert names, or `all`).
     pub disabled_default_rules: Vec<String>,
+    /// The default anomaly rules fire above this anomaly score, in (0, 1):
+    /// higher alerts less (`--alerting-anomaly-sensitivity`).
+    pub anomaly_sensitivity: f64,
     /// Bound on the event timeline: count…
     pub max_events: usize,
     /// …and age.
@@ -104,6 +107,7 @@ impl Settings {
             lookback_ms: promql::DEFAULT_LOOKBACK_MS,
             resolved_retention_ms: rules::DEFAULT_RESOLVED_RETENTION_MS,
             disabled_default_rules: vec![],
+            anomaly_sensitivity: crate::anomaly_fn::DEFAULT_ANOMALY_SENSITIVITY,
             max_events: 10_000,
             event_retention_ms: 7 * 24 * 3_600_000,
             webhook_timeout_ms: 5_000,
@@ -243,11 +247,18 @@ pub async fn start(settings: Settings, host: Host) -> Result<AlertingHandle, Sta
         http: HttpClient::builder(TokioExecutor::new()).build(https_connector()),
         nflog: Mutex::new(BTreeMap::new()),
         busy: Mutex::new(BTreeSet::new()),
-        rules_in_force: Mutex::new(rules::effective_rules(&[], &[])),
+        rules_in_force: Mutex::new(rules::effective_rules(
+            &[],
+            &[],
+            crate::anomaly_fn::DEFAULT_ANOMALY_SENSITIVITY,
+        )),
         per_integration: Mutex::new(BTreeMap::new()),
     });
-    *shared.rules_in_force.lock().unwrap() =
-        rules::effective_rules(&[], &shared.settings.disabled_default_rules);
+    *shared.rules_in_force.lock().unwrap() = rules::effective_rules(
+        &[],
+        &shared.settings.disabled_default_rules,
+        shared.settings.anomaly_sensitivity,
+    );
     let mut tasks = vec![
         tokio::spawn(scrape_loop(shared.clone())),
         tokio::spawn(leader_loop(shared.clone(), api_addr)),
@@ -659,8 +670,11 @@ async fn leader_tick(s: &Arc<Shared>, l: &mut Leader, now: i64) -> Result<(), St
         };
         match parsed {
             Ok(r) => {
-                *s.rules_in_force.lock().unwrap() =
-                    rules::effective_rules(&r, &s.settings.disabled_default_rules)
+                *s.rules_in_force.lock().unwrap() = rules::effective_rules(
+                    &r,
+                    &s.settings.disabled_default_rules,
+                    s.settings.anomaly_sensitivity,
+                )
             }
             Err(e) => {
                 if l.cfg.rejected.insert(("rules".into(), rules_rev)) {

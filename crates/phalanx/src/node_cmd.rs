@@ -411,6 +411,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.request_timeout_ms {
         config.request_timeout_ms = v;
     }
+    if let Some(v) = args.alerting.alerting_anomaly_sensitivity {
+        alerting::rules::check_anomaly_sensitivity(v)
+            .map_err(|e| anyhow::anyhow!("--alerting-anomaly-sensitivity: {e}"))?;
+    }
     for (flag, value, field) in [
         (
             "--max-write-batch-commands",

@@ -78,6 +78,7 @@ fn anomaly_scores_run_over_every_default_series() {
             format!("--alerting-scrape-interval-ms={INTERVAL_MS}"),
             format!("--alerting-evaluation-interval-ms={INTERVAL_MS}"),
             format!("--backup-identity-file={identity_arg}"),
+            "--alerting-anomaly-sensitivity=0.97".into(),
         ]
     });
     let eps = c.endpoints();
@@ -119,6 +120,18 @@ fn anomaly_scores_run_over_every_default_series() {
         out.status.success(),
         "schedule set: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The sensitivity setting is the default anomaly rules' threshold.
+    let rules = wait_for("the rules in force", WAIT, || {
+        get_json(api, "/api/v1/rules")
+    });
+    let text = rules.to_string();
+    assert!(
+        text.contains("PhalanxGatewayLatencyAnomaly")
+            && text.contains("\\\"robust\\\", 0.97, \\\"above\\\"")
+            && !text.contains("\\\"robust\\\", 0.9,"),
+        "the default anomaly rules fire above 0.97: {text}"
     );
 
     // Steady load until the end of the test.

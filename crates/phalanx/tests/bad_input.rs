@@ -304,6 +304,22 @@ fn corrupted_store_file_refuses_to_start() {
 }
 
 #[test]
+fn an_anomaly_sensitivity_outside_0_to_1_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for v in ["1.5", "0", "-0.2", "NaN"] {
+        let err = start_err(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            &format!("--alerting-anomaly-sensitivity={v}"),
+        ]);
+        assert!(
+            err.contains("--alerting-anomaly-sensitivity") && err.contains("between 0 and 1"),
+            "{v}: {err}"
+        );
+    }
+}
+
+#[test]
 fn write_batch_limits_of_zero_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     for flag in [

@@ -324,6 +324,9 @@ pub struct NodeAlertingArgs {
     /// Default rules to switch off (comma-separated alert names, or `all`)
     #[arg(long)]
     pub alerting_disable_default_rules: Option<String>,
+    /// Anomaly score (between 0 and 1) above which the default anomaly rules fire; higher alerts less (default 0.9)
+    #[arg(long)]
+    pub alerting_anomaly_sensitivity: Option<f64>,
     /// Most events in the timeline (default 10000)
     #[arg(long)]
     pub alerting_max_events: Option<usize>,
@@ -409,6 +412,10 @@ pub async fn start_for_node(
                 known.join(", ")
             );
         }
+    }
+    if let Some(v) = a.alerting_anomaly_sensitivity {
+        // Checked before the member starts (node_cmd).
+        s.anomaly_sensitivity = v;
     }
     if let Some(v) = a.alerting_max_events {
         s.max_events = v;
