@@ -111,7 +111,13 @@ fn apply_is_bounded(payload: &EntryPayload<TypeConfig>) -> bool {
             | Command::Alarm { .. }
             | Command::Auth(_) => true,
             Command::Batch(cmds) => cmds.iter().all(bounded),
-            Command::AsUser { cmd, .. } => bounded(cmd),
+            // A user's put that attaches a lease is checked against every
+            // key on that lease (etcd's `checkLeasePuts`): as unbounded as
+            // the lease.
+            Command::AsUser { cmd, .. } => match cmd.as_ref() {
+                Command::Put(req) => !put_attaches_lease(req),
+                cmd => bounded(cmd),
+            },
             Command::DeleteRange(_)
             | Command::Txn(_)
             | Command::Compact { .. }
@@ -122,6 +128,29 @@ fn apply_is_bounded(payload: &EntryPayload<TypeConfig>) -> bool {
         EntryPayload::Normal(cmd) => bounded(cmd),
         EntryPayload::Blank | EntryPayload::Membership(_) => true,
     }
+}
+
+/// Whether a prost-encoded `PutRequest` sets a lease (field 3, non-zero),
+/// read without decoding the key and value. Undecodable bytes count as
+/// attaching one (the apply reports them; unbounded is the safe side).
+fn put_attaches_lease(mut req: &[u8]) -> bool {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    const LEASE_FIELD: u32 = 3;
+    while !req.is_empty() {
+        let Ok((tag, wire)) = decode_key(&mut req) else {
+            return true;
+        };
+        if tag == LEASE_FIELD && wire == WireType::Varint {
+            match decode_varint(&mut req) {
+                Ok(0) => continue,
+                _ => return true,
+            }
+        }
+        if skip_field(wire, tag, &mut req, DecodeContext::default()).is_err() {
+            return true;
+        }
+    }
+    false
 }
 
 /// An entry's payload size, near enough to choose where to apply it.
@@ -483,4 +512,43 @@ fn regroup_batches(items: Vec<ApplyOutcome>, batch_len: &[Option<usize>]) -> Vec
     }
     assert!(items.next().is_none(), "every item's outcome was regrouped");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mvcc::PbPutRequest;
+
+    fn as_user(cmd: Command) -> EntryPayload<TypeConfig> {
+        EntryPayload::Normal(Command::AsUser {
+            user: "u".into(),
+            auth_revision: 1,
+            cmd: Box::new(cmd),
+        })
+    }
+
+    fn put(lease: i64) -> Command {
+        Command::put(&PbPutRequest {
+            key: b"k".to_vec(),
+            value: vec![7; 300],
+            lease,
+            prev_kv: true,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_users_put_on_a_lease_is_not_applied_inline() {
+        // Plain puts, and a user's put without a lease, are bounded work.
+        assert!(apply_is_bounded(&EntryPayload::Normal(put(0))));
+        assert!(apply_is_bounded(&EntryPayload::Normal(put(42))));
+        assert!(apply_is_bounded(&as_user(put(0))));
+        // checkLeasePuts reads every key on the lease.
+        assert!(!apply_is_bounded(&as_user(put(42))));
+        assert!(!apply_is_bounded(&as_user(put(-1))));
+        // Undecodable bytes: the safe side.
+        assert!(!apply_is_bounded(&as_user(Command::Put(vec![0xff, 0xff]))));
+        assert!(put_attaches_lease(&[0x18]));
+        assert!(!put_attaches_lease(&[]));
+    }
 }
