@@ -623,6 +623,16 @@ impl LocalCluster {
             if let Some(e) = reap(&mut m.child, &m.name, &m.log) {
                 return Err(DrillError::Cluster(format!("while starting, member {e}")));
             }
+            if m.child.is_none() {
+                // Exited and reaped elsewhere (or never started): no wait
+                // can make it healthy.
+                return Err(DrillError::Cluster(format!(
+                    "member {} is not running; the end of {}:\n{}",
+                    m.name,
+                    m.log.display(),
+                    log_tail(&m.log, LOG_TAIL_LINES)
+                )));
+            }
             if Instant::now() > deadline {
                 return Err(DrillError::Cluster(format!(
                     "member {} not healthy after {:?}; see {}",

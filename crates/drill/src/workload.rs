@@ -138,9 +138,8 @@ pub async fn run_client(
     let mut seen: HashMap<String, Option<String>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
-            client = connect(&ep, &cfg).await;
+            client = connect_or_back_off(&ep, &cfg).await;
             if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
                 continue;
             }
         }
@@ -369,8 +368,7 @@ pub async fn run_watcher(
     while !stop.load(Ordering::Relaxed) {
         let ep = vec![cfg.endpoints[session % cfg.endpoints.len()].clone()];
         session += 1;
-        let Some(mut client) = connect(&ep, &cfg).await else {
-            tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
+        let Some(mut client) = connect_or_back_off(&ep, &cfg).await else {
             continue;
         };
         let opts = WatchOptions::new().with_prefix().with_start_revision(next);
@@ -446,9 +444,8 @@ pub async fn run_lease_client(
     let mut last_renew = tokio::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
-            client = connect(&cfg.endpoints, &cfg).await;
+            client = connect_or_back_off(&cfg.endpoints, &cfg).await;
             if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
                 continue;
             }
         }
@@ -532,10 +529,7 @@ pub async fn run_lease_client(
     let mut revoked = false;
     while tokio::time::Instant::now() < deadline {
         let Some(c) = client.as_mut() else {
-            client = connect(&cfg.endpoints, &cfg).await;
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
-            }
+            client = connect_or_back_off(&cfg.endpoints, &cfg).await;
             continue;
         };
         if !revoked {
@@ -597,10 +591,7 @@ pub async fn final_reads(
         let mut process = FINAL_READ_PROCESS + i as i64;
         while tokio::time::Instant::now() < deadline {
             let Some(c) = client.as_mut() else {
-                client = connect(&cfg.endpoints, cfg).await;
-                if client.is_none() {
-                    tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
-                }
+                client = connect_or_back_off(&cfg.endpoints, cfg).await;
                 continue;
             };
             let t0 = rec.invoke(process, Func::Read, &key, Value::Null);
@@ -684,10 +675,7 @@ pub async fn revision_reads(
             break;
         }
         let Some(c) = client.clone() else {
-            client = connect(&cfg.endpoints, cfg).await;
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
-            }
+            client = connect_or_back_off(&cfg.endpoints, cfg).await;
             continue;
         };
         while in_flight.len() < REVISION_CHECK_CONCURRENCY {
@@ -737,7 +725,7 @@ pub async fn revision_reads(
 /// Current store revision (a linearizable read's header), retried until `deadline`.
 pub async fn current_revision(cfg: &WorkloadConfig, deadline: tokio::time::Instant) -> Option<i64> {
     while tokio::time::Instant::now() < deadline {
-        if let Some(mut c) = connect(&cfg.endpoints, cfg).await {
+        if let Some(mut c) = connect_or_back_off(&cfg.endpoints, cfg).await {
             if let Ok(Ok(r)) =
                 tokio::time::timeout(cfg.op_timeout, c.get(cfg.prefix.clone(), None)).await
             {
@@ -745,8 +733,18 @@ pub async fn current_revision(cfg: &WorkloadConfig, deadline: tokio::time::Insta
                     return Some(h.revision());
                 }
             }
+            tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
         }
-        tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
     }
     None
+}
+
+/// A client of the cluster, or `None` after a pause of
+/// [`RECONNECT_BACKOFF_MS`] (the caller retries within its deadline).
+async fn connect_or_back_off(endpoints: &[String], cfg: &WorkloadConfig) -> Option<Client> {
+    let client = connect(endpoints, cfg).await;
+    if client.is_none() {
+        tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
+    }
+    client
 }
