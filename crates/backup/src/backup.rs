@@ -427,7 +427,7 @@ async fn endpoint_channel(
 /// the same hash computed on the stream as it loads must agree (a store that did not
 /// load what the stream holds is an error).
 pub(crate) fn hash_kv_of_stream(
-    r: &mut dyn Read,
+    r: &mut (dyn Read + Send),
     revision: i64,
     scratch: &std::path::Path,
 ) -> Result<u32, BackupError> {
@@ -462,6 +462,9 @@ pub(crate) fn hash_kv_of_stream(
     }
     Ok(h)
 }
+
+/// Read buffer between the snapshot source and the normalizer.
+const SOURCE_READ_BUFFER_BYTES: usize = 1 << 16;
 
 type Upload =
     std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Result<(), BackupError>)> + Send>>;
@@ -564,6 +567,8 @@ async fn backup_inner(
         tokio::task::spawn_blocking(move || -> Result<StreamInfo, std::io::Error> {
             let (src, etcd_trailer) =
                 crate::snapstream::open_snapshot(Box::new(ChannelReader::new(src_rx)))?;
+            // Buffered: the normalizer reads every record in five small parts.
+            let src = std::io::BufReader::with_capacity(SOURCE_READ_BUFFER_BYTES, src);
             let (mut norm, info) = Normalizer::new(src, etcd_trailer);
             norm.notify_revision(rev_tx);
             // Two stages on two threads: the normalizer (parse, CRC32 and SHA-256 of
@@ -579,19 +584,18 @@ async fn backup_inner(
                     r
                 });
                 let chunked = (|| -> std::io::Result<()> {
-                    let cdc = fastcdc::v2020::StreamCDC::new(
+                    let mut cdc = crate::snapstream::Chunker::new(
                         pr,
                         chunker.chunk_min_bytes,
                         chunker.chunk_avg_bytes,
                         chunker.chunk_max_bytes,
                     );
-                    for c in cdc {
-                        let c = c.map_err(|e| match e {
-                            fastcdc::v2020::Error::IoError(e) => e,
-                            e => std::io::Error::other(e.to_string()),
-                        })?;
-                        let sha = hex(&Sha256::digest(&c.data));
-                        if chunk_tx.blocking_send((sha, Bytes::from(c.data))).is_err() {
+                    while let Some(c) = cdc.next_chunk()? {
+                        let sha = hex(&Sha256::digest(c));
+                        if chunk_tx
+                            .blocking_send((sha, Bytes::copy_from_slice(c)))
+                            .is_err()
+                        {
                             return Err(std::io::Error::other("uploader stopped"));
                         }
                     }

@@ -49,7 +49,7 @@ pub use repo::{list_backups, BackupEntry};
 pub use restore::{
     choose, plan, restore, restore_from_etcd_snapshot, verify, EtcdRestoreReport,
     EtcdRestoreSettings, Plan, ReadSettings, RestoreReport, RestoreSettings, Target, VerifyReport,
-    DEFAULT_BUMP_REVISION,
+    DEFAULT_BUMP_REVISION, RESTORE_STORE_CACHE_BYTES,
 };
 pub use service::{Policy, ServiceHandle, ServiceSettings, Status};
 

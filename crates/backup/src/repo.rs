@@ -223,7 +223,7 @@ pub async fn stream_backup<T: Send + 'static>(
     recipients: &[String],
     identities: &[Box<dyn age::Identity + Send + Sync>],
     keep_going: bool,
-    sink: impl FnOnce(&mut dyn std::io::Read) -> Result<T, BackupError> + Send + 'static,
+    sink: impl FnOnce(&mut (dyn std::io::Read + Send)) -> Result<T, BackupError> + Send + 'static,
 ) -> (Vec<BackupError>, Option<Result<T, BackupError>>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
     let consumer = tokio::task::spawn_blocking(move || {

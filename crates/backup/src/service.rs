@@ -892,6 +892,8 @@ async fn drill(sh: &Arc<Shared>, p: &Policy) {
             data_dir: dir.path().join("member-data"),
             bump_revision: 0,
             check_page_keys: 1000,
+            // Inside the member: no more cache than the member's own store.
+            cache_bytes: mvcc::STORE_CACHE_BYTES,
         };
         let started = std::time::Instant::now();
         match crate::restore::restore(&settings).await {

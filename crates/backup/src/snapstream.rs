@@ -140,24 +140,34 @@ impl<R: Read> Normalizer<R> {
         )
     }
 
+    /// Read exactly `buf.len()` bytes of a record, not yet fed to the input
+    /// checksums: a record is checksummed whole once read ([`Self::record_done`]),
+    /// in one update per checksum rather than one per part.
+    fn take_raw(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let payload_in = self.payload_in;
+        self.inner.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                bad(format!("stream truncated after {payload_in} bytes"))
+            } else {
+                e
+            }
+        })
+    }
+
     /// Read one length-prefixed record part into `key` (or `val`), reusing its buffer.
     fn take_part(&mut self, key: bool) -> io::Result<()> {
         let mut l = [0u8; 4];
-        self.take(&mut l)?;
+        self.take_raw(&mut l)?;
         let len = u32::from_le_bytes(l) as usize;
         if len > MAX_RECORD_PART_BYTES {
             return Err(bad(format!("record part of {len} bytes is too large")));
         }
-        let buf = if key { &mut self.key } else { &mut self.val };
+        let mut buf = std::mem::take(if key { &mut self.key } else { &mut self.val });
         buf.clear();
         buf.resize(len, 0);
-        take_from(
-            &mut self.inner,
-            &mut self.crc_in,
-            &mut self.sha_in,
-            &mut self.payload_in,
-            buf,
-        )
+        let r = self.take_raw(&mut buf);
+        *(if key { &mut self.key } else { &mut self.val }) = buf;
+        r
     }
 
     fn emit(&mut self, b: &[u8]) {
@@ -165,17 +175,26 @@ impl<R: Read> Normalizer<R> {
         self.out.extend_from_slice(b);
     }
 
-    /// The current record (`key`, `val`) to the output.
-    fn emit_record(&mut self, tag: u8) {
+    /// The record just read (`tag`, `key`, `val`): fed to the input checksums, and
+    /// passed to the output unless `drop` (its bytes are the same in both streams).
+    fn record_done(&mut self, tag: u8, drop: bool) {
         let (klen, vlen) = (self.key.len() as u32, self.val.len() as u32);
-        let start = self.out.len();
-        self.out.push(tag);
-        self.out.extend_from_slice(&klen.to_le_bytes());
-        self.out.extend_from_slice(&self.key);
-        self.out.extend_from_slice(&vlen.to_le_bytes());
-        self.out.extend_from_slice(&self.val);
-        self.crc_out.update(&self.out[start..]);
-        self.seen.records_out += 1;
+        let mut dropped = Vec::new();
+        let out = if drop { &mut dropped } else { &mut self.out };
+        let start = out.len();
+        out.push(tag);
+        out.extend_from_slice(&klen.to_le_bytes());
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&vlen.to_le_bytes());
+        out.extend_from_slice(&self.val);
+        let rec = &out[start..];
+        self.crc_in.update(rec);
+        self.sha_in.update(rec);
+        self.payload_in += rec.len() as u64;
+        if !drop {
+            self.crc_out.update(rec);
+            self.seen.records_out += 1;
+        }
     }
 
     /// Produce the next piece of output into `self.out`.
@@ -196,8 +215,11 @@ impl<R: Read> Normalizer<R> {
             }
             State::Records => {
                 let mut tag = [0u8; 1];
-                self.take(&mut tag)?;
+                self.take_raw(&mut tag)?;
                 if tag[0] == T_END {
+                    self.crc_in.update(&tag);
+                    self.sha_in.update(tag);
+                    self.payload_in += 1;
                     let mut n = [0u8; 8];
                     self.take(&mut n)?;
                     let records_in = self.seen.records_in;
@@ -238,7 +260,10 @@ impl<R: Read> Normalizer<R> {
                 self.seen.records_in += 1;
                 if tag[0] == T_META {
                     match self.key.as_slice() {
-                        b"applied_meta" => return Ok(()),
+                        b"applied_meta" => {
+                            self.record_done(tag[0], true);
+                            return Ok(());
+                        }
                         b"rev" | b"compact_rev" => {
                             let x = i64::from_le_bytes(
                                 self.val
@@ -260,7 +285,7 @@ impl<R: Read> Normalizer<R> {
                 } else if !(T_REV..=T_LEASE_KEY).contains(&tag[0]) {
                     return Err(bad(format!("unknown record tag {}", tag[0])));
                 }
-                self.emit_record(tag[0]);
+                self.record_done(tag[0], false);
             }
             State::Done => {}
         }
@@ -423,6 +448,90 @@ pub fn open_snapshot(mut r: Box<dyn Read + Send>) -> io::Result<(SnapshotReader,
     ))
 }
 
+/// Content-defined chunking of a stream with FastCDC 2020 (normalization level 1, the
+/// `fastcdc` crate's gear table): the same cut points as `fastcdc::v2020::StreamCDC`
+/// with the same sizes (the repository's dedup depends on them), without its copies:
+/// StreamCDC moves the rest of its buffer down and zero-fills it again after every
+/// chunk and copies each chunk into a new vector; here chunks are slices of one
+/// buffer that is moved down once per [`CHUNKER_BUFFER_MAX_CHUNKS`] chunk sizes.
+pub struct Chunker<R: Read> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Start of the next chunk in `buf`.
+    pos: usize,
+    /// End of the bytes read into `buf`.
+    len: usize,
+    eof: bool,
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+/// The chunker's buffer holds this many maximum-size chunks.
+pub const CHUNKER_BUFFER_MAX_CHUNKS: usize = 4;
+
+impl<R: Read> Chunker<R> {
+    /// Sizes as `fastcdc::v2020::StreamCDC::new` takes them (and checks them the same way).
+    pub fn new(inner: R, min: u32, avg: u32, max: u32) -> Self {
+        use fastcdc::v2020::{logarithm2, Normalization, MASKS};
+        // StreamCDC's own checks (it panics on sizes out of range too).
+        assert!((fastcdc::v2020::MINIMUM_MIN..=fastcdc::v2020::MINIMUM_MAX).contains(&min));
+        assert!((fastcdc::v2020::AVERAGE_MIN..=fastcdc::v2020::AVERAGE_MAX).contains(&avg));
+        assert!((fastcdc::v2020::MAXIMUM_MIN..=fastcdc::v2020::MAXIMUM_MAX).contains(&max));
+        let bits = logarithm2(avg);
+        let level = Normalization::Level1.bits();
+        Chunker {
+            inner,
+            buf: vec![0; max as usize * CHUNKER_BUFFER_MAX_CHUNKS],
+            pos: 0,
+            len: 0,
+            eof: false,
+            min: min as usize,
+            avg: avg as usize,
+            max: max as usize,
+            mask_s: MASKS[(bits + level) as usize],
+            mask_l: MASKS[(bits - level) as usize],
+        }
+    }
+
+    /// The next chunk (a slice of the chunker's buffer), or `None` at the end.
+    pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
+        // A full window (`max` bytes) or everything up to the end, as StreamCDC cuts.
+        while !self.eof && self.len - self.pos < self.max {
+            if self.len == self.buf.len() {
+                self.buf.copy_within(self.pos..self.len, 0);
+                self.len -= self.pos;
+                self.pos = 0;
+            }
+            match self.inner.read(&mut self.buf[self.len..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let window = &self.buf[self.pos..self.len.min(self.pos + self.max)];
+        if window.is_empty() {
+            return Ok(None);
+        }
+        let (_, n) = fastcdc::v2020::cut(
+            window,
+            self.min,
+            self.avg,
+            self.max,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        let start = self.pos;
+        self.pos += n;
+        Ok(Some(&self.buf[start..start + n]))
+    }
+}
+
 /// A bounded in-memory pipe between two threads: what one writes (a store's snapshot
 /// stream), the other reads (another store's loader), with at most
 /// [`pipe::PIPE_PIECES`] pieces of [`pipe::PIPE_PIECE_BYTES`] in flight. The reader
@@ -534,6 +643,64 @@ pub mod pipe {
                 .and_then(|_| w.flush())
                 .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic bytes with runs and noise (so cuts fall at all kinds of places).
+    fn data(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if (i / 5000) % 3 == 0 {
+                    (i / 700) as u8
+                } else {
+                    x as u8
+                }
+            })
+            .collect()
+    }
+
+    /// Reads at most `.1` bytes at a time.
+    struct Stepped<'a>(&'a [u8], usize);
+    impl Read for Stepped<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn chunker_cuts_where_fastcdc_stream_cdc_cuts() {
+        for (len, (min, avg, max), step) in [
+            (0usize, (64u32, 256u32, 1024u32), usize::MAX),
+            (100, (64, 256, 1024), 7),
+            (1024, (64, 256, 1024), 1000),
+            (300_000, (64, 256, 1024), 4096),
+            (3_000_000, (4096, 16384, 65536), 65536),
+            (5_000_000, (65536, 262144, 1048576), 100_000),
+            (5_000_000, (65536, 262144, 1048576), usize::MAX),
+        ] {
+            let d = data(len, len as u64 + 3);
+            let want: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::new(d.as_slice(), min, avg, max)
+                .map(|c| c.unwrap().data)
+                .collect();
+            let mut got = Vec::new();
+            let mut c = Chunker::new(Stepped(&d, step), min, avg, max);
+            while let Some(x) = c.next_chunk().unwrap() {
+                got.push(x.to_vec());
+            }
+            assert_eq!(got.len(), want.len(), "len {len} sizes {min}/{avg}/{max}");
+            assert!(got == want, "len {len} sizes {min}/{avg}/{max}");
         }
     }
 }

@@ -126,6 +126,7 @@ async fn an_etcd_snapshot_file_backs_up_and_restores_large_values() {
         data_dir: restored.clone(),
         bump_revision: 0,
         check_page_keys: 50,
+        cache_bytes: backup::RESTORE_STORE_CACHE_BYTES,
     })
     .await
     .unwrap();

@@ -161,6 +161,7 @@ fn restore_settings(
         data_dir: data_dir.to_path_buf(),
         bump_revision: DEFAULT_BUMP_REVISION,
         check_page_keys: 1000,
+        cache_bytes: backup::RESTORE_STORE_CACHE_BYTES,
     }
 }
 

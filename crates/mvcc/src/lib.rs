@@ -73,6 +73,7 @@ pub use snapshot::{
 };
 pub use store::{
     DbSize, DefragReport, LeaseInfo, ReclaimPolicy, Store, DEFRAG_WAIT_FOR_READERS_MS,
+    STORE_CACHE_BYTES,
 };
 pub use validate::{
     validate_delete_range, validate_put, validate_range, validate_txn, DEFAULT_MAX_TXN_OPS,

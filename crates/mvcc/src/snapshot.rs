@@ -56,10 +56,18 @@ pub struct StateAt {
     pub detached: u64,
 }
 
+/// Bytes [`StreamWriter`] gathers before it writes them on.
+const STREAM_WRITE_BUFFER_BYTES: usize = 1 << 16;
+
 /// Writes a snapshot stream (see [`stream`]): the header, records, and the
 /// end marker with the record count and CRC32 of everything before it.
+///
+/// A record is assembled in the writer's own buffer and checksummed there in one
+/// CRC32 update, not one update and one buffered write per field (a stream is
+/// millions of small records).
 pub struct StreamWriter<'a> {
-    inner: BufWriter<&'a mut dyn Write>,
+    inner: &'a mut dyn Write,
+    buf: Vec<u8>,
     crc: crc32fast::Hasher,
     records: u64,
 }
@@ -68,47 +76,60 @@ impl<'a> StreamWriter<'a> {
     /// Start a stream on `w`: writes the header.
     pub fn begin(w: &'a mut dyn Write) -> Result<Self, MvccError> {
         let mut out = StreamWriter {
-            inner: BufWriter::with_capacity(1 << 16, w),
+            inner: w,
+            buf: Vec::with_capacity(STREAM_WRITE_BUFFER_BYTES * 2),
             crc: crc32fast::Hasher::new(),
             records: 0,
         };
-        out.bytes(MAGIC)?;
-        out.bytes(&SNAP_VERSION.to_le_bytes())?;
+        out.buf.extend_from_slice(MAGIC);
+        out.buf.extend_from_slice(&SNAP_VERSION.to_le_bytes());
+        out.crc.update(&out.buf);
         Ok(out)
     }
 
     /// End the stream: end marker, record count, CRC32; flushed.
     pub fn finish(mut self) -> Result<(), MvccError> {
-        self.bytes(&[T_END])?;
-        let n = self.records;
-        self.bytes(&n.to_le_bytes())?;
+        let start = self.buf.len();
+        self.buf.push(T_END);
+        self.buf.extend_from_slice(&self.records.to_le_bytes());
+        self.crc.update(&self.buf[start..]);
         let crc = self.crc.clone().finalize();
-        self.inner
-            .write_all(&crc.to_le_bytes())
-            .and_then(|_| self.inner.flush())
-            .map_err(|source| MvccError::Io {
-                op: "write snapshot".into(),
-                source,
-            })
-    }
-    fn bytes(&mut self, b: &[u8]) -> Result<(), MvccError> {
-        self.crc.update(b);
-        self.inner.write_all(b).map_err(|source| MvccError::Io {
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.write_out()?;
+        self.inner.flush().map_err(|source| MvccError::Io {
             op: "write snapshot".into(),
             source,
         })
     }
+
+    fn write_out(&mut self) -> Result<(), MvccError> {
+        self.inner
+            .write_all(&self.buf)
+            .map_err(|source| MvccError::Io {
+                op: "write snapshot".into(),
+                source,
+            })?;
+        self.buf.clear();
+        Ok(())
+    }
+
     /// One record; `key_parts` are concatenated into its key.
     pub fn record(&mut self, tag: u8, key_parts: &[&[u8]], val: &[u8]) -> Result<(), MvccError> {
         let klen: usize = key_parts.iter().map(|p| p.len()).sum();
-        self.bytes(&[tag])?;
-        self.bytes(&(klen as u32).to_le_bytes())?;
+        let start = self.buf.len();
+        self.buf.push(tag);
+        self.buf.extend_from_slice(&(klen as u32).to_le_bytes());
         for p in key_parts {
-            self.bytes(p)?;
+            self.buf.extend_from_slice(p);
         }
-        self.bytes(&(val.len() as u32).to_le_bytes())?;
-        self.bytes(val)?;
+        self.buf
+            .extend_from_slice(&(val.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(val);
+        self.crc.update(&self.buf[start..]);
         self.records += 1;
+        if self.buf.len() >= STREAM_WRITE_BUFFER_BYTES {
+            self.write_out()?;
+        }
         Ok(())
     }
 }
@@ -335,7 +356,7 @@ impl Store {
         let body_len = total - 4;
 
         // 2. Parse and replace everything in one write transaction.
-        let spool: Box<dyn Read> = if self.spool_in_memory {
+        let spool: Box<dyn Read + Send> = if self.spool_in_memory {
             Box::new(std::io::Cursor::new(spooled))
         } else {
             Box::new(File::open(&tmp_path).map_err(io("open snapshot spool file"))?)
@@ -361,13 +382,30 @@ impl Store {
     }
 }
 
+/// Records the parsing thread of [`load_records`] hands over at a time (bytes).
+const LOAD_BATCH_BYTES: usize = 1 << 20;
+/// Batches in flight between the parsing and the writing thread of [`load_records`].
+const LOAD_BATCHES_IN_FLIGHT: usize = 4;
+
+/// What the parsing thread of [`load_records`] found in the stream.
+struct Parsed {
+    rev: Option<i64>,
+    compact: Option<i64>,
+    max_main: i64,
+}
+
 /// Parse a snapshot stream from its header to its end marker and record count
 /// (both checked), replacing every table of `txn` with its records. Returns the
 /// stream's (revision, compact revision). The caller checks what follows the count
 /// and commits. A record key or value longer than `max_part_bytes` is refused.
-fn load_records(
+///
+/// Two threads: one reads, parses and checks the records (every payload decoded),
+/// the caller's inserts them into `txn`; they hand over batches of records encoded
+/// as in the stream. Why: a large load is millions of inserts into one write
+/// transaction, which only one thread can make; the rest of the work runs beside it.
+fn load_records<R: Read + Send>(
     txn: &redb::WriteTransaction,
-    rd: &mut impl Read,
+    rd: &mut R,
     max_part_bytes: usize,
 ) -> Result<(i64, i64), MvccError> {
     let bad = |m: &str| MvccError::Snapshot(m.to_string());
@@ -392,8 +430,7 @@ fn load_records(
     txn.delete_table(KEY_REV).map_err(db("clear key_rev"))?;
     txn.delete_table(LEASE).map_err(db("clear lease"))?;
     txn.delete_table(LEASE_KEY).map_err(db("clear lease_key"))?;
-    let (mut rev, mut compact, mut max_main) = (None, None, i64::MIN);
-    {
+    let parsed = {
         let mut meta = txn.open_table(META).map_err(db("open meta"))?;
         let mut revt = txn.open_table(REV).map_err(db("open rev"))?;
         let mut rev_chunk = txn
@@ -410,115 +447,222 @@ fn load_records(
             seal(&[META_FORMAT.as_bytes()], &fmt).as_slice(),
         )
         .map_err(db("write meta"))?;
-        let mut count: u64 = 0;
-        let (mut k, mut v) = (Vec::new(), Vec::new());
-        let split_rev = |b: &[u8]| -> Result<(i64, i64), MvccError> {
-            if b.len() != 16 {
-                return Err(bad("bad revision key"));
-            }
-            Ok((
-                i64::from_be_bytes(b[..8].try_into().expect("8")),
-                i64::from_be_bytes(b[8..].try_into().expect("8")),
-            ))
-        };
-        loop {
-            let mut tag = [0u8; 1];
-            rd.read_exact(&mut tag)
-                .map_err(|e| short_read(e, "truncated record"))?;
-            if tag[0] == T_END {
-                let mut n = [0u8; 8];
-                rd.read_exact(&mut n)
-                    .map_err(|e| short_read(e, "truncated trailer"))?;
-                if u64::from_le_bytes(n) != count {
-                    return Err(bad("record count mismatch"));
-                }
-                break;
-            }
-            read_chunk(rd, &mut k, max_part_bytes)
-                .map_err(|e| short_read(e, "truncated record key"))?;
-            read_chunk(rd, &mut v, max_part_bytes)
-                .map_err(|e| short_read(e, "truncated record value"))?;
-            count += 1;
-            match tag[0] {
-                T_META => {
-                    let name = match k.as_slice() {
-                        b"rev" => META_REV,
-                        b"compact_rev" => META_COMPACT,
-                        b"applied_meta" => META_APPLIED,
-                        b"alarms" => crate::codec::META_ALARMS,
-                        b"auth" => crate::codec::META_AUTH,
-                        _ => return Err(bad("unknown meta entry")),
-                    };
-                    if name == META_REV || name == META_COMPACT {
-                        let x = i64::from_le_bytes(
-                            v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
-                        );
-                        if name == META_REV {
-                            rev = Some(x)
-                        } else {
-                            compact = Some(x)
+        std::thread::scope(|scope| -> Result<Parsed, MvccError> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LOAD_BATCHES_IN_FLIGHT);
+            // Emptied batches go back to the parser (no allocation per batch).
+            let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let parser = scope.spawn(move || parse_records(rd, max_part_bytes, tx, back_rx));
+            let mut sealed = Vec::new();
+            let applied = (|| -> Result<(), MvccError> {
+                for batch in rx.iter() {
+                    let mut b = batch.as_slice();
+                    while !b.is_empty() {
+                        let tag = b[0];
+                        let klen = u32::from_le_bytes(b[1..5].try_into().expect("4")) as usize;
+                        let k = &b[5..5 + klen];
+                        let b2 = &b[5 + klen..];
+                        let vlen = u32::from_le_bytes(b2[..4].try_into().expect("4")) as usize;
+                        let v = &b2[4..4 + vlen];
+                        b = &b2[4 + vlen..];
+                        // The parser checked every record: tags, names and lengths.
+                        match tag {
+                            T_META => {
+                                let name = meta_name(k).expect("checked by the parser");
+                                meta.insert(name, seal(&[name.as_bytes()], v).as_slice())
+                                    .map_err(db("write meta"))?;
+                            }
+                            T_REV => {
+                                let (m, s) = split_rev(k).expect("checked by the parser");
+                                crate::store::history::insert(&mut revt, &mut rev_chunk, m, s, v)?;
+                            }
+                            T_INDEX => {
+                                seal_into(&mut sealed, &[k], v);
+                                index
+                                    .insert(k, sealed.as_slice())
+                                    .map_err(db("write key_index"))?;
+                            }
+                            T_KEY_REV => {
+                                let (key, rb) = k.split_at(k.len() - 16);
+                                let (m, s) = split_rev(rb).expect("checked by the parser");
+                                seal_into(&mut sealed, &[key, rb], v);
+                                key_rev
+                                    .insert((key, m, s), sealed.as_slice())
+                                    .map_err(db("write key_rev"))?;
+                            }
+                            T_LEASE => {
+                                let id = i64::from_be_bytes(k.try_into().expect("checked"));
+                                lease
+                                    .insert(id, seal(&[k], v).as_slice())
+                                    .map_err(db("write lease"))?;
+                            }
+                            _ => {
+                                let (idb, key) = k.split_at(8);
+                                let id = i64::from_be_bytes(idb.try_into().expect("8"));
+                                lease_key
+                                    .insert((id, key), seal(&[idb, key], v).as_slice())
+                                    .map_err(db("write lease_key"))?;
+                            }
                         }
                     }
-                    if name == crate::codec::META_AUTH {
-                        crate::store::decode_auth(Some(&v))
-                            .map_err(|_| bad("undecodable auth state"))?;
-                    }
-                    meta.insert(name, seal(&[name.as_bytes()], &v).as_slice())
-                        .map_err(db("write meta"))?;
+                    // The parser may have stopped (an error): it is reported below.
+                    let _ = back_tx.send(batch);
                 }
-                T_REV => {
-                    let (m, s) = split_rev(&k)?;
-                    crate::codec::RevRecord::decode_payload(&v)?;
-                    max_main = max_main.max(m);
-                    crate::store::history::insert(&mut revt, &mut rev_chunk, m, s, &v)?;
-                }
-                T_INDEX => {
-                    crate::codec::IndexEntry::decode(&v)?;
-                    index
-                        .insert(k.as_slice(), seal(&[&k], &v).as_slice())
-                        .map_err(db("write key_index"))?;
-                }
-                T_KEY_REV => {
-                    if k.len() < 16 {
-                        return Err(bad("bad key_rev key"));
-                    }
-                    let (key, rb) = k.split_at(k.len() - 16);
-                    let (m, s) = split_rev(rb)?;
-                    key_rev
-                        .insert((key, m, s), seal(&[key, rb], &v).as_slice())
-                        .map_err(db("write key_rev"))?;
-                }
-                T_LEASE => {
-                    let id = i64::from_be_bytes(
-                        k.as_slice().try_into().map_err(|_| bad("bad lease id"))?,
-                    );
-                    lease
-                        .insert(id, seal(&[&k], &v).as_slice())
-                        .map_err(db("write lease"))?;
-                }
-                T_LEASE_KEY => {
-                    if k.len() < 8 {
-                        return Err(bad("bad lease_key key"));
-                    }
-                    let (idb, key) = k.split_at(8);
-                    let id = i64::from_be_bytes(idb.try_into().expect("8"));
-                    lease_key
-                        .insert((id, key), seal(&[idb, key], &v).as_slice())
-                        .map_err(db("write lease_key"))?;
-                }
-                t => return Err(MvccError::Snapshot(format!("unknown record tag {t}"))),
-            }
-        }
-    }
-    let (Some(rev), Some(compact)) = (rev, compact) else {
+                Ok(())
+            })();
+            // On an error here the parser finds the channel closed and stops.
+            drop(rx);
+            let parsed = parser.join().expect("snapshot parser thread");
+            applied?;
+            parsed
+        })?
+    };
+    let (Some(rev), Some(compact)) = (parsed.rev, parsed.compact) else {
         return Err(bad("missing revision counters"));
     };
+    let max_main = parsed.max_main;
     if rev < 1 || compact > rev || max_main > rev {
         return Err(MvccError::Snapshot(format!(
             "inconsistent counters: rev {rev}, compact {compact}, newest record {max_main}"
         )));
     }
     Ok((rev, compact))
+}
+
+/// The meta entry a snapshot's `meta` record names.
+fn meta_name(k: &[u8]) -> Option<&'static str> {
+    Some(match k {
+        b"rev" => META_REV,
+        b"compact_rev" => META_COMPACT,
+        b"applied_meta" => META_APPLIED,
+        b"alarms" => crate::codec::META_ALARMS,
+        b"auth" => crate::codec::META_AUTH,
+        _ => return None,
+    })
+}
+
+/// (main, sub) of a 16-byte revision key.
+fn split_rev(b: &[u8]) -> Result<(i64, i64), MvccError> {
+    if b.len() != 16 {
+        return Err(MvccError::Snapshot("bad revision key".into()));
+    }
+    Ok((
+        i64::from_be_bytes(b[..8].try_into().expect("8")),
+        i64::from_be_bytes(b[8..].try_into().expect("8")),
+    ))
+}
+
+/// [`crate::codec::seal`] into a buffer reused from value to value.
+fn seal_into(out: &mut Vec<u8>, key_parts: &[&[u8]], payload: &[u8]) {
+    let mut h = crc32fast::Hasher::new();
+    for p in key_parts {
+        h.update(p);
+    }
+    h.update(payload);
+    out.clear();
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The parsing side of [`load_records`]: reads records up to the end marker and
+/// record count, checks each (as the loader always has), and sends them on in
+/// batches. An error ends the stream of batches early.
+fn parse_records(
+    rd: &mut impl Read,
+    max_part_bytes: usize,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    back: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<Parsed, MvccError> {
+    let bad = |m: &str| MvccError::Snapshot(m.to_string());
+    let mut p = Parsed {
+        rev: None,
+        compact: None,
+        max_main: i64::MIN,
+    };
+    let mut count: u64 = 0;
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    let mut batch = Vec::with_capacity(LOAD_BATCH_BYTES + 1024);
+    // The writing side stopped (its own error, reported by it).
+    let gone = || MvccError::Snapshot("the store writer stopped".into());
+    loop {
+        let mut tag = [0u8; 1];
+        rd.read_exact(&mut tag)
+            .map_err(|e| short_read(e, "truncated record"))?;
+        if tag[0] == T_END {
+            let mut n = [0u8; 8];
+            rd.read_exact(&mut n)
+                .map_err(|e| short_read(e, "truncated trailer"))?;
+            if u64::from_le_bytes(n) != count {
+                return Err(bad("record count mismatch"));
+            }
+            break;
+        }
+        read_chunk(rd, &mut k, max_part_bytes)
+            .map_err(|e| short_read(e, "truncated record key"))?;
+        read_chunk(rd, &mut v, max_part_bytes)
+            .map_err(|e| short_read(e, "truncated record value"))?;
+        count += 1;
+        match tag[0] {
+            T_META => {
+                let name = meta_name(&k).ok_or_else(|| bad("unknown meta entry"))?;
+                if name == META_REV || name == META_COMPACT {
+                    let x = i64::from_le_bytes(
+                        v.as_slice().try_into().map_err(|_| bad("bad counter"))?,
+                    );
+                    if name == META_REV {
+                        p.rev = Some(x)
+                    } else {
+                        p.compact = Some(x)
+                    }
+                }
+                if name == crate::codec::META_AUTH {
+                    crate::store::decode_auth(Some(&v))
+                        .map_err(|_| bad("undecodable auth state"))?;
+                }
+            }
+            T_REV => {
+                let (m, _) = split_rev(&k)?;
+                crate::codec::RevRecord::decode_payload(&v)?;
+                p.max_main = p.max_main.max(m);
+            }
+            T_INDEX => {
+                crate::codec::IndexEntry::decode(&v)?;
+            }
+            T_KEY_REV => {
+                if k.len() < 16 {
+                    return Err(bad("bad key_rev key"));
+                }
+                split_rev(&k[k.len() - 16..])?;
+            }
+            T_LEASE => {
+                if k.len() != 8 {
+                    return Err(bad("bad lease id"));
+                }
+            }
+            T_LEASE_KEY => {
+                if k.len() < 8 {
+                    return Err(bad("bad lease_key key"));
+                }
+            }
+            t => return Err(MvccError::Snapshot(format!("unknown record tag {t}"))),
+        }
+        batch.push(tag[0]);
+        batch.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        batch.extend_from_slice(&k);
+        batch.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        batch.extend_from_slice(&v);
+        if batch.len() >= LOAD_BATCH_BYTES {
+            let next = back
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(LOAD_BATCH_BYTES + 1024));
+            let full = std::mem::replace(&mut batch, next);
+            batch.clear();
+            tx.send(full).map_err(|_| gone())?;
+        }
+    }
+    if !batch.is_empty() {
+        tx.send(batch).map_err(|_| gone())?;
+    }
+    Ok(p)
 }
 
 /// Largest record key or value [`Store::load_snapshot`] accepts before the stream's
@@ -549,7 +693,7 @@ impl Store {
     /// installing a Raft snapshot uses [`Store::install_snapshot`].
     pub fn load_snapshot(
         &self,
-        r: &mut dyn Read,
+        r: &mut (dyn Read + Send),
         durability: LoadDurability,
     ) -> Result<(), MvccError> {
         let mut rd = CrcReader {

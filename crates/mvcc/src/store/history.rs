@@ -40,21 +40,32 @@ fn piece_key(main: i64, sub: i64, i: u32) -> ([u8; 16], [u8; 4]) {
 }
 
 impl<'a, R: RevT, C: ChunkT> History<'a, R, C> {
-    /// The logical payload at (main, sub), verified.
-    pub(crate) fn payload(&self, main: i64, sub: i64) -> Result<Option<Vec<u8>>, MvccError> {
+    /// The record at (main, sub), verified and decoded (the payload is decoded
+    /// where redb holds it: no copy of a record stored whole).
+    pub(crate) fn record(&self, main: i64, sub: i64) -> Result<Option<RevRecord>, MvccError> {
         match self.rev.get((main, sub)).map_err(db("read rev"))? {
             None => Ok(None),
-            Some(g) => Ok(Some(self.resolve(main, sub, g.value())?)),
+            Some(g) => Ok(Some(RevRecord::decode_payload(&self.resolve(
+                main,
+                sub,
+                g.value(),
+            )?)?)),
         }
     }
 
     /// The logical payload of a `rev` entry read by the caller (`stored` is
-    /// the sealed value), reassembled from its pieces when it has them.
-    pub(crate) fn resolve(&self, main: i64, sub: i64, stored: &[u8]) -> Result<Vec<u8>, MvccError> {
+    /// the sealed value), reassembled from its pieces when it has them; a
+    /// record stored whole is borrowed from `stored`, not copied.
+    pub(crate) fn resolve<'s>(
+        &self,
+        main: i64,
+        sub: i64,
+        stored: &'s [u8],
+    ) -> Result<std::borrow::Cow<'s, [u8]>, MvccError> {
         let kb = rev_key_bytes(main, sub);
         let p = unseal(REV_TABLE, &[&kb], stored)?;
         let Some((total, pieces, tail)) = parse_stub(p) else {
-            return Ok(p.to_vec());
+            return Ok(std::borrow::Cow::Borrowed(p));
         };
         let corrupted = |what: String| MvccError::Corrupted {
             table: REV_CHUNK_TABLE,
@@ -84,7 +95,7 @@ impl<'a, R: RevT, C: ChunkT> History<'a, R, C> {
             out.extend_from_slice(piece);
         }
         out.extend_from_slice(tail);
-        Ok(out)
+        Ok(std::borrow::Cow::Owned(out))
     }
 }
 

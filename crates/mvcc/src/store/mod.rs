@@ -237,13 +237,22 @@ impl Store {
     /// panic: redb panics on some malformed pages, and those panics are
     /// caught here and reported the same way.
     pub fn open(path: &Path) -> Result<Store, MvccError> {
+        Self::open_with_cache_bytes(path, STORE_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` instead of
+    /// [`STORE_CACHE_BYTES`]. For a process that loads and reads a whole store
+    /// once (a restore): with a cache larger than the store, redb neither
+    /// writes dirty pages of a large load back early nor reads them back. The
+    /// cache grows as pages are touched, up to this bound.
+    pub fn open_with_cache_bytes(path: &Path, cache_bytes: usize) -> Result<Store, MvccError> {
         let corrupt = |detail: String| MvccError::CorruptFile {
             path: path.to_path_buf(),
             detail,
         };
         let opened = crate::guard::catch_panics(|| {
             let mut db_ = redb::Builder::new()
-                .set_cache_size(STORE_CACHE_BYTES)
+                .set_cache_size(cache_bytes)
                 .create(path)
                 .map_err(|source| match source {
                     redb::DatabaseError::Storage(redb::StorageError::Corrupted(c)) => {

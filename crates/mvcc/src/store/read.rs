@@ -11,10 +11,7 @@ pub(crate) fn get_rev<R: RevT, C: ChunkT>(
     main: i64,
     sub: i64,
 ) -> Result<Option<RevRecord>, MvccError> {
-    match t.payload(main, sub)? {
-        None => Ok(None),
-        Some(p) => Ok(Some(RevRecord::decode_payload(&p)?)),
-    }
+    t.record(main, sub)
 }
 
 pub(crate) fn get_index(t: &impl IndexT, key: &[u8]) -> Result<Option<IndexEntry>, MvccError> {
