@@ -114,17 +114,36 @@ start_members http "archive-cost-$$" "$DIR" "$PHALANX" node
 wait_until 60 "the cluster to be healthy" \
     "$ETCDCTL" --endpoints="$ENDPOINTS" --command-timeout=2s endpoint health >/dev/null 2>&1 || exit 1
 
+# CPU seconds (user + system) the three members have used so far.
+cluster_cpu() {
+    local n t=0
+    for n in n1 n2 n3; do
+        t=$(python3 -c "import os; f=open('/proc/${PID[$n]}/stat').read().rsplit(')',1)[1].split(); print($t + (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))")
+    done
+    echo "$t"
+}
+
+# The load, with the members' CPU seconds over it in $WORK/cpu.$1 (the archive's cost
+# in CPU per put resolves far smaller differences than throughput on a shared machine).
+measured_load() {  # $1 = result key
+    local c0 c1
+    c0=$(cluster_cpu)
+    run_load phalanx "$1" 64 put
+    c1=$(cluster_cpu)
+    python3 -c "print($c1 - $c0)" >"$WORK/cpu.$1"
+}
+
 round() {  # $1 = round, $2 = on|off
     local r=$1 mode=$2
     if [ "$mode" = on ]; then
         schedule_on || exit 1
         sample_lag "$WORK/lag.$r" &
         local sampler=$!
-        run_load phalanx "put64.on.$r" 64 put
+        measured_load "put64.on.$r"
         kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
         schedule_off
     else
-        run_load phalanx "put64.off.$r" 64 put
+        measured_load "put64.off.$r"
     fi
 }
 
@@ -137,10 +156,17 @@ ops() { field "${R[phalanx.put64.$1.$2]:-}" "'%.0f' % r['ops_per_sec']"; }
 echo
 echo "## Continuous archive cost: 3-member phalanx, put, 64 clients, $DURATION per run, archive_interval_ms=$ARCHIVE_INTERVAL_MS, file:// destination"
 echo
-echo "| round | ops/s without schedule | ops/s with schedule | cost | archive lag p50 / p99 / max (s, samples) |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| round | ops/s without schedule | ops/s with schedule | cost | members' CPU µs per put, without / with (cost) | archive lag p50 / p99 / max (s, samples) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+cpu_per_put() {  # $1 = off|on, $2 = round: the members' CPU µs per put
+    python3 -c "
+import json
+ops = json.load(open('$WORK/phalanx.put64.$1.$2.json'))['ops']
+print('%.0f' % (float(open('$WORK/cpu.put64.$1.$2').read()) * 1e6 / ops))" 2>/dev/null || echo n/a
+}
 for r in $(seq 1 "$ROUNDS"); do
     off=$(ops off "$r"); on=$(ops on "$r")
+    coff=$(cpu_per_put off "$r"); con=$(cpu_per_put on "$r")
     lag=$(python3 -c "
 import statistics
 v = sorted(float(x) for x in open('$WORK/lag.$r') if x.strip())
@@ -148,7 +174,9 @@ q = lambda p: v[min(len(v) - 1, int(p * len(v)))]
 print('%.2f / %.2f / %.2f (%d)' % (q(0.5), q(0.99), v[-1], len(v)) if v else 'n/a')" 2>/dev/null || echo n/a)
     echo "| $r | $off | $on | $(python3 -c "
 try: print('%.1f %%' % (100 * (1 - float('$on') / float('$off'))))
-except Exception: print('n/a')") | $lag |"
+except Exception: print('n/a')") | $coff / $con ($(python3 -c "
+try: print('%+.1f %%' % (100 * (float('$con') / float('$coff') - 1)))
+except Exception: print('n/a')")) | $lag |"
 done
 python3 - "$WORK" "$ROUNDS" <<'PY'
 import json, statistics, sys
@@ -160,6 +188,15 @@ def ops(mode):
         except Exception: pass
     return v
 off, on = ops("off"), ops("on")
+def cpu(mode):
+    v = []
+    for r in range(1, rounds + 1):
+        try:
+            n = json.load(open(f"{work}/phalanx.put64.{mode}.{r}.json"))["ops"]
+            v.append(float(open(f"{work}/cpu.put64.{mode}.{r}").read()) * 1e6 / n)
+        except Exception: pass
+    return v
+coff, con = cpu("off"), cpu("on")
 lags = []
 for r in range(1, rounds + 1):
     try: lags += [float(x) for x in open(f"{work}/lag.{r}") if x.strip()]
@@ -168,6 +205,11 @@ lags.sort()
 if off and on:
     mo, mn = statistics.median(off), statistics.median(on)
     print(f"| median | {mo:.0f} | {mn:.0f} | {100 * (1 - mn / mo):.1f} % | ", end="")
+    if coff and con:
+        co, cn = statistics.median(coff), statistics.median(con)
+        print(f"{co:.0f} / {cn:.0f} ({100 * (cn / co - 1):+.1f} %) | ", end="")
+    else:
+        print("n/a | ", end="")
     if lags:
         q = lambda p: lags[min(len(lags) - 1, int(p * len(lags)))]
         print(f"{q(0.5):.2f} / {q(0.99):.2f} / {lags[-1]:.2f} (all rounds, {len(lags)}) |")
