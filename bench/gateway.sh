@@ -15,6 +15,10 @@
 # the backend-kill scenario and the idle-RSS measurement (bench/gateway-rss.sh).
 # PHALANX_BASELINE=/path/to/an/older/phalanx adds a `baseline` gateway with the
 # same configuration, measured in the same rounds (before/after of a change).
+# Every run also reports the backend's CPU per request and the proxy's
+# involuntary context switches per request: the backend shares the
+# proxies' core, so a proxy that wakes it once per request (and is
+# preempted by it) pays twice, in its own CPU and in the backend's.
 #
 # Needs: nginx, haproxy, wrk, taskset (util-linux), curl, awk: `bash bench/install` installs them.
 # Layout: all proxies and backends pinned to core 0, wrk pinned to core 1.
@@ -54,6 +58,8 @@ wait_port() { for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$
 # utime+stime in clock ticks for a list of pids
 cpu_ticks() { local s=0; for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $s; }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+# involuntary context switches (preemptions) for a list of pids
+invol_cs() { local s=0; for p in "$@"; do s=$((s + $(awk '/^nonvoluntary_ctxt_switches/{print $2}' "/proc/$p/status"))); done; echo $s; }
 TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- backends
@@ -98,18 +104,27 @@ parse() { # wrk output file -> "rps p99_ms requests non2xx sockerr"
 }
 
 # Per "proxy/scenario": space-separated values, one per round.
-declare -A RPS P99 CPU
+declare -A RPS P99 CPU BCPU INV
 measure() { # label scenario base-url pids...
   local label=$1 scen=$2 url=$3; shift 3
   local conns=$CONNS path=/
   case $scen in c256) conns=256 ;; big) path=/big ;; esac
-  local c0; c0=$(cpu_ticks "$@")
+  # The backend shares the proxies' core: its CPU per request and the
+  # proxy's preemptions per request show how well the proxy batches its
+  # upstream writes (each preemption is a switch to the backend and back).
+  local be; be=$(nginx_pids "$WORK/nginx-backend-a.pid")
+  # shellcheck disable=SC2086
+  local c0 b0 i0; c0=$(cpu_ticks "$@"); b0=$(cpu_ticks $be); i0=$(invol_cs "$@")
   run_wrk "$url$path" "$conns" >"$WORK/$label-$scen.wrk"
-  local c1; c1=$(cpu_ticks "$@")
+  # shellcheck disable=SC2086
+  local c1 b1 i1; c1=$(cpu_ticks "$@"); b1=$(cpu_ticks $be); i1=$(invol_cs "$@")
   read -r rps p99 req n2 se < <(parse "$WORK/$label-$scen.wrk")
   local cpu; cpu=$(awk -v d=$((c1 - c0)) -v r="$req" -v t="$TCK" 'BEGIN{ if (r>0) printf "%.2f", d/t*1e6/r; else print "nan"}')
+  local bcpu; bcpu=$(awk -v d=$((b1 - b0)) -v r="$req" -v t="$TCK" 'BEGIN{ if (r>0) printf "%.2f", d/t*1e6/r; else print "nan"}')
+  local inv; inv=$(awk -v d=$((i1 - i0)) -v r="$req" 'BEGIN{ if (r>0) printf "%.3f", d/r; else print "nan"}')
   RPS[$label/$scen]+="$rps "; P99[$label/$scen]+="$p99 "; CPU[$label/$scen]+="$cpu "
-  echo "$scen $label: req/s=$rps p99=${p99}ms cpu/req=${cpu}us requests=$req non2xx=$n2 socket_errors=$se"
+  BCPU[$label/$scen]+="$bcpu "; INV[$label/$scen]+="$inv "
+  echo "$scen $label: req/s=$rps p99=${p99}ms cpu/req=${cpu}us requests=$req non2xx=$n2 socket_errors=$se backend_cpu/req=${bcpu}us preemptions/req=$inv"
 }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -280,6 +295,17 @@ for scen in $SCENARIOS; do
       function q(a, b) { return (b > 0) ? sprintf("%.2f×", a / b) : "n/a" }
       BEGIN { printf "%s | %s | %s", q(r, hr), q(p, hp), q(c, hc) }')
     echo "| $scen | $l | $r | $p | $c | $ratios |"
+  done
+done
+echo
+echo "Same rounds, medians: the backend's CPU per request (it shares the proxies' core) and the proxy's involuntary context switches per request:"
+echo
+echo "| scenario | setup | backend CPU µs/req | proxy preemptions/req |"
+echo "|---|---|---:|---:|"
+for scen in $SCENARIOS; do
+  for l in $PROXIES; do
+    [ -n "${BCPU[$l/$scen]:-}" ] || continue
+    echo "| $scen | $l | $(med "${BCPU[$l/$scen]}") | $(med "${INV[$l/$scen]}") |"
   done
 done
 echo

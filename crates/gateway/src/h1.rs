@@ -132,13 +132,33 @@ pub(crate) fn parse_response_head(
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
-        let mut headers = HeaderMap::with_capacity(r.headers.len());
+        let mut headers = response_header_map(r.headers.len());
         let mut content_length: Option<u64> = None;
         let mut te_final_chunked: Option<bool> = None;
         let mut close = version != Version::HTTP_11;
+        // The field values are slices of one copy of the head's field
+        // lines: one allocation per response instead of one per value.
+        let fields_start = r
+            .headers
+            .first()
+            .map(|f| offset_in(rest, f.name.as_bytes()))
+            .filter(|&at| at < n)
+            .unwrap_or(n);
+        let fields = copy_fields(&rest[fields_start..n]);
         for f in r.headers.iter() {
             let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| HeadError::Invalid)?;
-            let value = HeaderValue::from_bytes(f.value).map_err(|_| HeadError::Invalid)?;
+            let value = match offset_in(rest, f.value).checked_sub(fields_start) {
+                Some(at)
+                    if !f.value.is_empty()
+                        && at
+                            .checked_add(f.value.len())
+                            .is_some_and(|end| end <= fields.len()) =>
+                {
+                    HeaderValue::from_maybe_shared(fields.slice(at..at + f.value.len()))
+                }
+                _ => HeaderValue::from_bytes(f.value),
+            }
+            .map_err(|_| HeadError::Invalid)?;
             if name == http::header::CONTENT_LENGTH {
                 for part in value.to_str().map_err(|_| HeadError::Invalid)?.split(',') {
                     let v = parse_content_length(part.trim()).ok_or(HeadError::Invalid)?;
@@ -195,6 +215,83 @@ pub(crate) fn parse_response_head(
             len: off + n,
         }));
     }
+}
+
+/// Recycled response header maps kept per thread (each keeps its room).
+const RECYCLED_HEADER_MAPS: usize = 64;
+/// A map with room for more fields than this is not recycled (bounds the
+/// memory kept per thread).
+const RECYCLED_MAP_MAX_FIELDS: usize = 64;
+/// Field lines of a response head up to this size are copied into one
+/// allocation together with their reference count; longer ones take two.
+const INLINE_FIELDS_BYTES: usize = 512;
+
+thread_local! {
+    static HEADER_MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `fields`: a recycled one (its two
+/// allocations reused) when the thread has one.
+fn response_header_map(fields: usize) -> HeaderMap {
+    let recycled = HEADER_MAPS
+        .try_with(|m| m.borrow_mut().pop())
+        .ok()
+        .flatten();
+    match recycled {
+        Some(mut h) => {
+            h.reserve(fields);
+            h
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Give a response's header map back once its head is written: the next
+/// parsed response head reuses its allocations.
+pub(crate) fn recycle_header_map(mut h: HeaderMap) {
+    if h.capacity() > RECYCLED_MAP_MAX_FIELDS {
+        return;
+    }
+    h.clear();
+    let _ = HEADER_MAPS.try_with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < RECYCLED_HEADER_MAPS {
+            m.push(h);
+        }
+    });
+}
+
+/// Up to [`INLINE_FIELDS_BYTES`] of field lines, owned inline.
+struct InlineFields {
+    len: usize,
+    buf: [u8; INLINE_FIELDS_BYTES],
+}
+
+impl AsRef<[u8]> for InlineFields {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// A shareable copy of a head's field lines (the values are slices of it).
+fn copy_fields(src: &[u8]) -> Bytes {
+    if src.len() > INLINE_FIELDS_BYTES {
+        // A Vec's bytes: its slices share them after one more allocation.
+        return Bytes::copy_from_slice(src);
+    }
+    let mut f = InlineFields {
+        len: src.len(),
+        buf: [0; INLINE_FIELDS_BYTES],
+    };
+    f.buf[..src.len()].copy_from_slice(src);
+    Bytes::from_owner(f)
+}
+
+/// Where `part` (a slice httparse returned) starts within `buf`.
+/// (Callers check the result against the length: an empty slice need not
+/// point into `buf`.)
+fn offset_in(buf: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize)
 }
 
 /// `1*DIGIT` as a u64 (no sign, no spaces, no overflow).
@@ -257,7 +354,7 @@ pub(crate) fn encode_request_head(
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -634,7 +731,7 @@ pub(crate) fn encode_response_head(
         ResponseFraming::AsIs | ResponseFraming::UntilClose => {}
         ResponseFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -643,6 +740,21 @@ pub(crate) fn encode_response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Append `n` in decimal (no temporary string: this runs for every response).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// How a response body is delimited towards the client.
@@ -1116,8 +1228,60 @@ mod tests {
         );
         encode_response_head(&mut out, StatusCode::OK, &h, ResponseFraming::AsIs, false);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(out.clone()).unwrap(),
             "HTTP/1.1 200 OK\r\ncontent-length: 7\r\nx-a: 1\r\n\r\n"
         );
+        // The Content-Length written is the body's, in plain decimal.
+        for (n, text) in [
+            (0, "0"),
+            (7, "7"),
+            (10, "10"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
+            encode_response_head(
+                &mut out,
+                StatusCode::OK,
+                &h,
+                ResponseFraming::Length(n),
+                false,
+            );
+            let want = format!("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: {text}\r\n\r\n");
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), want);
+        }
+    }
+
+    /// Response field values (slices of one copy of the head) come through
+    /// byte for byte: empty values, repeated names, obs-text, values after
+    /// a skipped interim response, and the head's buffer reused afterwards.
+    #[test]
+    fn response_field_values_are_kept_exactly() {
+        let mut buf = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+HTTP/1.1 200 OK\r\nx-empty:\r\nset-cookie: a=1\r\nx-obs: caf\xe9 \t x\r\n\
+set-cookie: b=2\r\ncontent-length: 3\r\n\r\nabc"
+            .to_vec();
+        let h = parse_response_head(&buf, false).unwrap().unwrap();
+        assert_eq!(&buf[h.len..], b"abc");
+        buf.fill(b'#');
+        let cookies: Vec<_> = h.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(h.headers["x-empty"], "");
+        assert_eq!(h.headers["x-obs"].as_bytes(), b"caf\xe9 \t x");
+        assert_eq!(h.headers["content-length"], "3");
+        assert!(
+            !h.headers.contains_key("link"),
+            "interim fields are not kept"
+        );
+        assert_eq!(h.framing, Framing::Length(3));
+
+        // A recycled map comes back empty; field lines longer than the
+        // inline copy take the other path, with the same result.
+        recycle_header_map(h.headers);
+        let long = "v".repeat(INLINE_FIELDS_BYTES + 100);
+        let buf = format!("HTTP/1.1 204 No Content\r\nx-long: {long}\r\nx-b: 2\r\n\r\n");
+        let h = parse_response_head(buf.as_bytes(), false).unwrap().unwrap();
+        let names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-long", "x-b"]);
+        assert_eq!(h.headers["x-long"], long.as_str());
+        assert_eq!(h.headers["x-b"], "2");
     }
 }

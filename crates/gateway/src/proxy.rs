@@ -1179,6 +1179,29 @@ fn fallback_metric(m: &Metrics, pool: &str, backup: &str) {
         .inc();
 }
 
+/// The client address as an `X-Forwarded-For` value. The last one is kept
+/// per thread: the requests of a keep-alive connection (and of one busy
+/// client) share its bytes instead of formatting and copying the address
+/// for each request (a clone only counts a reference).
+fn peer_ip_value(ip: IpAddr) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, v)) if *cached == ip => v.clone(),
+            _ => {
+                let v = HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
+                    .expect("an IP address is a valid header value");
+                *last = Some((ip, v.clone()));
+                v
+            }
+        }
+    })
+}
+
 /// The request headers sent upstream: Host kept (or taken from the
 /// authority), hop-by-hop headers stripped, X-Forwarded-For/-Proto and Via
 /// added.
@@ -1199,10 +1222,10 @@ fn upstream_headers(
     strip_hop_by_hop(&mut headers, upgrade);
     let ip = ctx.peer.ip();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {ip}")).ok(),
+        None => Some(peer_ip_value(ip)),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     headers.insert(
@@ -1495,5 +1518,36 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(names(&h), ["connection", "upgrade", "x-kept"]);
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    /// X-Forwarded-For names the client of each request (the per-thread
+    /// cache of the last address never leaks another client's address),
+    /// after any value the client sent.
+    #[test]
+    fn forwarded_for_names_each_client() {
+        let xff = |peer: &str, sent: &[(&str, &str)]| {
+            let ctx = ConnCtx {
+                peer: peer.parse().unwrap(),
+                tls: false,
+            };
+            let h = upstream_headers(
+                map(sent),
+                &Uri::from_static("/"),
+                Version::HTTP_11,
+                &ctx,
+                false,
+            );
+            h["x-forwarded-for"].to_str().unwrap().to_string()
+        };
+        for _ in 0..2 {
+            assert_eq!(xff("10.0.0.1:1000", &[]), "10.0.0.1");
+            assert_eq!(xff("10.0.0.1:1001", &[]), "10.0.0.1");
+            assert_eq!(xff("[2001:db8::2]:1000", &[]), "2001:db8::2");
+            assert_eq!(
+                xff("10.0.0.3:1000", &[("x-forwarded-for", "192.0.2.9")]),
+                "192.0.2.9, 10.0.0.3"
+            );
+            assert_eq!(xff("10.0.0.1:1000", &[]), "10.0.0.1");
+        }
     }
 }

@@ -126,7 +126,10 @@ pub(crate) async fn serve(
             return hand_off(stream, rbuf, lcfg, ctx, conn, sc, stop).await;
         }
 
-        // Dispatch.
+        // Dispatch. (Not after a `yield_now` that lets every other ready
+        // connection read first, as HAProxy's loop does: measured, that gave
+        // c32 +5 % requests/s but its p99 went from 1.07x to 1.28x
+        // HAProxy's, and tail latency is what callers of an HA gateway feel.)
         rbuf.advance(head.len);
         let guard = conn.request_started();
         let head_request = head.method == http::Method::HEAD;
@@ -316,6 +319,7 @@ async fn write_response(
         headers.insert(http::header::DATE, http_date_now());
     }
     h1::encode_response_head(wbuf, status, &headers, framing, *close);
+    h1::recycle_header_map(headers);
     if no_body {
         return write_all(stream, &mut [IoSlice::new(wbuf)]).await.is_ok();
     }
