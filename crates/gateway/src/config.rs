@@ -251,6 +251,13 @@ pub struct ListenerConfig {
     /// Maximum concurrently open connections from one client IP address;
     /// excess get a 503 and are closed. 0 = no per-IP limit.
     pub max_connections_per_client_ip: usize,
+    /// Completed connections the kernel queues for accept (`listen(2)`'s
+    /// backlog; the kernel caps it at `net.core.somaxconn`). With too short
+    /// a queue a burst of connects overflows it, and the kernel drops the
+    /// handshake's last ACK: the client believes it is connected, the
+    /// gateway sees nothing until a SYN-ACK retransmit 1-31 s later (a
+    /// silent client: never). Takes effect when the listener is bound.
+    pub listen_backlog: u32,
     /// Time from accept to the first byte from the client (HTTP/HTTPS);
     /// a connection that stays silent longer is closed.
     pub client_first_byte_timeout_ms: u64,
@@ -280,6 +287,7 @@ impl Default for ListenerConfig {
             pool: None,
             max_connections: 10_000,
             max_connections_per_client_ip: 1_000,
+            listen_backlog: 4_096,
             client_first_byte_timeout_ms: 10_000,
             client_keepalive_idle_timeout_ms: 60_000,
             header_read_timeout_ms: 10_000,
@@ -1291,6 +1299,7 @@ mod ranges {
     const LISTENER: &[(&str, R)] = &[
         ("max_connections", Int(1, MILLION)),
         ("max_connections_per_client_ip", Int(0, MILLION)),
+        ("listen_backlog", Int(1, 65_535)),
         ("client_first_byte_timeout_ms", Int(1, HOUR_MS)),
         ("client_keepalive_idle_timeout_ms", Int(1, DAY_MS)),
         ("header_read_timeout_ms", Int(1, HOUR_MS)),

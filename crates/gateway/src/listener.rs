@@ -91,9 +91,31 @@ pub(crate) struct ServeCtx {
 
 /// Bind a listener socket (synchronously, so errors surface before any change).
 pub(crate) fn bind(cfg: &ListenerConfig) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(cfg.address)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    bind_with_backlog(cfg.address, cfg.listen_backlog)
+}
+
+/// A non-blocking listening socket on `addr` with `SO_REUSEADDR` (as std's
+/// `TcpListener::bind`) and an accept queue of `backlog` (std's is 128).
+pub(crate) fn bind_with_backlog(
+    addr: SocketAddr,
+    backlog: u32,
+) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, backlog.min(i32::MAX as u32) as i32)?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 /// Start the accept loop of a bound listener.
@@ -394,5 +416,45 @@ async fn serve_tcp(mut client: TcpStream, peer: SocketAddr, lcfg: &ListenerConfi
                 let _ = now_ms();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accept queue holds `listen_backlog` connections, not std's 128: a
+    /// burst of connects nobody has accepted yet all complete their
+    /// handshake into it (with 128, the rest would wait for SYN-ACK
+    /// retransmits, one second and more).
+    #[test]
+    fn the_accept_queue_holds_the_configured_backlog() {
+        const BURST: usize = 300;
+        let l = bind_with_backlog(SocketAddr::from(([127, 0, 0, 1], 0)), 1_024).unwrap();
+        let addr = l.local_addr().unwrap();
+        // Bounded: with a short queue, connects stall on SYN retransmits.
+        let clients: Vec<std::net::TcpStream> = (0..BURST)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("connect {i} of {BURST}: {e}"))
+            })
+            .collect();
+        let mut accepted = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while accepted.len() < BURST && std::time::Instant::now() < deadline {
+            match l.accept() {
+                Ok((s, _)) => accepted.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        assert_eq!(
+            accepted.len(),
+            BURST,
+            "connections queued for accept within 500 ms"
+        );
+        drop(clients);
     }
 }
