@@ -36,6 +36,8 @@ mod restore;
 pub mod service;
 pub mod snapstream;
 pub mod streamcheck;
+#[cfg(test)]
+mod test_util;
 
 pub use backup::{
     backup_now, backup_now_gated, BackupOutcome, BackupSettings, CommitGate, DestinationOutcome,

@@ -650,6 +650,7 @@ pub mod pipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::Stepped;
 
     /// Deterministic bytes with runs and noise (so cuts fall at all kinds of places).
     fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -666,17 +667,6 @@ mod tests {
                 }
             })
             .collect()
-    }
-
-    /// Reads at most `.1` bytes at a time.
-    struct Stepped<'a>(&'a [u8], usize);
-    impl Read for Stepped<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.1).min(self.0.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
     }
 
     #[test]

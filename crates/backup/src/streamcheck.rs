@@ -204,6 +204,7 @@ impl<R: Read> Read for HashKvTap<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::Stepped;
 
     fn history_store() -> (tempfile::TempDir, mvcc::Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -266,16 +267,5 @@ mod tests {
         let mut r = HashKvTap::new(swapped.as_slice(), 10);
         let e = io::copy(&mut r, &mut io::sink()).unwrap_err();
         assert!(e.to_string().contains("not in revision order"), "{e}");
-    }
-
-    /// Gives at most `.1` bytes per read.
-    struct Stepped<'a>(&'a [u8], usize);
-    impl Read for Stepped<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.1).min(self.0.len());
-            buf[..n].copy_from_slice(&self.0[..n]);
-            self.0 = &self.0[n..];
-            Ok(n)
-        }
     }
 }

@@ -77,18 +77,15 @@ impl Gateway {
     }
 }
 
+/// Accept queue of the admin listener (scrapes and operators, no bursts).
+const ADMIN_LISTEN_BACKLOG: u32 = 128;
+
 fn bind_admin(a: SocketAddr) -> Result<std::net::TcpListener, ConfigError> {
-    let s = std::net::TcpListener::bind(a).map_err(|e| ConfigError::Bind {
+    crate::listener::bind_with_backlog(a, ADMIN_LISTEN_BACKLOG).map_err(|e| ConfigError::Bind {
         listener: "admin".into(),
         address: a,
         source: e,
-    })?;
-    s.set_nonblocking(true).map_err(|e| ConfigError::Bind {
-        listener: "admin".into(),
-        address: a,
-        source: e,
-    })?;
-    Ok(s)
+    })
 }
 
 struct Inner {

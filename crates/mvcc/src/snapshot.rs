@@ -701,12 +701,7 @@ impl Store {
             crc: crc32fast::Hasher::new(),
         };
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut txn = self.db.begin_write().map_err(db("begin write"))?;
-        txn.set_durability(match durability {
-            LoadDurability::Durable => Durability::Immediate,
-            LoadDurability::Scratch => Durability::None,
-        })
-        .map_err(db("set durability"))?;
+        let txn = self.begin_load(durability)?;
         // Not verified yet: a damaged length must not allocate gigabytes.
         let (rev, compact) = load_records(&txn, &mut rd, MAX_STREAMED_PART_BYTES)?;
         let want = rd.crc.clone().finalize();
@@ -748,6 +743,18 @@ impl Store {
 pub const REDUCE_BATCH_KEYS: usize = 10_000;
 
 impl Store {
+    /// A write transaction for a whole-store load or rewrite, committed with
+    /// `durability` (the caller holds the writer lock).
+    fn begin_load(&self, durability: LoadDurability) -> Result<redb::WriteTransaction, MvccError> {
+        let mut txn = self.db.begin_write().map_err(db("begin write"))?;
+        txn.set_durability(match durability {
+            LoadDurability::Durable => Durability::Immediate,
+            LoadDurability::Scratch => Durability::None,
+        })
+        .map_err(db("set durability"))?;
+        Ok(txn)
+    }
+
     /// Turn this store, holding a backup's full history (loaded by
     /// [`Store::load_snapshot`], archive replayed on top), into exactly what
     /// [`Store::write_state_at`]`(at, new_rev)` would have installed into a fresh
@@ -777,12 +784,7 @@ impl Store {
     ) -> Result<StateAt, MvccError> {
         assert!(new_rev >= at, "a restore never moves revisions backwards");
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut txn = self.db.begin_write().map_err(db("begin write"))?;
-        txn.set_durability(match durability {
-            LoadDurability::Durable => Durability::Immediate,
-            LoadDurability::Scratch => Durability::None,
-        })
-        .map_err(db("set durability"))?;
+        let txn = self.begin_load(durability)?;
         let st = reduce_records(&txn, at, new_rev).map_err(|e| self.noted(e))?;
         before_commit().map_err(MvccError::Snapshot)?;
         txn.commit().map_err(db("commit reduced state"))?;

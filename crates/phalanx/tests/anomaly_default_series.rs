@@ -20,12 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::sample_backend;
-use support::alerts::{enc, get_json, phalanx};
-use support::backups::keygen;
+use support::alerts::{enc, get_json};
+use support::backups::{keygen, set_schedule};
 use support::{free_port, http_get, wait_for, Cluster};
 
 /// History resolution and evaluation interval of the test member.
 const INTERVAL_MS: u64 = 200;
+/// One round of load (a put, two reads, two gateway requests) per period.
+const LOAD_PERIOD: Duration = Duration::from_millis(20);
 /// Bound on each wait (wall time, generous for CI).
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -101,25 +103,12 @@ fn anomaly_scores_run_over_every_default_series() {
         matches!(http_get(gw, "/"), Some((200, _))).then_some(())
     });
     let repo = format!("file://{}", c.dir.path().join("repo").display());
-    let out = phalanx(&[
-        "backup",
-        "schedule",
-        "set",
-        "--endpoints",
+    set_schedule(
         &eps,
-        "--to",
-        &repo,
-        "--recipient",
+        &[&repo],
         &public,
-        "--backup-interval-ms",
-        "2000",
-        "--archive-interval-ms",
-        "0",
-    ]);
-    assert!(
-        out.status.success(),
-        "schedule set: {}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--backup-interval-ms", "2000", "--archive-interval-ms", "0"],
+        &[],
     );
 
     // The sensitivity setting is the default anomaly rules' threshold.
@@ -134,10 +123,12 @@ fn anomaly_scores_run_over_every_default_series() {
         "the default anomaly rules fire above 0.97: {text}"
     );
 
-    // Steady load until the end of the test.
+    // Steady load until the end of the test: one round of store and gateway
+    // requests every LOAD_PERIOD (a rate, set by an interval).
     let stop = Arc::new(AtomicBool::new(false));
-    let store_load = {
+    let load = {
         let (stop, eps) = (stop.clone(), c.endpoint_list());
+        let gw = format!("http://127.0.0.1:{gw}");
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -145,8 +136,11 @@ fn anomaly_scores_run_over_every_default_series() {
                 .unwrap();
             rt.block_on(async move {
                 let mut cl = etcd_client::Client::connect(eps, None).await.unwrap();
+                let mut pace = tokio::time::interval(LOAD_PERIOD);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    pace.tick().await;
                     cl.put(format!("k{}", i % 100), format!("v{i}"), None)
                         .await
                         .unwrap();
@@ -154,22 +148,11 @@ fn anomaly_scores_run_over_every_default_series() {
                     // etcd refuses a read at a future revision (OutOfRange).
                     let future = etcd_client::GetOptions::new().with_revision(1 << 40);
                     assert!(cl.get("k0", Some(future)).await.is_err());
+                    let _ = drill::admin::request(&gw, "GET", "/", None).await;
+                    let _ = drill::admin::request(&gw, "GET", "/down/x", None).await;
                     i += 1;
-                    // Pacing the load, not waiting for a condition.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             });
-        })
-    };
-    let gateway_load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = http_get(gw, "/");
-                let _ = http_get(gw, "/down/x");
-                // Pacing the load, not waiting for a condition.
-                std::thread::sleep(Duration::from_millis(20));
-            }
         })
     };
 
@@ -197,7 +180,7 @@ fn anomaly_scores_run_over_every_default_series() {
     println!("expected Put rate: {expected:.1}/s");
     assert!(
         expected < 1_000.0,
-        "at most one Put per 20 ms is sent, yet {expected}/s is expected"
+        "at most one Put per LOAD_PERIOD is sent, yet {expected}/s is expected"
     );
     wait_scored(
         api,
@@ -278,6 +261,5 @@ fn anomaly_scores_run_over_every_default_series() {
     );
 
     stop.store(true, Ordering::Relaxed);
-    store_load.join().unwrap();
-    gateway_load.join().unwrap();
+    load.join().unwrap();
 }

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::backups::{keygen, ok, phalanx, s3_env};
+use support::backups::{keygen, ok, phalanx, s3_env, set_schedule};
 use support::servers::Moto;
 use support::{free_port, wait_for, Cluster, BIN};
 
@@ -59,26 +59,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// `phalanx backup schedule set` on `c`'s members: back up to
-/// `destinations`, encrypted for `public`, with `settings` (intervals,
-/// limits); asserts that the policy was stored.
-fn set_schedule(
-    c: &Cluster,
-    destinations: &[&str],
-    public: &str,
-    settings: &[&str],
-    env: &[(String, String)],
-) {
-    let endpoints = c.endpoints();
-    let mut args = vec!["backup", "schedule", "set", "--endpoints", &endpoints];
-    for to in destinations {
-        args.extend(["--to", to]);
-    }
-    args.extend(["--recipient", public]);
-    args.extend_from_slice(settings);
-    ok(phalanx(&args, env));
 }
 
 /// Put 300 values of 10 KiB under `big/`: byte `j` of value `i` is
@@ -208,7 +188,7 @@ fn archive_restores_newest_point_after_whole_cluster_kill() {
     start(&mut c, &[], &[]);
     let rt = rt();
     set_schedule(
-        &c,
+        &c.endpoints(),
         &[&repo],
         &public,
         &[
@@ -389,7 +369,7 @@ fn leader_kill_during_scheduled_backup_gives_exactly_one_backup() {
     let leader = c.wait_leader();
     let leader_name = c.members[leader].name.clone();
     set_schedule(
-        &c,
+        &c.endpoints(),
         &[&repo],
         &public,
         &[
@@ -462,7 +442,7 @@ fn retention_keeps_exactly_the_policy_and_kept_backups_restore() {
     let rt = rt();
     let eps: Vec<String> = c.endpoints().split(',').map(String::from).collect();
     set_schedule(
-        &c,
+        &c.endpoints(),
         &[&repo],
         &public,
         &[
@@ -586,7 +566,7 @@ fn s3_killed_mid_backup_file_completes_and_next_backup_reaches_s3() {
         ((i * 31 + j * 7) ^ (j >> 2)).wrapping_mul(2_654_435_761) as u8
     });
     set_schedule(
-        &c,
+        &c.endpoints(),
         &[&file, &s3],
         &public,
         &[

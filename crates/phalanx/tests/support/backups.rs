@@ -36,6 +36,25 @@ pub fn phalanx(args: &[&str], env: &[(String, String)]) -> Output {
     out
 }
 
+/// `phalanx backup schedule set --endpoints endpoints`: back up to
+/// `destinations`, encrypted for `public`, with `settings` (intervals,
+/// limits); asserts that the policy was stored.
+pub fn set_schedule(
+    endpoints: &str,
+    destinations: &[&str],
+    public: &str,
+    settings: &[&str],
+    env: &[(String, String)],
+) {
+    let mut args = vec!["backup", "schedule", "set", "--endpoints", endpoints];
+    for to in destinations {
+        args.extend(["--to", to]);
+    }
+    args.extend(["--recipient", public]);
+    args.extend_from_slice(settings);
+    ok(phalanx(&args, env));
+}
+
 /// Assert `out` succeeded; its stdout.
 pub fn ok(out: Output) -> String {
     assert!(
