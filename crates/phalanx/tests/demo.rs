@@ -346,14 +346,22 @@ fn normal_bootstrap_logs_no_error() {
     );
     for m in &c.members {
         let log = m.log_text();
-        // openraft reports an RPC that outlived its timeout (the heartbeat
-        // interval, 50 ms) at ERROR; on a loaded 2-core machine that happens
-        // while members start. Those are the network's, not a bootstrap
-        // fault, and are the only ERROR lines allowed.
+        // openraft reports at ERROR an RPC that outlived its timeout (the
+        // heartbeat interval, 50 ms), and a vote request to a peer whose
+        // process is not listening yet (connection refused: on a loaded
+        // 2-core machine the first member can campaign before the others
+        // have bound their peer ports). Those are the network's while
+        // members start, not a bootstrap fault, and are the only ERROR lines
+        // allowed.
         let errors: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(" ERROR "))
             .filter(|l| !(l.contains("openraft::") && l.contains("timeout")))
+            .filter(|l| {
+                !(l.contains("openraft::")
+                    && l.contains("while requesting vote")
+                    && l.contains("Connection refused"))
+            })
             .collect();
         assert!(
             errors.is_empty(),
