@@ -853,15 +853,7 @@ fn judge(
             },
         ));
     }
-    summary.passed = [
-        summary.linearizable,
-        summary.watch,
-        summary.leases,
-        summary.lost_writes_verdict,
-    ]
-    .into_iter()
-    .chain(summary.gateway.as_ref().map(|g| g.verdict))
-    .all(|v| v == Verdict::Pass);
+    summary.passed = summary.judge();
     let settings = report_settings(args, plan, &stage);
     write_file(
         dir,

@@ -113,6 +113,32 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Fault windows that were skipped, not injected or not healed (each
+    /// carries a note saying why).
+    pub fn faults_not_clean(&self) -> usize {
+        self.windows
+            .iter()
+            .filter(|w| w.window.note.is_some())
+            .count()
+    }
+
+    /// Whether the run passed: every checker (and the gateway's verdict,
+    /// when there was HTTP load) said PASS, and every fault window was
+    /// injected and healed cleanly. A fault that was skipped, failed to
+    /// inject or failed to heal proved nothing, whatever the checkers say.
+    pub fn judge(&self) -> bool {
+        [
+            self.linearizable,
+            self.watch,
+            self.leases,
+            self.lost_writes_verdict,
+        ]
+        .into_iter()
+        .chain(self.gateway.as_ref().map(|g| g.verdict))
+        .all(|v| v == Verdict::Pass)
+            && self.faults_not_clean() == 0
+    }
+
     /// The one-line verdict printed at the end of a run.
     pub fn verdict_line(&self) -> String {
         let gateway = match &self.gateway {
@@ -121,6 +147,10 @@ impl Summary {
                 g.verdict, g.counts.requests, g.counts.errors
             ),
             None => String::new(),
+        };
+        let faults = match self.faults_not_clean() {
+            0 => String::new(),
+            n => format!(" faults_not_injected_cleanly={n}"),
         };
         format!(
             "drill: {}: linearizable={} watch={} leases={} lost_writes={} longest_write_gap_ms={} availability={:.3} ops_ok={} ops_failed={} ops_indeterminate={}{gateway}",
@@ -134,7 +164,7 @@ impl Summary {
             self.total.ok,
             self.total.failed,
             self.total.indeterminate
-        )
+        ) + &faults
     }
 }
 
@@ -880,5 +910,47 @@ mod tests {
         assert_eq!(again.len(), 2);
         // Pairs never answered are not judged.
         assert!(lost_at_revision(&ops, &HashMap::new(), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_run_whose_fault_was_not_injected_does_not_pass() {
+        let ops = [write("k", "a", 5)];
+        let window = |note: Option<&str>| FaultWindow {
+            kind: crate::faults::FaultKind::KillAll,
+            targets: vec![],
+            start_ms: 1,
+            end_ms: 1,
+            leader_before: None,
+            leader_during: None,
+            new_leader_elected: false,
+            note: note.map(str::to_string),
+        };
+        let judged = |windows: Vec<FaultWindow>| {
+            let mut s = analyze(&Inputs {
+                scenario: "kill-all".into(),
+                members: vec!["m1".into()],
+                ops: &ops,
+                workload_start_us: 0,
+                workload_end_us: 2_000,
+                windows,
+                finals: None,
+                keys: vec![],
+                at_revision: HashMap::new(),
+            });
+            s.linearizable = Verdict::Pass;
+            s.watch = Verdict::Pass;
+            s.leases = Verdict::Pass;
+            s.lost_writes_verdict = Verdict::Pass;
+            (s.judge(), s.verdict_line())
+        };
+        let (passed, line) = judged(vec![window(None)]);
+        assert!(passed, "{line}");
+        assert!(!line.contains("faults_not_injected_cleanly"), "{line}");
+        let (passed, line) = judged(vec![
+            window(None),
+            window(Some("skipped: no leader within 15000 ms")),
+        ]);
+        assert!(!passed, "{line}");
+        assert!(line.ends_with(" faults_not_injected_cleanly=1"), "{line}");
     }
 }

@@ -97,10 +97,23 @@ fn drill_catches_planted_stale_reads_under_leader_partition() {
 #[test]
 fn drill_catches_planted_ack_before_fsync_under_kill_all() {
     let _one = one_at_a_time();
+    // Two kill-alls: a kill loses only what sits in the members' unsynced
+    // write-behind buffers at that instant, so each is one more chance.
     let r = local_drill(
-        "kill-all",
-        "8s",
+        "kill-all,kill-all",
+        "12s",
         &["--unsafe-planted-bug", "ack-before-fsync"],
+    );
+    let s = summary(&r.dir);
+    // The first kill-all really happened (the second may be skipped when the
+    // first left members refusing their lost state: no leader to wait for).
+    let w = &s["windows"][0];
+    assert_eq!(w["kind"], "kill-all", "{}", explain(&r));
+    assert_eq!(
+        w["targets"].as_array().map(|t| t.len()),
+        Some(3),
+        "the kill-all was not injected: {}",
+        explain(&r)
     );
     assert_eq!(
         r.code,
@@ -112,7 +125,6 @@ fn drill_catches_planted_ack_before_fsync_under_kill_all() {
     // gone: the final reads miss them, or, read back at their own revisions,
     // those now hold other writes (a write the final reads already named is
     // not repeated with its revision).
-    let s = summary(&r.dir);
     // The linearizability and watch checkers usually see it too; any one of
     // them is a catch. So is a member refusing to start because its log lost
     // what it had acknowledged (then the cluster cannot heal, and the final
