@@ -197,10 +197,13 @@ pub struct NodeArgs {
     pub max_control_messages_per_s: Option<u32>,
     // --- TLS (end) ---
     // --- alerting: metrics history, rules, notifications (flags only; see docs/alerting.md) ---
+    // (config-file keys `alerting-*`, `enable-alerting`, `disable-alerting`:
+    // read into this struct by `with_file`)
     #[command(flatten)]
     #[serde(skip)]
     pub alerting: crate::cli::alerting::NodeAlertingArgs,
-    // --- backup service: schedule, archive, retention, drills (flags only; see docs/backup.md) ---
+    // --- backup service: schedule, archive, retention, drills (see docs/backup.md;
+    // config-file keys `backup-*`, `disable-backup-service`, read by `with_file`) ---
     #[command(flatten)]
     #[serde(skip)]
     pub backup: crate::cli::backup::NodeBackupArgs,
@@ -219,8 +222,24 @@ impl NodeArgs {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading --config-file {}", path.display()))?;
-        let file: NodeArgs = toml::from_str(&text)
-            .with_context(|| format!("invalid config file {}", path.display()))?;
+        let invalid = || format!("invalid config file {}", path.display());
+        let mut table: toml::Table = toml::from_str(&text).with_context(invalid)?;
+        // The alerting and backup keys belong to their own flag groups, each
+        // refusing keys it does not know (serde cannot flatten a struct that
+        // denies unknown fields); the key prefixes cannot collide.
+        let alerting = take_keys(&mut table, |k| {
+            k.starts_with("alerting-") || k == "enable-alerting" || k == "disable-alerting"
+        })
+        .try_into::<crate::cli::alerting::NodeAlertingArgs>()
+        .with_context(invalid)?;
+        let backup = take_keys(&mut table, |k| {
+            k.starts_with("backup-") || k == "disable-backup-service"
+        })
+        .try_into::<crate::cli::backup::NodeBackupArgs>()
+        .with_context(invalid)?;
+        let file: NodeArgs = table.try_into().with_context(invalid)?;
+        self.merge_alerting(alerting);
+        self.merge_backup(backup);
         merge!(
             self,
             file,
@@ -283,6 +302,55 @@ impl NodeArgs {
         );
         Ok(self)
     }
+}
+
+impl NodeArgs {
+    /// The file's alerting settings under the flags'. `disable-alerting` in
+    /// the file gives way to a flag that turns alerting on (as clap refuses
+    /// both on one command line).
+    fn merge_alerting(&mut self, file: crate::cli::alerting::NodeAlertingArgs) {
+        let a = &mut self.alerting;
+        let flags_enable = a.enable_alerting.is_some() || a.alerting_listen.is_some();
+        if !a.disable_alerting {
+            merge!(a, file, enable_alerting);
+        }
+        merge!(
+            a,
+            file,
+            alerting_listen,
+            alerting_scrape_interval_ms,
+            alerting_evaluation_interval_ms,
+            alerting_retention_ms,
+            alerting_max_series,
+            alerting_max_samples_bytes,
+            alerting_disable_default_rules,
+            alerting_anomaly_sensitivity,
+            alerting_max_events,
+            alerting_event_retention_ms,
+            alerting_notification_timeout_ms,
+            alerting_notification_attempts,
+            alerting_notification_max_backoff_ms
+        );
+        a.disable_alerting |= file.disable_alerting && !flags_enable;
+    }
+
+    /// The file's backup-service settings under the flags'.
+    fn merge_backup(&mut self, file: crate::cli::backup::NodeBackupArgs) {
+        let b = &mut self.backup;
+        merge!(b, file, backup_listen, backup_archive_poll_ms);
+        if b.backup_identity_files.is_empty() {
+            b.backup_identity_files = file.backup_identity_files;
+        }
+        b.disable_backup_service |= file.disable_backup_service;
+    }
+}
+
+/// Remove from `table` the keys `belongs` picks; they, as a table of their own.
+fn take_keys(table: &mut toml::Table, belongs: impl Fn(&str) -> bool) -> toml::Table {
+    let keys: Vec<String> = table.keys().filter(|k| belongs(k)).cloned().collect();
+    keys.into_iter()
+        .filter_map(|k| table.remove(&k).map(|v| (k, v)))
+        .collect()
 }
 
 fn split_urls(s: &str) -> Vec<String> {

@@ -6,12 +6,14 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::alerts::get_json;
 use support::*;
 
 #[test]
 fn node_runs_from_a_config_file_and_rejects_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let (alerting, backup) = (free_port(), free_port());
     let cfg = dir.path().join("node.toml");
     std::fs::write(
         &cfg,
@@ -28,8 +30,13 @@ initial-cluster-token = "cfg-test"
 listen-metrics-urls = "http://127.0.0.1:{metrics}"
 heartbeat-interval = 50
 election-timeout = 300
+alerting-listen = "127.0.0.1:{alerting}"
+alerting-anomaly-sensitivity = 0.8
+backup-listen = "127.0.0.1:{backup}"
+backup-identity-file = ["{identity}"]
 "#,
-            data = dir.path().join("data").display()
+            data = dir.path().join("data").display(),
+            identity = dir.path().join("key.txt").display(),
         ),
     )
     .unwrap();
@@ -59,8 +66,58 @@ election-timeout = 300
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The alerting and backup services took their settings from the file:
+    // both listen where it says, and the default anomaly rules fire above
+    // the file's sensitivity.
+    let rules = wait_for(
+        "the alerting listener given in the file",
+        Duration::from_secs(30),
+        || get_json(alerting, "/api/v1/rules"),
+    )
+    .to_string();
+    assert!(
+        rules.contains("\\\"robust\\\", 0.8, \\\"above\\\""),
+        "the default anomaly rules should fire above the file's 0.8: {rules}"
+    );
+    wait_for(
+        "the backup listener given in the file",
+        Duration::from_secs(30),
+        || matches!(http_get(backup, "/status"), Some((200, _))).then_some(()),
+    );
     let _ = child.kill();
     let _ = child.wait();
+
+    // Flags win over the file, for the alerting group too.
+    let out = Command::new(BIN)
+        .args([
+            "node",
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--alerting-anomaly-sensitivity",
+            "1.5",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--alerting-anomaly-sensitivity"),
+        "{err}"
+    );
+
+    // Unknown keys, in each group: named in the error.
+    for key in ["alerting-retention", "backup-identity"] {
+        let bad = dir.path().join(format!("{key}.toml"));
+        std::fs::write(&bad, format!("name = \"x\"\n{key} = 1\n")).unwrap();
+        let out = Command::new(BIN)
+            .args(["node", "--config-file", bad.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(key) && err.contains(&format!("{key}.toml")),
+            "{err}"
+        );
+    }
 
     // Unknown key: named in the error.
     let bad = dir.path().join("bad.toml");

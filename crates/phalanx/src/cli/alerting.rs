@@ -294,7 +294,7 @@ pub fn run_events(args: EventsArgs) -> anyhow::Result<()> {
 
 /// `phalanx node`'s alerting flags.
 #[derive(clap::Args, Debug, Clone, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeAlertingArgs {
     /// Run the metrics history and alerting on this member (the default; `=false` turns it off)
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]

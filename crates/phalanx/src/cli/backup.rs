@@ -138,19 +138,22 @@ pub struct ForgetArgs {
 
 /// The member's side (`phalanx node` flags): the backup service runs on every member
 /// and acts only on the leader, once a policy is stored.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeBackupArgs {
     /// Serve the backup service's /metrics and /status on this address.
     #[arg(long)]
     pub backup_listen: Option<std::net::SocketAddr>,
     /// age identity file for scheduled restore drills (repeatable; none: no drill).
     #[arg(long = "backup-identity-file")]
+    #[serde(rename = "backup-identity-file", default)]
     pub backup_identity_files: Vec<PathBuf>,
     /// How often the applied revision is sampled for `restore --time`, milliseconds.
     #[arg(long)]
     pub backup_archive_poll_ms: Option<u64>,
     /// Turn the backup service off on this member.
     #[arg(long)]
+    #[serde(default)]
     pub disable_backup_service: bool,
 }
 
