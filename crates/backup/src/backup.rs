@@ -398,7 +398,7 @@ impl tower::Service<GrpcRequest> for AskMvccStream {
         if req.uri().path() == SNAPSHOT_METHOD_PATH {
             req.headers_mut().insert(
                 etcd_snapshot::MVCC_FORMAT_METADATA_KEY,
-                http::HeaderValue::from_static(etcd_snapshot::MVCC_FORMAT_METADATA_VALUE),
+                http::HeaderValue::from_static(etcd_snapshot::MVCC_FORMAT_V2_METADATA_VALUE),
             );
         }
         self.0.call(req)
@@ -563,16 +563,21 @@ async fn backup_inner(
             Some((rev, c.maintenance_client().hash_kv(rev).await))
         })
     });
+    // A member sends version 2 of its mvcc stream (no trailer) or an etcd snapshot; a
+    // file holding an mvcc stream was saved with etcd's trailer (version 1).
+    let mvcc_trailer = taken.client.is_none();
     let chunk_thread =
         tokio::task::spawn_blocking(move || -> Result<StreamInfo, std::io::Error> {
-            let (src, etcd_trailer) =
-                crate::snapstream::open_snapshot(Box::new(ChannelReader::new(src_rx)))?;
+            let (src, etcd_trailer) = crate::snapstream::open_snapshot(
+                Box::new(ChannelReader::new(src_rx)),
+                mvcc_trailer,
+            )?;
             // Buffered: the normalizer reads every record in five small parts.
             let src = std::io::BufReader::with_capacity(SOURCE_READ_BUFFER_BYTES, src);
             let (mut norm, info) = Normalizer::new(src, etcd_trailer);
             norm.notify_revision(rev_tx);
-            // Two stages on two threads: the normalizer (parse, CRC32 and SHA-256 of
-            // the input and of the output) feeds the chunker (FastCDC, SHA-256 of each
+            // Two stages on two threads: the normalizer (parse, CRC32 of the input and
+            // of the output, SHA-256 of a trailer-carrying input) feeds the chunker (FastCDC, SHA-256 of each
             // chunk) through a bounded pipe.
             let (mut pw, pr) = crate::snapstream::pipe::pipe();
             std::thread::scope(|scope| {
@@ -722,7 +727,7 @@ async fn backup_inner(
                 let f = std::fs::File::open(&path)
                     .map_err(BackupError::io("open snapshot file", &path))?;
                 let (src, etcd_trailer) =
-                    crate::snapstream::open_snapshot(Box::new(std::io::BufReader::new(f)))
+                    crate::snapstream::open_snapshot(Box::new(std::io::BufReader::new(f)), true)
                         .map_err(BackupError::io("read snapshot file", &path))?;
                 let (mut norm, _) = Normalizer::new(src, etcd_trailer);
                 let dir = tempfile::tempdir()
@@ -780,7 +785,9 @@ async fn backup_inner(
             compact_revision,
             hash_kv,
             snapshot_bytes: info.bytes_out,
-            snapshot_sha256: info.sha256_out.clone(),
+            // Each chunk's SHA-256 is recorded and checked on read, in order: a hash of
+            // the whole stream would be one more pass that checks nothing more.
+            snapshot_sha256: None,
             snapshot_records: info.records_out,
             chunker,
             chunks: std::mem::take(&mut st.chunks),

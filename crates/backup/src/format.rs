@@ -113,7 +113,10 @@ pub struct Manifest {
     /// etcd HashKV at `revision`, as reported by the member.
     pub hash_kv: u32,
     pub snapshot_bytes: u64,
-    pub snapshot_sha256: String,
+    /// SHA-256 of the whole normalized stream: written by releases before the stream
+    /// was checked by its chunks' hashes alone; verified when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_sha256: Option<String>,
     pub snapshot_records: u64,
     pub chunker: ChunkerSettings,
     pub chunks: Vec<ChunkRef>,

@@ -240,14 +240,17 @@ pub async fn stream_backup<T: Send + 'static>(
     });
     let max_plain = m.chunker.chunk_max_bytes as usize;
     let mut problems = Vec::new();
-    let mut sha = Sha256::new();
+    // Older manifests also recorded the whole stream's SHA-256.
+    let mut sha = m.snapshot_sha256.as_ref().map(|_| Sha256::new());
     let mut total = 0u64;
     let mut feeding = true;
     for c in &m.chunks {
         match fetch_chunk(d, &m.id, c, identities, max_plain, recipients).await {
             Ok(b) => {
                 if feeding {
-                    sha.update(&b);
+                    if let Some(sha) = sha.as_mut() {
+                        sha.update(&b);
+                    }
                     total += b.len() as u64;
                     if tx.send(Ok(b)).await.is_err() {
                         feeding = false;
@@ -270,12 +273,22 @@ pub async fn stream_backup<T: Send + 'static>(
         }
     }
     if feeding {
-        let found = crate::format::hex(&sha.finalize());
+        let found = sha.map(|s| crate::format::hex(&s.finalize()));
         if found != m.snapshot_sha256 || total != m.snapshot_bytes {
+            let sha = |s: &Option<String>| {
+                s.as_ref()
+                    .map(|s| format!("SHA-256 {s}, "))
+                    .unwrap_or_default()
+            };
             problems.push(BackupError::Manifest {
                 url: d.url.clone(),
                 backup: m.id.clone(),
-                detail: format!("reassembled snapshot has SHA-256 {found} ({total} bytes), the manifest recorded {} ({} bytes)", m.snapshot_sha256, m.snapshot_bytes),
+                detail: format!(
+                    "reassembled snapshot has {}{total} bytes, the manifest recorded {}{} bytes",
+                    sha(&found),
+                    sha(&m.snapshot_sha256),
+                    m.snapshot_bytes
+                ),
             });
             let _ = tx
                 .send(Err(std::io::Error::other("snapshot checksum mismatch")))

@@ -36,7 +36,6 @@ pub struct StreamInfo {
     pub records_in: u64,
     pub records_out: u64,
     pub bytes_out: u64,
-    pub sha256_out: String,
     pub finished: bool,
 }
 
@@ -55,8 +54,8 @@ pub struct Normalizer<R: Read> {
     out_pos: usize,
     crc_in: crc32fast::Hasher,
     crc_out: crc32fast::Hasher,
-    sha_in: Sha256,
-    sha_out: Sha256,
+    /// Only for an input with etcd's trailer, whose SHA-256 it checks.
+    sha_in: Option<Sha256>,
     payload_in: u64,
     /// What the stream said so far; published to `info` once the stream ends (one lock
     /// per stream, not per record).
@@ -76,7 +75,7 @@ pub struct Normalizer<R: Read> {
 fn take_from(
     inner: &mut impl Read,
     crc: &mut crc32fast::Hasher,
-    sha: &mut Sha256,
+    sha: &mut Option<Sha256>,
     payload_in: &mut u64,
     buf: &mut [u8],
 ) -> io::Result<()> {
@@ -88,7 +87,9 @@ fn take_from(
         }
     })?;
     crc.update(buf);
-    sha.update(&*buf);
+    if let Some(sha) = sha.as_mut() {
+        sha.update(&*buf);
+    }
     *payload_in += buf.len() as u64;
     Ok(())
 }
@@ -108,8 +109,7 @@ impl<R: Read> Normalizer<R> {
                 out_pos: 0,
                 crc_in: crc32fast::Hasher::new(),
                 crc_out: crc32fast::Hasher::new(),
-                sha_in: Sha256::new(),
-                sha_out: Sha256::new(),
+                sha_in: etcd_trailer.then(Sha256::new),
                 payload_in: 0,
                 seen: StreamInfo::default(),
                 key: Vec::new(),
@@ -189,7 +189,9 @@ impl<R: Read> Normalizer<R> {
         out.extend_from_slice(&self.val);
         let rec = &out[start..];
         self.crc_in.update(rec);
-        self.sha_in.update(rec);
+        if let Some(sha) = self.sha_in.as_mut() {
+            sha.update(rec);
+        }
         self.payload_in += rec.len() as u64;
         if !drop {
             self.crc_out.update(rec);
@@ -218,7 +220,9 @@ impl<R: Read> Normalizer<R> {
                 self.take_raw(&mut tag)?;
                 if tag[0] == T_END {
                     self.crc_in.update(&tag);
-                    self.sha_in.update(tag);
+                    if let Some(sha) = self.sha_in.as_mut() {
+                        sha.update(tag);
+                    }
                     self.payload_in += 1;
                     let mut n = [0u8; 8];
                     self.take(&mut n)?;
@@ -234,7 +238,9 @@ impl<R: Read> Normalizer<R> {
                     self.inner
                         .read_exact(&mut c)
                         .map_err(|_| bad("stream truncated in its CRC"))?;
-                    self.sha_in.update(c);
+                    if let Some(sha) = self.sha_in.as_mut() {
+                        sha.update(c);
+                    }
                     self.payload_in += 4;
                     if u32::from_le_bytes(c) != want {
                         return Err(bad("CRC32 mismatch: the snapshot stream is corrupted"));
@@ -311,8 +317,12 @@ impl<R: Read> Normalizer<R> {
                 self.payload_in
             )));
         }
-        self.sha_in.update(body);
-        if self.sha_in.clone().finalize().as_slice() != digest {
+        let mut sha = self
+            .sha_in
+            .take()
+            .expect("kept for a trailer-carrying input");
+        sha.update(body);
+        if sha.finalize().as_slice() != digest {
             return Err(bad(
                 "SHA-256 trailer mismatch: the snapshot stream is corrupted",
             ));
@@ -329,7 +339,6 @@ impl<R: Read> Read for Normalizer<R> {
             if matches!(self.state, State::Done) {
                 if !self.seen.finished {
                     self.seen.finished = true;
-                    self.seen.sha256_out = crate::format::hex(&self.sha_out.clone().finalize());
                     *self.info.lock().expect("info") = self.seen.clone();
                 }
                 return Ok(0);
@@ -338,7 +347,6 @@ impl<R: Read> Read for Normalizer<R> {
         }
         let n = buf.len().min(self.out.len() - self.out_pos);
         buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
-        self.sha_out.update(&buf[..n]);
         self.out_pos += n;
         self.seen.bytes_out += n as u64;
         Ok(n)
@@ -397,13 +405,19 @@ const SNIFF_BYTES: usize = 20;
 /// Accept either snapshot format a source may deliver and return an mvcc snapshot stream
 /// for [`Normalizer`], plus whether that stream still carries etcd's trailer:
 ///
+/// * a bare mvcc snapshot stream, what a member sends when asked for version 2 of its
+///   mvcc format (`mvcc_trailer` false: the caller asked a member for it);
 /// * an etcd snapshot (bbolt database + SHA-256): what a member's Maintenance.Snapshot
 ///   streams and what `etcdctl snapshot save` stores, from Phalanx or from etcd itself. It
 ///   is spooled to a scratch file (bbolt is read by page, not in stream order), its
 ///   SHA-256 verified, and converted with `etcd_snapshot` (history, revisions, leases);
-/// * a bare mvcc snapshot stream with etcd's trailer, as members streamed before they
-///   streamed etcd snapshots (files saved then still back up).
-pub fn open_snapshot(mut r: Box<dyn Read + Send>) -> io::Result<(SnapshotReader, bool)> {
+/// * an mvcc snapshot stream with etcd's trailer (`mvcc_trailer`): version 1, and what
+///   members streamed before they streamed etcd snapshots (files saved then still back
+///   up).
+pub fn open_snapshot(
+    mut r: Box<dyn Read + Send>,
+    mvcc_trailer: bool,
+) -> io::Result<(SnapshotReader, bool)> {
     let mut head = Vec::with_capacity(SNIFF_BYTES);
     (&mut r).take(SNIFF_BYTES as u64).read_to_end(&mut head)?;
     if head.starts_with(MAGIC) {
@@ -413,7 +427,7 @@ pub fn open_snapshot(mut r: Box<dyn Read + Send>) -> io::Result<(SnapshotReader,
                 inner,
                 _scratch: None,
             },
-            true,
+            mvcc_trailer,
         ));
     }
     if !etcd_snapshot::looks_like_bbolt(&head) {

@@ -430,26 +430,9 @@ async fn corrupted_and_missing_objects_are_named() {
 async fn a_backup_whose_content_disagrees_with_its_recorded_hash_kv_is_refused() {
     let f = fixture(300).await;
     let id = f.first.id.clone();
-    let dir = f.dir.join("repo").join(format::BACKUPS_PREFIX).join(&id);
-    let ids = format::load_identities(std::slice::from_ref(&f.keys.file)).unwrap();
-    let obj = std::fs::read(dir.join(format::MANIFEST_NAME)).unwrap();
-    let Ok(plain) = format::open(&obj, &ids, 1 << 30) else {
-        panic!("the manifest opens with its key")
-    };
-    let mut m: Manifest = serde_json::from_slice(&plain).unwrap();
+    let mut m = forge_manifest(&f, |m| m.hash_kv ^= 0x5a5a);
     let recorded = m.hash_kv;
     m.hash_kv ^= 0x5a5a;
-    let recipients = format::parse_recipients(std::slice::from_ref(&f.keys.recipient)).unwrap();
-    let forged = format::seal(&serde_json::to_vec(&m).unwrap(), &recipients, 3).unwrap();
-    std::fs::write(dir.join(format::MANIFEST_NAME), &forged).unwrap();
-    let mut summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format::SUMMARY_NAME)).unwrap()).unwrap();
-    summary["manifest_sha256"] = format::sha256_hex(&forged).into();
-    std::fs::write(
-        dir.join(format::SUMMARY_NAME),
-        serde_json::to_vec(&summary).unwrap(),
-    )
-    .unwrap();
 
     let target = f.dir.join("restored");
     let e = restore(&restore_settings(
@@ -478,6 +461,89 @@ async fn a_backup_whose_content_disagrees_with_its_recorded_hash_kv_is_refused()
         .await
         .unwrap_err();
     assert!(matches!(e, BackupError::HashMismatch { .. }), "{e}");
+}
+
+/// Rewrite the newest backup's manifest with `change` (re-sealed to the fixture's
+/// recipient, the summary's manifest SHA-256 updated); the manifest as it was.
+fn forge_manifest(f: &Fixture, change: impl FnOnce(&mut Manifest)) -> Manifest {
+    let dir = f
+        .dir
+        .join("repo")
+        .join(format::BACKUPS_PREFIX)
+        .join(&f.first.id);
+    let ids = format::load_identities(std::slice::from_ref(&f.keys.file)).unwrap();
+    let obj = std::fs::read(dir.join(format::MANIFEST_NAME)).unwrap();
+    let Ok(plain) = format::open(&obj, &ids, 1 << 30) else {
+        panic!("the manifest opens with its key")
+    };
+    let original: Manifest = serde_json::from_slice(&plain).unwrap();
+    let mut m = original.clone();
+    change(&mut m);
+    let recipients = format::parse_recipients(std::slice::from_ref(&f.keys.recipient)).unwrap();
+    let forged = format::seal(&serde_json::to_vec(&m).unwrap(), &recipients, 3).unwrap();
+    std::fs::write(dir.join(format::MANIFEST_NAME), &forged).unwrap();
+    let mut summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format::SUMMARY_NAME)).unwrap()).unwrap();
+    summary["manifest_sha256"] = format::sha256_hex(&forged).into();
+    std::fs::write(
+        dir.join(format::SUMMARY_NAME),
+        serde_json::to_vec(&summary).unwrap(),
+    )
+    .unwrap();
+    original
+}
+
+/// Manifests now leave out the whole stream's SHA-256 (each chunk's is checked);
+/// those of older releases carry it, and it is still checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_manifest_with_the_stream_sha256_is_still_checked() {
+    let f = fixture(300).await;
+    let ids = format::load_identities(std::slice::from_ref(&f.keys.file)).unwrap();
+    let key = vec![f.keys.file.clone()];
+    // The stream, reassembled from the chunk objects: its SHA-256.
+    let m = forge_manifest(&f, |_| {});
+    assert_eq!(m.snapshot_sha256, None, "new manifests leave it out");
+    let mut stream = Sha256::new();
+    for c in &m.chunks {
+        let obj = f
+            .dir
+            .join("repo")
+            .join(format::chunk_key(&c.sha256, &c.object_sha256));
+        let Ok(plain) = format::open(&std::fs::read(&obj).unwrap(), &ids, 1 << 30) else {
+            panic!("chunk {} opens", obj.display())
+        };
+        stream.update(&plain);
+    }
+    let right = format::hex(&stream.finalize());
+    forge_manifest(&f, |m| m.snapshot_sha256 = Some(right.clone()));
+    verify(&read(&f.url, &key), None)
+        .await
+        .expect("a manifest with the right stream SHA-256 verifies");
+    restore(&restore_settings(
+        &f.url,
+        &key,
+        Target::Newest,
+        &f.dir.join("ok"),
+    ))
+    .await
+    .expect("and restores");
+    let wrong = format::hex(&Sha256::digest(b"not the stream"));
+    forge_manifest(&f, |m| m.snapshot_sha256 = Some(wrong.clone()));
+    let e = verify(&read(&f.url, &key), None).await.unwrap_err();
+    assert!(
+        e.to_string().contains(&right) && e.to_string().contains(&wrong),
+        "the refusal names both hashes: {e}"
+    );
+    let e = restore(&restore_settings(
+        &f.url,
+        &key,
+        Target::Newest,
+        &f.dir.join("no"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains(&wrong), "{e}");
+    assert!(!f.dir.join("no").join("member").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

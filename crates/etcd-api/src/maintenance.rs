@@ -221,12 +221,18 @@ impl PbMaintenanceService for EtcdApi {
         let node = self.node();
         node.check_serving().map_err(crate::node_status)?;
         let store = node.store().clone();
-        if _request
+        match _request
             .metadata()
             .get(etcd_snapshot::MVCC_FORMAT_METADATA_KEY)
-            .is_some_and(|v| v == etcd_snapshot::MVCC_FORMAT_METADATA_VALUE)
+            .and_then(|v| v.to_str().ok())
         {
-            return Ok(Response::new(self.mvcc_snapshot(store)));
+            Some(etcd_snapshot::MVCC_FORMAT_METADATA_VALUE) => {
+                return Ok(Response::new(self.mvcc_snapshot(store, true)));
+            }
+            Some(etcd_snapshot::MVCC_FORMAT_V2_METADATA_VALUE) => {
+                return Ok(Response::new(self.mvcc_snapshot(store, false)));
+            }
+            _ => {}
         }
         let settings = etcd_snapshot::ExportSettings {
             members: node
@@ -314,10 +320,14 @@ impl PbMaintenanceService for EtcdApi {
 impl crate::EtcdApi {
     /// Phalanx's backups' variant of Snapshot (`etcd_snapshot::mvcc_wire`): the store's
     /// mvcc snapshot stream, sent as it is produced from one read transaction, then
-    /// etcd's trailer. Memory: `SNAPSHOT_SEND_QUEUE_MESSAGES` messages of
+    /// (`with_trailer`, version 1) etcd's trailer. Memory: `SNAPSHOT_SEND_QUEUE_MESSAGES` messages of
     /// `snapshot_chunk_bytes`. The size is not known in advance, so `remaining_bytes`
     /// is 0 in every message (only the backup side asks for this format; it ignores it).
-    fn mvcc_snapshot(&self, store: std::sync::Arc<mvcc::Store>) -> SnapshotStream {
+    fn mvcc_snapshot(
+        &self,
+        store: std::sync::Arc<mvcc::Store>,
+        with_trailer: bool,
+    ) -> SnapshotStream {
         let chunk = self.limits().snapshot_chunk_bytes.max(1);
         let header = self.current_header();
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_SEND_QUEUE_MESSAGES);
@@ -327,7 +337,8 @@ impl crate::EtcdApi {
                 header,
                 buf: Vec::with_capacity(chunk),
                 chunk,
-                trailer: etcd_snapshot::TrailerWriter::new(),
+                trailer: with_trailer.then(etcd_snapshot::TrailerWriter::new),
+                sent: 0,
             };
             let r = store
                 .write_snapshot(&mut w)
@@ -353,7 +364,10 @@ struct MessageWriter<'a> {
     header: etcd_client::proto::PbResponseHeader,
     buf: Vec<u8>,
     chunk: usize,
-    trailer: etcd_snapshot::TrailerWriter,
+    /// Version 1 of the format: etcd's trailer, accumulated as bytes are sent.
+    trailer: Option<etcd_snapshot::TrailerWriter>,
+    /// Bytes of the mvcc stream written so far.
+    sent: u64,
 }
 
 impl MessageWriter<'_> {
@@ -369,13 +383,13 @@ impl MessageWriter<'_> {
             .map_err(|_| std::io::Error::other("the client went away"))
     }
 
-    /// Send what is buffered and the trailer; the mvcc stream's length.
+    /// Send what is buffered and the trailer, if any; the mvcc stream's length.
     fn finish(mut self) -> std::io::Result<u64> {
-        let n = self.trailer.payload_bytes();
-        let t = std::mem::take(&mut self.trailer).finish();
-        self.buf.extend_from_slice(&t);
+        if let Some(t) = self.trailer.take() {
+            self.buf.extend_from_slice(&t.finish());
+        }
         self.send()?;
-        Ok(n)
+        Ok(self.sent)
     }
 }
 
@@ -383,7 +397,10 @@ impl Write for MessageWriter<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let n = b.len().min(self.chunk - self.buf.len());
         self.buf.extend_from_slice(&b[..n]);
-        self.trailer.update(&b[..n]);
+        if let Some(t) = self.trailer.as_mut() {
+            t.update(&b[..n]);
+        }
+        self.sent += n as u64;
         if self.buf.len() == self.chunk {
             self.send()?;
         }

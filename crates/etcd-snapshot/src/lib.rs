@@ -43,7 +43,10 @@ pub use convert::{
     MAX_STREAM_PART_BYTES, MVCC_MAGIC, MVCC_VERSION, SHA256_BYTES, TRAILER_ALIGN_BYTES,
 };
 pub use error::SnapshotError;
-pub use mvcc_wire::{TrailerWriter, MVCC_FORMAT_METADATA_KEY, MVCC_FORMAT_METADATA_VALUE};
+pub use mvcc_wire::{
+    TrailerWriter, MVCC_FORMAT_METADATA_KEY, MVCC_FORMAT_METADATA_VALUE,
+    MVCC_FORMAT_V2_METADATA_VALUE,
+};
 
 /// Whether `head` (the first bytes of a file or stream) starts a bbolt database: page 0
 /// is a meta page whose meta starts with bbolt's magic.
