@@ -18,6 +18,9 @@
 //!   clocks and a seedable RNG for the simulator).
 //! - [`network`]: the peer transport, behind openraft's `RaftNetworkFactory`
 //!   (a simulator substitutes its own).
+//! - [`log_limit::RepeatLimiter`]: the binary's log filter that keeps
+//!   openraft's per-RPC warnings and errors to one line per call site per
+//!   10 s.
 //!
 //! Invariants: nothing is acknowledged to a client before its entry is
 //! committed, i.e. fsynced by a quorum; entries are applied in log order
@@ -26,6 +29,7 @@
 pub mod faults;
 pub mod identity;
 pub mod lessor;
+pub mod log_limit;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -65,15 +65,22 @@ fn run() -> anyhow::Result<()> {
     // A child of `phalanx demo`, a drill or a test dies with its launcher
     // (drill::cluster::exit_with_parent); first, before any thread starts.
     drill::cluster::exit_with_parent_if_asked()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHALANX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a member's stderr is often a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            // Colour only on a terminal: a member's stderr is often a log file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(
+                tracing_subscriber::EnvFilter::try_from_env("PHALANX_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            // openraft's per-RPC warnings: one line per call site per 10 s.
+            .with_filter(consensus::log_limit::RepeatLimiter::default());
+        tracing_subscriber::registry().with(log).init();
+    }
     let cli = Cli::parse();
     match cli.command {
         // DISPATCH (each helper adds its own arm here)
