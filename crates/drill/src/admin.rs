@@ -160,13 +160,10 @@ pub fn metric_value(page: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
-/// A metric's value from `/metrics`, if the member answers and has it.
-pub async fn metric(base: &str, name: &str) -> Option<f64> {
+/// The member's `/metrics` page, if it answers.
+pub async fn metrics_page(base: &str) -> Option<String> {
     let (status, body) = request(base, "GET", "/metrics", None).await.ok()?;
-    if status != 200 {
-        return None;
-    }
-    metric_value(&body, name)
+    (status == 200).then_some(body)
 }
 
 /// The member id from `/member`.

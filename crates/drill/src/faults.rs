@@ -14,6 +14,8 @@ use crate::{admin, DrillError};
 
 /// How long to wait for a leader before a fault window, in ms.
 pub const LEADER_WAIT_MS: u64 = 15_000;
+/// Bound on one member's answer to a leader query ([`Backend::leader`]), ms.
+pub const LEADER_QUERY_TIMEOUT_MS: u64 = 500;
 
 /// A fault the drill can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -275,11 +277,14 @@ impl Backend {
         }
     }
 
-    /// The member that reports itself leader with the highest term, if any.
+    /// The member that reports itself leader with the highest term, if any. The
+    /// members are asked at once, each for at most [`LEADER_QUERY_TIMEOUT_MS`]: one
+    /// that is paused or cut off (what the drill does to them) neither answers nor
+    /// can be the leader to report, and must not stretch every poll of a fault
+    /// window by the admin timeout.
     pub async fn leader(&self) -> Option<usize> {
-        let urls = self.admin_urls();
-        let mut best: Option<(f64, usize)> = None;
-        for (i, u) in urls.iter().enumerate() {
+        let mut queries = tokio::task::JoinSet::new();
+        for (i, u) in self.admin_urls().into_iter().enumerate() {
             if !self.running(i) {
                 continue;
             }
@@ -288,9 +293,24 @@ impl Backend {
                     continue;
                 }
             }
-            if admin::metric(u, "phalanx_server_is_leader").await == Some(1.0) {
-                let term = admin::metric(u, "phalanx_raft_term").await.unwrap_or(0.0);
-                if best.is_none_or(|(t, _)| term > t) {
+            queries.spawn(async move {
+                let page = tokio::time::timeout(
+                    Duration::from_millis(LEADER_QUERY_TIMEOUT_MS),
+                    admin::metrics_page(&u),
+                )
+                .await
+                .ok()
+                .flatten()?;
+                (admin::metric_value(&page, "phalanx_server_is_leader") == Some(1.0)).then(|| {
+                    let term = admin::metric_value(&page, "phalanx_raft_term").unwrap_or(0.0);
+                    (term, i)
+                })
+            });
+        }
+        let mut best: Option<(f64, usize)> = None;
+        while let Some(answer) = queries.join_next().await {
+            if let Ok(Some((term, i))) = answer {
+                if best.is_none_or(|(t, b)| term > t || (term == t && i < b)) {
                     best = Some((term, i));
                 }
             }
