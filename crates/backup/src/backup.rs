@@ -46,6 +46,8 @@ pub struct BackupSettings {
     pub lock_stale_ms: u64,
     /// TLS and credentials towards `Source::Endpoints` (plain by default).
     pub client_security: client_security::ClientSecurity,
+    /// Counters the backup updates as it runs, for the caller to show.
+    pub progress: crate::progress::Progress,
 }
 
 /// Called with the backup id just before any summary or manifest is written; `false`
@@ -70,6 +72,7 @@ impl Default for BackupSettings {
             max_upload_bytes_per_s: 0,
             lock_stale_ms: DEFAULT_LOCK_STALE_MS,
             client_security: client_security::ClientSecurity::plain(),
+            progress: Default::default(),
         }
     }
 }
@@ -504,6 +507,8 @@ async fn backup_inner(
     lock: &str,
 ) -> Result<BackupOutcome, BackupError> {
     let started = std::time::Instant::now();
+    let progress = &settings.progress;
+    progress.set_phase("backup: opening the destinations");
     let recipients = parse_recipients(&settings.recipients)?;
     if settings.destinations.is_empty() {
         return Err(BackupError::BadDestination {
@@ -622,8 +627,10 @@ async fn backup_inner(
     let mut chunks = 0u64;
     let mut paced_bytes = 0u64;
     let pace_start = tokio::time::Instant::now();
+    progress.set_phase("backup: reading the snapshot, uploading new chunks");
     while let Some((sha, data)) = chunk_rx.recv().await {
         chunks += 1;
+        progress.chunk_done(data.len() as u64);
         let needing: Vec<usize> = (0..dests.len())
             .filter(|&i| dests[i].ok() && !dests[i].known.contains_key(&sha))
             .collect();
@@ -653,6 +660,7 @@ async fn backup_inner(
                     st.known.insert(sha.clone(), (osha.clone(), size));
                     st.new_chunks += 1;
                     st.uploaded_bytes += size;
+                    progress.uploaded(size);
                     let d = st.dest.clone().expect("ok dest");
                     let key = chunk_key(&sha, &osha);
                     if settings.max_upload_bytes_per_s > 0 {
@@ -699,6 +707,7 @@ async fn backup_inner(
         });
     };
 
+    progress.set_phase("backup: checking HashKV, writing the manifests");
     // HashKV at the backup revision, from the member itself (or computed for a file).
     let hash_kv = match taken.client.clone() {
         Some(c) => {

@@ -30,6 +30,7 @@ mod backup;
 mod dest;
 mod error;
 pub mod format;
+pub mod progress;
 pub mod prune;
 mod repo;
 mod restore;

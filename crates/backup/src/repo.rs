@@ -223,6 +223,7 @@ pub async fn stream_backup<T: Send + 'static>(
     recipients: &[String],
     identities: &[Box<dyn age::Identity + Send + Sync>],
     keep_going: bool,
+    progress: &crate::progress::Progress,
     sink: impl FnOnce(&mut (dyn std::io::Read + Send)) -> Result<T, BackupError> + Send + 'static,
 ) -> (Vec<BackupError>, Option<Result<T, BackupError>>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
@@ -241,12 +242,14 @@ pub async fn stream_backup<T: Send + 'static>(
     let max_plain = m.chunker.chunk_max_bytes as usize;
     let mut problems = Vec::new();
     // Older manifests also recorded the whole stream's SHA-256.
+    progress.set_total_bytes(m.snapshot_bytes);
     let mut sha = m.snapshot_sha256.as_ref().map(|_| Sha256::new());
     let mut total = 0u64;
     let mut feeding = true;
     for c in &m.chunks {
         match fetch_chunk(d, &m.id, c, identities, max_plain, recipients).await {
             Ok(b) => {
+                progress.chunk_done(b.len() as u64);
                 if feeding {
                     if let Some(sha) = sha.as_mut() {
                         sha.update(&b);

@@ -38,6 +38,8 @@ pub struct ReadSettings {
     pub identity_files: Vec<PathBuf>,
     pub s3: S3Settings,
     pub retry: RetrySettings,
+    /// Counters a verify or restore updates as it runs, for the caller to show.
+    pub progress: crate::progress::Progress,
 }
 
 #[derive(Clone, Debug)]
@@ -124,7 +126,7 @@ pub async fn verify(
             .last()
             .ok_or_else(|| BackupError::NoBackups { url: d.url.clone() })?,
     };
-    let r = verify_entry(&d, &entry, &ids).await;
+    let r = verify_entry(&d, &entry, &ids, &settings.progress).await;
     let rec = Verified {
         ok: r.is_ok(),
         checked_at: now_rfc3339().0,
@@ -147,15 +149,23 @@ async fn verify_entry(
     d: &Destination,
     entry: &BackupEntry,
     ids: &[Box<dyn age::Identity + Send + Sync>],
+    progress: &crate::progress::Progress,
 ) -> Result<VerifyReport, BackupError> {
+    progress.set_phase("verify: fetching and checking every object");
     let m = read_manifest(d, entry, ids).await?;
     let scratch =
         tempfile::tempdir().map_err(BackupError::io("create scratch dir", std::env::temp_dir()))?;
     let sp = scratch.path().to_path_buf();
     let rev = m.revision;
-    let (problems, res) = stream_backup(d, &m, &entry.summary.recipients, ids, true, move |r| {
-        crate::backup::hash_kv_of_stream(r, rev, &sp)
-    })
+    let (problems, res) = stream_backup(
+        d,
+        &m,
+        &entry.summary.recipients,
+        ids,
+        true,
+        progress,
+        move |r| crate::backup::hash_kv_of_stream(r, rev, &sp),
+    )
     .await;
     if !problems.is_empty() {
         let n = problems.len();
@@ -635,18 +645,28 @@ async fn restore_into(
     //    HashKV at the backup revision computed on the stream meanwhile.
     let (kv1, rev, cache_bytes) = (kv.clone(), m.revision, s.cache_bytes);
     let t0 = std::time::Instant::now();
-    let (problems, res) = stream_backup(d, m, &entry.summary.recipients, ids, false, move |r| {
-        let store = mvcc::Store::open_with_cache_bytes(&kv1, cache_bytes)
-            .map_err(|e| store_err(&kv1)(e.to_string()))?;
-        let mut tap = crate::streamcheck::HashKvTap::new(r, rev);
-        store
-            .load_snapshot(&mut tap, mvcc::LoadDurability::Scratch)
-            .map_err(|e| store_err(&kv1)(e.to_string()))?;
-        let h = tap
-            .finish()
-            .map_err(|e| store_err(&kv1)(format!("HashKV at {rev}: {e}")))?;
-        Ok((h, store))
-    })
+    let progress = &s.read.progress;
+    progress.set_phase("restore: fetching, checking and loading the backup");
+    let (problems, res) = stream_backup(
+        d,
+        m,
+        &entry.summary.recipients,
+        ids,
+        false,
+        progress,
+        move |r| {
+            let store = mvcc::Store::open_with_cache_bytes(&kv1, cache_bytes)
+                .map_err(|e| store_err(&kv1)(e.to_string()))?;
+            let mut tap = crate::streamcheck::HashKvTap::new(r, rev);
+            store
+                .load_snapshot(&mut tap, mvcc::LoadDurability::Scratch)
+                .map_err(|e| store_err(&kv1)(e.to_string()))?;
+            let h = tap
+                .finish()
+                .map_err(|e| store_err(&kv1)(format!("HashKV at {rev}: {e}")))?;
+            Ok((h, store))
+        },
+    )
     .await;
     if let Some(p) = problems.into_iter().next() {
         return Err(p);
@@ -665,6 +685,7 @@ async fn restore_into(
             found: h,
         });
     }
+    progress.set_phase("restore: replaying the archive");
     // 2. The archive replayed on top, revision by revision, up to `want`; every
     //    replayed revision must produce exactly the archived key-values.
     let store = std::sync::Arc::new(store);
@@ -678,6 +699,8 @@ async fn restore_into(
         .await
         .expect("replay task")?;
     }
+    progress.set_phase("restore: reducing to the target revision and checking every key");
+    let progress = progress.clone();
     // 3. The store reduced in place to the state at `want` (bumped, compacted; one
     //    commit), while another thread reads every key at `want` from the full
     //    history it still holds; 4. the reduced store read back and compared with
@@ -723,6 +746,7 @@ async fn restore_into(
             t0.elapsed()
         );
         // 5. The reduced store written to disk (one fsync) while it is read back.
+        progress.set_phase("restore: writing the store to disk and reading it back");
         let t0 = std::time::Instant::now();
         let (synced, restored) = std::thread::scope(|scope| {
             let syncing = scope.spawn(|| {

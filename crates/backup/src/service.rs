@@ -892,6 +892,7 @@ async fn drill(sh: &Arc<Shared>, p: &Policy) {
                 identity_files: sh.s.identity_files.clone(),
                 s3: p.s3(),
                 retry: p.retry(),
+                progress: Default::default(),
             },
             target: crate::restore::Target::Newest,
             name: "drill".into(),

@@ -113,6 +113,7 @@ async fn an_etcd_snapshot_file_backs_up_and_restores_large_values() {
         identity_files: vec![key.clone()],
         s3: S3Settings::default(),
         retry: RetrySettings::default(),
+        progress: Default::default(),
     };
     verify(&read, None).await.unwrap();
     let restored = d.join("restored");

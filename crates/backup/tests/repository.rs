@@ -142,6 +142,7 @@ fn read(url: &str, ids: &[PathBuf]) -> ReadSettings {
         identity_files: ids.to_vec(),
         s3: S3Settings::default(),
         retry: RetrySettings::default(),
+        progress: Default::default(),
     }
 }
 
@@ -461,6 +462,49 @@ async fn a_backup_whose_content_disagrees_with_its_recorded_hash_kv_is_refused()
         .await
         .unwrap_err();
     assert!(matches!(e, BackupError::HashMismatch { .. }), "{e}");
+}
+
+/// The counters a backup, a verify and a restore update as they run (what the
+/// command line shows as a progress bar or lines) end at the whole stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_verify_and_restore_count_their_progress() {
+    let f = fixture(300).await;
+    let key = vec![f.keys.file.clone()];
+    let mut s = settings(std::slice::from_ref(&f.url), &f.keys.recipient);
+    let p = backup::progress::Progress::default();
+    s.progress = p.clone();
+    let out = backup_now(&Source::File(f.dir.join("snap1.db")), &s)
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let seen = p.snapshot();
+    assert_eq!(
+        (seen.done_bytes, seen.chunks, seen.total_bytes),
+        (out.snapshot_bytes, out.chunks, None),
+        "{seen:?}"
+    );
+    assert!(seen.phase.starts_with("backup: "), "{seen:?}");
+    // The first backup uploaded every chunk; this one (unchanged) none.
+    assert_eq!(seen.uploaded_bytes, 0, "{seen:?}");
+
+    let mut r = read(&f.url, &key);
+    r.progress = backup::progress::Progress::default();
+    verify(&r, None).await.unwrap();
+    let seen = r.progress.snapshot();
+    assert_eq!(seen.total_bytes, Some(out.snapshot_bytes), "{seen:?}");
+    assert_eq!(
+        (seen.done_bytes, seen.chunks),
+        (out.snapshot_bytes, out.chunks)
+    );
+    assert!(seen.line().contains("(100 %)"), "{}", seen.line());
+
+    let mut rs = restore_settings(&f.url, &key, Target::Newest, &f.dir.join("p"));
+    rs.read.progress = backup::progress::Progress::default();
+    restore(&rs).await.unwrap();
+    let seen = rs.read.progress.snapshot();
+    assert_eq!(seen.done_bytes, out.snapshot_bytes, "{seen:?}");
+    assert!(seen.phase.starts_with("restore: "), "{seen:?}");
 }
 
 /// Rewrite the newest backup's manifest with `change` (re-sealed to the fixture's

@@ -263,11 +263,16 @@ pub struct NowArgs {
     /// Chunk uploads in flight at once.
     #[arg(long, default_value_t = 4)]
     pub upload_concurrency: usize,
+    /// Upload bandwidth cap over all destinations, bytes per second (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub max_upload_bytes_per_s: u64,
     /// Connect timeout to a member, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub progress: crate::cli::progress::ProgressArgs,
 }
 
 /// `phalanx backup list`.
@@ -297,6 +302,8 @@ pub struct VerifyArgs {
     pub backup: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub progress: crate::cli::progress::ProgressArgs,
 }
 
 /// `phalanx restore` (etcdutl snapshot restore's flags).
@@ -355,6 +362,8 @@ pub struct RestoreArgs {
     pub restore_cache_bytes: usize,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub progress: crate::cli::progress::ProgressArgs,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -485,6 +494,7 @@ async fn now(a: NowArgs) -> anyhow::Result<()> {
         zstd_level: a.zstd_level,
         upload_concurrency: a.upload_concurrency,
         connect_timeout_ms: a.connect_timeout_ms,
+        max_upload_bytes_per_s: a.max_upload_bytes_per_s,
         client_security: a.security.load()?,
         ..Default::default()
     };
@@ -492,9 +502,13 @@ async fn now(a: NowArgs) -> anyhow::Result<()> {
         Some(f) => backup::Source::File(f),
         None => backup::Source::Endpoints(a.endpoints.clone()),
     };
-    let out = backup::backup_now(&source, &settings)
-        .await
-        .context("backup")?;
+    let out = crate::cli::progress::shown(
+        &a.progress,
+        &settings.progress,
+        backup::backup_now(&source, &settings),
+    )
+    .await
+    .context("backup")?;
     println!(
         "backup {} at revision {} (compacted at {}): snapshot {} in {} chunks, {:.2}s",
         out.id,
@@ -575,10 +589,15 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         identity_files: a.identities.clone(),
         s3: a.storage.s3(),
         retry: a.storage.retry(),
+        progress: Default::default(),
     };
-    let r = backup::verify(&settings, a.backup.as_deref())
-        .await
-        .context("verify")?;
+    let r = crate::cli::progress::shown(
+        &a.progress,
+        &settings.progress,
+        backup::verify(&settings, a.backup.as_deref()),
+    )
+    .await
+    .context("verify")?;
     println!(
         "backup {} at revision {}: {} objects ({}) ok, HashKV {:#010x} matches the cluster's",
         r.backup,
@@ -609,6 +628,7 @@ pub fn run_restore(a: RestoreArgs) -> anyhow::Result<()> {
             identity_files: a.identities.clone(),
             s3: a.storage.s3(),
             retry: a.storage.retry(),
+            progress: Default::default(),
         },
         target,
         name: a.name.clone(),
@@ -621,7 +641,11 @@ pub fn run_restore(a: RestoreArgs) -> anyhow::Result<()> {
         cache_bytes: a.restore_cache_bytes,
     };
     let r = runtime()?
-        .block_on(backup::restore(&settings))
+        .block_on(crate::cli::progress::shown(
+            &a.progress,
+            &settings.read.progress,
+            backup::restore(&settings),
+        ))
         .context("restore")?;
     println!(
         "restored {} keys and {} leases as of revision {} from backup {} (revision {}) + {} archive segments ({} revisions) into {} in {:.2}s; the store is at revision {} (compacted there: watchers re-list)",

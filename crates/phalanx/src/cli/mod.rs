@@ -10,4 +10,5 @@ pub mod check;
 pub mod client;
 pub mod drill;
 pub mod gateway;
+pub mod progress;
 pub mod sim;
