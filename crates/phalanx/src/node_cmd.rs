@@ -232,6 +232,14 @@ impl NodeArgs {
         })
         .try_into::<crate::cli::alerting::NodeAlertingArgs>()
         .with_context(invalid)?;
+        if alerting.disable_alerting
+            && (alerting.enable_alerting.is_some() || alerting.alerting_listen.is_some())
+        {
+            bail!(
+                "invalid config file {}: disable-alerting = true contradicts enable-alerting / alerting-listen; keep one",
+                path.display()
+            );
+        }
         let backup = take_keys(&mut table, |k| {
             k.starts_with("backup-") || k == "disable-backup-service"
         })

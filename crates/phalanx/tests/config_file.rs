@@ -104,6 +104,25 @@ backup-identity-file = ["{identity}"]
         "{err}"
     );
 
+    // Contradicting alerting keys: refused, naming both.
+    let both = dir.path().join("both.toml");
+    std::fs::write(
+        &both,
+        "name = \"x\"\ndisable-alerting = true\nalerting-listen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--config-file", both.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("disable-alerting")
+            && err.contains("alerting-listen"),
+        "{err}"
+    );
+
     // Unknown keys, in each group: named in the error.
     for key in ["alerting-retention", "backup-identity"] {
         let bad = dir.path().join(format!("{key}.toml"));
