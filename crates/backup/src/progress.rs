@@ -53,6 +53,12 @@ impl Progress {
         self.0.chunks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `bytes` more of the stream done, outside any chunk (an etcd snapshot's
+    /// conversion and load).
+    pub fn bytes_done(&self, bytes: u64) {
+        self.0.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn uploaded(&self, bytes: u64) {
         self.0.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -77,7 +83,9 @@ impl ProgressSnapshot {
             let pct = (self.done_bytes as f64 * 100.0 / t.max(1) as f64).min(100.0);
             s.push_str(&format!(" of {} ({pct:.0} %)", mib(t)));
         }
-        s.push_str(&format!(", {} chunks", self.chunks));
+        if self.chunks > 0 {
+            s.push_str(&format!(", {} chunks", self.chunks));
+        }
         if self.uploaded_bytes > 0 {
             s.push_str(&format!(", {} uploaded", mib(self.uploaded_bytes)));
         }
@@ -110,5 +118,10 @@ mod tests {
         );
         q.uploaded(512 * 1024);
         assert!(p.snapshot().line().ends_with(", 0.5 MiB uploaded"));
+        // Bytes outside chunks: no chunk count.
+        let r = Progress::default();
+        r.set_phase("restore: loading");
+        r.bytes_done(1024 * 1024);
+        assert_eq!(r.snapshot().line(), "restore: loading: 1.0 MiB");
     }
 }

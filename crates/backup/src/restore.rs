@@ -956,6 +956,8 @@ pub struct EtcdRestoreSettings {
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: Vec<String>,
     pub data_dir: PathBuf,
+    /// Counters the restore updates as it runs, for the caller to show.
+    pub progress: crate::progress::Progress,
 }
 
 #[derive(Debug)]
@@ -999,6 +1001,8 @@ pub fn restore_from_etcd_snapshot(
     )?;
     check_empty_data_dir(&s.data_dir)?;
     // Read and check the whole file before the data dir is touched.
+    s.progress
+        .set_phase("restore: reading and checking the etcd snapshot");
     let snap = etcd_snapshot::EtcdSnapshot::open(&s.snapshot, s.skip_hash_check)?;
     std::fs::create_dir_all(&s.data_dir)
         .map_err(BackupError::io("create data dir", &s.data_dir))?;
@@ -1025,6 +1029,20 @@ pub fn restore_from_etcd_snapshot(
     }
 }
 
+/// A reader that counts what it reads into a [`crate::progress::Progress`].
+struct Counted<'a, R> {
+    inner: R,
+    progress: &'a crate::progress::Progress,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes_done(n as u64);
+        Ok(n)
+    }
+}
+
 /// Write buffer of the converted etcd snapshot.
 const ETCD_STREAM_BUFFER_BYTES: usize = 1 << 20;
 
@@ -1036,6 +1054,8 @@ fn restore_etcd_into(
     let member = work.join("member");
     std::fs::create_dir_all(&member).map_err(BackupError::io("create member dir", &member))?;
     let stream_path = work.join("etcd.mvcc-stream");
+    s.progress
+        .set_phase("restore: converting the etcd snapshot");
     let imp = {
         let f =
             std::fs::File::create(&stream_path).map_err(BackupError::io("create", &stream_path))?;
@@ -1048,8 +1068,16 @@ fn restore_etcd_into(
     let kv = member.join("kv.redb");
     let store = mvcc::Store::open(&kv).map_err(|e| store_err(&kv)(e.to_string()))?;
     {
-        let mut f =
-            std::fs::File::open(&stream_path).map_err(BackupError::io("open", &stream_path))?;
+        let f = std::fs::File::open(&stream_path).map_err(BackupError::io("open", &stream_path))?;
+        if let Ok(m) = f.metadata() {
+            s.progress.set_total_bytes(m.len());
+        }
+        s.progress
+            .set_phase("restore: loading the converted snapshot");
+        let mut f = Counted {
+            inner: f,
+            progress: &s.progress,
+        };
         store
             .load_snapshot(&mut f, mvcc::LoadDurability::Durable)
             .map_err(|e| store_err(&kv)(e.to_string()))?;

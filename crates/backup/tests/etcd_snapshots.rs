@@ -155,6 +155,7 @@ fn restore_from_an_etcd_snapshot_writes_a_member_dir_and_refuses_bad_input() {
         initial_cluster_token: "t".into(),
         initial_advertise_peer_urls: vec!["http://127.0.0.1:2380".into()],
         data_dir: data_dir.to_path_buf(),
+        progress: Default::default(),
     };
     let target = d.join("m1");
     let rep = restore_from_etcd_snapshot(&settings(&target, &snap)).unwrap();

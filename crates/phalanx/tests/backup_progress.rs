@@ -106,6 +106,46 @@ fn backup_verify_and_restore_show_progress_lines_or_a_bar() {
         err.lines().any(|l| l.starts_with("restore: ")),
         "no progress line: {err}"
     );
+    // A migration from an etcd snapshot file (here one saved from the member).
+    let snap = dir.path().join("snap.db");
+    let out = Command::new(etcdctl_path())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={eps}"))
+        .args(["snapshot", "save", snap.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = phalanx(
+        &[
+            "restore",
+            "--from-etcd-snapshot",
+            snap.to_str().unwrap(),
+            "--name",
+            "r1",
+            "--initial-cluster",
+            "r1=http://127.0.0.1:1",
+            "--initial-cluster-token",
+            "progress",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:1",
+            "--data-dir",
+            dir.path().join("from-etcd").to_str().unwrap(),
+            "--progress-interval-ms",
+            "1",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("restore: ") && l.contains(" MiB")),
+        "no progress line: {err}"
+    );
     // With 0, none.
     let out = phalanx(
         &[

@@ -686,8 +686,19 @@ fn run_restore_from_etcd(a: &RestoreArgs, file: &std::path::Path) -> anyhow::Res
         initial_cluster_token: a.initial_cluster_token.clone(),
         initial_advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
         data_dir: a.data_dir.clone(),
+        progress: Default::default(),
     };
-    let r = backup::restore_from_etcd_snapshot(&settings)
+    let progress = settings.progress.clone();
+    let r = runtime()?
+        .block_on(crate::cli::progress::shown(
+            &a.progress,
+            &progress,
+            async move {
+                tokio::task::spawn_blocking(move || backup::restore_from_etcd_snapshot(&settings))
+                    .await
+            },
+        ))
+        .context("restore task")?
         .with_context(|| format!("restore from etcd snapshot {}", file.display()))?;
     println!(
         "restored {} keys ({} history records since compaction {}) and {} leases ({} keys attached) at revision {} from etcd snapshot {} ({}) into {} in {:.2}s",
