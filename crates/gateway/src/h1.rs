@@ -742,19 +742,11 @@ pub(crate) fn encode_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Append `n` in decimal (no temporary string: this runs for every response).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+/// Append `n` in decimal, formatted straight into `out` (no temporary
+/// string: this runs for every response).
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    write!(out, "{n}").expect("writing to a Vec cannot fail");
 }
 
 /// How a response body is delimited towards the client.

@@ -9,6 +9,10 @@ use std::process::Command;
 use support::backups::{keygen, ok, phalanx};
 use support::*;
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn backup_verify_and_restore_show_progress_lines_or_a_bar() {
     let c = Cluster::start(1, &[]);
@@ -31,8 +35,40 @@ fn backup_verify_and_restore_show_progress_lines_or_a_bar() {
     let eps = c.endpoint_list().join(",");
     let repo = format!("file://{}", dir.path().join("repo").display());
 
+    let key = key.to_str().unwrap();
+    // `phalanx ARGS --progress-interval-ms MS` through a pipe: it succeeds; its stderr.
+    let stderr_of = |args: &[&str], interval_ms: &str| -> String {
+        let mut args = args.to_vec();
+        args.extend(["--progress-interval-ms", interval_ms]);
+        let out = phalanx(&args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        ok(out);
+        err
+    };
+    // `restore` from `source` into a new data dir `name`, with its cluster flags.
+    let restore = |source: &[&str], name: &str| -> Vec<String> {
+        let data_dir = dir.path().join(name);
+        let flags = [
+            "--name",
+            "r1",
+            "--initial-cluster",
+            "r1=http://127.0.0.1:1",
+            "--initial-cluster-token",
+            "progress",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:1",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ];
+        std::iter::once("restore")
+            .chain(source.iter().copied())
+            .chain(flags)
+            .map(String::from)
+            .collect()
+    };
+
     // Not a terminal: plain lines, each naming the phase and the bytes so far.
-    let out = phalanx(
+    let err = stderr_of(
         &[
             "backup",
             "now",
@@ -42,13 +78,9 @@ fn backup_verify_and_restore_show_progress_lines_or_a_bar() {
             &repo,
             "--recipient",
             &public,
-            "--progress-interval-ms",
-            "1",
         ],
-        &[],
+        "1",
     );
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    ok(out);
     assert!(
         err.lines()
             .any(|l| l.starts_with("backup: ") && l.contains(" MiB") && l.contains(" chunks")),
@@ -58,110 +90,34 @@ fn backup_verify_and_restore_show_progress_lines_or_a_bar() {
         !err.contains('\x1b') && !err.contains('\r'),
         "no terminal codes in a pipe: {err:?}"
     );
-    let out = phalanx(
-        &[
-            "backup",
-            "verify",
-            "--from",
-            &repo,
-            "--identity",
-            key.to_str().unwrap(),
-            "--progress-interval-ms",
-            "1",
-        ],
-        &[],
-    );
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    ok(out);
+    let verify = ["backup", "verify", "--from", &repo, "--identity", key];
+    let err = stderr_of(&verify, "1");
     assert!(
         err.lines()
             .any(|l| l.starts_with("verify: ") && l.contains(" of ") && l.contains('%')),
         "no progress line with the total: {err}"
     );
-    let out = phalanx(
-        &[
-            "restore",
-            "--from",
-            &repo,
-            "--identity",
-            key.to_str().unwrap(),
-            "--name",
-            "r1",
-            "--initial-cluster",
-            "r1=http://127.0.0.1:1",
-            "--initial-cluster-token",
-            "progress",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:1",
-            "--data-dir",
-            dir.path().join("restored").to_str().unwrap(),
-            "--progress-interval-ms",
-            "1",
-        ],
-        &[],
-    );
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    ok(out);
+    let args = restore(&["--from", &repo, "--identity", key], "restored");
+    let err = stderr_of(&strs(&args), "1");
     assert!(
         err.lines().any(|l| l.starts_with("restore: ")),
         "no progress line: {err}"
     );
     // A migration from an etcd snapshot file (here one saved from the member).
     let snap = dir.path().join("snap.db");
-    let out = Command::new(etcdctl_path())
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={eps}"))
-        .args(["snapshot", "save", snap.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    c.ctl(&["snapshot", "save", snap.to_str().unwrap()]);
+    let args = restore(
+        &["--from-etcd-snapshot", snap.to_str().unwrap()],
+        "from-etcd",
     );
-    let out = phalanx(
-        &[
-            "restore",
-            "--from-etcd-snapshot",
-            snap.to_str().unwrap(),
-            "--name",
-            "r1",
-            "--initial-cluster",
-            "r1=http://127.0.0.1:1",
-            "--initial-cluster-token",
-            "progress",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:1",
-            "--data-dir",
-            dir.path().join("from-etcd").to_str().unwrap(),
-            "--progress-interval-ms",
-            "1",
-        ],
-        &[],
-    );
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    ok(out);
+    let err = stderr_of(&strs(&args), "1");
     assert!(
         err.lines()
             .any(|l| l.starts_with("restore: ") && l.contains(" MiB")),
         "no progress line: {err}"
     );
     // With 0, none.
-    let out = phalanx(
-        &[
-            "backup",
-            "verify",
-            "--from",
-            &repo,
-            "--identity",
-            key.to_str().unwrap(),
-            "--progress-interval-ms",
-            "0",
-        ],
-        &[],
-    );
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    ok(out);
+    let err = stderr_of(&verify, "0");
     assert!(!err.contains("verify: "), "{err}");
 
     // A terminal: a progress bar, redrawn in place. The upload is capped so that

@@ -88,21 +88,8 @@ backup-identity-file = ["{identity}"]
     let _ = child.wait();
 
     // Flags win over the file, for the alerting group too.
-    let out = Command::new(BIN)
-        .args([
-            "node",
-            "--config-file",
-            cfg.to_str().unwrap(),
-            "--alerting-anomaly-sensitivity",
-            "1.5",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("--alerting-anomaly-sensitivity"),
-        "{err}"
-    );
+    let err = refused(&cfg, &["--alerting-anomaly-sensitivity", "1.5"]);
+    assert!(err.contains("--alerting-anomaly-sensitivity"), "{err}");
 
     // Contradicting alerting keys: refused, naming both.
     let both = dir.path().join("both.toml");
@@ -111,15 +98,9 @@ backup-identity-file = ["{identity}"]
         "name = \"x\"\ndisable-alerting = true\nalerting-listen = \"127.0.0.1:1\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["node", "--config-file", both.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&both, &[]);
     assert!(
-        !out.status.success()
-            && err.contains("disable-alerting")
-            && err.contains("alerting-listen"),
+        err.contains("disable-alerting") && err.contains("alerting-listen"),
         "{err}"
     );
 
@@ -127,13 +108,9 @@ backup-identity-file = ["{identity}"]
     for key in ["alerting-retention", "backup-identity"] {
         let bad = dir.path().join(format!("{key}.toml"));
         std::fs::write(&bad, format!("name = \"x\"\n{key} = 1\n")).unwrap();
-        let out = Command::new(BIN)
-            .args(["node", "--config-file", bad.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused(&bad, &[]);
         assert!(
-            !out.status.success() && err.contains(key) && err.contains(&format!("{key}.toml")),
+            err.contains(key) && err.contains(&format!("{key}.toml")),
             "{err}"
         );
     }
@@ -141,32 +118,17 @@ backup-identity-file = ["{identity}"]
     // Unknown key: named in the error.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"x\"\nelection-timout = 300\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["node", "--config-file", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&bad, &[]);
     assert!(
         err.contains("election-timout") && err.contains("bad.toml"),
         "{err}"
     );
 
     // Inconsistent timing: refused with both values.
-    let out = Command::new(BIN)
-        .args([
-            "node",
-            "--config-file",
-            cfg.to_str().unwrap(),
-            "--heartbeat-interval",
-            "200",
-            "--election-timeout",
-            "300",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        &cfg,
+        &["--heartbeat-interval", "200", "--election-timeout", "300"],
+    );
     assert!(
         err.contains("--election-timeout (300 ms)")
             && err.contains("--heartbeat-interval (200 ms)"),
@@ -174,21 +136,20 @@ backup-identity-file = ["{identity}"]
     );
 
     // A URL that is not http: refused, naming the flag.
+    let err = refused(&cfg, &["--listen-client-urls", "https://127.0.0.1:1"]);
+    assert!(err.contains("--listen-client-urls"), "{err}");
+}
+
+/// `phalanx node --config-file CFG FLAGS…` must refuse to start: its stderr.
+fn refused(cfg: &std::path::Path, flags: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args([
-            "node",
-            "--config-file",
-            cfg.to_str().unwrap(),
-            "--listen-client-urls",
-            "https://127.0.0.1:1",
-        ])
+        .args(["node", "--config-file", cfg.to_str().unwrap()])
+        .args(flags)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("--listen-client-urls"),
-        "{err}"
-    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the member started: {err}");
+    err
 }
 
 /// A request or a write batch is one Raft log record: a limit above what a
