@@ -399,7 +399,19 @@ impl Node {
                 Err(RaftError::Fatal(f)) => Err(LeaderError::Stopped(f.to_string())),
             },
             LeaderRequest::LeaseKeepAlive { id } => {
-                Ok(LeaderResponse::LeaseTtl(self.lessor.keep_alive(id)))
+                // Confirm leadership with a quorum first (etcd 3.5's
+                // ensureLeadership): a leader cut off from the others still
+                // believes it leads until it notices, and a keep-alive it
+                // acknowledged alone would be unknown to the new leader,
+                // which expires the lease while the client holds it alive.
+                match self.raft.get_read_log_id().await {
+                    Ok(_) => Ok(LeaderResponse::LeaseTtl(self.lessor.keep_alive(id))),
+                    Err(RaftError::APIError(e)) => {
+                        tracing::debug!("lease keep-alive refused: {e}");
+                        Err(self.not_leader())
+                    }
+                    Err(RaftError::Fatal(f)) => Err(LeaderError::Stopped(f.to_string())),
+                }
             }
             LeaderRequest::LeaseTimeToLive { id } => {
                 Ok(LeaderResponse::LeaseRemaining(self.lessor.remaining(id)))
